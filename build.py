@@ -1,0 +1,51 @@
+"""cffi builder for quiesce's native module, ``quiesce._native``.
+
+The C declarations live in the headers under ``csrc/``: each header marks the
+part cffi must see between ``/* cdef-begin */`` and ``/* cdef-end */``. This
+script only assembles those parts, so constants and structures are written
+once, in C.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+CSRC = "csrc"
+HEADERS = ("session.h", "freeze.h", "guardian.h")
+SOURCES = ("session.c", "freeze.c", "guardian.c")
+_CDEF = re.compile(r"/\* cdef-begin \*/\n(.*?)/\* cdef-end \*/", re.DOTALL)
+
+
+def cdef_of(header: Path) -> str:
+    """Return the cffi-visible declarations of one header."""
+    parts = _CDEF.findall(header.read_text())
+    if not parts:
+        raise ValueError(f"{header}: no cdef-begin/cdef-end region")
+    return "\n".join(parts)
+
+
+def make_ffibuilder() -> FFI:
+    """Build the FFI object that setuptools (or a direct call) compiles."""
+    here = Path(__file__).resolve().parent
+    builder = FFI()
+    builder.cdef("\n".join(cdef_of(here / CSRC / h) for h in HEADERS))
+    builder.set_source(
+        "quiesce._native",
+        "\n".join(f'#include "{h}"' for h in HEADERS),
+        # Relative paths: setuptools builds from the project root and refuses
+        # absolute source paths in an sdist build.
+        sources=[f"{CSRC}/{c}" for c in SOURCES],
+        include_dirs=[CSRC],
+        extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        libraries=["pthread"],
+    )
+    return builder
+
+
+ffibuilder = make_ffibuilder()
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir="build/cffi", verbose=True)

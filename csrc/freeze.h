@@ -1,0 +1,22 @@
+/*
+ * freeze.h: FIFREEZE/FITHAW over the filesystems of a session, and the
+ * parallel syncfs() pre-flush.
+ *
+ * The functions take a session whose fds the caller opened, in the order the
+ * caller chose. They hold no policy: they return 0 or -errno and record
+ * CLOCK_MONOTONIC timestamps and errno per filesystem in the session.
+ */
+#ifndef QUIESCE_FREEZE_H
+#define QUIESCE_FREEZE_H
+
+#include "session.h"
+
+/* cdef-begin */
+int qz_preflush(struct qz_session *s);
+int qz_freeze(struct qz_session *s);
+int qz_thaw(struct qz_session *s);
+int qz_cycle(struct qz_session *s);
+int qz_thaw_fd(int fd);
+/* cdef-end */
+
+#endif

@@ -1,0 +1,479 @@
+/*
+ * guardian.c: see guardian.h.
+ *
+ * The guardian is forked, not exec'd, from a process that may have many
+ * threads (Python). Between fork and _exit it therefore uses only raw system
+ * calls and stack memory: no malloc, no stdio, no locale.
+ */
+#define _GNU_SOURCE
+#include "guardian.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MSG_BEGIN 'B'
+#define MSG_END 'E'
+
+/* ---- a tiny async-signal-safe line writer ------------------------------ */
+
+struct line {
+    char buf[256];
+    size_t len;
+};
+
+static void put_str(struct line *l, const char *s)
+{
+    while (*s != '\0' && l->len < sizeof(l->buf) - 1)
+        l->buf[l->len++] = *s++;
+}
+
+static void put_int(struct line *l, int64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+
+    if (v < 0)
+        put_str(l, "-");
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    while (n > 0 && l->len < sizeof(l->buf) - 1)
+        l->buf[l->len++] = tmp[--n];
+}
+
+static void emit(const struct qz_session *s, struct line *l)
+{
+    ssize_t rc;
+
+    if (s->report_fd < 0)
+        return;
+    put_str(l, "\n");
+    do
+        rc = write(s->report_fd, l->buf, l->len);
+    while (rc < 0 && errno == EINTR);
+}
+
+static void start_line(struct line *l, const char *event)
+{
+    l->len = 0;
+    put_str(l, "quiesce-guardian pid=");
+    put_int(l, getpid());
+    put_str(l, " event=");
+    put_str(l, event);
+}
+
+static const char *reason_name(int32_t reason)
+{
+    switch (reason) {
+    case QZ_GUARD_DEADLINE:
+        return "deadline";
+    case QZ_GUARD_ORPHANED:
+        return "orphaned";
+    case QZ_GUARD_BLOCKED:
+        return "blocked-freeze";
+    default:
+        return "none";
+    }
+}
+
+/* ---- thawing ------------------------------------------------------------ */
+
+static void guard_thaw(struct qz_session *s, uint32_t i)
+{
+    struct qz_fs *fs = &s->fs[i];
+    struct line l;
+    int rc;
+
+    fs->thaw_start_ns = qz_now_ns();
+    rc = ioctl(fs->fd, FITHAW, 0);
+    fs->thaw_end_ns = qz_now_ns();
+    fs->thaw_errno = rc == 0 ? 0 : errno;
+    qz_store(&fs->state, QZ_GUARD_THAWED);
+
+    start_line(&l, "thaw");
+    put_str(&l, " index=");
+    put_int(&l, i);
+    put_str(&l, " errno=");
+    put_int(&l, fs->thaw_errno);
+    put_str(&l, " start_ns=");
+    put_int(&l, fs->thaw_start_ns);
+    put_str(&l, " end_ns=");
+    put_int(&l, fs->thaw_end_ns);
+    emit(s, &l);
+}
+
+/*
+ * Thaw, last first, what is frozen. A FIFREEZE still under way is left alone
+ * while the orchestrator lives (it thaws it itself when the call returns); an
+ * orphaned guardian thaws it too, since its caller can no longer.
+ */
+static void thaw_held(struct qz_session *s, int orphaned)
+{
+    uint32_t i;
+
+    for (i = s->n; i-- > 0;) {
+        int32_t *st = &s->fs[i].state;
+
+        if (qz_cas(st, QZ_FROZEN, QZ_GUARD_THAWING) ||
+            (orphaned && qz_cas(st, QZ_FREEZING, QZ_GUARD_THAWING)))
+            guard_thaw(s, i);
+    }
+}
+
+static void fire(struct qz_session *s, int32_t reason)
+{
+    struct line l;
+    int32_t none = QZ_GUARD_NONE;
+
+    if (!__atomic_compare_exchange_n(&s->guard_reason, &none, reason, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return;
+    s->guard_fired_ns = qz_now_ns();
+    start_line(&l, "fired");
+    put_str(&l, " reason=");
+    put_str(&l, reason_name(reason));
+    put_str(&l, " t_ns=");
+    put_int(&l, s->guard_fired_ns);
+    emit(s, &l);
+    thaw_held(s, reason == QZ_GUARD_ORPHANED);
+}
+
+/* The orchestrator is gone: thaw everything, and drop its ledger if clean. */
+static void orphaned(struct qz_session *s)
+{
+    uint32_t i;
+    int clean = 1;
+
+    fire(s, QZ_GUARD_ORPHANED);
+    /* Fired earlier for another reason: the FIFREEZE it left may be done. */
+    thaw_held(s, 1);
+    for (i = 0; i < s->n; i++) {
+        int32_t e = s->fs[i].thaw_errno;
+
+        if (qz_load(&s->fs[i].state) == QZ_GUARD_THAWED && e != 0 &&
+            e != EINVAL)
+            clean = 0;
+    }
+    if (clean && s->ledger_path[0] != '\0')
+        unlink(s->ledger_path);
+}
+
+/* ---- the watch loop ----------------------------------------------------- */
+
+static int holds_any(struct qz_session *s)
+{
+    uint32_t i;
+
+    for (i = 0; i < s->n; i++) {
+        int32_t st = qz_load(&s->fs[i].state);
+
+        if (st == QZ_FREEZING || st == QZ_FROZEN)
+            return 1;
+    }
+    return 0;
+}
+
+static int freezing_index(struct qz_session *s)
+{
+    uint32_t i;
+
+    for (i = 0; i < s->n; i++)
+        if (qz_load(&s->fs[i].state) == QZ_FREEZING)
+            return (int)i;
+    return -1;
+}
+
+/*
+ * When the guardian must next look, as an absolute time (-1: only a message
+ * or the orchestrator's death can matter). While the freeze loop runs it
+ * wakes at the current FIFREEZE's own deadline; after that, at the window's.
+ */
+static int64_t next_wake(struct qz_session *s, int64_t anchor)
+{
+    int64_t wake = s->deadline_ns > 0 ? s->deadline_ns : -1;
+
+    if (!qz_load(&s->freeze_done) && s->step_timeout_ns > 0) {
+        int j = freezing_index(s);
+        int64_t start = anchor;
+        int64_t step;
+
+        if (j >= 0 && s->fs[j].freeze_start_ns > start)
+            start = s->fs[j].freeze_start_ns;
+        step = start + s->step_timeout_ns;
+        if (wake < 0 || step < wake)
+            wake = step;
+    }
+    return wake;
+}
+
+static void check_deadlines(struct qz_session *s, int64_t now)
+{
+    int j;
+
+    if (s->deadline_ns > 0 && now >= s->deadline_ns && holds_any(s)) {
+        fire(s, QZ_GUARD_DEADLINE);
+        return;
+    }
+    if (qz_load(&s->freeze_done) || s->step_timeout_ns <= 0)
+        return;
+    j = freezing_index(s);
+    if (j >= 0 && now >= s->fs[j].freeze_start_ns + s->step_timeout_ns)
+        fire(s, QZ_GUARD_BLOCKED);
+}
+
+static void close_others(const int *keep, size_t nkeep)
+{
+    unsigned int next = 3;
+    size_t i;
+
+    for (i = 0; i < nkeep; i++) {
+        unsigned int k = (unsigned int)keep[i];
+
+        if (k < next)
+            continue;
+        if (k > next && syscall(SYS_close_range, next, k - 1, 0) != 0)
+            for (unsigned int fd = next; fd < k; fd++)
+                close((int)fd);
+        next = k + 1;
+    }
+    if (syscall(SYS_close_range, next, ~0U, 0) != 0)
+        for (unsigned int fd = next; fd < 65536; fd++)
+            close((int)fd);
+}
+
+static void detach(int devnull, const int *keep, size_t nkeep)
+{
+    struct sigaction ign, dfl;
+    int sig;
+
+    setsid();
+    memset(&ign, 0, sizeof(ign));
+    ign.sa_handler = SIG_IGN;
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    for (sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        if (sig == SIGCHLD || sig == SIGSEGV || sig == SIGBUS ||
+            sig == SIGFPE || sig == SIGILL || sig == SIGABRT ||
+            sig == SIGTRAP || sig == SIGSYS)
+            sigaction(sig, &dfl, NULL);
+        else
+            sigaction(sig, &ign, NULL);
+    }
+    {
+        sigset_t none;
+
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+    }
+    prctl(PR_SET_NAME, "quiesce-guard", 0, 0, 0);
+    /* Deadlines are met to the microsecond, not to the default 50 us slack. */
+    prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0);
+    /* Never hold the caller's stdout pipe open, nor its terminal. */
+    dup2(devnull, 0);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    close_others(keep, nkeep);
+}
+
+static void to_timespec(int64_t ns, struct timespec *ts)
+{
+    if (ns < 0)
+        ns = 0;
+    ts->tv_sec = ns / 1000000000LL;
+    ts->tv_nsec = ns % 1000000000LL;
+}
+
+static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
+                                                    int sock)
+{
+    struct pollfd pfd = { .fd = sock, .events = POLLIN };
+    int64_t anchor = 0;
+    int begun = 0;
+    struct line l;
+
+    for (;;) {
+        int64_t now = qz_now_ns();
+        int64_t wake = -1;
+        struct timespec ts;
+        int rc;
+
+        if (begun && qz_load(&s->guard_reason) == QZ_GUARD_NONE) {
+            check_deadlines(s, now);
+            if (qz_load(&s->guard_reason) == QZ_GUARD_NONE)
+                wake = next_wake(s, anchor);
+        }
+        if (wake >= 0)
+            to_timespec(wake - now, &ts);
+        rc = ppoll(&pfd, 1, wake >= 0 ? &ts : NULL, NULL);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc <= 0)
+            continue;
+        if (pfd.revents & POLLIN) {
+            char msg = 0;
+            ssize_t n = recv(sock, &msg, 1, MSG_DONTWAIT);
+
+            if (n == 1 && msg == MSG_BEGIN) {
+                begun = 1;
+                anchor = qz_now_ns();
+                continue;
+            }
+            if (n == 1 && msg == MSG_END)
+                break;
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+        }
+        /* EOF, hang-up or error: the orchestrator is gone. */
+        orphaned(s);
+        break;
+    }
+    start_line(&l, "exit");
+    put_str(&l, " reason=");
+    put_str(&l, reason_name(qz_load(&s->guard_reason)));
+    emit(s, &l);
+    _exit(qz_load(&s->guard_reason) == QZ_GUARD_NONE ? 0 : 1);
+}
+
+/* ---- the orchestrator's side ------------------------------------------- */
+
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+
+    return (x > y) - (x < y);
+}
+
+int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
+                    int64_t step_timeout_ns, int report_fd, int keep_fd,
+                    const char *ledger_path)
+{
+    int sv[2], devnull, *keep;
+    size_t nkeep = 0, i;
+    pid_t pid;
+    int err;
+
+    if (s->guardian_pid > 0)
+        return -EALREADY;
+    if (ledger_path != NULL && strlen(ledger_path) >= sizeof(s->ledger_path))
+        return -ENAMETOOLONG;
+    s->timeout_ns = timeout_ns;
+    s->step_timeout_ns = step_timeout_ns;
+    s->report_fd = report_fd;
+    s->keep_fd = keep_fd;
+    s->ledger_path[0] = '\0';
+    if (ledger_path != NULL)
+        strcpy(s->ledger_path, ledger_path);
+
+    keep = malloc((s->n + 3) * sizeof(*keep));
+    if (keep == NULL)
+        return -ENOMEM;
+    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0) {
+        err = errno;
+        free(keep);
+        return -err;
+    }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        err = errno;
+        close(devnull);
+        free(keep);
+        return -err;
+    }
+    /* The fds the guardian keeps, sorted: the rest are closed in ranges. */
+    keep[nkeep++] = sv[1];
+    if (report_fd >= 0)
+        keep[nkeep++] = report_fd;
+    if (keep_fd >= 0)
+        keep[nkeep++] = keep_fd;
+    for (i = 0; i < s->n; i++)
+        keep[nkeep++] = s->fs[i].fd;
+    qsort(keep, nkeep, sizeof(*keep), cmp_int);
+
+    pid = fork();
+    if (pid == 0) {
+        detach(devnull, keep, nkeep);
+        guardian_main(s, sv[1]);
+    }
+    err = errno;
+    free(keep);
+    close(devnull);
+    close(sv[1]);
+    if (pid < 0) {
+        close(sv[0]);
+        return -err;
+    }
+    s->guardian_pid = pid;
+    s->guardian_sock = sv[0];
+#ifdef SYS_pidfd_open
+    s->guardian_pidfd = (int32_t)syscall(SYS_pidfd_open, pid, 0);
+#endif
+    return 0;
+}
+
+void qz_guardian_begin(struct qz_session *s)
+{
+    char msg = MSG_BEGIN;
+
+    s->deadline_ns = s->timeout_ns > 0 ? qz_now_ns() + s->timeout_ns : 0;
+    if (s->guardian_sock >= 0)
+        send(s->guardian_sock, &msg, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+/*
+ * Tell the guardian the window is over and reap it. Returns 0, or -ETIMEDOUT
+ * when it has not exited within wait_ns (it is then left running: it still
+ * holds the fds and will thaw if anything is frozen).
+ */
+int qz_guardian_disarm(struct qz_session *s, int64_t wait_ns)
+{
+    char msg = MSG_END;
+    int status, rc;
+    pid_t pid = s->guardian_pid;
+
+    if (pid <= 0)
+        return -ECHILD;
+    send(s->guardian_sock, &msg, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (s->guardian_pidfd >= 0) {
+        struct pollfd pfd = { .fd = s->guardian_pidfd, .events = POLLIN };
+        struct timespec ts;
+        int64_t end = qz_now_ns() + wait_ns;
+
+        for (;;) {
+            to_timespec(end - qz_now_ns(), &ts);
+            rc = ppoll(&pfd, 1, &ts, NULL);
+            if (rc < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        if (rc == 0)
+            return -ETIMEDOUT;
+    }
+    do
+        rc = waitpid(pid, &status, 0);
+    while (rc < 0 && errno == EINTR);
+    if (rc < 0)
+        return -errno;
+    s->guardian_status = status;
+    s->guardian_pid = -1;
+    close(s->guardian_sock);
+    s->guardian_sock = -1;
+    if (s->guardian_pidfd >= 0)
+        close(s->guardian_pidfd);
+    s->guardian_pidfd = -1;
+    return 0;
+}

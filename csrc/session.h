@@ -1,0 +1,96 @@
+/*
+ * session.h: the state one freeze shares between the orchestrator and its
+ * guardian.
+ *
+ * A session lives in an anonymous MAP_SHARED mapping created before the
+ * guardian is forked, so both processes see every state change without a
+ * message: the frozen window carries no IPC. Each filesystem's state moves
+ * only by compare-and-swap, so exactly one process thaws it.
+ *
+ * Only the region between the cdef markers is given to cffi: it must stay in
+ * the subset of C that cffi's parser reads (no includes, no macros with
+ * arguments).
+ */
+#ifndef QUIESCE_SESSION_H
+#define QUIESCE_SESSION_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* cdef-begin */
+/* Per-filesystem states. */
+#define QZ_IDLE 0           /* not touched yet */
+#define QZ_FREEZING 1       /* FIFREEZE under way */
+#define QZ_FROZEN 2         /* FIFREEZE returned 0: ours to thaw */
+#define QZ_FREEZE_FAILED 3  /* FIFREEZE returned an error: not ours */
+#define QZ_THAWING 4        /* the orchestrator is thawing it */
+#define QZ_THAWED 5         /* the orchestrator thawed it */
+#define QZ_GUARD_THAWING 6  /* the guardian is thawing it */
+#define QZ_GUARD_THAWED 7   /* the guardian thawed it */
+
+/* Why the guardian acted (qz_session.guard_reason). */
+#define QZ_GUARD_NONE 0
+#define QZ_GUARD_DEADLINE 1      /* the freeze deadline passed */
+#define QZ_GUARD_ORPHANED 2      /* the orchestrator died */
+#define QZ_GUARD_BLOCKED 3       /* one FIFREEZE blocked past its own deadline */
+
+#define QZ_LEDGER_PATH_MAX 4096
+
+struct qz_fs {
+    int32_t fd;
+    int32_t state;
+    int32_t freeze_errno;
+    int32_t thaw_errno;
+    int32_t flush_errno;
+    int32_t pad;
+    int64_t flush_start_ns;
+    int64_t flush_end_ns;
+    int64_t freeze_start_ns;
+    int64_t freeze_end_ns;
+    int64_t thaw_start_ns;
+    int64_t thaw_end_ns;
+};
+
+struct qz_session {
+    uint32_t n;
+    int32_t failed_index;      /* the FIFREEZE that failed, or -1 */
+    int32_t freeze_done;       /* set once the freeze loop has ended */
+    int32_t guard_reason;      /* QZ_GUARD_*, set once when the guardian acts */
+    int64_t guard_fired_ns;
+    int64_t timeout_ns;        /* window limit from the first FIFREEZE; 0 = none */
+    int64_t deadline_ns;       /* absolute CLOCK_MONOTONIC, set when freezing begins */
+    int64_t step_timeout_ns;   /* per-FIFREEZE limit; 0 = none */
+    int32_t guardian_pid;
+    int32_t guardian_pidfd;
+    int32_t guardian_sock;
+    int32_t guardian_status;   /* wait status once reaped, else -1 */
+    int32_t report_fd;
+    int32_t keep_fd;
+    char ledger_path[4096];
+    struct qz_fs fs[];
+};
+
+int64_t qz_now_ns(void);
+struct qz_session *qz_session_new(const int *fds, uint32_t n);
+void qz_session_free(struct qz_session *s);
+int32_t qz_fs_state(struct qz_session *s, uint32_t i);
+/* cdef-end */
+
+/* Atomic accessors shared by freeze.c and guardian.c. */
+static inline int32_t qz_load(const int32_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static inline void qz_store(int32_t *p, int32_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+static inline int qz_cas(int32_t *p, int32_t expected, int32_t desired)
+{
+    return __atomic_compare_exchange_n(p, &expected, desired, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+#endif

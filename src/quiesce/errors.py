@@ -1,0 +1,96 @@
+"""quiesce's exceptions.
+
+Every exception quiesce raises derives from :class:`QuiesceError`. Errors that
+come from the operating system also derive from :class:`OSError`, so ``errno``
+and ``filename`` survive for callers that inspect them. Where Azure's
+pre/post-script framework documents a name for an error, the exception carries
+it in ``azure_name`` (and Azure's numeric code in ``azure_code``).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class QuiesceError(Exception):
+    """Base class of every error quiesce raises."""
+
+    azure_name: str | None = None
+    azure_code: int | None = None
+
+
+class ConfigError(QuiesceError):
+    """A configuration file or option is invalid; nothing was run or frozen."""
+
+
+class MountinfoError(QuiesceError):
+    """``/proc/self/mountinfo`` (or text in its format) could not be parsed."""
+
+
+class TargetError(QuiesceError):
+    """A requested freeze target cannot be used (not a mount point, not freezable)."""
+
+
+class LockHeldError(QuiesceError):
+    """Another quiesce process holds the freeze lock."""
+
+    def __init__(self, message: str, holder_pid: int | None = None) -> None:
+        super().__init__(message)
+        self.holder_pid = holder_pid
+
+
+class LedgerError(QuiesceError):
+    """The ledger under ``/run/quiesce`` could not be read or written."""
+
+
+class QuiesceOSError(QuiesceError, OSError):
+    """An operating-system error during a named step on a named path."""
+
+    def __init__(self, err: int, step: str, path: str | None = None) -> None:
+        message = f"{step}: {os.strerror(err)}"
+        if path is None:
+            OSError.__init__(self, err, message)
+        else:
+            OSError.__init__(self, err, message, path)
+        self.step = step
+
+    def __str__(self) -> str:
+        where = f" on {self.filename}" if self.filename is not None else ""
+        code = _errno.errorcode.get(self.errno, str(self.errno))
+        return f"{self.step}{where} failed: {os.strerror(self.errno)} ({code})"
+
+
+class FreezeError(QuiesceOSError):
+    """FIFREEZE failed on a filesystem; the ones frozen before it were thawed."""
+
+    azure_code = 121
+
+
+class FrozenByOtherError(FreezeError):
+    """FIFREEZE returned EBUSY: someone else froze this filesystem.
+
+    quiesce never thaws a filesystem it did not freeze.
+    """
+
+
+class FreezeNotSupportedError(FreezeError):
+    """FIFREEZE returned EOPNOTSUPP: this filesystem type cannot be frozen."""
+
+
+class FreezeTimeoutError(FreezeError):
+    """A FIFREEZE call blocked past its deadline; the guardian thawed the rest."""
+
+    azure_code = 122
+
+
+class ThawError(QuiesceOSError):
+    """FITHAW failed on a filesystem quiesce froze. Never swallowed."""
+
+
+class NotFrozenError(ThawError):
+    """FITHAW returned EINVAL: the filesystem was not frozen (someone thawed it)."""
+
+
+class GuardianError(QuiesceOSError):
+    """The guardian process could not be armed or did not answer."""

@@ -1,0 +1,287 @@
+"""The only module that touches ``quiesce._native``.
+
+It wraps the C session in :class:`Session`, turns every ``-errno`` return into
+an exception right after the call, and hands out plain data. Untyped cffi
+values never leave this module.
+"""
+
+from __future__ import annotations
+
+import errno
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from quiesce._native import ffi, lib
+from quiesce.errors import (
+    FreezeError,
+    FreezeNotSupportedError,
+    FreezeTimeoutError,
+    FrozenByOtherError,
+    GuardianError,
+    NotFrozenError,
+    QuiesceOSError,
+    ThawError,
+)
+
+#: Per-filesystem states, named as reports show them.
+STATE_NAMES: dict[int, str] = {
+    lib.QZ_IDLE: "not-attempted",
+    lib.QZ_FREEZING: "freezing",
+    lib.QZ_FROZEN: "frozen",
+    lib.QZ_FREEZE_FAILED: "freeze-failed",
+    lib.QZ_THAWING: "thawing",
+    lib.QZ_THAWED: "thawed",
+    lib.QZ_GUARD_THAWING: "guardian-thawing",
+    lib.QZ_GUARD_THAWED: "thawed-by-guardian",
+}
+
+#: Why the guardian acted, as reports name it.
+GUARD_REASONS: dict[int, str | None] = {
+    lib.QZ_GUARD_NONE: None,
+    lib.QZ_GUARD_DEADLINE: "deadline",
+    lib.QZ_GUARD_ORPHANED: "orphaned",
+    lib.QZ_GUARD_BLOCKED: "blocked-freeze",
+}
+
+#: The largest number of filesystems one session can hold.
+MAX_FILESYSTEMS = 4096
+
+
+def now_ns() -> int:
+    """CLOCK_MONOTONIC in nanoseconds, the clock of every native timestamp."""
+    return int(lib.qz_now_ns())
+
+
+def freeze_error(err: int, path: str | None) -> FreezeError:
+    """The exception for a FIFREEZE that failed with ``err``."""
+    step = "FIFREEZE"
+    if err == errno.EBUSY:
+        return FrozenByOtherError(err, f"{step} (already frozen by someone else)", path)
+    if err == errno.EOPNOTSUPP:
+        return FreezeNotSupportedError(err, f"{step} (filesystem cannot be frozen)", path)
+    if err == errno.ETIMEDOUT:
+        return FreezeTimeoutError(err, f"{step} (blocked past its deadline)", path)
+    return FreezeError(err, step, path)
+
+
+def thaw_error(err: int, path: str | None) -> ThawError:
+    """The exception for a FITHAW that failed with ``err``."""
+    if err == errno.EINVAL:
+        return NotFrozenError(err, "FITHAW (filesystem was not frozen)", path)
+    return ThawError(err, "FITHAW", path)
+
+
+def thaw_fd(fd: int, path: str | None = None) -> None:
+    """FITHAW one open filesystem outside any session (recovery, ``--force``)."""
+    rc = int(lib.qz_thaw_fd(fd))
+    if rc != 0:
+        raise thaw_error(-rc, path)
+
+
+@dataclass(frozen=True)
+class FsRecord:
+    """What the native layer recorded for one filesystem (times in CLOCK_MONOTONIC ns)."""
+
+    index: int
+    state: str
+    flush_errno: int
+    flush_start_ns: int
+    flush_end_ns: int
+    freeze_errno: int
+    freeze_start_ns: int
+    freeze_end_ns: int
+    thaw_errno: int
+    thaw_start_ns: int
+    thaw_end_ns: int
+
+
+@dataclass(frozen=True)
+class GuardianRecord:
+    """What the guardian did: ``reason`` is None when it never had to act."""
+
+    reason: str | None
+    fired_ns: int
+    deadline_ns: int
+    exit_status: int | None
+
+
+class Session:
+    """One freeze of a fixed, ordered set of open filesystems.
+
+    The fds stay owned by the caller and must stay open until :meth:`close`.
+    ``labels`` (mount points) name the filesystems in exceptions.
+    """
+
+    def __init__(self, fds: Sequence[int], labels: Sequence[str]) -> None:
+        if len(fds) != len(labels):
+            raise ValueError("one label per fd")
+        if not 0 < len(fds) <= MAX_FILESYSTEMS:
+            raise ValueError(f"between 1 and {MAX_FILESYSTEMS} filesystems, not {len(fds)}")
+        self._labels = tuple(labels)
+        raw = lib.qz_session_new(ffi.new("int[]", list(fds)), len(fds))
+        if raw == ffi.NULL:
+            err = ffi.errno
+            raise QuiesceOSError(err, "allocating the shared freeze session")
+        self._s = raw
+
+    # -- lifetime ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the shared mapping. The guardian must have been disarmed."""
+        if self._s is not None:
+            lib.qz_session_free(self._s)
+            self._s = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_s", None) is not None:
+            warnings.warn("quiesce Session was not closed", ResourceWarning, stacklevel=1)
+            self.close()
+
+    def _raw(self):  # type: ignore[no-untyped-def]
+        if self._s is None:
+            raise ValueError("session is closed")
+        return self._s
+
+    # -- the steps ----------------------------------------------------------
+
+    def preflush(self) -> int:
+        """``syncfs()`` every filesystem in parallel; returns the first errno or 0.
+
+        A failed flush is not fatal: FIFREEZE flushes again inside the window.
+        """
+        return -int(lib.qz_preflush(self._raw()))
+
+    def arm(
+        self,
+        timeout_ns: int,
+        step_timeout_ns: int = 0,
+        *,
+        report_fd: int = -1,
+        keep_fd: int = -1,
+        ledger_path: str | None = None,
+    ) -> int:
+        """Fork the guardian; returns its pid.
+
+        ``timeout_ns`` bounds the window from the first FIFREEZE,
+        ``step_timeout_ns`` (0 = none) each FIFREEZE call. The guardian writes
+        one line per action to ``report_fd`` and keeps ``keep_fd`` (the lock)
+        open while it lives. When it thaws after the orchestrator died it
+        removes ``ledger_path``.
+        """
+        if timeout_ns <= 0:
+            raise ValueError("the guardian needs a positive timeout")
+        path = ffi.NULL if ledger_path is None else ledger_path.encode()
+        rc = int(
+            lib.qz_guardian_arm(
+                self._raw(), timeout_ns, step_timeout_ns, report_fd, keep_fd, path
+            )
+        )
+        if rc != 0:
+            raise GuardianError(-rc, "arming the guardian")
+        return int(self._raw().guardian_pid)
+
+    def freeze(self) -> None:
+        """FIFREEZE every filesystem in order; on failure the frozen ones are thawed."""
+        rc = int(lib.qz_freeze(self._raw()))
+        if rc != 0:
+            raise self._freeze_failure(-rc)
+
+    def thaw(self) -> None:
+        """FITHAW, in reverse order, everything this session still holds."""
+        rc = int(lib.qz_thaw(self._raw()))
+        if rc != 0:
+            raise self._thaw_failure(-rc)
+
+    def cycle(self) -> None:
+        """Freeze then thaw at once, in one native call: nothing in between."""
+        rc = int(lib.qz_cycle(self._raw()))
+        if rc != 0:
+            if self.failed_index is not None:
+                raise self._freeze_failure(-rc)
+            raise self._thaw_failure(-rc)
+
+    def disarm(self, wait_ns: int = 5_000_000_000) -> None:
+        """Release the guardian and reap it (it thaws nothing once told the window ended)."""
+        rc = int(lib.qz_guardian_disarm(self._raw(), wait_ns))
+        if rc != 0:
+            raise GuardianError(-rc, "disarming the guardian")
+
+    # -- results ----------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Number of filesystems in the session."""
+        return int(self._raw().n)
+
+    @property
+    def failed_index(self) -> int | None:
+        """Index of the FIFREEZE that failed (or was overtaken by the guardian)."""
+        i = int(self._raw().failed_index)
+        return None if i < 0 else i
+
+    @property
+    def guardian_pid(self) -> int | None:
+        """The armed guardian's pid, None once reaped or never armed."""
+        pid = int(self._raw().guardian_pid)
+        return None if pid <= 0 else pid
+
+    def records(self) -> list[FsRecord]:
+        """The per-filesystem record, in freeze order."""
+        s = self._raw()
+        out = []
+        for i in range(int(s.n)):
+            fs = s.fs[i]
+            out.append(
+                FsRecord(
+                    index=i,
+                    state=STATE_NAMES.get(int(lib.qz_fs_state(s, i)), "unknown"),
+                    flush_errno=int(fs.flush_errno),
+                    flush_start_ns=int(fs.flush_start_ns),
+                    flush_end_ns=int(fs.flush_end_ns),
+                    freeze_errno=int(fs.freeze_errno),
+                    freeze_start_ns=int(fs.freeze_start_ns),
+                    freeze_end_ns=int(fs.freeze_end_ns),
+                    thaw_errno=int(fs.thaw_errno),
+                    thaw_start_ns=int(fs.thaw_start_ns),
+                    thaw_end_ns=int(fs.thaw_end_ns),
+                )
+            )
+        return out
+
+    def guardian(self) -> GuardianRecord:
+        """What the guardian did."""
+        s = self._raw()
+        status = int(s.guardian_status)
+        return GuardianRecord(
+            reason=GUARD_REASONS.get(int(s.guard_reason), "unknown"),
+            fired_ns=int(s.guard_fired_ns),
+            deadline_ns=int(s.deadline_ns),
+            exit_status=None if status < 0 else status,
+        )
+
+    def _freeze_failure(self, err: int) -> FreezeError:
+        i = self.failed_index
+        label = None if i is None else self._labels[i]
+        if err != errno.ETIMEDOUT and i is not None:
+            recorded = int(self._raw().fs[i].freeze_errno)
+            err = recorded or err
+        return freeze_error(err, label)
+
+    def _thaw_failure(self, err: int) -> ThawError:
+        for rec in reversed(self.records()):
+            if rec.thaw_errno == err:
+                return thaw_error(err, self._labels[rec.index])
+        return thaw_error(err, None)
