@@ -94,7 +94,6 @@ static const char *reason_name(int32_t reason)
 static void guard_thaw(struct qz_session *s, uint32_t i)
 {
     struct qz_fs *fs = &s->fs[i];
-    struct line l;
     int rc;
 
     fs->thaw_start_ns = qz_now_ns();
@@ -102,17 +101,34 @@ static void guard_thaw(struct qz_session *s, uint32_t i)
     fs->thaw_end_ns = qz_now_ns();
     fs->thaw_errno = rc == 0 ? 0 : errno;
     qz_store(&fs->state, QZ_GUARD_THAWED);
+}
 
-    start_line(&l, "thaw");
-    put_str(&l, " index=");
-    put_int(&l, i);
-    put_str(&l, " errno=");
-    put_int(&l, fs->thaw_errno);
-    put_str(&l, " start_ns=");
-    put_int(&l, fs->thaw_start_ns);
-    put_str(&l, " end_ns=");
-    put_int(&l, fs->thaw_end_ns);
-    emit(s, &l);
+/*
+ * Log what was thawed since the last call. Only after thawing: the report fd
+ * may be a file on one of the filesystems that were frozen.
+ */
+static void log_thaws(struct qz_session *s)
+{
+    struct line l;
+    uint32_t i;
+
+    for (i = s->n; i-- > 0;) {
+        struct qz_fs *fs = &s->fs[i];
+
+        if (qz_load(&fs->state) != QZ_GUARD_THAWED || fs->guard_reported)
+            continue;
+        fs->guard_reported = 1;
+        start_line(&l, "thaw");
+        put_str(&l, " index=");
+        put_int(&l, i);
+        put_str(&l, " errno=");
+        put_int(&l, fs->thaw_errno);
+        put_str(&l, " start_ns=");
+        put_int(&l, fs->thaw_start_ns);
+        put_str(&l, " end_ns=");
+        put_int(&l, fs->thaw_end_ns);
+        emit(s, &l);
+    }
 }
 
 /*
@@ -142,13 +158,14 @@ static void fire(struct qz_session *s, int32_t reason)
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return;
     s->guard_fired_ns = qz_now_ns();
+    thaw_held(s, reason == QZ_GUARD_ORPHANED);
     start_line(&l, "fired");
     put_str(&l, " reason=");
     put_str(&l, reason_name(reason));
     put_str(&l, " t_ns=");
     put_int(&l, s->guard_fired_ns);
     emit(s, &l);
-    thaw_held(s, reason == QZ_GUARD_ORPHANED);
+    log_thaws(s);
 }
 
 /* The orchestrator is gone: thaw everything, and drop its ledger if clean. */
@@ -160,6 +177,7 @@ static void orphaned(struct qz_session *s)
     fire(s, QZ_GUARD_ORPHANED);
     /* Fired earlier for another reason: the FIFREEZE it left may be done. */
     thaw_held(s, 1);
+    log_thaws(s);
     for (i = 0; i < s->n; i++) {
         int32_t e = s->fs[i].thaw_errno;
 
@@ -304,7 +322,6 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
     struct pollfd pfd = { .fd = sock, .events = POLLIN };
     int64_t anchor = 0;
     int begun = 0;
-    struct line l;
 
     for (;;) {
         int64_t now = qz_now_ns();
@@ -342,10 +359,6 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
         orphaned(s);
         break;
     }
-    start_line(&l, "exit");
-    put_str(&l, " reason=");
-    put_str(&l, reason_name(qz_load(&s->guard_reason)));
-    emit(s, &l);
     _exit(qz_load(&s->guard_reason) == QZ_GUARD_NONE ? 0 : 1);
 }
 

@@ -42,7 +42,7 @@ struct qz_fs {
     int32_t freeze_errno;
     int32_t thaw_errno;
     int32_t flush_errno;
-    int32_t pad;
+    int32_t guard_reported;  /* the guardian logged its thaw */
     int64_t flush_start_ns;
     int64_t flush_end_ns;
     int64_t freeze_start_ns;

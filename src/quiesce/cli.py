@@ -1,0 +1,663 @@
+"""The ``quiesce`` command line.
+
+This is the only module that maps exceptions to exit codes and text. Every
+subcommand takes ``--json`` for machine-readable output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import enum
+import json
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from quiesce import ledger as ledger_mod
+from quiesce import lock as lock_mod
+from quiesce.errors import (
+    FreezeError,
+    LockHeldError,
+    NotFrozenError,
+    QuiesceError,
+    TargetError,
+    ThawError,
+)
+from quiesce.freeze import (
+    DEFAULT_STEP_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    RUN_DIR,
+    Freeze,
+    FreezeOptions,
+    FreezeReport,
+)
+from quiesce.mounts import Plan, read_mountinfo
+from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan
+from quiesce.procs import is_alive, mount_id_of_fd
+
+LAST_REPORT = "last-report.json"
+
+
+class Exit(enum.IntEnum):
+    """``quiesce``'s exit codes (documented in README.md)."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    LOCKED = 3
+    FREEZE_FAILED = 4
+    GUARDIAN_THAWED = 5
+    THAW_FAILED = 6
+    BAD_TARGET = 7
+
+
+EXIT_HELP = """exit status:
+  0  success
+  1  error (message on stderr)
+  2  usage error
+  3  another quiesce freeze holds the lock
+  4  a FIFREEZE failed; everything frozen before it was thawed
+  5  the guardian thawed before the release (deadline passed, or a FIFREEZE blocked)
+  6  a FITHAW failed: a filesystem may still be frozen (see `quiesce status`)
+  7  a named target cannot be frozen (not a mount point, read-only, pseudo...)
+"""
+
+
+# -- formatting -------------------------------------------------------------
+
+
+def human_ns(ns: int | None) -> str:
+    """A duration for a terminal: 812 us, 3.4 ms, 1.25 s."""
+    if ns is None:
+        return "-"
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f} us"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.2f} ms"
+    return f"{ns / 1e9:.2f} s"
+
+
+def emit_json(data: Any, out: TextIO) -> None:
+    """One JSON document, one line."""
+    out.write(json.dumps(data, sort_keys=True) + "\n")
+    out.flush()
+
+
+def print_plan(plan: Plan, out: TextIO) -> None:
+    """What would be frozen, in order, and every skipped mount with its reason."""
+    if plan.targets:
+        out.write("freeze order (thawed in reverse):\n")
+        for i, t in enumerate(plan.targets, 1):
+            m = t.mount
+            extra = f"  [loop on {t.backing_target}]" if t.backing_target else ""
+            out.write(f"  {i:2}. {m.mount_point}  {m.fstype}  {m.dev}  {m.source}{extra}\n")
+    else:
+        out.write("nothing would be frozen\n")
+    if plan.skipped:
+        out.write("skipped:\n")
+        for s in plan.skipped:
+            m = s.mount
+            out.write(f"  {m.mount_point}  {m.fstype}  {s.reason.value}: {s.detail}\n")
+    for pattern in plan.unmatched:
+        out.write(f"no mount matches {pattern}\n")
+
+
+def print_report(report: FreezeReport, out: TextIO) -> None:
+    """A freeze report for a terminal."""
+    out.write(f"run {report.run_id}: window {human_ns(report.window_ns)}")
+    out.write(f", pre-flush {human_ns(report.preflush_ns)}\n")
+    for t in report.targets:
+        line = (
+            f"  {t.mount_point:<24} {t.fstype:<6} {t.state:<18} "
+            f"freeze {human_ns(t.freeze_ns):>9}  thaw {human_ns(t.thaw_ns):>9}"
+        )
+        if t.freeze_errno:
+            line += f"  freeze errno {t.freeze_errno} ({os.strerror(t.freeze_errno)})"
+        if t.thaw_errno:
+            line += f"  thaw errno {t.thaw_errno} ({os.strerror(t.thaw_errno)})"
+        out.write(line + "\n")
+    if report.guardian_reason:
+        out.write(
+            f"  guardian acted ({report.guardian_reason}) "
+            f"{human_ns(report.guardian_fired_at_ns)} after the first FIFREEZE\n"
+        )
+    if report.error:
+        out.write(f"  error: {report.error}\n")
+
+
+# -- mounts -----------------------------------------------------------------
+
+
+def _plan_from(args: argparse.Namespace, targets: Sequence[str]) -> Plan:
+    return make_plan(
+        targets,
+        exclude=args.exclude,
+        exclude_fstypes=args.exclude_fstype,
+        extra_fstypes=args.fstype,
+        vmbackup_conf=None if args.no_vmbackup_conf else args.vmbackup_conf,
+    )
+
+
+def cmd_mounts(args: argparse.Namespace) -> int:
+    """``quiesce mounts``."""
+    plan = _plan_from(args, args.targets)
+    if args.json:
+        emit_json(plan.to_dict(), sys.stdout)
+    else:
+        print_plan(plan, sys.stdout)
+    return Exit.OK
+
+
+# -- freeze -------------------------------------------------------------------
+
+
+class _Release:
+    """Waits for the end of a hold: stdin, a signal, or the deadline."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    def wait(self, remaining_ns: Callable[[], int | None], use_stdin: bool) -> str:
+        """Block until released; returns what released it."""
+        watch = [self._r]
+        if use_stdin:
+            watch.append(sys.stdin.fileno())
+        while self.received is None:
+            left = remaining_ns()
+            if left is not None and left <= 0:
+                return "deadline"
+            # A little past the deadline: the guardian thaws at it exactly.
+            timeout = None if left is None else left / 1e9 + 0.005
+            ready, _, _ = select.select(watch, [], [], timeout)
+            if use_stdin and sys.stdin.fileno() in ready:
+                os.read(sys.stdin.fileno(), 4096)
+                return "stdin"
+        return f"signal {signal.Signals(self.received).name}"
+
+    def close(self) -> None:
+        """Restore the previous handlers."""
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._r)
+        os.close(self._w)
+
+
+def _freeze_options(args: argparse.Namespace) -> FreezeOptions:
+    return FreezeOptions(
+        timeout_s=args.timeout,
+        step_timeout_s=args.step_timeout,
+        preflush=not args.no_preflush,
+        run_dir=args.run_dir,
+    )
+
+
+def _report_exit(report: FreezeReport, err: BaseException | None) -> int:
+    if isinstance(err, ThawError):
+        return Exit.THAW_FAILED
+    if isinstance(err, FreezeError):
+        return Exit.FREEZE_FAILED
+    if err is not None:
+        return Exit.ERROR
+    if report.guardian_reason is not None:
+        return Exit.GUARDIAN_THAWED
+    return Exit.OK if report.ok else Exit.ERROR
+
+
+def _save_report(run_dir: str, report: FreezeReport, released_by: str | None) -> None:
+    data = report.to_dict() | {"released_by": released_by}
+    with contextlib.suppress(OSError):
+        tmp = os.path.join(run_dir, f".{LAST_REPORT}.{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.rename(tmp, os.path.join(run_dir, LAST_REPORT))
+
+
+def hold(
+    plan: Plan,
+    options: FreezeOptions,
+    announce: Callable[[Freeze], None],
+    use_stdin: bool,
+) -> tuple[FreezeReport, str | None, BaseException | None]:
+    """Freeze, announce, wait for the release, thaw. Returns the report, what released it and the error."""
+    release = _Release()
+    released_by: str | None = None
+    err: BaseException | None = None
+    f = Freeze(plan.targets, options)
+    try:
+        with f:
+            f.prepare()
+            f.freeze()
+            announce(f)
+            released_by = release.wait(f.remaining_ns, use_stdin)
+    except (FreezeError, ThawError) as e:
+        err = e
+    finally:
+        release.close()
+    _save_report(options.run_dir, f.report, released_by)
+    return f.report, released_by, err
+
+
+def _frozen_event(f: Freeze) -> dict[str, Any]:
+    return {
+        "event": "frozen",
+        "run_id": f.run_id,
+        "pid": os.getpid(),
+        "targets": [t.mount.mount_point for t in f.targets],
+        "remaining_ns": f.remaining_ns(),
+    }
+
+
+def _write_line(fd: int, text: str) -> None:
+    os.write(fd, (text + "\n").encode())
+
+
+def cmd_freeze(args: argparse.Namespace) -> int:
+    """``quiesce freeze``."""
+    plan = _plan_from(args, args.targets)
+    check_explicit(plan, args.targets)
+    options = _freeze_options(args)
+    if args.hold:
+        return _hold_detached(args, plan, options)
+
+    def announce(f: Freeze) -> None:
+        # stdout may be a file on a frozen target: one small write, and the
+        # guardian's deadline bounds even that.
+        if args.json:
+            emit_json(_frozen_event(f), sys.stdout)
+        else:
+            how = "a line or EOF on stdin, " if not args.no_stdin else ""
+            sys.stdout.write(
+                f"frozen: {', '.join(t.mount.mount_point for t in f.targets)}; "
+                f"release with {how}SIGTERM/SIGINT, or `quiesce thaw`; "
+                f"the guardian thaws in {human_ns(f.remaining_ns())}\n"
+            )
+            sys.stdout.flush()
+
+    report, released_by, err = hold(plan, options, announce, use_stdin=not args.no_stdin)
+    if args.json:
+        emit_json(report.to_dict() | {"event": "thawed", "released_by": released_by}, sys.stdout)
+    else:
+        print_report(report, sys.stdout)
+        if released_by:
+            sys.stdout.write(f"  released by {released_by}\n")
+    return _report_exit(report, err)
+
+
+def _hold_detached(args: argparse.Namespace, plan: Plan, options: FreezeOptions) -> int:
+    """Fork a holder that keeps the freeze; return once it reports frozen (or failed)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the holder
+        os.close(r)
+        code = Exit.ERROR
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+
+            def announce(f: Freeze) -> None:
+                _write_line(w, json.dumps(_frozen_event(f)))
+                os.close(w)
+
+            try:
+                report, _, err = hold(plan, options, announce, use_stdin=False)
+            except QuiesceError as e:
+                code = exit_code_for(e)
+                failure = {"event": "failed", "error": str(e), "exit": int(code)}
+            else:
+                code = _report_exit(report, err)
+                failure = {"event": "failed", "error": report.error, "exit": int(code)}
+            if code != Exit.OK:
+                with contextlib.suppress(OSError):
+                    _write_line(w, json.dumps(failure | {"report": report.to_dict()}
+                                              if err is not None else failure))
+        finally:
+            os._exit(int(code))
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    text = b"".join(chunks).decode().strip()
+    if not text:
+        os.waitpid(pid, 0)
+        print("quiesce: the holder exited before freezing", file=sys.stderr)
+        return Exit.ERROR
+    event = json.loads(text.splitlines()[0])
+    if event["event"] == "frozen":
+        if args.json:
+            emit_json(event, sys.stdout)
+        else:
+            print(
+                f"frozen: {', '.join(event['targets'])} (holder pid {event['pid']}); "
+                f"release with `quiesce thaw`; the guardian thaws in "
+                f"{human_ns(event['remaining_ns'])}"
+            )
+        return Exit.OK
+    os.waitpid(pid, 0)
+    if args.json:
+        emit_json(event, sys.stdout)
+    else:
+        print(f"quiesce: {event.get('error')}", file=sys.stderr)
+    return int(event.get("exit", Exit.ERROR))
+
+
+# -- thaw -------------------------------------------------------------------------
+
+
+def _wait_exit(pid: int, started: int | None, timeout_s: float) -> bool:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        end = time.monotonic() + timeout_s
+        while is_alive(pid, started):
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([pidfd], [], [], min(left, 0.1))
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _read_last_report(run_dir: str, run_id: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(run_dir, LAST_REPORT)) as f:
+            data: dict[str, Any] = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if data.get("run_id") == run_id else None
+
+
+def _mount_dev(mount_id: int) -> str | None:
+    for m in read_mountinfo():
+        if m.mount_id == mount_id:
+            return m.dev
+    return None
+
+
+def thaw_mount(path: str, expect_mount_id: int | None = None, expect_dev: str | None = None) -> str:
+    """FITHAW one mount point; returns "thawed", "not-frozen" or "mount-changed".
+
+    With ``expect_mount_id``/``expect_dev`` (from a ledger) the mount must still
+    be the one that was frozen: same mount ID, same superblock ``maj:min``.
+    """
+    from quiesce.native import thaw_fd  # loaded only when thawing
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if expect_mount_id is not None:
+            mnt = mount_id_of_fd(fd)
+            if mnt != expect_mount_id or (
+                expect_dev is not None and _mount_dev(mnt) != expect_dev
+            ):
+                return "mount-changed"
+        try:
+            thaw_fd(fd, path)
+        except NotFrozenError:
+            return "not-frozen"
+        return "thawed"
+    finally:
+        os.close(fd)
+
+
+def thaw_from_ledger(led: ledger_mod.Ledger) -> list[dict[str, str]]:
+    """Thaw, in reverse freeze order, exactly what a dead freeze's ledger lists."""
+    results = []
+    for e in reversed(led.filesystems):
+        try:
+            outcome = thaw_mount(e.mount_point, e.mount_id, e.dev)
+        except OSError as err:
+            outcome = f"error: {err}"
+        results.append({"mount_point": e.mount_point, "dev": e.dev, "outcome": outcome})
+    return results
+
+
+def cmd_thaw(args: argparse.Namespace) -> int:
+    """``quiesce thaw``."""
+    out: dict[str, Any] = {}
+    code = Exit.OK
+    if args.force:
+        forced = []
+        for path in args.force:
+            try:
+                outcome = thaw_mount(path)
+            except OSError as err:
+                outcome, code = f"error: {err}", Exit.THAW_FAILED
+            forced.append({"mount_point": path, "outcome": outcome})
+        out["forced"] = forced
+    led = ledger_mod.read(args.run_dir)
+    if led is None:
+        out["ledger"] = None
+        if not args.force:
+            out["message"] = f"nothing to thaw: no freeze in progress (no ledger in {args.run_dir})"
+    elif is_alive(led.pid, led.pid_start):
+        os.kill(led.pid, signal.SIGUSR1)
+        if not _wait_exit(led.pid, led.pid_start, args.wait):
+            out["message"] = f"holder pid {led.pid} did not finish within {args.wait} s"
+            code = Exit.ERROR
+        else:
+            out["released"] = led.pid
+            out["report"] = _read_last_report(args.run_dir, led.run_id)
+            report = out["report"]
+            if report is not None and not report.get("ok"):
+                code = Exit.GUARDIAN_THAWED if report.get("guardian_reason") else Exit.ERROR
+    else:
+        if led.guardian_pid and is_alive(led.guardian_pid, led.guardian_start):
+            _wait_exit(led.guardian_pid, led.guardian_start, args.wait)
+        led_now = ledger_mod.read(args.run_dir)
+        if led_now is None:
+            out["message"] = "the guardian of the dead freeze already thawed it"
+        else:
+            with lock_mod.FreezeLock(args.run_dir):
+                results = thaw_from_ledger(led_now)
+            out["recovered"] = results
+            if any(r["outcome"].startswith("error") for r in results):
+                code = Exit.THAW_FAILED
+            else:
+                ledger_mod.remove(args.run_dir)
+    if args.json:
+        emit_json(out, sys.stdout)
+    else:
+        _print_thaw(out)
+    return code
+
+
+def _print_thaw(out: dict[str, Any]) -> None:
+    for r in out.get("forced", []):
+        print(f"{r['mount_point']}: {r['outcome']}")
+    if "message" in out:
+        print(out["message"])
+    if "released" in out:
+        print(f"released the freeze held by pid {out['released']}")
+        rep = out.get("report")
+        if rep:
+            print(f"  window {human_ns(rep.get('window_ns'))}; ", end="")
+            print(", ".join(f"{t['mount_point']} {t['state']}" for t in rep["targets"]))
+    for r in out.get("recovered", []):
+        print(f"{r['mount_point']} ({r['dev']}): {r['outcome']}")
+
+
+# -- status -------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``quiesce status``."""
+    led = ledger_mod.read(args.run_dir)
+    status: dict[str, Any] = {
+        "run_dir": args.run_dir,
+        "lock_held": lock_mod.is_held(args.run_dir),
+        "lock_holder": lock_mod.read_holder(os.path.join(args.run_dir, "lock")),
+        "ledger": None if led is None else led.to_dict(),
+    }
+    if led is not None:
+        status["holder_alive"] = is_alive(led.pid, led.pid_start)
+        status["guardian_alive"] = bool(
+            led.guardian_pid and is_alive(led.guardian_pid, led.guardian_start)
+        )
+        status["deadline_in_s"] = round(led.deadline_unix - time.time(), 3)
+    if args.json:
+        emit_json(status, sys.stdout)
+        return Exit.OK
+    if led is None:
+        print(f"no freeze in progress (no ledger in {args.run_dir})")
+        if status["lock_held"]:
+            print(f"the lock is held by pid {status['lock_holder']}")
+        return Exit.OK
+    alive = "alive" if status["holder_alive"] else "gone"
+    print(f"freeze {led.run_id} by pid {led.pid} ({alive}); guardian pid {led.guardian_pid} "
+          f"({'alive' if status['guardian_alive'] else 'gone'})")
+    for e in led.filesystems:
+        print(f"  {e.mount_point}  {e.fstype}  {e.dev}")
+    if status["holder_alive"]:
+        print(f"  the guardian thaws within {max(status['deadline_in_s'], 0):.1f} s at the latest")
+    else:
+        print("  its process is gone: run `quiesce thaw` to thaw what the ledger lists")
+    return Exit.OK
+
+
+# -- parser -------------------------------------------------------------------
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--exclude", action="append", default=[], metavar="MOUNT",
+        help="skip a mount point or glob (repeatable); excluding any mount of a "
+        "filesystem excludes the filesystem",
+    )
+    p.add_argument(
+        "--exclude-fstype", action="append", default=[], metavar="TYPE",
+        help="skip every filesystem of this type (repeatable)",
+    )
+    p.add_argument(
+        "--fstype", action="append", default=[], metavar="TYPE",
+        help="treat this filesystem type as freezable (repeatable)",
+    )
+    p.add_argument(
+        "--vmbackup-conf", default=VMBACKUP_CONF, metavar="PATH",
+        help=f"Azure's vmbackup.conf whose [SnapshotThread] MountsToSkip is honoured "
+        f"(default {VMBACKUP_CONF}; a missing file is fine)",
+    )
+    p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``quiesce``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument(
+        "--run-dir", default=os.environ.get("QUIESCE_RUN_DIR", RUN_DIR), metavar="DIR",
+        help=f"where the lock, ledger and guardian log live (default {RUN_DIR}, "
+        "or $QUIESCE_RUN_DIR); must not be on a filesystem that gets frozen",
+    )
+    parser = argparse.ArgumentParser(
+        prog="quiesce",
+        description="Application-consistent snapshots: freeze filesystems (FIFREEZE) for "
+        "as short a window as the kernel allows, with a guardian process that always thaws.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "mounts", parents=[common], help="show what would be frozen, in which order, and what is skipped",
+        description="List the filesystems quiesce would freeze, in freeze order, and every "
+        "skipped mount with its reason (pseudo, network, fuse, read-only, duplicate, excluded, "
+        "unsupported, not-included).",
+    )
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="limit to these mount points or globs")
+    _add_selection(p)
+    p.set_defaults(func=cmd_mounts)
+
+    p = sub.add_parser(
+        "freeze", parents=[common], help="freeze filesystems until released",
+        description="Freeze the named mount points (in a safe order), announce 'frozen', wait "
+        "for the release, then thaw and report. Released by a line or EOF on stdin (unless "
+        "--no-stdin), SIGTERM/SIGINT/SIGHUP, or `quiesce thaw`; the guardian thaws on its own "
+        "at --timeout, or if quiesce dies. With --hold the command returns as soon as the "
+        "filesystems are frozen and a background holder keeps them frozen until `quiesce thaw` "
+        "or the timeout.",
+        epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="mount points (or globs) to freeze")
+    p.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+        help=f"longest time frozen: the guardian thaws at this deadline (default {DEFAULT_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--step-timeout", type=float, default=None, metavar="S",
+        help=f"longest one FIFREEZE may block before the guardian thaws the rest "
+        f"(default {DEFAULT_STEP_TIMEOUT_S:g}, at most --timeout)",
+    )
+    p.add_argument("--hold", action="store_true", help="return once frozen; release with `quiesce thaw`")
+    p.add_argument("--no-stdin", action="store_true", help="do not release on stdin")
+    p.add_argument("--no-preflush", action="store_true", help="skip the parallel syncfs() before freezing")
+    _add_selection(p)
+    p.set_defaults(func=cmd_freeze)
+
+    p = sub.add_parser(
+        "thaw", parents=[common], help="release or thaw what quiesce froze",
+        description="Release a running freeze (foreground or --hold) and show its report. If the "
+        "process that froze is gone, thaw exactly the filesystems its ledger lists, and only if "
+        "they are still the same mounts. --force thaws a named mount point regardless of any "
+        "ledger (also one frozen by another tool).",
+        epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--force", action="append", default=[], metavar="MOUNT", help="FITHAW this mount point")
+    p.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to wait for the holder")
+    p.set_defaults(func=cmd_thaw)
+
+    p = sub.add_parser(
+        "status", parents=[common], help="is anything frozen by quiesce?",
+        description="Show the freeze in progress (from the ledger), whether its process and "
+        "guardian are alive, and the lock.",
+    )
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def exit_code_for(err: BaseException) -> Exit:
+    """The exit status for an error that ended a command."""
+    for kind, code in (
+        (LockHeldError, Exit.LOCKED),
+        (TargetError, Exit.BAD_TARGET),
+        (ThawError, Exit.THAW_FAILED),
+        (FreezeError, Exit.FREEZE_FAILED),
+        (ValueError, Exit.USAGE),
+    ):
+        if isinstance(err, kind):
+            return code
+    return Exit.ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``quiesce`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (QuiesceError, ValueError) as err:
+        print(f"quiesce: {err}", file=sys.stderr)
+        return int(exit_code_for(err))
+    except KeyboardInterrupt:
+        return 130

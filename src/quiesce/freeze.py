@@ -1,0 +1,345 @@
+"""One freeze, start to finish: lock, open, ledger, guardian, pre-flush, freeze, thaw.
+
+:class:`Freeze` runs the steps in the order the safety contract requires and
+always cleans up: the guardian is armed and the ledger written before the
+first FIFREEZE; the ledger is removed, the guardian reaped and the lock
+released only after the thaw. :func:`frozen` wraps it for a ``with`` block.
+
+Nothing in this module writes to a file between :meth:`Freeze.freeze` and
+:meth:`Freeze.thaw`; the report is assembled from the native records after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from quiesce import ledger as ledger_mod
+from quiesce.errors import QuiesceError, QuiesceOSError, TargetError, ThawError
+from quiesce.lock import FreezeLock
+from quiesce.mounts import Target
+from quiesce.native import FsRecord, GuardianRecord, Session, now_ns
+from quiesce.procs import mount_id_of_fd, start_time
+
+#: Where the lock, the ledger and the guardian's log live. tmpfs on a normal
+#: system, so never frozen.
+RUN_DIR = "/run/quiesce"
+#: Azure's vmbackup.conf ``[SnapshotThread] timeout`` default: the longest a
+#: filesystem may stay frozen before the guardian thaws it.
+DEFAULT_TIMEOUT_S = 60.0
+#: The longest one FIFREEZE call may block (it cannot be interrupted; the
+#: guardian thaws the others to release it).
+DEFAULT_STEP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class FreezeOptions:
+    """How a freeze is run."""
+
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    step_timeout_s: float | None = None
+    preflush: bool = True
+    run_dir: str = RUN_DIR
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout must be positive, not {self.timeout_s}")
+        if self.step_timeout_s is not None and not self.step_timeout_s > 0:
+            raise ValueError(f"step timeout must be positive, not {self.step_timeout_s}")
+
+    @property
+    def step_timeout_ns(self) -> int:
+        """Per-FIFREEZE limit: the option, else the default, never past the window's."""
+        step = self.step_timeout_s or min(DEFAULT_STEP_TIMEOUT_S, self.timeout_s)
+        return int(min(step, self.timeout_s) * 1e9)
+
+
+@dataclass(frozen=True)
+class FilesystemResult:
+    """What happened to one filesystem. Durations in ns; ``*_at_ns`` from the window start."""
+
+    mount_point: str
+    dev: str
+    fstype: str
+    mount_id: int
+    state: str
+    preflush_ns: int | None
+    preflush_errno: int
+    freeze_at_ns: int | None
+    freeze_ns: int | None
+    freeze_errno: int
+    thaw_at_ns: int | None
+    thaw_ns: int | None
+    thaw_errno: int
+
+
+@dataclass
+class FreezeReport:
+    """The outcome of one freeze; plain data that serialises to JSON."""
+
+    run_id: str
+    targets: list[FilesystemResult] = field(default_factory=list)
+    window_ns: int | None = None
+    preflush_ns: int | None = None
+    guardian_pid: int | None = None
+    guardian_reason: str | None = None
+    guardian_fired_at_ns: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Every filesystem was frozen and then thawed by quiesce itself."""
+        return self.error is None and all(t.state == "thawed" for t in self.targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def _span(start: int, end: int) -> int | None:
+    return end - start if start and end else None
+
+
+def _since(origin: int | None, t: int) -> int | None:
+    return t - origin if origin is not None and t else None
+
+
+def build_report(
+    run_id: str,
+    targets: Sequence[Target],
+    records: Sequence[FsRecord],
+    guardian: GuardianRecord | None,
+    guardian_pid: int | None,
+) -> FreezeReport:
+    """Assemble a report from the native records (after the window)."""
+    starts = [r.freeze_start_ns for r in records if r.freeze_start_ns]
+    origin = min(starts) if starts else None
+    thaw_ends = [r.thaw_end_ns for r in records if r.thaw_end_ns]
+    flush = [(r.flush_start_ns, r.flush_end_ns) for r in records if r.flush_start_ns]
+    report = FreezeReport(run_id=run_id, guardian_pid=guardian_pid)
+    if origin is not None and thaw_ends:
+        report.window_ns = max(thaw_ends) - origin
+    if flush:
+        report.preflush_ns = max(e for _, e in flush) - min(s for s, _ in flush)
+    if guardian is not None:
+        report.guardian_reason = guardian.reason
+        if guardian.reason is not None:
+            report.guardian_fired_at_ns = _since(origin, guardian.fired_ns)
+    for target, rec in zip(targets, records, strict=True):
+        m = target.mount
+        report.targets.append(
+            FilesystemResult(
+                mount_point=m.mount_point,
+                dev=m.dev,
+                fstype=m.fstype,
+                mount_id=m.mount_id,
+                state=rec.state,
+                preflush_ns=_span(rec.flush_start_ns, rec.flush_end_ns),
+                preflush_errno=rec.flush_errno,
+                freeze_at_ns=_since(origin, rec.freeze_start_ns),
+                freeze_ns=_span(rec.freeze_start_ns, rec.freeze_end_ns),
+                freeze_errno=rec.freeze_errno,
+                thaw_at_ns=_since(origin, rec.thaw_start_ns),
+                thaw_ns=_span(rec.thaw_start_ns, rec.thaw_end_ns),
+                thaw_errno=rec.thaw_errno,
+            )
+        )
+    return report
+
+
+def open_target(target: Target) -> int:
+    """Open a target's mount point and check it is still the planned mount."""
+    path = target.mount.mount_point
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as err:
+        raise QuiesceOSError(err.errno or 0, "opening the mount point", path) from err
+    mnt_id = mount_id_of_fd(fd)
+    if mnt_id is not None and mnt_id != target.mount.mount_id:
+        os.close(fd)
+        raise TargetError(
+            f"{path}: the mount changed since it was planned "
+            f"(mount ID {mnt_id}, planned {target.mount.mount_id}); plan again"
+        )
+    return fd
+
+
+class Freeze:
+    """One freeze of an ordered list of targets.
+
+    Call :meth:`prepare`, :meth:`freeze`, :meth:`thaw`, and always
+    :meth:`close` (also a context manager). :attr:`report` is complete once
+    closed.
+    """
+
+    def __init__(self, targets: Sequence[Target], options: FreezeOptions | None = None) -> None:
+        if not targets:
+            raise TargetError("nothing to freeze: no target selected")
+        self.targets = tuple(targets)
+        self.options = options or FreezeOptions()
+        self.run_id = ledger_mod.new_run_id()
+        self.report = FreezeReport(run_id=self.run_id)
+        self._lock: FreezeLock | None = None
+        self._fds: list[int] = []
+        self._log_fd = -1
+        self._session: Session | None = None
+        self._guardian: int | None = None
+        self._ledger_written = False
+        self._closed = False
+
+    # -- steps --------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Lock, open the targets, arm the guardian, write the ledger, pre-flush."""
+        opts = self.options
+        self._lock = FreezeLock(opts.run_dir)
+        for target in self.targets:
+            self._fds.append(open_target(target))
+        self._log_fd = self._open_log()
+        self._session = Session(self._fds, [t.mount.mount_point for t in self.targets])
+        ledger_file = ledger_mod.ledger_path(opts.run_dir)
+        guardian = self._guardian = self._session.arm(
+            int(opts.timeout_s * 1e9),
+            opts.step_timeout_ns,
+            report_fd=self._log_fd,
+            keep_fd=self._lock.fd,
+            ledger_path=ledger_file,
+        )
+        pid = os.getpid()
+        ledger_mod.write(
+            opts.run_dir,
+            ledger_mod.Ledger(
+                run_id=self.run_id,
+                pid=pid,
+                pid_start=start_time(pid),
+                guardian_pid=guardian,
+                guardian_start=start_time(guardian),
+                created_unix=time.time(),
+                timeout_s=opts.timeout_s,
+                filesystems=tuple(
+                    ledger_mod.LedgerEntry(
+                        t.mount.mount_point, t.mount.dev, t.mount.mount_id, t.mount.fstype
+                    )
+                    for t in self.targets
+                ),
+            ),
+        )
+        self._ledger_written = True
+        if opts.preflush:
+            self._session.preflush()
+
+    def freeze(self) -> None:
+        """FIFREEZE every target in order; on failure nothing stays frozen."""
+        self._require_session().freeze()
+
+    def thaw(self) -> None:
+        """FITHAW what is still frozen, last first. A failure is raised, never swallowed."""
+        self._require_session().thaw()
+
+    def cycle(self) -> None:
+        """Freeze and thaw in one native call (a window with nothing inside)."""
+        self._require_session().cycle()
+
+    @property
+    def guardian_fired(self) -> bool:
+        """True once the guardian has thawed on its own."""
+        s = self._session
+        return s is not None and s.guardian().reason is not None
+
+    def remaining_ns(self) -> int | None:
+        """Time left before the guardian's deadline, once freezing began."""
+        s = self._session
+        if s is None:
+            return None
+        deadline = s.guardian().deadline_ns
+        return None if not deadline else deadline - now_ns()
+
+    def close(self) -> None:
+        """Thaw anything left, reap the guardian, drop the ledger and the lock.
+
+        Safe to call at any point and more than once. A thaw failure is
+        recorded in the report and re-raised after the cleanup.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        thaw_err: ThawError | None = None
+        s = self._session
+        if s is not None:
+            try:
+                s.thaw()
+            except ThawError as err:
+                thaw_err = err
+            with contextlib.suppress(QuiesceError):
+                s.disarm()
+            records, guardian = s.records(), s.guardian()
+            self.report = build_report(
+                self.run_id, self.targets, records, guardian, self._guardian
+            )
+            s.close()
+            self._session = None
+            if thaw_err is None and self._ledger_written:
+                ledger_mod.remove(self.options.run_dir)
+        elif self._ledger_written:
+            ledger_mod.remove(self.options.run_dir)
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+        if self._lock is not None:
+            self._lock.release()
+        if thaw_err is not None:
+            self.record_error(thaw_err)
+            raise thaw_err
+
+    def record_error(self, err: BaseException) -> None:
+        """Note the error that ended the freeze in the report."""
+        self.report.error = str(err)
+        self.report.error_type = type(err).__name__
+
+    def __enter__(self) -> Freeze:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            self.close()
+        finally:
+            if exc is not None and self.report.error is None:
+                self.record_error(exc)
+
+    # -- internals --------------------------------------------------------
+
+    def _require_session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("prepare() first")
+        return self._session
+
+    def _open_log(self) -> int:
+        path = os.path.join(self.options.run_dir, "guardian.log")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return -1
+
+
+@contextlib.contextmanager
+def frozen(targets: Sequence[Target], options: FreezeOptions | None = None) -> Iterator[Freeze]:
+    """Freeze ``targets`` for the body of a ``with`` block, then thaw.
+
+    The guardian thaws on its own if the block outlives ``options.timeout_s``
+    or the process dies. The report is in ``freeze.report`` after the block.
+    """
+    f = Freeze(targets, options)
+    with f:
+        f.prepare()
+        f.freeze()
+        yield f

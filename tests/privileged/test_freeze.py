@@ -1,0 +1,175 @@
+"""Real FIFREEZE/FITHAW on loop-mounted ext4, xfs and btrfs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+
+import pytest
+
+from quiesce import ledger as ledger_mod
+from quiesce.errors import FreezeTimeoutError, FrozenByOtherError, LockHeldError
+from quiesce.freeze import Freeze, FreezeOptions, frozen
+from tests.privileged.conftest import Writer, external_freeze, is_frozen, targets
+
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
+
+
+@pytest.mark.parametrize("name", ["ext4", "xfs", "btrfs"])
+def test_writer_blocks_while_frozen_and_completes_after_thaw(fs, run_dir, name):
+    """A write from another process sleeps while frozen and completes right after the thaw."""
+    opts = FreezeOptions(timeout_s=20, run_dir=run_dir)
+    with frozen(targets(fs[name]), opts) as f:
+        writer = Writer(fs[name])
+        assert not writer.finished_within(0.5), "a write went through a frozen filesystem"
+    assert writer.finished_within(5), "the writer did not resume after the thaw"
+    assert writer.finish() == 0
+    assert writer.path.read_text() == "x" * 4096
+    report = f.report
+    assert report.ok, report
+    [t] = report.targets
+    assert t.state == "thawed" and t.fstype == name
+    assert t.freeze_errno == 0 and t.thaw_errno == 0
+    assert report.window_ns is not None and report.window_ns >= 500_000_000
+    assert report.guardian_reason is None
+
+
+def test_three_types_frozen_together_in_given_order(fs, run_dir):
+    """ext4, xfs and btrfs freeze in the planned order and thaw in reverse."""
+    order = targets(fs["ext4"], fs["xfs"], fs["btrfs"])
+    with frozen(order, FreezeOptions(timeout_s=20, run_dir=run_dir)) as f:
+        pass
+    ts = f.report.targets
+    assert [t.state for t in ts] == ["thawed"] * 3
+    assert [t.mount_point for t in ts] == [t.mount.mount_point for t in order]
+    assert ts[0].freeze_at_ns == 0
+    assert ts[0].freeze_at_ns < ts[1].freeze_at_ns < ts[2].freeze_at_ns
+    assert ts[2].thaw_at_ns < ts[1].thaw_at_ns < ts[0].thaw_at_ns
+    assert f.report.preflush_ns is not None
+
+
+def test_rollback_thaws_those_frozen_before_the_failure(fs, run_dir):
+    """When the second FIFREEZE fails, the first filesystem is thawed and the third never frozen."""
+    external_freeze(fs["xfs"])
+    try:
+        f = Freeze(targets(fs["ext4"], fs["xfs"], fs["btrfs"]), FreezeOptions(run_dir=run_dir))
+        with pytest.raises(FrozenByOtherError) as info, f:
+            f.prepare()
+            f.freeze()
+        assert info.value.errno == errno.EBUSY
+        assert info.value.filename == str(fs["xfs"].mount_point)
+        states = [t.state for t in f.report.targets]
+        assert states == ["thawed", "freeze-failed", "not-attempted"]
+        assert f.report.targets[1].freeze_errno == errno.EBUSY
+        writer = Writer(fs["ext4"])
+        assert writer.finished_within(5), "ext4 was left frozen after the rollback"
+        writer.finish()
+    finally:
+        # The xfs freeze belongs to "someone else": quiesce must have left it frozen.
+        assert is_frozen(fs["xfs"]), "quiesce thawed a filesystem it did not freeze"
+
+
+def test_ebusy_target_is_reported_and_left_frozen(fs, run_dir):
+    """A filesystem frozen by another tool is reported (EBUSY) and stays frozen."""
+    external_freeze(fs["btrfs"])
+    try:
+        with pytest.raises(FrozenByOtherError):
+            with frozen(targets(fs["btrfs"]), FreezeOptions(run_dir=run_dir)):
+                pytest.fail("the body ran although the freeze failed")
+        assert ledger_mod.read(run_dir) is None
+    finally:
+        assert is_frozen(fs["btrfs"]), "quiesce thawed a filesystem another tool froze"
+
+
+def test_ledger_lists_the_targets_while_frozen_and_is_removed_after(fs, run_dir):
+    """The ledger names each frozen filesystem (mount ID, maj:min) and disappears after the thaw."""
+    order = targets(fs["ext4"], fs["btrfs"])
+    with frozen(order, FreezeOptions(timeout_s=20, run_dir=run_dir)) as f:
+        led = ledger_mod.read(run_dir)
+        assert led is not None
+        assert led.pid == os.getpid()
+        assert led.guardian_pid == f.report.guardian_pid or led.guardian_pid
+        assert [(e.mount_point, e.dev, e.mount_id) for e in led.filesystems] == [
+            (t.mount.mount_point, t.mount.dev, t.mount.mount_id) for t in order
+        ]
+    assert ledger_mod.read(run_dir) is None
+    assert not os.path.exists(os.path.join(run_dir, "ledger.json"))
+
+
+def test_second_concurrent_freeze_is_refused(fs, run_dir):
+    """While one freeze holds the lock, another is refused at once with a clear message."""
+    with frozen(targets(fs["ext4"]), FreezeOptions(timeout_s=20, run_dir=run_dir)):
+        with pytest.raises(LockHeldError) as info:
+            with frozen(targets(fs["xfs"]), FreezeOptions(run_dir=run_dir)):
+                pytest.fail("second freeze ran")
+        assert str(os.getpid()) in str(info.value)
+        assert "quiesce status" in str(info.value)
+    with frozen(targets(fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=run_dir)) as f:
+        pass
+    assert f.report.ok
+
+
+def test_nested_loop_stack_is_planned_upper_first(fs, run_dir):
+    """The plan freezes the filesystem on the loop device before the one holding its image."""
+    from quiesce.plan import make_plan
+
+    plan = make_plan([str(fs["outer"].mount_point), str(fs["inner"].mount_point)], vmbackup_conf=None)
+    assert [t.mount.mount_point for t in plan.targets] == [
+        str(fs["inner"].mount_point),
+        str(fs["outer"].mount_point),
+    ]
+    assert plan.targets[0].backing_target == str(fs["outer"].mount_point)
+    (fs["inner"].mount_point / "dirty").write_bytes(os.urandom(1 << 20))
+    opts = FreezeOptions(timeout_s=10, step_timeout_s=2, preflush=False, run_dir=run_dir)
+    with frozen(plan.targets, opts) as f:
+        pass
+    assert f.report.ok
+    assert f.report.guardian_reason is None
+
+
+def test_wrong_stack_order_blocks_and_the_guardian_releases_it(fs, run_dir):
+    """Backing first makes the upper FIFREEZE block; the guardian thaws by the step deadline.
+
+    This is what the planned order prevents: with the backing xfs frozen, the
+    inner ext4 cannot write its freeze through the loop device.
+    """
+    (fs["inner"].mount_point / "dirty").write_bytes(os.urandom(1 << 20))
+    wrong = targets(fs["outer"], fs["inner"])
+    step_s = 0.5
+    opts = FreezeOptions(timeout_s=10, step_timeout_s=step_s, preflush=False, run_dir=run_dir)
+    f = Freeze(wrong, opts)
+    with pytest.raises(FreezeTimeoutError), f:
+        f.prepare()
+        f.freeze()
+    report = f.report
+    assert report.guardian_reason == "blocked-freeze"
+    outer, inner = report.targets
+    assert outer.state == "thawed-by-guardian"
+    # The inner FIFREEZE blocked until the guardian thawed the outer one...
+    assert inner.freeze_ns is not None and inner.freeze_ns >= step_s * 1e9 * 0.95
+    # ...which it did within 10 ms of the inner call's own deadline.
+    deadline_at = inner.freeze_at_ns + int(step_s * 1e9)
+    assert outer.thaw_at_ns + outer.thaw_ns - deadline_at < 10_000_000
+    # The inner freeze then completed and was rolled back by quiesce itself.
+    assert inner.state == "thawed"
+    for name in ("inner", "outer"):
+        w = Writer(fs[name])
+        assert w.finished_within(5), f"{name} left frozen"
+        w.finish()
+
+
+def test_guardian_log_is_written_after_it_thaws(fs, run_dir):
+    """The guardian's log names each thaw it did, with its errno."""
+    opts = FreezeOptions(timeout_s=0.2, run_dir=run_dir)
+    with frozen(targets(fs["ext4"], fs["xfs"]), opts):
+        time.sleep(0.5)
+    with open(os.path.join(run_dir, "guardian.log")) as log:
+        lines = log.read().splitlines()
+    events = [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in lines]
+    assert events[0]["event"] == "fired" and events[0]["reason"] == "deadline"
+    thaws = [e for e in events if e["event"] == "thaw"]
+    assert sorted(e["index"] for e in thaws) == ["0", "1"]
+    assert all(e["errno"] == "0" for e in thaws)
+    assert json.dumps(events)
