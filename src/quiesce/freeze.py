@@ -88,6 +88,7 @@ class FreezeReport:
     guardian_pid: int | None = None
     guardian_reason: str | None = None
     guardian_fired_at_ns: int | None = None
+    guardian_deadline_at_ns: int | None = None
     error: str | None = None
     error_type: str | None = None
 
@@ -130,6 +131,8 @@ def build_report(
         report.preflush_ns = max(e for _, e in flush) - min(s for s, _ in flush)
     if guardian is not None:
         report.guardian_reason = guardian.reason
+        if guardian.deadline_ns:
+            report.guardian_deadline_at_ns = _since(origin, guardian.deadline_ns)
         if guardian.reason is not None:
             report.guardian_fired_at_ns = _since(origin, guardian.fired_ns)
     for target, rec in zip(targets, records, strict=True):

@@ -62,7 +62,7 @@ def freeze_error(err: int, path: str | None) -> FreezeError:
     if err == errno.EOPNOTSUPP:
         return FreezeNotSupportedError(err, f"{step} (filesystem cannot be frozen)", path)
     if err == errno.ETIMEDOUT:
-        return FreezeTimeoutError(err, f"{step} (blocked past its deadline)", path)
+        return FreezeTimeoutError(err, f"{step} (the guardian's deadline passed while freezing)", path)
     return FreezeError(err, step, path)
 
 
@@ -275,9 +275,15 @@ class Session:
     def _freeze_failure(self, err: int) -> FreezeError:
         i = self.failed_index
         label = None if i is None else self._labels[i]
-        if err != errno.ETIMEDOUT and i is not None:
-            recorded = int(self._raw().fs[i].freeze_errno)
-            err = recorded or err
+        if err == errno.ETIMEDOUT:
+            reason = self.guardian().reason
+            what = {
+                "blocked-freeze": "blocked past its own deadline; the guardian thawed the rest",
+                "deadline": "the window deadline passed while freezing; the guardian thawed",
+            }.get(reason or "", "overtaken by the guardian")
+            return FreezeTimeoutError(err, f"FIFREEZE ({what})", label)
+        if i is not None:
+            err = int(self._raw().fs[i].freeze_errno) or err
         return freeze_error(err, label)
 
     def _thaw_failure(self, err: int) -> ThawError:

@@ -1,0 +1,184 @@
+"""The ``quiesce`` command on real loop filesystems: freeze, hold, thaw, status, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from quiesce import ledger as ledger_mod
+from quiesce.cli import Exit
+from quiesce.procs import is_alive
+from tests.privileged.conftest import Writer, external_freeze, is_frozen
+
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
+
+
+def quiesce(run_dir, *args, stdin=subprocess.DEVNULL, timeout=30):
+    """Run ``python -m quiesce`` with a private run directory."""
+    env = dict(os.environ, QUIESCE_RUN_DIR=run_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "quiesce", *args],
+        stdin=stdin, capture_output=True, text=True, env=env, timeout=timeout,
+    )
+
+
+def test_hold_returns_frozen_and_thaw_releases_it(fs, run_dir):
+    """``freeze --hold`` returns once frozen; ``status`` shows it; ``thaw`` releases with a report."""
+    a, b = str(fs["ext4"].mount_point), str(fs["xfs"].mount_point)
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "20", a, b)
+    assert held.returncode == Exit.OK, held.stderr
+    event = json.loads(held.stdout)
+    assert event["event"] == "frozen" and set(event["targets"]) == {a, b}
+    writer = Writer(fs["ext4"])
+    assert not writer.finished_within(0.3), "ext4 is not frozen after --hold returned"
+
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    assert status["holder_alive"] and status["guardian_alive"] and status["lock_held"]
+    assert {e["mount_point"] for e in status["ledger"]["filesystems"]} == {a, b}
+
+    thawed = quiesce(run_dir, "thaw", "--json")
+    assert thawed.returncode == Exit.OK, thawed.stderr
+    out = json.loads(thawed.stdout)
+    assert out["released"] == event["pid"]
+    assert out["report"]["ok"] and out["report"]["released_by"] == "signal SIGUSR1"
+    assert {t["state"] for t in out["report"]["targets"]} == {"thawed"}
+    assert writer.finished_within(5)
+    writer.finish()
+    assert ledger_mod.read(run_dir) is None
+    assert json.loads(quiesce(run_dir, "status", "--json").stdout)["lock_held"] is False
+
+
+def test_foreground_freeze_released_by_stdin_eof(fs, run_dir):
+    """With stdin at EOF the freeze is released at once; JSON shows the frozen and thawed events."""
+    done = quiesce(run_dir, "freeze", "--json", str(fs["btrfs"].mount_point))
+    assert done.returncode == Exit.OK, done.stderr
+    frozen_ev, thawed_ev = (json.loads(line) for line in done.stdout.splitlines())
+    assert frozen_ev["event"] == "frozen"
+    assert thawed_ev["event"] == "thawed" and thawed_ev["released_by"] == "stdin"
+    assert thawed_ev["ok"] and thawed_ev["window_ns"] > 0
+
+
+def test_foreground_freeze_released_by_sigterm(fs, run_dir):
+    """SIGTERM releases a foreground freeze: thawed, reported, exit 0."""
+    env = dict(os.environ, QUIESCE_RUN_DIR=run_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "freeze", "--json", "--no-stdin", str(fs["xfs"].mount_point)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "frozen"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == Exit.OK, err
+    final = json.loads(out)
+    assert final["released_by"] == "signal SIGTERM" and final["ok"]
+
+
+def test_second_freeze_is_refused_while_one_holds(fs, run_dir):
+    """A second ``freeze`` exits 3 at once and names the holder; the first is unaffected."""
+    held = quiesce(run_dir, "freeze", "--hold", "--timeout", "20", str(fs["ext4"].mount_point))
+    assert held.returncode == Exit.OK, held.stderr
+    try:
+        started = time.monotonic()
+        second = quiesce(run_dir, "freeze", str(fs["xfs"].mount_point))
+        assert second.returncode == Exit.LOCKED
+        assert "in progress" in second.stderr and "quiesce status" in second.stderr
+        assert time.monotonic() - started < 10
+        assert json.loads(quiesce(run_dir, "status", "--json").stdout)["holder_alive"]
+    finally:
+        assert quiesce(run_dir, "thaw").returncode == Exit.OK
+
+
+def test_hold_deadline_thaws_without_any_release(fs, run_dir):
+    """With nobody releasing it, a held freeze is thawed at its --timeout and cleans up."""
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "0.5", str(fs["ext4"].mount_point))
+    assert held.returncode == Exit.OK, held.stderr
+    pid = json.loads(held.stdout)["pid"]
+    writer = Writer(fs["ext4"])
+    assert writer.finished_within(3), "not thawed after the deadline"
+    writer.finish()
+    deadline = time.monotonic() + 5
+    while is_alive(pid, None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not is_alive(pid, None)
+    assert ledger_mod.read(run_dir) is None
+    with open(os.path.join(run_dir, "last-report.json")) as f:
+        report = json.load(f)
+    assert report["guardian_reason"] == "deadline" and report["released_by"] == "deadline"
+
+
+def test_thaw_recovers_from_a_ledger_when_holder_and_guardian_are_dead(fs, run_dir):
+    """Both processes killed: ``thaw`` thaws exactly what the ledger lists and removes it."""
+    a = str(fs["btrfs"].mount_point)
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "30", a)
+    assert held.returncode == Exit.OK, held.stderr
+    led = ledger_mod.read(run_dir)
+    os.kill(led.guardian_pid, signal.SIGKILL)
+    time.sleep(0.1)
+    os.kill(led.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    writer = Writer(fs["btrfs"])
+    assert not writer.finished_within(0.3), "something thawed although both processes were killed"
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    assert not status["holder_alive"] and not status["guardian_alive"]
+    out = quiesce(run_dir, "thaw", "--json")
+    assert out.returncode == Exit.OK, out.stderr
+    assert json.loads(out.stdout)["recovered"] == [
+        {"mount_point": a, "dev": led.filesystems[0].dev, "outcome": "thawed"}
+    ]
+    assert writer.finished_within(5)
+    writer.finish()
+    assert ledger_mod.read(run_dir) is None
+
+
+def test_thaw_force_thaws_a_named_mount(fs, run_dir):
+    """``thaw --force MOUNT`` thaws a filesystem frozen by another tool; a second time it says so."""
+    external_freeze(fs["xfs"])
+    first = quiesce(run_dir, "thaw", "--json", "--force", str(fs["xfs"].mount_point))
+    assert first.returncode == Exit.OK, first.stderr
+    assert json.loads(first.stdout)["forced"][0]["outcome"] == "thawed"
+    assert not is_frozen(fs["xfs"])
+    again = json.loads(quiesce(run_dir, "thaw", "--json", "--force", str(fs["xfs"].mount_point)).stdout)
+    assert again["forced"][0]["outcome"] == "not-frozen"
+
+
+def test_targets_that_cannot_be_frozen_are_named(fs, run_dir, tmp_path):
+    """A directory that is not a mount point, or a pseudo filesystem, is refused with exit 7."""
+    not_mount = fs["ext4"].mount_point / "subdir"
+    not_mount.mkdir(exist_ok=True)
+    r = quiesce(run_dir, "freeze", str(not_mount))
+    assert r.returncode == Exit.BAD_TARGET and "not a mount point" in r.stderr
+    r = quiesce(run_dir, "freeze", "/dev/shm")
+    assert r.returncode == Exit.BAD_TARGET and "pseudo" in r.stderr
+    assert ledger_mod.read(run_dir) is None
+
+
+def test_ebusy_exit_code_and_message(fs, run_dir):
+    """A target frozen by someone else: exit 4, the message names it and says EBUSY."""
+    external_freeze(fs["ext4"])
+    try:
+        r = quiesce(run_dir, "freeze", str(fs["ext4"].mount_point))
+        assert r.returncode == Exit.FREEZE_FAILED
+        assert "EBUSY" in r.stdout + r.stderr and str(fs["ext4"].mount_point) in r.stdout + r.stderr
+    finally:
+        assert is_frozen(fs["ext4"])
+
+
+def test_mounts_lists_targets_in_stack_order(fs, run_dir):
+    """``mounts --json`` puts the loop-stacked filesystem before the one holding its image."""
+    outer, inner = str(fs["outer"].mount_point), str(fs["inner"].mount_point)
+    r = quiesce(run_dir, "mounts", "--json", outer, inner)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert [t["mount_point"] for t in plan["targets"]] == [inner, outer]
+    assert any(s["reason"] == "not-included" for s in plan["skipped"])

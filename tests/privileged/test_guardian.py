@@ -1,0 +1,135 @@
+"""The guardian: it thaws at the deadline, when the orchestrator dies, and survives signals."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from quiesce import ledger as ledger_mod
+from quiesce.freeze import FreezeOptions, frozen
+from quiesce.procs import is_alive
+from tests.privileged.conftest import Writer, targets
+
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
+
+HOLDER = """
+import sys, time
+from quiesce.freeze import FreezeOptions, frozen
+from quiesce.plan import make_plan
+plan = make_plan(sys.argv[2:], vmbackup_conf=None)
+with frozen(plan.targets, FreezeOptions(timeout_s=30, run_dir=sys.argv[1])):
+    print("frozen", flush=True)
+    time.sleep(60)
+"""
+
+
+def _guardian_log(run_dir: str) -> list[dict[str, str]]:
+    with open(os.path.join(run_dir, "guardian.log")) as f:
+        return [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in f]
+
+
+def _wait_pid_exit(pid: int, seconds: float) -> bool:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], seconds)[0])
+    finally:
+        os.close(fd)
+
+
+def test_orchestrator_sigkilled_while_frozen_everything_thawed_within_100ms(fs, run_dir):
+    """SIGKILL of the freezing process: the guardian thaws all within 100 ms and drops the ledger."""
+    mounts = [str(fs[n].mount_point) for n in ("ext4", "xfs", "btrfs")]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, run_dir, *mounts], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "frozen"
+        led = ledger_mod.read(run_dir)
+        assert led is not None and led.guardian_pid
+        writers = [Writer(fs[n]) for n in ("ext4", "xfs", "btrfs")]
+        assert not any(w.finished_within(0.2) for w in writers)
+        killed_at = time.monotonic_ns()
+        proc.kill()
+        proc.wait(timeout=10)
+        assert _wait_pid_exit(led.guardian_pid, 5), "the guardian did not finish"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    events = _guardian_log(run_dir)
+    assert events[0]["event"] == "fired" and events[0]["reason"] == "orphaned"
+    thaws = [e for e in events if e["event"] == "thaw"]
+    assert sorted(int(e["index"]) for e in thaws) == [0, 1, 2]
+    assert all(e["errno"] == "0" for e in thaws)
+    latest = max(int(e["end_ns"]) for e in thaws)
+    assert latest - killed_at < 100_000_000, f"thawed {(latest - killed_at) / 1e6:.1f} ms after kill"
+    for w in writers:
+        assert w.finished_within(5)
+        assert w.finish() == 0
+    assert ledger_mod.read(run_dir) is None, "the guardian left the ledger behind"
+
+
+@pytest.mark.parametrize("timeout_s", [0.3, 0.6])
+def test_deadline_thaws_within_10ms(fs, run_dir, timeout_s):
+    """Past the deadline the guardian thaws every filesystem within 10 ms of it."""
+    opts = FreezeOptions(timeout_s=timeout_s, run_dir=run_dir)
+    with frozen(targets(fs["ext4"], fs["xfs"], fs["btrfs"]), opts) as f:
+        time.sleep(timeout_s + 0.3)
+        assert f.guardian_fired
+    r = f.report
+    assert r.guardian_reason == "deadline"
+    assert [t.state for t in r.targets] == ["thawed-by-guardian"] * 3
+    deadline = r.guardian_deadline_at_ns
+    assert deadline is not None and abs(deadline - timeout_s * 1e9) < 1_000_000
+    assert 0 <= r.guardian_fired_at_ns - deadline < 10_000_000
+    for t in r.targets:
+        assert t.thaw_errno == 0
+        lag = t.thaw_at_ns + t.thaw_ns - deadline
+        assert 0 <= lag < 10_000_000, f"{t.mount_point} thawed {lag / 1e6:.2f} ms after the deadline"
+
+
+def test_guardian_survives_the_orchestrators_signals(fs, run_dir):
+    """The guardian has its own session and ignores SIGTERM, SIGINT, SIGHUP and SIGQUIT."""
+    with frozen(targets(fs["ext4"]), FreezeOptions(timeout_s=20, run_dir=run_dir)) as f:
+        pid = f.report.guardian_pid or ledger_mod.read(run_dir).guardian_pid
+        assert pid and os.getsid(pid) == pid != os.getsid(0)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1):
+            os.kill(pid, sig)
+        time.sleep(0.1)
+        assert is_alive(pid, None), "the guardian died of a signal"
+    assert f.report.ok
+    assert f.report.guardian_reason is None
+
+
+def test_guardian_holds_no_stray_fds(fs, run_dir):
+    """The guardian keeps only its socket, the targets, the log and the lock: no caller pipes."""
+    r, w = os.pipe()
+    try:
+        with frozen(targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=run_dir)):
+            pid = ledger_mod.read(run_dir).guardian_pid
+            links = {
+                int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")
+            }
+    finally:
+        os.close(r)
+        os.close(w)
+    assert [links[n] for n in (0, 1, 2)] == ["/dev/null"] * 3
+    rest = sorted(v for k, v in links.items() if k > 2)
+    expected = sorted(
+        [str(fs["ext4"].mount_point), str(fs["xfs"].mount_point),
+         os.path.join(run_dir, "guardian.log"), os.path.join(run_dir, "lock")]
+    )
+    assert sorted(v for v in rest if not v.startswith("socket:")) == expected
+    assert sum(v.startswith("socket:") for v in rest) == 1
