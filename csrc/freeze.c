@@ -127,7 +127,7 @@ int qz_freeze(struct qz_session *s)
         }
         /* The guardian may have claimed it while the ioctl was blocked. */
         qz_cas(&fs->state, QZ_FREEZING, QZ_FROZEN);
-        if (qz_load(&s->guard_reason) != QZ_GUARD_NONE) {
+        if (qz_load(&s->guard_reason) != QZ_FIRED_NONE) {
             s->failed_index = (int32_t)i;
             err = ETIMEDOUT;
             break;

@@ -78,11 +78,11 @@ static void start_line(struct line *l, const char *event)
 static const char *reason_name(int32_t reason)
 {
     switch (reason) {
-    case QZ_GUARD_DEADLINE:
+    case QZ_FIRED_DEADLINE:
         return "deadline";
-    case QZ_GUARD_ORPHANED:
+    case QZ_FIRED_ORPHANED:
         return "orphaned";
-    case QZ_GUARD_BLOCKED:
+    case QZ_FIRED_BLOCKED:
         return "blocked-freeze";
     default:
         return "none";
@@ -152,13 +152,13 @@ static void thaw_held(struct qz_session *s, int orphaned)
 static void fire(struct qz_session *s, int32_t reason)
 {
     struct line l;
-    int32_t none = QZ_GUARD_NONE;
+    int32_t none = QZ_FIRED_NONE;
 
     if (!__atomic_compare_exchange_n(&s->guard_reason, &none, reason, 0,
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return;
     s->guard_fired_ns = qz_now_ns();
-    thaw_held(s, reason == QZ_GUARD_ORPHANED);
+    thaw_held(s, reason == QZ_FIRED_ORPHANED);
     start_line(&l, "fired");
     put_str(&l, " reason=");
     put_str(&l, reason_name(reason));
@@ -174,7 +174,7 @@ static void orphaned(struct qz_session *s)
     uint32_t i;
     int clean = 1;
 
-    fire(s, QZ_GUARD_ORPHANED);
+    fire(s, QZ_FIRED_ORPHANED);
     /* Fired earlier for another reason: the FIFREEZE it left may be done. */
     thaw_held(s, 1);
     log_thaws(s);
@@ -242,14 +242,14 @@ static void check_deadlines(struct qz_session *s, int64_t now)
     int j;
 
     if (s->deadline_ns > 0 && now >= s->deadline_ns && holds_any(s)) {
-        fire(s, QZ_GUARD_DEADLINE);
+        fire(s, QZ_FIRED_DEADLINE);
         return;
     }
     if (qz_load(&s->freeze_done) || s->step_timeout_ns <= 0)
         return;
     j = freezing_index(s);
     if (j >= 0 && now >= s->fs[j].freeze_start_ns + s->step_timeout_ns)
-        fire(s, QZ_GUARD_BLOCKED);
+        fire(s, QZ_FIRED_BLOCKED);
 }
 
 static void close_others(const int *keep, size_t nkeep)
@@ -329,9 +329,9 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
         struct timespec ts;
         int rc;
 
-        if (begun && qz_load(&s->guard_reason) == QZ_GUARD_NONE) {
+        if (begun && qz_load(&s->guard_reason) == QZ_FIRED_NONE) {
             check_deadlines(s, now);
-            if (qz_load(&s->guard_reason) == QZ_GUARD_NONE)
+            if (qz_load(&s->guard_reason) == QZ_FIRED_NONE)
                 wake = next_wake(s, anchor);
         }
         if (wake >= 0)
@@ -359,7 +359,7 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
         orphaned(s);
         break;
     }
-    _exit(qz_load(&s->guard_reason) == QZ_GUARD_NONE ? 0 : 1);
+    _exit(qz_load(&s->guard_reason) == QZ_FIRED_NONE ? 0 : 1);
 }
 
 /* ---- the orchestrator's side ------------------------------------------- */

@@ -29,10 +29,10 @@
 #define QZ_GUARD_THAWED 7   /* the guardian thawed it */
 
 /* Why the guardian acted (qz_session.guard_reason). */
-#define QZ_GUARD_NONE 0
-#define QZ_GUARD_DEADLINE 1      /* the freeze deadline passed */
-#define QZ_GUARD_ORPHANED 2      /* the orchestrator died */
-#define QZ_GUARD_BLOCKED 3       /* one FIFREEZE blocked past its own deadline */
+#define QZ_FIRED_NONE 0
+#define QZ_FIRED_DEADLINE 1      /* the freeze deadline passed */
+#define QZ_FIRED_ORPHANED 2      /* the orchestrator died */
+#define QZ_FIRED_BLOCKED 3       /* one FIFREEZE blocked past its own deadline */
 
 #define QZ_LEDGER_PATH_MAX 4096
 
@@ -55,7 +55,7 @@ struct qz_session {
     uint32_t n;
     int32_t failed_index;      /* the FIFREEZE that failed, or -1 */
     int32_t freeze_done;       /* set once the freeze loop has ended */
-    int32_t guard_reason;      /* QZ_GUARD_*, set once when the guardian acts */
+    int32_t guard_reason;      /* QZ_FIRED_*, set once when the guardian acts */
     int64_t guard_fired_ns;
     int64_t timeout_ns;        /* window limit from the first FIFREEZE; 0 = none */
     int64_t deadline_ns;       /* absolute CLOCK_MONOTONIC, set when freezing begins */

@@ -22,7 +22,7 @@ from quiesce.errors import (
     TargetError,
     ThawError,
 )
-from quiesce.freeze import Freeze, FreezeOptions, FreezeReport, FilesystemResult, frozen
+from quiesce.freeze import FilesystemResult, Freeze, FreezeOptions, FreezeReport, frozen
 from quiesce.mounts import Plan, Skipped, SkipReason, Target
 from quiesce.plan import make_plan
 

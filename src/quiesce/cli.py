@@ -297,6 +297,38 @@ def cmd_freeze(args: argparse.Namespace) -> int:
     return _report_exit(report, err)
 
 
+def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
+    """The detached holder of ``freeze --hold``: reports to the pipe ``w``, returns its exit code.
+
+    It writes one JSON line: ``frozen`` once frozen (then closes the pipe, so
+    the waiting command returns), or ``failed`` with the error.
+    """
+    failure: dict[str, Any] | None = None
+    code: int = Exit.ERROR
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+
+        def announce(f: Freeze) -> None:
+            _write_line(w, json.dumps(_frozen_event(f)))
+            os.close(w)
+
+        report, _, err = hold(plan, options, announce, use_stdin=False)
+        code = _report_exit(report, err)
+        if err is not None:
+            failure = {"error": str(err), "report": report.to_dict()}
+    except BaseException as e:  # the holder must always say why it ends
+        code = exit_code_for(e)
+        failure = {"error": f"{type(e).__name__}: {e}" if not isinstance(e, QuiesceError) else str(e)}
+    if failure is not None:
+        with contextlib.suppress(OSError):
+            _write_line(w, json.dumps({"event": "failed", "exit": int(code), **failure}))
+    return int(code)
+
+
 def _hold_detached(args: argparse.Namespace, plan: Plan, options: FreezeOptions) -> int:
     """Fork a holder that keeps the freeze; return once it reports frozen (or failed)."""
     r, w = os.pipe2(os.O_CLOEXEC)
@@ -305,32 +337,7 @@ def _hold_detached(args: argparse.Namespace, plan: Plan, options: FreezeOptions)
     pid = os.fork()
     if pid == 0:  # the holder
         os.close(r)
-        code = Exit.ERROR
-        try:
-            os.setsid()
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.close(devnull)
-
-            def announce(f: Freeze) -> None:
-                _write_line(w, json.dumps(_frozen_event(f)))
-                os.close(w)
-
-            try:
-                report, _, err = hold(plan, options, announce, use_stdin=False)
-            except QuiesceError as e:
-                code = exit_code_for(e)
-                failure = {"event": "failed", "error": str(e), "exit": int(code)}
-            else:
-                code = _report_exit(report, err)
-                failure = {"event": "failed", "error": report.error, "exit": int(code)}
-            if code != Exit.OK:
-                with contextlib.suppress(OSError):
-                    _write_line(w, json.dumps(failure | {"report": report.to_dict()}
-                                              if err is not None else failure))
-        finally:
-            os._exit(int(code))
+        os._exit(_holder_main(w, plan, options))
     os.close(w)
     chunks = []
     while chunk := os.read(r, 65536):
@@ -408,9 +415,7 @@ def thaw_mount(path: str, expect_mount_id: int | None = None, expect_dev: str | 
     try:
         if expect_mount_id is not None:
             mnt = mount_id_of_fd(fd)
-            if mnt != expect_mount_id or (
-                expect_dev is not None and _mount_dev(mnt) != expect_dev
-            ):
+            if mnt != expect_mount_id or (expect_dev is not None and _mount_dev(mnt) != expect_dev):
                 return "mount-changed"
         try:
             thaw_fd(fd, path)
@@ -436,7 +441,7 @@ def thaw_from_ledger(led: ledger_mod.Ledger) -> list[dict[str, str]]:
 def cmd_thaw(args: argparse.Namespace) -> int:
     """``quiesce thaw``."""
     out: dict[str, Any] = {}
-    code = Exit.OK
+    code: int = Exit.OK
     if args.force:
         forced = []
         for path in args.force:
@@ -512,9 +517,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     }
     if led is not None:
         status["holder_alive"] = is_alive(led.pid, led.pid_start)
-        status["guardian_alive"] = bool(
-            led.guardian_pid and is_alive(led.guardian_pid, led.guardian_start)
-        )
+        status["guardian_alive"] = bool(led.guardian_pid and is_alive(led.guardian_pid, led.guardian_start))
         status["deadline_in_s"] = round(led.deadline_unix - time.time(), 3)
     if args.json:
         emit_json(status, sys.stdout)
@@ -525,8 +528,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"the lock is held by pid {status['lock_holder']}")
         return Exit.OK
     alive = "alive" if status["holder_alive"] else "gone"
-    print(f"freeze {led.run_id} by pid {led.pid} ({alive}); guardian pid {led.guardian_pid} "
-          f"({'alive' if status['guardian_alive'] else 'gone'})")
+    print(
+        f"freeze {led.run_id} by pid {led.pid} ({alive}); guardian pid {led.guardian_pid} "
+        f"({'alive' if status['guardian_alive'] else 'gone'})"
+    )
     for e in led.filesystems:
         print(f"  {e.mount_point}  {e.fstype}  {e.dev}")
     if status["holder_alive"]:
@@ -541,20 +546,31 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--exclude", action="append", default=[], metavar="MOUNT",
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="MOUNT",
         help="skip a mount point or glob (repeatable); excluding any mount of a "
         "filesystem excludes the filesystem",
     )
     p.add_argument(
-        "--exclude-fstype", action="append", default=[], metavar="TYPE",
+        "--exclude-fstype",
+        action="append",
+        default=[],
+        metavar="TYPE",
         help="skip every filesystem of this type (repeatable)",
     )
     p.add_argument(
-        "--fstype", action="append", default=[], metavar="TYPE",
+        "--fstype",
+        action="append",
+        default=[],
+        metavar="TYPE",
         help="treat this filesystem type as freezable (repeatable)",
     )
     p.add_argument(
-        "--vmbackup-conf", default=VMBACKUP_CONF, metavar="PATH",
+        "--vmbackup-conf",
+        default=VMBACKUP_CONF,
+        metavar="PATH",
         help=f"Azure's vmbackup.conf whose [SnapshotThread] MountsToSkip is honoured "
         f"(default {VMBACKUP_CONF}; a missing file is fine)",
     )
@@ -566,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
     common.add_argument(
-        "--run-dir", default=os.environ.get("QUIESCE_RUN_DIR", RUN_DIR), metavar="DIR",
+        "--run-dir",
+        default=os.environ.get("QUIESCE_RUN_DIR", RUN_DIR),
+        metavar="DIR",
         help=f"where the lock, ledger and guardian log live (default {RUN_DIR}, "
         "or $QUIESCE_RUN_DIR); must not be on a filesystem that gets frozen",
     )
@@ -580,7 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "mounts", parents=[common], help="show what would be frozen, in which order, and what is skipped",
+        "mounts",
+        parents=[common],
+        help="show what would be frozen, in which order, and what is skipped",
         description="List the filesystems quiesce would freeze, in freeze order, and every "
         "skipped mount with its reason (pseudo, network, fuse, read-only, duplicate, excluded, "
         "unsupported, not-included).",
@@ -590,22 +610,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_mounts)
 
     p = sub.add_parser(
-        "freeze", parents=[common], help="freeze filesystems until released",
+        "freeze",
+        parents=[common],
+        help="freeze filesystems until released",
         description="Freeze the named mount points (in a safe order), announce 'frozen', wait "
         "for the release, then thaw and report. Released by a line or EOF on stdin (unless "
         "--no-stdin), SIGTERM/SIGINT/SIGHUP, or `quiesce thaw`; the guardian thaws on its own "
         "at --timeout, or if quiesce dies. With --hold the command returns as soon as the "
         "filesystems are frozen and a background holder keeps them frozen until `quiesce thaw` "
         "or the timeout.",
-        epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("targets", nargs="+", metavar="TARGET", help="mount points (or globs) to freeze")
     p.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
         help=f"longest time frozen: the guardian thaws at this deadline (default {DEFAULT_TIMEOUT_S:g})",
     )
     p.add_argument(
-        "--step-timeout", type=float, default=None, metavar="S",
+        "--step-timeout",
+        type=float,
+        default=None,
+        metavar="S",
         help=f"longest one FIFREEZE may block before the guardian thaws the rest "
         f"(default {DEFAULT_STEP_TIMEOUT_S:g}, at most --timeout)",
     )
@@ -616,19 +645,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_freeze)
 
     p = sub.add_parser(
-        "thaw", parents=[common], help="release or thaw what quiesce froze",
+        "thaw",
+        parents=[common],
+        help="release or thaw what quiesce froze",
         description="Release a running freeze (foreground or --hold) and show its report. If the "
         "process that froze is gone, thaw exactly the filesystems its ledger lists, and only if "
         "they are still the same mounts. --force thaws a named mount point regardless of any "
         "ledger (also one frozen by another tool).",
-        epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--force", action="append", default=[], metavar="MOUNT", help="FITHAW this mount point")
     p.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to wait for the holder")
     p.set_defaults(func=cmd_thaw)
 
     p = sub.add_parser(
-        "status", parents=[common], help="is anything frozen by quiesce?",
+        "status",
+        parents=[common],
+        help="is anything frozen by quiesce?",
         description="Show the freeze in progress (from the ledger), whether its process and "
         "guardian are alive, and the lock.",
     )

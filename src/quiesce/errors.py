@@ -57,8 +57,9 @@ class QuiesceOSError(QuiesceError, OSError):
 
     def __str__(self) -> str:
         where = f" on {self.filename}" if self.filename is not None else ""
-        code = _errno.errorcode.get(self.errno, str(self.errno))
-        return f"{self.step}{where} failed: {os.strerror(self.errno)} ({code})"
+        err = self.errno or 0
+        code = _errno.errorcode.get(err, str(err))
+        return f"{self.step}{where} failed: {os.strerror(err)} ({code})"
 
 
 class FreezeError(QuiesceOSError):

@@ -227,9 +227,7 @@ class Freeze:
                 created_unix=time.time(),
                 timeout_s=opts.timeout_s,
                 filesystems=tuple(
-                    ledger_mod.LedgerEntry(
-                        t.mount.mount_point, t.mount.dev, t.mount.mount_id, t.mount.fstype
-                    )
+                    ledger_mod.LedgerEntry(t.mount.mount_point, t.mount.dev, t.mount.mount_id, t.mount.fstype)
                     for t in self.targets
                 ),
             ),
@@ -283,9 +281,7 @@ class Freeze:
             with contextlib.suppress(QuiesceError):
                 s.disarm()
             records, guardian = s.records(), s.guardian()
-            self.report = build_report(
-                self.run_id, self.targets, records, guardian, self._guardian
-            )
+            self.report = build_report(self.run_id, self.targets, records, guardian, self._guardian)
             s.close()
             self._session = None
             if thaw_err is None and self._ledger_written:

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from quiesce._native import ffi, lib
 from quiesce.errors import (
@@ -39,10 +40,10 @@ STATE_NAMES: dict[int, str] = {
 
 #: Why the guardian acted, as reports name it.
 GUARD_REASONS: dict[int, str | None] = {
-    lib.QZ_GUARD_NONE: None,
-    lib.QZ_GUARD_DEADLINE: "deadline",
-    lib.QZ_GUARD_ORPHANED: "orphaned",
-    lib.QZ_GUARD_BLOCKED: "blocked-freeze",
+    lib.QZ_FIRED_NONE: None,
+    lib.QZ_FIRED_DEADLINE: "deadline",
+    lib.QZ_FIRED_ORPHANED: "orphaned",
+    lib.QZ_FIRED_BLOCKED: "blocked-freeze",
 }
 
 #: The largest number of filesystems one session can hold.
@@ -150,7 +151,7 @@ class Session:
             warnings.warn("quiesce Session was not closed", ResourceWarning, stacklevel=1)
             self.close()
 
-    def _raw(self):  # type: ignore[no-untyped-def]
+    def _raw(self) -> Any:
         if self._s is None:
             raise ValueError("session is closed")
         return self._s
@@ -184,11 +185,7 @@ class Session:
         if timeout_ns <= 0:
             raise ValueError("the guardian needs a positive timeout")
         path = ffi.NULL if ledger_path is None else ledger_path.encode()
-        rc = int(
-            lib.qz_guardian_arm(
-                self._raw(), timeout_ns, step_timeout_ns, report_fd, keep_fd, path
-            )
-        )
+        rc = int(lib.qz_guardian_arm(self._raw(), timeout_ns, step_timeout_ns, report_fd, keep_fd, path))
         if rc != 0:
             raise GuardianError(-rc, "arming the guardian")
         return int(self._raw().guardian_pid)

@@ -24,7 +24,11 @@ def quiesce(run_dir, *args, stdin=subprocess.DEVNULL, timeout=30):
     env = dict(os.environ, QUIESCE_RUN_DIR=run_dir)
     return subprocess.run(
         [sys.executable, "-m", "quiesce", *args],
-        stdin=stdin, capture_output=True, text=True, env=env, timeout=timeout,
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
     )
 
 
@@ -68,8 +72,19 @@ def test_foreground_freeze_released_by_sigterm(fs, run_dir):
     """SIGTERM releases a foreground freeze: thawed, reported, exit 0."""
     env = dict(os.environ, QUIESCE_RUN_DIR=run_dir)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quiesce", "freeze", "--json", "--no-stdin", str(fs["xfs"].mount_point)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "quiesce",
+            "freeze",
+            "--json",
+            "--no-stdin",
+            str(fs["xfs"].mount_point),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert json.loads(proc.stdout.readline())["event"] == "frozen"
@@ -182,3 +197,15 @@ def test_mounts_lists_targets_in_stack_order(fs, run_dir):
     plan = json.loads(r.stdout)
     assert [t["mount_point"] for t in plan["targets"]] == [inner, outer]
     assert any(s["reason"] == "not-included" for s in plan["skipped"])
+
+
+def test_hold_that_cannot_freeze_reports_the_error(fs, run_dir):
+    """``freeze --hold`` on a filesystem another tool froze exits 4 with the EBUSY message."""
+    external_freeze(fs["xfs"])
+    try:
+        r = quiesce(run_dir, "freeze", "--hold", str(fs["xfs"].mount_point))
+        assert r.returncode == Exit.FREEZE_FAILED
+        assert "EBUSY" in r.stderr and str(fs["xfs"].mount_point) in r.stderr
+        assert ledger_mod.read(run_dir) is None
+    finally:
+        assert is_frozen(fs["xfs"])

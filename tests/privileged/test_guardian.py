@@ -119,17 +119,19 @@ def test_guardian_holds_no_stray_fds(fs, run_dir):
     try:
         with frozen(targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=run_dir)):
             pid = ledger_mod.read(run_dir).guardian_pid
-            links = {
-                int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")
-            }
+            links = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     finally:
         os.close(r)
         os.close(w)
     assert [links[n] for n in (0, 1, 2)] == ["/dev/null"] * 3
     rest = sorted(v for k, v in links.items() if k > 2)
     expected = sorted(
-        [str(fs["ext4"].mount_point), str(fs["xfs"].mount_point),
-         os.path.join(run_dir, "guardian.log"), os.path.join(run_dir, "lock")]
+        [
+            str(fs["ext4"].mount_point),
+            str(fs["xfs"].mount_point),
+            os.path.join(run_dir, "guardian.log"),
+            os.path.join(run_dir, "lock"),
+        ]
     )
     assert sorted(v for v in rest if not v.startswith("socket:")) == expected
     assert sum(v.startswith("socket:") for v in rest) == 1

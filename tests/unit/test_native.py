@@ -1,0 +1,165 @@
+"""The native layer without freezing anything: session, guardian lifecycle, errno mapping."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from quiesce import native
+from quiesce.errors import (
+    FreezeError,
+    FreezeNotSupportedError,
+    FreezeTimeoutError,
+    FrozenByOtherError,
+    NotFrozenError,
+    QuiesceError,
+    ThawError,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def dir_fds(tmp_path):
+    """Two open directories to stand in for targets (never frozen here)."""
+    paths = [tmp_path / "a", tmp_path / "b"]
+    fds = []
+    for p in paths:
+        p.mkdir()
+        fds.append(os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    yield fds, [str(p) for p in paths]
+    for fd in fds:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("err", "kind"),
+    [
+        (errno.EBUSY, FrozenByOtherError),
+        (errno.EOPNOTSUPP, FreezeNotSupportedError),
+        (errno.ETIMEDOUT, FreezeTimeoutError),
+        (errno.EPERM, FreezeError),
+    ],
+)
+def test_freeze_errno_maps_to_exception(err, kind):
+    """Each FIFREEZE errno becomes its exception, an OSError keeping errno and path."""
+    exc = native.freeze_error(err, "/data")
+    assert type(exc) is kind
+    assert isinstance(exc, OSError) and isinstance(exc, QuiesceError)
+    assert exc.errno == err and exc.filename == "/data"
+    assert "/data" in str(exc) and errno.errorcode[err] in str(exc)
+
+
+def test_thaw_einval_means_not_frozen():
+    """FITHAW's EINVAL is NotFrozenError; other errnos are plain ThawError."""
+    assert type(native.thaw_error(errno.EINVAL, "/x")) is NotFrozenError
+    other = native.thaw_error(errno.EIO, "/x")
+    assert type(other) is ThawError and other.errno == errno.EIO
+
+
+def test_state_and_reason_names_cover_the_header_constants():
+    """Every state and guardian reason defined in C has a report name."""
+    header = (Path(__file__).parents[2] / "csrc" / "session.h").read_text()
+    names = re.findall(r"^#define (QZ_\w+) \d+", header, re.MULTILINE)
+    states = [getattr(native.lib, n) for n in names if not n.startswith(("QZ_FIRED_", "QZ_LEDGER"))]
+    reasons = [getattr(native.lib, n) for n in names if n.startswith("QZ_FIRED_")]
+    assert len(states) == 8 and len(reasons) == 4
+    assert sorted(states) == sorted(native.STATE_NAMES)
+    assert sorted(reasons) == sorted(native.GUARD_REASONS)
+
+
+def test_session_rejects_bad_sizes(dir_fds):
+    """A session needs 1..MAX fds and one label per fd."""
+    fds, labels = dir_fds
+    with pytest.raises(ValueError):
+        native.Session([], [])
+    with pytest.raises(ValueError):
+        native.Session(fds, labels[:1])
+
+
+def test_now_ns_is_the_monotonic_clock():
+    """native.now_ns() reads the same clock as time.monotonic_ns()."""
+    a = time.monotonic_ns()
+    b = native.now_ns()
+    c = time.monotonic_ns()
+    assert a <= b <= c
+
+
+def test_guardian_arm_and_disarm_without_freezing(dir_fds):
+    """An armed guardian runs in its own session and exits 0 when the window ends normally."""
+    fds, labels = dir_fds
+    with native.Session(fds, labels) as s:
+        pid = s.arm(10_000_000_000, 1_000_000_000)
+        assert s.guardian_pid == pid
+        assert os.getsid(pid) == pid
+        with open(f"/proc/{pid}/comm") as f:
+            assert f.read().strip() == "quiesce-guard"
+        s.disarm()
+        assert s.guardian_pid is None
+        g = s.guardian()
+        assert g.reason is None and g.exit_status == 0
+        assert [r.state for r in s.records()] == ["not-attempted"] * 2
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_guardian_cannot_be_armed_twice(dir_fds):
+    """A second arm on the same session is refused (EALREADY)."""
+    fds, labels = dir_fds
+    with native.Session(fds, labels) as s:
+        s.arm(10_000_000_000)
+        try:
+            with pytest.raises(QuiesceError) as info:
+                s.arm(10_000_000_000)
+            assert info.value.errno == errno.EALREADY
+        finally:
+            s.disarm()
+
+
+ORPHAN = """
+import os, sys
+from quiesce import native
+fds = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in sys.argv[3:]]
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+s = native.Session(fds, sys.argv[3:])
+print(s.arm(30_000_000_000, 0, report_fd=log, ledger_path=sys.argv[2]), flush=True)
+os._exit(0)
+"""
+
+
+def test_orphaned_guardian_with_nothing_frozen_thaws_nothing(tmp_path, dir_fds):
+    """When the orchestrator dies before freezing, the guardian removes the ledger and thaws nothing."""
+    _, labels = dir_fds
+    log, ledger = tmp_path / "guardian.log", tmp_path / "ledger.json"
+    ledger.write_text("{}")
+    out = subprocess.run(
+        [sys.executable, "-c", ORPHAN, str(log), str(ledger), *labels],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+    )
+    pid = int(out.stdout)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and "event=fired reason=orphaned" in lines[0]
+    assert not ledger.exists()
+
+
+def test_unclosed_session_warns(dir_fds):
+    """Dropping a session without close() raises a ResourceWarning (and frees it)."""
+    fds, labels = dir_fds
+    s = native.Session(fds, labels)
+    with pytest.warns(ResourceWarning):
+        del s
+        gc.collect()

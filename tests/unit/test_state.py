@@ -1,0 +1,135 @@
+"""Lock, ledger, process identity and report assembly (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from quiesce import ledger as ledger_mod
+from quiesce.errors import LedgerError, LockHeldError
+from quiesce.freeze import FreezeOptions, build_report
+from quiesce.lock import FreezeLock, is_held, read_holder
+from quiesce.mounts import Target, parse_mountinfo
+from quiesce.native import FsRecord, GuardianRecord
+from quiesce.procs import current_identity, is_alive, start_time
+
+
+def _ledger(**over):
+    base = dict(
+        run_id="r1",
+        pid=os.getpid(),
+        pid_start=start_time(os.getpid()),
+        guardian_pid=None,
+        guardian_start=None,
+        created_unix=1000.0,
+        timeout_s=60.0,
+        filesystems=(ledger_mod.LedgerEntry("/data", "8:1", 42, "xfs"),),
+    )
+    base.update(over)
+    return ledger_mod.Ledger(**base)
+
+
+def test_ledger_round_trip(tmp_path):
+    """A written ledger reads back equal, and removing it leaves nothing."""
+    led = _ledger()
+    path = ledger_mod.write(str(tmp_path), led)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert ledger_mod.read(str(tmp_path)) == led
+    assert led.deadline_unix == 1060.0
+    ledger_mod.remove(str(tmp_path))
+    assert ledger_mod.read(str(tmp_path)) is None
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("content", ["not json", "{}", '{"run_id": 1}', "[]"])
+def test_malformed_ledger_is_a_named_error(tmp_path, content):
+    """A damaged ledger raises LedgerError naming the problem, never a traceback."""
+    (tmp_path / "ledger.json").write_text(content)
+    with pytest.raises(LedgerError):
+        ledger_mod.read(str(tmp_path))
+
+
+def test_lock_refuses_a_second_holder(tmp_path):
+    """A second lock on the same run dir fails at once naming the holder's pid."""
+    with FreezeLock(str(tmp_path)) as first:
+        assert is_held(str(tmp_path))
+        assert read_holder(first.path) == os.getpid()
+        with pytest.raises(LockHeldError) as info:
+            FreezeLock(str(tmp_path))
+        assert info.value.holder_pid == os.getpid()
+        assert f"pid {os.getpid()}" in str(info.value)
+    assert not is_held(str(tmp_path))
+    FreezeLock(str(tmp_path)).release()
+
+
+def test_lock_is_released_when_the_holder_dies(tmp_path):
+    """flock dies with its holder: a crashed freeze does not block the next one."""
+    code = "import sys; from quiesce.lock import FreezeLock; FreezeLock(sys.argv[1]); print('ok')"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok"
+    with FreezeLock(str(tmp_path)):
+        pass
+
+
+def test_process_identity():
+    """is_alive tells a live process from a dead one and from a reused pid."""
+    pid, started = current_identity()
+    assert is_alive(pid, started)
+    assert not is_alive(pid, (started or 0) + 1)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not is_alive(child.pid, None)
+    assert not is_alive(0, None)
+
+
+def test_freeze_options_validation_and_step_default():
+    """Timeouts must be positive; the per-FIFREEZE limit defaults to 10 s and never exceeds the window."""
+    with pytest.raises(ValueError):
+        FreezeOptions(timeout_s=0)
+    with pytest.raises(ValueError):
+        FreezeOptions(step_timeout_s=-1)
+    assert FreezeOptions(timeout_s=60).step_timeout_ns == 10_000_000_000
+    assert FreezeOptions(timeout_s=2).step_timeout_ns == 2_000_000_000
+    assert FreezeOptions(timeout_s=5, step_timeout_s=30).step_timeout_ns == 5_000_000_000
+
+
+MOUNTINFO = """\
+30 1 8:1 / /data rw - xfs /dev/sda1 rw
+31 1 8:2 / /logs rw - ext4 /dev/sda2 rw
+"""
+
+
+def test_report_times_are_relative_to_the_first_freeze():
+    """The window spans first FIFREEZE start to last FITHAW end; per-fs times are offsets."""
+    mounts = parse_mountinfo(MOUNTINFO)
+    targets = [Target(m, None, None) for m in mounts]
+
+    def rec(i, fs, fe, ts, te, state="thawed"):
+        return FsRecord(i, state, 0, 50, 90, 0, fs, fe, 0, ts, te)
+
+    records = [rec(0, 100, 110, 300, 320), rec(1, 110, 150, 200, 210)]
+    report = build_report("r", targets, records, GuardianRecord(None, 0, 1100, 0), 77)
+    assert report.window_ns == 220
+    assert report.preflush_ns == 40
+    assert report.guardian_deadline_at_ns == 1000
+    a, b = report.targets
+    assert (a.freeze_at_ns, a.freeze_ns, a.thaw_at_ns, a.thaw_ns) == (0, 10, 200, 20)
+    assert (b.freeze_at_ns, b.freeze_ns, b.thaw_at_ns, b.thaw_ns) == (10, 40, 100, 10)
+    assert report.ok and report.guardian_pid == 77
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["ok"] is True and data["targets"][0]["mount_point"] == "/data"
+
+
+def test_report_is_not_ok_when_the_guardian_thawed():
+    """A filesystem thawed by the guardian makes the report not ok."""
+    mounts = parse_mountinfo(MOUNTINFO)
+    records = [FsRecord(0, "thawed-by-guardian", 0, 0, 0, 0, 1, 2, 0, 5, 6)]
+    report = build_report(
+        "r", [Target(mounts[0], None, None)], records, GuardianRecord("deadline", 4, 3, 256), None
+    )
+    assert not report.ok
+    assert report.guardian_reason == "deadline" and report.guardian_fired_at_ns == 3
