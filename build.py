@@ -48,4 +48,10 @@ def make_ffibuilder() -> FFI:
 ffibuilder = make_ffibuilder()
 
 if __name__ == "__main__":
-    ffibuilder.compile(tmpdir="build/cffi", verbose=True)
+    # `python -m build` run from this directory lands here: this file shadows
+    # the PyPA "build" package. Say so instead of half-building something.
+    raise SystemExit(
+        "build.py is quiesce's cffi builder, run by setuptools. To build, use "
+        "`pip install .`, `pip wheel .`, or `python -m build` from outside this directory "
+        "(e.g. `cd .. && python -m build quiesce`)."
+    )
