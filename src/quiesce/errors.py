@@ -95,3 +95,85 @@ class NotFrozenError(ThawError):
 
 class GuardianError(QuiesceOSError):
     """The guardian process could not be armed or did not answer."""
+
+
+# -- Azure-compatible configuration and script errors ---------------------------
+
+
+class ConfigNotFoundError(ConfigError):
+    """The plugin config file does not exist (Azure: plugin config not found)."""
+
+    azure_name = "IncorrectJSONConfigFile"
+    azure_code = 316
+
+
+class ConfigPermissionError(ConfigError):
+    """The plugin config file's owner or mode is unsafe (Azure: 317)."""
+
+    azure_name = "IncorrectJSONConfigFile"
+    azure_code = 317
+
+
+class IncorrectJSONConfigFile(ConfigError):
+    """The JSON config is invalid: bad JSON, a missing key, a wrong type or range."""
+
+    azure_name = "IncorrectJSONConfigFile"
+    azure_code = 305
+
+
+class IncorrectPluginhostFile(ConfigError):
+    """``VMSnapshotPluginHost.conf`` is unreadable or invalid."""
+
+    azure_name = "IncorrectPluginhostFile"
+    azure_code = 304
+
+
+#: Azure's names and codes per phase: (pre, post).
+_SCRIPT_ERRORS: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {
+    "failed": (("Pre-ScriptExecutionFailed", 300), ("Post-ScriptExecutionFailed", 301)),
+    "not-found": (("Pre-ScriptNotFound", 302), ("Post-ScriptNotFound", 303)),
+    "permission": (
+        ("InsufficientPermissionforPre-Script", 306),
+        ("InsufficientPermissionforPost-Script", 307),
+    ),
+    "timeout": (("Pre-ScriptTimeout", 308), ("Post-ScriptTimeout", 309)),
+}
+
+
+class ScriptError(QuiesceError):
+    """A pre- or post-script problem; ``phase`` is "pre" or "post"."""
+
+    kind = "failed"
+
+    def __init__(self, message: str, phase: str) -> None:
+        if phase not in ("pre", "post"):
+            raise ValueError(f"phase must be 'pre' or 'post', not {phase!r}")
+        super().__init__(message)
+        self.phase = phase
+        name, code = _SCRIPT_ERRORS[self.kind][0 if phase == "pre" else 1]
+        self.azure_name = name
+        self.azure_code = code
+
+
+class ScriptExecutionFailed(ScriptError):
+    """The script exited non-zero (or by a signal) on its last attempt."""
+
+    kind = "failed"
+
+
+class ScriptNotFound(ScriptError):
+    """No file at the script's location."""
+
+    kind = "not-found"
+
+
+class ScriptPermissionError(ScriptError):
+    """The script's owner, mode, parent directories or type are unsafe."""
+
+    kind = "permission"
+
+
+class ScriptTimeout(ScriptError):
+    """The script ran past its timeout on its last attempt (and was killed)."""
+
+    kind = "timeout"
