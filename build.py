@@ -14,8 +14,8 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = "csrc"
-HEADERS = ("session.h", "freeze.h", "guardian.h")
-SOURCES = ("session.c", "freeze.c", "guardian.c")
+HEADERS = ("session.h", "freeze.h", "guardian.h", "spawn.h")
+SOURCES = ("session.c", "freeze.c", "guardian.c", "spawn.c")
 _CDEF = re.compile(r"/\* cdef-begin \*/\n(.*?)/\* cdef-end \*/", re.DOTALL)
 
 

@@ -8,6 +8,7 @@ values never leave this module.
 from __future__ import annotations
 
 import errno
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -288,3 +289,195 @@ class Session:
             if rec.thaw_errno == err:
                 return thaw_error(err, self._labels[rec.index])
         return thaw_error(err, None)
+
+
+# -- spawning and supervising scripts ---------------------------------------
+
+#: Where a checked script's fd sits in the child (``/dev/fd/3``).
+SCRIPT_FD = int(lib.QZ_SCRIPT_FD)
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    """How a supervised child ended. Times are CLOCK_MONOTONIC ns (0: did not happen)."""
+
+    finished: bool
+    unkillable: bool
+    exited: bool
+    exit_code: int | None
+    term_signal: int | None
+    timed_out: bool
+    killed: bool
+    exit_ns: int
+    term_ns: int
+    kill_ns: int
+    utime_us: int
+    stime_us: int
+    maxrss_kb: int
+    stdout_bytes: int
+    stderr_bytes: int
+
+
+def _cstrings(items: Sequence[str]) -> tuple[Any, list[Any]]:
+    keep = [ffi.new("char[]", os.fsencode(s)) for s in items]
+    return ffi.new("char *[]", [*keep, ffi.NULL]), keep
+
+
+class Child:
+    """A process started by :func:`spawn`, with a pidfd that can never signal a reused pid."""
+
+    def __init__(self, raw: Any) -> None:
+        self._c = raw
+        self.pid = int(raw.pid)
+        self.start_ns = int(raw.start_ns)
+        self.in_cgroup = bool(raw.in_cgroup)
+        self.used_clone3 = bool(raw.used_clone3)
+
+    @property
+    def pidfd(self) -> int:
+        """The pidfd (-1 once closed, or on a kernel without pidfds)."""
+        return int(self._c.pidfd)
+
+    def kill_tree(self, cgroup_fd: int = -1) -> None:
+        """SIGKILL every process of the child: its cgroup, or else its process group."""
+        rc = int(lib.qz_kill_tree(self._c, cgroup_fd))
+        if rc != 0:
+            raise QuiesceOSError(-rc, "killing the script's processes")
+
+    def close(self) -> None:
+        """Close the pidfd (after the child was reaped)."""
+        if self._c.pidfd >= 0:
+            os.close(int(self._c.pidfd))
+            self._c.pidfd = -1
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Sequence[str],
+    *,
+    path: str | None,
+    script_fd: int = -1,
+    cgroup_fd: int = -1,
+    stdin_fd: int,
+    stdout_fd: int,
+    stderr_fd: int,
+) -> Child:
+    """Start ``argv`` in a new session with a pidfd.
+
+    ``path`` is executed by name; with ``path=None`` the checked ``script_fd``
+    itself is executed (``execveat(AT_EMPTY_PATH)``). ``script_fd`` is placed
+    at fd 3 in the child either way, so an interpreter can read
+    ``/dev/fd/3``. ``env`` is the whole environment, as ``KEY=value``.
+    """
+    c_argv, keep_argv = _cstrings(argv)
+    c_env, keep_env = _cstrings(env)
+    c_path = ffi.NULL if path is None else ffi.new("char[]", os.fsencode(path))
+    req = ffi.new(
+        "struct qz_spawn_req *",
+        {
+            "path": c_path,
+            "argv": c_argv,
+            "envp": c_env,
+            "script_fd": script_fd,
+            "cgroup_fd": cgroup_fd,
+            "stdin_fd": stdin_fd,
+            "stdout_fd": stdout_fd,
+            "stderr_fd": stderr_fd,
+        },
+    )
+    out = ffi.new("struct qz_child *")
+    rc = int(lib.qz_spawn(req, out))
+    del keep_argv, keep_env
+    if rc != 0:
+        raise QuiesceOSError(-rc, "starting the script", argv[0] if path is None else path)
+    return Child(out)
+
+
+class Supervision:
+    """Waits for one child with its output pipes, to a deadline, in native code.
+
+    :meth:`step` returns False on a progress tick (call it again) and True once
+    the child was reaped or proved unkillable. The last ``out_cap``/``err_cap``
+    bytes of each stream are kept.
+    """
+
+    def __init__(
+        self,
+        child: Child,
+        *,
+        deadline_ns: int,
+        grace_ns: int,
+        kill_wait_ns: int,
+        tick_ns: int = 0,
+        cgroup_fd: int = -1,
+        out_fd: int = -1,
+        err_fd: int = -1,
+        out_cap: int = 65536,
+        err_cap: int = 65536,
+    ) -> None:
+        self._child = child
+        self._out = ffi.new("char[]", max(out_cap, 1))
+        self._err = ffi.new("char[]", max(err_cap, 1))
+        self._req = ffi.new(
+            "struct qz_wait_req *",
+            {
+                "deadline_ns": deadline_ns,
+                "grace_ns": grace_ns,
+                "kill_wait_ns": kill_wait_ns,
+                "tick_ns": tick_ns,
+                "cgroup_fd": cgroup_fd,
+                "out_fd": out_fd,
+                "err_fd": err_fd,
+                "out_buf": self._out,
+                "out_cap": out_cap,
+                "err_buf": self._err,
+                "err_cap": err_cap,
+            },
+        )
+        self._res = ffi.new("struct qz_wait_res *")
+        lib.qz_wait_init(self._req, self._res)
+
+    def step(self) -> bool:
+        """Wait until the child ends or the next progress tick; True when it ended."""
+        rc = int(lib.qz_supervise(self._child._c, self._req, self._res))
+        if rc != 0:
+            raise QuiesceOSError(-rc, "supervising the script")
+        return bool(int(self._res.outcome) != int(lib.QZ_RUNNING))
+
+    def result(self) -> WaitResult:
+        """The outcome so far."""
+        r = self._res
+        exited = bool(r.exited)
+        finished = int(r.outcome) == lib.QZ_EXITED
+        return WaitResult(
+            finished=finished,
+            unkillable=int(r.outcome) == lib.QZ_UNKILLABLE,
+            exited=finished and exited,
+            exit_code=int(r.exit_code) if finished and exited else None,
+            term_signal=int(r.term_signal) if finished and not exited else None,
+            timed_out=bool(r.timed_out),
+            killed=bool(r.killed),
+            exit_ns=int(r.exit_ns),
+            term_ns=int(r.term_ns),
+            kill_ns=int(r.kill_ns),
+            utime_us=int(r.utime_us),
+            stime_us=int(r.stime_us),
+            maxrss_kb=int(r.maxrss_kb),
+            stdout_bytes=int(r.out_total),
+            stderr_bytes=int(r.err_total),
+        )
+
+    def tails(self) -> tuple[bytes, bytes]:
+        """The kept tail of stdout and of stderr, oldest byte first."""
+        return (
+            _ring_tail(self._out, int(self._req.out_cap), int(self._res.out_total)),
+            _ring_tail(self._err, int(self._req.err_cap), int(self._res.err_total)),
+        )
+
+
+def _ring_tail(buf: Any, cap: int, total: int) -> bytes:
+    data = bytes(ffi.buffer(buf, cap))
+    if total <= cap:
+        return data[:total]
+    pos = total % cap
+    return data[pos:] + data[:pos]

@@ -1,0 +1,385 @@
+/*
+ * spawn.c: see spawn.h.
+ *
+ * The child side of qz_spawn() runs between clone and exec in a copy of a
+ * possibly multi-threaded process: it makes raw system calls only. Exec
+ * failures travel back to the parent as an errno over a close-on-exec pipe,
+ * so qz_spawn() returns -errno instead of a child that exits 127.
+ */
+#define _GNU_SOURCE
+#include "spawn.h"
+#include "session.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+
+/* ---- the child -------------------------------------------------------- */
+
+static void child_fail(int errpipe, int err)
+{
+    ssize_t rc;
+
+    do
+        rc = write(errpipe, &err, sizeof(err));
+    while (rc < 0 && errno == EINTR);
+    _exit(127);
+}
+
+/*
+ * Move fd `from` to `to` without close-on-exec. Targets below 4 may be
+ * occupied by another source fd; the caller moved all sources above 3 first.
+ */
+static int place_fd(int from, int to)
+{
+    if (from == to)
+        return fcntl(to, F_SETFD, 0);
+    return dup2(from, to) < 0 ? -1 : 0;
+}
+
+static int lift(int fd, int floor)
+{
+    return fd < 0 || fd >= floor ? fd : fcntl(fd, F_DUPFD_CLOEXEC, floor);
+}
+
+static __attribute__((noreturn)) void child_main(const struct qz_spawn_req *req,
+                                                 int errpipe, int join_cgroup)
+{
+    struct sigaction dfl;
+    sigset_t none;
+    int in, out, err, script, sig;
+
+    if (setsid() < 0)
+        child_fail(errpipe, errno);
+    /* Python ignores SIGPIPE and may block signals: a script gets defaults. */
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    for (sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &dfl, NULL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    if (join_cgroup) {
+        int procs = openat(req->cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+
+        if (procs < 0 || write(procs, "0", 1) != 1)
+            child_fail(errpipe, errno);
+        close(procs);
+    }
+
+    /* Keep every source clear of 0..3 before placing them there. */
+    in = lift(req->stdin_fd, 4);
+    out = lift(req->stdout_fd, 4);
+    err = lift(req->stderr_fd, 4);
+    script = lift(req->script_fd, 4);
+    errpipe = lift(errpipe, 4);
+    if (in < 0 || out < 0 || err < 0 || errpipe < 0 ||
+        (req->script_fd >= 0 && script < 0))
+        child_fail(errpipe >= 0 ? errpipe : 2, errno);
+    if (place_fd(in, 0) || place_fd(out, 1) || place_fd(err, 2) ||
+        (script >= 0 && place_fd(script, QZ_SCRIPT_FD)))
+        child_fail(errpipe, errno);
+    /* Nothing else of the caller's leaks into the script. */
+    {
+        unsigned int first = script >= 0 ? QZ_SCRIPT_FD + 1 : QZ_SCRIPT_FD;
+        int keep = errpipe;
+
+        if ((unsigned int)keep > first)
+            syscall(SYS_close_range, first, (unsigned int)keep - 1, 0);
+        syscall(SYS_close_range, (unsigned int)keep + 1, ~0U, 0);
+    }
+
+    if (req->path != NULL)
+        execve(req->path, req->argv, req->envp);
+    else
+        syscall(SYS_execveat, QZ_SCRIPT_FD, "", req->argv, req->envp,
+                AT_EMPTY_PATH);
+    child_fail(errpipe, errno);
+}
+
+/* ---- the parent ------------------------------------------------------- */
+
+static pid_t clone3_pidfd(int cgroup_fd, int *pidfd)
+{
+    struct clone_args args;
+
+    memset(&args, 0, sizeof(args));
+    args.flags = CLONE_PIDFD;
+    args.pidfd = (uint64_t)(uintptr_t)pidfd;
+    args.exit_signal = SIGCHLD;
+    if (cgroup_fd >= 0) {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = (uint64_t)(unsigned int)cgroup_fd;
+    }
+    return (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+}
+
+static int read_exec_error(int fd)
+{
+    int err = 0;
+    ssize_t n;
+
+    do
+        n = read(fd, &err, sizeof(err));
+    while (n < 0 && errno == EINTR);
+    return n == (ssize_t)sizeof(err) ? err : 0;
+}
+
+int qz_spawn(const struct qz_spawn_req *req, struct qz_child *out)
+{
+    int errpipe[2], pidfd = -1, err, status, join = 0, forked = 0;
+    pid_t pid;
+
+    memset(out, 0, sizeof(*out));
+    out->pid = -1;
+    out->pidfd = -1;
+    if (pipe2(errpipe, O_CLOEXEC) != 0)
+        return -errno;
+
+    out->start_ns = qz_now_ns();
+    pid = clone3_pidfd(req->cgroup_fd, &pidfd);
+    if (pid < 0 && errno != ENOSYS && req->cgroup_fd >= 0) {
+        /* The cgroup refused a direct start: start outside, join at once. */
+        pid = clone3_pidfd(-1, &pidfd);
+        join = 1;
+    }
+    if (pid < 0 && errno == ENOSYS) {
+        /* Kernels before 5.3: fork, and a pidfd when the kernel has one. */
+        pid = fork();
+        join = req->cgroup_fd >= 0;
+        forked = 1;
+    }
+    if (pid == 0)
+        child_main(req, errpipe[1], join);
+    err = errno;
+    close(errpipe[1]);
+    if (pid < 0) {
+        close(errpipe[0]);
+        return -err;
+    }
+    if (forked)
+        pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    err = read_exec_error(errpipe[0]);
+    close(errpipe[0]);
+    if (err != 0) {
+        /* The child never ran the script: reap it and report why. */
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        if (pidfd >= 0)
+            close(pidfd);
+        return -err;
+    }
+    out->pid = pid;
+    out->pidfd = pidfd;
+    out->used_clone3 = !forked;
+    out->in_cgroup = req->cgroup_fd >= 0;
+    return 0;
+}
+
+/* ---- supervision ------------------------------------------------------ */
+
+/* Read what is available now; keep the last `cap` bytes in a ring. */
+static int drain(int fd, char *ring, uint64_t cap, uint64_t *total)
+{
+    char buf[65536];
+
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+
+        if (n == 0)
+            return 0; /* EOF */
+        if (n < 0)
+            return (errno == EAGAIN || errno == EINTR) ? 1 : 0;
+        if (cap > 0) {
+            /* Only the last `cap` bytes of this read can survive. */
+            uint64_t len = (uint64_t)n, skip = len > cap ? len - cap : 0;
+            uint64_t pos = (*total + skip) % cap, left = len - skip;
+            uint64_t first = left < cap - pos ? left : cap - pos;
+
+            memcpy(ring + pos, buf + skip, first);
+            memcpy(ring, buf + skip + first, left - first);
+        }
+        *total += (uint64_t)n;
+    }
+}
+
+static int send_pidfd_signal(int pidfd, int sig)
+{
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+/* SIGKILL every process of the script: its cgroup, else its process group. */
+int qz_kill_tree(struct qz_child *c, int cgroup_fd)
+{
+    int rc = 0;
+
+    if (cgroup_fd >= 0) {
+        int fd = openat(cgroup_fd, "cgroup.kill", O_WRONLY | O_CLOEXEC);
+
+        if (fd >= 0) {
+            if (write(fd, "1", 1) != 1)
+                rc = -errno;
+            close(fd);
+            if (rc == 0)
+                return 0;
+        }
+    }
+    /* No cgroup.kill: the process group (the script is a session leader). */
+    if (c->pid > 0 && kill(-c->pid, SIGKILL) != 0 && errno != ESRCH)
+        rc = -errno;
+    if (c->pidfd >= 0)
+        send_pidfd_signal(c->pidfd, SIGKILL);
+    return rc;
+}
+
+static void terminate(struct qz_child *c)
+{
+    /* The group first: a shell script's children get SIGTERM too. */
+    kill(-c->pid, SIGTERM);
+    if (c->pidfd >= 0)
+        send_pidfd_signal(c->pidfd, SIGTERM);
+    else
+        kill(c->pid, SIGTERM);
+}
+
+static int reap(struct qz_child *c, struct qz_wait_res *r)
+{
+    siginfo_t info;
+    struct rusage ru;
+    int rc;
+
+    memset(&info, 0, sizeof(info));
+    memset(&ru, 0, sizeof(ru));
+    do
+        rc = (int)syscall(SYS_waitid, c->pidfd >= 0 ? P_PIDFD : P_PID,
+                          c->pidfd >= 0 ? c->pidfd : c->pid, &info,
+                          WEXITED | WNOHANG, &ru);
+    while (rc < 0 && errno == EINTR);
+    if (rc < 0)
+        return -errno;
+    if (info.si_pid == 0)
+        return 0; /* not yet */
+    r->exit_ns = qz_now_ns();
+    r->exited = info.si_code == CLD_EXITED;
+    r->exit_code = r->exited ? info.si_status : -1;
+    r->term_signal = r->exited ? 0 : info.si_status;
+    r->utime_us = (int64_t)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec;
+    r->stime_us = (int64_t)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+    r->maxrss_kb = ru.ru_maxrss;
+    return 1;
+}
+
+void qz_wait_init(const struct qz_wait_req *w, struct qz_wait_res *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->out_open = w->out_fd >= 0;
+    r->err_open = w->err_fd >= 0;
+}
+
+static int64_t min_pos(int64_t a, int64_t b)
+{
+    if (a < 0)
+        return b;
+    if (b < 0)
+        return a;
+    return a < b ? a : b;
+}
+
+/*
+ * Wait for the child's exit, reading its output as it comes. Returns 0 with
+ * r->outcome set, or -errno. Once the child has exited its pipes are drained
+ * of what is already there and left: a descendant that keeps them open does
+ * not hold up the run.
+ */
+int qz_supervise(struct qz_child *c, const struct qz_wait_req *w,
+                 struct qz_wait_res *r)
+{
+    int64_t tick_end = w->tick_ns > 0 ? qz_now_ns() + w->tick_ns : -1;
+
+    r->outcome = QZ_RUNNING;
+    for (;;) {
+        struct pollfd pfd[3];
+        nfds_t n = 0;
+        int64_t now = qz_now_ns(), wake;
+        struct timespec ts;
+        int rc, got;
+
+        got = reap(c, r);
+        if (got < 0)
+            return got;
+        if (got > 0) {
+            if (w->out_fd >= 0 && r->out_open)
+                r->out_open = drain(w->out_fd, w->out_buf, w->out_cap, &r->out_total);
+            if (w->err_fd >= 0 && r->err_open)
+                r->err_open = drain(w->err_fd, w->err_buf, w->err_cap, &r->err_total);
+            r->outcome = QZ_EXITED;
+            return 0;
+        }
+        if (!r->timed_out && w->deadline_ns > 0 && now >= w->deadline_ns) {
+            r->timed_out = 1;
+            r->term_ns = now;
+            terminate(c);
+        }
+        if (r->timed_out && !r->killed && now >= r->term_ns + w->grace_ns) {
+            r->killed = 1;
+            r->kill_ns = now;
+            qz_kill_tree(c, w->cgroup_fd);
+        }
+        if (r->killed && w->kill_wait_ns > 0 && now >= r->kill_ns + w->kill_wait_ns) {
+            r->outcome = QZ_UNKILLABLE;
+            return 0;
+        }
+        if (tick_end > 0 && now >= tick_end)
+            return 0; /* QZ_RUNNING: a progress tick */
+
+        wake = tick_end;
+        if (!r->timed_out && w->deadline_ns > 0)
+            wake = min_pos(wake, w->deadline_ns);
+        else if (r->timed_out && !r->killed)
+            wake = min_pos(wake, r->term_ns + w->grace_ns);
+        else if (r->killed && w->kill_wait_ns > 0)
+            wake = min_pos(wake, r->kill_ns + w->kill_wait_ns);
+
+        pfd[n].fd = c->pidfd;
+        pfd[n++].events = POLLIN;
+        if (w->out_fd >= 0 && r->out_open) {
+            pfd[n].fd = w->out_fd;
+            pfd[n++].events = POLLIN;
+        }
+        if (w->err_fd >= 0 && r->err_open) {
+            pfd[n].fd = w->err_fd;
+            pfd[n++].events = POLLIN;
+        }
+        if (wake >= 0) {
+            int64_t left = wake - now;
+
+            if (left < 0)
+                left = 0;
+            ts.tv_sec = left / 1000000000LL;
+            ts.tv_nsec = left % 1000000000LL;
+        }
+        rc = ppoll(pfd, n, wake >= 0 ? &ts : NULL, NULL);
+        if (rc < 0 && errno != EINTR)
+            return -errno;
+        if (w->out_fd >= 0 && r->out_open)
+            r->out_open = drain(w->out_fd, w->out_buf, w->out_cap, &r->out_total);
+        if (w->err_fd >= 0 && r->err_open)
+            r->err_open = drain(w->err_fd, w->err_buf, w->err_cap, &r->err_total);
+    }
+}
