@@ -20,7 +20,9 @@ from typing import Any, TextIO
 
 from quiesce import ledger as ledger_mod
 from quiesce import lock as lock_mod
+from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH
 from quiesce.errors import (
+    ConfigError,
     FreezeError,
     LockHeldError,
     NotFrozenError,
@@ -39,6 +41,7 @@ from quiesce.freeze import (
 from quiesce.mounts import Plan, read_mountinfo
 from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan
 from quiesce.procs import is_alive, mount_id_of_fd
+from quiesce.run import APPLICATION, CRASH, FILESYSTEM, RunResult
 from quiesce.sandbox import SandboxError
 
 LAST_REPORT = "last-report.json"
@@ -55,6 +58,9 @@ class Exit(enum.IntEnum):
     GUARDIAN_THAWED = 5
     THAW_FAILED = 6
     BAD_TARGET = 7
+    DEGRADED = 8
+    BACKUP_FAILED = 9
+    CONFIG = 10
 
 
 EXIT_HELP = """exit status:
@@ -66,6 +72,9 @@ EXIT_HELP = """exit status:
   5  the guardian thawed before the release (deadline passed, or a FIFREEZE blocked)
   6  a FITHAW failed: a filesystem may still be frozen (see `quiesce status`)
   7  a named target cannot be frozen (not a mount point, read-only, pseudo...)
+  8  run: a snapshot was taken, but only file-system- or crash-consistent
+  9  run: the backup failed (no snapshot, or a failure marked it failed)
+ 10  run: the configuration is invalid, missing or unsafe; nothing ran
 """
 
 
@@ -542,6 +551,94 @@ def cmd_status(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+# -- run ----------------------------------------------------------------------
+
+
+class _ProgressLine:
+    """A live "elapsed / timeout" indicator on a terminal; a paced line otherwise."""
+
+    def __init__(self, out: TextIO, pace_s: float) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.pace_ns = int(pace_s * 1e9)
+        self._last = 0
+        self.phase = ""
+
+    def __call__(self, attempt: int, elapsed_ns: int, timeout_ns: int) -> None:
+        text = f"{self.phase}: attempt {attempt}, {human_ns(elapsed_ns)} of {human_ns(timeout_ns)}"
+        if self.tty:
+            self.out.write("\r\033[K" + text)
+            self.out.flush()
+        elif elapsed_ns - self._last >= self.pace_ns:
+            self._last = elapsed_ns
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def clear(self) -> None:
+        """Erase the live line before a result line is printed."""
+        if self.tty:
+            self.out.write("\r\033[K")
+            self.out.flush()
+        self._last = 0
+
+
+def _run_exit(result: RunResult) -> int:
+    if result.consistency == APPLICATION:
+        return Exit.OK
+    if result.consistency in (FILESYSTEM, CRASH):
+        return Exit.DEGRADED
+    return Exit.BACKUP_FAILED
+
+
+def print_run(result: RunResult, out: TextIO) -> None:
+    """A run's result for a terminal: one line per phase, then the verdict."""
+    for p in result.phases:
+        detail = f"  ({p.detail})" if p.detail else ""
+        out.write(f"{p.name:<18} {p.status:<10} {human_ns(p.duration_ns):>10}{detail}\n")
+    for res in (result.pre, result.post):
+        if res is None:
+            continue
+        for a in res.attempts:
+            how = f"exit {a.exit_code}" if a.exit_code is not None else f"signal {a.signal}"
+            out.write(
+                f"  {res.phase}-script attempt {a.number}: {a.outcome}, {how}, "
+                f"{human_ns(a.duration_ns)}, cpu {a.cpu_user_us + a.cpu_system_us} us\n"
+            )
+            if a.outcome != "ok" and a.stderr.strip():
+                for line in a.stderr.strip().splitlines()[-5:]:
+                    out.write(f"    | {line}\n")
+    if result.freeze is not None and result.freeze.window_ns is not None:
+        out.write(f"frozen window {human_ns(result.freeze.window_ns)}\n")
+    for w in result.warnings:
+        out.write(f"warning: {w}\n")
+    verdict = result.consistency
+    if result.error_name:
+        verdict += f" ({result.error_name}, code {result.error_code}: {result.message})"
+    out.write(f"result: {verdict}\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``quiesce run``."""
+    from quiesce.run import RunOptions, run
+
+    progress = None if args.json else _ProgressLine(sys.stderr, 3.0)
+    options = RunOptions(
+        config_path=args.config,
+        pluginhost_path=None if args.no_pluginhost else args.pluginhost,
+        vmbackup_conf=None if args.no_vmbackup_conf else args.vmbackup_conf,
+        run_dir=args.run_dir,
+        progress=progress,
+    )
+    result = run(options)
+    if progress is not None:
+        progress.clear()
+    if args.json:
+        emit_json(result.to_dict(), sys.stdout)
+    else:
+        print_run(result, sys.stdout)
+    return _run_exit(result)
+
+
 # -- demo -------------------------------------------------------------------
 
 
@@ -632,6 +729,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="the whole job: pre-script, freeze, snapshot, thaw, post-script (Azure config)",
+        description="Read Azure Backup's VMSnapshotScriptPluginConfig.json, check it and the "
+        "scripts (owner root, safe modes and directories), run the pre-script, freeze the "
+        "filesystems, take the snapshot, thaw, run the post-script, and classify the result "
+        "application-consistent, file-system-consistent, crash-consistent or failed.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG_PATH,
+        metavar="PATH",
+        help=f"the JSON config (default {DEFAULT_CONFIG_PATH}); must be root-owned, mode 600",
+    )
+    p.add_argument(
+        "--pluginhost",
+        default=DEFAULT_PLUGINHOST_PATH,
+        metavar="PATH",
+        help=f"Azure's plugin host INI, optional (default {DEFAULT_PLUGINHOST_PATH})",
+    )
+    p.add_argument("--no-pluginhost", action="store_true", help="ignore the plugin host INI")
+    p.add_argument(
+        "--vmbackup-conf",
+        default=VMBACKUP_CONF,
+        metavar="PATH",
+        help=f"Azure's vmbackup.conf, for MountsToSkip (default {VMBACKUP_CONF})",
+    )
+    p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
         "mounts",
         parents=[common],
         help="show what would be frozen, in which order, and what is skipped",
@@ -719,6 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
 def exit_code_for(err: BaseException) -> Exit:
     """The exit status for an error that ended a command."""
     for kind, code in (
+        (ConfigError, Exit.CONFIG),
         (LockHeldError, Exit.LOCKED),
         (TargetError, Exit.BAD_TARGET),
         (ThawError, Exit.THAW_FAILED),
@@ -737,7 +868,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (QuiesceError, SandboxError, ValueError) as err:
+        code = int(exit_code_for(err))
         print(f"quiesce: {err}", file=sys.stderr)
-        return int(exit_code_for(err))
+        if getattr(args, "json", False):
+            emit_json(
+                {
+                    "error": str(err),
+                    "error_type": type(err).__name__,
+                    "error_name": getattr(err, "azure_name", None),
+                    "error_code": getattr(err, "azure_code", None),
+                    "exit": code,
+                },
+                sys.stdout,
+            )
+        return code
     except KeyboardInterrupt:
         return 130

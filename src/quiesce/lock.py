@@ -26,9 +26,9 @@ def ensure_run_dir(run_dir: str) -> None:
 class FreezeLock:
     """An acquired freeze lock; :meth:`release` (or the context) gives it back."""
 
-    def __init__(self, run_dir: str) -> None:
+    def __init__(self, run_dir: str, name: str = "lock", what: str = "freeze") -> None:
         ensure_run_dir(run_dir)
-        self.path = os.path.join(run_dir, "lock")
+        self.path = os.path.join(run_dir, name)
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as err:
@@ -40,7 +40,7 @@ class FreezeLock:
             os.close(self.fd)
             who = f"pid {holder}" if holder else "another process"
             raise LockHeldError(
-                f"another quiesce freeze is in progress ({who} holds {self.path}); "
+                f"another quiesce {what} is in progress ({who} holds {self.path}); "
                 "wait for it, or see `quiesce status`",
                 holder,
             ) from None

@@ -1,0 +1,358 @@
+"""The Azure-compatible run: checks, pre-script, freeze, snapshot, thaw, post-script.
+
+:func:`run` follows Azure Backup's documented rules (REFERENCE.md section
+1.3) and fixes what its implementation gets wrong: retries re-run the
+script, a timed-out script is killed, a bad config is an error and never a
+silent downgrade, and the frozen window is bounded by the guardian.
+
+Order and decisions:
+
+- The config is read from the fd that was permission-checked and validated;
+  a bad config runs nothing and freezes nothing.
+- Both scripts are checked (owner, mode, directory chain) before anything
+  runs. A script that fails its check counts as that script failing.
+- The pre-script runs (with its retries). If it failed and
+  ``continueBackupOnFailure`` is false, no snapshot is taken.
+- Otherwise, with ``fsFreezeEnabled``, the filesystems are frozen, the
+  snapshot step runs, and they are thawed. A freeze that fails leaves the
+  snapshot crash-consistent when failures may continue, else the run fails.
+- The post-script runs whenever the config was valid, also after a failed
+  pre-script (so it can undo what the pre-script did), with the outcome in
+  ``QUIESCE_SNAPSHOT`` and ``QUIESCE_PRE_STATUS``.
+- :func:`classify` turns the outcomes into application-consistent,
+  file-system-consistent, crash-consistent or failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from quiesce import ledger as ledger_mod
+from quiesce.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_PLUGINHOST_PATH,
+    LoadedConfig,
+    PluginConfig,
+    effective_timeout_s,
+    load_pluginhost,
+    parse_config,
+)
+from quiesce.errors import FreezeTimeoutError, QuiesceError, ScriptError
+from quiesce.freeze import RUN_DIR, Freeze, FreezeOptions, FreezeReport
+from quiesce.lock import FreezeLock
+from quiesce.permissions import CheckedScript, open_script, read_config_file
+from quiesce.plan import VMBACKUP_CONF, make_plan
+from quiesce.scripts import Progress, ScriptPolicy, ScriptResult, run_script
+
+APPLICATION = "application-consistent"
+FILESYSTEM = "file-system-consistent"
+CRASH = "crash-consistent"
+FAILED = "failed"
+
+#: Names and codes for freeze problems (REFERENCE.md 1.4: 121/122/123).
+FREEZE_FAILED = ("FsFreezeFailed", 121)
+FREEZE_TIMEOUT = ("FsFreezeTimeout", 122)
+SNAPSHOT_FAILED = ("SnapshotFailed", None)
+
+#: The snapshot step, when quiesce is embedded: called inside the window.
+SnapshotStep = Callable[[], None]
+
+
+@dataclass
+class Phase:
+    """One line of the run's timeline."""
+
+    name: str
+    status: str
+    duration_ns: int
+    detail: str | None = None
+
+
+@dataclass
+class RunResult:
+    """Everything a run did; plain data that serialises to JSON."""
+
+    run_id: str
+    consistency: str = FAILED
+    error_name: str | None = None
+    error_code: int | None = None
+    message: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    config_source: str | None = None
+    pre: ScriptResult | None = None
+    post: ScriptResult | None = None
+    freeze: FreezeReport | None = None
+    snapshot: str = "skipped"  # ok | failed | skipped
+    phases: list[Phase] = field(default_factory=list)
+    duration_ns: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """An application-consistent snapshot was taken."""
+        return self.consistency == APPLICATION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        d = asdict(self)
+        d["ok"] = self.ok
+        for key in ("pre", "post"):
+            res = getattr(self, key)
+            d[key] = None if res is None else res.to_dict()
+        d["freeze"] = None if self.freeze is None else self.freeze.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What happened in each step, for :func:`classify`."""
+
+    pre_ok: bool
+    freeze_enabled: bool
+    froze: bool  # frozen, and thawed by quiesce itself before the snapshot ended
+    snapshot_taken: bool
+    post_ok: bool
+    continue_on_failure: bool
+
+
+def classify(o: Outcomes) -> str:
+    """The result class of a run, by Azure's documented rules.
+
+    - No snapshot: failed.
+    - With freeze enabled: application-consistent when the pre-script
+      succeeded and the freeze held; file-system-consistent when only the
+      freeze held; crash-consistent when the freeze did not.
+    - With freeze disabled, a script failure fails the backup.
+    - A post-script failure fails the backup unless failures may continue.
+    """
+    if not o.snapshot_taken:
+        return FAILED
+    if not o.freeze_enabled:
+        return APPLICATION if o.pre_ok and o.post_ok else FAILED
+    if not o.post_ok and not o.continue_on_failure:
+        return FAILED
+    if o.froze:
+        return APPLICATION if o.pre_ok else FILESYSTEM
+    return CRASH
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where a run reads its files and how it reports."""
+
+    config_path: str = DEFAULT_CONFIG_PATH
+    pluginhost_path: str | None = DEFAULT_PLUGINHOST_PATH
+    vmbackup_conf: str | None = VMBACKUP_CONF
+    run_dir: str = RUN_DIR
+    progress: Progress | None = None
+
+
+def load_checked_config(path: str) -> LoadedConfig:
+    """Read the config from its permission-checked fd and validate it."""
+    return parse_config(read_config_file(path), path)
+
+
+def _check_script(path: str, phase: str) -> CheckedScript | ScriptResult:
+    try:
+        return open_script(path, phase)
+    except ScriptError as err:
+        status = "not-found" if err.kind == "not-found" else "permission"
+        return ScriptResult(phase, path, (), status, (), err.azure_name, err.azure_code, str(err))
+
+
+class _Timeline:
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Any:
+        start = time.monotonic_ns()
+        entry = Phase(name, "ok", 0)
+        try:
+            yield entry
+        except BaseException:
+            entry.status = "error"
+            raise
+        finally:
+            entry.duration_ns = time.monotonic_ns() - start
+            self.result.phases.append(entry)
+
+
+def _set_error(result: RunResult, name: str | None, code: int | None, message: str | None) -> None:
+    if result.error_name is None and name is not None:
+        result.error_name, result.error_code, result.message = name, code, message
+
+
+def run(
+    options: RunOptions | None = None,
+    *,
+    config: LoadedConfig | None = None,
+    snapshot: SnapshotStep | None = None,
+) -> RunResult:
+    """Run the whole job once. Raises only for a config error or a held lock.
+
+    ``config`` skips reading the file (an embedding tool that validated its
+    own); ``snapshot`` is called inside the frozen window.
+    """
+    options = options or RunOptions()
+    run_id = ledger_mod.new_run_id()
+    result = RunResult(run_id=run_id)
+    started = time.monotonic_ns()
+    loaded = config or load_checked_config(options.config_path)
+    host = load_pluginhost(options.pluginhost_path) if options.pluginhost_path else None
+    cfg = loaded.config
+    result.config_source = loaded.source
+    result.warnings.extend(loaded.warnings)
+    if host is not None:
+        result.warnings.extend(host.warnings)
+    timeout_s = effective_timeout_s(cfg, host)
+
+    with _run_lock(options.run_dir):
+        timeline = _Timeline(result)
+        with timeline.phase("checks"):
+            pre_checked = _check_script(cfg.pre_script, "pre")
+            post_checked = _check_script(cfg.post_script, "post")
+        try:
+            result.pre = _run_phase(timeline, pre_checked, cfg, timeout_s, run_id, options, {})
+            pre_ok = result.pre.ok
+            if not pre_ok:
+                _set_error(result, result.pre.error_name, result.pre.error_code, result.pre.message)
+            froze, taken = False, False
+            if pre_ok or cfg.continue_on_failure:
+                froze, taken = _window(timeline, result, cfg, options, snapshot)
+            else:
+                timeline.result.phases.append(Phase("snapshot", "skipped", 0, "pre-script failed"))
+            result.snapshot = (
+                "ok" if taken else ("failed" if pre_ok or cfg.continue_on_failure else "skipped")
+            )
+            env = {
+                "QUIESCE_SNAPSHOT": result.snapshot,
+                "QUIESCE_PRE_STATUS": result.pre.status,
+                "QUIESCE_RUN_ID": run_id,
+            }
+            result.post = _run_phase(timeline, post_checked, cfg, timeout_s, run_id, options, env)
+            if not result.post.ok:
+                _set_error(result, result.post.error_name, result.post.error_code, result.post.message)
+        finally:
+            for checked in (pre_checked, post_checked):
+                if isinstance(checked, CheckedScript):
+                    checked.close()
+    result.consistency = classify(
+        Outcomes(
+            pre_ok=pre_ok,
+            freeze_enabled=cfg.fs_freeze_enabled,
+            froze=froze,
+            snapshot_taken=taken,
+            post_ok=result.post.ok,
+            continue_on_failure=cfg.continue_on_failure,
+        )
+    )
+    if result.error_name is not None and result.consistency != FAILED:
+        # The backup stands; the error is a warning, as in Azure.
+        result.warnings.append(f"{result.error_name}: {result.message}")
+    result.duration_ns = time.monotonic_ns() - started
+    return result
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: str) -> Any:
+    """One run at a time: a second is refused at once (LockHeldError)."""
+    lock = FreezeLock(run_dir, name="run.lock", what="run")
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _run_phase(
+    timeline: _Timeline,
+    checked: CheckedScript | ScriptResult,
+    cfg: PluginConfig,
+    timeout_s: int,
+    run_id: str,
+    options: RunOptions,
+    env: dict[str, str],
+) -> ScriptResult:
+    if isinstance(checked, ScriptResult):
+        timeline.result.phases.append(Phase(f"{checked.phase}-script", checked.status, 0, checked.message))
+        return checked
+    phase = checked.phase
+    policy = ScriptPolicy(
+        timeout_s=timeout_s,
+        retries=cfg.pre_retries if phase == "pre" else cfg.post_retries,
+        grace_s=cfg.quiesce.grace_s,
+        backoff_s=cfg.quiesce.retry_backoff_s,
+    )
+    params = cfg.pre_params if phase == "pre" else cfg.post_params
+    with timeline.phase(f"{phase}-script") as entry:
+        res = run_script(checked, params, policy, env=env, run_id=run_id, progress=options.progress)
+        entry.status = res.status
+        entry.detail = f"{len(res.attempts)} attempt(s)"
+    return res
+
+
+def _window(
+    timeline: _Timeline,
+    result: RunResult,
+    cfg: PluginConfig,
+    options: RunOptions,
+    snapshot: SnapshotStep | None,
+) -> tuple[bool, bool]:
+    """Freeze (if enabled), take the snapshot, thaw. Returns (freeze held, snapshot taken)."""
+    ext = cfg.quiesce
+    if not cfg.fs_freeze_enabled:
+        with timeline.phase("snapshot") as entry:
+            return False, _take_snapshot(result, snapshot, entry)
+    taken = False
+    error: QuiesceError | None = None
+    freeze: Freeze | None = None
+    with timeline.phase("freeze-window") as entry:
+        try:
+            plan = make_plan(
+                ext.targets,
+                exclude=ext.exclude,
+                exclude_fstypes=ext.exclude_fstypes,
+                vmbackup_conf=options.vmbackup_conf,
+            )
+            opts = FreezeOptions(
+                timeout_s=ext.freeze_timeout_s, preflush=ext.preflush, run_dir=options.run_dir
+            )
+            freeze = Freeze(plan.targets, opts)
+            with freeze:
+                freeze.prepare()
+                freeze.freeze()
+                taken = _take_snapshot(result, snapshot, entry)
+        except QuiesceError as err:
+            entry.status, entry.detail, error = "error", str(err), err
+        if freeze is not None:
+            result.freeze = freeze.report
+            entry.detail = entry.detail or f"window {freeze.report.window_ns} ns"
+    if error is None and freeze is not None:
+        if freeze.report.guardian_reason is not None:
+            why = f"the guardian thawed before the snapshot ended ({freeze.report.guardian_reason})"
+            _set_error(result, *FREEZE_TIMEOUT, why)
+        return freeze.report.ok, taken
+    name, code = FREEZE_TIMEOUT if isinstance(error, FreezeTimeoutError) else FREEZE_FAILED
+    _set_error(result, name, code, str(error))
+    if taken or not cfg.continue_on_failure:
+        # Taken: the failure came at the thaw. Else failures may not continue.
+        return False, taken
+    # Failures may continue: the snapshot is taken without a freeze.
+    with timeline.phase("snapshot-unfrozen") as entry:
+        return False, _take_snapshot(result, snapshot, entry)
+
+
+def _take_snapshot(result: RunResult, snapshot: SnapshotStep | None, entry: Phase) -> bool:
+    if snapshot is None:
+        entry.detail = "mode none: the snapshot is taken by the caller while frozen"
+        return True
+    try:
+        snapshot()
+    except Exception as err:  # the caller's step: any failure is a failed snapshot
+        entry.status = "failed"
+        _set_error(result, *SNAPSHOT_FAILED, f"snapshot step failed: {err!r}")
+        return False
+    return True

@@ -1,0 +1,305 @@
+"""``quiesce run`` end to end: Azure's config, real scripts, real freezes of loop filesystems."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from quiesce import ledger as ledger_mod
+from quiesce.cli import Exit
+from quiesce.errors import IncorrectJSONConfigFile, LockHeldError
+from quiesce.run import APPLICATION, CRASH, FAILED, FILESYSTEM, RunOptions, run
+from tests.privileged.conftest import Writer, external_freeze, is_frozen
+
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
+
+SAMPLE = {
+    "pluginName": "ScriptRunner",
+    "preScriptLocation": "",
+    "postScriptLocation": "",
+    "preScriptParams": ["", ""],
+    "postScriptParams": ["", ""],
+    "preScriptNoOfRetries": 0,
+    "postScriptNoOfRetries": 0,
+    "timeoutInSeconds": 30,
+    "continueBackupOnFailure": True,
+    "fsFreezeEnabled": True,
+}
+
+
+class Setup:
+    """A root-only directory with a config, a pre- and a post-script, and a run dir."""
+
+    def __init__(self, base: str, targets: list[str]) -> None:
+        self.base = base
+        self.run_dir = os.path.join(base, "run")
+        self.config_path = os.path.join(base, "VMSnapshotScriptPluginConfig.json")
+        self.log = os.path.join(base, "events.log")
+        self.targets = targets
+
+    def script(self, name: str, body: str) -> str:
+        path = os.path.join(self.base, name)
+        with open(path, "w") as f:
+            record = f'echo "{name} $QUIESCE_ATTEMPT $QUIESCE_SNAPSHOT $QUIESCE_PRE_STATUS"'
+            f.write(f"#!/bin/sh\n{record} >> {self.log}\n{body}")
+        os.chmod(path, 0o700)
+        return path
+
+    def config(self, pre: str = "exit 0\n", post: str = "exit 0\n", **keys) -> str:
+        cfg = dict(SAMPLE)
+        cfg["preScriptLocation"] = self.script("pre.sh", pre)
+        cfg["postScriptLocation"] = self.script("post.sh", post)
+        cfg["quiesce"] = {"targets": self.targets, "freezeTimeoutSeconds": 20}
+        for k, v in keys.items():
+            if k == "quiesce":
+                cfg["quiesce"].update(v)
+            else:
+                cfg[k] = v
+        with open(self.config_path, "w") as f:
+            json.dump(cfg, f)
+        os.chmod(self.config_path, 0o600)
+        return self.config_path
+
+    def events(self) -> list[str]:
+        try:
+            with open(self.log) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def options(self) -> RunOptions:
+        return RunOptions(
+            config_path=self.config_path, pluginhost_path=None, vmbackup_conf=None, run_dir=self.run_dir
+        )
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "quiesce",
+            "run",
+            "--config",
+            self.config_path,
+            "--no-pluginhost",
+            "--no-vmbackup-conf",
+            "--run-dir",
+            self.run_dir,
+            *args,
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=80, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def setup(fs):
+    """A Setup whose targets are the sandbox's ext4 and xfs."""
+    base = tempfile.mkdtemp(dir="/run", prefix="quiesce-run-test-")
+    yield Setup(base, [str(fs["ext4"].mount_point), str(fs["xfs"].mount_point)])
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_published_sample_with_real_scripts_is_application_consistent(setup):
+    """The sample config, scripts filled in: pre, freeze, thaw, post, in that order."""
+    setup.config(pre=f"echo frozen-check >> {setup.log}\n")
+    r = run(setup.options())
+    assert r.consistency == APPLICATION and r.ok and r.error_name is None
+    assert [p.name for p in r.phases] == ["checks", "pre-script", "freeze-window", "post-script"]
+    assert r.freeze is not None and r.freeze.ok and len(r.freeze.targets) == 2
+    assert setup.events() == ["pre.sh 1  ", "frozen-check", "post.sh 1 ok ok"]
+    assert ledger_mod.read(setup.run_dir) is None
+
+
+def test_cli_json_and_exit_zero(setup):
+    """``quiesce run --json`` prints the full result and exits 0 on application-consistent."""
+    setup.config()
+    done = setup.cli("--json")
+    assert done.returncode == Exit.OK, done.stderr
+    data = json.loads(done.stdout)
+    assert data["consistency"] == APPLICATION and data["ok"] is True
+    assert data["pre"]["attempts"][0]["exit_code"] == 0
+    assert data["freeze"]["window_ns"] > 0
+
+
+def test_pre_failure_continues_file_system_consistent(setup):
+    """Pre-script fails, continueBackupOnFailure true: frozen snapshot, warning, post told."""
+    setup.config(pre="exit 5\n")
+    r = run(setup.options())
+    assert r.consistency == FILESYSTEM
+    assert (r.error_name, r.error_code) == ("Pre-ScriptExecutionFailed", 300)
+    assert any("Pre-ScriptExecutionFailed" in w for w in r.warnings)
+    assert r.freeze is not None and r.freeze.ok
+    assert setup.events()[-1] == "post.sh 1 ok failed"
+    assert setup.cli().returncode == Exit.DEGRADED
+
+
+def test_pre_failure_without_continue_takes_no_snapshot_but_runs_post(setup):
+    """continueBackupOnFailure false: no freeze, failed, and the post-script still runs."""
+    setup.config(pre="exit 1\n", continueBackupOnFailure=False)
+    r = run(setup.options())
+    assert r.consistency == FAILED and r.snapshot == "skipped"
+    assert r.freeze is None
+    assert setup.events() == ["pre.sh 1  ", "post.sh 1 skipped failed"]
+    assert setup.cli().returncode == Exit.BACKUP_FAILED
+
+
+def test_pre_timeout_is_killed_and_named(setup):
+    """A pre-script past timeoutInSeconds is killed; Pre-ScriptTimeout (308)."""
+    setup.config(pre="sleep 60\n", timeoutInSeconds=1, continueBackupOnFailure=False)
+    r = run(setup.options())
+    assert (r.error_name, r.error_code) == ("Pre-ScriptTimeout", 308)
+    assert r.pre is not None and r.pre.attempts[0].timed_out
+    assert r.pre.attempts[0].duration_ns < 3e9
+
+
+def test_retries_rerun_the_pre_script(setup):
+    """preScriptNoOfRetries re-runs the script until it succeeds."""
+    counter = os.path.join(setup.base, "n")
+    setup.config(
+        pre=f"n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; [ $n -ge 2 ]\n",
+        preScriptNoOfRetries=3,
+    )
+    r = run(setup.options())
+    assert r.consistency == APPLICATION
+    assert [a.outcome for a in r.pre.attempts] == ["failed", "failed", "ok"]
+    assert [e.split()[1] for e in setup.events() if e.startswith("pre.sh")] == ["1", "2", "3"]
+
+
+def test_post_failure_fails_the_backup_only_without_continue(setup):
+    """A failing post-script fails the backup when failures may not continue; else a warning."""
+    setup.config(post="exit 2\n", continueBackupOnFailure=False)
+    r = run(setup.options())
+    assert r.consistency == FAILED and r.error_name == "Post-ScriptExecutionFailed"
+    setup.config(post="exit 2\n", continueBackupOnFailure=True)
+    r = run(setup.options())
+    assert r.consistency == APPLICATION
+    assert any("Post-ScriptExecutionFailed" in w for w in r.warnings)
+
+
+def test_freeze_disabled_runs_scripts_without_freezing(setup):
+    """fsFreezeEnabled false: no freeze; scripts decide; a script failure fails the backup."""
+    setup.config(fsFreezeEnabled=False)
+    r = run(setup.options())
+    assert r.consistency == APPLICATION and r.freeze is None
+    setup.config(pre="exit 1\n", fsFreezeEnabled=False)
+    assert run(setup.options()).consistency == FAILED
+
+
+def test_freeze_failure_is_crash_consistent_or_failed(setup, fs):
+    """A target frozen by someone else: crash-consistent if failures continue, else failed."""
+    external_freeze(fs["xfs"])
+    try:
+        setup.config()
+        r = run(setup.options())
+        assert r.consistency == CRASH and r.error_name == "FsFreezeFailed"
+        assert r.freeze is not None
+        states = {t.mount_point: t.state for t in r.freeze.targets}
+        assert states[str(fs["xfs"].mount_point)] == "freeze-failed"
+        assert states[str(fs["ext4"].mount_point)] in ("thawed", "not-attempted")
+        setup.config(continueBackupOnFailure=False)
+        r = run(setup.options())
+        assert r.consistency == FAILED and r.error_code == 121
+        assert setup.events()[-1].startswith("post.sh 1 failed ok")
+    finally:
+        assert is_frozen(fs["xfs"]), "quiesce thawed a filesystem it did not freeze"
+
+
+def test_bad_config_runs_nothing_and_freezes_nothing(setup):
+    """The string "false" for a boolean: IncorrectJSONConfigFile, exit 10, no script, no freeze."""
+    setup.config(continueBackupOnFailure="false")
+    with pytest.raises(IncorrectJSONConfigFile) as info:
+        run(setup.options())
+    assert "continueBackupOnFailure" in str(info.value)
+    done = setup.cli("--json")
+    assert done.returncode == Exit.CONFIG
+    assert json.loads(done.stdout)["error_name"] == "IncorrectJSONConfigFile"
+    assert setup.events() == [] and ledger_mod.read(setup.run_dir) is None
+
+
+def test_unsafe_config_mode_is_refused(setup):
+    """A config readable by others is refused before anything runs."""
+    setup.config()
+    os.chmod(setup.config_path, 0o644)
+    done = setup.cli()
+    assert done.returncode == Exit.CONFIG and "chmod" in done.stderr
+    assert setup.events() == []
+
+
+def test_missing_pre_script_counts_as_its_failure(setup):
+    """No file at preScriptLocation: Pre-ScriptNotFound; the run continues as configured."""
+    setup.config()
+    with open(setup.config_path) as f:
+        cfg = json.load(f)
+    cfg["preScriptLocation"] = os.path.join(setup.base, "missing.sh")
+    with open(setup.config_path, "w") as f:
+        json.dump(cfg, f)
+    r = run(setup.options())
+    assert (r.error_name, r.error_code) == ("Pre-ScriptNotFound", 302)
+    assert r.consistency == FILESYSTEM
+    assert setup.events() == ["post.sh 1 ok not-found"]
+
+
+def test_snapshot_step_runs_while_frozen(setup, fs):
+    """An embedding tool's snapshot callable runs inside the window: writes block during it."""
+    setup.config()
+    seen = {}
+
+    def snapshot():
+        w = Writer(fs["ext4"])
+        seen["blocked"] = not w.finished_within(0.3)
+        seen["writer"] = w
+
+    r = run(setup.options(), snapshot=snapshot)
+    assert r.consistency == APPLICATION and seen["blocked"]
+    assert seen["writer"].finished_within(5)
+    seen["writer"].finish()
+
+
+def test_failing_snapshot_step_fails_the_backup(setup):
+    """A snapshot step that raises: no snapshot, failed, post-script told."""
+    setup.config()
+
+    def snapshot():
+        raise RuntimeError("disk API said no")
+
+    r = run(setup.options(), snapshot=snapshot)
+    assert r.consistency == FAILED and "disk API said no" in r.message
+    assert setup.events()[-1] == "post.sh 1 failed ok"
+
+
+def test_second_run_is_refused_while_one_runs(setup):
+    """Two runs at once: the second is refused at once with the holder named."""
+    setup.config(pre="sleep 1\n")
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "quiesce",
+            "run",
+            "--config",
+            setup.config_path,
+            "--no-pluginhost",
+            "--no-vmbackup-conf",
+            "--run-dir",
+            setup.run_dir,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while not setup.events() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(LockHeldError) as info:
+            run(setup.options())
+        assert "another quiesce run" in str(info.value)
+    finally:
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == Exit.OK, err
