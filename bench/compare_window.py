@@ -1,0 +1,596 @@
+"""Side by side: how long each way of freezing keeps ext4 + xfs + btrfs frozen.
+
+    sudo python bench/compare_window.py [--reps 100] [--cold-reps 15] [--dirty-reps 5]
+                                        [--dirty-warmup 1] [--dirty-mb 150] [--json out.json]
+
+One run builds three loop-mounted filesystems (ext4, xfs, btrfs) in a private
+mount namespace and measures, interleaved round-robin within every
+repetition (the starting contender rotates), so that drift on a noisy shared
+VM hits every contender alike.
+
+The contenders on clean filesystems:
+  floor        bench/floor.c: FIFREEZE all, FITHAW all in reverse, two
+               clock_gettime calls around them; no guardian, nothing else.
+  engine       quiesce.native.Session.cycle() with the guardian armed: the
+               production path minus Python policy. Window from the native
+               per-filesystem timestamps.
+  freeze_path  quiesce.freeze.Freeze: lock, ledger, guardian, pre-flush
+               (prepare), then cycle(); window from its report.
+  fsfreeze     util-linux `fsfreeze -f` on each, then `fsfreeze -u` on each:
+               wall time of the six commands, process spawns included.
+
+The phases:
+  clean, warm  freezes back to back (``--reps``): the engine's overhead over
+               the floor, after ``--warmup`` discarded rounds.
+  clean, cold  ``--cold-pause`` seconds idle before each measurement
+               (``--cold-reps``): what an occasional freeze pays, an RCU grace
+               period per filesystem included.
+  dirty        ``--dirty-mb`` MiB written to each filesystem, no fsync, just
+               before each measurement (``--dirty-reps``, after
+               ``--dirty-warmup`` discarded rounds): floor, engine
+               without pre-flush, engine with pre-flush (the parallel syncfs()
+               is reported on its own: it runs before the window).
+
+The window is the first FIFREEZE start to the last FITHAW end, in
+CLOCK_MONOTONIC nanoseconds. Only filesystems this script created are ever
+frozen, and the sandbox thaws, unmounts and detaches them however the run
+ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from floorprog import compile_command, compile_floor, run_floor
+
+from quiesce.freeze import Freeze, FreezeOptions, open_target
+from quiesce.mounts import Target
+from quiesce.native import Session, now_ns
+from quiesce.plan import check_explicit, make_plan
+from quiesce.sandbox import Sandbox, enter_private_mount_namespace
+
+FSTYPES = ("ext4", "xfs", "btrfs")
+#: Generous guardian limits: a dirty freeze of three filesystems takes seconds.
+GUARD_TIMEOUT_NS = 60_000_000_000
+STEP_TIMEOUT_NS = 30_000_000_000
+DIRTY_PREFIX = "bench-dirty-"
+CHUNK = 1 << 20
+TOOLS = ("cc", "fsfreeze", "losetup", "mount", "umount", "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs")
+
+Sample = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------
+# the machine and the statistics
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    fsfreeze = subprocess.run(
+        ["fsfreeze", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "fsfreeze": fsfreeze,
+        "loadavg": os.getloadavg(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def summarize(values: Sequence[int]) -> dict[str, float]:
+    """min / median / p90 / max of a sample, in ns."""
+    ordered = sorted(values)
+    p90 = statistics.quantiles(ordered, n=10, method="inclusive")[-1] if len(ordered) > 1 else ordered[0]
+    return {
+        "n": len(ordered),
+        "min_ns": ordered[0],
+        "median_ns": statistics.median(ordered),
+        "p90_ns": p90,
+        "max_ns": ordered[-1],
+    }
+
+
+def ms(ns: float) -> str:
+    """Nanoseconds as milliseconds for the table."""
+    return f"{ns / 1e6:10.3f}"
+
+
+# ---------------------------------------------------------------------------
+# the contenders
+
+
+@dataclass
+class Bench:
+    """The sandbox's filesystems, opened once, and one method per contender."""
+
+    targets: Sequence[Target]
+    floor_bin: Path
+    run_dir: str
+    dirty_mb: int
+    fds: list[int] = field(default_factory=list)
+    fsfreeze: str = "fsfreeze"
+    _dirty_serial: int = 0
+
+    def __post_init__(self) -> None:
+        self.mounts = [t.mount.mount_point for t in self.targets]
+        self.fsfreeze = shutil.which("fsfreeze") or "fsfreeze"
+        self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def open(self) -> None:
+        """Open every target once; the engine's sessions share these fds."""
+        for target in self.targets:
+            self.fds.append(open_target(target))
+
+    def close(self) -> None:
+        """Close the fds (before the sandbox unmounts)."""
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+    # -- the four contenders ----------------------------------------------
+
+    def floor(self) -> Sample:
+        """One window of the C floor (one process per window; its start is outside)."""
+        return {"window_ns": run_floor(self.floor_bin, 1, self.mounts)[0]}
+
+    def first_freezes(self) -> dict[str, int]:
+        """The floor's window on each filesystem alone: the first freeze after mkfs."""
+        return {mp: run_floor(self.floor_bin, 1, [mp])[0] for mp in self.mounts}
+
+    def engine(self, preflush: bool = False) -> Sample:
+        """A fresh session, guardian armed, optional pre-flush, then one cycle()."""
+        s = Session(self.fds, self.mounts)
+        try:
+            s.arm(GUARD_TIMEOUT_NS, STEP_TIMEOUT_NS)
+            try:
+                if preflush:
+                    s.preflush()
+                t0 = now_ns()
+                s.cycle()
+                t1 = now_ns()
+            finally:
+                s.disarm()
+            records, guardian = s.records(), s.guardian()
+        finally:
+            s.close()
+        states = [r.state for r in records]
+        if states != ["thawed"] * len(records) or guardian.reason is not None:
+            raise RuntimeError(f"engine cycle ended badly: {states}, guardian {guardian}")
+        sample: Sample = {
+            "window_ns": max(r.thaw_end_ns for r in records) - min(r.freeze_start_ns for r in records),
+            "call_ns": t1 - t0,
+            "freeze_ns": [r.freeze_end_ns - r.freeze_start_ns for r in records],
+            "thaw_ns": [r.thaw_end_ns - r.thaw_start_ns for r in records],
+        }
+        if preflush:
+            sample["preflush_ns"] = max(r.flush_end_ns for r in records) - min(
+                r.flush_start_ns for r in records
+            )
+            errs = [r.flush_errno for r in records if r.flush_errno]
+            if errs:
+                sample["preflush_errnos"] = errs
+        return sample
+
+    def freeze_path(self) -> Sample:
+        """The production path: Freeze.prepare() (lock, ledger, guardian, pre-flush), cycle()."""
+        opts = FreezeOptions(timeout_s=GUARD_TIMEOUT_NS / 1e9, run_dir=self.run_dir)
+        with Freeze(self.targets, opts) as f:
+            f.prepare()
+            f.cycle()
+        report = f.report
+        if not report.ok or report.window_ns is None:
+            raise RuntimeError(f"Freeze ended badly: {report.to_dict()}")
+        return {
+            "window_ns": report.window_ns,
+            "preflush_ns": report.preflush_ns,
+            "freeze_ns": [t.freeze_ns for t in report.targets],
+            "thaw_ns": [t.thaw_ns for t in report.targets],
+        }
+
+    def fsfreeze_cli(self) -> Sample:
+        """`fsfreeze -f` on each, `fsfreeze -u` on each in reverse: wall time, spawns included."""
+        frozen: list[str] = []
+        t0 = time.monotonic_ns()
+        try:
+            for mp in self.mounts:
+                subprocess.run([self.fsfreeze, "-f", mp], check=True)
+                frozen.append(mp)
+        except BaseException:
+            for mp in reversed(frozen):
+                subprocess.run([self.fsfreeze, "-u", mp], check=False)
+            raise
+        for mp in reversed(self.mounts):
+            subprocess.run([self.fsfreeze, "-u", mp], check=True)
+        return {"window_ns": time.monotonic_ns() - t0}
+
+    # -- dirtying ---------------------------------------------------------
+
+    def settle(self) -> None:
+        """syncfs() every target: nothing dirty left on them."""
+        for fd, mp in zip(self.fds, self.mounts, strict=True):
+            if self._libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}", mp)
+
+    def make_dirty(self) -> Sample:
+        """Delete the last rep's files, settle, then write ``dirty_mb`` MiB to each, no fsync.
+
+        Runs in this process before anything is frozen; every fd is closed
+        before the measurement starts.
+        """
+        for mp in self.mounts:
+            for name in os.listdir(mp):
+                if name.startswith(DIRTY_PREFIX):
+                    os.unlink(os.path.join(mp, name))
+        self.settle()
+        block = os.urandom(CHUNK)
+        self._dirty_serial += 1
+        t0 = time.monotonic_ns()
+        for mp in self.mounts:
+            path = os.path.join(mp, f"{DIRTY_PREFIX}{self._dirty_serial}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                for _ in range(self.dirty_mb):
+                    os.write(fd, block)
+            finally:
+                os.close(fd)
+        return {"write_ns": time.monotonic_ns() - t0, "meminfo_dirty_kb": meminfo_dirty_kb()}
+
+
+def meminfo_dirty_kb() -> int:
+    """Machine-wide Dirty + Writeback from /proc/meminfo, in kB."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Dirty", "Writeback"):
+                total += int(rest.split()[0])
+    return total
+
+
+# ---------------------------------------------------------------------------
+# running the phases
+
+
+Contender = tuple[str, str, Callable[[], Sample]]
+
+
+def interleaved(
+    contenders: Sequence[Contender],
+    reps: int,
+    before_each: Callable[[], Sample] | None = None,
+    progress: str = "",
+) -> dict[str, list[Sample]]:
+    """``reps`` rounds, each running every contender once, starting one further along."""
+    progress = progress if sys.stderr.isatty() else ""
+    samples: dict[str, list[Sample]] = {key: [] for key, _, _ in contenders}
+    k = len(contenders)
+    for rep in range(reps):
+        order = [contenders[(rep + i) % k] for i in range(k)]
+        for key, _, run in order:
+            prep = before_each() if before_each is not None else {}
+            sample = run()
+            sample.update(prep)
+            sample["rep"] = rep
+            samples[key].append(sample)
+        if progress:
+            print(f"\r{progress}: {rep + 1}/{reps}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return samples
+
+
+def phase_summary(
+    contenders: Sequence[Contender], samples: dict[str, list[Sample]], floor_key: str
+) -> dict[str, dict[str, Any]]:
+    """Per contender: the summary, the ratio of medians to the floor, and the paired ratio."""
+    floor = [s["window_ns"] for s in samples[floor_key]]
+    floor_median = statistics.median(floor)
+    out: dict[str, dict[str, Any]] = {}
+    for key, label, _ in contenders:
+        values = [s["window_ns"] for s in samples[key]]
+        summary: dict[str, Any] = {"label": label, **summarize(values)}
+        summary["ratio_to_floor"] = summary["median_ns"] / floor_median
+        summary["paired_ratio_median"] = statistics.median(v / f for v, f in zip(values, floor, strict=True))
+        out[key] = summary
+    return out
+
+
+def print_table(title: str, summary: dict[str, dict[str, Any]]) -> None:
+    """The readable table of one phase."""
+    print(title)
+    print(f"  {'contender':<44}{'min':>10}{'median':>10}{'p90':>10}{'max':>10}{'med/floor':>11}{'paired':>8}")
+    for s in summary.values():
+        print(
+            f"  {s['label']:<44}{ms(s['min_ns'])}{ms(s['median_ns'])}{ms(s['p90_ns'])}"
+            f"{ms(s['max_ns'])}{s['ratio_to_floor']:>10.2f}x{s['paired_ratio_median']:>7.2f}x"
+        )
+
+
+def print_extra(label: str, values: Sequence[float]) -> None:
+    """One more row: a duration that is not a window (pre-flush, write time)."""
+    s = summarize([int(v) for v in values])
+    print(f"  {label:<44}{ms(s['min_ns'])}{ms(s['median_ns'])}{ms(s['p90_ns'])}{ms(s['max_ns'])}")
+
+
+def per_fs_medians(samples: Sequence[Sample], mounts: Sequence[str], key: str) -> str:
+    """Median per-filesystem FIFREEZE or FITHAW time of the engine, as text."""
+    parts = []
+    for i, mp in enumerate(mounts):
+        med = statistics.median(s[key][i] for s in samples)
+        parts.append(f"{Path(mp).name} {med / 1e6:.3f}")
+    return ", ".join(parts) + " ms"
+
+
+# ---------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line, checked."""
+    p = argparse.ArgumentParser(
+        prog="compare_window.py",
+        description="Frozen-window comparison: C floor, quiesce engine, Freeze path, fsfreeze.",
+    )
+    p.add_argument("--reps", type=int, default=100, help="warm clean reps (default 100)")
+    p.add_argument("--warmup", type=int, default=3, help="discarded rounds first (default 3)")
+    p.add_argument("--cold-reps", type=int, default=15, help="cold clean reps (default 15; 0 skips)")
+    p.add_argument("--cold-pause", type=float, default=0.5, help="idle seconds before a cold measurement")
+    p.add_argument("--dirty-reps", type=int, default=5, help="dirty reps (default 5; 0 skips)")
+    p.add_argument("--dirty-warmup", type=int, default=1, help="discarded dirty rounds first (default 1)")
+    p.add_argument("--dirty-mb", type=int, default=150, help="MiB written to each fs per dirty rep")
+    p.add_argument("--image-mb", type=int, default=1024, help="sparse image size (default 1024)")
+    p.add_argument("--json", metavar="PATH", help="write every sample and summary here")
+    args = p.parse_args(argv)
+    if args.reps < 1 or min(args.warmup, args.cold_reps, args.dirty_reps, args.dirty_warmup) < 0:
+        p.error("--reps must be >= 1; --warmup, --cold-reps, --dirty-reps, --dirty-warmup >= 0")
+    if args.dirty_mb < 1 or args.cold_pause < 0:
+        p.error("--dirty-mb must be >= 1 and --cold-pause >= 0")
+    if args.image_mb < 300:
+        p.error("--image-mb must be at least 300 (mkfs.xfs refuses smaller)")
+    if args.dirty_reps and args.dirty_mb * 3 > args.image_mb:
+        p.error(f"--dirty-mb {args.dirty_mb} does not fit comfortably in {args.image_mb} MiB")
+    return args
+
+
+def build(sb: Sandbox, image_mb: int) -> list[Target]:
+    """Make the three filesystems; return them as planned targets, checked to be ours."""
+    made = [sb.add(fstype, image_mb, name=fstype) for fstype in FSTYPES]
+    mounts = [str(fs.mount_point) for fs in made]
+    plan = make_plan(mounts, vmbackup_conf=None)
+    check_explicit(plan, mounts)
+    devices = {str(fs.mount_point): fs.device for fs in made}
+    targets = list(plan.targets)
+    for t in targets:
+        # Freeze nothing but what this run created: same mount point, same loop device.
+        if devices.get(t.mount.mount_point) != t.mount.source:
+            raise RuntimeError(f"planned target {t.mount.mount_point} is not a sandbox mount")
+    if len(targets) != len(made):
+        raise RuntimeError(f"planned {len(targets)} targets for {len(made)} filesystems")
+    return targets
+
+
+def print_header(doc: dict[str, Any]) -> None:
+    """The command line and the machine, first."""
+    m = doc["machine"]
+    print(f"command: {doc['command']}")
+    print(
+        f"machine: nproc {m['nproc']}, {m['cpu_model']}, kernel {m['kernel']}, "
+        f"python {m['python']}, {m['fsfreeze']}, loadavg {m['loadavg'][0]:.2f}"
+    )
+
+
+def clean_contenders(bench: Bench) -> list[Contender]:
+    """The four contenders of the clean phases, floor first."""
+    return [
+        ("floor", "floor (C: FIFREEZE x3, FITHAW x3)", bench.floor),
+        ("engine", "engine Session.cycle(), guardian armed", bench.engine),
+        ("freeze_path", "Freeze path (lock+ledger+guardian+preflush)", bench.freeze_path),
+        ("fsfreeze", "fsfreeze -f x3, -u x3 (incl. 6 spawns)", bench.fsfreeze_cli),
+    ]
+
+
+def warm_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """Clean filesystems, freezes back to back: the engine's pure overhead over the floor."""
+    contenders = clean_contenders(bench)
+    warm = interleaved(contenders, args.warmup, progress="warm-up") if args.warmup else {}
+    doc["warmup"] = {k: [s["window_ns"] for s in v] for k, v in warm.items()}
+    samples = interleaved(contenders, args.reps, progress="clean, warm")
+    summary = phase_summary(contenders, samples, "floor")
+    doc["clean_warm"] = {"samples": samples, "summary": summary}
+
+    print()
+    first = ", ".join(f"{k} {v / 1e6:.3f}" for k, v in doc["first_freeze_after_mkfs_ns"].items())
+    print(f"first freeze after mkfs+syncfs (floor, one fs at a time, discarded): {first} ms")
+    for key, values in doc["warmup"].items():
+        print(f"warm-up windows (discarded) {key}: {', '.join(f'{v / 1e6:.3f}' for v in values)} ms")
+    print()
+    print_table(
+        f"CLEAN, WARM: ext4 + xfs + btrfs, {args.reps} interleaved reps, freezes back to back, "
+        "window in ms (paired = median of per-rep ratios to the floor)",
+        summary,
+    )
+    eng, fp = samples["engine"], samples["freeze_path"]
+    print_extra("  engine cycle() seen from Python (cffi call)", [s["call_ns"] for s in eng])
+    print_extra("  Freeze path pre-flush (outside the window)", [s["preflush_ns"] or 0 for s in fp])
+    mounts = bench.mounts
+    print(f"  engine median FIFREEZE per fs:      {per_fs_medians(eng, mounts, 'freeze_ns')}")
+    print(f"  engine median FITHAW per fs:        {per_fs_medians(eng, mounts, 'thaw_ns')}")
+    print(f"  Freeze path median FIFREEZE per fs: {per_fs_medians(fp, mounts, 'freeze_ns')}")
+    print(
+        "  floor and engine freeze without a pre-flush; the Freeze path syncfs()es first,\n"
+        "  which takes out of its window what a thaw leaves for the next FIFREEZE to write.\n"
+        "  fsfreeze: wall time of 6 commands from Python; process spawns are its cost."
+    )
+    ratio = summary["engine"]["ratio_to_floor"]
+    verdict = "met" if ratio <= 1.15 else "NOT met"
+    print(f"  goal: engine median within 1.15x of the floor: {ratio:.2f}x, {verdict}")
+
+
+def cold_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """Clean filesystems after a pause: what a real, occasional freeze costs."""
+    contenders = clean_contenders(bench)
+
+    def pause() -> Sample:
+        time.sleep(args.cold_pause)
+        return {}
+
+    samples = interleaved(contenders, args.cold_reps, before_each=pause, progress="clean, cold")
+    summary = phase_summary(contenders, samples, "floor")
+    doc["clean_cold"] = {"samples": samples, "summary": summary}
+    print()
+    print_table(
+        f"CLEAN, COLD: {args.cold_pause:g} s idle before each measurement, {args.cold_reps} "
+        "interleaved reps, window in ms",
+        summary,
+    )
+    eng = samples["engine"]
+    print(f"  engine median FIFREEZE per fs: {per_fs_medians(eng, bench.mounts, 'freeze_ns')}")
+    print(
+        "  the first FIFREEZE of a superblock idle for more than an RCU grace period waits in\n"
+        "  freeze_super -> rcu_sync_enter -> synchronize_rcu (seen in /proc/PID/stack), whoever\n"
+        "  freezes; back-to-back freezes skip it."
+    )
+
+
+def dirty_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """Fresh dirty data on every filesystem: the flush FIFREEZE does, with and without pre-flush."""
+    contenders: list[Contender] = [
+        ("floor", "floor (dirty)", bench.floor),
+        ("engine", "engine, no pre-flush", bench.engine),
+        ("engine_preflush", "engine, after pre-flush", lambda: bench.engine(True)),
+    ]
+    # The first dirty rounds land on never-written blocks of the sparse images
+    # and run several times slower: discard them like the clean warm-up.
+    warm = interleaved(contenders, args.dirty_warmup, before_each=bench.make_dirty, progress="dirty warm-up")
+    samples = interleaved(contenders, args.dirty_reps, before_each=bench.make_dirty, progress="dirty")
+    summary = phase_summary(contenders, samples, "floor")
+    doc["dirty"] = {
+        "warmup": {k: [s["window_ns"] for s in v] for k, v in warm.items()},
+        "samples": samples,
+        "summary": summary,
+    }
+    pf = samples["engine_preflush"]
+    print()
+    for key, values in doc["dirty"]["warmup"].items():
+        if values:
+            windows = ", ".join(f"{v / 1e6:.1f}" for v in values)
+            print(f"dirty warm-up windows (discarded) {key}: {windows} ms")
+    print_table(
+        f"DIRTY: {args.dirty_mb} MiB written (no fsync) to each fs just before every "
+        f"measurement, {args.dirty_reps} interleaved reps, window in ms",
+        summary,
+    )
+    print_extra("  pre-flush (parallel syncfs, before window)", [s["preflush_ns"] for s in pf])
+    print_extra("  pre-flush + window", [s["preflush_ns"] + s["window_ns"] for s in pf])
+    every = [s for v in samples.values() for s in v]
+    print_extra(f"  writing 3 x {args.dirty_mb} MiB (not timed)", [s["write_ns"] for s in every])
+    dirty = statistics.median(s["meminfo_dirty_kb"] for s in every) / 1024
+    print(f"  machine Dirty+Writeback before each freeze, median: {dirty:.0f} MiB")
+    print(
+        "  engine median FIFREEZE per fs, no pre-flush: "
+        f"{per_fs_medians(samples['engine'], bench.mounts, 'freeze_ns')}"
+    )
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Build the world, run the phases, print the tables; returns the JSON document."""
+    doc: dict[str, Any] = {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *argv]),
+        "machine": machine(),
+        "config": vars(args),
+    }
+    print_header(doc)
+    enter_private_mount_namespace()
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(tempfile.TemporaryDirectory(prefix="quiesce-bench-"))
+        floor_bin = compile_floor(work)
+        doc["floor_compile"] = compile_command("$TMP")
+        run_dir = os.path.join(work, "run")
+        os.mkdir(run_dir, 0o700)
+        sb = stack.enter_context(Sandbox())
+        t0 = time.monotonic()
+        targets = build(sb, args.image_mb)
+        bench = Bench(targets, floor_bin, run_dir, args.dirty_mb)
+        bench.open()
+        stack.callback(bench.close)  # before the sandbox unmounts
+        doc["filesystems"] = [
+            {
+                "fstype": t.mount.fstype,
+                "mount_point": t.mount.mount_point,
+                "device": t.mount.source,
+                "dev": t.mount.dev,
+            }
+            for t in targets
+        ]
+        order = " -> ".join(t.mount.fstype for t in targets)
+        print(
+            f"filesystems: {order} (freeze order; thaw reverse), {args.image_mb} MiB sparse "
+            f"loop images, built in {time.monotonic() - t0:.1f} s"
+        )
+        print(f"floor: {doc['floor_compile']}")
+        bench.settle()
+        first = bench.first_freezes()
+        doc["first_freeze_after_mkfs_ns"] = {Path(mp).name: ns for mp, ns in first.items()}
+
+        warm_phase(bench, args, doc)
+        if args.cold_reps:
+            cold_phase(bench, args, doc)
+        if args.dirty_reps:
+            dirty_phase(bench, args, doc)
+    return doc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Refuse unless root and the tools are there, run, write the JSON; the exit status."""
+    argv = list(sys.argv if argv is None else argv)
+    args = parse_args(argv[1:])
+    if os.geteuid() != 0:
+        print(
+            "compare_window.py must run as root: it creates loop devices, mounts "
+            "filesystems in a private mount namespace and freezes them "
+            "(try: sudo python bench/compare_window.py)",
+            file=sys.stderr,
+        )
+        return 2
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        print(f"compare_window.py: missing tools: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    doc = run(args, argv)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        print(f"\nJSON written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
