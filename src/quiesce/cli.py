@@ -38,6 +38,7 @@ from quiesce.freeze import (
     FreezeOptions,
     FreezeReport,
 )
+from quiesce.hold import Release
 from quiesce.mounts import Plan, read_mountinfo
 from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan
 from quiesce.procs import is_alive, mount_id_of_fd
@@ -166,46 +167,6 @@ def cmd_mounts(args: argparse.Namespace) -> int:
 # -- freeze -------------------------------------------------------------------
 
 
-class _Release:
-    """Waits for the end of a hold: stdin, a signal, or the deadline."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
-        self._old = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.received = signum
-
-    def wait(self, remaining_ns: Callable[[], int | None], use_stdin: bool) -> str:
-        """Block until released; returns what released it."""
-        watch = [self._r]
-        if use_stdin:
-            watch.append(sys.stdin.fileno())
-        while self.received is None:
-            left = remaining_ns()
-            if left is not None and left <= 0:
-                return "deadline"
-            # A little past the deadline: the guardian thaws at it exactly.
-            timeout = None if left is None else left / 1e9 + 0.005
-            ready, _, _ = select.select(watch, [], [], timeout)
-            if use_stdin and sys.stdin.fileno() in ready:
-                os.read(sys.stdin.fileno(), 4096)
-                return "stdin"
-        return f"signal {signal.Signals(self.received).name}"
-
-    def close(self) -> None:
-        """Restore the previous handlers."""
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        signal.set_wakeup_fd(self._old_fd)
-        os.close(self._r)
-        os.close(self._w)
-
-
 def _freeze_options(args: argparse.Namespace) -> FreezeOptions:
     return FreezeOptions(
         timeout_s=args.timeout,
@@ -243,7 +204,7 @@ def hold(
     use_stdin: bool,
 ) -> tuple[FreezeReport, str | None, BaseException | None]:
     """Freeze, announce, wait for the release, thaw. Returns the report, what released it and the error."""
-    release = _Release()
+    release = Release()
     released_by: str | None = None
     err: BaseException | None = None
     f = Freeze(plan.targets, options)
@@ -622,12 +583,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from quiesce.run import RunOptions, run
 
     progress = None if args.json else _ProgressLine(sys.stderr, 3.0)
+
+    def on_frozen(f: Freeze) -> None:
+        # The hold step: the external snapshotter waits for this line.
+        if progress is not None:
+            progress.clear()
+        if args.json:
+            emit_json(_frozen_event(f), sys.stdout)
+        else:
+            print(
+                f"frozen: {', '.join(t.mount.mount_point for t in f.targets)}; release with a line "
+                f"or EOF on stdin, SIGTERM, or `quiesce thaw`",
+                flush=True,
+            )
+
     options = RunOptions(
         config_path=args.config,
         pluginhost_path=None if args.no_pluginhost else args.pluginhost,
         vmbackup_conf=None if args.no_vmbackup_conf else args.vmbackup_conf,
         run_dir=args.run_dir,
         progress=progress,
+        on_frozen=on_frozen,
+        hold_stdin=not args.no_stdin,
     )
     result = run(options)
     if progress is not None:
@@ -759,6 +736,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Azure's vmbackup.conf, for MountsToSkip (default {VMBACKUP_CONF})",
     )
     p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
+    p.add_argument(
+        "--no-stdin",
+        action="store_true",
+        help='snapshot mode "hold": do not release on stdin (only a signal, `quiesce thaw`, the deadline)',
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -22,7 +22,7 @@ from quiesce import ledger as ledger_mod
 from quiesce.errors import QuiesceError, QuiesceOSError, TargetError, ThawError
 from quiesce.lock import FreezeLock
 from quiesce.mounts import Target
-from quiesce.native import FsRecord, GuardianRecord, Session, now_ns
+from quiesce.native import Child, FsRecord, GuardianRecord, Session, Supervision, now_ns
 from quiesce.procs import mount_id_of_fd, start_time
 
 #: Where the lock, the ledger and the guardian's log live. tmpfs on a normal
@@ -247,6 +247,12 @@ class Freeze:
     def cycle(self) -> None:
         """Freeze and thaw in one native call (a window with nothing inside)."""
         self._require_session().cycle()
+
+    def command_window(
+        self, argv: Sequence[str], env: Sequence[str], **kwargs: Any
+    ) -> tuple[Child, Supervision]:
+        """Freeze, run a command, thaw, in one native call (see Session.window_command)."""
+        return self._require_session().window_command(argv, env, **kwargs)
 
     @property
     def guardian_fired(self) -> bool:

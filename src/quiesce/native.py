@@ -211,6 +211,49 @@ class Session:
                 raise self._freeze_failure(-rc)
             raise self._thaw_failure(-rc)
 
+    def window_command(
+        self,
+        argv: Sequence[str],
+        env: Sequence[str],
+        *,
+        path: str,
+        cgroup_fd: int,
+        stdin_fd: int,
+        stdout_fd: int,
+        stderr_fd: int,
+        out_fd: int,
+        err_fd: int,
+        timeout_ns: int,
+        grace_ns: int,
+        kill_wait_ns: int,
+        out_cap: int = 65536,
+        err_cap: int = 65536,
+    ) -> tuple[Child, Supervision]:
+        """Freeze, run ``argv`` to ``timeout_ns``, thaw: one native call, no Python inside.
+
+        Raises the freeze error (nothing left frozen) if freezing failed, the
+        spawn error if the command could not start, and the thaw error if
+        thawing failed; all after the native call returned.
+        """
+        req, keep = _spawn_request(argv, env, path, -1, cgroup_fd, stdin_fd, stdout_fd, stderr_fd)
+        bufs = _wait_request(0, grace_ns, kill_wait_ns, 0, cgroup_fd, out_fd, err_fd, out_cap, err_cap)
+        res = ffi.new("struct qz_window_res *")
+        lib.qz_window_command(self._raw(), req, bufs[2], timeout_ns, res)
+        del keep
+        if res.freeze_rc != 0:
+            raise self._freeze_failure(-int(res.freeze_rc))
+        if res.spawn_rc != 0:
+            if res.thaw_rc != 0:
+                raise self._thaw_failure(-int(res.thaw_rc))
+            raise QuiesceOSError(-int(res.spawn_rc), "starting the snapshot command", path)
+        child = Child(ffi.addressof(res, "child"), owner=res)
+        sup = Supervision._adopt(child, bufs, ffi.addressof(res, "wait"))
+        if res.wait_rc != 0:
+            raise QuiesceOSError(-int(res.wait_rc), "supervising the snapshot command", path)
+        if res.thaw_rc != 0:
+            raise self._thaw_failure(-int(res.thaw_rc))
+        return child, sup
+
     def disarm(self, wait_ns: int = 5_000_000_000) -> None:
         """Release the guardian and reap it (it thaws nothing once told the window ended)."""
         rc = int(lib.qz_guardian_disarm(self._raw(), wait_ns))
@@ -326,8 +369,9 @@ def _cstrings(items: Sequence[str]) -> tuple[Any, list[Any]]:
 class Child:
     """A process started by :func:`spawn`, with a pidfd that can never signal a reused pid."""
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, owner: Any = None) -> None:
         self._c = raw
+        self._owner = owner  # keeps the memory `raw` points into alive
         self.pid = int(raw.pid)
         self.start_ns = int(raw.start_ns)
         self.in_cgroup = bool(raw.in_cgroup)
@@ -369,25 +413,10 @@ def spawn(
     at fd 3 in the child either way, so an interpreter can read
     ``/dev/fd/3``. ``env`` is the whole environment, as ``KEY=value``.
     """
-    c_argv, keep_argv = _cstrings(argv)
-    c_env, keep_env = _cstrings(env)
-    c_path = ffi.NULL if path is None else ffi.new("char[]", os.fsencode(path))
-    req = ffi.new(
-        "struct qz_spawn_req *",
-        {
-            "path": c_path,
-            "argv": c_argv,
-            "envp": c_env,
-            "script_fd": script_fd,
-            "cgroup_fd": cgroup_fd,
-            "stdin_fd": stdin_fd,
-            "stdout_fd": stdout_fd,
-            "stderr_fd": stderr_fd,
-        },
-    )
+    req, keep = _spawn_request(argv, env, path, script_fd, cgroup_fd, stdin_fd, stdout_fd, stderr_fd)
     out = ffi.new("struct qz_child *")
     rc = int(lib.qz_spawn(req, out))
-    del keep_argv, keep_env
+    del keep
     if rc != 0:
         raise QuiesceOSError(-rc, "starting the script", argv[0] if path is None else path)
     return Child(out)
@@ -416,26 +445,20 @@ class Supervision:
         err_cap: int = 65536,
     ) -> None:
         self._child = child
-        self._out = ffi.new("char[]", max(out_cap, 1))
-        self._err = ffi.new("char[]", max(err_cap, 1))
-        self._req = ffi.new(
-            "struct qz_wait_req *",
-            {
-                "deadline_ns": deadline_ns,
-                "grace_ns": grace_ns,
-                "kill_wait_ns": kill_wait_ns,
-                "tick_ns": tick_ns,
-                "cgroup_fd": cgroup_fd,
-                "out_fd": out_fd,
-                "err_fd": err_fd,
-                "out_buf": self._out,
-                "out_cap": out_cap,
-                "err_buf": self._err,
-                "err_cap": err_cap,
-            },
+        self._out, self._err, self._req = _wait_request(
+            deadline_ns, grace_ns, kill_wait_ns, tick_ns, cgroup_fd, out_fd, err_fd, out_cap, err_cap
         )
         self._res = ffi.new("struct qz_wait_res *")
         lib.qz_wait_init(self._req, self._res)
+
+    @classmethod
+    def _adopt(cls, child: Child, bufs: tuple[Any, Any, Any], res: Any) -> Supervision:
+        """Wrap a supervision the native window already ran."""
+        self = cls.__new__(cls)
+        self._child = child
+        self._out, self._err, self._req = bufs
+        self._res = res
+        return self
 
     def step(self) -> bool:
         """Wait until the child ends or the next progress tick; True when it ended."""
@@ -473,6 +496,67 @@ class Supervision:
             _ring_tail(self._out, int(self._req.out_cap), int(self._res.out_total)),
             _ring_tail(self._err, int(self._req.err_cap), int(self._res.err_total)),
         )
+
+
+def _wait_request(
+    deadline_ns: int,
+    grace_ns: int,
+    kill_wait_ns: int,
+    tick_ns: int,
+    cgroup_fd: int,
+    out_fd: int,
+    err_fd: int,
+    out_cap: int,
+    err_cap: int,
+) -> tuple[Any, Any, Any]:
+    out = ffi.new("char[]", max(out_cap, 1))
+    err = ffi.new("char[]", max(err_cap, 1))
+    req = ffi.new(
+        "struct qz_wait_req *",
+        {
+            "deadline_ns": deadline_ns,
+            "grace_ns": grace_ns,
+            "kill_wait_ns": kill_wait_ns,
+            "tick_ns": tick_ns,
+            "cgroup_fd": cgroup_fd,
+            "out_fd": out_fd,
+            "err_fd": err_fd,
+            "out_buf": out,
+            "out_cap": out_cap,
+            "err_buf": err,
+            "err_cap": err_cap,
+        },
+    )
+    return out, err, req
+
+
+def _spawn_request(
+    argv: Sequence[str],
+    env: Sequence[str],
+    path: str | None,
+    script_fd: int,
+    cgroup_fd: int,
+    stdin_fd: int,
+    stdout_fd: int,
+    stderr_fd: int,
+) -> tuple[Any, list[Any]]:
+    c_argv, keep_argv = _cstrings(argv)
+    c_env, keep_env = _cstrings(env)
+    c_path = ffi.NULL if path is None else ffi.new("char[]", os.fsencode(path))
+    req = ffi.new(
+        "struct qz_spawn_req *",
+        {
+            "path": c_path,
+            "argv": c_argv,
+            "envp": c_env,
+            "script_fd": script_fd,
+            "cgroup_fd": cgroup_fd,
+            "stdin_fd": stdin_fd,
+            "stdout_fd": stdout_fd,
+            "stderr_fd": stderr_fd,
+        },
+    )
+    return req, [c_argv, keep_argv, c_env, keep_env, c_path]
 
 
 def _ring_tail(buf: Any, cap: int, total: int) -> bytes:

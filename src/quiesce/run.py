@@ -37,16 +37,18 @@ from quiesce.config import (
     DEFAULT_PLUGINHOST_PATH,
     LoadedConfig,
     PluginConfig,
+    SnapshotMode,
     effective_timeout_s,
     load_pluginhost,
     parse_config,
 )
 from quiesce.errors import FreezeTimeoutError, QuiesceError, ScriptError
 from quiesce.freeze import RUN_DIR, Freeze, FreezeOptions, FreezeReport
+from quiesce.hold import Release
 from quiesce.lock import FreezeLock
 from quiesce.permissions import CheckedScript, open_script, read_config_file
 from quiesce.plan import VMBACKUP_CONF, make_plan
-from quiesce.scripts import Progress, ScriptPolicy, ScriptResult, run_script
+from quiesce.scripts import Attempt, Progress, ScriptPolicy, ScriptResult, run_script, run_snapshot_command
 
 APPLICATION = "application-consistent"
 FILESYSTEM = "file-system-consistent"
@@ -87,6 +89,9 @@ class RunResult:
     post: ScriptResult | None = None
     freeze: FreezeReport | None = None
     snapshot: str = "skipped"  # ok | failed | skipped
+    snapshot_mode: str = "none"
+    snapshot_command: Attempt | None = None
+    released_by: str | None = None
     phases: list[Phase] = field(default_factory=list)
     duration_ns: int = 0
 
@@ -103,6 +108,7 @@ class RunResult:
             res = getattr(self, key)
             d[key] = None if res is None else res.to_dict()
         d["freeze"] = None if self.freeze is None else self.freeze.to_dict()
+        d["snapshot_command"] = None if self.snapshot_command is None else asdict(self.snapshot_command)
         return d
 
 
@@ -148,6 +154,10 @@ class RunOptions:
     vmbackup_conf: str | None = VMBACKUP_CONF
     run_dir: str = RUN_DIR
     progress: Progress | None = None
+    #: ``hold`` mode: called once frozen (announce it); the run then waits
+    #: for a line or EOF on stdin (if ``hold_stdin``), a signal, or the deadline.
+    on_frozen: Callable[[Freeze], None] | None = None
+    hold_stdin: bool = True
 
 
 def load_checked_config(path: str) -> LoadedConfig:
@@ -323,8 +333,7 @@ def _window(
             freeze = Freeze(plan.targets, opts)
             with freeze:
                 freeze.prepare()
-                freeze.freeze()
-                taken = _take_snapshot(result, snapshot, entry)
+                taken = _frozen_step(freeze, result, cfg, options, snapshot, entry)
         except QuiesceError as err:
             entry.status, entry.detail, error = "error", str(err), err
         if freeze is not None:
@@ -343,6 +352,58 @@ def _window(
     # Failures may continue: the snapshot is taken without a freeze.
     with timeline.phase("snapshot-unfrozen") as entry:
         return False, _take_snapshot(result, snapshot, entry)
+
+
+def _frozen_step(
+    freeze: Freeze,
+    result: RunResult,
+    cfg: PluginConfig,
+    options: RunOptions,
+    snapshot: SnapshotStep | None,
+    entry: Phase,
+) -> bool:
+    """Freeze and take the snapshot by the configured mode; True when it was taken.
+
+    ``command`` runs freeze, command and thaw in one native call. ``hold``
+    announces and waits for the release. ``none`` (or an embedding tool's
+    callable) runs between freeze and thaw.
+    """
+    spec = cfg.quiesce.snapshot
+    result.snapshot_mode = spec.mode.value if snapshot is None else "callable"
+    if snapshot is None and spec.mode is SnapshotMode.COMMAND:
+        mounts = "\n".join(t.mount.mount_point for t in freeze.targets)
+        timeout_s = spec.timeout_s or cfg.quiesce.freeze_timeout_s
+        # SIGKILL must come before the guardian's deadline, or the kill
+        # would find the filesystems already thawed under the command.
+        grace_s = max(0.0, min(cfg.quiesce.grace_s, cfg.quiesce.freeze_timeout_s - timeout_s))
+        attempt = run_snapshot_command(
+            freeze,
+            spec.argv,
+            timeout_s=timeout_s,
+            grace_s=grace_s,
+            env={"QUIESCE_TARGETS": mounts},
+            run_id=result.run_id,
+        )
+        result.snapshot_command = attempt
+        entry.detail = f"command {attempt.outcome}"
+        if attempt.outcome != "ok":
+            entry.status = "failed"
+            how = attempt.error or f"exit {attempt.exit_code}, signal {attempt.signal}"
+            _set_error(result, *SNAPSHOT_FAILED, f"snapshot command {attempt.outcome}: {how}")
+        return attempt.outcome == "ok"
+    freeze.freeze()
+    if snapshot is None and spec.mode is SnapshotMode.HOLD:
+        release = Release()
+        try:
+            if options.on_frozen is not None:
+                options.on_frozen(freeze)
+            result.released_by = release.wait(freeze.remaining_ns, options.hold_stdin)
+        finally:
+            release.close()
+        entry.detail = f"held; released by {result.released_by}"
+        # Released by the deadline: the guardian thawed first; the snapshot is not trusted.
+        return result.released_by != "deadline"
+    return _take_snapshot(result, snapshot, entry)
 
 
 def _take_snapshot(result: RunResult, snapshot: SnapshotStep | None, entry: Phase) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,8 @@ from typing import Any
 
 from quiesce import native
 from quiesce.cgroups import ScriptCgroup
-from quiesce.errors import QuiesceOSError, ScriptExecutionFailed, ScriptTimeout
+from quiesce.errors import FreezeError, QuiesceOSError, ScriptExecutionFailed, ScriptTimeout, ThawError
+from quiesce.freeze import Freeze
 from quiesce.permissions import CheckedScript
 
 #: The PATH a script gets; nothing else of the caller's environment leaks in.
@@ -224,31 +226,37 @@ def run_attempt(
         while not sup.step():
             if progress is not None:
                 progress(number, native.now_ns() - child.start_ns, timeout_ns)
-        res = sup.result()
         leftovers = _kill_leftovers(child, cgroup)
-        out, err_tail = sup.tails()
-        end = res.exit_ns or native.now_ns()
-        return Attempt(
-            number=number,
-            outcome=_outcome(res),
-            exit_code=res.exit_code,
-            signal=_signal_name(res.term_signal),
-            duration_ns=end - child.start_ns,
-            timed_out=res.timed_out,
-            killed=res.killed,
-            cpu_user_us=res.utime_us,
-            cpu_system_us=res.stime_us,
-            max_rss_kb=res.maxrss_kb,
-            stdout=_decode(out),
-            stderr=_decode(err_tail),
-            stdout_bytes=res.stdout_bytes,
-            stderr_bytes=res.stderr_bytes,
-            stdout_truncated=res.stdout_bytes > len(out),
-            stderr_truncated=res.stderr_bytes > len(err_tail),
-            leftovers_killed=leftovers,
-            isolation=isolation,
-        )
+        return _attempt_from(number, child, sup, leftovers, isolation)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _attempt_from(
+    number: int, child: native.Child, sup: native.Supervision, leftovers: int, isolation: str
+) -> Attempt:
+    res = sup.result()
+    out, err_tail = sup.tails()
+    end = res.exit_ns or native.now_ns()
+    return Attempt(
+        number=number,
+        outcome=_outcome(res),
+        exit_code=res.exit_code,
+        signal=_signal_name(res.term_signal),
+        duration_ns=end - child.start_ns,
+        timed_out=res.timed_out,
+        killed=res.killed,
+        cpu_user_us=res.utime_us,
+        cpu_system_us=res.stime_us,
+        max_rss_kb=res.maxrss_kb,
+        stdout=_decode(out),
+        stderr=_decode(err_tail),
+        stdout_bytes=res.stdout_bytes,
+        stderr_bytes=res.stderr_bytes,
+        stdout_truncated=res.stdout_bytes > len(out),
+        stderr_truncated=res.stderr_bytes > len(err_tail),
+        leftovers_killed=leftovers,
+        isolation=isolation,
+    )
 
 
 def _kill_leftovers(child: native.Child, cgroup: ScriptCgroup | None) -> int:
@@ -264,6 +272,89 @@ def _kill_leftovers(child: native.Child, cgroup: ScriptCgroup | None) -> int:
     except ProcessLookupError:
         return 0
     return 1
+
+
+def run_snapshot_command(
+    freeze: Freeze,
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    grace_s: float,
+    env: Mapping[str, str],
+    run_id: str,
+    output_tail: int = OUTPUT_TAIL,
+) -> Attempt:
+    """The snapshot step as a command: freeze, run it, thaw, in one native call.
+
+    The command runs under the same supervision as a script (own session and
+    cgroup, stdin on /dev/null, SIGTERM at its timeout, SIGKILL to the tree
+    after the grace), but nothing returns to Python until the thaw. Its
+    environment is the clean one plus ``QUIESCE_PHASE=snapshot`` and ``env``.
+    """
+    environ = [
+        f"{k}={v}"
+        for k, v in {
+            "PATH": SCRIPT_PATH,
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "QUIESCE_PHASE": "snapshot",
+            "QUIESCE_TIMEOUT_MS": str(int(timeout_s * 1000)),
+            "QUIESCE_RUN_ID": run_id,
+            **env,
+        }.items()
+    ]
+    cgroup = ScriptCgroup.create(f"{run_id}-snapshot")
+    isolation = "cgroup" if cgroup is not None else "process-group"
+    cg_fd = cgroup.fd if cgroup is not None else -1
+    with contextlib.ExitStack() as always:
+        if cgroup is not None:
+            always.callback(cgroup.close)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        always.callback(os.close, devnull)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        for fd in (out_r, err_r, out_w, err_w):
+            always.callback(os.close, fd)
+        # The child's ends must block like any stdout; only ours are non-blocking.
+        os.set_blocking(out_w, True)
+        os.set_blocking(err_w, True)
+        try:
+            child, sup = freeze.command_window(
+                argv,
+                environ,
+                path=argv[0],
+                cgroup_fd=cg_fd,
+                stdin_fd=devnull,
+                stdout_fd=out_w,
+                stderr_fd=err_w,
+                out_fd=out_r,
+                err_fd=err_r,
+                timeout_ns=int(timeout_s * 1e9),
+                grace_ns=int(grace_s * 1e9),
+                kill_wait_ns=int(KILL_WAIT_S * 1e9),
+                out_cap=output_tail,
+                err_cap=output_tail,
+            )
+        except QuiesceOSError as err:
+            if isinstance(err, (FreezeError, ThawError)):
+                raise
+            return _spawn_failed(1, isolation, str(err))
+        always.callback(child.close)
+        if not sup.result().finished:
+            # It slept in the kernel (on a frozen filesystem?); thawed now, it can die.
+            child.kill_tree(cg_fd)
+            _reap(child)
+        leftovers = _kill_leftovers(child, cgroup)
+        return _attempt_from(1, child, sup, leftovers, isolation)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _reap(child: native.Child) -> None:
+    """Reap a killed child once it can die; give up after KILL_WAIT_S."""
+    if child.pidfd < 0 or not select.select([child.pidfd], [], [], KILL_WAIT_S)[0]:
+        return
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED)
 
 
 def _spawn_failed(number: int, isolation: str, message: str) -> Attempt:

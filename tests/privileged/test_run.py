@@ -303,3 +303,131 @@ def test_second_run_is_refused_while_one_runs(setup):
     finally:
         _, err = first.communicate(timeout=60)
     assert first.returncode == Exit.OK, err
+
+
+PROBE = (
+    "for t in $QUIESCE_TARGETS; do (echo x > $t/cmdprobe) & p=$!; sleep 0.3; "
+    "echo \"$t $(cut -d' ' -f3 /proc/$p/stat)\"; done"
+)
+
+
+def test_command_snapshot_runs_inside_the_window(setup, fs):
+    """Mode "command": the command runs while frozen (its writers sleep in D state), then thaw."""
+    setup.config(
+        quiesce={"snapshot": {"mode": "command", "argv": ["/bin/sh", "-c", PROBE], "timeoutSeconds": 10}}
+    )
+    r = run(setup.options())
+    assert r.consistency == APPLICATION, r.message
+    assert r.snapshot_mode == "command"
+    cmd = r.snapshot_command
+    assert cmd is not None and cmd.outcome == "ok"
+    states = dict(line.split() for line in cmd.stdout.splitlines())
+    assert states == {t: "D" for t in setup.targets}
+    assert r.freeze is not None and r.freeze.ok
+    assert r.freeze.window_ns > 0.3e9 * len(setup.targets)
+
+
+def test_failing_snapshot_command_fails_the_backup(setup):
+    """A snapshot command exiting non-zero: no snapshot, failed, thawed, post-script told."""
+    setup.config(
+        quiesce={"snapshot": {"mode": "command", "argv": ["/bin/sh", "-c", "exit 3"], "timeoutSeconds": 5}}
+    )
+    r = run(setup.options())
+    assert r.consistency == FAILED and r.error_name == "SnapshotFailed"
+    assert r.snapshot_command.exit_code == 3
+    assert r.freeze.ok, "the filesystems were not thawed by quiesce"
+    assert setup.events()[-1] == "post.sh 1 failed ok"
+
+
+def test_snapshot_command_past_its_timeout_is_killed_and_thawed(setup):
+    """A hung snapshot command is killed at its timeout; the window closes right after."""
+    cmd = {"mode": "command", "argv": ["/bin/sh", "-c", "trap '' TERM; sleep 60"], "timeoutSeconds": 0.5}
+    setup.config(quiesce={"snapshot": cmd, "graceSeconds": 0.2, "freezeTimeoutSeconds": 10})
+    r = run(setup.options())
+    a = r.snapshot_command
+    assert a.outcome == "timeout" and a.killed
+    assert r.consistency == FAILED
+    assert r.freeze.ok and r.freeze.guardian_reason is None
+    assert r.freeze.window_ns < 0.7e9 + 0.5e9
+
+
+def test_hold_snapshot_released_by_stdin(setup, fs):
+    """Mode "hold": run announces frozen, an external snapshotter works, a line on stdin releases."""
+    setup.config(quiesce={"snapshot": {"mode": "hold"}})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "quiesce",
+            "run",
+            "--json",
+            "--config",
+            setup.config_path,
+            "--no-pluginhost",
+            "--no-vmbackup-conf",
+            "--run-dir",
+            setup.run_dir,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        event = json.loads(proc.stdout.readline())
+        assert event["event"] == "frozen" and set(event["targets"]) == set(setup.targets)
+        w = Writer(fs["ext4"])
+        assert not w.finished_within(0.3), "not frozen while held"
+        proc.stdin.write("snapshot taken\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=30)
+        assert w.finished_within(5)
+        w.finish()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == Exit.OK, err
+    result = json.loads(out)
+    assert result["consistency"] == APPLICATION and result["released_by"] == "stdin"
+
+
+def test_hold_snapshot_released_by_quiesce_thaw(setup):
+    """Mode "hold" in the background: `quiesce thaw` releases it."""
+    setup.config(quiesce={"snapshot": {"mode": "hold"}})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "quiesce",
+            "run",
+            "--json",
+            "--no-stdin",
+            "--config",
+            setup.config_path,
+            "--no-pluginhost",
+            "--no-vmbackup-conf",
+            "--run-dir",
+            setup.run_dir,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "frozen"
+        thaw = subprocess.run(
+            [sys.executable, "-m", "quiesce", "thaw", "--json", "--run-dir", setup.run_dir],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert thaw.returncode == 0, thaw.stderr
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == Exit.OK, err
+    assert json.loads(out)["released_by"] == "signal SIGUSR1"
