@@ -42,9 +42,19 @@ from quiesce.config import (
     load_pluginhost,
     parse_config,
 )
-from quiesce.errors import FreezeTimeoutError, QuiesceError, ScriptError
+from quiesce.errors import FreezeTimeoutError, QuiesceError, ScriptError, ScriptPermissionError
 from quiesce.freeze import RUN_DIR, Freeze, FreezeOptions, FreezeReport
 from quiesce.hold import Release
+from quiesce.hooks import (
+    DEFAULT_HOOK_DIR,
+    HookDirectory,
+    HookRun,
+    check_sessions,
+    close_all,
+    discover,
+    run_post,
+    run_pre,
+)
 from quiesce.lock import FreezeLock
 from quiesce.permissions import CheckedScript, open_script, read_config_file
 from quiesce.plan import VMBACKUP_CONF, make_plan
@@ -87,6 +97,8 @@ class RunResult:
     config_source: str | None = None
     pre: ScriptResult | None = None
     post: ScriptResult | None = None
+    hooks_pre: list[ScriptResult] = field(default_factory=list)
+    hooks_post: list[ScriptResult] = field(default_factory=list)
     freeze: FreezeReport | None = None
     snapshot: str = "skipped"  # ok | failed | skipped
     snapshot_mode: str = "none"
@@ -107,6 +119,8 @@ class RunResult:
         for key in ("pre", "post"):
             res = getattr(self, key)
             d[key] = None if res is None else res.to_dict()
+        for key in ("hooks_pre", "hooks_post"):
+            d[key] = [r.to_dict() for r in getattr(self, key)]
         d["freeze"] = None if self.freeze is None else self.freeze.to_dict()
         d["snapshot_command"] = None if self.snapshot_command is None else asdict(self.snapshot_command)
         return d
@@ -225,28 +239,51 @@ def run(
         with timeline.phase("checks"):
             pre_checked = _check_script(cfg.pre_script, "pre")
             post_checked = _check_script(cfg.post_script, "post")
+        hook_dir = discover(cfg.quiesce.hook_directory or DEFAULT_HOOK_DIR)
+        result.warnings.extend(hook_dir.warnings)
+        hook_state = HookRun()
         try:
             result.pre = _run_phase(timeline, pre_checked, cfg, timeout_s, run_id, options, {})
             pre_ok = result.pre.ok
             if not pre_ok:
                 _set_error(result, result.pre.error_name, result.pre.error_code, result.pre.message)
+            go = pre_ok or cfg.continue_on_failure
+            if go and (hook_dir.hooks or hook_dir.error):
+                hook_state = _run_pre_hooks(timeline, result, hook_dir, cfg, timeout_s, run_id, options)
+                pre_ok = pre_ok and hook_state.pre_ok
+                go = pre_ok or cfg.continue_on_failure
             froze, taken = False, False
-            if pre_ok or cfg.continue_on_failure:
+            if go:
                 froze, taken = _window(timeline, result, cfg, options, snapshot)
+                dead = check_sessions(hook_state)
+                if dead is not None:
+                    pre_ok = False
+                    why = f"session hook {dead} died while frozen: the application was not held quiesced"
+                    _set_error(result, "Pre-ScriptExecutionFailed", 300, why)
             else:
-                timeline.result.phases.append(Phase("snapshot", "skipped", 0, "pre-script failed"))
-            result.snapshot = (
-                "ok" if taken else ("failed" if pre_ok or cfg.continue_on_failure else "skipped")
-            )
+                timeline.result.phases.append(Phase("snapshot", "skipped", 0, "a pre step failed"))
+            result.snapshot = "ok" if taken else ("failed" if go else "skipped")
             env = {
                 "QUIESCE_SNAPSHOT": result.snapshot,
                 "QUIESCE_PRE_STATUS": result.pre.status,
                 "QUIESCE_RUN_ID": run_id,
             }
+            post_ok = True
+            if hook_state.started:
+                with timeline.phase("hooks-post") as entry:
+                    run_post(hook_state, _policy(cfg, timeout_s, "post"), env=env, run_id=run_id)
+                    result.hooks_post = hook_state.results_post
+                    failed = [r for r in hook_state.results_post if not r.ok]
+                    if failed:
+                        entry.status = "failed"
+                        post_ok = False
+                        _set_error(result, failed[0].error_name, failed[0].error_code, failed[0].message)
             result.post = _run_phase(timeline, post_checked, cfg, timeout_s, run_id, options, env)
+            post_ok = post_ok and result.post.ok
             if not result.post.ok:
                 _set_error(result, result.post.error_name, result.post.error_code, result.post.message)
         finally:
+            close_all(hook_state)
             for checked in (pre_checked, post_checked):
                 if isinstance(checked, CheckedScript):
                     checked.close()
@@ -256,7 +293,7 @@ def run(
             freeze_enabled=cfg.fs_freeze_enabled,
             froze=froze,
             snapshot_taken=taken,
-            post_ok=result.post.ok,
+            post_ok=post_ok,
             continue_on_failure=cfg.continue_on_failure,
         )
     )
@@ -277,6 +314,49 @@ def _run_lock(run_dir: str) -> Any:
         lock.release()
 
 
+def _policy(cfg: PluginConfig, timeout_s: int, phase: str) -> ScriptPolicy:
+    return ScriptPolicy(
+        timeout_s=timeout_s,
+        retries=cfg.pre_retries if phase == "pre" else cfg.post_retries,
+        grace_s=cfg.quiesce.grace_s,
+        backoff_s=cfg.quiesce.retry_backoff_s,
+    )
+
+
+def _run_pre_hooks(
+    timeline: _Timeline,
+    result: RunResult,
+    hook_dir: HookDirectory,
+    cfg: PluginConfig,
+    timeout_s: int,
+    run_id: str,
+    options: RunOptions,
+) -> HookRun:
+    with timeline.phase("hooks-pre") as entry:
+        if hook_dir.error is not None:
+            entry.status = "failed"
+            err = ScriptPermissionError(hook_dir.error, "pre")
+            _set_error(result, err.azure_name, err.azure_code, hook_dir.error)
+            state = HookRun()
+            state.failed = ScriptResult(
+                "pre", hook_dir.path, (), "permission", (), err.azure_name, err.azure_code, hook_dir.error
+            )
+            return state
+        state = run_pre(
+            hook_dir,
+            _policy(cfg, timeout_s, "pre"),
+            env={"QUIESCE_RUN_ID": run_id},
+            run_id=run_id,
+            notify_dir=options.run_dir,
+        )
+        result.hooks_pre = state.results_pre
+        entry.detail = f"{len(state.results_pre)} of {len(hook_dir.hooks)} hook(s)"
+        if state.failed is not None:
+            entry.status = "failed"
+            _set_error(result, state.failed.error_name, state.failed.error_code, state.failed.message)
+    return state
+
+
 def _run_phase(
     timeline: _Timeline,
     checked: CheckedScript | ScriptResult,
@@ -290,12 +370,7 @@ def _run_phase(
         timeline.result.phases.append(Phase(f"{checked.phase}-script", checked.status, 0, checked.message))
         return checked
     phase = checked.phase
-    policy = ScriptPolicy(
-        timeout_s=timeout_s,
-        retries=cfg.pre_retries if phase == "pre" else cfg.post_retries,
-        grace_s=cfg.quiesce.grace_s,
-        backoff_s=cfg.quiesce.retry_backoff_s,
-    )
+    policy = _policy(cfg, timeout_s, phase)
     params = cfg.pre_params if phase == "pre" else cfg.post_params
     with timeline.phase(f"{phase}-script") as entry:
         res = run_script(checked, params, policy, env=env, run_id=run_id, progress=options.progress)

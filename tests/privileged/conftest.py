@@ -8,9 +8,12 @@ unmounting, even when the test failed.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ import pytest
 
 from quiesce.mounts import Target
 from quiesce.plan import make_plan
+from quiesce.run import RunOptions
 from quiesce.sandbox import LoopFs, Sandbox, enter_private_mount_namespace, thaw_quietly
 
 pytestmark = pytest.mark.privileged
@@ -62,6 +66,100 @@ def run_dir(tmp_path: Path) -> str:
     d = tmp_path / "run"
     d.mkdir()
     return str(d)
+
+
+SAMPLE = {
+    "pluginName": "ScriptRunner",
+    "preScriptLocation": "",
+    "postScriptLocation": "",
+    "preScriptParams": ["", ""],
+    "postScriptParams": ["", ""],
+    "preScriptNoOfRetries": 0,
+    "postScriptNoOfRetries": 0,
+    "timeoutInSeconds": 30,
+    "continueBackupOnFailure": True,
+    "fsFreezeEnabled": True,
+}
+
+
+class Setup:
+    """A root-only directory with a config, a pre- and a post-script, and a run dir."""
+
+    def __init__(self, base: str, targets: list[str]) -> None:
+        self.base = base
+        self.run_dir = os.path.join(base, "run")
+        self.config_path = os.path.join(base, "VMSnapshotScriptPluginConfig.json")
+        self.log = os.path.join(base, "events.log")
+        self.targets = targets
+        self.hooks = os.path.join(base, "hooks.d")
+        os.mkdir(self.hooks, 0o755)
+
+    def script(self, name: str, body: str) -> str:
+        path = os.path.join(self.base, name)
+        with open(path, "w") as f:
+            record = f'echo "{name} $QUIESCE_ATTEMPT $QUIESCE_SNAPSHOT $QUIESCE_PRE_STATUS"'
+            f.write(f"#!/bin/sh\n{record} >> {self.log}\n{body}")
+        os.chmod(path, 0o700)
+        return path
+
+    def config(self, pre: str = "exit 0\n", post: str = "exit 0\n", **keys) -> str:
+        cfg = dict(SAMPLE)
+        cfg["preScriptLocation"] = self.script("pre.sh", pre)
+        cfg["postScriptLocation"] = self.script("post.sh", post)
+        cfg["quiesce"] = {"targets": self.targets, "freezeTimeoutSeconds": 20, "hookDirectory": self.hooks}
+        for k, v in keys.items():
+            if k == "quiesce":
+                cfg["quiesce"].update(v)
+            else:
+                cfg[k] = v
+        with open(self.config_path, "w") as f:
+            json.dump(cfg, f)
+        os.chmod(self.config_path, 0o600)
+        return self.config_path
+
+    def hook(self, name: str, body: str, mode: int = 0o700) -> str:
+        """A hook in the hook directory that logs "<name> <arg>" and then runs ``body``."""
+        path = os.path.join(self.hooks, name)
+        with open(path, "w") as f:
+            f.write(f'#!/bin/sh\necho "{name} $1" >> {self.log}\n{body}')
+        os.chmod(path, mode)
+        return path
+
+    def events(self) -> list[str]:
+        try:
+            with open(self.log) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def options(self) -> RunOptions:
+        return RunOptions(
+            config_path=self.config_path, pluginhost_path=None, vmbackup_conf=None, run_dir=self.run_dir
+        )
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "quiesce",
+            "run",
+            "--config",
+            self.config_path,
+            "--no-pluginhost",
+            "--no-vmbackup-conf",
+            "--run-dir",
+            self.run_dir,
+            *args,
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=80, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def setup(fs):
+    """A Setup whose targets are the sandbox's ext4 and xfs."""
+    base = tempfile.mkdtemp(dir="/run", prefix="quiesce-run-test-")
+    yield Setup(base, [str(fs["ext4"].mount_point), str(fs["xfs"].mount_point)])
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def targets(*filesystems: LoopFs) -> list[Target]:

@@ -1,0 +1,433 @@
+"""The hook directory: more pre/post steps than Azure's single pair, and session hooks.
+
+Every executable in the hook directory (``/etc/quiesce/hooks.d`` unless the
+config says otherwise) is a hook. Before the freeze they run in name order
+with the argument ``pre``; after the thaw, in reverse order, with ``post``. A
+hook whose ``pre`` succeeded always gets its ``post``, also when a later hook
+failed; hooks after a failed one do not run. Package-manager leftovers
+(``*.dpkg-*``, ``*.rpmnew``, ``*.rpmsave``, ``*.rpmorig``, ``*~``) and hidden
+files are skipped; a file nobody may execute is skipped with a warning (a
+README, say). Every hook passes the same checks as the scripts (owner root,
+no group/other write, safe directories) and runs under the same supervision.
+
+A hook named ``*.session`` is a **session hook**: one process that lives
+across the window, the pattern a database lock needs (MySQL's ``FLUSH TABLES
+WITH READ LOCK``, PostgreSQL's ``pg_backup_start``: the session holding the
+lock must outlive the snapshot). quiesce starts it with the argument
+``session`` and waits, up to ``timeoutInSeconds``, for it to say it is ready
+the systemd way: a datagram ``READY=1`` on ``$NOTIFY_SOCKET``
+(``systemd-notify --ready`` works from a shell script). After the thaw it
+releases it: closes its stdin, waits ``graceSeconds``, sends SIGTERM, and
+after another grace kills its tree. A session hook that exits 0 (or on that
+SIGTERM) was released cleanly. One that dies before its release means the
+application was not held quiesced during the snapshot: the run counts it as
+a failed pre step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import select
+import socket
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from quiesce import native
+from quiesce.cgroups import ScriptCgroup
+from quiesce.errors import QuiesceOSError, ScriptError, ScriptExecutionFailed, ScriptTimeout
+from quiesce.permissions import CheckedScript, UnsafeDirectoryError, check_directory_chain, open_script
+from quiesce.scripts import (
+    KILL_WAIT_S,
+    Attempt,
+    ScriptPolicy,
+    ScriptResult,
+    _attempt_from,
+    _kill_leftovers,
+    run_script,
+    script_argv,
+    script_environment,
+)
+
+DEFAULT_HOOK_DIR = "/etc/quiesce/hooks.d"
+#: Files in the hook directory that are never hooks.
+SKIP_PATTERNS = ("*.dpkg-*", "*.rpmnew", "*.rpmsave", "*.rpmorig", "*~", ".*")
+SESSION_SUFFIX = ".session"
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One entry of the hook directory."""
+
+    name: str
+    path: str
+    session: bool
+
+
+@dataclass
+class HookDirectory:
+    """The hooks found in a directory, in name order, and what was skipped."""
+
+    path: str
+    hooks: list[Hook] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def discover(directory: str) -> HookDirectory:
+    """List the hooks of ``directory``; a missing directory has none.
+
+    An unsafe directory (writable by someone but root) is an error: none of
+    its hooks may run.
+    """
+    found = HookDirectory(directory)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return found
+    except OSError as err:
+        found.error = f"hook directory {directory}: {err.strerror}"
+        return found
+    try:
+        check_directory_chain(os.path.join(directory, "."))
+    except UnsafeDirectoryError as err:
+        found.error = f"hook directory {directory} is unsafe: {err}"
+        return found
+    for name in names:
+        if any(fnmatch.fnmatch(name, p) for p in SKIP_PATTERNS):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o111:
+            found.warnings.append(f"hook directory: {path} is not executable, skipped")
+            continue
+        found.hooks.append(Hook(name, path, name.endswith(SESSION_SUFFIX)))
+    return found
+
+
+def _failed_check(err: ScriptError, path: str, phase: str) -> ScriptResult:
+    status = "not-found" if err.kind == "not-found" else "permission"
+    return ScriptResult(phase, path, (), status, (), err.azure_name, err.azure_code, str(err))
+
+
+# -- session hooks ----------------------------------------------------------------
+
+
+class SessionHook:
+    """A started session hook: alive across the window until :meth:`release`."""
+
+    def __init__(
+        self,
+        hook: Hook,
+        checked: CheckedScript,
+        policy: ScriptPolicy,
+        env: Mapping[str, str],
+        run_id: str,
+        notify_dir: str,
+    ) -> None:
+        self.hook = hook
+        self.checked = checked
+        self.policy = policy
+        self.ready_ns: int | None = None
+        self.released_ns: int | None = None
+        self.notify_path = os.path.join(notify_dir, f"notify-{run_id}-{hook.name}")
+        self._stack = contextlib.ExitStack()
+        self.cgroup = ScriptCgroup.create(f"{run_id}-session-{hook.name}")
+        self.isolation = "cgroup" if self.cgroup is not None else "process-group"
+        if self.cgroup is not None:
+            self._stack.callback(self.cgroup.close)
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._stack.callback(self.notify.close)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.notify_path)
+        self.notify.bind(self.notify_path)
+        self._stack.callback(_unlink_quietly, self.notify_path)
+        environ = script_environment(
+            checked, 1, 1, policy.timeout_s, {**env, "NOTIFY_SOCKET": self.notify_path}
+        )
+        path, argv = script_argv(checked, ["session"])
+        in_r, self.stdin_w = os.pipe2(os.O_CLOEXEC)
+        self.out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        self.err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (self.out_r, self.err_r):
+            self._stack.callback(os.close, fd)
+        try:
+            self.child = native.spawn(
+                argv,
+                environ,
+                path=path,
+                script_fd=checked.fd,
+                cgroup_fd=self.cgroup.fd if self.cgroup is not None else -1,
+                stdin_fd=in_r,
+                stdout_fd=out_w,
+                stderr_fd=err_w,
+            )
+        except QuiesceOSError:
+            os.close(self.stdin_w)
+            self._stack.close()
+            raise
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        self._stack.callback(self.child.close)
+        os.set_blocking(self.out_r, False)
+        os.set_blocking(self.err_r, False)
+        self._early: list[bytes] = [b"", b""]
+
+    def _drain_early(self) -> None:
+        # Output before readiness; kept small, it is reported with the rest.
+        for i, fd in enumerate((self.out_r, self.err_r)):
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(fd, 65536):
+                    self._early[i] = (self._early[i] + chunk)[-self.policy.output_tail :]
+
+    def _receive(self) -> list[str]:
+        """One notify datagram's assignments. Passed fds are closed at once.
+
+        ``systemd-notify`` follows READY=1 with ``BARRIER=1`` carrying a pipe
+        fd and waits until the receiver closes it: closing is the answer.
+        """
+        fds: list[int] = []
+        with contextlib.suppress(BlockingIOError):
+            msg, fds, _, _ = socket.recv_fds(self.notify, 4096, 16, socket.MSG_DONTWAIT)
+            for fd in fds:
+                os.close(fd)
+            return msg.decode(errors="replace").split("\n")
+        return []
+
+    def _drain_notify(self, wait_s: float = 0.0) -> None:
+        end = time.monotonic() + wait_s
+        while True:
+            left = max(0.0, end - time.monotonic())
+            if not select.select([self.notify], [], [], left)[0]:
+                return
+            if "BARRIER=1" in self._receive():
+                return
+
+    def wait_ready(self) -> bool:
+        """Wait for ``READY=1`` up to the timeout; False if it exited or timed out first."""
+        deadline = self.child.start_ns + int(self.policy.timeout_s * 1e9)
+        watch = [self.notify.fileno(), self.child.pidfd, self.out_r, self.err_r]
+        while True:
+            left = deadline - native.now_ns()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select(watch, [], [], left / 1e9)
+            self._drain_early()
+            if self.notify.fileno() in ready and "READY=1" in self._receive():
+                self.ready_ns = native.now_ns()
+                # Answer systemd-notify's barrier, which follows at once.
+                self._drain_notify(0.1)
+                return True
+            if self.child.pidfd in ready:
+                return False
+
+    def alive(self) -> bool:
+        """True while the hook process has not exited."""
+        return not select.select([self.child.pidfd], [], [], 0)[0]
+
+    def release(self) -> Attempt:
+        """Close its stdin, SIGTERM after the grace, kill the tree after another; collect it."""
+        self._drain_notify()
+        died_early = not self.alive()
+        self.released_ns = native.now_ns()
+        os.close(self.stdin_w)
+        grace_ns = int(self.policy.grace_s * 1e9)
+        sup = native.Supervision(
+            self.child,
+            deadline_ns=self.released_ns + grace_ns,
+            grace_ns=grace_ns,
+            kill_wait_ns=int(KILL_WAIT_S * 1e9),
+            cgroup_fd=self.cgroup.fd if self.cgroup is not None else -1,
+            out_fd=self.out_r,
+            err_fd=self.err_r,
+            out_cap=self.policy.output_tail,
+            err_cap=self.policy.output_tail,
+        )
+        while not sup.step():
+            pass
+        leftovers = _kill_leftovers(self.child, self.cgroup)
+        attempt = _attempt_from(1, self.child, sup, leftovers, self.isolation)
+        early_out, early_err = (b.decode(errors="replace") for b in self._early)
+        if died_early:
+            outcome = "died-early"
+        elif attempt.killed or attempt.outcome == "unkillable":
+            outcome = "timeout"  # it ignored both its stdin closing and SIGTERM
+        elif attempt.exit_code == 0 or (attempt.timed_out and attempt.signal == "SIGTERM"):
+            outcome = "ok"  # ended on its own, or by the SIGTERM of its release, as asked
+        else:
+            outcome = "failed"
+        tail = self.policy.output_tail
+        return replace(
+            attempt,
+            outcome=outcome,
+            stdout=(early_out + attempt.stdout)[-tail:],
+            stderr=(early_err + attempt.stderr)[-tail:],
+        )
+
+    def close(self) -> None:
+        """Kill it if still running and free everything (idempotent)."""
+        if self.alive():
+            with contextlib.suppress(QuiesceOSError):
+                self.child.kill_tree(self.cgroup.fd if self.cgroup is not None else -1)
+            with contextlib.suppress(OSError):
+                select.select([self.child.pidfd], [], [], KILL_WAIT_S)
+                os.waitid(os.P_PIDFD, self.child.pidfd, os.WEXITED)
+        with contextlib.suppress(OSError):
+            os.close(self.stdin_w)
+        self._stack.close()
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+# -- running the directory ----------------------------------------------------------
+
+
+@dataclass
+class HookRun:
+    """The hooks of one run: what ran before the freeze, what must run after."""
+
+    results_pre: list[ScriptResult] = field(default_factory=list)
+    results_post: list[ScriptResult] = field(default_factory=list)
+    started: list[tuple[Hook, CheckedScript | None, SessionHook | None]] = field(default_factory=list)
+    failed: ScriptResult | None = None
+
+    @property
+    def pre_ok(self) -> bool:
+        """Every hook's pre step succeeded (and every session hook became ready)."""
+        return self.failed is None
+
+
+def run_pre(
+    directory: HookDirectory,
+    pre: ScriptPolicy,
+    *,
+    env: Mapping[str, str],
+    run_id: str,
+    notify_dir: str,
+) -> HookRun:
+    """Run the pre steps in name order, stopping at the first failure."""
+    state = HookRun()
+    for hook in directory.hooks:
+        try:
+            checked = open_script(hook.path, "pre")
+        except ScriptError as err:
+            state.failed = _failed_check(err, hook.path, "pre")
+            state.results_pre.append(state.failed)
+            break
+        if hook.session:
+            result, session = _start_session(hook, checked, pre, env, run_id, notify_dir)
+            state.results_pre.append(result)
+            if session is None:
+                checked.close()
+                state.failed = result
+                break
+            state.started.append((hook, checked, session))
+            continue
+        result = run_script(checked, ["pre"], pre, env=env, run_id=f"{run_id}-{hook.name}")
+        state.results_pre.append(result)
+        if not result.ok:
+            checked.close()
+            state.failed = result
+            break
+        state.started.append((hook, checked, None))
+    return state
+
+
+def _start_session(
+    hook: Hook,
+    checked: CheckedScript,
+    policy: ScriptPolicy,
+    env: Mapping[str, str],
+    run_id: str,
+    notify_dir: str,
+) -> tuple[ScriptResult, SessionHook | None]:
+    started = time.monotonic_ns()
+    try:
+        session = SessionHook(hook, checked, policy, env, run_id, notify_dir)
+    except OSError as start_err:
+        error = ScriptExecutionFailed(f"session hook {hook.path} did not start: {start_err}", "pre")
+        return ScriptResult(
+            "pre", hook.path, ("session",), "failed", (), error.azure_name, error.azure_code, str(error)
+        ), None
+    if session.wait_ready():
+        return ScriptResult("pre", hook.path, ("session",), "ok", ()), session
+    exited = not session.alive()
+    session.close()
+    waited = (time.monotonic_ns() - started) / 1e9
+    failure: ScriptError
+    if exited:
+        failure = ScriptExecutionFailed(
+            f"session hook {hook.path} exited before it was ready (no READY=1 on $NOTIFY_SOCKET)", "pre"
+        )
+        status = "failed"
+    else:
+        failure = ScriptTimeout(f"session hook {hook.path} not ready after {waited:.1f} s; killed", "pre")
+        status = "timeout"
+    return ScriptResult(
+        "pre", hook.path, ("session",), status, (), failure.azure_name, failure.azure_code, str(failure)
+    ), None
+
+
+def check_sessions(state: HookRun) -> str | None:
+    """Name a session hook that died while it should hold the application, if any."""
+    for hook, _, session in state.started:
+        if session is not None and not session.alive():
+            return hook.path
+    return None
+
+
+def run_post(state: HookRun, post: ScriptPolicy, *, env: Mapping[str, str], run_id: str) -> None:
+    """Run the post steps (and release session hooks) in reverse order of the pre steps."""
+    for hook, checked, session in reversed(state.started):
+        try:
+            if session is not None:
+                attempt = session.release()
+                result = _session_result(hook, attempt)
+            else:
+                assert checked is not None
+                result = run_script(checked, ["post"], post, env=env, run_id=f"{run_id}-{hook.name}")
+        finally:
+            if session is not None:
+                session.close()
+            if checked is not None:
+                checked.close()
+        state.results_post.append(result)
+    state.started.clear()
+
+
+def _session_result(hook: Hook, attempt: Attempt) -> ScriptResult:
+    if attempt.outcome == "ok":
+        return ScriptResult("post", hook.path, ("session",), "ok", (attempt,))
+    if attempt.outcome == "died-early":
+        why = f"session hook {hook.path} died before its release (the application was not held)"
+    else:
+        how = (
+            f"exit status {attempt.exit_code}"
+            if attempt.exit_code is not None
+            else f"signal {attempt.signal}"
+        )
+        why = f"session hook {hook.path} failed at its release: {how}"
+    err = ScriptExecutionFailed(why, "post")
+    return ScriptResult(
+        "post", hook.path, ("session",), "failed", (attempt,), err.azure_name, err.azure_code, why
+    )
+
+
+def close_all(state: HookRun) -> None:
+    """Kill any session hook still running (error paths) and close every checked fd."""
+    for _, checked, session in state.started:
+        if session is not None:
+            session.close()
+        if checked is not None:
+            checked.close()
+    state.started.clear()
