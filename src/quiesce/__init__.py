@@ -1,32 +1,66 @@
 """quiesce: application-consistent snapshots on Linux.
 
 Freeze filesystems (FIFREEZE) for as short a window as the kernel allows,
-with a guardian process that thaws whatever happens to the caller.
+with a guardian process that thaws whatever happens to the caller, and run
+Azure Backup's pre/post-scripts around it.
 
-The public API::
+Embedding it::
 
-    plan = quiesce.make_plan(["/data", "/var/lib/db"])
-    with quiesce.frozen(plan.targets, quiesce.FreezeOptions(timeout_s=10)) as f:
+    import quiesce
+
+    # Freeze for a snapshot you take yourself (the guardian thaws at 10 s regardless):
+    with quiesce.frozen(["/var/lib/db", "/var/log/db"], timeout=10) as window:
         take_snapshot()
-    print(f.report.window_ns)
+    print(window.report.window_ns)
+
+    # The whole Azure-compatible job, with your snapshot inside the window:
+    result = quiesce.run("/etc/azure/VMSnapshotScriptPluginConfig.json", snapshot=take_snapshot)
+    print(result.consistency, result.to_dict())
+
+Nothing here keeps global state; every result is a dataclass with
+``to_dict()`` for JSON. Errors derive from :class:`QuiesceError`.
 """
 
+from __future__ import annotations
+
+from quiesce.config import LoadedConfig, PluginConfig, parse_config
 from quiesce.errors import (
+    ConfigError,
     FreezeError,
     FreezeNotSupportedError,
     FreezeTimeoutError,
     FrozenByOtherError,
+    IncorrectJSONConfigFile,
     LockHeldError,
     NotFrozenError,
     QuiesceError,
+    ScriptError,
     TargetError,
     ThawError,
 )
 from quiesce.freeze import FilesystemResult, Freeze, FreezeOptions, FreezeReport, frozen
 from quiesce.mounts import Plan, Skipped, SkipReason, Target
-from quiesce.plan import make_plan
+from quiesce.plan import make_plan as plan
+from quiesce.run import (
+    APPLICATION,
+    CRASH,
+    FAILED,
+    FILESYSTEM,
+    RunOptions,
+    RunResult,
+    SnapshotStep,
+    load_checked_config,
+)
+from quiesce.run import run as _run
+from quiesce.scripts import Attempt, ScriptResult
 
 __all__ = [
+    "APPLICATION",
+    "CRASH",
+    "FAILED",
+    "FILESYSTEM",
+    "Attempt",
+    "ConfigError",
     "FilesystemResult",
     "Freeze",
     "FreezeError",
@@ -35,15 +69,53 @@ __all__ = [
     "FreezeReport",
     "FreezeTimeoutError",
     "FrozenByOtherError",
+    "IncorrectJSONConfigFile",
+    "LoadedConfig",
     "LockHeldError",
     "NotFrozenError",
     "Plan",
+    "PluginConfig",
     "QuiesceError",
+    "RunOptions",
+    "RunResult",
+    "ScriptError",
+    "ScriptResult",
     "SkipReason",
     "Skipped",
     "Target",
     "TargetError",
     "ThawError",
     "frozen",
-    "make_plan",
+    "load_config",
+    "parse_config",
+    "plan",
+    "run",
 ]
+
+
+def load_config(path: str = "/etc/azure/VMSnapshotScriptPluginConfig.json") -> LoadedConfig:
+    """Read and validate Azure's plugin config, after checking its owner, mode and directories."""
+    return load_checked_config(path)
+
+
+def run(
+    config: str | LoadedConfig | PluginConfig | None = None,
+    *,
+    snapshot: SnapshotStep | None = None,
+    options: RunOptions | None = None,
+) -> RunResult:
+    """Run the whole job once: checks, pre-script, freeze, ``snapshot()``, thaw, post-script.
+
+    ``config`` is a config file path (checked and validated), an already
+    loaded config, or None for ``options.config_path`` (default Azure's
+    path). ``snapshot`` is called inside the frozen window; the guardian
+    bounds it. Raises for an invalid config or a held lock; every other
+    outcome is in the returned :class:`RunResult`.
+    """
+    opts = options or RunOptions()
+    if isinstance(config, str):
+        opts = RunOptions(**{**opts.__dict__, "config_path": config})
+        return _run(opts, snapshot=snapshot)
+    if isinstance(config, PluginConfig):
+        config = LoadedConfig(config, (), "<api>")
+    return _run(opts, config=config, snapshot=snapshot)

@@ -12,6 +12,7 @@ Nothing in this module writes to a file between :meth:`Freeze.freeze` and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -337,13 +338,32 @@ class Freeze:
 
 
 @contextlib.contextmanager
-def frozen(targets: Sequence[Target], options: FreezeOptions | None = None) -> Iterator[Freeze]:
+def frozen(
+    targets: Sequence[Target | str],
+    options: FreezeOptions | None = None,
+    *,
+    timeout: float | None = None,
+) -> Iterator[Freeze]:
     """Freeze ``targets`` for the body of a ``with`` block, then thaw.
 
-    The guardian thaws on its own if the block outlives ``options.timeout_s``
-    or the process dies. The report is in ``freeze.report`` after the block.
+    ``targets`` are planned :class:`Target` objects or mount point paths
+    (planned here, in a safe order; a path that cannot be frozen raises
+    TargetError). ``timeout`` (seconds) overrides ``options.timeout_s``. The
+    guardian thaws on its own if the block outlives the timeout or the
+    process dies. The report is in ``freeze.report`` after the block.
     """
-    f = Freeze(targets, options)
+    if any(isinstance(t, str) for t in targets):
+        from quiesce.plan import check_explicit, make_plan
+
+        paths = [t if isinstance(t, str) else t.mount.mount_point for t in targets]
+        plan = make_plan(paths, vmbackup_conf=None)
+        check_explicit(plan, paths)
+        planned: Sequence[Target] = plan.targets
+    else:
+        planned = [t for t in targets if not isinstance(t, str)]
+    if timeout is not None:
+        options = dataclasses.replace(options or FreezeOptions(), timeout_s=timeout)
+    f = Freeze(planned, options)
     with f:
         f.prepare()
         f.freeze()
