@@ -623,29 +623,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``quiesce demo``."""
     from quiesce.demo import run_demo
 
-    result = run_demo(timeout_s=args.timeout)
+    result, outcome = run_demo(timeout_s=args.timeout)
     if args.json:
         emit_json(result.to_dict(), sys.stdout)
         return Exit.OK if result.consistent else Exit.ERROR
-    report = result.report
-    print("sandbox: host xfs holding two disk images, loop-mounted as guests db (ext4) and logs (xfs),")
-    print("         an application appending numbered records to both, fsync after each")
-    window, flush = human_ns(report["window_ns"]), human_ns(report["preflush_ns"])
-    print(f"frozen window {window} (pre-flush before it {flush})")
-    for t in report["targets"]:
-        print(
-            f"  {t['mount_point']:<44} {t['fstype']:<5} freeze {human_ns(t['freeze_ns']):>9}"
-            f"  thaw {human_ns(t['thaw_ns']):>9}  {t['state']}"
-        )
-    print(f"reflink snapshots of both disks inside the window: {human_ns(result.snapshot_ns)}")
+    print("sandbox: a host xfs holding two disk images, loop-mounted as guests db (ext4) and logs (xfs);")
+    print("         an application appends numbered records to both, fsync after each")
+    print("quiesce run: pre-script asks for a checkpoint, freeze, reflink both disks, thaw, post-script")
+    print_run(outcome, sys.stdout)
+    if outcome.freeze is not None:
+        for t in outcome.freeze.targets:
+            print(
+                f"  {t.mount_point:<44} {t.fstype:<5} freeze {human_ns(t.freeze_ns):>9}"
+                f"  thaw {human_ns(t.thaw_ns):>9}  {t.state}"
+            )
+    for res in (outcome.pre, outcome.post):
+        if res is not None and res.attempts:
+            print(f"  {res.phase}-script said: {res.attempts[-1].stdout.strip()}")
     resumed = result.records_after - result.records_before
     print(f"application resumed after thaw: {resumed} more records in 0.3 s")
     for s in result.snapshots:
         fsck = "clean" if s.fsck_ok else f"NOT CLEAN ({s.fsck_output})"
         name = os.path.basename(s.image)
-        print(f"snapshot {name} ({s.fstype}) restored: fsck {fsck}; last record {s.last_record}")
-    verdict = "consistent with each other" if result.consistent else "NOT consistent"
-    print(f"snapshots are {verdict} (log's last record equals db's or is one behind)")
+        print(f"snapshot {name} ({s.fstype}) restored: fsck {fsck}; ends with {s.last_line!r}")
+    verdict = "both end at the same checkpoint" if result.consistent else "NOT consistent"
+    print(f"snapshots: {verdict}")
     return Exit.OK if result.consistent else Exit.ERROR
 
 
