@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 
 #define MSG_BEGIN 'B'
 #define MSG_END 'E'
+#define MSG_READY 'R'
 
 /* ---- a tiny async-signal-safe line writer ------------------------------ */
 
@@ -187,6 +189,14 @@ static void orphaned(struct qz_session *s)
     }
     if (clean && s->ledger_path[0] != '\0')
         unlink(s->ledger_path);
+    /* Undo a system setting the orchestrator changed for the window. */
+    if (s->restore_fd >= 0 && s->restore_len > 0) {
+        ssize_t rc;
+
+        do
+            rc = pwrite(s->restore_fd, s->restore_value, (size_t)s->restore_len, 0);
+        while (rc < 0 && errno == EINTR);
+    }
 }
 
 /* ---- the watch loop ----------------------------------------------------- */
@@ -295,6 +305,7 @@ static void detach(int devnull, const int *keep, size_t nkeep)
     {
         sigset_t none;
 
+        /* Dispositions are set: now signals may arrive (the parent blocked them). */
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
     }
@@ -371,12 +382,30 @@ static int cmp_int(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static int wait_ready(int sock)
+{
+    struct pollfd pfd = { .fd = sock, .events = POLLIN };
+    struct timespec ts = { .tv_sec = 5, .tv_nsec = 0 };
+    char msg = 0;
+    int rc;
+
+    do
+        rc = ppoll(&pfd, 1, &ts, NULL);
+    while (rc < 0 && errno == EINTR);
+    if (rc <= 0)
+        return rc == 0 ? ETIMEDOUT : errno;
+    if (recv(sock, &msg, 1, MSG_DONTWAIT) != 1 || msg != MSG_READY)
+        return ECHILD;
+    return 0;
+}
+
 int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
                     int64_t step_timeout_ns, int report_fd, int keep_fd,
                     const char *ledger_path)
 {
     int sv[2], devnull, *keep;
     size_t nkeep = 0, i;
+    sigset_t all, old;
     pid_t pid;
     int err;
 
@@ -392,7 +421,7 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
     if (ledger_path != NULL)
         strcpy(s->ledger_path, ledger_path);
 
-    keep = malloc((s->n + 3) * sizeof(*keep));
+    keep = malloc((s->n + 4) * sizeof(*keep));
     if (keep == NULL)
         return -ENOMEM;
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -413,16 +442,28 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
         keep[nkeep++] = report_fd;
     if (keep_fd >= 0)
         keep[nkeep++] = keep_fd;
+    if (s->restore_fd >= 0)
+        keep[nkeep++] = s->restore_fd;
     for (i = 0; i < s->n; i++)
         keep[nkeep++] = s->fs[i].fd;
     qsort(keep, nkeep, sizeof(*keep), cmp_int);
 
+    /*
+     * Signals stay blocked from fork until the guardian has ignored them: a
+     * Ctrl-C or SIGTERM to the caller's group right after fork cannot kill it.
+     */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     pid = fork();
     if (pid == 0) {
+        char ready = MSG_READY;
+
         detach(devnull, keep, nkeep);
+        send(sv[1], &ready, 1, MSG_NOSIGNAL);
         guardian_main(s, sv[1]);
     }
     err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     free(keep);
     close(devnull);
     close(sv[1]);
@@ -435,6 +476,31 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
 #ifdef SYS_pidfd_open
     s->guardian_pidfd = (int32_t)syscall(SYS_pidfd_open, pid, 0);
 #endif
+    /* Armed means detached, signals ignored, watching: wait for it to say so. */
+    err = wait_ready(sv[0]);
+    if (err != 0) {
+        kill(pid, SIGKILL);
+        qz_guardian_disarm(s, 1000000000LL);
+        return -err;
+    }
+    return 0;
+}
+
+/*
+ * Before arming: if the orchestrator dies, the guardian writes `value` to
+ * `fd` (at offset 0) after thawing. The caller uses it to undo a system
+ * setting it changed for the window.
+ */
+int qz_guardian_restore_on_orphan(struct qz_session *s, int fd,
+                                  const char *value, uint32_t len)
+{
+    if (s->guardian_pid > 0)
+        return -EALREADY;
+    if (len > sizeof(s->restore_value))
+        return -EINVAL;
+    memcpy(s->restore_value, value, len);
+    s->restore_len = (int32_t)len;
+    s->restore_fd = fd;
     return 0;
 }
 
