@@ -66,6 +66,9 @@ struct qz_session {
     int32_t guardian_status;   /* wait status once reaped, else -1 */
     int32_t report_fd;
     int32_t keep_fd;
+    int32_t restore_fd;        /* written with restore_value if orphaned; -1: none */
+    int32_t restore_len;
+    char restore_value[16];
     char ledger_path[4096];
     struct qz_fs fs[];
 };

@@ -173,6 +173,7 @@ def _freeze_options(args: argparse.Namespace) -> FreezeOptions:
         step_timeout_s=args.step_timeout,
         preflush=not args.no_preflush,
         run_dir=args.run_dir,
+        expedite_rcu=args.expedite_rcu,
     )
 
 
@@ -409,6 +410,17 @@ def thaw_from_ledger(led: ledger_mod.Ledger) -> list[dict[str, str]]:
     return results
 
 
+def _restore_rcu(value: str) -> bool:
+    from quiesce.rcu import RCU_EXPEDITED
+
+    try:
+        with open(RCU_EXPEDITED, "w") as f:
+            f.write(value)
+    except OSError:
+        return False
+    return True
+
+
 def cmd_thaw(args: argparse.Namespace) -> int:
     """``quiesce thaw``."""
     out: dict[str, Any] = {}
@@ -447,6 +459,8 @@ def cmd_thaw(args: argparse.Namespace) -> int:
         else:
             with lock_mod.FreezeLock(args.run_dir):
                 results = thaw_from_ledger(led_now)
+                if led_now.rcu_expedited_restore is not None:
+                    out["rcu_expedited_restored"] = _restore_rcu(led_now.rcu_expedited_restore)
             out["recovered"] = results
             if any(r["outcome"].startswith("error") for r in results):
                 code = Exit.THAW_FAILED
@@ -789,6 +803,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold", action="store_true", help="return once frozen; release with `quiesce thaw`")
     p.add_argument("--no-stdin", action="store_true", help="do not release on stdin")
     p.add_argument("--no-preflush", action="store_true", help="skip the parallel syncfs() before freezing")
+    p.add_argument(
+        "--expedite-rcu",
+        action="store_true",
+        help="expedite RCU grace periods for the window (/sys/kernel/rcu_expedited, system-wide, "
+        "restored after): a freeze after a quiet spell costs ~1 ms per filesystem instead of tens",
+    )
     _add_selection(p)
     p.set_defaults(func=cmd_freeze)
 

@@ -172,6 +172,7 @@ def _demo_config(base: Path, host: LoopFs, guests: list[LoopFs], pidfile: Path, 
             "targets": [str(g.mount_point) for g in guests],
             "freezeTimeoutSeconds": timeout_s,
             "hookDirectory": str(base / "hooks.d"),
+            "expediteRcu": True,
             "snapshot": {
                 "mode": "command",
                 "argv": ["/bin/sh", "-c", copies],

@@ -25,6 +25,7 @@ from quiesce.lock import FreezeLock
 from quiesce.mounts import Target
 from quiesce.native import Child, FsRecord, GuardianRecord, Session, Supervision, now_ns
 from quiesce.procs import mount_id_of_fd, start_time
+from quiesce.rcu import RCU_EXPEDITED, ExpeditedRcu
 
 #: Where the lock, the ledger and the guardian's log live. tmpfs on a normal
 #: system, so never frozen.
@@ -45,6 +46,9 @@ class FreezeOptions:
     step_timeout_s: float | None = None
     preflush: bool = True
     run_dir: str = RUN_DIR
+    #: Expedite RCU grace periods for the window (see quiesce.rcu): a cold
+    #: FIFREEZE then costs about a millisecond instead of tens.
+    expedite_rcu: bool = False
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -92,6 +96,8 @@ class FreezeReport:
     guardian_deadline_at_ns: int | None = None
     error: str | None = None
     error_type: str | None = None
+    rcu_expedited: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -197,6 +203,8 @@ class Freeze:
         self._guardian: int | None = None
         self._ledger_written = False
         self._closed = False
+        self._rcu: ExpeditedRcu | None = None
+        self._warnings: list[str] = []
 
     # -- steps --------------------------------------------------------------
 
@@ -208,6 +216,8 @@ class Freeze:
             self._fds.append(open_target(target))
         self._log_fd = self._open_log()
         self._session = Session(self._fds, [t.mount.mount_point for t in self.targets])
+        if opts.expedite_rcu:
+            self._open_rcu(self._session)
         ledger_file = ledger_mod.ledger_path(opts.run_dir)
         guardian = self._guardian = self._session.arm(
             int(opts.timeout_s * 1e9),
@@ -227,6 +237,7 @@ class Freeze:
                 guardian_start=start_time(guardian),
                 created_unix=time.time(),
                 timeout_s=opts.timeout_s,
+                rcu_expedited_restore=None if self._rcu is None else self._rcu.original.decode(),
                 filesystems=tuple(
                     ledger_mod.LedgerEntry(t.mount.mount_point, t.mount.dev, t.mount.mount_id, t.mount.fstype)
                     for t in self.targets
@@ -236,6 +247,20 @@ class Freeze:
         self._ledger_written = True
         if opts.preflush:
             self._session.preflush()
+        if self._rcu is not None:
+            # Last thing before the first FIFREEZE; restored right after the last FITHAW.
+            self._rcu.enable()
+
+    def _open_rcu(self, session: Session) -> None:
+        try:
+            rcu = ExpeditedRcu()
+        except OSError as err:
+            self._warnings.append(f"expedite-rcu: cannot open {RCU_EXPEDITED}: {err.strerror}")
+            return
+        if ExpeditedRcu.overridden():
+            self._warnings.append("expedite-rcu: /sys/kernel/rcu_normal is 1, which overrides it")
+        session.restore_on_orphan(rcu.fd, rcu.original)
+        self._rcu = rcu
 
     def freeze(self) -> None:
         """FIFREEZE every target in order; on failure nothing stays frozen."""
@@ -285,16 +310,20 @@ class Freeze:
                 s.thaw()
             except ThawError as err:
                 thaw_err = err
+            expedited = self._restore_rcu()
             with contextlib.suppress(QuiesceError):
                 s.disarm()
             records, guardian = s.records(), s.guardian()
             self.report = build_report(self.run_id, self.targets, records, guardian, self._guardian)
+            self.report.rcu_expedited = expedited
+            self.report.warnings.extend(self._warnings)
             s.close()
             self._session = None
             if thaw_err is None and self._ledger_written:
                 ledger_mod.remove(self.options.run_dir)
         elif self._ledger_written:
             ledger_mod.remove(self.options.run_dir)
+        self._restore_rcu()
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
@@ -306,6 +335,18 @@ class Freeze:
         if thaw_err is not None:
             self.record_error(thaw_err)
             raise thaw_err
+
+    def _restore_rcu(self) -> bool:
+        """Put rcu_expedited back; True if it had been expedited for the window."""
+        rcu, self._rcu = self._rcu, None
+        if rcu is None:
+            return False
+        was = rcu.enabled
+        try:
+            rcu.close()
+        except OSError as err:
+            self._warnings.append(f"expedite-rcu: restoring {RCU_EXPEDITED} failed: {err.strerror}")
+        return was
 
     def record_error(self, err: BaseException) -> None:
         """Note the error that ended the freeze in the report."""

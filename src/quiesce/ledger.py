@@ -51,6 +51,8 @@ class Ledger:
     created_unix: float
     timeout_s: float
     filesystems: tuple[LedgerEntry, ...] = field(default_factory=tuple)
+    #: The rcu_expedited value to put back if the freeze expedited RCU.
+    rcu_expedited_restore: str | None = None
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +82,7 @@ class Ledger:
                     )
                     for e in d["filesystems"]
                 ),
+                rcu_expedited_restore=d.get("rcu_expedited_restore"),
                 version=int(d.get("version", VERSION)),
             )
         except (KeyError, TypeError, ValueError) as err:

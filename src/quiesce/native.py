@@ -191,6 +191,12 @@ class Session:
             raise GuardianError(-rc, "arming the guardian")
         return int(self._raw().guardian_pid)
 
+    def restore_on_orphan(self, fd: int, value: bytes) -> None:
+        """Before :meth:`arm`: if this process dies, the guardian writes ``value`` to ``fd``."""
+        rc = int(lib.qz_guardian_restore_on_orphan(self._raw(), fd, value, len(value)))
+        if rc != 0:
+            raise GuardianError(-rc, "setting the guardian's restore action")
+
     def freeze(self) -> None:
         """FIFREEZE every filesystem in order; on failure the frozen ones are thawed."""
         rc = int(lib.qz_freeze(self._raw()))

@@ -403,7 +403,10 @@ def _window(
                 vmbackup_conf=options.vmbackup_conf,
             )
             opts = FreezeOptions(
-                timeout_s=ext.freeze_timeout_s, preflush=ext.preflush, run_dir=options.run_dir
+                timeout_s=ext.freeze_timeout_s,
+                preflush=ext.preflush,
+                run_dir=options.run_dir,
+                expedite_rcu=ext.expedite_rcu,
             )
             freeze = Freeze(plan.targets, opts)
             with freeze:

@@ -85,6 +85,7 @@ def full_sample() -> dict[str, Any]:
             "timeoutSeconds": 10,
         },
         "preflush": False,
+        "expediteRcu": True,
     }
     return data
 
@@ -202,6 +203,7 @@ def test_extension_defaults():
     assert absent.hook_directory is None
     assert absent.snapshot == SnapshotSpec(SnapshotMode.NONE)
     assert absent.preflush is True
+    assert absent.expedite_rcu is False
 
 
 def test_full_config_parses_every_field():
@@ -220,6 +222,7 @@ def test_full_config_parses_every_field():
             SnapshotMode.COMMAND, ("/usr/bin/cp", "--reflink=always", "a", "b"), timeout_s=10.0
         ),
         preflush=False,
+        expedite_rcu=True,
     )
 
 
@@ -374,6 +377,7 @@ BAD_VALUES = [
     ((Q, "hookDirectory"), False, ["quiesce.hookDirectory = false", "absolute path"]),
     ((Q, "preflush"), "false", ['quiesce.preflush = "false"', "boolean", "not a string"]),
     ((Q, "preflush"), None, ["quiesce.preflush = null", "boolean"]),
+    ((Q, "expediteRcu"), "true", ['quiesce.expediteRcu = "true"', "boolean"]),
     ((Q, "snapshot"), None, ["quiesce.snapshot = null", "a JSON object"]),
     ((Q, "snapshot"), "none", ['quiesce.snapshot = "none"', "a JSON object"]),
     ((Q, "snapshot"), {}, ["quiesce.snapshot.mode is missing", '"none", "command", "hold"']),
@@ -967,6 +971,7 @@ def extensions(draw: st.DrawFn) -> Extensions:
         hook_directory=draw(st.none() | ABSOLUTE),
         snapshot=draw(snapshots(freeze)),
         preflush=draw(st.booleans()),
+        expedite_rcu=draw(st.booleans()),
     )
 
 
