@@ -20,6 +20,8 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -331,13 +333,13 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
                                                     int sock)
 {
     struct pollfd pfd = { .fd = sock, .events = POLLIN };
+    int timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
     int64_t anchor = 0;
     int begun = 0;
 
     for (;;) {
         int64_t now = qz_now_ns();
         int64_t wake = -1;
-        struct timespec ts;
         int rc;
 
         if (begun && qz_load(&s->guard_reason) == QZ_FIRED_NONE) {
@@ -345,13 +347,17 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
             if (qz_load(&s->guard_reason) == QZ_FIRED_NONE)
                 wake = next_wake(s, anchor);
         }
-        if (wake >= 0)
-            to_timespec(wake - now, &ts);
-        rc = ppoll(&pfd, 1, wake >= 0 ? &ts : NULL, NULL);
-        if (rc < 0 && errno == EINTR)
+        pfd.revents = 0;
+        rc = qz_wait_until(&pfd, 1, timer, wake);
+        if (rc == -EINTR || rc == 0)
             continue;
-        if (rc <= 0)
+        if (rc < 0) {
+            /* Cannot wait: never leave a freeze unguarded. Look again soon. */
+            struct timespec pause = { 0, 1000000 };
+
+            nanosleep(&pause, NULL);
             continue;
+        }
         if (pfd.revents & POLLIN) {
             char msg = 0;
             ssize_t n = recv(sock, &msg, 1, MSG_DONTWAIT);

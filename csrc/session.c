@@ -3,9 +3,12 @@
 #include "session.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/timerfd.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t qz_now_ns(void)
 {
@@ -63,4 +66,57 @@ int32_t qz_fs_state(struct qz_session *s, uint32_t i)
     if (i >= s->n)
         return -EINVAL;
     return qz_load(&s->fs[i].state);
+}
+
+int qz_wait_until(struct pollfd *pfd, unsigned int n, int timer_fd,
+                  int64_t deadline_ns)
+{
+    struct pollfd all[8];
+    struct timespec rel, *timeout = NULL;
+    unsigned int i, m = n;
+    int rc, timer_ready = 0;
+
+    if (n > 7)
+        return -EINVAL;
+    memcpy(all, pfd, n * sizeof(*pfd));
+    if (deadline_ns >= 0 && timer_fd >= 0) {
+        struct itimerspec its;
+
+        memset(&its, 0, sizeof(its));
+        /* 0 would disarm the timer: a deadline already past is 1 ns. */
+        its.it_value.tv_sec = deadline_ns / 1000000000LL;
+        its.it_value.tv_nsec = deadline_ns % 1000000000LL;
+        if (deadline_ns <= 0)
+            its.it_value.tv_nsec = 1;
+        if (timerfd_settime(timer_fd, TFD_TIMER_ABSTIME, &its, NULL) != 0)
+            return -errno;
+        all[m].fd = timer_fd;
+        all[m].events = POLLIN;
+        all[m].revents = 0;
+        m++;
+    } else if (deadline_ns >= 0) {
+        int64_t left = deadline_ns - qz_now_ns();
+
+        if (left < 0)
+            left = 0;
+        rel.tv_sec = left / 1000000000LL;
+        rel.tv_nsec = left % 1000000000LL;
+        timeout = &rel;
+    }
+    rc = ppoll(all, m, timeout, NULL);
+    if (rc < 0)
+        return -errno;
+    if (m > n && all[n].revents) {
+        uint64_t ticks;
+
+        timer_ready = 1;
+        if (read(timer_fd, &ticks, sizeof(ticks)) < 0) {
+            /* EAGAIN: re-armed meanwhile; nothing to consume. */
+        }
+    }
+    memcpy(pfd, all, n * sizeof(*pfd));
+    for (i = 0; i < n; i++)
+        if (pfd[i].revents)
+            return 1;
+    return timer_ready || rc == 0 ? 0 : 1;
 }

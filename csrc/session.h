@@ -79,6 +79,19 @@ void qz_session_free(struct qz_session *s);
 int32_t qz_fs_state(struct qz_session *s, uint32_t i);
 /* cdef-end */
 
+struct pollfd;
+
+/*
+ * Wait until one of `n` (at most 7) fds is ready or CLOCK_MONOTONIC reaches
+ * `deadline_ns` (-1: no deadline). The deadline is an absolute timerfd:
+ * poll's own timeout may expire late by 0.1% of itself (60 ms on a 60 s
+ * deadline), a timerfd does not. Returns 0 when the deadline passed, > 0
+ * when an fd is ready, -errno on failure. `timer_fd` is the caller's
+ * timerfd; -1 falls back to poll's timeout.
+ */
+int qz_wait_until(struct pollfd *pfd, unsigned int n, int timer_fd,
+                  int64_t deadline_ns);
+
 /* Atomic accessors shared by freeze.c and guardian.c. */
 static inline int32_t qz_load(const int32_t *p)
 {

@@ -1,8 +1,8 @@
 /*
  * spawn.h: start a script with a pidfd and supervise it to a deadline.
  *
- * qz_spawn() starts a child in its own session, optionally directly inside a
- * cgroup (clone3 CLONE_INTO_CGROUP), with stdin, stdout and stderr given as
+ * qz_spawn() starts a child vfork-style with a pidfd, in its own session,
+ * optionally inside a cgroup (joined before exec), with stdin, stdout and stderr given as
  * fds and the script's checked fd at fd 3. qz_supervise() waits on the pidfd
  * and both output pipes at once with ppoll() and a CLOCK_MONOTONIC deadline:
  * no polling interval, exit noticed as soon as the kernel reports it. At the
@@ -41,7 +41,7 @@ struct qz_child {
     int32_t pid;
     int32_t pidfd;
     int32_t in_cgroup;        /* 1 when the child started inside cgroup_fd */
-    int32_t used_clone3;      /* 0: the fork() fallback was used */
+    int32_t reserved;
     int64_t start_ns;
 };
 

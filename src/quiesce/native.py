@@ -381,7 +381,6 @@ class Child:
         self.pid = int(raw.pid)
         self.start_ns = int(raw.start_ns)
         self.in_cgroup = bool(raw.in_cgroup)
-        self.used_clone3 = bool(raw.used_clone3)
 
     @property
     def pidfd(self) -> int:

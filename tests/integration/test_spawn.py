@@ -112,3 +112,11 @@ def test_ring_keeps_exactly_the_last_bytes(size, cap):
     expected = bytes(i % 251 for i in range(size))
     assert res.stdout_bytes == size
     assert out == expected[-cap:] if size else out == b""
+
+
+def test_sigterm_comes_at_the_deadline_not_later():
+    """SIGTERM is sent within 10 ms of a 12 s deadline (an absolute timerfd, not poll's timeout)."""
+    child, res, _, _ = _run(["/bin/sleep", "60"], deadline_s=12, grace_s=1)
+    assert res.timed_out and res.term_signal is not None
+    late = res.term_ns - (child.start_ns + 12_000_000_000)
+    assert 0 <= late < 10_000_000, f"SIGTERM {late / 1e6:.2f} ms after the deadline"

@@ -133,5 +133,22 @@ def test_guardian_holds_no_stray_fds(fs, run_dir):
             os.path.join(run_dir, "lock"),
         ]
     )
-    assert sorted(v for v in rest if not v.startswith("socket:")) == expected
-    assert sum(v.startswith("socket:") for v in rest) == 1
+    kinds = [v for v in rest if v.startswith(("socket:", "anon_inode:"))]
+    assert sorted(v for v in rest if v not in kinds) == expected
+    # Its end of the socketpair to the orchestrator, and its deadline timer.
+    assert sorted(k.split(":")[0] for k in kinds) == ["anon_inode", "socket"]
+    assert "anon_inode:[timerfd]" in kinds
+
+
+@pytest.mark.timeout(60)
+def test_long_deadline_is_met_to_the_millisecond(fs, run_dir):
+    """A 12 s deadline is met within 10 ms: the guardian waits on an absolute timerfd.
+
+    poll()'s own timeout may expire 0.1% late (12 ms here), which this test
+    would catch.
+    """
+    with frozen(targets(fs["ext4"]), FreezeOptions(timeout_s=12, run_dir=run_dir)) as f:
+        time.sleep(12.3)
+    r = f.report
+    assert r.guardian_reason == "deadline"
+    assert 0 <= r.guardian_fired_at_ns - r.guardian_deadline_at_ns < 10_000_000
