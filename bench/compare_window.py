@@ -1,7 +1,8 @@
 """Side by side: how long each way of freezing keeps ext4 + xfs + btrfs frozen.
 
     sudo python bench/compare_window.py [--reps 100] [--cold-reps 15] [--dirty-reps 5]
-                                        [--dirty-warmup 1] [--dirty-mb 150] [--json out.json]
+                                        [--dirty-warmup 1] [--dirty-mb 150] [--no-qemu-ga]
+                                        [--json out.json]
 
 One run builds three loop-mounted filesystems (ext4, xfs, btrfs) in a private
 mount namespace and measures, interleaved round-robin within every
@@ -18,6 +19,11 @@ The contenders on clean filesystems:
                (prepare), then cycle(); window from its report.
   fsfreeze     util-linux `fsfreeze -f` on each, then `fsfreeze -u` on each:
                wall time of the six commands, process spawns included.
+  qemu_ga      the QEMU guest agent, started as a child of this process:
+               `guest-fsfreeze-freeze-list` of the three mounts, then
+               `guest-fsfreeze-thaw`; wall time around the two requests over
+               its unix socket, JSON round trips included (see bench/qga.py
+               for what it may be sent and why).
 
 The phases:
   clean, warm  freezes back to back (``--reps``): the engine's overhead over
@@ -29,7 +35,7 @@ The phases:
                before each measurement (``--dirty-reps``, after
                ``--dirty-warmup`` discarded rounds): floor, engine
                without pre-flush, engine with pre-flush (the parallel syncfs()
-               is reported on its own: it runs before the window).
+               is reported on its own: it runs before the window), qemu_ga.
 
 The window is the first FIFREEZE start to the last FITHAW end, in
 CLOCK_MONOTONIC nanoseconds. Only filesystems this script created are ever
@@ -58,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from floorprog import compile_command, compile_floor, run_floor
+from qga import GuestAgent, agent_binary, agent_version
 
 from quiesce.freeze import Freeze, FreezeOptions, open_target
 from quiesce.mounts import Target
@@ -91,6 +98,7 @@ def machine() -> dict[str, Any]:
     fsfreeze = subprocess.run(
         ["fsfreeze", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    agent = agent_binary()
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
@@ -98,6 +106,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "fsfreeze": fsfreeze,
+        "qemu_ga": agent_version(agent) if agent else None,
         "loadavg": os.getloadavg(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -133,6 +142,7 @@ class Bench:
     floor_bin: Path
     run_dir: str
     dirty_mb: int
+    agent: GuestAgent | None = None
     fds: list[int] = field(default_factory=list)
     fsfreeze: str = "fsfreeze"
     _dirty_serial: int = 0
@@ -153,7 +163,7 @@ class Bench:
             os.close(fd)
         self.fds.clear()
 
-    # -- the four contenders ----------------------------------------------
+    # -- the contenders ---------------------------------------------------
 
     def floor(self) -> Sample:
         """One window of the C floor (one process per window; its start is outside)."""
@@ -228,6 +238,12 @@ class Bench:
         for mp in reversed(self.mounts):
             subprocess.run([self.fsfreeze, "-u", mp], check=True)
         return {"window_ns": time.monotonic_ns() - t0}
+
+    def qemu_ga(self) -> Sample:
+        """The guest agent: freeze-list of the three mounts, then thaw; both round trips timed."""
+        if self.agent is None:
+            raise RuntimeError("qemu-ga was not started")
+        return dict(self.agent.window(self.mounts))
 
     # -- dirtying ---------------------------------------------------------
 
@@ -356,7 +372,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line, checked."""
     p = argparse.ArgumentParser(
         prog="compare_window.py",
-        description="Frozen-window comparison: C floor, quiesce engine, Freeze path, fsfreeze.",
+        description="Frozen-window comparison: C floor, quiesce engine, Freeze path, fsfreeze, qemu-ga.",
     )
     p.add_argument("--reps", type=int, default=100, help="warm clean reps (default 100)")
     p.add_argument("--warmup", type=int, default=3, help="discarded rounds first (default 3)")
@@ -366,6 +382,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--dirty-warmup", type=int, default=1, help="discarded dirty rounds first (default 1)")
     p.add_argument("--dirty-mb", type=int, default=150, help="MiB written to each fs per dirty rep")
     p.add_argument("--image-mb", type=int, default=1024, help="sparse image size (default 1024)")
+    p.add_argument("--no-qemu-ga", action="store_true", help="leave the QEMU guest agent out")
     p.add_argument("--json", metavar="PATH", help="write every sample and summary here")
     args = p.parse_args(argv)
     if args.reps < 1 or min(args.warmup, args.cold_reps, args.dirty_reps, args.dirty_warmup) < 0:
@@ -402,18 +419,34 @@ def print_header(doc: dict[str, Any]) -> None:
     print(f"command: {doc['command']}")
     print(
         f"machine: nproc {m['nproc']}, {m['cpu_model']}, kernel {m['kernel']}, "
-        f"python {m['python']}, {m['fsfreeze']}, loadavg {m['loadavg'][0]:.2f}"
+        f"python {m['python']}, {m['fsfreeze']}, {m.get('qemu_ga') or 'no qemu-ga'}, "
+        f"loadavg {m['loadavg'][0]:.2f}"
     )
 
 
+QEMU_GA_LABEL = "qemu-ga freeze-list + thaw (2 JSON RTTs)"
+
+
 def clean_contenders(bench: Bench) -> list[Contender]:
-    """The four contenders of the clean phases, floor first."""
-    return [
+    """The contenders of the clean phases, floor first; qemu-ga when it runs."""
+    contenders: list[Contender] = [
         ("floor", "floor (C: FIFREEZE x3, FITHAW x3)", bench.floor),
         ("engine", "engine Session.cycle(), guardian armed", bench.engine),
         ("freeze_path", "Freeze path (lock+ledger+guardian+preflush)", bench.freeze_path),
         ("fsfreeze", "fsfreeze -f x3, -u x3 (incl. 6 spawns)", bench.fsfreeze_cli),
     ]
+    if bench.agent is not None:
+        contenders.append(("qemu_ga", QEMU_GA_LABEL, bench.qemu_ga))
+    return contenders
+
+
+def print_agent_split(samples: dict[str, list[Sample]]) -> None:
+    """The guest agent's two round trips, each on its own row."""
+    if "qemu_ga" not in samples:
+        return
+    qga = samples["qemu_ga"]
+    print_extra("  qemu-ga freeze-list request -> reply", [s["freeze_rtt_ns"] for s in qga])
+    print_extra("  qemu-ga thaw request -> reply", [s["thaw_rtt_ns"] for s in qga])
 
 
 def warm_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> None:
@@ -439,6 +472,7 @@ def warm_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
     eng, fp = samples["engine"], samples["freeze_path"]
     print_extra("  engine cycle() seen from Python (cffi call)", [s["call_ns"] for s in eng])
     print_extra("  Freeze path pre-flush (outside the window)", [s["preflush_ns"] or 0 for s in fp])
+    print_agent_split(samples)
     mounts = bench.mounts
     print(f"  engine median FIFREEZE per fs:      {per_fs_medians(eng, mounts, 'freeze_ns')}")
     print(f"  engine median FITHAW per fs:        {per_fs_medians(eng, mounts, 'thaw_ns')}")
@@ -448,6 +482,11 @@ def warm_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
         "  which takes out of its window what a thaw leaves for the next FIFREEZE to write.\n"
         "  fsfreeze: wall time of 6 commands from Python; process spawns are its cost."
     )
+    if bench.agent is not None:
+        print(
+            "  qemu-ga: wall time from sending freeze-list to the thaw's reply, two JSON round\n"
+            "  trips over its unix socket and its mountinfo reads included: what using it costs."
+        )
     ratio = summary["engine"]["ratio_to_floor"]
     verdict = "met" if ratio <= 1.15 else "NOT met"
     print(f"  goal: engine median within 1.15x of the floor: {ratio:.2f}x, {verdict}")
@@ -470,6 +509,7 @@ def cold_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
         "interleaved reps, window in ms",
         summary,
     )
+    print_agent_split(samples)
     eng = samples["engine"]
     print(f"  engine median FIFREEZE per fs: {per_fs_medians(eng, bench.mounts, 'freeze_ns')}")
     print(
@@ -486,6 +526,8 @@ def dirty_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> 
         ("engine", "engine, no pre-flush", bench.engine),
         ("engine_preflush", "engine, after pre-flush", lambda: bench.engine(True)),
     ]
+    if bench.agent is not None:
+        contenders.append(("qemu_ga", "qemu-ga freeze-list + thaw (no pre-flush)", bench.qemu_ga))
     # The first dirty rounds land on never-written blocks of the sparse images
     # and run several times slower: discard them like the clean warm-up.
     warm = interleaved(contenders, args.dirty_warmup, before_each=bench.make_dirty, progress="dirty warm-up")
@@ -509,6 +551,7 @@ def dirty_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> 
     )
     print_extra("  pre-flush (parallel syncfs, before window)", [s["preflush_ns"] for s in pf])
     print_extra("  pre-flush + window", [s["preflush_ns"] + s["window_ns"] for s in pf])
+    print_agent_split(samples)
     every = [s for v in samples.values() for s in v]
     print_extra(f"  writing 3 x {args.dirty_mb} MiB (not timed)", [s["write_ns"] for s in every])
     dirty = statistics.median(s["meminfo_dirty_kb"] for s in every) / 1024
@@ -540,6 +583,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         bench = Bench(targets, floor_bin, run_dir, args.dirty_mb)
         bench.open()
         stack.callback(bench.close)  # before the sandbox unmounts
+        binary = None if args.no_qemu_ga else agent_binary()
+        if binary is not None:
+            # Stopped before the sandbox is torn down (the stack unwinds in reverse).
+            sandbox_mounts = {t.mount.mount_point: t.mount.source for t in targets}
+            bench.agent = stack.enter_context(GuestAgent(binary, work, sandbox_mounts))
+            bench.agent.start()
+            doc["qemu_ga_argv"] = bench.agent.argv
         doc["filesystems"] = [
             {
                 "fstype": t.mount.fstype,
@@ -555,6 +605,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             f"loop images, built in {time.monotonic() - t0:.1f} s"
         )
         print(f"floor: {doc['floor_compile']}")
+        if bench.agent is not None:
+            print(
+                f"qemu-ga: pid {bench.agent.proc.pid if bench.agent.proc else '?'}, unix socket in $TMP, "
+                "every RPC but guest-sync, guest-fsfreeze-freeze-list and guest-fsfreeze-thaw disabled"
+            )
+        elif not args.no_qemu_ga:
+            print("qemu-ga: not installed, left out (apt-get install qemu-guest-agent)")
         bench.settle()
         first = bench.first_freezes()
         doc["first_freeze_after_mkfs_ns"] = {Path(mp).name: ns for mp, ns in first.items()}

@@ -91,7 +91,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     rows = config.stash.get(_FIGURES, [])
     if not rows:
         return
-    terminalreporter.section("freeze figures (extra_info)")
+    terminalreporter.section("figures (extra_info)")
     for name, figures in rows:
         terminalreporter.write_line(name)
         for key, value in figures.items():
