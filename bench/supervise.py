@@ -588,9 +588,9 @@ def timeout_phase(stamp_bin: Path, args: argparse.Namespace, doc: dict[str, Any]
     print(
         "  quiesce counts the grace from the SIGTERM it sent; so do the other two. A poll loop\n"
         "  notices the deadline at its next poll: late by up to one period (with T < P here,\n"
-        "  by P - T), and the SIGKILL one more period later. ppoll() lets the kernel add a slack\n"
-        "  of 0.1% of the timeout (at most 100 ms; fs/select.c select_estimate_accuracy), so\n"
-        "  quiesce's lateness grows with T; CPython's sleeps of <= 50 ms get only the 50 us timer slack."
+        "  by P - T), and the SIGKILL one more period later. quiesce waits on an absolute timerfd\n"
+        "  (poll()'s own timeout may expire 0.1% late: fs/select.c select_estimate_accuracy), so its\n"
+        "  lateness does not grow with T; CPython's sleeps of <= 50 ms get the 50 us timer slack."
     )
 
 
