@@ -70,6 +70,7 @@ from quiesce.freeze import Freeze, FreezeOptions, open_target
 from quiesce.mounts import Target
 from quiesce.native import Session, now_ns
 from quiesce.plan import check_explicit, make_plan
+from quiesce.rcu import RCU_EXPEDITED, ExpeditedRcu
 from quiesce.sandbox import Sandbox, enter_private_mount_namespace
 
 FSTYPES = ("ext4", "xfs", "btrfs")
@@ -207,9 +208,24 @@ class Bench:
                 sample["preflush_errnos"] = errs
         return sample
 
-    def freeze_path(self) -> Sample:
+    def engine_rcu(self) -> Sample:
+        """The engine with /sys/kernel/rcu_expedited set around the cycle, then restored."""
+        rcu = ExpeditedRcu()
+        try:
+            rcu.enable()
+            return self.engine()
+        finally:
+            rcu.close()
+
+    def freeze_path_rcu(self) -> Sample:
+        """The production path with FreezeOptions(expedite_rcu=True)."""
+        return self.freeze_path(expedite_rcu=True)
+
+    def freeze_path(self, expedite_rcu: bool = False) -> Sample:
         """The production path: Freeze.prepare() (lock, ledger, guardian, pre-flush), cycle()."""
-        opts = FreezeOptions(timeout_s=GUARD_TIMEOUT_NS / 1e9, run_dir=self.run_dir)
+        opts = FreezeOptions(
+            timeout_s=GUARD_TIMEOUT_NS / 1e9, run_dir=self.run_dir, expedite_rcu=expedite_rcu
+        )
         with Freeze(self.targets, opts) as f:
             f.prepare()
             f.cycle()
@@ -495,6 +511,11 @@ def warm_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
 def cold_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> None:
     """Clean filesystems after a pause: what a real, occasional freeze costs."""
     contenders = clean_contenders(bench)
+    if os.path.exists(RCU_EXPEDITED):
+        contenders[2:2] = [
+            ("engine_rcu", "engine, rcu_expedited set around it", bench.engine_rcu),
+            ("freeze_path_rcu", "Freeze path, expedite_rcu=True", bench.freeze_path_rcu),
+        ]
 
     def pause() -> Sample:
         time.sleep(args.cold_pause)
@@ -515,7 +536,8 @@ def cold_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
     print(
         "  the first FIFREEZE of a superblock idle for more than an RCU grace period waits in\n"
         "  freeze_super -> rcu_sync_enter -> synchronize_rcu (seen in /proc/PID/stack), whoever\n"
-        "  freezes; back-to-back freezes skip it."
+        "  freezes; back-to-back freezes skip it. With /sys/kernel/rcu_expedited set (the\n"
+        "  *_rcu rows, quiesce's --expedite-rcu) that wait is an expedited grace period."
     )
 
 

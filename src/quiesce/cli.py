@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from quiesce import benchmark
 from quiesce import ledger as ledger_mod
 from quiesce import lock as lock_mod
 from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH
@@ -826,6 +827,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="MOUNT", help="FITHAW this mount point")
     p.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to wait for the holder")
     p.set_defaults(func=cmd_thaw)
+
+    benchmark.add_parser(sub, common)
 
     p = sub.add_parser(
         "demo",
