@@ -43,6 +43,8 @@ struct qz_fs {
     int32_t thaw_errno;
     int32_t flush_errno;
     int32_t guard_reported;  /* the guardian logged its thaw */
+    int32_t group;           /* with parallel: neighbours of one group freeze at once */
+    int32_t pad;
     int64_t flush_start_ns;
     int64_t flush_end_ns;
     int64_t freeze_start_ns;
@@ -55,6 +57,8 @@ struct qz_session {
     uint32_t n;
     int32_t failed_index;      /* the FIFREEZE that failed, or -1 */
     int32_t freeze_done;       /* set once the freeze loop has ended */
+    int32_t parallel;          /* freeze each group's filesystems concurrently */
+    int32_t pad;
     int32_t guard_reason;      /* QZ_FIRED_*, set once when the guardian acts */
     int64_t guard_fired_ns;
     int64_t timeout_ns;        /* window limit from the first FIFREEZE; 0 = none */

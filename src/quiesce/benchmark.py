@@ -281,6 +281,7 @@ class BenchOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S
     run_dir: str = RUN_DIR
     expedite_rcu: bool = False
+    parallel: bool = False
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -301,6 +302,7 @@ class BenchOptions:
             preflush=self.preflush,
             run_dir=self.run_dir,
             expedite_rcu=self.expedite_rcu,
+            parallel=self.parallel,
         )
 
 
@@ -960,6 +962,7 @@ def options_from_args(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> B
         timeout_s=args.timeout,
         run_dir=args.run_dir,
         expedite_rcu=args.expedite_rcu,
+        parallel=args.parallel,
     )
 
 
@@ -1031,6 +1034,8 @@ def print_bench(result: BenchResult, out: TextIO) -> None:
         extras.append(f"{o['dirty_mib']} MiB dirty per target")
     if o.get("expedite_rcu"):
         extras.append("expedited RCU")
+    if o.get("parallel"):
+        extras.append("parallel freeze")
     if o["probe"]:
         extras.append("writer-stall probe")
     out.write(f"bench: {len(result.samples)} of {result.requested} freezes of {what}; {', '.join(extras)}\n")
@@ -1211,6 +1216,11 @@ def add_parser(
         action="store_true",
         help="expedite RCU grace periods for each window (/sys/kernel/rcu_expedited, system-wide, "
         "restored after), as `quiesce freeze --expedite-rcu` does: compare with and without",
+    )
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="freeze independent filesystems at once, as `quiesce freeze --parallel` does",
     )
     p.add_argument(
         "--timeout",

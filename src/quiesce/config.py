@@ -150,6 +150,7 @@ EXTENSION_KEYS = (
     "snapshot",
     "preflush",
     "expediteRcu",
+    "parallelFreeze",
 )
 #: The keys allowed inside ``"quiesce": {"snapshot": ...}``.
 SNAPSHOT_KEYS = ("mode", "argv", "timeoutSeconds")
@@ -224,6 +225,8 @@ class Extensions:
         Expedite RCU grace periods for the window (``/sys/kernel/rcu_expedited``,
         system-wide, restored after): a cold FIFREEZE then costs about a
         millisecond instead of tens. See :mod:`quiesce.rcu`.
+    ``parallel_freeze``
+        Freeze independent filesystems at once, one thread each.
     """
 
     targets: tuple[str, ...] = ()
@@ -236,6 +239,7 @@ class Extensions:
     snapshot: SnapshotSpec = field(default_factory=SnapshotSpec)
     preflush: bool = True
     expedite_rcu: bool = False
+    parallel_freeze: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """The ``"quiesce"`` object with every key spelled out."""
@@ -250,6 +254,7 @@ class Extensions:
             "snapshot": self.snapshot.to_dict(),
             "preflush": self.preflush,
             "expediteRcu": self.expedite_rcu,
+            "parallelFreeze": self.parallel_freeze,
         }
 
 
@@ -831,6 +836,7 @@ def _extensions(value: object) -> Extensions:
         snapshot=_snapshot(get("snapshot", _ABSENT), freeze_timeout),
         preflush=_boolean(get("preflush", True), path("preflush")),
         expedite_rcu=_boolean(get("expediteRcu", False), path("expediteRcu")),
+        parallel_freeze=_boolean(get("parallelFreeze", False), path("parallelFreeze")),
     )
 
 

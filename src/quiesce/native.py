@@ -191,6 +191,15 @@ class Session:
             raise GuardianError(-rc, "arming the guardian")
         return int(self._raw().guardian_pid)
 
+    def set_parallel(self, groups: Sequence[int]) -> None:
+        """Freeze neighbours with the same group number at once (one thread each)."""
+        s = self._raw()
+        if len(groups) != int(s.n):
+            raise ValueError("one group per filesystem")
+        for i, g in enumerate(groups):
+            s.fs[i].group = g
+        s.parallel = 1
+
     def restore_on_orphan(self, fd: int, value: bytes) -> None:
         """Before :meth:`arm`: if this process dies, the guardian writes ``value`` to ``fd``."""
         rc = int(lib.qz_guardian_restore_on_orphan(self._raw(), fd, value, len(value)))

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from quiesce.errors import TargetError
-from quiesce.mounts import Plan, SkipReason, read_mountinfo, read_mounts_to_skip, select
+from quiesce.mounts import Plan, SkipReason, Target, read_mountinfo, read_mounts_to_skip, select
 
 #: Azure Backup's snapshot settings; ``[SnapshotThread] MountsToSkip`` is honoured.
 VMBACKUP_CONF = "/etc/azure/vmbackup.conf"
@@ -65,3 +65,34 @@ def check_explicit(plan: Plan, targets: Sequence[str]) -> None:
         raise TargetError("cannot freeze: " + "; ".join(problems))
     if not plan.targets:
         raise TargetError("nothing to freeze: no freezable filesystem selected")
+
+
+def parallel_groups(targets: Sequence[Target]) -> tuple[list[Target], list[int]]:
+    """Regroup planned targets for a parallel freeze: (targets in order, group of each).
+
+    Filesystems of one group freeze at the same time, groups one after the
+    other. A filesystem on a loop device is in an earlier group than the
+    filesystem holding its image (the stacked one must freeze first), and
+    ``/`` freezes alone, last, as in the sequential order. The result is
+    still a valid sequential order.
+    """
+    uppers: dict[str, list[int]] = {}
+    for i, t in enumerate(targets):
+        if t.backing_target is not None:
+            uppers.setdefault(t.backing_target, []).append(i)
+    levels: dict[int, int] = {}
+
+    def level(i: int) -> int:
+        if i not in levels:
+            above = uppers.get(targets[i].mount.mount_point, [])
+            levels[i] = 1 + max((level(j) for j in above), default=-1)
+        return levels[i]
+
+    for i in range(len(targets)):
+        level(i)
+    last = max(levels.values(), default=0) + 1
+    for i, t in enumerate(targets):
+        if t.mount.mount_point == "/":
+            levels[i] = last
+    order = sorted(range(len(targets)), key=lambda i: (levels[i], i))
+    return [targets[i] for i in order], [levels[i] for i in order]

@@ -407,6 +407,7 @@ def _window(
                 preflush=ext.preflush,
                 run_dir=options.run_dir,
                 expedite_rcu=ext.expedite_rcu,
+                parallel=ext.parallel_freeze,
             )
             freeze = Freeze(plan.targets, opts)
             with freeze:

@@ -86,6 +86,7 @@ def full_sample() -> dict[str, Any]:
         },
         "preflush": False,
         "expediteRcu": True,
+        "parallelFreeze": True,
     }
     return data
 
@@ -204,6 +205,7 @@ def test_extension_defaults():
     assert absent.snapshot == SnapshotSpec(SnapshotMode.NONE)
     assert absent.preflush is True
     assert absent.expedite_rcu is False
+    assert absent.parallel_freeze is False
 
 
 def test_full_config_parses_every_field():
@@ -223,6 +225,7 @@ def test_full_config_parses_every_field():
         ),
         preflush=False,
         expedite_rcu=True,
+        parallel_freeze=True,
     )
 
 
@@ -972,6 +975,7 @@ def extensions(draw: st.DrawFn) -> Extensions:
         snapshot=draw(snapshots(freeze)),
         preflush=draw(st.booleans()),
         expedite_rcu=draw(st.booleans()),
+        parallel_freeze=draw(st.booleans()),
     )
 
 
