@@ -387,6 +387,8 @@ static int supervise_loop(struct qz_child *c, const struct qz_wait_req *w,
         if (c->pidfd < 0)
             wake = min_pos(wake, now + 1000000); /* no pidfd (old kernel): look every ms */
         rc = qz_wait_until(pfd, (unsigned int)n, timer, wake);
+        if (rc == -EINTR && w->interruptible)
+            return 0; /* QZ_RUNNING: let the caller's signal handler run */
         if (rc < 0 && rc != -EINTR)
             return rc;
         if (w->out_fd >= 0 && r->out_open)

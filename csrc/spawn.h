@@ -57,6 +57,7 @@ struct qz_wait_req {
     uint64_t out_cap;
     char *err_buf;
     uint64_t err_cap;
+    int interruptible;        /* a signal (EINTR) returns QZ_RUNNING, so the caller's handler runs */
 };
 
 struct qz_wait_res {

@@ -17,6 +17,8 @@ int qz_window_command(struct qz_session *s, const struct qz_spawn_req *req,
 {
     struct qz_wait_req wait = *w;
 
+    /* Nothing interrupts the window: signals are handled after the thaw. */
+    wait.interruptible = 0;
     memset(r, 0, sizeof(*r));
     r->child.pid = -1;
     r->child.pidfd = -1;

@@ -77,6 +77,8 @@ EXIT_HELP = """exit status:
   8  run: a snapshot was taken, but only file-system- or crash-consistent
   9  run: the backup failed (no snapshot, or a failure marked it failed)
  10  run: the configuration is invalid, missing or unsafe; nothing ran
+ 128+N  run: stopped by signal N (SIGTERM 143, SIGINT 130, SIGHUP 129) before the
+     snapshot was done; everything was thawed and the post steps ran
 """
 
 
@@ -560,6 +562,8 @@ class _ProgressLine:
 
 
 def _run_exit(result: RunResult) -> int:
+    if result.interrupted_by is not None:
+        return 128 + int(signal.Signals[result.interrupted_by])
     if result.consistency == APPLICATION:
         return Exit.OK
     if result.consistency in (FILESYSTEM, CRASH):
@@ -621,6 +625,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=progress,
         on_frozen=on_frozen,
         hold_stdin=not args.no_stdin,
+        handle_signals=True,
     )
     result = run(options)
     if progress is not None:

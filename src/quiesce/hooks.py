@@ -314,9 +314,14 @@ def run_pre(
     env: Mapping[str, str],
     run_id: str,
     notify_dir: str,
+    into: HookRun | None = None,
 ) -> HookRun:
-    """Run the pre steps in name order, stopping at the first failure."""
-    state = HookRun()
+    """Run the pre steps in name order, stopping at the first failure.
+
+    Progress is recorded in ``into`` as it goes, so that if the run is
+    interrupted midway the hooks already started still get their post step.
+    """
+    state = into if into is not None else HookRun()
     for hook in directory.hooks:
         try:
             checked = open_script(hook.path, "pre")

@@ -539,6 +539,7 @@ def _wait_request(
             "out_cap": out_cap,
             "err_buf": err,
             "err_cap": err_cap,
+            "interruptible": 1,
         },
     )
     return out, err, req

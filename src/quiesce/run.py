@@ -26,6 +26,7 @@ Order and decisions:
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -104,6 +105,7 @@ class RunResult:
     snapshot_mode: str = "none"
     snapshot_command: Attempt | None = None
     released_by: str | None = None
+    interrupted_by: str | None = None
     phases: list[Phase] = field(default_factory=list)
     duration_ns: int = 0
 
@@ -172,6 +174,9 @@ class RunOptions:
     #: for a line or EOF on stdin (if ``hold_stdin``), a signal, or the deadline.
     on_frozen: Callable[[Freeze], None] | None = None
     hold_stdin: bool = True
+    #: SIGTERM/SIGINT/SIGHUP stop the run (thaw, post steps, report). Needs
+    #: the main thread; the CLI sets it, an embedding tool handles its own.
+    handle_signals: bool = False
 
 
 def load_checked_config(path: str) -> LoadedConfig:
@@ -234,59 +239,47 @@ def run(
         result.warnings.extend(host.warnings)
     timeout_s = effective_timeout_s(cfg, host)
 
-    with _run_lock(options.run_dir):
+    with _run_lock(options.run_dir), _Interrupts(options.handle_signals) as interrupts:
         timeline = _Timeline(result)
         with timeline.phase("checks"):
             pre_checked = _check_script(cfg.pre_script, "pre")
             post_checked = _check_script(cfg.post_script, "post")
         hook_dir = discover(cfg.quiesce.hook_directory or DEFAULT_HOOK_DIR)
         result.warnings.extend(hook_dir.warnings)
-        hook_state = HookRun()
+        state = _State()
         try:
-            result.pre = _run_phase(timeline, pre_checked, cfg, timeout_s, run_id, options, {})
-            pre_ok = result.pre.ok
-            if not pre_ok:
-                _set_error(result, result.pre.error_name, result.pre.error_code, result.pre.message)
-            go = pre_ok or cfg.continue_on_failure
-            if go and (hook_dir.hooks or hook_dir.error):
-                hook_state = _run_pre_hooks(timeline, result, hook_dir, cfg, timeout_s, run_id, options)
-                pre_ok = pre_ok and hook_state.pre_ok
-                go = pre_ok or cfg.continue_on_failure
-            froze, taken = False, False
-            if go:
-                froze, taken = _window(timeline, result, cfg, options, snapshot)
-                dead = check_sessions(hook_state)
-                if dead is not None:
-                    pre_ok = False
-                    why = f"session hook {dead} died while frozen: the application was not held quiesced"
-                    _set_error(result, "Pre-ScriptExecutionFailed", 300, why)
-            else:
-                timeline.result.phases.append(Phase("snapshot", "skipped", 0, "a pre step failed"))
-            result.snapshot = "ok" if taken else ("failed" if go else "skipped")
+            try:
+                _before_and_window(
+                    state, timeline, result, cfg, options, snapshot, hook_dir, timeout_s, pre_checked
+                )
+            except RunInterrupted as stop:
+                # Whatever was frozen is thawed by now (Freeze's context); the
+                # post steps still run, and the run reports why it stopped.
+                state.pre_ok = state.go = False
+                state.froze = state.taken = False
+                name = signal.Signals(stop.signum).name
+                result.interrupted_by = name
+                result.error_name, result.error_code = "RunInterrupted", None
+                result.message = f"stopped by {name} before the snapshot was done; thawed, post steps run"
+                timeline.result.phases.append(Phase("interrupted", name, 0))
+            interrupts.defer()
+            result.snapshot = "ok" if state.taken else ("failed" if state.go else "skipped")
             env = {
                 "QUIESCE_SNAPSHOT": result.snapshot,
-                "QUIESCE_PRE_STATUS": result.pre.status,
+                "QUIESCE_PRE_STATUS": (result.pre.status if result.pre is not None else "interrupted"),
                 "QUIESCE_RUN_ID": run_id,
             }
-            post_ok = True
-            if hook_state.started:
-                with timeline.phase("hooks-post") as entry:
-                    run_post(hook_state, _policy(cfg, timeout_s, "post"), env=env, run_id=run_id)
-                    result.hooks_post = hook_state.results_post
-                    failed = [r for r in hook_state.results_post if not r.ok]
-                    if failed:
-                        entry.status = "failed"
-                        post_ok = False
-                        _set_error(result, failed[0].error_name, failed[0].error_code, failed[0].message)
-            result.post = _run_phase(timeline, post_checked, cfg, timeout_s, run_id, options, env)
-            post_ok = post_ok and result.post.ok
-            if not result.post.ok:
-                _set_error(result, result.post.error_name, result.post.error_code, result.post.message)
+            state.post_ok = _post_steps(
+                state, timeline, result, cfg, options, timeout_s, run_id, post_checked, env
+            )
         finally:
-            close_all(hook_state)
+            close_all(state.hooks)
             for checked in (pre_checked, post_checked):
                 if isinstance(checked, CheckedScript):
                     checked.close()
+    pre_ok, froze, taken, post_ok = state.pre_ok, state.froze, state.taken, state.post_ok
+    if result.error_name == "RunInterrupted":
+        taken = False
     result.consistency = classify(
         Outcomes(
             pre_ok=pre_ok,
@@ -302,6 +295,124 @@ def run(
         result.warnings.append(f"{result.error_name}: {result.message}")
     result.duration_ns = time.monotonic_ns() - started
     return result
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM, SIGINT or SIGHUP arrived before the snapshot was done."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Interrupts:
+    """SIGTERM/SIGINT/SIGHUP stop the run at once, but only up to the post steps.
+
+    The first signal raises :class:`RunInterrupted` where the run is (a
+    frozen window is thawed on the way out). From :meth:`defer` on, signals
+    are only recorded: the post steps always finish. Installed only when
+    asked (the CLI), never by an embedding tool's call.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.deferred = False
+        self.received: list[int] = []
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        if not self.deferred:
+            self.deferred = True
+            raise RunInterrupted(signum)
+
+    def defer(self) -> None:
+        """From now on, record signals instead of stopping."""
+        self.deferred = True
+
+    def __enter__(self) -> _Interrupts:
+        if self.enabled:
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+@dataclass
+class _State:
+    """What the run has reached, for the post steps and the verdict."""
+
+    pre_ok: bool = False
+    go: bool = False
+    froze: bool = False
+    taken: bool = False
+    post_ok: bool = True
+    hooks: HookRun = field(default_factory=HookRun)
+
+
+def _before_and_window(
+    state: _State,
+    timeline: _Timeline,
+    result: RunResult,
+    cfg: PluginConfig,
+    options: RunOptions,
+    snapshot: SnapshotStep | None,
+    hook_dir: HookDirectory,
+    timeout_s: int,
+    pre_checked: CheckedScript | ScriptResult,
+) -> None:
+    """Pre-script, pre hooks, and the window; records progress in ``state`` as it goes."""
+    run_id = result.run_id
+    result.pre = _run_phase(timeline, pre_checked, cfg, timeout_s, run_id, options, {})
+    state.pre_ok = result.pre.ok
+    if not state.pre_ok:
+        _set_error(result, result.pre.error_name, result.pre.error_code, result.pre.message)
+    state.go = state.pre_ok or cfg.continue_on_failure
+    if state.go and (hook_dir.hooks or hook_dir.error):
+        _run_pre_hooks(timeline, result, hook_dir, cfg, timeout_s, run_id, options, state.hooks)
+        state.pre_ok = state.pre_ok and state.hooks.pre_ok
+        state.go = state.pre_ok or cfg.continue_on_failure
+    if not state.go:
+        timeline.result.phases.append(Phase("snapshot", "skipped", 0, "a pre step failed"))
+        return
+    state.froze, state.taken = _window(timeline, result, cfg, options, snapshot)
+    dead = check_sessions(state.hooks)
+    if dead is not None:
+        state.pre_ok = False
+        why = f"session hook {dead} died while frozen: the application was not held quiesced"
+        _set_error(result, "Pre-ScriptExecutionFailed", 300, why)
+
+
+def _post_steps(
+    state: _State,
+    timeline: _Timeline,
+    result: RunResult,
+    cfg: PluginConfig,
+    options: RunOptions,
+    timeout_s: int,
+    run_id: str,
+    post_checked: CheckedScript | ScriptResult,
+    env: dict[str, str],
+) -> bool:
+    """Post hooks in reverse, then the post-script; True when all succeeded."""
+    post_ok = True
+    if state.hooks.started:
+        with timeline.phase("hooks-post") as entry:
+            run_post(state.hooks, _policy(cfg, timeout_s, "post"), env=env, run_id=run_id)
+            result.hooks_post = state.hooks.results_post
+            failed = [r for r in state.hooks.results_post if not r.ok]
+            if failed:
+                entry.status = "failed"
+                post_ok = False
+                _set_error(result, failed[0].error_name, failed[0].error_code, failed[0].message)
+    result.post = _run_phase(timeline, post_checked, cfg, timeout_s, run_id, options, env)
+    if not result.post.ok:
+        _set_error(result, result.post.error_name, result.post.error_code, result.post.message)
+    return post_ok and result.post.ok
 
 
 @contextlib.contextmanager
@@ -331,25 +442,27 @@ def _run_pre_hooks(
     timeout_s: int,
     run_id: str,
     options: RunOptions,
+    state: HookRun,
 ) -> HookRun:
     with timeline.phase("hooks-pre") as entry:
         if hook_dir.error is not None:
             entry.status = "failed"
             err = ScriptPermissionError(hook_dir.error, "pre")
             _set_error(result, err.azure_name, err.azure_code, hook_dir.error)
-            state = HookRun()
             state.failed = ScriptResult(
                 "pre", hook_dir.path, (), "permission", (), err.azure_name, err.azure_code, hook_dir.error
             )
             return state
-        state = run_pre(
+        # The same list, filled as the hooks run: complete even if interrupted.
+        result.hooks_pre = state.results_pre
+        run_pre(
             hook_dir,
             _policy(cfg, timeout_s, "pre"),
             env={"QUIESCE_RUN_ID": run_id},
             run_id=run_id,
             notify_dir=options.run_dir,
+            into=state,
         )
-        result.hooks_pre = state.results_pre
         entry.detail = f"{len(state.results_pre)} of {len(hook_dir.hooks)} hook(s)"
         if state.failed is not None:
             entry.status = "failed"

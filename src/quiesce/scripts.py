@@ -208,6 +208,8 @@ def run_attempt(
             os.close(out_w)
             os.close(err_w)
         always.callback(child.close)
+        # Interrupted (a signal, an error) while it runs: its tree goes too.
+        always.callback(_kill_if_running, child, cg_fd)
         os.set_blocking(out_r, False)
         os.set_blocking(err_r, False)
         timeout_ns = int(policy.timeout_s * 1e9)
@@ -257,6 +259,13 @@ def _attempt_from(
         leftovers_killed=leftovers,
         isolation=isolation,
     )
+
+
+def _kill_if_running(child: native.Child, cgroup_fd: int) -> None:
+    if child.pidfd >= 0 and not select.select([child.pidfd], [], [], 0)[0]:
+        with contextlib.suppress(QuiesceOSError):
+            child.kill_tree(cgroup_fd)
+        _reap(child)
 
 
 def _kill_leftovers(child: native.Child, cgroup: ScriptCgroup | None) -> int:
