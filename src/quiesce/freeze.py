@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -20,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from quiesce import ledger as ledger_mod
-from quiesce.errors import QuiesceError, QuiesceOSError, TargetError, ThawError
+from quiesce.errors import NotFrozenError, QuiesceError, QuiesceOSError, TargetError, ThawError
 from quiesce.lock import FreezeLock
 from quiesce.mounts import Target
-from quiesce.native import Child, FsRecord, GuardianRecord, Session, Supervision, now_ns
+from quiesce.native import Child, FsRecord, GuardianRecord, Session, Supervision, now_ns, thaw_error
 from quiesce.plan import parallel_groups
 from quiesce.procs import mount_id_of_fd, start_time
 from quiesce.rcu import RCU_EXPEDITED, ExpeditedRcu
@@ -154,7 +155,7 @@ def build_report(
                 dev=m.dev,
                 fstype=m.fstype,
                 mount_id=m.mount_id,
-                state=rec.state,
+                state=_state_of(rec),
                 preflush_ns=_span(rec.flush_start_ns, rec.flush_end_ns),
                 preflush_errno=rec.flush_errno,
                 freeze_at_ns=_since(origin, rec.freeze_start_ns),
@@ -166,6 +167,14 @@ def build_report(
             )
         )
     return report
+
+
+def _state_of(rec: FsRecord) -> str:
+    # FITHAW's EINVAL on a filesystem we froze: someone else thawed it while
+    # the window was open. The snapshot may not have been taken frozen.
+    if rec.state in ("thawed", "thawed-by-guardian") and rec.thaw_errno == errno.EINVAL:
+        return "thawed-externally"
+    return rec.state
 
 
 def open_target(target: Target) -> int:
@@ -318,6 +327,8 @@ class Freeze:
         if s is not None:
             try:
                 s.thaw()
+            except NotFrozenError:
+                pass  # thawed by someone else mid-window: reported per filesystem
             except ThawError as err:
                 thaw_err = err
             expedited = self._restore_rcu()
@@ -327,6 +338,12 @@ class Freeze:
             self.report = build_report(self.run_id, self.targets, records, guardian, self._guardian)
             self.report.rcu_expedited = expedited
             self.report.warnings.extend(self._warnings)
+            thaw_err = thaw_err or self._real_thaw_failure(records)
+            for t in self.report.targets:
+                if t.state == "thawed-externally":
+                    self.report.warnings.append(
+                        f"{t.mount_point} was thawed by someone else while quiesce held it frozen"
+                    )
             s.close()
             self._session = None
             if thaw_err is None and self._ledger_written:
@@ -345,6 +362,13 @@ class Freeze:
         if thaw_err is not None:
             self.record_error(thaw_err)
             raise thaw_err
+
+    def _real_thaw_failure(self, records: Sequence[FsRecord]) -> ThawError | None:
+        """A FITHAW that failed for another reason than "not frozen" (which is reported)."""
+        for rec in records:
+            if rec.thaw_errno not in (0, errno.EINVAL):
+                return thaw_error(rec.thaw_errno, self.targets[rec.index].mount.mount_point)
+        return None
 
     def _restore_rcu(self) -> bool:
         """Put rcu_expedited back; True if it had been expedited for the window."""

@@ -532,6 +532,10 @@ def _window(
             result.freeze = freeze.report
             entry.detail = entry.detail or f"window {freeze.report.window_ns} ns"
     if error is None and freeze is not None:
+        external = [t.mount_point for t in freeze.report.targets if t.state == "thawed-externally"]
+        if external:
+            why = f"thawed by someone else during the window: {', '.join(external)}"
+            _set_error(result, *FREEZE_FAILED, why)
         if freeze.report.guardian_reason is not None:
             why = f"the guardian thawed before the snapshot ended ({freeze.report.guardian_reason})"
             _set_error(result, *FREEZE_TIMEOUT, why)

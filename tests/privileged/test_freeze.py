@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -219,3 +220,13 @@ def test_parallel_respects_the_loop_stack(fs, run_dir):
     assert r.ok and r.guardian_reason is None
     mps = [t.mount_point for t in r.targets]
     assert mps.index(str(fs["inner"].mount_point)) < mps.index(str(fs["outer"].mount_point))
+
+
+def test_thaw_by_another_tool_mid_window_is_reported(fs, run_dir):
+    """Another tool thaws our filesystem mid-window: reported per filesystem, not a thaw failure."""
+    with frozen(targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=run_dir)) as f:
+        subprocess.run(["fsfreeze", "-u", str(fs["xfs"].mount_point)], check=True)
+    states = {t.mount_point: t.state for t in f.report.targets}
+    assert states == {str(fs["ext4"].mount_point): "thawed", str(fs["xfs"].mount_point): "thawed-externally"}
+    assert not f.report.ok and f.report.error is None
+    assert any("thawed by someone else" in w for w in f.report.warnings)

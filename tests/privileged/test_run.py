@@ -346,3 +346,15 @@ def test_hold_snapshot_released_by_quiesce_thaw(setup):
             proc.communicate()
     assert proc.returncode == Exit.OK, err
     assert json.loads(out)["released_by"] == "signal SIGUSR1"
+
+
+def test_thaw_by_another_tool_during_the_snapshot_downgrades_the_run(setup, fs):
+    """Someone thaws a target while the snapshot step runs: crash-consistent, FsFreezeFailed, named."""
+    setup.config()
+
+    def snapshot():
+        subprocess.run(["fsfreeze", "-u", str(fs["xfs"].mount_point)], check=True)
+
+    r = run(setup.options(), snapshot=snapshot)
+    assert r.consistency == CRASH
+    assert r.error_name == "FsFreezeFailed" and str(fs["xfs"].mount_point) in r.message
