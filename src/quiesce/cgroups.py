@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import time
 from types import TracebackType
 
+from quiesce import native
 from quiesce.mounts import read_mountinfo
 
 PARENT = "quiesce"
@@ -31,10 +33,11 @@ def cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
 class ScriptCgroup:
     """One cgroup for one script attempt; remove it with :meth:`close`."""
 
-    def __init__(self, root: str, name: str) -> None:
-        parent = os.path.join(root, PARENT)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(parent, 0o755)
+    def __init__(self, root: str, name: str, parent: str | None = None) -> None:
+        if parent is None:
+            parent = os.path.join(root, PARENT)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parent, 0o755)
         self.path = os.path.join(parent, name)
         os.mkdir(self.path, 0o755)
         try:
@@ -44,13 +47,13 @@ class ScriptCgroup:
             raise
 
     @classmethod
-    def create(cls, name: str, root: str | None = None) -> ScriptCgroup | None:
-        """A new cgroup, or None when cgroup v2 is missing or not writable."""
+    def create(cls, name: str, root: str | None = None, parent: str | None = None) -> ScriptCgroup | None:
+        """A new cgroup (under ``parent``, a run's cgroup, if given), or None without cgroup v2."""
         root = root or cgroup2_root()
         if root is None:
             return None
         try:
-            return cls(root, name)
+            return cls(root, name, parent)
         except OSError:
             return None
 
@@ -119,3 +122,87 @@ class ScriptCgroup:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class RunCgroup:
+    """The parent cgroup of one run's scripts, with a watchdog that kills it if the run dies.
+
+    ``<cgroup2>/quiesce/<run_id>``; every script, hook and snapshot command of
+    the run gets a child cgroup under it. If the run's process dies (SIGKILL
+    included), the watchdog writes ``cgroup.kill`` here: nothing the run
+    started survives it. :func:`kill_orphaned_run_cgroups` removes what is
+    left of runs that died.
+    """
+
+    def __init__(self, run_id: str, root: str | None = None) -> None:
+        self.path: str | None = None
+        self._kill_fd = -1
+        self._watchdog: native.Watchdog | None = None
+        cg = ScriptCgroup.create(run_id, root)
+        if cg is None:
+            return
+        os.close(cg.fd)
+        self.path = cg.path
+        try:
+            self._kill_fd = os.open(os.path.join(cg.path, "cgroup.kill"), os.O_WRONLY | os.O_CLOEXEC)
+            self._watchdog = native.Watchdog(self._kill_fd)
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        """Kill anything left, stop the watchdog, remove the cgroups (idempotent)."""
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+            self._watchdog = None
+        if self._kill_fd >= 0:
+            os.close(self._kill_fd)
+            self._kill_fd = -1
+        if self.path is not None:
+            _remove_tree(self.path)
+            self.path = None
+
+    def __enter__(self) -> RunCgroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _remove_tree(path: str) -> None:
+    """cgroup.kill a cgroup subtree, wait for it to empty, and rmdir it bottom-up."""
+    with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.kill"), "w") as f:
+        f.write("1")
+    for dirpath, dirnames, _ in sorted(os.walk(path, topdown=False), key=lambda e: -len(e[0])):
+        del dirnames
+        for _ in range(100):
+            try:
+                os.rmdir(dirpath)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.01)  # its last processes are still exiting after the kill
+
+
+_RUN_PID = re.compile(r"-(\d+)$")
+
+
+def kill_orphaned_run_cgroups(root: str | None = None) -> list[str]:
+    """Kill and remove the cgroups of runs whose process is gone; returns their names."""
+    root = root or cgroup2_root()
+    if root is None:
+        return []
+    parent = os.path.join(root, PARENT)
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in sorted(names):
+        path = os.path.join(parent, name)
+        m = _RUN_PID.search(name)
+        if not os.path.isdir(path) or m is None or os.path.exists(f"/proc/{m.group(1)}"):
+            continue
+        _remove_tree(path)
+        removed.append(name)
+    return removed

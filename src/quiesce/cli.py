@@ -425,6 +425,52 @@ def _restore_rcu(value: str) -> bool:
     return True
 
 
+def _recover_dead(run_dir: str, led: ledger_mod.Ledger, wait_s: float, out: dict[str, Any]) -> int:
+    """Thaw what a dead freeze's ledger lists (after its guardian had its chance); exit code."""
+    if led.guardian_pid and is_alive(led.guardian_pid, led.guardian_start):
+        _wait_exit(led.guardian_pid, led.guardian_start, wait_s)
+    led_now = ledger_mod.read(run_dir)
+    if led_now is None:
+        out["message"] = "the guardian of the dead freeze already thawed it"
+        return Exit.OK
+    with lock_mod.FreezeLock(run_dir):
+        results = thaw_from_ledger(led_now)
+        if led_now.rcu_expedited_restore is not None:
+            out["rcu_expedited_restored"] = _restore_rcu(led_now.rcu_expedited_restore)
+    out["recovered"] = results
+    if any(r["outcome"].startswith("error") for r in results):
+        return Exit.THAW_FAILED
+    ledger_mod.remove(run_dir)
+    return Exit.OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """``quiesce recover``: undo what a crashed freeze left, and nothing else."""
+    out: dict[str, Any] = {}
+    code: int = Exit.OK
+    led = ledger_mod.read(args.run_dir)
+    if led is None:
+        out["message"] = f"nothing to recover (no ledger in {args.run_dir})"
+    elif is_alive(led.pid, led.pid_start):
+        out["message"] = f"a freeze is in progress (pid {led.pid}); nothing to recover"
+    else:
+        code = _recover_dead(args.run_dir, led, args.wait, out)
+    out["leftover_cgroups_killed"] = _kill_leftover_cgroups()
+    if args.json:
+        emit_json(out, sys.stdout)
+    else:
+        _print_thaw(out)
+        if out["leftover_cgroups_killed"]:
+            print(f"killed leftover script cgroups: {', '.join(out['leftover_cgroups_killed'])}")
+    return code
+
+
+def _kill_leftover_cgroups() -> list[str]:
+    from quiesce.cgroups import kill_orphaned_run_cgroups
+
+    return kill_orphaned_run_cgroups()
+
+
 def cmd_thaw(args: argparse.Namespace) -> int:
     """``quiesce thaw``."""
     out: dict[str, Any] = {}
@@ -455,21 +501,7 @@ def cmd_thaw(args: argparse.Namespace) -> int:
             if report is not None and not report.get("ok"):
                 code = Exit.GUARDIAN_THAWED if report.get("guardian_reason") else Exit.ERROR
     else:
-        if led.guardian_pid and is_alive(led.guardian_pid, led.guardian_start):
-            _wait_exit(led.guardian_pid, led.guardian_start, args.wait)
-        led_now = ledger_mod.read(args.run_dir)
-        if led_now is None:
-            out["message"] = "the guardian of the dead freeze already thawed it"
-        else:
-            with lock_mod.FreezeLock(args.run_dir):
-                results = thaw_from_ledger(led_now)
-                if led_now.rcu_expedited_restore is not None:
-                    out["rcu_expedited_restored"] = _restore_rcu(led_now.rcu_expedited_restore)
-            out["recovered"] = results
-            if any(r["outcome"].startswith("error") for r in results):
-                code = Exit.THAW_FAILED
-            else:
-                ledger_mod.remove(args.run_dir)
+        code = max(code, _recover_dead(args.run_dir, led, args.wait, out))
     if args.json:
         emit_json(out, sys.stdout)
     else:
@@ -853,6 +885,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="guardian deadline")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "recover",
+        parents=[common],
+        help="after a crash: thaw what the ledger says quiesce froze, kill leftover script processes",
+        description="Safe to run at any time (at boot, after quiesce.service stops): if a freeze's "
+        "process and guardian are both gone but its ledger remains, thaw exactly the filesystems "
+        "it lists (only if still the same mounts), restore rcu_expedited if it was changed, and "
+        "kill script processes left in the cgroups of runs that are no longer alive. A freeze in "
+        "progress is left alone.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to wait for a guardian")
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser(
         "status",

@@ -138,7 +138,7 @@ class SessionHook:
         self.released_ns: int | None = None
         self.notify_path = os.path.join(notify_dir, f"notify-{run_id}-{hook.name}")
         self._stack = contextlib.ExitStack()
-        self.cgroup = ScriptCgroup.create(f"{run_id}-session-{hook.name}")
+        self.cgroup = ScriptCgroup.create(f"{run_id}-session-{hook.name}", parent=policy.cgroup_parent)
         self.isolation = "cgroup" if self.cgroup is not None else "process-group"
         if self.cgroup is not None:
             self._stack.callback(self.cgroup.close)

@@ -580,3 +580,21 @@ def _ring_tail(buf: Any, cap: int, total: int) -> bytes:
         return data[:total]
     pos = total % cap
     return data[pos:] + data[:pos]
+
+
+class Watchdog:
+    """A detached process that writes "1" to ``kill_fd`` (a cgroup.kill) if this process dies."""
+
+    def __init__(self, kill_fd: int) -> None:
+        sock = ffi.new("int *")
+        pid = int(lib.qz_watchdog_arm(kill_fd, sock))
+        if pid < 0:
+            raise QuiesceOSError(-pid, "starting the run's watchdog")
+        self.pid = pid
+        self._sock = int(sock[0])
+
+    def disarm(self) -> None:
+        """Tell it the run ended normally and reap it (idempotent)."""
+        if self._sock >= 0:
+            lib.qz_watchdog_disarm(self.pid, self._sock)
+            self._sock = -1

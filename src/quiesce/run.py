@@ -26,6 +26,7 @@ Order and decisions:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from quiesce import ledger as ledger_mod
+from quiesce.cgroups import RunCgroup
 from quiesce.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_PLUGINHOST_PATH,
@@ -177,6 +179,8 @@ class RunOptions:
     #: SIGTERM/SIGINT/SIGHUP stop the run (thaw, post steps, report). Needs
     #: the main thread; the CLI sets it, an embedding tool handles its own.
     handle_signals: bool = False
+    #: The run's parent cgroup for its scripts; run() sets it (quiesce.cgroups.RunCgroup).
+    cgroup_parent: str | None = None
 
 
 def load_checked_config(path: str) -> LoadedConfig:
@@ -239,7 +243,12 @@ def run(
         result.warnings.extend(host.warnings)
     timeout_s = effective_timeout_s(cfg, host)
 
-    with _run_lock(options.run_dir), _Interrupts(options.handle_signals) as interrupts:
+    with (
+        _run_lock(options.run_dir),
+        _Interrupts(options.handle_signals) as interrupts,
+        RunCgroup(run_id) as run_cgroup,
+    ):
+        options = dataclasses.replace(options, cgroup_parent=run_cgroup.path)
         timeline = _Timeline(result)
         with timeline.phase("checks"):
             pre_checked = _check_script(cfg.pre_script, "pre")
@@ -402,7 +411,9 @@ def _post_steps(
     post_ok = True
     if state.hooks.started:
         with timeline.phase("hooks-post") as entry:
-            run_post(state.hooks, _policy(cfg, timeout_s, "post"), env=env, run_id=run_id)
+            run_post(
+                state.hooks, _policy(cfg, timeout_s, "post", options.cgroup_parent), env=env, run_id=run_id
+            )
             result.hooks_post = state.hooks.results_post
             failed = [r for r in state.hooks.results_post if not r.ok]
             if failed:
@@ -425,12 +436,13 @@ def _run_lock(run_dir: str) -> Any:
         lock.release()
 
 
-def _policy(cfg: PluginConfig, timeout_s: int, phase: str) -> ScriptPolicy:
+def _policy(cfg: PluginConfig, timeout_s: int, phase: str, cgroup_parent: str | None) -> ScriptPolicy:
     return ScriptPolicy(
         timeout_s=timeout_s,
         retries=cfg.pre_retries if phase == "pre" else cfg.post_retries,
         grace_s=cfg.quiesce.grace_s,
         backoff_s=cfg.quiesce.retry_backoff_s,
+        cgroup_parent=cgroup_parent,
     )
 
 
@@ -457,7 +469,7 @@ def _run_pre_hooks(
         result.hooks_pre = state.results_pre
         run_pre(
             hook_dir,
-            _policy(cfg, timeout_s, "pre"),
+            _policy(cfg, timeout_s, "pre", options.cgroup_parent),
             env={"QUIESCE_RUN_ID": run_id},
             run_id=run_id,
             notify_dir=options.run_dir,
@@ -483,7 +495,7 @@ def _run_phase(
         timeline.result.phases.append(Phase(f"{checked.phase}-script", checked.status, 0, checked.message))
         return checked
     phase = checked.phase
-    policy = _policy(cfg, timeout_s, phase)
+    policy = _policy(cfg, timeout_s, phase, options.cgroup_parent)
     params = cfg.pre_params if phase == "pre" else cfg.post_params
     with timeline.phase(f"{phase}-script") as entry:
         res = run_script(checked, params, policy, env=env, run_id=run_id, progress=options.progress)
@@ -579,6 +591,7 @@ def _frozen_step(
             grace_s=grace_s,
             env={"QUIESCE_TARGETS": mounts},
             run_id=result.run_id,
+            cgroup_parent=options.cgroup_parent,
         )
         result.snapshot_command = attempt
         entry.detail = f"command {attempt.outcome}"

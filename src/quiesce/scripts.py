@@ -50,6 +50,8 @@ class ScriptPolicy:
     grace_s: float = 5.0
     backoff_s: float = 0.0
     output_tail: int = OUTPUT_TAIL
+    #: The run's cgroup (quiesce.cgroups.RunCgroup) to create each attempt's under.
+    cgroup_parent: str | None = None
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -178,7 +180,7 @@ def run_attempt(
     """Run the script once, to its timeout, and return what happened."""
     path, argv = script_argv(script, params)
     environ = script_environment(script, number, policy.retries + 1, policy.timeout_s, env)
-    cgroup = ScriptCgroup.create(cgroup_name)
+    cgroup = ScriptCgroup.create(cgroup_name, parent=policy.cgroup_parent)
     isolation = "cgroup" if cgroup is not None else "process-group"
     cg_fd = cgroup.fd if cgroup is not None else -1
     with contextlib.ExitStack() as always:
@@ -292,6 +294,7 @@ def run_snapshot_command(
     env: Mapping[str, str],
     run_id: str,
     output_tail: int = OUTPUT_TAIL,
+    cgroup_parent: str | None = None,
 ) -> Attempt:
     """The snapshot step as a command: freeze, run it, thaw, in one native call.
 
@@ -312,7 +315,7 @@ def run_snapshot_command(
             **env,
         }.items()
     ]
-    cgroup = ScriptCgroup.create(f"{run_id}-snapshot")
+    cgroup = ScriptCgroup.create(f"{run_id}-snapshot", parent=cgroup_parent)
     isolation = "cgroup" if cgroup is not None else "process-group"
     cg_fd = cgroup.fd if cgroup is not None else -1
     with contextlib.ExitStack() as always:

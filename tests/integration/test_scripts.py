@@ -213,7 +213,9 @@ def no_cgroup(monkeypatch):
     """Run scripts as on a machine without a writable cgroup v2: process-group fallback."""
     from quiesce import scripts
 
-    monkeypatch.setattr(scripts.ScriptCgroup, "create", classmethod(lambda cls, name, root=None: None))
+    monkeypatch.setattr(
+        scripts.ScriptCgroup, "create", classmethod(lambda cls, name, root=None, parent=None: None)
+    )
 
 
 def test_fallback_timeout_kills_the_process_group(make_script, no_cgroup):
