@@ -666,7 +666,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         emit_json(result.to_dict(), sys.stdout)
     else:
         print_run(result, sys.stdout)
+    _write_logs_and_metrics(args, result)
     return _run_exit(result)
+
+
+def _write_logs_and_metrics(args: argparse.Namespace, result: RunResult) -> None:
+    """After the run: event lines on stderr (journald) and the Prometheus textfile."""
+    from quiesce.logs import log_lines, write_metrics
+
+    fmt = args.log_format or ("none" if sys.stderr.isatty() else "plain")
+    if fmt != "none":
+        for line in log_lines(result, fmt):
+            sys.stderr.write(f"quiesce: {line}\n" if fmt == "plain" else line + "\n")
+        sys.stderr.flush()
+    if args.metrics:
+        try:
+            write_metrics(args.metrics, result)
+        except OSError as err:
+            print(f"quiesce: cannot write metrics to {args.metrics}: {err.strerror}", file=sys.stderr)
 
 
 # -- demo -------------------------------------------------------------------
@@ -795,6 +812,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stdin",
         action="store_true",
         help='snapshot mode "hold": do not release on stdin (only a signal, `quiesce thaw`, the deadline)',
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("plain", "json", "none"),
+        default=None,
+        help="event lines on stderr after the run, with the run ID: plain key=value lines "
+        "(journald-friendly; the default when stderr is not a terminal), JSON lines, or none "
+        "(the default on a terminal)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="FILE",
+        help="write Prometheus metrics of the run (last window, status, durations) to FILE, "
+        "atomically; point node_exporter's textfile collector at its directory",
     )
     p.set_defaults(func=cmd_run)
 
