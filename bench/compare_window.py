@@ -2,7 +2,7 @@
 
     sudo python bench/compare_window.py [--reps 100] [--cold-reps 15] [--dirty-reps 5]
                                         [--dirty-warmup 1] [--dirty-mb 150] [--no-qemu-ga]
-                                        [--json out.json]
+                                        [--json out.json] [--results PATH | --no-results]
 
 One run builds three loop-mounted filesystems (ext4, xfs, btrfs) in a private
 mount namespace and measures, interleaved round-robin within every
@@ -15,8 +15,12 @@ The contenders on clean filesystems:
   engine       quiesce.native.Session.cycle() with the guardian armed: the
                production path minus Python policy. Window from the native
                per-filesystem timestamps.
+  engine_par   the same after Session.set_parallel(groups), groups from
+               quiesce.plan.parallel_groups: independent filesystems are
+               frozen at once, one thread each.
   freeze_path  quiesce.freeze.Freeze: lock, ledger, guardian, pre-flush
                (prepare), then cycle(); window from its report.
+  freeze_path_par  the same with FreezeOptions(parallel=True).
   fsfreeze     util-linux `fsfreeze -f` on each, then `fsfreeze -u` on each:
                wall time of the six commands, process spawns included.
   qemu_ga      the QEMU guest agent, started as a child of this process:
@@ -30,12 +34,19 @@ The phases:
                the floor, after ``--warmup`` discarded rounds.
   clean, cold  ``--cold-pause`` seconds idle before each measurement
                (``--cold-reps``): what an occasional freeze pays, an RCU grace
-               period per filesystem included.
+               period per filesystem included; also the engine and the Freeze
+               path with /sys/kernel/rcu_expedited set for the window.
   dirty        ``--dirty-mb`` MiB written to each filesystem, no fsync, just
                before each measurement (``--dirty-reps``, after
                ``--dirty-warmup`` discarded rounds): floor, engine
                without pre-flush, engine with pre-flush (the parallel syncfs()
-               is reported on its own: it runs before the window), qemu_ga.
+               is reported on its own: it runs before the window), with
+               pre-flush + parallel freeze, with pre-flush + parallel +
+               expedited RCU, qemu_ga. The goal compares each to the
+               sequential engine without pre-flush.
+
+The tables, the goal checks and the machine go to the ``compare_window``
+section of bench/RESULTS.md (``--results PATH``; ``--no-results`` skips it).
 
 The window is the first FIFREEZE start to the last FITHAW end, in
 CLOCK_MONOTONIC nanoseconds. Only filesystems this script created are ever
@@ -50,8 +61,6 @@ import contextlib
 import ctypes
 import json
 import os
-import platform
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -63,15 +72,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import results
 from floorprog import compile_command, compile_floor, run_floor
 from qga import GuestAgent, agent_binary, agent_version
+from results import Check
+from safety import enter_private_namespace, rcu_left_as_found, sandbox_targets, sigterm_exits
 
 from quiesce.freeze import Freeze, FreezeOptions, open_target
 from quiesce.mounts import Target
-from quiesce.native import Session, now_ns
-from quiesce.plan import check_explicit, make_plan
+from quiesce.native import FsRecord, Session, now_ns
+from quiesce.plan import parallel_groups
 from quiesce.rcu import RCU_EXPEDITED, ExpeditedRcu
-from quiesce.sandbox import Sandbox, enter_private_mount_namespace
+from quiesce.sandbox import Sandbox
 
 FSTYPES = ("ext4", "xfs", "btrfs")
 #: Generous guardian limits: a dirty freeze of three filesystems takes seconds.
@@ -89,27 +101,15 @@ Sample = dict[str, Any]
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    """What the figures were measured on, with the fsfreeze and qemu-ga versions."""
     fsfreeze = subprocess.run(
         ["fsfreeze", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
     agent = agent_binary()
     return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+        **results.machine(),
         "fsfreeze": fsfreeze,
         "qemu_ga": agent_version(agent) if agent else None,
-        "loadavg": os.getloadavg(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
@@ -152,6 +152,10 @@ class Bench:
         self.mounts = [t.mount.mount_point for t in self.targets]
         self.fsfreeze = shutil.which("fsfreeze") or "fsfreeze"
         self._libc = ctypes.CDLL(None, use_errno=True)
+        # The parallel freeze's order and groups, as the production path gets them.
+        ordered, self.groups = parallel_groups(self.targets)
+        index = {mp: i for i, mp in enumerate(self.mounts)}
+        self.parallel_order = [index[t.mount.mount_point] for t in ordered]
 
     def open(self) -> None:
         """Open every target once; the engine's sessions share these fds."""
@@ -174,57 +178,73 @@ class Bench:
         """The floor's window on each filesystem alone: the first freeze after mkfs."""
         return {mp: run_floor(self.floor_bin, 1, [mp])[0] for mp in self.mounts}
 
-    def engine(self, preflush: bool = False) -> Sample:
-        """A fresh session, guardian armed, optional pre-flush, then one cycle()."""
-        s = Session(self.fds, self.mounts)
+    def engine(self, preflush: bool = False, parallel: bool = False, rcu: bool = False) -> Sample:
+        """A fresh session, guardian armed, optional pre-flush, then one cycle().
+
+        ``parallel``: Session.set_parallel with quiesce.plan.parallel_groups.
+        ``rcu``: /sys/kernel/rcu_expedited set right before the cycle (after
+        the pre-flush) and restored right after, as the Freeze path does; the
+        guardian restores it should this process die in between.
+        """
+        order = self.parallel_order if parallel else list(range(len(self.fds)))
+        knob = ExpeditedRcu() if rcu else None
         try:
-            s.arm(GUARD_TIMEOUT_NS, STEP_TIMEOUT_NS)
+            s = Session([self.fds[i] for i in order], [self.mounts[i] for i in order])
             try:
-                if preflush:
-                    s.preflush()
-                t0 = now_ns()
-                s.cycle()
-                t1 = now_ns()
+                if parallel:
+                    s.set_parallel(self.groups)
+                if knob is not None:
+                    s.restore_on_orphan(knob.fd, knob.original)
+                s.arm(GUARD_TIMEOUT_NS, STEP_TIMEOUT_NS)
+                try:
+                    if preflush:
+                        s.preflush()
+                    if knob is not None:
+                        knob.enable()
+                    t0 = now_ns()
+                    try:
+                        s.cycle()
+                        t1 = now_ns()
+                    finally:
+                        if knob is not None:
+                            knob.restore()
+                finally:
+                    s.disarm()
+                records, guardian = s.records(), s.guardian()
             finally:
-                s.disarm()
-            records, guardian = s.records(), s.guardian()
+                s.close()
         finally:
-            s.close()
-        states = [r.state for r in records]
-        if states != ["thawed"] * len(records) or guardian.reason is not None:
+            if knob is not None:
+                knob.close()
+        # Back in the targets' order, whatever order the session froze in.
+        by_target: list[FsRecord | None] = [None] * len(order)
+        for rec, i in zip(records, order, strict=True):
+            by_target[i] = rec
+        recs = [r for r in by_target if r is not None]
+        states = [r.state for r in recs]
+        if states != ["thawed"] * len(self.fds) or guardian.reason is not None:
             raise RuntimeError(f"engine cycle ended badly: {states}, guardian {guardian}")
         sample: Sample = {
-            "window_ns": max(r.thaw_end_ns for r in records) - min(r.freeze_start_ns for r in records),
+            "window_ns": max(r.thaw_end_ns for r in recs) - min(r.freeze_start_ns for r in recs),
             "call_ns": t1 - t0,
-            "freeze_ns": [r.freeze_end_ns - r.freeze_start_ns for r in records],
-            "thaw_ns": [r.thaw_end_ns - r.thaw_start_ns for r in records],
+            "freeze_ns": [r.freeze_end_ns - r.freeze_start_ns for r in recs],
+            "thaw_ns": [r.thaw_end_ns - r.thaw_start_ns for r in recs],
+            "freeze_at_ns": [r.freeze_start_ns - min(x.freeze_start_ns for x in recs) for r in recs],
         }
         if preflush:
-            sample["preflush_ns"] = max(r.flush_end_ns for r in records) - min(
-                r.flush_start_ns for r in records
-            )
-            errs = [r.flush_errno for r in records if r.flush_errno]
+            sample["preflush_ns"] = max(r.flush_end_ns for r in recs) - min(r.flush_start_ns for r in recs)
+            errs = [r.flush_errno for r in recs if r.flush_errno]
             if errs:
                 sample["preflush_errnos"] = errs
         return sample
 
-    def engine_rcu(self) -> Sample:
-        """The engine with /sys/kernel/rcu_expedited set around the cycle, then restored."""
-        rcu = ExpeditedRcu()
-        try:
-            rcu.enable()
-            return self.engine()
-        finally:
-            rcu.close()
-
-    def freeze_path_rcu(self) -> Sample:
-        """The production path with FreezeOptions(expedite_rcu=True)."""
-        return self.freeze_path(expedite_rcu=True)
-
-    def freeze_path(self, expedite_rcu: bool = False) -> Sample:
+    def freeze_path(self, expedite_rcu: bool = False, parallel: bool = False) -> Sample:
         """The production path: Freeze.prepare() (lock, ledger, guardian, pre-flush), cycle()."""
         opts = FreezeOptions(
-            timeout_s=GUARD_TIMEOUT_NS / 1e9, run_dir=self.run_dir, expedite_rcu=expedite_rcu
+            timeout_s=GUARD_TIMEOUT_NS / 1e9,
+            run_dir=self.run_dir,
+            expedite_rcu=expedite_rcu,
+            parallel=parallel,
         )
         with Freeze(self.targets, opts) as f:
             f.prepare()
@@ -232,11 +252,13 @@ class Bench:
         report = f.report
         if not report.ok or report.window_ns is None:
             raise RuntimeError(f"Freeze ended badly: {report.to_dict()}")
+        by_mount = {t.mount_point: t for t in report.targets}
+        per_fs = [by_mount[mp] for mp in self.mounts]
         return {
             "window_ns": report.window_ns,
             "preflush_ns": report.preflush_ns,
-            "freeze_ns": [t.freeze_ns for t in report.targets],
-            "thaw_ns": [t.thaw_ns for t in report.targets],
+            "freeze_ns": [t.freeze_ns for t in per_fs],
+            "thaw_ns": [t.thaw_ns for t in per_fs],
         }
 
     def fsfreeze_cli(self) -> Sample:
@@ -339,30 +361,46 @@ def interleaved(
 
 
 def phase_summary(
-    contenders: Sequence[Contender], samples: dict[str, list[Sample]], floor_key: str
+    contenders: Sequence[Contender],
+    samples: dict[str, list[Sample]],
+    floor_key: str,
+    reference_key: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per contender: the summary, the ratio of medians to the floor, and the paired ratio."""
+    """Per contender: the summary, the ratio of medians to the floor, and the paired ratio.
+
+    With ``reference_key``, also the ratio of medians and the paired ratio to that contender.
+    """
     floor = [s["window_ns"] for s in samples[floor_key]]
     floor_median = statistics.median(floor)
+    ref = [s["window_ns"] for s in samples[reference_key]] if reference_key else []
     out: dict[str, dict[str, Any]] = {}
     for key, label, _ in contenders:
         values = [s["window_ns"] for s in samples[key]]
         summary: dict[str, Any] = {"label": label, **summarize(values)}
         summary["ratio_to_floor"] = summary["median_ns"] / floor_median
         summary["paired_ratio_median"] = statistics.median(v / f for v, f in zip(values, floor, strict=True))
+        if ref:
+            summary["ratio_to_reference"] = summary["median_ns"] / statistics.median(ref)
+            summary["paired_ratio_to_reference"] = statistics.median(
+                v / r for v, r in zip(values, ref, strict=True)
+            )
         out[key] = summary
     return out
 
 
-def print_table(title: str, summary: dict[str, dict[str, Any]]) -> None:
-    """The readable table of one phase."""
+def print_table(title: str, summary: dict[str, dict[str, Any]], reference: str = "") -> None:
+    """The readable table of one phase (with ``reference``, a column of ratios to it)."""
     print(title)
-    print(f"  {'contender':<44}{'min':>10}{'median':>10}{'p90':>10}{'max':>10}{'med/floor':>11}{'paired':>8}")
+    head = f"  {'contender':<44}{'min':>10}{'median':>10}{'p90':>10}{'max':>10}{'med/floor':>11}{'paired':>8}"
+    print(head + (f"{'med/' + reference:>15}" if reference else ""))
     for s in summary.values():
-        print(
+        line = (
             f"  {s['label']:<44}{ms(s['min_ns'])}{ms(s['median_ns'])}{ms(s['p90_ns'])}"
             f"{ms(s['max_ns'])}{s['ratio_to_floor']:>10.2f}x{s['paired_ratio_median']:>7.2f}x"
         )
+        if reference:
+            line += f"{s['ratio_to_reference']:>14.2f}x"
+        print(line)
 
 
 def print_extra(label: str, values: Sequence[float]) -> None:
@@ -372,7 +410,7 @@ def print_extra(label: str, values: Sequence[float]) -> None:
 
 
 def per_fs_medians(samples: Sequence[Sample], mounts: Sequence[str], key: str) -> str:
-    """Median per-filesystem FIFREEZE or FITHAW time of the engine, as text."""
+    """Median per-filesystem FIFREEZE or FITHAW time (or start offset) of the engine, as text."""
     parts = []
     for i, mp in enumerate(mounts):
         med = statistics.median(s[key][i] for s in samples)
@@ -400,6 +438,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--image-mb", type=int, default=1024, help="sparse image size (default 1024)")
     p.add_argument("--no-qemu-ga", action="store_true", help="leave the QEMU guest agent out")
     p.add_argument("--json", metavar="PATH", help="write every sample and summary here")
+    p.add_argument(
+        "--results",
+        metavar="PATH",
+        default=str(results.DEFAULT_PATH),
+        help="write this run's section of the results file here (default bench/RESULTS.md)",
+    )
+    p.add_argument("--no-results", action="store_true", help="do not write the results file")
     args = p.parse_args(argv)
     if args.reps < 1 or min(args.warmup, args.cold_reps, args.dirty_reps, args.dirty_warmup) < 0:
         p.error("--reps must be >= 1; --warmup, --cold-reps, --dirty-reps, --dirty-warmup >= 0")
@@ -414,19 +459,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def build(sb: Sandbox, image_mb: int) -> list[Target]:
     """Make the three filesystems; return them as planned targets, checked to be ours."""
-    made = [sb.add(fstype, image_mb, name=fstype) for fstype in FSTYPES]
-    mounts = [str(fs.mount_point) for fs in made]
-    plan = make_plan(mounts, vmbackup_conf=None)
-    check_explicit(plan, mounts)
-    devices = {str(fs.mount_point): fs.device for fs in made}
-    targets = list(plan.targets)
-    for t in targets:
-        # Freeze nothing but what this run created: same mount point, same loop device.
-        if devices.get(t.mount.mount_point) != t.mount.source:
-            raise RuntimeError(f"planned target {t.mount.mount_point} is not a sandbox mount")
-    if len(targets) != len(made):
-        raise RuntimeError(f"planned {len(targets)} targets for {len(made)} filesystems")
-    return targets
+    return sandbox_targets([sb.add(fstype, image_mb, name=fstype) for fstype in FSTYPES])
 
 
 def print_header(doc: dict[str, Any]) -> None:
@@ -441,6 +474,16 @@ def print_header(doc: dict[str, Any]) -> None:
 
 
 QEMU_GA_LABEL = "qemu-ga freeze-list + thaw (2 JSON RTTs)"
+#: The goal of the benchmark issue for clean windows: at most this times the floor.
+CLEAN_GOAL = 1.15
+#: ... and for dirty ones: at most this times the sequential engine without pre-flush.
+DIRTY_GOAL = 0.15
+#: The dirty goal is stated for this much written to each of the three filesystems.
+DIRTY_GOAL_MB = 150
+#: The contenders whose clean windows are held to CLEAN_GOAL.
+CLEAN_GOAL_KEYS = ("engine", "engine_par", "freeze_path", "freeze_path_par")
+#: The contenders whose dirty windows are held to DIRTY_GOAL.
+DIRTY_GOAL_KEYS = ("engine_preflush", "engine_preflush_par", "engine_preflush_par_rcu")
 
 
 def clean_contenders(bench: Bench) -> list[Contender]:
@@ -448,7 +491,9 @@ def clean_contenders(bench: Bench) -> list[Contender]:
     contenders: list[Contender] = [
         ("floor", "floor (C: FIFREEZE x3, FITHAW x3)", bench.floor),
         ("engine", "engine Session.cycle(), guardian armed", bench.engine),
+        ("engine_par", "engine, parallel (set_parallel)", lambda: bench.engine(parallel=True)),
         ("freeze_path", "Freeze path (lock+ledger+guardian+preflush)", bench.freeze_path),
+        ("freeze_path_par", "Freeze path, parallel=True", lambda: bench.freeze_path(parallel=True)),
         ("fsfreeze", "fsfreeze -f x3, -u x3 (incl. 6 spawns)", bench.fsfreeze_cli),
     ]
     if bench.agent is not None:
@@ -465,6 +510,20 @@ def print_agent_split(samples: dict[str, list[Sample]]) -> None:
     print_extra("  qemu-ga thaw request -> reply", [s["thaw_rtt_ns"] for s in qga])
 
 
+def clean_checks(phase: str, summary: dict[str, dict[str, Any]]) -> list[Check]:
+    """The clean-window goal for every contender it applies to."""
+    return [
+        Check(
+            f"clean window <= {CLEAN_GOAL}x the floor ({phase})",
+            f"{summary[key]['label']}: median / floor median",
+            summary[key]["ratio_to_floor"],
+            CLEAN_GOAL,
+        )
+        for key in CLEAN_GOAL_KEYS
+        if key in summary
+    ]
+
+
 def warm_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> None:
     """Clean filesystems, freezes back to back: the engine's pure overhead over the floor."""
     contenders = clean_contenders(bench)
@@ -473,6 +532,7 @@ def warm_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
     samples = interleaved(contenders, args.reps, progress="clean, warm")
     summary = phase_summary(contenders, samples, "floor")
     doc["clean_warm"] = {"samples": samples, "summary": summary}
+    doc["checks"].extend(clean_checks("warm", summary))
 
     print()
     first = ", ".join(f"{k} {v / 1e6:.3f}" for k, v in doc["first_freeze_after_mkfs_ns"].items())
@@ -493,6 +553,9 @@ def warm_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
     print(f"  engine median FIFREEZE per fs:      {per_fs_medians(eng, mounts, 'freeze_ns')}")
     print(f"  engine median FITHAW per fs:        {per_fs_medians(eng, mounts, 'thaw_ns')}")
     print(f"  Freeze path median FIFREEZE per fs: {per_fs_medians(fp, mounts, 'freeze_ns')}")
+    par = samples["engine_par"]
+    print(f"  engine parallel, FIFREEZE per fs:   {per_fs_medians(par, mounts, 'freeze_ns')}")
+    print(f"  engine parallel, FIFREEZE start:    {per_fs_medians(par, mounts, 'freeze_at_ns')} (from first)")
     print(
         "  floor and engine freeze without a pre-flush; the Freeze path syncfs()es first,\n"
         "  which takes out of its window what a thaw leaves for the next FIFREEZE to write.\n"
@@ -503,42 +566,63 @@ def warm_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
             "  qemu-ga: wall time from sending freeze-list to the thaw's reply, two JSON round\n"
             "  trips over its unix socket and its mountinfo reads included: what using it costs."
         )
-    ratio = summary["engine"]["ratio_to_floor"]
-    verdict = "met" if ratio <= 1.15 else "NOT met"
-    print(f"  goal: engine median within 1.15x of the floor: {ratio:.2f}x, {verdict}")
+    for check in clean_checks("warm", summary):
+        print(f"  {check.line()}")
+
+
+def cold_contenders(bench: Bench) -> list[Contender]:
+    """The clean contenders, and the expedited-RCU ones when the kernel has the knob."""
+    contenders = clean_contenders(bench)
+    if os.path.exists(RCU_EXPEDITED):
+        contenders[5:5] = [
+            ("engine_rcu", "engine, rcu_expedited for the cycle", lambda: bench.engine(rcu=True)),
+            (
+                "engine_par_rcu",
+                "engine, parallel + rcu_expedited",
+                lambda: bench.engine(parallel=True, rcu=True),
+            ),
+            ("freeze_path_rcu", "Freeze path, expedite_rcu=True", lambda: bench.freeze_path(True)),
+            (
+                "freeze_path_par_rcu",
+                "Freeze path, parallel + expedite_rcu",
+                lambda: bench.freeze_path(True, parallel=True),
+            ),
+        ]
+    return contenders
 
 
 def cold_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> None:
     """Clean filesystems after a pause: what a real, occasional freeze costs."""
-    contenders = clean_contenders(bench)
-    if os.path.exists(RCU_EXPEDITED):
-        contenders[2:2] = [
-            ("engine_rcu", "engine, rcu_expedited set around it", bench.engine_rcu),
-            ("freeze_path_rcu", "Freeze path, expedite_rcu=True", bench.freeze_path_rcu),
-        ]
+    contenders = cold_contenders(bench)
 
     def pause() -> Sample:
         time.sleep(args.cold_pause)
         return {}
 
     samples = interleaved(contenders, args.cold_reps, before_each=pause, progress="clean, cold")
-    summary = phase_summary(contenders, samples, "floor")
+    summary = phase_summary(contenders, samples, "floor", reference_key="engine")
     doc["clean_cold"] = {"samples": samples, "summary": summary}
+    doc["checks"].extend(clean_checks("cold", summary))
     print()
     print_table(
         f"CLEAN, COLD: {args.cold_pause:g} s idle before each measurement, {args.cold_reps} "
         "interleaved reps, window in ms",
         summary,
+        reference="engine",
     )
     print_agent_split(samples)
-    eng = samples["engine"]
-    print(f"  engine median FIFREEZE per fs: {per_fs_medians(eng, bench.mounts, 'freeze_ns')}")
+    eng, par = samples["engine"], samples["engine_par"]
+    print(f"  engine median FIFREEZE per fs:          {per_fs_medians(eng, bench.mounts, 'freeze_ns')}")
+    print(f"  engine parallel median FIFREEZE per fs: {per_fs_medians(par, bench.mounts, 'freeze_ns')}")
     print(
         "  the first FIFREEZE of a superblock idle for more than an RCU grace period waits in\n"
         "  freeze_super -> rcu_sync_enter -> synchronize_rcu (seen in /proc/PID/stack), whoever\n"
         "  freezes; back-to-back freezes skip it. With /sys/kernel/rcu_expedited set (the\n"
-        "  *_rcu rows, quiesce's --expedite-rcu) that wait is an expedited grace period."
+        "  *rcu* rows, quiesce's --expedite-rcu) that wait is an expedited grace period; frozen\n"
+        "  in parallel, the filesystems wait out their grace periods side by side."
     )
+    for check in clean_checks("cold", summary):
+        print(f"  {check.line()}")
 
 
 def dirty_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> None:
@@ -547,20 +631,42 @@ def dirty_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> 
         ("floor", "floor (dirty)", bench.floor),
         ("engine", "engine, no pre-flush", bench.engine),
         ("engine_preflush", "engine, after pre-flush", lambda: bench.engine(True)),
+        ("engine_preflush_par", "engine, pre-flush + parallel", lambda: bench.engine(True, True)),
     ]
+    if os.path.exists(RCU_EXPEDITED):
+        contenders.append(
+            (
+                "engine_preflush_par_rcu",
+                "engine, pre-flush + parallel + rcu_expedited",
+                lambda: bench.engine(True, True, True),
+            )
+        )
     if bench.agent is not None:
         contenders.append(("qemu_ga", "qemu-ga freeze-list + thaw (no pre-flush)", bench.qemu_ga))
     # The first dirty rounds land on never-written blocks of the sparse images
     # and run several times slower: discard them like the clean warm-up.
     warm = interleaved(contenders, args.dirty_warmup, before_each=bench.make_dirty, progress="dirty warm-up")
     samples = interleaved(contenders, args.dirty_reps, before_each=bench.make_dirty, progress="dirty")
-    summary = phase_summary(contenders, samples, "floor")
+    summary = phase_summary(contenders, samples, "floor", reference_key="engine")
     doc["dirty"] = {
         "warmup": {k: [s["window_ns"] for s in v] for k, v in warm.items()},
         "samples": samples,
         "summary": summary,
     }
-    pf = samples["engine_preflush"]
+    size = f"{args.dirty_mb} MiB x 3"
+    if args.dirty_mb != DIRTY_GOAL_MB:
+        size += f"; the goal is stated for {DIRTY_GOAL_MB} MiB x 3"
+    checks = [
+        Check(
+            f"dirty window <= {DIRTY_GOAL}x sequential engine without pre-flush ({size})",
+            f"{summary[key]['label']}: median / median",
+            summary[key]["ratio_to_reference"],
+            DIRTY_GOAL,
+        )
+        for key in DIRTY_GOAL_KEYS
+        if key in summary
+    ]
+    doc["checks"].extend(checks)
     print()
     for key, values in doc["dirty"]["warmup"].items():
         if values:
@@ -570,9 +676,13 @@ def dirty_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> 
         f"DIRTY: {args.dirty_mb} MiB written (no fsync) to each fs just before every "
         f"measurement, {args.dirty_reps} interleaved reps, window in ms",
         summary,
+        reference="engine",
     )
-    print_extra("  pre-flush (parallel syncfs, before window)", [s["preflush_ns"] for s in pf])
-    print_extra("  pre-flush + window", [s["preflush_ns"] + s["window_ns"] for s in pf])
+    for key, short in zip(DIRTY_GOAL_KEYS, ("seq", "par", "par+rcu"), strict=True):
+        if key in samples:
+            pf = samples[key]
+            print_extra(f"  pre-flush ({short}; parallel syncfs, before)", [s["preflush_ns"] for s in pf])
+            print_extra(f"  pre-flush + window ({short})", [s["preflush_ns"] + s["window_ns"] for s in pf])
     print_agent_split(samples)
     every = [s for v in samples.values() for s in v]
     print_extra(f"  writing 3 x {args.dirty_mb} MiB (not timed)", [s["write_ns"] for s in every])
@@ -582,17 +692,136 @@ def dirty_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> 
         "  engine median FIFREEZE per fs, no pre-flush: "
         f"{per_fs_medians(samples['engine'], bench.mounts, 'freeze_ns')}"
     )
+    for check in checks:
+        print(f"  {check.line()}")
+
+
+# ---------------------------------------------------------------------------
+# the results file
+
+
+def _phase_table(summary: dict[str, dict[str, Any]], reference: str | None = None) -> str:
+    """One phase as a markdown table: medians, p90, ratios to the floor (and to a reference)."""
+    headers = ["contender", "n", "median ms", "p90 ms", "max ms", "median / floor", "paired / floor"]
+    if reference:
+        headers += [f"median / {reference}", f"paired / {reference}"]
+    rows = []
+    for s in summary.values():
+        row = [
+            s["label"],
+            str(s["n"]),
+            results.ms(s["median_ns"]),
+            results.ms(s["p90_ns"]),
+            results.ms(s["max_ns"]),
+            results.ratio(s["ratio_to_floor"]),
+            results.ratio(s["paired_ratio_median"]),
+        ]
+        if reference:
+            row += [results.ratio(s["ratio_to_reference"]), results.ratio(s["paired_ratio_to_reference"])]
+        rows.append(row)
+    return results.table(headers, rows)
+
+
+def _extra_line(label: str, values: Sequence[float]) -> str:
+    s = summarize([int(v) for v in values])
+    return f"- {label}: median {results.ms(s['median_ns'])} ms (p90 {results.ms(s['p90_ns'])}, n {s['n']})"
+
+
+def _par_vs_seq(summary: dict[str, dict[str, Any]], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    lines = []
+    for par, seq in pairs:
+        if par in summary and seq in summary:
+            p, q = summary[par], summary[seq]
+            lines.append(
+                f"- {p['label']} against {q['label']}: {results.ms(p['median_ns'])} / "
+                f"{results.ms(q['median_ns'])} ms = {p['median_ns'] / q['median_ns']:.2f}x"
+            )
+    return lines
+
+
+PAR_PAIRS = (
+    ("engine_par", "engine"),
+    ("freeze_path_par", "freeze_path"),
+    ("engine_par_rcu", "engine_rcu"),
+    ("freeze_path_par_rcu", "freeze_path_rcu"),
+)
+
+
+def results_section(args: argparse.Namespace, doc: dict[str, Any]) -> str:
+    """This run's section of bench/RESULTS.md."""
+    m = doc["machine"]
+    parts = [
+        "ext4 + xfs + btrfs, "
+        f"{args.image_mb} MiB sparse loop images, freeze order {doc['freeze_order']} (thaw reverse). "
+        "Window: first FIFREEZE start to last FITHAW end. `paired` = median of the per-rep ratios "
+        "(contenders interleaved, first one rotating). fsfreeze and qemu-ga are timed from Python "
+        "around their commands or requests, so their rows include process spawns or JSON round trips.",
+    ]
+    warm = doc["clean_warm"]
+    parts.append(
+        f"### Clean, warm ({args.reps} reps, back to back, after {args.warmup} discarded)\n\n"
+        + _phase_table(warm["summary"])
+    )
+    eng = warm["samples"]["engine"]
+    fp = warm["samples"]["freeze_path"]
+    parts.append(
+        "\n".join(
+            [
+                _extra_line("engine cycle() seen from Python", [s["call_ns"] for s in eng]),
+                _extra_line(
+                    "Freeze path pre-flush (outside the window)", [s["preflush_ns"] or 0 for s in fp]
+                ),
+                *_par_vs_seq(warm["summary"], PAR_PAIRS),
+            ]
+        )
+    )
+    if "clean_cold" in doc:
+        cold = doc["clean_cold"]
+        parts.append(
+            f"### Clean, cold ({args.cold_pause:g} s idle before each measurement, {args.cold_reps} reps)"
+            "\n\n" + _phase_table(cold["summary"], "engine")
+        )
+        parts.append(
+            "Parallel against sequential (medians):\n\n" + "\n".join(_par_vs_seq(cold["summary"], PAR_PAIRS))
+        )
+    if "dirty" in doc:
+        dirty = doc["dirty"]
+        lines = [
+            _extra_line(
+                f"{dirty['summary'][k]['label']}: pre-flush (before the window)",
+                [s["preflush_ns"] for s in dirty["samples"][k]],
+            )
+            for k in DIRTY_GOAL_KEYS
+            if k in dirty["samples"]
+        ]
+        parts.append(
+            f"### Dirty ({args.dirty_mb} MiB written to each filesystem without fsync before every "
+            f"measurement, {args.dirty_reps} reps after {args.dirty_warmup} discarded)\n\n"
+            + _phase_table(dirty["summary"], "engine")
+            + "\n\n"
+            + "\n".join(lines)
+        )
+    extra = f"; {m['fsfreeze']}; {m.get('qemu_ga') or 'qemu-ga not installed'}"
+    return results.section(
+        "compare_window.py: the frozen window, side by side",
+        doc=doc,
+        parts=parts,
+        checks=doc["checks"],
+        extra_machine=extra,
+    )
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Build the world, run the phases, print the tables; returns the JSON document."""
+    started = time.monotonic()
     doc: dict[str, Any] = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *argv]),
+        "command": results.command_line(argv),
         "machine": machine(),
         "config": vars(args),
+        "checks": [],
     }
     print_header(doc)
-    enter_private_mount_namespace()
+    enter_private_namespace()
     with contextlib.ExitStack() as stack:
         work = stack.enter_context(tempfile.TemporaryDirectory(prefix="quiesce-bench-"))
         floor_bin = compile_floor(work)
@@ -622,9 +851,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             for t in targets
         ]
         order = " -> ".join(t.mount.fstype for t in targets)
+        doc["freeze_order"] = order
+        grouped = zip(bench.parallel_order, bench.groups, strict=True)
+        groups = ", ".join(f"{targets[i].mount.fstype} {g}" for i, g in grouped)
         print(
             f"filesystems: {order} (freeze order; thaw reverse), {args.image_mb} MiB sparse "
-            f"loop images, built in {time.monotonic() - t0:.1f} s"
+            f"loop images, built in {time.monotonic() - t0:.1f} s; parallel groups: {groups}"
         )
         print(f"floor: {doc['floor_compile']}")
         if bench.agent is not None:
@@ -643,11 +875,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             cold_phase(bench, args, doc)
         if args.dirty_reps:
             dirty_phase(bench, args, doc)
+    doc["duration_s"] = time.monotonic() - started
     return doc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Refuse unless root and the tools are there, run, write the JSON; the exit status."""
+    """Refuse unless root and the tools are there, run, write the results; the exit status."""
     argv = list(sys.argv if argv is None else argv)
     args = parse_args(argv[1:])
     if os.geteuid() != 0:
@@ -662,10 +895,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"compare_window.py: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
-    doc = run(args, argv)
+    with sigterm_exits(), rcu_left_as_found():
+        doc = run(args, argv)
+    if not args.no_results:
+        results.write_section(args.results, "compare_window", results_section(args, doc))
+        print(f"\nresults written to {args.results} (section compare_window)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
+            json.dump({**doc, "checks": [c.to_dict() for c in doc["checks"]]}, f, indent=1)
             f.write("\n")
         print(f"\nJSON written to {args.json}")
     return 0

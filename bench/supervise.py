@@ -3,6 +3,7 @@
     sudo python bench/supervise.py [--reps 200] [--poll-reps 20] [--random-reps 20] [--poll-s 1]
                                    [--timeout-reps 30] [--timeout-poll-reps 10] [--timeout-ms 200]
                                    [--grace-ms 100] [--script-reps 200] [--seed 1] [--json out.json]
+                                   [--results PATH | --no-results]
 
 Three measurements, each interleaved round-robin (every round runs every
 contender once, the first one rotating; the slow polling contenders run in
@@ -47,6 +48,10 @@ the run_script path
 
 Nothing here freezes anything. Runs as root (scripts must be root-owned for
 ``open_script``; cgroups are created under the cgroup v2 root).
+
+The tables and the goal checks (completion noticed within 1 ms at p99, SIGTERM
+and SIGKILL within 5 ms of their deadlines at p99) go to the ``supervise``
+section of bench/RESULTS.md (``--results PATH``; ``--no-results`` skips it).
 """
 
 from __future__ import annotations
@@ -57,7 +62,6 @@ import itertools
 import json
 import os
 import random
-import shlex
 import shutil
 import signal
 import statistics
@@ -70,8 +74,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compare_window import machine
+import results
 from floorprog import compile_command, compile_program
+from results import Check
+from safety import sigterm_exits
 
 from quiesce import native
 from quiesce.cgroups import ScriptCgroup, cgroup2_root
@@ -639,6 +645,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--script-reps", type=int, default=200, help="run_script rounds (200; 0 skips)")
     p.add_argument("--seed", type=int, default=1, help="seed of the random run times (1)")
     p.add_argument("--json", metavar="PATH", help="write every sample and summary here")
+    p.add_argument(
+        "--results",
+        metavar="PATH",
+        default=str(results.DEFAULT_PATH),
+        help="write this run's section of the results file here (default bench/RESULTS.md)",
+    )
+    p.add_argument("--no-results", action="store_true", help="do not write the results file")
     args = p.parse_args(argv)
     counts = (args.random_reps, args.timeout_reps, args.long_timeout_reps, args.script_reps)
     if args.reps < 1 or min(counts) < 0:
@@ -664,11 +677,111 @@ def print_header(doc: dict[str, Any]) -> None:
     print(f"child: {doc['exit_stamp_compile']}")
 
 
+# ---------------------------------------------------------------------------
+# goals and the results file
+
+#: The benchmark issue's goals: completion noticed within 1 ms at p99, and the
+#: timeout's signals within 5 ms of their deadlines at p99.
+COMPLETION_GOAL_MS = 1.0
+TIMEOUT_GOAL_MS = 5.0
+
+
+def goal_checks(doc: dict[str, Any]) -> list[Check]:
+    """quiesce's supervisor (the ``pidfd`` rows) against the goals."""
+    checks = []
+    for key, what in (("completion", "child exits at once"), ("completion_random", "child runs a while")):
+        if key in doc:
+            s = doc[key]["summary"]["pidfd"]
+            checks.append(
+                Check(
+                    f"completion noticed within {COMPLETION_GOAL_MS:g} ms at p99",
+                    f"{s['label']}, {what}: p99 of {s['n']}",
+                    s["p99_ns"] / 1e6,
+                    COMPLETION_GOAL_MS,
+                    "ms",
+                )
+            )
+    for key in ("timeout", "timeout_long"):
+        if key not in doc:
+            continue
+        t = doc[key]["timeout_ms"]
+        for signame, field_ in (("SIGTERM", "term_late"), ("SIGKILL", "kill_late")):
+            s = doc[key][field_]["pidfd"]
+            deadline = "deadline" if signame == "SIGTERM" else "deadline + grace"
+            checks.append(
+                Check(
+                    f"timeout: {signame} within {TIMEOUT_GOAL_MS:g} ms of its deadline at p99",
+                    f"quiesce Supervision, T = {t:g} ms: {signame} sent - {deadline}, p99 of {s['n']}",
+                    s["p99_ns"] / 1e6,
+                    TIMEOUT_GOAL_MS,
+                    "ms",
+                )
+            )
+    return checks
+
+
+def _summary_table(summary: dict[str, dict[str, Any]]) -> str:
+    return results.table(
+        ["contender", "n", "min ms", "median ms", "p90 ms", "p99 ms", "max ms"],
+        [
+            [
+                s["label"],
+                str(s["n"]),
+                *(results.ms(s[k]) for k in ("min_ns", "median_ns", "p90_ns", "p99_ns", "max_ns")),
+            ]
+            for s in summary.values()
+        ],
+    )
+
+
+def results_section(args: argparse.Namespace, doc: dict[str, Any], checks: Sequence[Check]) -> str:
+    """This run's section of bench/RESULTS.md."""
+    parts = [
+        "Contenders interleaved (every round runs each once, the first rotating; the poll loop in "
+        "evenly spread rounds only). With fewer than 100 samples, p99 is close to the max."
+    ]
+    if "completion" in doc:
+        parts.append(
+            f"### Completion latency, child exits at once ({args.reps} rounds, poll loop in "
+            f"{args.poll_reps})\n\nThe child's CLOCK_MONOTONIC exit stamp to the supervisor "
+            "noticing the exit.\n\n" + _summary_table(doc["completion"]["summary"])
+        )
+    if "completion_random" in doc:
+        parts.append(
+            f"### Completion latency, child runs U[0, {args.poll_s:g} s) first ({args.random_reps} "
+            f"rounds, seed {args.seed})\n\n" + _summary_table(doc["completion_random"]["summary"])
+        )
+    for key in ("timeout", "timeout_long"):
+        if key in doc:
+            t = doc[key]["timeout_ms"]
+            parts.append(
+                f"### Timeout, T = {t:g} ms, G = {args.grace_ms:g} ms, child ignores SIGTERM\n\n"
+                "SIGTERM sent - deadline (start + T):\n\n"
+                + _summary_table(doc[key]["term_late"])
+                + "\n\nSIGKILL sent - (deadline + G):\n\n"
+                + _summary_table(doc[key]["kill_late"])
+            )
+    if "run_script" in doc:
+        parts.append(
+            f"### The run_script path ({args.script_reps} rounds)\n\nA trivial root-owned "
+            "`#!/bin/sh` / `exit 0` script in a root-only directory under /run: wall time from call "
+            "to return.\n\n" + _summary_table(doc["run_script"]["summary"])
+        )
+    return results.section(
+        "supervise.py: script supervision, side by side",
+        doc=doc,
+        parts=parts,
+        checks=checks,
+        extra_machine=f"; cgroup v2 at {doc['machine']['cgroup2_root']}",
+    )
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """Compile the child, run the phases, print the tables; returns the JSON document."""
+    started = time.monotonic()
     doc: dict[str, Any] = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *argv]),
-        "machine": {**machine(), "cgroup2_root": cgroup2_root()},
+        "command": results.command_line(argv),
+        "machine": {**results.machine(), "cgroup2_root": cgroup2_root()},
         "config": vars(args),
         "exit_stamp_compile": compile_command("$TMP", SOURCE),
     }
@@ -680,11 +793,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             timeout_phase(stamp_bin, args, doc)
     if args.script_reps:
         script_phase(args, doc)
+    doc["duration_s"] = time.monotonic() - started
     return doc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Refuse unless root, run, write the JSON; the exit status."""
+    """Refuse unless root, run, write the results and the JSON; the exit status."""
     argv = list(sys.argv if argv is None else argv)
     args = parse_args(argv[1:])
     if os.geteuid() != 0:
@@ -698,10 +812,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("cc") is None:
         print("supervise.py: missing tool: cc", file=sys.stderr)
         return 2
-    doc = run(args, argv)
+    with sigterm_exits():
+        doc = run(args, argv)
+    checks = goal_checks(doc)
+    print()
+    for check in checks:
+        print(check.line())
+    if not args.no_results:
+        results.write_section(args.results, "supervise", results_section(args, doc, checks))
+        print(f"\nresults written to {args.results} (section supervise)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
+            json.dump({**doc, "checks": [c.to_dict() for c in checks]}, f, indent=1)
             f.write("\n")
         print(f"\nJSON written to {args.json}")
     return 0
