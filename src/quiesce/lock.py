@@ -44,8 +44,10 @@ class FreezeLock:
                 "wait for it, or see `quiesce status`",
                 holder,
             ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        # The pid is only for messages: a full disk must not fail the lock.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
         """Release the lock (idempotent)."""
