@@ -41,6 +41,15 @@ def private_namespace() -> None:
         _namespace_entered = True
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_run_cgroups():
+    """After the session, remove the cgroups of runs the tests SIGKILLed (what `quiesce recover` does)."""
+    yield
+    from quiesce.cgroups import kill_orphaned_run_cgroups
+
+    kill_orphaned_run_cgroups()
+
+
 @pytest.fixture(scope="session")
 def world(private_namespace: None) -> Iterator[Sandbox]:
     """ext4, xfs and btrfs loop filesystems, plus an ext4 stacked on an xfs."""
