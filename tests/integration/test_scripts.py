@@ -248,3 +248,37 @@ def test_fallback_leftover_in_the_group_is_killed(make_script, no_cgroup):
     while _alive_with_marker(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _alive_with_marker(marker) == []
+
+
+def test_many_children_ignoring_sigterm_end_within_timeout_grace_and_50ms(make_script):
+    """A script forking 50 SIGTERM-ignoring children: killed by timeout + grace + 50 ms, none survive."""
+    marker = _unique_sleep()
+    s = make_script(
+        "trap '' TERM\n"
+        f"for i in $(seq 50); do sh -c \"trap '' TERM; exec sleep {marker}\" & done\n"
+        f"sleep {marker}\n"
+    )
+    r = run_script(s, [], ScriptPolicy(timeout_s=0.3, grace_s=0.2))
+    a = r.attempts[0]
+    assert r.status == "timeout" and a.killed
+    assert a.duration_ns <= (0.3 + 0.2 + 0.05) * 1e9, f"{a.duration_ns / 1e6:.1f} ms"
+    assert _alive_with_marker(marker) == []
+
+
+def test_script_closing_stdout_early_still_reports(make_script):
+    """A script that closes stdout and stderr early and goes on: its exit is still seen and reported."""
+    s = make_script("echo before\nexec >&- 2>&-\nsleep 0.2\nexit 3\n")
+    r = run_script(s, [], ScriptPolicy(timeout_s=5))
+    a = r.attempts[0]
+    assert a.exit_code == 3 and a.stdout == "before\n"
+    assert 0.2e9 <= a.duration_ns < 2e9
+
+
+def test_endless_output_is_cut_by_the_timeout(make_script):
+    """A script printing forever is drained without blocking and killed at its timeout."""
+    s = make_script("trap '' TERM\nyes quiesce\n")
+    r = run_script(s, [], ScriptPolicy(timeout_s=0.5, grace_s=0.1, output_tail=1024))
+    a = r.attempts[0]
+    assert r.status == "timeout" and a.killed
+    assert a.stdout_bytes > 1024 and a.stdout_truncated and len(a.stdout) == 1024
+    assert a.duration_ns <= (0.5 + 0.1 + 0.05) * 1e9
