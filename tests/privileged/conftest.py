@@ -146,8 +146,9 @@ class Setup:
             config_path=self.config_path, pluginhost_path=None, vmbackup_conf=None, run_dir=self.run_dir
         )
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [
+    def run_argv(self, *args: str) -> list[str]:
+        """``python -m quiesce run`` on this setup's config and run dir, plus ``args``."""
+        return [
             sys.executable,
             "-m",
             "quiesce",
@@ -160,7 +161,12 @@ class Setup:
             self.run_dir,
             *args,
         ]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=80, stdin=subprocess.DEVNULL)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``quiesce run`` to the end."""
+        return subprocess.run(
+            self.run_argv(*args), capture_output=True, text=True, timeout=80, stdin=subprocess.DEVNULL
+        )
 
 
 @pytest.fixture

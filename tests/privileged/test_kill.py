@@ -57,19 +57,7 @@ def test_sigkill_at_random_instants(setup, fs):
     rng = random.Random(int(os.environ.get("QUIESCE_KILL_SEED", "1")))
     outcomes = []
     env = dict(os.environ)
-    argv = [
-        sys.executable,
-        "-m",
-        "quiesce",
-        "run",
-        "--json",
-        "--config",
-        setup.config_path,
-        "--no-pluginhost",
-        "--no-vmbackup-conf",
-        "--run-dir",
-        setup.run_dir,
-    ]
+    argv = setup.run_argv("--json")
     for trial in range(TRIALS):
         delay = rng.uniform(0.0, 1.2)
         proc = subprocess.Popen(
@@ -151,18 +139,7 @@ def test_watchdog_kills_the_scripts_of_a_killed_run(setup):
     """SIGKILL during a long pre-script: its whole tree is killed at once by the run's watchdog."""
     setup.config(pre=f"echo started >> {setup.log}\nsetsid sleep {MARK}9 &\nsleep {MARK}8\n")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "quiesce",
-            "run",
-            "--config",
-            setup.config_path,
-            "--no-pluginhost",
-            "--no-vmbackup-conf",
-            "--run-dir",
-            setup.run_dir,
-        ],
+        setup.run_argv(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -19,23 +19,7 @@ UNITS = Path(__file__).parents[2] / "systemd"
 
 def _run_cli(setup, *args):
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "quiesce",
-            "run",
-            "--config",
-            setup.config_path,
-            "--no-pluginhost",
-            "--no-vmbackup-conf",
-            "--run-dir",
-            setup.run_dir,
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        stdin=subprocess.DEVNULL,
+        setup.run_argv(*args), capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL
     )
 
 

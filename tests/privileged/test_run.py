@@ -190,18 +190,7 @@ def test_second_run_is_refused_while_one_runs(setup):
     """Two runs at once: the second is refused at once with the holder named."""
     setup.config(pre="sleep 1\n")
     first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "quiesce",
-            "run",
-            "--config",
-            setup.config_path,
-            "--no-pluginhost",
-            "--no-vmbackup-conf",
-            "--run-dir",
-            setup.run_dir,
-        ],
+        setup.run_argv(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -270,19 +259,7 @@ def test_hold_snapshot_released_by_stdin(setup, fs):
     """Mode "hold": run announces frozen, an external snapshotter works, a line on stdin releases."""
     setup.config(quiesce={"snapshot": {"mode": "hold"}})
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "quiesce",
-            "run",
-            "--json",
-            "--config",
-            setup.config_path,
-            "--no-pluginhost",
-            "--no-vmbackup-conf",
-            "--run-dir",
-            setup.run_dir,
-        ],
+        setup.run_argv("--json"),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -311,20 +288,7 @@ def test_hold_snapshot_released_by_quiesce_thaw(setup):
     """Mode "hold" in the background: `quiesce thaw` releases it."""
     setup.config(quiesce={"snapshot": {"mode": "hold"}})
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "quiesce",
-            "run",
-            "--json",
-            "--no-stdin",
-            "--config",
-            setup.config_path,
-            "--no-pluginhost",
-            "--no-vmbackup-conf",
-            "--run-dir",
-            setup.run_dir,
-        ],
+        setup.run_argv("--json", "--no-stdin"),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

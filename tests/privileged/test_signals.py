@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -18,19 +17,7 @@ pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
 
 def _start(setup):
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "quiesce",
-            "run",
-            "--json",
-            "--config",
-            setup.config_path,
-            "--no-pluginhost",
-            "--no-vmbackup-conf",
-            "--run-dir",
-            setup.run_dir,
-        ],
+        setup.run_argv("--json"),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
