@@ -93,6 +93,9 @@ class FreezeReport:
 
     run_id: str
     targets: list[FilesystemResult] = field(default_factory=list)
+    #: CLOCK_MONOTONIC of the first FIFREEZE (``time.monotonic_ns()`` scale), so a
+    #: caller can line its own events up with the window.
+    window_start_ns: int | None = None
     window_ns: int | None = None
     preflush_ns: int | None = None
     guardian_pid: int | None = None
@@ -136,7 +139,7 @@ def build_report(
     origin = min(starts) if starts else None
     thaw_ends = [r.thaw_end_ns for r in records if r.thaw_end_ns]
     flush = [(r.flush_start_ns, r.flush_end_ns) for r in records if r.flush_start_ns]
-    report = FreezeReport(run_id=run_id, guardian_pid=guardian_pid)
+    report = FreezeReport(run_id=run_id, guardian_pid=guardian_pid, window_start_ns=origin)
     if origin is not None and thaw_ends:
         report.window_ns = max(thaw_ends) - origin
     if flush:

@@ -79,12 +79,13 @@ SnapshotStep = Callable[[], None]
 
 @dataclass
 class Phase:
-    """One line of the run's timeline."""
+    """One line of the run's timeline; ``start_ns`` is CLOCK_MONOTONIC (0: not timed)."""
 
     name: str
     status: str
     duration_ns: int
     detail: str | None = None
+    start_ns: int = 0
 
 
 @dataclass
@@ -110,6 +111,9 @@ class RunResult:
     interrupted_by: str | None = None
     phases: list[Phase] = field(default_factory=list)
     duration_ns: int = 0
+    #: When the run started: Unix time, and CLOCK_MONOTONIC (``time.monotonic_ns()``).
+    started_unix: float = 0.0
+    started_ns: int = 0
 
     @property
     def ok(self) -> bool:
@@ -203,7 +207,7 @@ class _Timeline:
     @contextlib.contextmanager
     def phase(self, name: str) -> Any:
         start = time.monotonic_ns()
-        entry = Phase(name, "ok", 0)
+        entry = Phase(name, "ok", 0, start_ns=start)
         try:
             yield entry
         except BaseException:
@@ -232,8 +236,8 @@ def run(
     """
     options = options or RunOptions()
     run_id = ledger_mod.new_run_id()
-    result = RunResult(run_id=run_id)
-    started = time.monotonic_ns()
+    result = RunResult(run_id=run_id, started_unix=time.time(), started_ns=time.monotonic_ns())
+    started = result.started_ns
     loaded = config or load_checked_config(options.config_path)
     host = load_pluginhost(options.pluginhost_path) if options.pluginhost_path else None
     cfg = loaded.config

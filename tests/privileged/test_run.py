@@ -27,6 +27,12 @@ def test_published_sample_with_real_scripts_is_application_consistent(setup):
     assert r.freeze is not None and r.freeze.ok and len(r.freeze.targets) == 2
     assert setup.events() == ["pre.sh 1  ", "frozen-check", "post.sh 1 ok ok"]
     assert ledger_mod.read(setup.run_dir) is None
+    # Absolute times line the run up with the caller's own events.
+    assert r.started_ns <= r.phases[0].start_ns and r.started_unix > 0
+    window = next(p for p in r.phases if p.name == "freeze-window")
+    assert window.start_ns <= r.freeze.window_start_ns <= window.start_ns + window.duration_ns
+    starts = [p.start_ns for p in r.phases]
+    assert starts == sorted(starts)
 
 
 def test_cli_json_and_exit_zero(setup):
