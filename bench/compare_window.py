@@ -76,7 +76,7 @@ import results
 from floorprog import compile_command, compile_floor, run_floor
 from qga import GuestAgent, agent_binary, agent_version
 from results import Check
-from safety import enter_private_namespace, rcu_left_as_found, sandbox_targets, sigterm_exits
+from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_targets, sigterm_exits
 
 from quiesce.freeze import Freeze, FreezeOptions, open_target
 from quiesce.mounts import Target
@@ -437,14 +437,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--dirty-mb", type=int, default=150, help="MiB written to each fs per dirty rep")
     p.add_argument("--image-mb", type=int, default=1024, help="sparse image size (default 1024)")
     p.add_argument("--no-qemu-ga", action="store_true", help="leave the QEMU guest agent out")
-    p.add_argument("--json", metavar="PATH", help="write every sample and summary here")
-    p.add_argument(
-        "--results",
-        metavar="PATH",
-        default=str(results.DEFAULT_PATH),
-        help="write this run's section of the results file here (default bench/RESULTS.md)",
-    )
-    p.add_argument("--no-results", action="store_true", help="do not write the results file")
+    results.add_output_arguments(p)
     args = p.parse_args(argv)
     if args.reps < 1 or min(args.warmup, args.cold_reps, args.dirty_reps, args.dirty_warmup) < 0:
         p.error("--reps must be >= 1; --warmup, --cold-reps, --dirty-reps, --dirty-warmup >= 0")
@@ -883,17 +876,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Refuse unless root and the tools are there, run, write the results; the exit status."""
     argv = list(sys.argv if argv is None else argv)
     args = parse_args(argv[1:])
-    if os.geteuid() != 0:
-        print(
-            "compare_window.py must run as root: it creates loop devices, mounts "
-            "filesystems in a private mount namespace and freezes them "
-            "(try: sudo python bench/compare_window.py)",
-            file=sys.stderr,
-        )
-        return 2
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        print(f"compare_window.py: missing tools: {', '.join(missing)}", file=sys.stderr)
+    refused = refusal(
+        "compare_window.py",
+        "it creates loop devices, mounts filesystems in a private mount namespace and freezes them",
+        TOOLS,
+    )
+    if refused:
+        print(refused, file=sys.stderr)
         return 2
     with sigterm_exits(), rcu_left_as_found():
         doc = run(args, argv)

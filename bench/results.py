@@ -11,6 +11,7 @@ with its verdict: met, or NOT met and by how much.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import os
@@ -206,3 +207,15 @@ def write_section(path: str | os.PathLike[str], name: str, body: str) -> None:
         f.seek(0)
         f.write(new)
         f.truncate()
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every bench script shares: --json, --results, --no-results."""
+    parser.add_argument("--json", metavar="PATH", help="write every sample and summary here")
+    parser.add_argument(
+        "--results",
+        metavar="PATH",
+        default=str(DEFAULT_PATH),
+        help="write this run's section of the results file here (default bench/RESULTS.md)",
+    )
+    parser.add_argument("--no-results", action="store_true", help="do not write the results file")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Iterator, Sequence
 from types import FrameType
@@ -110,3 +111,13 @@ def sigterm_exits() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def refusal(script: str, why_root: str, tools: Sequence[str]) -> str | None:
+    """Why ``script`` cannot run here (not root, a tool missing), or None when it can."""
+    if os.geteuid() != 0:
+        return f"{script} must run as root: {why_root} (try: sudo python bench/{script})"
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        return f"{script}: missing tools: {', '.join(missing)}"
+    return None

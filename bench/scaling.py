@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ import results
 from compare_window import Bench, Contender, Sample, interleaved, summarize
 from floorprog import compile_command, compile_floor
 from results import Check
-from safety import enter_private_namespace, rcu_left_as_found, sandbox_targets, sigterm_exits
+from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_targets, sigterm_exits
 
 from quiesce.mounts import Target
 from quiesce.rcu import RCU_EXPEDITED, ExpeditedRcu
@@ -321,14 +320,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--cold-pause", type=float, default=0.5, help="idle seconds before a cold measurement")
     p.add_argument("--image-mb", type=int, default=16, help="sparse image size per filesystem (16)")
     p.add_argument("--no-rcu", action="store_true", help="leave out the expedited-RCU cold contenders")
-    p.add_argument("--json", metavar="PATH", help="write every sample and summary here")
-    p.add_argument(
-        "--results",
-        metavar="PATH",
-        default=str(results.DEFAULT_PATH),
-        help="write this run's section of the results file here (default bench/RESULTS.md)",
-    )
-    p.add_argument("--no-results", action="store_true", help="do not write the results file")
+    results.add_output_arguments(p)
     args = p.parse_args(argv)
     if args.reps < 1 or args.warmup < 0 or args.cold_reps < 0 or args.cold_pause < 0:
         p.error("--reps must be >= 1; --warmup, --cold-reps and --cold-pause >= 0")
@@ -413,16 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Refuse unless root and the tools are there, run, write the results; the exit status."""
     argv = list(sys.argv if argv is None else argv)
     args = parse_args(argv[1:])
-    if os.geteuid() != 0:
-        print(
-            "scaling.py must run as root: it creates loop devices, mounts filesystems in a "
-            "private mount namespace and freezes them (try: sudo python bench/scaling.py)",
-            file=sys.stderr,
-        )
-        return 2
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        print(f"scaling.py: missing tools: {', '.join(missing)}", file=sys.stderr)
+    refused = refusal(
+        "scaling.py",
+        "it creates loop devices, mounts filesystems in a private mount namespace and freezes them",
+        TOOLS,
+    )
+    if refused:
+        print(refused, file=sys.stderr)
         return 2
     with sigterm_exits(), rcu_left_as_found():
         doc = run(args, argv)

@@ -77,7 +77,7 @@ from typing import Any
 import results
 from floorprog import compile_command, compile_program
 from results import Check
-from safety import sigterm_exits
+from safety import refusal, sigterm_exits
 
 from quiesce import native
 from quiesce.cgroups import ScriptCgroup, cgroup2_root
@@ -644,14 +644,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--long-timeout-reps", type=int, default=6, help="its rounds, no poll loop (6; 0 skips)")
     p.add_argument("--script-reps", type=int, default=200, help="run_script rounds (200; 0 skips)")
     p.add_argument("--seed", type=int, default=1, help="seed of the random run times (1)")
-    p.add_argument("--json", metavar="PATH", help="write every sample and summary here")
-    p.add_argument(
-        "--results",
-        metavar="PATH",
-        default=str(results.DEFAULT_PATH),
-        help="write this run's section of the results file here (default bench/RESULTS.md)",
-    )
-    p.add_argument("--no-results", action="store_true", help="do not write the results file")
+    results.add_output_arguments(p)
     args = p.parse_args(argv)
     counts = (args.random_reps, args.timeout_reps, args.long_timeout_reps, args.script_reps)
     if args.reps < 1 or min(counts) < 0:
@@ -801,16 +794,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Refuse unless root, run, write the results and the JSON; the exit status."""
     argv = list(sys.argv if argv is None else argv)
     args = parse_args(argv[1:])
-    if os.geteuid() != 0:
-        print(
-            "supervise.py must run as root: open_script accepts only root-owned scripts in "
-            "root-only directories, and each attempt gets a cgroup under the cgroup v2 root "
-            "(try: sudo python bench/supervise.py)",
-            file=sys.stderr,
-        )
-        return 2
-    if shutil.which("cc") is None:
-        print("supervise.py: missing tool: cc", file=sys.stderr)
+    refused = refusal(
+        "supervise.py",
+        "open_script accepts only root-owned scripts in root-only directories, and each attempt "
+        "gets a cgroup under the cgroup v2 root",
+        ("cc",),
+    )
+    if refused:
+        print(refused, file=sys.stderr)
         return 2
     with sigterm_exits():
         doc = run(args, argv)
