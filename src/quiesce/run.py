@@ -604,10 +604,11 @@ def _frozen_step(
             how = attempt.error or f"exit {attempt.exit_code}, signal {attempt.signal}"
             _set_error(result, *SNAPSHOT_FAILED, f"snapshot command {attempt.outcome}: {how}")
         return attempt.outcome == "ok"
-    freeze.freeze()
     if snapshot is None and spec.mode is SnapshotMode.HOLD:
+        # The release's pipe and handlers are set up before the freeze, not inside the window.
         release = Release()
         try:
+            freeze.freeze()
             if options.on_frozen is not None:
                 options.on_frozen(freeze)
             result.released_by = release.wait(freeze.remaining_ns, options.hold_stdin)
@@ -616,6 +617,7 @@ def _frozen_step(
         entry.detail = f"held; released by {result.released_by}"
         # Released by the deadline: the guardian thawed first; the snapshot is not trusted.
         return result.released_by != "deadline"
+    freeze.freeze()
     return _take_snapshot(result, snapshot, entry)
 
 
