@@ -320,6 +320,26 @@ void qz_wait_init(const struct qz_wait_req *w, struct qz_wait_res *r)
     r->err_open = w->err_fd >= 0;
 }
 
+/*
+ * Read the wake-up pipe empty; true if one of its bytes is the release
+ * signal's number. Other signals' bytes are dropped: they only wake.
+ */
+static int released(const struct qz_wait_req *w)
+{
+    unsigned char buf[64];
+    int hit = 0;
+
+    for (;;) {
+        ssize_t i, n = read(w->release_fd, buf, sizeof(buf));
+
+        if (n <= 0)
+            return hit; /* empty (EAGAIN), EOF or error: stop reading */
+        for (i = 0; i < n; i++)
+            if (buf[i] == (unsigned char)w->release_sig)
+                hit = 1;
+    }
+}
+
 static int64_t min_pos(int64_t a, int64_t b)
 {
     if (a < 0)
@@ -333,8 +353,8 @@ static int supervise_loop(struct qz_child *c, const struct qz_wait_req *w,
                           struct qz_wait_res *r, int64_t tick_end, int timer)
 {
     for (;;) {
-        struct pollfd pfd[3];
-        nfds_t n = 0;
+        struct pollfd pfd[4];
+        nfds_t n = 0, rel = 0;
         int64_t now = qz_now_ns(), wake;
         int rc, got;
 
@@ -384,9 +404,18 @@ static int supervise_loop(struct qz_child *c, const struct qz_wait_req *w,
             pfd[n].fd = w->err_fd;
             pfd[n++].events = POLLIN;
         }
+        if (w->release_fd >= 0) {
+            rel = n;
+            pfd[n].fd = w->release_fd;
+            pfd[n++].events = POLLIN;
+        }
         if (c->pidfd < 0)
             wake = min_pos(wake, now + 1000000); /* no pidfd (old kernel): look every ms */
         rc = qz_wait_until(pfd, (unsigned int)n, timer, wake);
+        if (rc > 0 && w->release_fd >= 0 && pfd[rel].revents && released(w)) {
+            r->released = 1;
+            return 0; /* QZ_RUNNING, released: the caller ends the wait early */
+        }
         if (rc == -EINTR && w->interruptible)
             return 0; /* QZ_RUNNING: let the caller's signal handler run */
         if (rc < 0 && rc != -EINTR)

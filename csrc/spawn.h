@@ -58,6 +58,8 @@ struct qz_wait_req {
     char *err_buf;
     uint64_t err_cap;
     int interruptible;        /* a signal (EINTR) returns QZ_RUNNING, so the caller's handler runs */
+    int release_fd;           /* a non-blocking signal wake-up pipe (a byte per signal); -1: none */
+    int release_sig;          /* a byte equal to this number on release_fd ends the wait (released) */
 };
 
 struct qz_wait_res {
@@ -77,6 +79,8 @@ struct qz_wait_res {
     int64_t utime_us;
     int64_t stime_us;
     int64_t maxrss_kb;
+    int32_t released;         /* release_sig arrived: returned with the child still running */
+    int32_t reserved;
 };
 
 int qz_spawn(const struct qz_spawn_req *req, struct qz_child *out);

@@ -9,7 +9,10 @@
  * Freeze; start the command; supervise it to `timeout_ns` after its start
  * (w->deadline_ns is ignored); thaw. The thaw happens whatever the command
  * did. A command that cannot be killed (it sleeps in the kernel, e.g. on a
- * frozen filesystem) is left to the caller after the thaw lets it die.
+ * frozen filesystem) is left to the caller after the thaw lets it die. A
+ * release (w->release_fd, w->release_sig: `quiesce thaw`) ends the window at
+ * once: thawed with the command still running (r->wait.released), which the
+ * caller then kills.
  */
 int qz_window_command(struct qz_session *s, const struct qz_spawn_req *req,
                       const struct qz_wait_req *w, int64_t timeout_ns,
@@ -17,7 +20,7 @@ int qz_window_command(struct qz_session *s, const struct qz_spawn_req *req,
 {
     struct qz_wait_req wait = *w;
 
-    /* Nothing interrupts the window: signals are handled after the thaw. */
+    /* Nothing but the release interrupts the window: signals are handled after the thaw. */
     wait.interruptible = 0;
     memset(r, 0, sizeof(*r));
     r->child.pid = -1;

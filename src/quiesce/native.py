@@ -243,31 +243,34 @@ class Session:
         kill_wait_ns: int,
         out_cap: int = 65536,
         err_cap: int = 65536,
+        release_fd: int = -1,
+        release_sig: int = 0,
     ) -> tuple[Child, Supervision]:
         """Freeze, run ``argv`` to ``timeout_ns``, thaw: one native call, no Python inside.
 
-        Raises the freeze error (nothing left frozen) if freezing failed, the
-        spawn error if the command could not start, and the thaw error if
-        thawing failed; all after the native call returned.
+        Raises the freeze error (nothing left frozen) if freezing failed and
+        the spawn error if the command could not start, after the native call
+        returned. A thaw failure is not raised here, so the command's outcome
+        is never lost: it is in :meth:`records` (and ``Freeze.close`` raises
+        it; an external thaw, EINVAL, is reported per filesystem). ``release_fd`` is
+        a non-blocking signal wake-up pipe (``signal.set_wakeup_fd``): a
+        ``release_sig`` byte on it ends the window at once, the command still
+        running (``result().released``); the caller kills it.
         """
         req, keep = _spawn_request(argv, env, path, -1, cgroup_fd, stdin_fd, stdout_fd, stderr_fd)
-        bufs = _wait_request(0, grace_ns, kill_wait_ns, 0, cgroup_fd, out_fd, err_fd, out_cap, err_cap)
+        bufs = _wait_request(
+            0, grace_ns, kill_wait_ns, 0, cgroup_fd, out_fd, err_fd, out_cap, err_cap, release_fd, release_sig
+        )
         res = ffi.new("struct qz_window_res *")
         lib.qz_window_command(self._raw(), req, bufs[2], timeout_ns, res)
         del keep
         if res.freeze_rc != 0:
             raise self._freeze_failure(-int(res.freeze_rc))
         if res.spawn_rc != 0:
-            if res.thaw_rc != 0:
-                raise self._thaw_failure(-int(res.thaw_rc))
             raise QuiesceOSError(-int(res.spawn_rc), "starting the snapshot command", path)
         child = Child(ffi.addressof(res, "child"), owner=res)
-        sup = Supervision._adopt(child, bufs, ffi.addressof(res, "wait"))
-        if res.wait_rc != 0:
-            raise QuiesceOSError(-int(res.wait_rc), "supervising the snapshot command", path)
-        if res.thaw_rc != 0:
-            raise self._thaw_failure(-int(res.thaw_rc))
-        return child, sup
+        # A failed wait (wait_rc) leaves the command unfinished: the caller kills it.
+        return child, Supervision._adopt(child, bufs, ffi.addressof(res, "wait"))
 
     def disarm(self, wait_ns: int = 5_000_000_000) -> None:
         """Release the guardian and reap it (it thaws nothing once told the window ended)."""
@@ -374,6 +377,8 @@ class WaitResult:
     maxrss_kb: int
     stdout_bytes: int
     stderr_bytes: int
+    #: The wait was ended early by its release signal, the child still running.
+    released: bool = False
 
 
 def _cstrings(items: Sequence[str]) -> tuple[Any, list[Any]]:
@@ -502,6 +507,7 @@ class Supervision:
             maxrss_kb=int(r.maxrss_kb),
             stdout_bytes=int(r.out_total),
             stderr_bytes=int(r.err_total),
+            released=bool(r.released),
         )
 
     def tails(self) -> tuple[bytes, bytes]:
@@ -522,6 +528,8 @@ def _wait_request(
     err_fd: int,
     out_cap: int,
     err_cap: int,
+    release_fd: int = -1,
+    release_sig: int = 0,
 ) -> tuple[Any, Any, Any]:
     out = ffi.new("char[]", max(out_cap, 1))
     err = ffi.new("char[]", max(err_cap, 1))
@@ -540,6 +548,8 @@ def _wait_request(
             "err_buf": err,
             "err_cap": err_cap,
             "interruptible": 1,
+            "release_fd": release_fd,
+            "release_sig": release_sig,
         },
     )
     return out, err, req
