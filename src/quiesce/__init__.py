@@ -9,9 +9,14 @@ Embedding it::
     import quiesce
 
     # Freeze for a snapshot you take yourself (the guardian thaws at 10 s regardless):
-    with quiesce.frozen(["/var/lib/db", "/var/log/db"], timeout=10) as window:
-        take_snapshot()
-    print(window.report.window_ns)
+    try:
+        with quiesce.frozen(["/var/lib/db", "/var/log/db"], timeout=10) as window:
+            take_snapshot()
+    except quiesce.WindowExpiredError as expired:
+        discard_snapshot()  # the window ended before the block: not trusted
+        print(expired, expired.report.guardian_reason)
+    else:
+        print(window.report.window_ns)
 
     # The whole Azure-compatible job, with your snapshot inside the window:
     result = quiesce.run("/etc/azure/VMSnapshotScriptPluginConfig.json", snapshot=take_snapshot)
@@ -37,6 +42,7 @@ from quiesce.errors import (
     ScriptError,
     TargetError,
     ThawError,
+    WindowExpiredError,
 )
 from quiesce.freeze import FilesystemResult, Freeze, FreezeOptions, FreezeReport, frozen
 from quiesce.mounts import Plan, Skipped, SkipReason, Target
@@ -85,6 +91,7 @@ __all__ = [
     "Target",
     "TargetError",
     "ThawError",
+    "WindowExpiredError",
     "frozen",
     "load_config",
     "parse_config",

@@ -21,7 +21,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from quiesce import ledger as ledger_mod
-from quiesce.errors import NotFrozenError, QuiesceError, QuiesceOSError, TargetError, ThawError
+from quiesce.errors import (
+    NotFrozenError,
+    QuiesceError,
+    QuiesceOSError,
+    TargetError,
+    ThawError,
+    WindowExpiredError,
+)
 from quiesce.lock import FreezeLock
 from quiesce.mounts import Target
 from quiesce.native import Child, FsRecord, GuardianRecord, Session, Supervision, now_ns, thaw_error
@@ -415,12 +422,25 @@ class Freeze:
             return -1
 
 
+def expiry(report: FreezeReport) -> str | None:
+    """Why a window ended before its release, or None if quiesce thawed it as asked."""
+    if report.guardian_reason is not None:
+        at = report.guardian_fired_at_ns
+        when = f" {at / 1e9:.3f} s after the first FIFREEZE" if at is not None else ""
+        return f"the guardian thawed before the release ({report.guardian_reason}){when}"
+    external = [t.mount_point for t in report.targets if t.state == "thawed-externally"]
+    if external:
+        return f"thawed by someone else while held: {', '.join(external)}"
+    return None
+
+
 @contextlib.contextmanager
 def frozen(
     targets: Sequence[Target | str],
     options: FreezeOptions | None = None,
     *,
     timeout: float | None = None,
+    allow_expired: bool = False,
 ) -> Iterator[Freeze]:
     """Freeze ``targets`` for the body of a ``with`` block, then thaw.
 
@@ -429,6 +449,12 @@ def frozen(
     TargetError). ``timeout`` (seconds) overrides ``options.timeout_s``. The
     guardian thaws on its own if the block outlives the timeout or the
     process dies. The report is in ``freeze.report`` after the block.
+
+    If the window ended before the block did (the guardian's deadline, or
+    someone else's thaw), leaving the block raises :class:`WindowExpiredError`
+    (with the report): a snapshot taken inside is not trusted. Pass
+    ``allow_expired=True`` to check ``freeze.report`` yourself instead. An
+    exception from the body is never replaced; it gets a note instead.
     """
     if any(isinstance(t, str) for t in targets):
         from quiesce.plan import check_explicit, make_plan
@@ -442,7 +468,16 @@ def frozen(
     if timeout is not None:
         options = dataclasses.replace(options or FreezeOptions(), timeout_s=timeout)
     f = Freeze(planned, options)
-    with f:
-        f.prepare()
-        f.freeze()
-        yield f
+    try:
+        with f:
+            f.prepare()
+            f.freeze()
+            yield f
+    except BaseException as err:
+        why = expiry(f.report)
+        if why is not None and not allow_expired:
+            err.add_note(f"quiesce: the window had also expired: {why}")
+        raise
+    why = expiry(f.report)
+    if why is not None and not allow_expired:
+        raise WindowExpiredError(f"the frozen window expired before the end of the block: {why}", f.report)

@@ -38,6 +38,7 @@ EXPECTED = {
     "Target",
     "TargetError",
     "ThawError",
+    "WindowExpiredError",
     "frozen",
     "load_config",
     "parse_config",
