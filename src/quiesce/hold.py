@@ -7,11 +7,22 @@ here. ``quiesce thaw`` releases a holder by sending it SIGUSR1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
-import sys
 from collections.abc import Callable
+
+#: The release's line comes on fd 0 (not ``sys.stdin``, which may be None or replaced).
+STDIN = 0
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 class Release:
@@ -29,19 +40,30 @@ class Release:
         self.received = signum
 
     def wait(self, remaining_ns: Callable[[], int | None], use_stdin: bool) -> str:
-        """Block until released; returns what released it."""
+        """Block until released; returns what released it.
+
+        "stdin" (a line, EOF, or a closed or unreadable stdin: nobody can
+        release it there), "signal NAME", "deadline", or "error: ..." when
+        the wait itself failed (then nothing vouches for the snapshot).
+        """
         watch = [self._r]
         if use_stdin:
-            watch.append(sys.stdin.fileno())
+            if not _is_open(STDIN):
+                return "stdin"
+            watch.append(STDIN)
         while self.received is None:
             left = remaining_ns()
             if left is not None and left <= 0:
                 return "deadline"
             # A little past the deadline: the guardian thaws at it exactly.
             timeout = None if left is None else left / 1e9 + 0.005
-            ready, _, _ = select.select(watch, [], [], timeout)
-            if use_stdin and sys.stdin.fileno() in ready:
-                os.read(sys.stdin.fileno(), 4096)
+            try:
+                ready, _, _ = select.select(watch, [], [], timeout)
+            except OSError as err:
+                return f"error: waiting for the release: {err.strerror}"
+            if STDIN in ready and use_stdin:
+                with contextlib.suppress(OSError):  # unreadable: as good as EOF
+                    os.read(STDIN, 4096)
                 return "stdin"
         return f"signal {signal.Signals(self.received).name}"
 

@@ -39,15 +39,15 @@ from dataclasses import dataclass, field, replace
 from quiesce import native
 from quiesce.cgroups import ScriptCgroup
 from quiesce.errors import QuiesceOSError, ScriptError, ScriptExecutionFailed, ScriptTimeout
-from quiesce.permissions import CheckedScript, UnsafeDirectoryError, check_directory_chain, open_script
+from quiesce.permissions import CheckedScript, UnsafeDirectoryError, check_directory_chain
 from quiesce.scripts import (
     KILL_WAIT_S,
     Attempt,
     ScriptPolicy,
     ScriptResult,
+    ScriptRunner,
     _attempt_from,
     _kill_leftovers,
-    run_script,
     script_argv,
     script_environment,
 )
@@ -56,6 +56,8 @@ DEFAULT_HOOK_DIR = "/etc/quiesce/hooks.d"
 #: Files in the hook directory that are never hooks.
 SKIP_PATTERNS = ("*.dpkg-*", "*.rpmnew", "*.rpmsave", "*.rpmorig", "*~", ".*")
 SESSION_SUFFIX = ".session"
+#: Real processes: the hooks' checks and attempts unless a run passes its own runner.
+_RUNNER = ScriptRunner()
 
 
 @dataclass(frozen=True)
@@ -315,22 +317,28 @@ def run_pre(
     run_id: str,
     notify_dir: str,
     into: HookRun | None = None,
+    runner: ScriptRunner = _RUNNER,
 ) -> HookRun:
     """Run the pre steps in name order, stopping at the first failure.
 
     Progress is recorded in ``into`` as it goes, so that if the run is
     interrupted midway the hooks already started still get their post step.
+    ``runner`` checks and runs them (and marks the waits a stop may end).
     """
     state = into if into is not None else HookRun()
     for hook in directory.hooks:
         try:
-            checked = open_script(hook.path, "pre")
+            checked = runner.check(hook.path, "pre")
         except ScriptError as err:
             state.failed = _failed_check(err, hook.path, "pre")
             state.results_pre.append(state.failed)
             break
         if hook.session:
-            result, session = _start_session(hook, checked, pre, env, run_id, notify_dir)
+            try:
+                result, session = _start_session(hook, checked, pre, env, run_id, notify_dir, runner)
+            except BaseException:
+                checked.close()
+                raise
             state.results_pre.append(result)
             if session is None:
                 checked.close()
@@ -338,7 +346,11 @@ def run_pre(
                 break
             state.started.append((hook, checked, session))
             continue
-        result = run_script(checked, ["pre"], pre, env=env, run_id=f"{run_id}-{hook.name}")
+        try:
+            result = runner.run(checked, ["pre"], pre, env=env, run_id=f"{run_id}-{hook.name}")
+        except BaseException:
+            checked.close()
+            raise
         state.results_pre.append(result)
         if not result.ok:
             checked.close()
@@ -355,6 +367,7 @@ def _start_session(
     env: Mapping[str, str],
     run_id: str,
     notify_dir: str,
+    runner: ScriptRunner,
 ) -> tuple[ScriptResult, SessionHook | None]:
     started = time.monotonic_ns()
     try:
@@ -364,7 +377,14 @@ def _start_session(
         return ScriptResult(
             "pre", hook.path, ("session",), "failed", (), error.azure_name, error.azure_code, str(error)
         ), None
-    if session.wait_ready():
+    try:
+        with runner.interruptible():
+            ready = session.wait_ready()
+    except BaseException:
+        # Stopped while waiting for READY=1: the hook goes with the wait.
+        session.close()
+        raise
+    if ready:
         return ScriptResult("pre", hook.path, ("session",), "ok", ()), session
     exited = not session.alive()
     session.close()
@@ -391,8 +411,19 @@ def check_sessions(state: HookRun) -> str | None:
     return None
 
 
-def run_post(state: HookRun, post: ScriptPolicy, *, env: Mapping[str, str], run_id: str) -> None:
-    """Run the post steps (and release session hooks) in reverse order of the pre steps."""
+def run_post(
+    state: HookRun,
+    post: ScriptPolicy,
+    *,
+    env: Mapping[str, str],
+    run_id: str,
+    runner: ScriptRunner = _RUNNER,
+) -> None:
+    """Run the post steps (and release session hooks) in reverse order of the pre steps.
+
+    Every started hook gets its post step: one that cannot be run (an
+    error of quiesce's own) is recorded as that hook's failure.
+    """
     for hook, checked, session in reversed(state.started):
         try:
             if session is not None:
@@ -400,7 +431,21 @@ def run_post(state: HookRun, post: ScriptPolicy, *, env: Mapping[str, str], run_
                 result = _session_result(hook, attempt)
             else:
                 assert checked is not None
-                result = run_script(checked, ["post"], post, env=env, run_id=f"{run_id}-{hook.name}")
+                result = runner.run(
+                    checked, ["post"], post, env=env, run_id=f"{run_id}-{hook.name}", phase="post"
+                )
+        except Exception as err:
+            failure = ScriptExecutionFailed(f"hook {hook.path} post step could not run: {err!r}", "post")
+            result = ScriptResult(
+                "post",
+                hook.path,
+                ("post",),
+                "failed",
+                (),
+                failure.azure_name,
+                failure.azure_code,
+                str(failure),
+            )
         finally:
             if session is not None:
                 session.close()

@@ -21,13 +21,12 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from quiesce import native
 from quiesce.cgroups import ScriptCgroup
-from quiesce.errors import FreezeError, QuiesceOSError, ScriptExecutionFailed, ScriptTimeout, ThawError
-from quiesce.freeze import Freeze
-from quiesce.permissions import CheckedScript
+from quiesce.errors import QuiesceOSError, ScriptExecutionFailed, ScriptTimeout
+from quiesce.permissions import CheckedScript, open_script
 
 #: The PATH a script gets; nothing else of the caller's environment leaks in.
 SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -39,6 +38,8 @@ KILL_WAIT_S = 5.0
 
 #: ``progress(attempt, elapsed_ns, timeout_ns)`` while a script runs.
 Progress = Callable[[int, int, int], None]
+#: A wait that a stop signal may end (quiesce.interrupts.Interrupts.interruptible).
+Interruptible = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,8 @@ def _signal_name(num: int | None) -> str | None:
 
 
 def _outcome(res: native.WaitResult) -> str:
+    if res.released:
+        return "released"
     if res.unkillable:
         return "unkillable"
     if res.timed_out:
@@ -176,8 +179,13 @@ def run_attempt(
     env: Mapping[str, str],
     cgroup_name: str,
     progress: Progress | None = None,
+    interruptible: Interruptible = contextlib.nullcontext,
 ) -> Attempt:
-    """Run the script once, to its timeout, and return what happened."""
+    """Run the script once, to its timeout, and return what happened.
+
+    The wait for its end is ``interruptible``: an exception raised there
+    (a stop signal) kills the script's tree on the way out.
+    """
     path, argv = script_argv(script, params)
     environ = script_environment(script, number, policy.retries + 1, policy.timeout_s, env)
     cgroup = ScriptCgroup.create(cgroup_name, parent=policy.cgroup_parent)
@@ -227,9 +235,10 @@ def run_attempt(
             out_cap=policy.output_tail,
             err_cap=policy.output_tail,
         )
-        while not sup.step():
-            if progress is not None:
-                progress(number, native.now_ns() - child.start_ns, timeout_ns)
+        with interruptible():
+            while not sup.step():
+                if progress is not None:
+                    progress(number, native.now_ns() - child.start_ns, timeout_ns)
         leftovers = _kill_leftovers(child, cgroup)
         return _attempt_from(number, child, sup, leftovers, isolation)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -285,82 +294,6 @@ def _kill_leftovers(child: native.Child, cgroup: ScriptCgroup | None) -> int:
     return 1
 
 
-def run_snapshot_command(
-    freeze: Freeze,
-    argv: Sequence[str],
-    *,
-    timeout_s: float,
-    grace_s: float,
-    env: Mapping[str, str],
-    run_id: str,
-    output_tail: int = OUTPUT_TAIL,
-    cgroup_parent: str | None = None,
-) -> Attempt:
-    """The snapshot step as a command: freeze, run it, thaw, in one native call.
-
-    The command runs under the same supervision as a script (own session and
-    cgroup, stdin on /dev/null, SIGTERM at its timeout, SIGKILL to the tree
-    after the grace), but nothing returns to Python until the thaw. Its
-    environment is the clean one plus ``QUIESCE_PHASE=snapshot`` and ``env``.
-    """
-    environ = [
-        f"{k}={v}"
-        for k, v in {
-            "PATH": SCRIPT_PATH,
-            "HOME": "/root",
-            "LANG": "C.UTF-8",
-            "QUIESCE_PHASE": "snapshot",
-            "QUIESCE_TIMEOUT_MS": str(int(timeout_s * 1000)),
-            "QUIESCE_RUN_ID": run_id,
-            **env,
-        }.items()
-    ]
-    cgroup = ScriptCgroup.create(f"{run_id}-snapshot", parent=cgroup_parent)
-    isolation = "cgroup" if cgroup is not None else "process-group"
-    cg_fd = cgroup.fd if cgroup is not None else -1
-    with contextlib.ExitStack() as always:
-        if cgroup is not None:
-            always.callback(cgroup.close)
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        always.callback(os.close, devnull)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        for fd in (out_r, err_r, out_w, err_w):
-            always.callback(os.close, fd)
-        # The child's ends must block like any stdout; only ours are non-blocking.
-        os.set_blocking(out_w, True)
-        os.set_blocking(err_w, True)
-        try:
-            child, sup = freeze.command_window(
-                argv,
-                environ,
-                path=argv[0],
-                cgroup_fd=cg_fd,
-                stdin_fd=devnull,
-                stdout_fd=out_w,
-                stderr_fd=err_w,
-                out_fd=out_r,
-                err_fd=err_r,
-                timeout_ns=int(timeout_s * 1e9),
-                grace_ns=int(grace_s * 1e9),
-                kill_wait_ns=int(KILL_WAIT_S * 1e9),
-                out_cap=output_tail,
-                err_cap=output_tail,
-            )
-        except QuiesceOSError as err:
-            if isinstance(err, (FreezeError, ThawError)):
-                raise
-            return _spawn_failed(1, isolation, str(err))
-        always.callback(child.close)
-        if not sup.result().finished:
-            # It slept in the kernel (on a frozen filesystem?); thawed now, it can die.
-            child.kill_tree(cg_fd)
-            _reap(child)
-        leftovers = _kill_leftovers(child, cgroup)
-        return _attempt_from(1, child, sup, leftovers, isolation)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def _reap(child: native.Child) -> None:
     """Reap a killed child once it can die; give up after KILL_WAIT_S."""
     if child.pidfd < 0 or not select.select([child.pidfd], [], [], KILL_WAIT_S)[0]:
@@ -393,6 +326,80 @@ def _spawn_failed(number: int, isolation: str, message: str) -> Attempt:
     )
 
 
+class AttemptFn(Protocol):
+    """Makes one attempt of a script (:func:`run_attempt`, or a test's stand-in)."""
+
+    def __call__(
+        self,
+        script: CheckedScript,
+        params: Sequence[str],
+        policy: ScriptPolicy,
+        *,
+        number: int,
+        env: Mapping[str, str],
+        cgroup_name: str,
+        progress: Progress | None = None,
+        interruptible: Interruptible = contextlib.nullcontext,
+    ) -> Attempt: ...
+
+
+@dataclass(frozen=True)
+class ScriptRunner:
+    """How a run checks and runs its scripts and hooks: real processes by default.
+
+    The seam between the run's rules and the processes they start: the
+    retry loop (:meth:`run`) is always this one; ``check`` and ``attempt``
+    are :func:`~quiesce.permissions.open_script` and :func:`run_attempt`
+    unless a test supplies stand-ins. ``interruptible`` marks the waits a
+    stop signal may end; ``sleep`` is the pause between attempts.
+    """
+
+    check: Callable[[str, str], CheckedScript] = open_script
+    attempt: AttemptFn = run_attempt
+    interruptible: Interruptible = contextlib.nullcontext
+    sleep: Callable[[float], None] = time.sleep
+
+    def run(
+        self,
+        script: CheckedScript,
+        params: Sequence[str],
+        policy: ScriptPolicy,
+        *,
+        env: Mapping[str, str] | None = None,
+        run_id: str = "run",
+        progress: Progress | None = None,
+        phase: str | None = None,
+    ) -> ScriptResult:
+        """Run a checked script with retries until an attempt exits 0 or none are left.
+
+        ``phase`` ("pre" or "post") overrides the script's own: a hook checked
+        for its pre step runs its post step as "post" (its Azure names and
+        ``QUIESCE_PHASE`` say so).
+        """
+        phase = phase or script.phase
+        if phase != script.phase:
+            env = {**(env or {}), "QUIESCE_PHASE": phase}
+        attempts: list[Attempt] = []
+        for number in range(1, policy.retries + 2):
+            if number > 1 and policy.backoff_s > 0:
+                with self.interruptible():
+                    self.sleep(policy.backoff_s)
+            attempt = self.attempt(
+                script,
+                params,
+                policy,
+                number=number,
+                env=env or {},
+                cgroup_name=f"{run_id}-{phase}-{number}",
+                progress=progress,
+                interruptible=self.interruptible,
+            )
+            attempts.append(attempt)
+            if attempt.outcome == "ok":
+                break
+        return _result(script, params, attempts, phase)
+
+
 def run_script(
     script: CheckedScript,
     params: Sequence[str],
@@ -404,32 +411,18 @@ def run_script(
     sleep: Callable[[float], None] = time.sleep,
 ) -> ScriptResult:
     """Run a checked script with retries until an attempt exits 0 or none are left."""
-    attempts: list[Attempt] = []
-    for number in range(1, policy.retries + 2):
-        if number > 1 and policy.backoff_s > 0:
-            sleep(policy.backoff_s)
-        attempt = run_attempt(
-            script,
-            params,
-            policy,
-            number=number,
-            env=env or {},
-            cgroup_name=f"{run_id}-{script.phase}-{number}",
-            progress=progress,
-        )
-        attempts.append(attempt)
-        if attempt.outcome == "ok":
-            break
-    return _result(script, params, attempts)
+    return ScriptRunner(sleep=sleep).run(script, params, policy, env=env, run_id=run_id, progress=progress)
 
 
-def _result(script: CheckedScript, params: Sequence[str], attempts: list[Attempt]) -> ScriptResult:
+def _result(
+    script: CheckedScript, params: Sequence[str], attempts: list[Attempt], phase: str
+) -> ScriptResult:
     last = attempts[-1]
     if last.outcome == "ok":
-        return ScriptResult(script.phase, script.path, tuple(params), "ok", tuple(attempts))
+        return ScriptResult(phase, script.path, tuple(params), "ok", tuple(attempts))
     err: ScriptExecutionFailed | ScriptTimeout
     if last.outcome in ("timeout", "unkillable"):
-        err = ScriptTimeout(f"{script.path} ran past its timeout and was killed", script.phase)
+        err = ScriptTimeout(f"{script.path} ran past its timeout and was killed", phase)
         status = "timeout"
     else:
         how = (
@@ -439,10 +432,10 @@ def _result(script: CheckedScript, params: Sequence[str], attempts: list[Attempt
             if last.signal
             else last.error or "did not start"
         )
-        err = ScriptExecutionFailed(f"{script.path} failed: {how}", script.phase)
+        err = ScriptExecutionFailed(f"{script.path} failed: {how}", phase)
         status = "failed"
     return ScriptResult(
-        script.phase,
+        phase,
         script.path,
         tuple(params),
         status,

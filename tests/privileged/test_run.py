@@ -91,23 +91,43 @@ def test_retries_rerun_the_pre_script(setup):
 
 
 def test_post_failure_fails_the_backup_only_without_continue(setup):
-    """A failing post-script fails the backup when failures may not continue; else a warning."""
+    """A failing post-script fails the backup without continue; with it, file-system-consistent (exit 8)."""
     setup.config(post="exit 2\n", continueBackupOnFailure=False)
     r = run(setup.options())
     assert r.consistency == FAILED and r.error_name == "Post-ScriptExecutionFailed"
     setup.config(post="exit 2\n", continueBackupOnFailure=True)
     r = run(setup.options())
-    assert r.consistency == APPLICATION
+    assert r.consistency == FILESYSTEM and r.snapshot == "ok" and r.freeze.ok
+    assert (r.error_name, r.error_code) == ("Post-ScriptExecutionFailed", 301)
     assert any("Post-ScriptExecutionFailed" in w for w in r.warnings)
+    assert setup.cli().returncode == Exit.DEGRADED
+
+
+def test_post_timeout_with_continue_is_file_system_consistent(setup):
+    """A post-script past its timeout, failures may continue, good freeze: file-system-consistent, 309."""
+    setup.config(post="sleep 30\n", timeoutInSeconds=1, quiesce={"graceSeconds": 0.2})
+    r = run(setup.options())
+    assert r.consistency == FILESYSTEM and not r.ok
+    assert (r.error_name, r.error_code) == ("Post-ScriptTimeout", 309)
+    assert r.post.attempts[0].timed_out
 
 
 def test_freeze_disabled_runs_scripts_without_freezing(setup):
-    """fsFreezeEnabled false: no freeze; scripts decide; a script failure fails the backup."""
+    """fsFreezeEnabled false: no freeze; a script failure falls back to crash-consistent (the document)."""
     setup.config(fsFreezeEnabled=False)
     r = run(setup.options())
-    assert r.consistency == APPLICATION and r.freeze is None
+    assert r.consistency == APPLICATION and r.freeze is None and r.snapshot == "ok"
+    assert not r.snapshot_frozen
     setup.config(pre="exit 1\n", fsFreezeEnabled=False)
-    assert run(setup.options()).consistency == FAILED
+    r = run(setup.options())
+    assert r.consistency == CRASH and r.error_name == "Pre-ScriptExecutionFailed"
+    assert setup.cli().returncode == Exit.DEGRADED
+    setup.config(post="exit 1\n", fsFreezeEnabled=False)
+    assert run(setup.options()).consistency == CRASH
+    setup.config(pre="exit 1\n", fsFreezeEnabled=False, continueBackupOnFailure=False)
+    r = run(setup.options())
+    assert r.consistency == FAILED and r.snapshot == "skipped"
+    assert setup.cli().returncode == Exit.BACKUP_FAILED
 
 
 def test_freeze_failure_is_crash_consistent_or_failed(setup, fs):
