@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from quiesce import benchmark
 from quiesce import ledger as ledger_mod
@@ -41,9 +41,10 @@ from quiesce.freeze import (
 )
 from quiesce.hold import Release
 from quiesce.mounts import Plan, read_mountinfo
+from quiesce.output import SafeStream, describe, reopen_closed_std_fds
 from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan
 from quiesce.procs import is_alive, mount_id_of_fd
-from quiesce.run import APPLICATION, CRASH, FILESYSTEM, RunResult
+from quiesce.run import APPLICATION, CRASH, FILESYSTEM, HoldAnnouncement, RunResult
 from quiesce.sandbox import SandboxError
 
 LAST_REPORT = "last-report.json"
@@ -217,8 +218,13 @@ def hold(
         with f:
             f.prepare()
             f.freeze()
-            announce(f)
-            released_by = release.wait(f.remaining_ns, use_stdin)
+            try:
+                announce(f)
+            except OSError as e:
+                # Nobody learnt it is frozen: nothing can be taken in this window; end it now.
+                released_by = f"announcement failed: {describe(e)}"
+            else:
+                released_by = release.wait(f.remaining_ns, use_stdin)
     except (FreezeError, ThawError) as e:
         err = e
     finally:
@@ -249,28 +255,36 @@ def cmd_freeze(args: argparse.Namespace) -> int:
     if args.hold:
         return _hold_detached(args, plan, options)
 
+    out = SafeStream("stdout", sys.stdout)
+
     def announce(f: Freeze) -> None:
         # stdout may be a file on a frozen target: one small write, and the
-        # guardian's deadline bounds even that.
+        # guardian's deadline bounds even that. If it fails, raise: the hold ends.
         if args.json:
-            emit_json(_frozen_event(f), sys.stdout)
+            emit_json(_frozen_event(f), cast(TextIO, out))
         else:
             how = "a line or EOF on stdin, " if not args.no_stdin else ""
-            sys.stdout.write(
+            out.write(
                 f"frozen: {', '.join(t.mount.mount_point for t in f.targets)}; "
                 f"release with {how}SIGTERM/SIGINT, or `quiesce thaw`; "
                 f"the guardian thaws in {human_ns(f.remaining_ns())}\n"
             )
-            sys.stdout.flush()
+        if out.failure is not None:
+            raise OSError(f"stdout: {out.failure}")
 
     report, released_by, err = hold(plan, options, announce, use_stdin=not args.no_stdin)
     if args.json:
-        emit_json(report.to_dict() | {"event": "thawed", "released_by": released_by}, sys.stdout)
+        emit_json(report.to_dict() | {"event": "thawed", "released_by": released_by}, cast(TextIO, out))
     else:
-        print_report(report, sys.stdout)
+        print_report(report, cast(TextIO, out))
         if released_by:
-            sys.stdout.write(f"  released by {released_by}\n")
-    return _report_exit(report, err)
+            out.write(f"  released by {released_by}\n")
+    if out.failure is not None:
+        SafeStream("stderr", sys.stderr).write(f"quiesce: output to stdout failed: {out.failure}\n")
+    code = _report_exit(report, err)
+    if code == Exit.OK and released_by is not None and released_by.startswith("announcement failed"):
+        return Exit.ERROR
+    return code
 
 
 def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
@@ -630,24 +644,41 @@ def print_run(result: RunResult, out: TextIO) -> None:
     out.write(f"result: {verdict}\n")
 
 
+def _hold_line(news: HoldAnnouncement) -> str:
+    """The hold's announcement for a terminal or a script reading stdout."""
+    release = "release with a line or EOF on stdin, SIGTERM, or `quiesce thaw`"
+    if news.frozen:
+        return f"frozen: {', '.join(news.frozen)}; {release}"
+    return (
+        f"frozen: nothing ({news.reason}); not frozen: {', '.join(news.not_frozen) or '-'}; "
+        f"take the snapshot now, then {release}"
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """``quiesce run``."""
+    """``quiesce run``.
+
+    Its own output never decides the run: a failed write to stdout or
+    stderr (closed, EPIPE, ENOSPC) is recorded in the result's warnings and
+    the log lines; thaw, post steps and exit status stay those of the run.
+    """
     from quiesce.run import RunOptions, run
 
-    progress = None if args.json else _ProgressLine(sys.stderr, 3.0)
+    out = SafeStream("stdout", sys.stdout)
+    err = SafeStream("stderr", sys.stderr)
+    progress = None if args.json else _ProgressLine(cast(TextIO, err), 3.0)
 
-    def on_frozen(f: Freeze) -> None:
-        # The hold step: the external snapshotter waits for this line.
+    def on_hold(news: HoldAnnouncement) -> None:
+        # The hold step: the external snapshotter waits for this line. If it
+        # cannot be told, raising ends the hold at once (not trusted).
         if progress is not None:
             progress.clear()
         if args.json:
-            emit_json(_frozen_event(f), sys.stdout)
+            emit_json(news.to_event(), cast(TextIO, out))
         else:
-            print(
-                f"frozen: {', '.join(t.mount.mount_point for t in f.targets)}; release with a line "
-                f"or EOF on stdin, SIGTERM, or `quiesce thaw`",
-                flush=True,
-            )
+            out.write(_hold_line(news) + "\n")
+        if out.failure is not None:
+            raise OSError(f"stdout: {out.failure}")
 
     options = RunOptions(
         config_path=args.config,
@@ -655,35 +686,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         vmbackup_conf=None if args.no_vmbackup_conf else args.vmbackup_conf,
         run_dir=args.run_dir,
         progress=progress,
-        on_frozen=on_frozen,
+        on_hold=on_hold,
         hold_stdin=not args.no_stdin,
         handle_signals=True,
     )
     result = run(options)
     if progress is not None:
         progress.clear()
+    _note_output_failures(result, out, err)
     if args.json:
-        emit_json(result.to_dict(), sys.stdout)
+        emit_json(result.to_dict(), cast(TextIO, out))
     else:
-        print_run(result, sys.stdout)
-    _write_logs_and_metrics(args, result)
+        print_run(result, cast(TextIO, out))
+    if out.failure is not None and err.ok:
+        err.write(f"quiesce: the result could not be written to stdout: {out.failure}\n")
+    _note_output_failures(result, out)
+    _write_logs_and_metrics(args, result, err)
     return _run_exit(result)
 
 
-def _write_logs_and_metrics(args: argparse.Namespace, result: RunResult) -> None:
-    """After the run: event lines on stderr (journald) and the Prometheus textfile."""
+def _note_output_failures(result: RunResult, *streams: SafeStream) -> None:
+    """Record each stream's failure once in the result (for the log lines and metrics after)."""
+    for stream in streams:
+        note = f"output: {stream.label}: {stream.failure}"
+        if stream.failure is not None and note not in result.warnings:
+            result.warnings.append(note)
+
+
+def _write_logs_and_metrics(args: argparse.Namespace, result: RunResult, err: SafeStream) -> None:
+    """After the run: event lines on stderr (journald) and the Prometheus textfile.
+
+    A failure of either is reported where output still works, never fatal.
+    """
     from quiesce.logs import log_lines, write_metrics
 
-    fmt = args.log_format or ("none" if sys.stderr.isatty() else "plain")
-    if fmt != "none":
+    fmt = args.log_format or ("none" if err.isatty() else "plain")
+    if fmt != "none" and err.ok:
         for line in log_lines(result, fmt):
-            sys.stderr.write(f"quiesce: {line}\n" if fmt == "plain" else line + "\n")
-        sys.stderr.flush()
+            err.write(f"quiesce: {line}\n" if fmt == "plain" else line + "\n")
     if args.metrics:
+        if err.failure is not None:
+            # The log lines could not say it; the metrics can.
+            _note_output_failures(result, err)
         try:
             write_metrics(args.metrics, result)
-        except OSError as err:
-            print(f"quiesce: cannot write metrics to {args.metrics}: {err.strerror}", file=sys.stderr)
+        except OSError as error:
+            err.write(f"quiesce: cannot write metrics to {args.metrics}: {error.strerror}\n")
 
 
 # -- demo -------------------------------------------------------------------
@@ -960,6 +1008,8 @@ def exit_code_for(err: BaseException) -> Exit:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quiesce`` command."""
+    # A closed stdin, stdout or stderr must not be inherited by the next file opened.
+    reopen_closed_std_fds()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
