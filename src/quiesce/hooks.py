@@ -327,6 +327,8 @@ def run_pre(
     """
     state = into if into is not None else HookRun()
     for hook in directory.hooks:
+        with runner.interruptible():  # a stop that already arrived: no new hook
+            pass
         try:
             checked = runner.check(hook.path, "pre")
         except ScriptError as err:

@@ -381,8 +381,8 @@ class ScriptRunner:
             env = {**(env or {}), "QUIESCE_PHASE": phase}
         attempts: list[Attempt] = []
         for number in range(1, policy.retries + 2):
-            if number > 1 and policy.backoff_s > 0:
-                with self.interruptible():
+            with self.interruptible():  # a stop that already arrived: no new attempt
+                if number > 1 and policy.backoff_s > 0:
                     self.sleep(policy.backoff_s)
             attempt = self.attempt(
                 script,
