@@ -164,7 +164,7 @@ def test_wrong_stack_order_blocks_and_the_guardian_releases_it(fs, run_dir):
 def test_guardian_log_is_written_after_it_thaws(fs, run_dir):
     """The guardian's log names each thaw it did, with its errno."""
     opts = FreezeOptions(timeout_s=0.2, run_dir=run_dir)
-    with frozen(targets(fs["ext4"], fs["xfs"]), opts):
+    with frozen(targets(fs["ext4"], fs["xfs"]), opts, allow_expired=True):
         time.sleep(0.5)
     with open(os.path.join(run_dir, "guardian.log")) as log:
         lines = log.read().splitlines()
@@ -224,7 +224,8 @@ def test_parallel_respects_the_loop_stack(fs, run_dir):
 
 def test_thaw_by_another_tool_mid_window_is_reported(fs, run_dir):
     """Another tool thaws our filesystem mid-window: reported per filesystem, not a thaw failure."""
-    with frozen(targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=run_dir)) as f:
+    opts = FreezeOptions(timeout_s=20, run_dir=run_dir)
+    with frozen(targets(fs["ext4"], fs["xfs"]), opts, allow_expired=True) as f:
         subprocess.run(["fsfreeze", "-u", str(fs["xfs"].mount_point)], check=True)
     states = {t.mount_point: t.state for t in f.report.targets}
     assert states == {str(fs["ext4"].mount_point): "thawed", str(fs["xfs"].mount_point): "thawed-externally"}

@@ -85,7 +85,7 @@ def test_orchestrator_sigkilled_while_frozen_everything_thawed_within_100ms(fs, 
 def test_deadline_thaws_within_10ms(fs, run_dir, timeout_s):
     """Past the deadline the guardian thaws every filesystem within 10 ms of it."""
     opts = FreezeOptions(timeout_s=timeout_s, run_dir=run_dir)
-    with frozen(targets(fs["ext4"], fs["xfs"], fs["btrfs"]), opts) as f:
+    with frozen(targets(fs["ext4"], fs["xfs"], fs["btrfs"]), opts, allow_expired=True) as f:
         time.sleep(timeout_s + 0.3)
         assert f.guardian_fired
     r = f.report
@@ -147,7 +147,7 @@ def test_long_deadline_is_met_to_the_millisecond(fs, run_dir):
     poll()'s own timeout may expire 0.1% late (12 ms here), which this test
     would catch.
     """
-    with frozen(targets(fs["ext4"]), FreezeOptions(timeout_s=12, run_dir=run_dir)) as f:
+    with frozen(targets(fs["ext4"]), FreezeOptions(timeout_s=12, run_dir=run_dir), allow_expired=True) as f:
         time.sleep(12.3)
     r = f.report
     assert r.guardian_reason == "deadline"

@@ -36,7 +36,9 @@ def _alive() -> list[str]:
 def _config(setup):
     snooze = f"sleep {MARK}1 & p=$!; sleep 0.15; kill $p\n"  # a child that outlives nothing
     setup.hook("10-a", f'[ "$1" = pre ] && {{ {snooze} }}\nexit 0\n')
-    session = f'if [ "$1" = session ]; then\n  sleep {MARK}2 &\n  systemd-notify --ready\n  read line\nfi\n'
+    # `read` fails at EOF: the hook says its clean release with exit 0 itself.
+    session = f'if [ "$1" = session ]; then\n  sleep {MARK}2 &\n  systemd-notify --ready\n'
+    session += "  read line\n  exit 0\nfi\n"
     setup.hook("20-db.session", session)
     cmd = {
         "mode": "command",
