@@ -46,6 +46,9 @@ class FreezeLike(Protocol):
 class ReleaseLike(Protocol):
     """The hold's wait for its release (:class:`~quiesce.hold.Release`)."""
 
+    #: A releasing signal that already arrived (before the wait began), or None.
+    received: int | None
+
     def wait(self, remaining_ns: Callable[[], int | None], use_stdin: bool) -> str:
         """Block until released; returns what released it ("deadline" when time ran out)."""
 

@@ -107,7 +107,10 @@ class Window:
                     freeze.prepare()
                     # A stop during the pre-flush takes effect before anything is frozen.
                     self.interrupts.check()
-                    state = self._step(freeze, targets, entry, None)
+                    if self.interrupts.thaw_requested:
+                        state = self._released_before(entry, "the freeze")
+                    else:
+                        state = self._step(freeze, targets, entry, None)
                 except BaseException as err:
                     try:
                         freeze.close()
@@ -180,6 +183,14 @@ class Window:
         freeze.freeze()
         entry.detail = "mode none: the snapshot is taken by the caller while frozen"
         return self._not_released(entry)
+
+    def _released_before(self, entry: Phase, what: str) -> str:
+        """A release (`quiesce thaw`, or a signal in hold mode) came before ``what``: no snapshot."""
+        entry.status = FAILED
+        entry.detail = f"released before {what}"
+        self.result.released_by = f"a signal before {what}"
+        self.result.set_error(*SNAPSHOT_FAILED, f"released before {what}: no snapshot was taken")
+        return FAILED
 
     def _not_released(self, entry: Phase) -> str:
         """ "ok", unless ``quiesce thaw`` asked for the window to end while it was open."""
@@ -259,6 +270,9 @@ class Window:
                     return deadline - time.monotonic_ns()
 
                 news = HoldAnnouncement(self.result.run_id, os.getpid(), (), mounts, why, remaining())
+            if release.received is not None or self.interrupts.thaw_requested:
+                # Released before anyone was told: nothing can have been taken.
+                return self._released_before(entry, "the announcement")
             failure = self._announce(freeze, news)
             if failure is not None:
                 entry.status = FAILED

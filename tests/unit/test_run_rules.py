@@ -97,7 +97,7 @@ class Case:
     continue_on_failure: bool
     freeze_enabled: bool
     mode: str  # none | command | hold | callable
-    freeze: str  # ok | ebusy | blocked | prepare-error | deadline | external | thaw-error
+    freeze: str  # ok | ebusy | blocked | prepare-error | deadline | external | thaw-error | thaw-first
     step: str
     late_stop: bool
 
@@ -117,7 +117,17 @@ def cases(draw: st.DrawFn) -> Case:
     mode = draw(st.sampled_from(list(STEPS)))
     freeze = draw(
         st.sampled_from(
-            ["ok", "ok", "ebusy", "blocked", "prepare-error", "deadline", "external", "thaw-error"]
+            [
+                "ok",
+                "ok",
+                "ebusy",
+                "blocked",
+                "prepare-error",
+                "deadline",
+                "external",
+                "thaw-error",
+                "thaw-first",
+            ]
         )
     )
     step = draw(st.sampled_from(STEPS[mode]))
@@ -231,6 +241,9 @@ def window(case: Case, e: Expected) -> None:
         if not case.continue_on_failure:
             return
         frozen = False
+    if frozen and case.freeze == "thaw-first":
+        e.errors.append(SNAPSHOT_FAILED)  # released before the freeze: nothing frozen, nothing taken
+        return
     e.snapshot_ran, e.snapshot_frozen_step = True, frozen
     step = case.step
     ok = {
@@ -383,6 +396,8 @@ class FakeFreeze:
     def prepare(self) -> None:
         if self.case.freeze == "prepare-error":
             raise LedgerError("cannot write the ledger: EROFS")
+        if self.case.freeze == "thaw-first":
+            signal.raise_signal(signal.SIGUSR1)  # `quiesce thaw` during the pre-flush
 
     def freeze(self) -> None:
         if self.case.freeze == "ebusy":
@@ -418,6 +433,7 @@ class FakeRelease:
 
     def __init__(self, world: World) -> None:
         self.world = world
+        self.received = None
 
     def wait(self, remaining_ns, use_stdin) -> str:
         if self.world.case.step == "deadline" and self.world.freezes and self.world.freezes[-1].frozen:
