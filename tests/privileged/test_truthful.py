@@ -166,3 +166,19 @@ def test_hold_released_by_the_deadline_is_not_a_snapshot(setup):
     assert result["released_by"] == "deadline" and result["snapshot"] == "failed"
     assert result["error_name"] == "FsFreezeTimeout"
     assert setup.events()[-1] == "post.sh 1 failed ok"
+
+
+def test_freeze_disabled_hold_in_text_mode_says_nothing_is_frozen(setup):
+    """Text mode: the hold's line says nothing is frozen, why, and which filesystems are not."""
+    setup.config(fsFreezeEnabled=False, quiesce={"snapshot": {"mode": "hold"}})
+    proc = subprocess.Popen(
+        setup.run_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("frozen: nothing (fsFreezeEnabled is false); not frozen: ")
+        assert all(t in line for t in setup.targets) and "take the snapshot now" in line
+    finally:
+        out, err = _release(proc)
+    assert proc.returncode == Exit.OK, err
+    assert "result: application-consistent" in out

@@ -22,6 +22,7 @@ EXPECTED = {
     "FreezeReport",
     "FreezeTimeoutError",
     "FrozenByOtherError",
+    "HoldAnnouncement",
     "IncorrectJSONConfigFile",
     "LoadedConfig",
     "LockHeldError",
