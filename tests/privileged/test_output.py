@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 
@@ -117,3 +119,30 @@ def test_metrics_on_a_full_filesystem_is_recorded_not_fatal(setup):
     finally:
         subprocess.run(["umount", full], check=False)
         os.rmdir(full)
+
+
+def test_freeze_with_stdout_closed_ends_the_hold_at_once(fs, run_dir):
+    """``quiesce freeze >&-``: nobody can be told it is frozen; thawed at once, exit 1, no traceback."""
+    target = str(fs["ext4"].mount_point)
+    argv = [
+        sys.executable,
+        "-m",
+        "quiesce",
+        "freeze",
+        "--json",
+        "--run-dir",
+        run_dir,
+        "--timeout",
+        "20",
+        target,
+    ]
+    script = " ".join(f"'{a}'" for a in argv) + " >&- </dev/null"
+    started = time.monotonic()
+    done = subprocess.run(["/bin/sh", "-c", f"exec {script}"], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 10, "held until the deadline"
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "stdout" in done.stderr
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()
+    assert ledger_mod.read(run_dir) is None
