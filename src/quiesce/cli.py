@@ -41,7 +41,7 @@ from quiesce.freeze import (
 )
 from quiesce.hold import Release
 from quiesce.mounts import Plan, read_mountinfo
-from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan
+from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan, target_problems
 from quiesce.procs import is_alive, mount_id_of_fd
 from quiesce.run import APPLICATION, CRASH, FILESYSTEM, RunResult
 from quiesce.sandbox import SandboxError
@@ -153,13 +153,17 @@ def _plan_from(args: argparse.Namespace, targets: Sequence[str]) -> Plan:
         exclude=args.exclude,
         exclude_fstypes=args.exclude_fstype,
         extra_fstypes=args.fstype,
+        loop_backing_fstypes=args.loop_backing_fstype,
         vmbackup_conf=None if args.no_vmbackup_conf else args.vmbackup_conf,
     )
 
 
 def cmd_mounts(args: argparse.Namespace) -> int:
-    """``quiesce mounts``."""
+    """``quiesce mounts``: a named target that cannot be frozen is an error (7), as for ``freeze``."""
     plan = _plan_from(args, args.targets)
+    problems = target_problems(plan, args.targets)
+    if problems:
+        raise TargetError("cannot freeze: " + "; ".join(problems))
     if args.json:
         emit_json(plan.to_dict(), sys.stdout)
     else:
@@ -746,6 +750,15 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="TYPE",
         help="treat this filesystem type as freezable (repeatable)",
+    )
+    p.add_argument(
+        "--loop-backing-fstype",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="freeze a loop-mounted filesystem even when its image lives on this filesystem type "
+        "(FUSE or network; a glob such as 'fuse.*'; repeatable). Skipped by default: the FUSE "
+        "daemon, or the network, can block its FIFREEZE",
     )
     p.add_argument(
         "--vmbackup-conf",

@@ -40,6 +40,7 @@ from quiesce.config import (
     DEFAULT_PLUGINHOST_PATH,
     LoadedConfig,
     PluginConfig,
+    PluginHostConfig,
     SnapshotMode,
     effective_timeout_s,
     load_pluginhost,
@@ -59,8 +60,8 @@ from quiesce.hooks import (
     run_pre,
 )
 from quiesce.lock import FreezeLock
-from quiesce.permissions import CheckedScript, open_script, read_config_file
-from quiesce.plan import VMBACKUP_CONF, make_plan
+from quiesce.permissions import CheckedScript, open_script, read_config_file, read_pluginhost_file
+from quiesce.plan import VMBACKUP_CONF, check_config_targets, plan_config
 from quiesce.scripts import Attempt, Progress, ScriptPolicy, ScriptResult, run_script, run_snapshot_command
 
 APPLICATION = "application-consistent"
@@ -192,6 +193,11 @@ def load_checked_config(path: str) -> LoadedConfig:
     return parse_config(read_config_file(path), path)
 
 
+def load_checked_pluginhost(path: str) -> PluginHostConfig | None:
+    """Read the optional plugin host INI from its permission-checked fd; None when there is none."""
+    return load_pluginhost(path, read=read_pluginhost_file)
+
+
 def _check_script(path: str, phase: str) -> CheckedScript | ScriptResult:
     try:
         return open_script(path, phase)
@@ -239,8 +245,10 @@ def run(
     result = RunResult(run_id=run_id, started_unix=time.time(), started_ns=time.monotonic_ns())
     started = result.started_ns
     loaded = config or load_checked_config(options.config_path)
-    host = load_pluginhost(options.pluginhost_path) if options.pluginhost_path else None
+    host = load_checked_pluginhost(options.pluginhost_path) if options.pluginhost_path else None
     cfg = loaded.config
+    if cfg.fs_freeze_enabled:
+        check_config_targets(cfg.quiesce, options.vmbackup_conf, loaded.source)
     result.config_source = loaded.source
     result.warnings.extend(loaded.warnings)
     if host is not None:
@@ -525,12 +533,7 @@ def _window(
     freeze: Freeze | None = None
     with timeline.phase("freeze-window") as entry:
         try:
-            plan = make_plan(
-                ext.targets,
-                exclude=ext.exclude,
-                exclude_fstypes=ext.exclude_fstypes,
-                vmbackup_conf=options.vmbackup_conf,
-            )
+            plan = plan_config(ext, options.vmbackup_conf)
             opts = FreezeOptions(
                 timeout_s=ext.freeze_timeout_s,
                 preflush=ext.preflush,
