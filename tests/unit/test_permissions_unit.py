@@ -222,7 +222,8 @@ def test_other_os_errors_become_permission_errors(monkeypatch):
     blocked = f"{MISSING_TOP}-eacces"
 
     def lstat(path, *args, **kwargs):
-        if os.fspath(path) == blocked:
+        # As the kernel does: a directory that cannot be searched hides everything below it.
+        if os.fspath(path) == blocked or os.fspath(path).startswith(blocked + "/"):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real_lstat(path, *args, **kwargs)
 
