@@ -15,12 +15,14 @@ import select
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-from quiesce import benchmark
+from quiesce import __version__, benchmark
 from quiesce import ledger as ledger_mod
 from quiesce import lock as lock_mod
+from quiesce.argtypes import MAX_SECONDS, seconds
 from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH
 from quiesce.errors import (
     ConfigError,
@@ -65,21 +67,65 @@ class Exit(enum.IntEnum):
     CONFIG = 10
 
 
-EXIT_HELP = """exit status:
-  0  success
-  1  error (message on stderr)
-  2  usage error
-  3  another quiesce freeze holds the lock
-  4  a FIFREEZE failed; everything frozen before it was thawed
-  5  the guardian thawed before the release (deadline passed, or a FIFREEZE blocked)
-  6  a FITHAW failed: a filesystem may still be frozen (see `quiesce status`)
-  7  a named target cannot be frozen (not a mount point, read-only, pseudo...)
-  8  run: a snapshot was taken, but only file-system- or crash-consistent
-  9  run: the backup failed (no snapshot, or a failure marked it failed)
- 10  run: the configuration is invalid, missing or unsafe; nothing ran
- 128+N  run: stopped by signal N (SIGTERM 143, SIGINT 130, SIGHUP 129) before the
-     snapshot was done; everything was thawed and the post steps ran
-"""
+#: What each exit code means (README.md's table says the same).
+EXIT_MEANINGS: dict[str, str] = {
+    "0": "success",
+    "1": "error (message on stderr)",
+    "2": "usage error (an unknown option, a number out of its range...)",
+    "3": "another quiesce freeze (or run) holds the lock",
+    "4": "a FIFREEZE failed; everything frozen before it was thawed",
+    "5": "the guardian thawed before the release (deadline passed, or a FIFREEZE blocked)",
+    "6": "a FITHAW failed: a filesystem may still be frozen (see `quiesce status`)",
+    "7": "a named target cannot be frozen (missing, not a mount point, read-only, pseudo...)",
+    "8": "a snapshot was taken, but only file-system- or crash-consistent",
+    "9": "the backup failed (no snapshot, or a failure marked it failed)",
+    "10": "a configuration file is missing, unsafe or invalid (the plugin config, its targets, "
+    "the plugin host INI, vmbackup.conf); nothing ran and nothing was frozen",
+    "128+N": "stopped by signal N (SIGTERM 143, SIGINT 130, SIGHUP 129) before the snapshot was "
+    "done; everything was thawed and the post steps ran",
+    "130": "interrupted by SIGINT (143: SIGTERM); partial results printed",
+}
+
+#: The exit codes each subcommand can return.
+COMMAND_EXITS: dict[str, tuple[str, ...]] = {
+    "run": ("0", "1", "2", "3", "8", "9", "10", "128+N"),
+    "check": ("0", "1", "2", "10"),
+    "mounts": ("0", "1", "2", "7", "10"),
+    "freeze": ("0", "1", "2", "3", "4", "5", "6", "7", "10"),
+    "thaw": ("0", "1", "2", "3", "5", "6"),
+    "recover": ("0", "1", "2", "3", "6"),
+    "status": ("0", "1", "2"),
+    "bench": ("0", "1", "2", "3", "4", "6", "7", "10", "130"),
+    "demo": ("0", "1", "2"),
+}
+
+
+def exit_help(command: str | None = None) -> str:
+    """The "exit status" epilog of ``command``'s help (every code for the top-level help)."""
+    codes = COMMAND_EXITS[command] if command else [c for c in EXIT_MEANINGS if c != "130"]
+    lines = ["exit status:"]
+    for code in codes:
+        lines.append(f"  {code:>5}  {EXIT_MEANINGS[code]}")
+    return "\n".join(lines) + "\n"
+
+
+#: The top-level help's epilog (every exit code).
+EXIT_HELP = exit_help()
+
+
+class UsageError(Exception):
+    """The command line could not be parsed; ``parser`` is the (sub)parser that said so."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are raised, so that ``--json`` can report them as JSON."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self)
 
 
 # -- formatting -------------------------------------------------------------
@@ -534,10 +580,12 @@ def _print_thaw(out: dict[str, Any]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """``quiesce status``."""
     led = ledger_mod.read(args.run_dir)
+    held = lock_mod.is_held(args.run_dir)
     status: dict[str, Any] = {
         "run_dir": args.run_dir,
-        "lock_held": lock_mod.is_held(args.run_dir),
-        "lock_holder": lock_mod.read_holder(os.path.join(args.run_dir, "lock")),
+        "lock_held": held,
+        # The pid left in a free lock file is a past holder's, not a holder.
+        "lock_holder": lock_mod.read_holder(os.path.join(args.run_dir, "lock")) if held else None,
         "ledger": None if led is None else led.to_dict(),
     }
     if led is not None:
@@ -770,9 +818,13 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
 
 
+_positive_seconds = seconds(0, MAX_SECONDS, low_open=True)
+_wait_seconds = seconds(0, MAX_SECONDS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``quiesce``."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
     common.add_argument(
         "--run-dir",
@@ -781,13 +833,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where the lock, ledger and guardian log live (default {RUN_DIR}, "
         "or $QUIESCE_RUN_DIR); must not be on a filesystem that gets frozen",
     )
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="quiesce",
         description="Application-consistent snapshots: freeze filesystems (FIFREEZE) for "
         "as short a window as the kernel allows, with a guardian process that always thaws.",
         epilog=EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"quiesce {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -798,7 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scripts (owner root, safe modes and directories), run the pre-script, freeze the "
         "filesystems, take the snapshot, thaw, run the post-script, and classify the result "
         "application-consistent, file-system-consistent, crash-consistent or failed.",
-        epilog=EXIT_HELP,
+        epilog=exit_help("run"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -846,6 +899,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mounts",
         parents=[common],
         help="show what would be frozen, in which order, and what is skipped",
+        epilog=exit_help("mounts"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="List the filesystems quiesce would freeze, in freeze order, and every "
         "skipped mount with its reason (pseudo, network, fuse, read-only, duplicate, excluded, "
         "unsupported, not-included).",
@@ -864,24 +919,26 @@ def build_parser() -> argparse.ArgumentParser:
         "at --timeout, or if quiesce dies. With --hold the command returns as soon as the "
         "filesystems are frozen and a background holder keeps them frozen until `quiesce thaw` "
         "or the timeout.",
-        epilog=EXIT_HELP,
+        epilog=exit_help("freeze"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("targets", nargs="+", metavar="TARGET", help="mount points (or globs) to freeze")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
-        help=f"longest time frozen: the guardian thaws at this deadline (default {DEFAULT_TIMEOUT_S:g})",
+        help=f"longest time frozen: the guardian thaws at this deadline (default {DEFAULT_TIMEOUT_S:g}; "
+        f"more than 0, at most {MAX_SECONDS:g})",
     )
     p.add_argument(
         "--step-timeout",
-        type=float,
+        type=_positive_seconds,
         default=None,
         metavar="S",
         help=f"longest one FIFREEZE may block before the guardian thaws the rest "
-        f"(default {DEFAULT_STEP_TIMEOUT_S:g}, at most --timeout)",
+        f"(default {DEFAULT_STEP_TIMEOUT_S:g}; more than 0, at most {MAX_SECONDS:g}; "
+        "never longer than --timeout)",
     )
     p.add_argument("--hold", action="store_true", help="return once frozen; release with `quiesce thaw`")
     p.add_argument("--no-stdin", action="store_true", help="do not release on stdin")
@@ -909,11 +966,17 @@ def build_parser() -> argparse.ArgumentParser:
         "process that froze is gone, thaw exactly the filesystems its ledger lists, and only if "
         "they are still the same mounts. --force thaws a named mount point regardless of any "
         "ledger (also one frozen by another tool).",
-        epilog=EXIT_HELP,
+        epilog=exit_help("thaw"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--force", action="append", default=[], metavar="MOUNT", help="FITHAW this mount point")
-    p.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to wait for the holder")
+    p.add_argument(
+        "--wait",
+        type=_wait_seconds,
+        default=10.0,
+        metavar="S",
+        help=f"how long to wait for the holder (default 10; 0 to {MAX_SECONDS:g})",
+    )
     p.set_defaults(func=cmd_thaw)
 
     benchmark.add_parser(sub, common)
@@ -922,12 +985,20 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         parents=[common],
         help="run the whole job on a sandbox of loop filesystems (root; never touches this machine's)",
+        epilog=exit_help("demo"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build loop-mounted disks in a private mount namespace, run a writing "
         "application, freeze, take reflink snapshots of the disk images inside the window, thaw, "
         "and check the snapshots: fsck-clean and consistent with each other. Needs root, "
         "xfsprogs and e2fsprogs.",
     )
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="guardian deadline")
+    p.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="S",
+        help=f"guardian deadline (default 10; more than 0, at most {MAX_SECONDS:g})",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -939,16 +1010,24 @@ def build_parser() -> argparse.ArgumentParser:
         "it lists (only if still the same mounts), restore rcu_expedited if it was changed, and "
         "kill script processes left in the cgroups of runs that are no longer alive. A freeze in "
         "progress is left alone.",
-        epilog=EXIT_HELP,
+        epilog=exit_help("recover"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to wait for a guardian")
+    p.add_argument(
+        "--wait",
+        type=_wait_seconds,
+        default=10.0,
+        metavar="S",
+        help=f"how long to wait for a guardian (default 10; 0 to {MAX_SECONDS:g})",
+    )
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser(
         "status",
         parents=[common],
         help="is anything frozen by quiesce?",
+        epilog=exit_help("status"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Show the freeze in progress (from the ledger), whether its process and "
         "guardian are alive, and the lock.",
     )
@@ -971,26 +1050,60 @@ def exit_code_for(err: BaseException) -> Exit:
     return Exit.ERROR
 
 
+def _error_json(err: BaseException, code: int, message: str | None = None) -> dict[str, Any]:
+    return {
+        "error": message or str(err),
+        "error_type": type(err).__name__,
+        "error_name": getattr(err, "azure_name", None),
+        "error_code": getattr(err, "azure_code", None),
+        "exit": code,
+    }
+
+
+def _report_error(
+    want_json: bool, err: BaseException, code: int, message: str | None = None, prefix: str = "quiesce: "
+) -> int:
+    """Say why a command ended: a line on stderr and, with --json, one JSON object on stdout."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{prefix}{message or err}", file=sys.stderr)
+    if want_json:
+        # stdout may be gone (a closed pipe); the exit status still says it.
+        with contextlib.suppress(OSError, ValueError):
+            emit_json(_error_json(err, code, message), sys.stdout)
+    return code
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    words = list(argv)
+    if "--" in words:
+        words = words[: words.index("--")]
+    return "--json" in words
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``quiesce`` command."""
+    """Entry point of the ``quiesce`` command.
+
+    With ``--json``, every outcome prints one JSON object on stdout (after
+    any events the command streams): a usage error and an unexpected
+    error too, each with ``error``, ``error_type`` and ``exit``.
+    """
+    words = sys.argv[1:] if argv is None else list(argv)
+    want_json = _wants_json(words)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(words)
+    except UsageError as err:
+        with contextlib.suppress(OSError, ValueError):
+            err.parser.print_usage(sys.stderr)
+        return _report_error(want_json, err, Exit.USAGE, f"{err.parser.prog}: error: {err}", prefix="")
+    want_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args))
     except (QuiesceError, SandboxError, ValueError) as err:
-        code = int(exit_code_for(err))
-        print(f"quiesce: {err}", file=sys.stderr)
-        if getattr(args, "json", False):
-            emit_json(
-                {
-                    "error": str(err),
-                    "error_type": type(err).__name__,
-                    "error_name": getattr(err, "azure_name", None),
-                    "error_code": getattr(err, "azure_code", None),
-                    "exit": code,
-                },
-                sys.stdout,
-            )
-        return code
-    except KeyboardInterrupt:
-        return 130
+        return _report_error(want_json, err, int(exit_code_for(err)))
+    except KeyboardInterrupt as err:
+        return _report_error(want_json, err, 130, "interrupted (SIGINT)")
+    except Exception as err:  # a bug or an unforeseen OS error: still one answer, and the traceback
+        with contextlib.suppress(OSError, ValueError):
+            traceback.print_exc(file=sys.stderr)
+        return _report_error(want_json, err, Exit.ERROR, f"unexpected error: {type(err).__name__}: {err}")
