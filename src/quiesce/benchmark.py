@@ -1150,9 +1150,7 @@ thawed, prints the partial results and exits 130 (143).
 """
 
 
-def add_parser(
-    sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
-) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     """Register ``bench`` on the subcommands ``sub``; ``common`` supplies --json and --run-dir."""
     from quiesce.cli import exit_help
 

@@ -6,9 +6,11 @@ with the argument ``pre``; after the thaw, in reverse order, with ``post``. A
 hook whose ``pre`` succeeded always gets its ``post``, also when a later hook
 failed; hooks after a failed one do not run. Package-manager leftovers
 (``*.dpkg-*``, ``*.rpmnew``, ``*.rpmsave``, ``*.rpmorig``, ``*~``) and hidden
-files are skipped; a file nobody may execute is skipped with a warning (a
-README, say). Every hook passes the same checks as the scripts (owner root,
-no group/other write, safe directories) and runs under the same supervision.
+files are skipped; a file nobody may execute (a README, say), and anything
+that is not a regular file (a subdirectory, a FIFO, a socket, a device, a
+symlink to one of these) is skipped with a warning. Every hook passes the
+same checks as the scripts (owner root, no group/other write, safe
+directories) and runs under the same supervision.
 
 A hook named ``*.session`` is a **session hook**: one process that lives
 across the window, the pattern a database lock needs (MySQL's ``FLUSH TABLES
@@ -50,6 +52,7 @@ from quiesce.scripts import (
     run_script,
     script_argv,
     script_environment,
+    script_start_error,
 )
 
 DEFAULT_HOOK_DIR = "/etc/quiesce/hooks.d"
@@ -104,11 +107,47 @@ def discover(directory: str) -> HookDirectory:
             st = os.lstat(path)
         except FileNotFoundError:
             continue
-        if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o111:
-            found.warnings.append(f"hook directory: {path} is not executable, skipped")
+        skip = _not_a_hook(path, st)
+        if skip is not None:
+            found.warnings.append(f"hook directory: {path} {skip}, skipped")
             continue
         found.hooks.append(Hook(name, path, name.endswith(SESSION_SUFFIX)))
     return found
+
+
+def _not_a_hook(path: str, st: os.stat_result) -> str | None:
+    """Why the entry at ``path`` is not a hook (skipped with a warning), or None.
+
+    A subdirectory, FIFO, socket or device is not a program; a symlink to
+    one (or a dangling symlink) neither. A symlink to a regular file is
+    kept: it is meant as a hook, and the script checks refuse it by name.
+    """
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.stat(path)
+        except OSError:
+            return "is a dangling symlink"
+        if stat.S_ISREG(target.st_mode):
+            return None
+        return f"is a symlink to {_kind(target.st_mode)}, not a program"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {_kind(st.st_mode)}, not a program"
+    if not st.st_mode & 0o111:
+        return "is not executable"
+    return None
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _failed_check(err: ScriptError, path: str, phase: str) -> ScriptResult:
@@ -360,7 +399,9 @@ def _start_session(
     try:
         session = SessionHook(hook, checked, policy, env, run_id, notify_dir)
     except OSError as start_err:
-        error = ScriptExecutionFailed(f"session hook {hook.path} did not start: {start_err}", "pre")
+        error = ScriptExecutionFailed(
+            f"session hook {hook.path}: {script_start_error(checked, start_err)}", "pre"
+        )
         return ScriptResult(
             "pre", hook.path, ("session",), "failed", (), error.azure_name, error.azure_code, str(error)
         ), None

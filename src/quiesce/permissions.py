@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
+from quiesce import shebang
 from quiesce.errors import (
     ConfigNotFoundError,
     ConfigPermissionError,
@@ -80,9 +81,6 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NO
 
 # The kernel's MAXSYMLINKS: more symlinks than this on one path is ELOOP.
 _MAX_SYMLINKS = 40
-
-# The kernel reads at most this much of a "#!" line (BINPRM_BUF_SIZE).
-_SHEBANG_BYTES = 256
 
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _CONFIG_ALLOWED_BITS = stat.S_IRUSR | stat.S_IWUSR
@@ -414,7 +412,7 @@ def open_script(path: str, phase: str) -> CheckedScript:
             if problems:
                 raise refuse("; ".join(problems), st, fix_for("script", path, st))
             os.set_blocking(fd, True)
-            has_shebang, interpreter = parse_shebang(os.pread(fd, _SHEBANG_BYTES, 0))
+            has_shebang, interpreter = parse_shebang(os.pread(fd, shebang.SHEBANG_BYTES, 0))
             script = CheckedScript(
                 path=path,
                 real_path=real,
@@ -435,13 +433,15 @@ def open_script(path: str, phase: str) -> CheckedScript:
 def parse_shebang(head: bytes) -> tuple[bool, str | None]:
     """Whether ``head`` (a file's first bytes) starts with "#!", and the interpreter it names.
 
-    The interpreter is the first word after "#!" on the first line, as the
-    kernel takes it; None when there is no "#!" or no word after it.
+    The interpreter is read as the kernel reads it (:mod:`quiesce.shebang`):
+    up to the next space, tab or newline, so a carriage return from a
+    Windows editor stays part of it. None when there is no "#!" or no word
+    after it.
     """
     if not head.startswith(b"#!"):
         return False, None
-    words = head[2:].split(b"\n", 1)[0].split()
-    return True, os.fsdecode(words[0]) if words else None
+    name = shebang.interpreter(head)
+    return True, None if name is None else os.fsdecode(name)
 
 
 def _script_problems(st: os.stat_result) -> list[str]:

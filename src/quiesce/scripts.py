@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from quiesce import native
+from quiesce import native, shebang
 from quiesce.cgroups import ScriptCgroup
 from quiesce.errors import FreezeError, QuiesceOSError, ScriptExecutionFailed, ScriptTimeout, ThawError
 from quiesce.freeze import Freeze
@@ -146,6 +146,16 @@ def script_argv(script: CheckedScript, params: Sequence[str]) -> tuple[str | Non
     return "/bin/sh", ["/bin/sh", fd_path, *params]
 
 
+def script_start_error(script: CheckedScript, err: OSError) -> str:
+    """Why a checked script did not start: its ``#!`` interpreter when that is the cause, else ``err``."""
+    head = b""
+    if script.has_shebang and not script.closed:
+        with contextlib.suppress(OSError):
+            head = os.pread(script.fd, shebang.SHEBANG_BYTES, 0)
+    problem = shebang.explain_exec_error(err, head, script.path)
+    return str(err) if problem is None else f"did not start: {problem}"
+
+
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
@@ -204,7 +214,7 @@ def run_attempt(
                 stderr_fd=err_w,
             )
         except QuiesceOSError as err:
-            return _spawn_failed(number, isolation, str(err))
+            return _spawn_failed(number, isolation, script_start_error(script, err))
         finally:
             # The child has its copies; ours would keep the pipes open forever.
             os.close(out_w)
@@ -350,7 +360,8 @@ def run_snapshot_command(
         except QuiesceOSError as err:
             if isinstance(err, (FreezeError, ThawError)):
                 raise
-            return _spawn_failed(1, isolation, str(err))
+            problem = shebang.explain_exec_error(err, shebang.read_head(argv[0]), argv[0])
+            return _spawn_failed(1, isolation, str(err) if problem is None else f"did not start: {problem}")
         always.callback(child.close)
         if not sup.result().finished:
             # It slept in the kernel (on a frozen filesystem?); thawed now, it can die.

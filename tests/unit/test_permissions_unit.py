@@ -77,6 +77,7 @@ def under_sticky_tmp(path: Path) -> bool:
         (b"\x7fELF\x02\x01", (False, None)),
         (b" #!/bin/sh\n", (False, None)),
         (b"#!/opt/\xff/sh\n", (True, os.fsdecode(b"/opt/\xff/sh"))),
+        (b"#!/bin/sh\r\necho\r\n", (True, "/bin/sh\r")),
     ],
 )
 def test_parse_shebang(head, expected):
