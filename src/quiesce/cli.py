@@ -23,7 +23,7 @@ from quiesce import __version__, benchmark
 from quiesce import ledger as ledger_mod
 from quiesce import lock as lock_mod
 from quiesce.argtypes import MAX_SECONDS, seconds
-from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH
+from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH, DEFAULT_POLL_S
 from quiesce.errors import (
     ConfigError,
     FreezeError,
@@ -618,17 +618,30 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 class _ProgressLine:
-    """A live "elapsed / timeout" indicator on a terminal; a paced line otherwise."""
+    """A live "elapsed / timeout" indicator on a terminal; paced lines otherwise.
+
+    Off a terminal (journald, a log file) one line per ``pace_s`` seconds of
+    a step, each naming the step: "pre-script", "hook 10-db pre", "session
+    hook 10-db.session: waiting for READY", "post-script". The pace is
+    ``ScriptsExecutionPollTimeSeconds`` once the config is read. Nothing is
+    written inside the frozen window (the snapshot command runs there).
+    """
 
     def __init__(self, out: TextIO, pace_s: float) -> None:
         self.out = out
         self.tty = out.isatty()
         self.pace_ns = int(pace_s * 1e9)
         self._last = 0
-        self.phase = ""
+        self._step: tuple[str, int] | None = None
 
-    def __call__(self, attempt: int, elapsed_ns: int, timeout_ns: int) -> None:
-        text = f"{self.phase}: attempt {attempt}, {human_ns(elapsed_ns)} of {human_ns(timeout_ns)}"
+    def set_pace(self, pace_s: float) -> None:
+        """Pace the lines written off a terminal every ``pace_s`` seconds."""
+        self.pace_ns = int(pace_s * 1e9)
+
+    def __call__(self, label: str, attempt: int, elapsed_ns: int, timeout_ns: int) -> None:
+        if (label, attempt) != self._step:
+            self._step, self._last = (label, attempt), 0
+        text = f"{label}: attempt {attempt}, {human_ns(elapsed_ns)} of {human_ns(timeout_ns)}"
         if self.tty:
             self.out.write("\r\033[K" + text)
             self.out.flush()
@@ -642,7 +655,7 @@ class _ProgressLine:
         if self.tty:
             self.out.write("\r\033[K")
             self.out.flush()
-        self._last = 0
+        self._step = None
 
 
 def _run_exit(result: RunResult) -> int:
@@ -686,7 +699,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``quiesce run``."""
     from quiesce.run import RunOptions, run
 
-    progress = None if args.json else _ProgressLine(sys.stderr, 3.0)
+    progress = None if args.json else _ProgressLine(sys.stderr, DEFAULT_POLL_S)
 
     def on_frozen(f: Freeze) -> None:
         # The hold step: the external snapshotter waits for this line.
@@ -710,6 +723,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         on_frozen=on_frozen,
         hold_stdin=not args.no_stdin,
         handle_signals=True,
+        on_config=None if progress is None else (lambda cfg: progress.set_pace(cfg.poll_s)),
     )
     result = run(options)
     if progress is not None:

@@ -45,6 +45,7 @@ from quiesce.permissions import CheckedScript, UnsafeDirectoryError, check_direc
 from quiesce.scripts import (
     KILL_WAIT_S,
     Attempt,
+    Progress,
     ScriptPolicy,
     ScriptResult,
     _attempt_from,
@@ -59,6 +60,8 @@ DEFAULT_HOOK_DIR = "/etc/quiesce/hooks.d"
 #: Files in the hook directory that are never hooks.
 SKIP_PATTERNS = ("*.dpkg-*", "*.rpmnew", "*.rpmsave", "*.rpmorig", "*~", ".*")
 SESSION_SUFFIX = ".session"
+#: How often a waiting session hook's progress is reported (the caller paces the lines).
+_PROGRESS_TICK_NS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -249,14 +252,24 @@ class SessionHook:
             if "BARRIER=1" in self._receive():
                 return
 
-    def wait_ready(self) -> bool:
+    def wait_ready(self, progress: Progress | None = None) -> bool:
         """Wait for ``READY=1`` up to the timeout; False if it exited or timed out first."""
-        deadline = self.child.start_ns + int(self.policy.timeout_s * 1e9)
+        timeout_ns = int(self.policy.timeout_s * 1e9)
+        deadline = self.child.start_ns + timeout_ns
         watch = [self.notify.fileno(), self.child.pidfd, self.out_r, self.err_r]
         while True:
-            left = deadline - native.now_ns()
+            now = native.now_ns()
+            left = deadline - now
             if left <= 0:
                 return False
+            if progress is not None:
+                progress(
+                    f"session hook {self.hook.name}: waiting for READY",
+                    1,
+                    now - self.child.start_ns,
+                    timeout_ns,
+                )
+                left = min(left, _PROGRESS_TICK_NS)
             ready, _, _ = select.select(watch, [], [], left / 1e9)
             self._drain_early()
             if self.notify.fileno() in ready and "READY=1" in self._receive():
@@ -354,6 +367,7 @@ def run_pre(
     run_id: str,
     notify_dir: str,
     into: HookRun | None = None,
+    progress: Progress | None = None,
 ) -> HookRun:
     """Run the pre steps in name order, stopping at the first failure.
 
@@ -369,7 +383,7 @@ def run_pre(
             state.results_pre.append(state.failed)
             break
         if hook.session:
-            result, session = _start_session(hook, checked, pre, env, run_id, notify_dir)
+            result, session = _start_session(hook, checked, pre, env, run_id, notify_dir, progress)
             state.results_pre.append(result)
             if session is None:
                 checked.close()
@@ -377,7 +391,15 @@ def run_pre(
                 break
             state.started.append((hook, checked, session))
             continue
-        result = run_script(checked, ["pre"], pre, env=env, run_id=f"{run_id}-{hook.name}")
+        result = run_script(
+            checked,
+            ["pre"],
+            pre,
+            env=env,
+            run_id=f"{run_id}-{hook.name}",
+            progress=progress,
+            label=f"hook {hook.name} pre",
+        )
         state.results_pre.append(result)
         if not result.ok:
             checked.close()
@@ -394,6 +416,7 @@ def _start_session(
     env: Mapping[str, str],
     run_id: str,
     notify_dir: str,
+    progress: Progress | None = None,
 ) -> tuple[ScriptResult, SessionHook | None]:
     started = time.monotonic_ns()
     try:
@@ -405,7 +428,7 @@ def _start_session(
         return ScriptResult(
             "pre", hook.path, ("session",), "failed", (), error.azure_name, error.azure_code, str(error)
         ), None
-    if session.wait_ready():
+    if session.wait_ready(progress):
         return ScriptResult("pre", hook.path, ("session",), "ok", ()), session
     exited = not session.alive()
     session.close()
@@ -432,7 +455,14 @@ def check_sessions(state: HookRun) -> str | None:
     return None
 
 
-def run_post(state: HookRun, post: ScriptPolicy, *, env: Mapping[str, str], run_id: str) -> None:
+def run_post(
+    state: HookRun,
+    post: ScriptPolicy,
+    *,
+    env: Mapping[str, str],
+    run_id: str,
+    progress: Progress | None = None,
+) -> None:
     """Run the post steps (and release session hooks) in reverse order of the pre steps."""
     for hook, checked, session in reversed(state.started):
         try:
@@ -441,7 +471,15 @@ def run_post(state: HookRun, post: ScriptPolicy, *, env: Mapping[str, str], run_
                 result = _session_result(hook, attempt)
             else:
                 assert checked is not None
-                result = run_script(checked, ["post"], post, env=env, run_id=f"{run_id}-{hook.name}")
+                result = run_script(
+                    checked,
+                    ["post"],
+                    post,
+                    env=env,
+                    run_id=f"{run_id}-{hook.name}",
+                    progress=progress,
+                    label=f"hook {hook.name} post",
+                )
         finally:
             if session is not None:
                 session.close()

@@ -186,6 +186,9 @@ class RunOptions:
     handle_signals: bool = False
     #: The run's parent cgroup for its scripts; run() sets it (quiesce.cgroups.RunCgroup).
     cgroup_parent: str | None = None
+    #: Called once the config is checked, before anything runs (the CLI paces
+    #: its progress lines by ``ScriptsExecutionPollTimeSeconds``).
+    on_config: Callable[[PluginConfig], None] | None = None
 
 
 def load_checked_config(path: str) -> LoadedConfig:
@@ -249,6 +252,8 @@ def run(
     cfg = loaded.config
     if cfg.fs_freeze_enabled:
         check_config_targets(cfg.quiesce, options.vmbackup_conf, loaded.source)
+    if options.on_config is not None:
+        options.on_config(cfg)
     result.config_source = loaded.source
     result.warnings.extend(loaded.warnings)
     if host is not None:
@@ -424,7 +429,11 @@ def _post_steps(
     if state.hooks.started:
         with timeline.phase("hooks-post") as entry:
             run_post(
-                state.hooks, _policy(cfg, timeout_s, "post", options.cgroup_parent), env=env, run_id=run_id
+                state.hooks,
+                _policy(cfg, timeout_s, "post", options.cgroup_parent),
+                env=env,
+                run_id=run_id,
+                progress=options.progress,
             )
             result.hooks_post = state.hooks.results_post
             failed = [r for r in state.hooks.results_post if not r.ok]
@@ -486,6 +495,7 @@ def _run_pre_hooks(
             run_id=run_id,
             notify_dir=options.run_dir,
             into=state,
+            progress=options.progress,
         )
         entry.detail = f"{len(state.results_pre)} of {len(hook_dir.hooks)} hook(s)"
         if state.failed is not None:

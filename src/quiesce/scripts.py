@@ -37,8 +37,9 @@ OUTPUT_TAIL = 64 * 1024
 #: (a process in uninterruptible sleep dies only when its I/O completes).
 KILL_WAIT_S = 5.0
 
-#: ``progress(attempt, elapsed_ns, timeout_ns)`` while a script runs.
-Progress = Callable[[int, int, int], None]
+#: ``progress(label, attempt, elapsed_ns, timeout_ns)`` while a script runs (about every
+#: 100 ms); ``label`` names the step ("pre-script", "hook 10-db pre"...).
+Progress = Callable[[str, int, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,13 @@ def run_attempt(
     env: Mapping[str, str],
     cgroup_name: str,
     progress: Progress | None = None,
+    label: str | None = None,
 ) -> Attempt:
-    """Run the script once, to its timeout, and return what happened."""
+    """Run the script once, to its timeout, and return what happened.
+
+    ``label`` names the step in ``progress`` calls (default "pre-script" or
+    "post-script").
+    """
     path, argv = script_argv(script, params)
     environ = script_environment(script, number, policy.retries + 1, policy.timeout_s, env)
     cgroup = ScriptCgroup.create(cgroup_name, parent=policy.cgroup_parent)
@@ -239,7 +245,9 @@ def run_attempt(
         )
         while not sup.step():
             if progress is not None:
-                progress(number, native.now_ns() - child.start_ns, timeout_ns)
+                progress(
+                    label or f"{script.phase}-script", number, native.now_ns() - child.start_ns, timeout_ns
+                )
         leftovers = _kill_leftovers(child, cgroup)
         return _attempt_from(number, child, sup, leftovers, isolation)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -413,6 +421,7 @@ def run_script(
     run_id: str = "run",
     progress: Progress | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    label: str | None = None,
 ) -> ScriptResult:
     """Run a checked script with retries until an attempt exits 0 or none are left."""
     attempts: list[Attempt] = []
@@ -427,6 +436,7 @@ def run_script(
             env=env or {},
             cgroup_name=f"{run_id}-{script.phase}-{number}",
             progress=progress,
+            label=label,
         )
         attempts.append(attempt)
         if attempt.outcome == "ok":

@@ -219,3 +219,23 @@ def test_status_names_a_lock_holder_only_while_the_lock_is_held(tmp_path):
     (tmp_path / "lock").write_text("12345\n")
     data = json.loads(run("status", "--json", run_dir=tmp_path).stdout)
     assert data["lock_held"] is False and data["lock_holder"] is None
+
+
+def test_progress_lines_are_paced_and_name_their_step():
+    """Off a terminal: one line per pace per step, each naming the step; a new step starts afresh."""
+    import io
+
+    out = io.StringIO()
+    line = cli._ProgressLine(out, 3.0)
+    line.set_pace(1.0)
+    for tenth in range(1, 26):  # 2.5 s of ticks every 100 ms
+        line("pre-script", 1, tenth * 100_000_000, 30_000_000_000)
+    for tenth in range(1, 13):
+        line("hook 10-db pre", 1, tenth * 100_000_000, 30_000_000_000)
+    line("session hook 20-db.session: waiting for READY", 1, 1_000_000_000, 30_000_000_000)
+    assert out.getvalue().splitlines() == [
+        "pre-script: attempt 1, 1.00 s of 30.00 s",
+        "pre-script: attempt 1, 2.00 s of 30.00 s",
+        "hook 10-db pre: attempt 1, 1.00 s of 30.00 s",
+        "session hook 20-db.session: waiting for READY: attempt 1, 1.00 s of 30.00 s",
+    ]

@@ -1,0 +1,37 @@
+"""`quiesce run`'s progress lines off a terminal: paced by ScriptsExecutionPollTimeSeconds, step named."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
+
+
+def progress_lines(stderr: str, step: str) -> list[str]:
+    """The progress lines of one step."""
+    return [line for line in stderr.splitlines() if line.startswith(f"{step}: attempt 1,")]
+
+
+def test_poll_time_paces_the_progress_lines(setup):
+    """Poll 1 s and a 2.5 s pre-script: two or three pre-script lines; the 3 s default gives none."""
+    setup.config(pre="sleep 2.5\n", ScriptsExecutionPollTimeSeconds=1)
+    r = setup.cli("--log-format", "none")
+    assert r.returncode == 0, r.stderr
+    assert 2 <= len(progress_lines(r.stderr, "pre-script")) <= 3, r.stderr
+    setup.config(pre="sleep 2.5\n")
+    r = setup.cli("--log-format", "none")
+    assert r.returncode == 0, r.stderr
+    assert progress_lines(r.stderr, "pre-script") == [], r.stderr
+
+
+def test_hooks_and_session_waits_report_progress_by_name(setup):
+    """A slow hook and a slow-to-be-ready session hook each get lines naming them."""
+    setup.hook("10-slow", "sleep 1.5\n")
+    setup.hook(
+        "20-db.session", '[ "$1" = session ] && { sleep 1.5; systemd-notify --ready; read x; }\nexit 0\n'
+    )
+    setup.config(ScriptsExecutionPollTimeSeconds=1)
+    r = setup.cli("--log-format", "none")
+    assert r.returncode == 0, r.stderr
+    assert progress_lines(r.stderr, "hook 10-slow pre"), r.stderr
+    assert progress_lines(r.stderr, "session hook 20-db.session: waiting for READY"), r.stderr
