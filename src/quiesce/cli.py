@@ -752,6 +752,37 @@ def _write_logs_and_metrics(args: argparse.Namespace, result: RunResult) -> None
             print(f"quiesce: cannot write metrics to {args.metrics}: {err.strerror}", file=sys.stderr)
 
 
+# -- check ------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``quiesce check``: what ``run`` would check, and the plan; runs and freezes nothing."""
+    from quiesce.check import check_setup
+
+    report = check_setup(
+        args.config,
+        None if args.no_pluginhost else args.pluginhost,
+        None if args.no_vmbackup_conf else args.vmbackup_conf,
+    )
+    code = Exit.OK if report.ok else Exit.CONFIG
+    if args.json:
+        emit_json(report.to_dict() | {"exit": int(code)}, sys.stdout)
+        return code
+    for f in report.findings:
+        where = f" {f.path}" if f.path else ""
+        out = "ok" if f.ok else "PROBLEM"
+        print(f"{f.what}{where}: {out}: {f.message}")
+    for w in report.warnings:
+        print(f"warning: {w}")
+    if not report.fs_freeze_enabled:
+        print("fsFreezeEnabled is false: nothing would be frozen")
+    elif report.plan is not None:
+        print_plan(report.plan, sys.stdout)
+    problems = len(report.problems)
+    print("all checks passed" if report.ok else f"{problems} problem{'s' if problems > 1 else ''} found")
+    return code
+
+
 # -- demo -------------------------------------------------------------------
 
 
@@ -836,6 +867,32 @@ _positive_seconds = seconds(0, MAX_SECONDS, low_open=True)
 _wait_seconds = seconds(0, MAX_SECONDS)
 
 
+def _add_config_files(p: argparse.ArgumentParser) -> None:
+    """``run``'s and ``check``'s files: the config, the plugin host INI, vmbackup.conf."""
+    p.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG_PATH,
+        metavar="PATH",
+        help=f"the JSON config (default {DEFAULT_CONFIG_PATH}); must be root-owned, mode 600",
+    )
+    p.add_argument(
+        "--pluginhost",
+        default=DEFAULT_PLUGINHOST_PATH,
+        metavar="PATH",
+        help=f"Azure's plugin host INI, optional (default {DEFAULT_PLUGINHOST_PATH}); "
+        "must be root-owned, mode 600",
+    )
+    p.add_argument("--no-pluginhost", action="store_true", help="ignore the plugin host INI")
+    p.add_argument(
+        "--vmbackup-conf",
+        default=VMBACKUP_CONF,
+        metavar="PATH",
+        help=f"Azure's vmbackup.conf, for MountsToSkip (default {VMBACKUP_CONF}; optional); "
+        "must be root-owned and writable by no one else",
+    )
+    p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``quiesce``."""
     common = _Parser(add_help=False)
@@ -868,26 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=exit_help("run"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--config",
-        default=DEFAULT_CONFIG_PATH,
-        metavar="PATH",
-        help=f"the JSON config (default {DEFAULT_CONFIG_PATH}); must be root-owned, mode 600",
-    )
-    p.add_argument(
-        "--pluginhost",
-        default=DEFAULT_PLUGINHOST_PATH,
-        metavar="PATH",
-        help=f"Azure's plugin host INI, optional (default {DEFAULT_PLUGINHOST_PATH})",
-    )
-    p.add_argument("--no-pluginhost", action="store_true", help="ignore the plugin host INI")
-    p.add_argument(
-        "--vmbackup-conf",
-        default=VMBACKUP_CONF,
-        metavar="PATH",
-        help=f"Azure's vmbackup.conf, for MountsToSkip (default {VMBACKUP_CONF})",
-    )
-    p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
+    _add_config_files(p)
     p.add_argument(
         "--no-stdin",
         action="store_true",
@@ -908,6 +946,21 @@ def build_parser() -> argparse.ArgumentParser:
         "atomically; point node_exporter's textfile collector at its directory",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "check",
+        parents=[common],
+        help="check the config, scripts, hooks and plan as `run` would, running and freezing nothing",
+        description="Check everything `quiesce run` checks, without running or freezing anything: "
+        "the config (owner, mode, directories, every key), the plugin host INI, both scripts "
+        "(permissions, existence, whether their #! interpreter can start), the hook directory and "
+        "every hook, the snapshot command, and the plan (what would be frozen, in which order, what "
+        "is skipped and why). Exits 0 when all is well, 10 when anything is wrong.",
+        epilog=exit_help("check"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_files(p)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
         "mounts",
