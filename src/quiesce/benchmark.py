@@ -1169,21 +1169,21 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
         type=_count,
         default=DEFAULT_REPS,
         metavar="N",
-        help=f"repetitions (default {DEFAULT_REPS})",
+        help=f"repetitions (default {DEFAULT_REPS}; 1 to {MAX_REPS})",
     )
     p.add_argument(
         "--interval",
         type=_seconds,
         default=DEFAULT_INTERVAL_S,
         metavar="S",
-        help=f"pause between repetitions (default {DEFAULT_INTERVAL_S:g})",
+        help=f"pause between repetitions (default {DEFAULT_INTERVAL_S:g}; 0 to {argtypes.MAX_SECONDS:g})",
     )
     p.add_argument(
         "--dirty",
         type=_mib,
         default=0,
         metavar="MB",
-        help="MiB of unsynced data written on each target before each repetition (default 0)",
+        help=f"MiB of unsynced data written on each target before each repetition (default 0; at most {MAX_DIRTY_MIB})",
     )
     p.add_argument(
         "--probe",
@@ -1208,7 +1208,8 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
         type=_positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
-        help=f"guardian deadline of each repetition (default {DEFAULT_TIMEOUT_S:g})",
+        help=f"guardian deadline of each repetition (default {DEFAULT_TIMEOUT_S:g}; more than 0, "
+        f"at most {argtypes.MAX_SECONDS:g})",
     )
     p.add_argument(
         "--all",
