@@ -1183,7 +1183,8 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
         type=_mib,
         default=0,
         metavar="MB",
-        help=f"MiB of unsynced data written on each target before each repetition (default 0; at most {MAX_DIRTY_MIB})",
+        help="MiB of unsynced data written on each target before each repetition "
+        f"(default 0; at most {MAX_DIRTY_MIB})",
     )
     p.add_argument(
         "--probe",
