@@ -19,6 +19,7 @@ it was named would freeze more than asked (often ``/``).
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import os
 import stat
@@ -222,6 +223,9 @@ def target_problems(plan: Plan, targets: Sequence[str]) -> list[str]:
         for t in plan.unmatched
         if t not in explained
     ]
+    problems += _globs_selecting_nothing(
+        plan, [t for t in targets if _is_glob(t) and t not in plan.unmatched]
+    )
     named = {path for _, path in plan.named} | {os.path.normpath(t) for t in targets if not _is_glob(t)}
     chosen = {t.mount.mount_point for t in plan.targets}
     for skipped in plan.skipped:
@@ -231,6 +235,22 @@ def target_problems(plan: Plan, targets: Sequence[str]) -> list[str]:
         if skipped.reason is SkipReason.DUPLICATE:
             continue  # frozen through another mount of the same filesystem
         problems.append(f"{m.mount_point}: {skipped.reason.value}: {skipped.detail}")
+    return problems
+
+
+def _globs_selecting_nothing(plan: Plan, globs: Sequence[str]) -> list[str]:
+    """A glob that matches mount points, none of them freezable, selects nothing: say so."""
+    frozen = [t.mount for t in plan.targets]
+    frozen += [s.mount for s in plan.skipped if s.reason is SkipReason.DUPLICATE]
+    problems = []
+    for pattern in globs:
+        normal = os.path.normpath(pattern)
+        if any(fnmatch.fnmatchcase(m.mount_point, normal) for m in frozen):
+            continue
+        seen = [s for s in plan.skipped if fnmatch.fnmatchcase(s.mount.mount_point, normal)]
+        why = ", ".join(f"{s.mount.mount_point} {s.reason.value}" for s in seen[:5])
+        more = f" and {len(seen) - 5} more" if len(seen) > 5 else ""
+        problems.append(f"{pattern}: matches no freezable filesystem (only {why}{more})")
     return problems
 
 

@@ -241,3 +241,19 @@ def test_open_target_checks_mount_id_and_device_on_the_fd(tmp_path):
     with pytest.raises(TargetError, match=r"is now 9:9 at .*, planned 8:1"):
         open_target(_target_at(tmp_path, mnt, "8:1"), {mnt: now})
     os.close(open_target(_target_at(tmp_path, mnt, "9:9"), {mnt: now}))
+
+
+def test_a_glob_matching_only_unfreezable_mounts_is_an_error(tmp_path):
+    """A glob whose every match is skipped (pseudo, not freezable) selects nothing: named with reasons."""
+    info = mountinfo(
+        tmp_path,
+        row(2, "0:30", "/dev/shm", "tmpfs", "tmpfs"),
+        row(3, "8:2", "/data"),
+    )
+    plan = make_plan(["/data", "/dev/sh*"], vmbackup_conf=None, mountinfo=info)
+    with pytest.raises(
+        TargetError, match=r"/dev/sh\*: matches no freezable filesystem \(only /dev/shm pseudo\)"
+    ):
+        check_explicit(plan, ["/data", "/dev/sh*"])
+    fine = make_plan(["/dat*"], vmbackup_conf=None, mountinfo=info)
+    check_explicit(fine, ["/dat*"])
