@@ -28,6 +28,14 @@ Nothing here keeps global state; every result is a dataclass with
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
+try:
+    #: The installed distribution's version: one source, pyproject.toml's ``version``.
+    __version__ = _metadata.version("quiesce")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 from quiesce.config import LoadedConfig, PluginConfig, parse_config
 from quiesce.errors import (
     ConfigError,
@@ -94,6 +102,7 @@ __all__ = [
     "TargetError",
     "ThawError",
     "WindowExpiredError",
+    "__version__",
     "frozen",
     "load_config",
     "parse_config",

@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any, TextIO
 
+from quiesce import argtypes
 from quiesce.errors import QuiesceError, TargetError, ThawError
 from quiesce.freeze import DEFAULT_TIMEOUT_S, RUN_DIR, Freeze, FreezeOptions, FreezeReport
 from quiesce.mounts import Plan, Target
@@ -1108,32 +1109,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # the parser
 
 
-def _count(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
+#: Bounds of the numeric options (README and --help name them).
+MAX_REPS = 1_000_000
+MAX_DIRTY_MIB = 1 << 20
 
-
-def _mib(text: str) -> int:
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {n}")
-    return n
-
-
-def _seconds(text: str) -> float:
-    s = float(text)
-    if not (math.isfinite(s) and s >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
-    return s
-
-
-def _positive_seconds(text: str) -> float:
-    s = _seconds(text)
-    if s == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return s
+_count = argtypes.count(1, MAX_REPS)
+_mib = argtypes.count(0, MAX_DIRTY_MIB, "MiB")
+_seconds = argtypes.seconds(0, argtypes.MAX_SECONDS)
+_positive_seconds = argtypes.seconds(0, argtypes.MAX_SECONDS, low_open=True)
 
 
 BENCH_DESCRIPTION = """\
@@ -1167,18 +1150,16 @@ thawed, prints the partial results and exits 130 (143).
 """
 
 
-def add_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     """Register ``bench`` on the subcommands ``sub``; ``common`` supplies --json and --run-dir."""
-    from quiesce.cli import EXIT_HELP
+    from quiesce.cli import exit_help
 
     p = sub.add_parser(
         "bench",
         parents=[common],
         help="measure the frozen window (min/median/p90/p99/max, histogram, writer stalls)",
         description=BENCH_DESCRIPTION,
-        epilog=EXIT_HELP + "130  bench: interrupted by SIGINT (143: SIGTERM); partial results printed\n",
+        epilog=exit_help("bench"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("targets", nargs="*", metavar="TARGET", help="mount points (or globs) to freeze")
@@ -1188,21 +1169,22 @@ def add_parser(
         type=_count,
         default=DEFAULT_REPS,
         metavar="N",
-        help=f"repetitions (default {DEFAULT_REPS})",
+        help=f"repetitions (default {DEFAULT_REPS}; 1 to {MAX_REPS})",
     )
     p.add_argument(
         "--interval",
         type=_seconds,
         default=DEFAULT_INTERVAL_S,
         metavar="S",
-        help=f"pause between repetitions (default {DEFAULT_INTERVAL_S:g})",
+        help=f"pause between repetitions (default {DEFAULT_INTERVAL_S:g}; 0 to {argtypes.MAX_SECONDS:g})",
     )
     p.add_argument(
         "--dirty",
         type=_mib,
         default=0,
         metavar="MB",
-        help="MiB of unsynced data written on each target before each repetition (default 0)",
+        help="MiB of unsynced data written on each target before each repetition "
+        f"(default 0; at most {MAX_DIRTY_MIB})",
     )
     p.add_argument(
         "--probe",
@@ -1227,7 +1209,8 @@ def add_parser(
         type=_positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
-        help=f"guardian deadline of each repetition (default {DEFAULT_TIMEOUT_S:g})",
+        help=f"guardian deadline of each repetition (default {DEFAULT_TIMEOUT_S:g}; more than 0, "
+        f"at most {argtypes.MAX_SECONDS:g})",
     )
     p.add_argument(
         "--all",

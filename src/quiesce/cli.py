@@ -15,13 +15,15 @@ import select
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO, cast
+from typing import Any, NoReturn, TextIO, cast
 
-from quiesce import benchmark
+from quiesce import __version__, benchmark
 from quiesce import ledger as ledger_mod
 from quiesce import lock as lock_mod
-from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH
+from quiesce.argtypes import MAX_SECONDS, seconds
+from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH, DEFAULT_POLL_S
 from quiesce.errors import (
     ConfigError,
     FreezeError,
@@ -42,7 +44,7 @@ from quiesce.freeze import (
 from quiesce.hold import Release
 from quiesce.mounts import Plan, read_mountinfo
 from quiesce.output import SafeStream, describe, reopen_closed_std_fds
-from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan
+from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan, target_problems
 from quiesce.procs import is_alive, mount_id_of_fd
 from quiesce.run import APPLICATION, CRASH, FILESYSTEM, HoldAnnouncement, RunResult
 from quiesce.sandbox import SandboxError
@@ -66,21 +68,65 @@ class Exit(enum.IntEnum):
     CONFIG = 10
 
 
-EXIT_HELP = """exit status:
-  0  success
-  1  error (message on stderr)
-  2  usage error
-  3  another quiesce freeze holds the lock
-  4  a FIFREEZE failed; everything frozen before it was thawed
-  5  the guardian thawed before the release (deadline passed, or a FIFREEZE blocked)
-  6  a FITHAW failed: a filesystem may still be frozen (see `quiesce status`)
-  7  a named target cannot be frozen (not a mount point, read-only, pseudo...)
-  8  run: a snapshot was taken, but only file-system- or crash-consistent
-  9  run: the backup failed (no snapshot, or a failure marked it failed)
- 10  run: the configuration is invalid, missing or unsafe; nothing ran
- 128+N  run: stopped by signal N (SIGTERM 143, SIGINT 130, SIGHUP 129) before the
-     snapshot was done; everything was thawed and the post steps ran
-"""
+#: What each exit code means (README.md's table says the same).
+EXIT_MEANINGS: dict[str, str] = {
+    "0": "success",
+    "1": "error (message on stderr)",
+    "2": "usage error (an unknown option, a number out of its range...)",
+    "3": "another quiesce freeze (or run) holds the lock",
+    "4": "a FIFREEZE failed; everything frozen before it was thawed",
+    "5": "the guardian thawed before the release (deadline passed, or a FIFREEZE blocked)",
+    "6": "a FITHAW failed: a filesystem may still be frozen (see `quiesce status`)",
+    "7": "a named target cannot be frozen (missing, not a mount point, read-only, pseudo...)",
+    "8": "a snapshot was taken, but only file-system- or crash-consistent",
+    "9": "the backup failed (no snapshot, or a failure marked it failed)",
+    "10": "a configuration file is missing, unsafe or invalid (the plugin config, its targets, "
+    "the plugin host INI, vmbackup.conf); nothing ran and nothing was frozen",
+    "128+N": "a stop signal N (SIGTERM 143, SIGINT 130, SIGHUP 129) arrived before the post "
+    "steps; nothing was left frozen, the post steps ran, the result says whether the snapshot ran",
+    "130": "interrupted by SIGINT (143: SIGTERM); partial results printed",
+}
+
+#: The exit codes each subcommand can return.
+COMMAND_EXITS: dict[str, tuple[str, ...]] = {
+    "run": ("0", "1", "2", "3", "8", "9", "10", "128+N"),
+    "check": ("0", "1", "2", "10"),
+    "mounts": ("0", "1", "2", "7", "10"),
+    "freeze": ("0", "1", "2", "3", "4", "5", "6", "7", "10"),
+    "thaw": ("0", "1", "2", "3", "5", "6"),
+    "recover": ("0", "1", "2", "3", "6"),
+    "status": ("0", "1", "2"),
+    "bench": ("0", "1", "2", "3", "4", "6", "7", "10", "130"),
+    "demo": ("0", "1", "2"),
+}
+
+
+def exit_help(command: str | None = None) -> str:
+    """The "exit status" epilog of ``command``'s help (every code for the top-level help)."""
+    codes = COMMAND_EXITS[command] if command else [c for c in EXIT_MEANINGS if c != "130"]
+    lines = ["exit status:"]
+    for code in codes:
+        lines.append(f"  {code:>5}  {EXIT_MEANINGS[code]}")
+    return "\n".join(lines) + "\n"
+
+
+#: The top-level help's epilog (every exit code).
+EXIT_HELP = exit_help()
+
+
+class UsageError(Exception):
+    """The command line could not be parsed; ``parser`` is the (sub)parser that said so."""
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are raised, so that ``--json`` can report them as JSON."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self)
 
 
 # -- formatting -------------------------------------------------------------
@@ -154,13 +200,17 @@ def _plan_from(args: argparse.Namespace, targets: Sequence[str]) -> Plan:
         exclude=args.exclude,
         exclude_fstypes=args.exclude_fstype,
         extra_fstypes=args.fstype,
+        loop_backing_fstypes=args.loop_backing_fstype,
         vmbackup_conf=None if args.no_vmbackup_conf else args.vmbackup_conf,
     )
 
 
 def cmd_mounts(args: argparse.Namespace) -> int:
-    """``quiesce mounts``."""
+    """``quiesce mounts``: a named target that cannot be frozen is an error (7), as for ``freeze``."""
     plan = _plan_from(args, args.targets)
+    problems = target_problems(plan, args.targets)
+    if problems:
+        raise TargetError("cannot freeze: " + "; ".join(problems))
     if args.json:
         emit_json(plan.to_dict(), sys.stdout)
     else:
@@ -544,10 +594,12 @@ def _print_thaw(out: dict[str, Any]) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """``quiesce status``."""
     led = ledger_mod.read(args.run_dir)
+    held = lock_mod.is_held(args.run_dir)
     status: dict[str, Any] = {
         "run_dir": args.run_dir,
-        "lock_held": lock_mod.is_held(args.run_dir),
-        "lock_holder": lock_mod.read_holder(os.path.join(args.run_dir, "lock")),
+        "lock_held": held,
+        # The pid left in a free lock file is a past holder's, not a holder.
+        "lock_holder": lock_mod.read_holder(os.path.join(args.run_dir, "lock")) if held else None,
         "ledger": None if led is None else led.to_dict(),
     }
     if led is not None:
@@ -580,17 +632,30 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 class _ProgressLine:
-    """A live "elapsed / timeout" indicator on a terminal; a paced line otherwise."""
+    """A live "elapsed / timeout" indicator on a terminal; paced lines otherwise.
+
+    Off a terminal (journald, a log file) one line per ``pace_s`` seconds of
+    a step, each naming the step: "pre-script", "hook 10-db pre", "session
+    hook 10-db.session: waiting for READY", "post-script". The pace is
+    ``ScriptsExecutionPollTimeSeconds`` once the config is read. Nothing is
+    written inside the frozen window (the snapshot command runs there).
+    """
 
     def __init__(self, out: TextIO, pace_s: float) -> None:
         self.out = out
         self.tty = out.isatty()
         self.pace_ns = int(pace_s * 1e9)
         self._last = 0
-        self.phase = ""
+        self._step: tuple[str, int] | None = None
 
-    def __call__(self, attempt: int, elapsed_ns: int, timeout_ns: int) -> None:
-        text = f"{self.phase}: attempt {attempt}, {human_ns(elapsed_ns)} of {human_ns(timeout_ns)}"
+    def set_pace(self, pace_s: float) -> None:
+        """Pace the lines written off a terminal every ``pace_s`` seconds."""
+        self.pace_ns = int(pace_s * 1e9)
+
+    def __call__(self, label: str, attempt: int, elapsed_ns: int, timeout_ns: int) -> None:
+        if (label, attempt) != self._step:
+            self._step, self._last = (label, attempt), 0
+        text = f"{label}: attempt {attempt}, {human_ns(elapsed_ns)} of {human_ns(timeout_ns)}"
         if self.tty:
             self.out.write("\r\033[K" + text)
             self.out.flush()
@@ -604,7 +669,7 @@ class _ProgressLine:
         if self.tty:
             self.out.write("\r\033[K")
             self.out.flush()
-        self._last = 0
+        self._step = None
 
 
 def _run_exit(result: RunResult) -> int:
@@ -666,7 +731,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out = SafeStream("stdout", sys.stdout)
     err = SafeStream("stderr", sys.stderr)
-    progress = None if args.json else _ProgressLine(cast(TextIO, err), 3.0)
+    progress = None if args.json else _ProgressLine(cast(TextIO, err), DEFAULT_POLL_S)
 
     def on_hold(news: HoldAnnouncement) -> None:
         # The hold step: the external snapshotter waits for this line. If it
@@ -689,6 +754,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         on_hold=on_hold,
         hold_stdin=not args.no_stdin,
         handle_signals=True,
+        on_config=None if progress is None else (lambda cfg: progress.set_pace(cfg.poll_s)),
     )
     result = run(options)
     if progress is not None:
@@ -732,6 +798,37 @@ def _write_logs_and_metrics(args: argparse.Namespace, result: RunResult, err: Sa
             write_metrics(args.metrics, result)
         except OSError as error:
             err.write(f"quiesce: cannot write metrics to {args.metrics}: {error.strerror}\n")
+
+
+# -- check ------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``quiesce check``: what ``run`` would check, and the plan; runs and freezes nothing."""
+    from quiesce.check import check_setup
+
+    report = check_setup(
+        args.config,
+        None if args.no_pluginhost else args.pluginhost,
+        None if args.no_vmbackup_conf else args.vmbackup_conf,
+    )
+    code = Exit.OK if report.ok else Exit.CONFIG
+    if args.json:
+        emit_json(report.to_dict() | {"exit": int(code)}, sys.stdout)
+        return code
+    for f in report.findings:
+        where = f" {f.path}" if f.path else ""
+        out = "ok" if f.ok else "PROBLEM"
+        print(f"{f.what}{where}: {out}: {f.message}")
+    for w in report.warnings:
+        print(f"warning: {w}")
+    if not report.fs_freeze_enabled:
+        print("fsFreezeEnabled is false: nothing would be frozen")
+    elif report.plan is not None:
+        print_plan(report.plan, sys.stdout)
+    problems = len(report.problems)
+    print("all checks passed" if report.ok else f"{problems} problem{'s' if problems > 1 else ''} found")
+    return code
 
 
 # -- demo -------------------------------------------------------------------
@@ -796,6 +893,15 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         help="treat this filesystem type as freezable (repeatable)",
     )
     p.add_argument(
+        "--loop-backing-fstype",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="freeze a loop-mounted filesystem even when its image lives on this filesystem type "
+        "(FUSE or network; a glob such as 'fuse.*'; repeatable). Skipped by default: the FUSE "
+        "daemon, or the network, can block its FIFREEZE",
+    )
+    p.add_argument(
         "--vmbackup-conf",
         default=VMBACKUP_CONF,
         metavar="PATH",
@@ -805,37 +911,12 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``quiesce``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON instead of text")
-    common.add_argument(
-        "--run-dir",
-        default=os.environ.get("QUIESCE_RUN_DIR", RUN_DIR),
-        metavar="DIR",
-        help=f"where the lock, ledger and guardian log live (default {RUN_DIR}, "
-        "or $QUIESCE_RUN_DIR); must not be on a filesystem that gets frozen",
-    )
-    parser = argparse.ArgumentParser(
-        prog="quiesce",
-        description="Application-consistent snapshots: freeze filesystems (FIFREEZE) for "
-        "as short a window as the kernel allows, with a guardian process that always thaws.",
-        epilog=EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+_positive_seconds = seconds(0, MAX_SECONDS, low_open=True)
+_wait_seconds = seconds(0, MAX_SECONDS)
 
-    p = sub.add_parser(
-        "run",
-        parents=[common],
-        help="the whole job: pre-script, freeze, snapshot, thaw, post-script (Azure config)",
-        description="Read Azure Backup's VMSnapshotScriptPluginConfig.json, check it and the "
-        "scripts (owner root, safe modes and directories), run the pre-script, freeze the "
-        "filesystems, take the snapshot, thaw, run the post-script, and classify the result "
-        "application-consistent, file-system-consistent, crash-consistent or failed.",
-        epilog=EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _add_config_files(p: argparse.ArgumentParser) -> None:
+    """``run``'s and ``check``'s files: the config, the plugin host INI, vmbackup.conf."""
     p.add_argument(
         "--config",
         default=DEFAULT_CONFIG_PATH,
@@ -846,16 +927,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--pluginhost",
         default=DEFAULT_PLUGINHOST_PATH,
         metavar="PATH",
-        help=f"Azure's plugin host INI, optional (default {DEFAULT_PLUGINHOST_PATH})",
+        help=f"Azure's plugin host INI, optional (default {DEFAULT_PLUGINHOST_PATH}); "
+        "must be root-owned, mode 600",
     )
     p.add_argument("--no-pluginhost", action="store_true", help="ignore the plugin host INI")
     p.add_argument(
         "--vmbackup-conf",
         default=VMBACKUP_CONF,
         metavar="PATH",
-        help=f"Azure's vmbackup.conf, for MountsToSkip (default {VMBACKUP_CONF})",
+        help=f"Azure's vmbackup.conf, for MountsToSkip (default {VMBACKUP_CONF}; optional); "
+        "must be root-owned and writable by no one else",
     )
     p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``quiesce``."""
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument(
+        "--run-dir",
+        default=os.environ.get("QUIESCE_RUN_DIR", RUN_DIR),
+        metavar="DIR",
+        help=f"where the lock, ledger and guardian log live (default {RUN_DIR}, "
+        "or $QUIESCE_RUN_DIR); must not be on a filesystem that gets frozen",
+    )
+    parser = _Parser(
+        prog="quiesce",
+        description="Application-consistent snapshots: freeze filesystems (FIFREEZE) for "
+        "as short a window as the kernel allows, with a guardian process that always thaws.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"quiesce {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="the whole job: pre-script, freeze, snapshot, thaw, post-script (Azure config)",
+        description="Read Azure Backup's VMSnapshotScriptPluginConfig.json, check it and the "
+        "scripts (owner root, safe modes and directories), run the pre-script, freeze the "
+        "filesystems, take the snapshot, thaw, run the post-script, and classify the result "
+        "application-consistent, file-system-consistent, crash-consistent or failed.",
+        epilog=exit_help("run"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_files(p)
     p.add_argument(
         "--no-stdin",
         action="store_true",
@@ -878,9 +996,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
+        "check",
+        parents=[common],
+        help="check the config, scripts, hooks and plan as `run` would, running and freezing nothing",
+        description="Check everything `quiesce run` checks, without running or freezing anything: "
+        "the config (owner, mode, directories, every key), the plugin host INI, both scripts "
+        "(permissions, existence, whether their #! interpreter can start), the hook directory and "
+        "every hook, the snapshot command, and the plan (what would be frozen, in which order, what "
+        "is skipped and why). Exits 0 when all is well, 10 when anything is wrong.",
+        epilog=exit_help("check"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_files(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
         "mounts",
         parents=[common],
         help="show what would be frozen, in which order, and what is skipped",
+        epilog=exit_help("mounts"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="List the filesystems quiesce would freeze, in freeze order, and every "
         "skipped mount with its reason (pseudo, network, fuse, read-only, duplicate, excluded, "
         "unsupported, not-included).",
@@ -899,24 +1034,26 @@ def build_parser() -> argparse.ArgumentParser:
         "at --timeout, or if quiesce dies. With --hold the command returns as soon as the "
         "filesystems are frozen and a background holder keeps them frozen until `quiesce thaw` "
         "or the timeout.",
-        epilog=EXIT_HELP,
+        epilog=exit_help("freeze"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("targets", nargs="+", metavar="TARGET", help="mount points (or globs) to freeze")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
-        help=f"longest time frozen: the guardian thaws at this deadline (default {DEFAULT_TIMEOUT_S:g})",
+        help=f"longest time frozen: the guardian thaws at this deadline (default {DEFAULT_TIMEOUT_S:g}; "
+        f"more than 0, at most {MAX_SECONDS:g})",
     )
     p.add_argument(
         "--step-timeout",
-        type=float,
+        type=_positive_seconds,
         default=None,
         metavar="S",
         help=f"longest one FIFREEZE may block before the guardian thaws the rest "
-        f"(default {DEFAULT_STEP_TIMEOUT_S:g}, at most --timeout)",
+        f"(default {DEFAULT_STEP_TIMEOUT_S:g}; more than 0, at most {MAX_SECONDS:g}; "
+        "never longer than --timeout)",
     )
     p.add_argument("--hold", action="store_true", help="return once frozen; release with `quiesce thaw`")
     p.add_argument("--no-stdin", action="store_true", help="do not release on stdin")
@@ -944,11 +1081,17 @@ def build_parser() -> argparse.ArgumentParser:
         "process that froze is gone, thaw exactly the filesystems its ledger lists, and only if "
         "they are still the same mounts. --force thaws a named mount point regardless of any "
         "ledger (also one frozen by another tool).",
-        epilog=EXIT_HELP,
+        epilog=exit_help("thaw"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--force", action="append", default=[], metavar="MOUNT", help="FITHAW this mount point")
-    p.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to wait for the holder")
+    p.add_argument(
+        "--wait",
+        type=_wait_seconds,
+        default=10.0,
+        metavar="S",
+        help=f"how long to wait for the holder (default 10; 0 to {MAX_SECONDS:g})",
+    )
     p.set_defaults(func=cmd_thaw)
 
     benchmark.add_parser(sub, common)
@@ -957,12 +1100,20 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         parents=[common],
         help="run the whole job on a sandbox of loop filesystems (root; never touches this machine's)",
+        epilog=exit_help("demo"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build loop-mounted disks in a private mount namespace, run a writing "
         "application, freeze, take reflink snapshots of the disk images inside the window, thaw, "
         "and check the snapshots: fsck-clean and consistent with each other. Needs root, "
         "xfsprogs and e2fsprogs.",
     )
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="guardian deadline")
+    p.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="S",
+        help=f"guardian deadline (default 10; more than 0, at most {MAX_SECONDS:g})",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -974,16 +1125,24 @@ def build_parser() -> argparse.ArgumentParser:
         "it lists (only if still the same mounts), restore rcu_expedited if it was changed, and "
         "kill script processes left in the cgroups of runs that are no longer alive. A freeze in "
         "progress is left alone.",
-        epilog=EXIT_HELP,
+        epilog=exit_help("recover"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to wait for a guardian")
+    p.add_argument(
+        "--wait",
+        type=_wait_seconds,
+        default=10.0,
+        metavar="S",
+        help=f"how long to wait for a guardian (default 10; 0 to {MAX_SECONDS:g})",
+    )
     p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser(
         "status",
         parents=[common],
         help="is anything frozen by quiesce?",
+        epilog=exit_help("status"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Show the freeze in progress (from the ledger), whether its process and "
         "guardian are alive, and the lock.",
     )
@@ -1006,28 +1165,62 @@ def exit_code_for(err: BaseException) -> Exit:
     return Exit.ERROR
 
 
+def _error_json(err: BaseException, code: int, message: str | None = None) -> dict[str, Any]:
+    return {
+        "error": message or str(err),
+        "error_type": type(err).__name__,
+        "error_name": getattr(err, "azure_name", None),
+        "error_code": getattr(err, "azure_code", None),
+        "exit": code,
+    }
+
+
+def _report_error(
+    want_json: bool, err: BaseException, code: int, message: str | None = None, prefix: str = "quiesce: "
+) -> int:
+    """Say why a command ended: a line on stderr and, with --json, one JSON object on stdout."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{prefix}{message or err}", file=sys.stderr)
+    if want_json:
+        # stdout may be gone (a closed pipe); the exit status still says it.
+        with contextlib.suppress(OSError, ValueError):
+            emit_json(_error_json(err, code, message), sys.stdout)
+    return code
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    words = list(argv)
+    if "--" in words:
+        words = words[: words.index("--")]
+    return "--json" in words
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``quiesce`` command."""
+    """Entry point of the ``quiesce`` command.
+
+    With ``--json``, every outcome prints one JSON object on stdout (after
+    any events the command streams): a usage error and an unexpected
+    error too, each with ``error``, ``error_type`` and ``exit``.
+    """
     # A closed stdin, stdout or stderr must not be inherited by the next file opened.
     reopen_closed_std_fds()
+    words = sys.argv[1:] if argv is None else list(argv)
+    want_json = _wants_json(words)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(words)
+    except UsageError as err:
+        with contextlib.suppress(OSError, ValueError):
+            err.parser.print_usage(sys.stderr)
+        return _report_error(want_json, err, Exit.USAGE, f"{err.parser.prog}: error: {err}", prefix="")
+    want_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args))
     except (QuiesceError, SandboxError, ValueError) as err:
-        code = int(exit_code_for(err))
-        print(f"quiesce: {err}", file=sys.stderr)
-        if getattr(args, "json", False):
-            emit_json(
-                {
-                    "error": str(err),
-                    "error_type": type(err).__name__,
-                    "error_name": getattr(err, "azure_name", None),
-                    "error_code": getattr(err, "azure_code", None),
-                    "exit": code,
-                },
-                sys.stdout,
-            )
-        return code
-    except KeyboardInterrupt:
-        return 130
+        return _report_error(want_json, err, int(exit_code_for(err)))
+    except KeyboardInterrupt as err:
+        return _report_error(want_json, err, 130, "interrupted (SIGINT)")
+    except Exception as err:  # a bug or an unforeseen OS error: still one answer, and the traceback
+        with contextlib.suppress(OSError, ValueError):
+            traceback.print_exc(file=sys.stderr)
+        return _report_error(want_json, err, Exit.ERROR, f"unexpected error: {type(err).__name__}: {err}")

@@ -151,6 +151,7 @@ EXTENSION_KEYS = (
     "preflush",
     "expediteRcu",
     "parallelFreeze",
+    "loopBackingFstypes",
 )
 #: The keys allowed inside ``"quiesce": {"snapshot": ...}``.
 SNAPSHOT_KEYS = ("mode", "argv", "timeoutSeconds")
@@ -227,6 +228,11 @@ class Extensions:
         millisecond instead of tens. See :mod:`quiesce.rcu`.
     ``parallel_freeze``
         Freeze independent filesystems at once, one thread each.
+    ``loop_backing_fstypes``
+        Filesystem types (or globs) accepted under a loop device's image. A
+        filesystem whose image lives on FUSE or a network filesystem is
+        skipped unless its type is listed here (the FUSE daemon or the
+        network could block its FIFREEZE).
     """
 
     targets: tuple[str, ...] = ()
@@ -240,6 +246,7 @@ class Extensions:
     preflush: bool = True
     expedite_rcu: bool = False
     parallel_freeze: bool = False
+    loop_backing_fstypes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """The ``"quiesce"`` object with every key spelled out."""
@@ -255,6 +262,7 @@ class Extensions:
             "preflush": self.preflush,
             "expediteRcu": self.expedite_rcu,
             "parallelFreeze": self.parallel_freeze,
+            "loopBackingFstypes": list(self.loop_backing_fstypes),
         }
 
 
@@ -837,6 +845,12 @@ def _extensions(value: object) -> Extensions:
         preflush=_boolean(get("preflush", True), path("preflush")),
         expedite_rcu=_boolean(get("expediteRcu", False), path("expediteRcu")),
         parallel_freeze=_boolean(get("parallelFreeze", False), path("parallelFreeze")),
+        loop_backing_fstypes=_strings(
+            get("loopBackingFstypes", []),
+            path("loopBackingFstypes"),
+            "a list of filesystem types",
+            _fstype,
+        ),
     )
 
 

@@ -145,6 +145,10 @@ class IncorrectPluginhostFile(ConfigError):
     azure_code = 304
 
 
+class VmbackupConfError(ConfigError):
+    """Azure's ``vmbackup.conf`` (its ``MountsToSkip`` steers the freeze) is unsafe or unreadable."""
+
+
 #: Azure's names and codes per phase: (pre, post).
 _SCRIPT_ERRORS: dict[str, tuple[tuple[str, int], tuple[str, int]]] = {
     "failed": (("Pre-ScriptExecutionFailed", 300), ("Post-ScriptExecutionFailed", 301)),

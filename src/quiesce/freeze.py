@@ -16,7 +16,7 @@ import dataclasses
 import errno
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from quiesce.errors import (
     WindowExpiredError,
 )
 from quiesce.lock import FreezeLock
-from quiesce.mounts import Target
+from quiesce.mounts import Mount, Target, read_mountinfo
 from quiesce.native import Child, FsRecord, GuardianRecord, Session, Supervision, now_ns, thaw_error
 from quiesce.plan import parallel_groups
 from quiesce.procs import mount_id_of_fd, start_time
@@ -187,20 +187,55 @@ def _state_of(rec: FsRecord) -> str:
     return rec.state
 
 
-def open_target(target: Target) -> int:
-    """Open a target's mount point and check it is still the planned mount."""
+def open_target(target: Target, current: Mapping[int, Mount] | None = None) -> int:
+    """Open a target's mount point and check, on the fd, that it is still the planned mount.
+
+    The path is walked one component at a time without following any
+    symlink (a mount point as mountinfo shows it has none; one found now was
+    planted since). The fd's mount ID must be the planned one and, with
+    ``current`` (the mount table now, by mount ID), so must its device and
+    mount point: a mount ID freed by an unmount can be given to a new mount.
+    """
     path = target.mount.mount_point
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = _open_no_symlinks(path)
     except OSError as err:
         raise QuiesceOSError(err.errno or 0, "opening the mount point", path) from err
     mnt_id = mount_id_of_fd(fd)
-    if mnt_id is not None and mnt_id != target.mount.mount_id:
+    now = None if current is None or mnt_id is None else current.get(mnt_id)
+    planned = target.mount
+    changed = None
+    if mnt_id is None:
+        changed = "its mount ID cannot be read"
+    elif mnt_id != planned.mount_id:
+        changed = f"mount ID {mnt_id}, planned {planned.mount_id}"
+    elif current is not None and (now is None or (now.dev, now.mount_point) != (planned.dev, path)):
+        seen = "gone" if now is None else f"{now.dev} at {now.mount_point}"
+        changed = f"mount ID {mnt_id} is now {seen}, planned {planned.dev} at {path}"
+    if changed is not None:
         os.close(fd)
-        raise TargetError(
-            f"{path}: the mount changed since it was planned "
-            f"(mount ID {mnt_id}, planned {target.mount.mount_id}); plan again"
-        )
+        raise TargetError(f"{path}: the mount changed since it was planned ({changed}); plan again")
+    return fd
+
+
+def _open_no_symlinks(path: str) -> int:
+    """``open(path, O_RDONLY | O_DIRECTORY)`` refusing a symlink in any component (ELOOP/ENOTDIR)."""
+    names = [part for part in path.split("/") if part]
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, name in enumerate(names):
+            last = i == len(names) - 1
+            flags = (os.O_RDONLY if last else os.O_PATH) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            next_fd = os.open(name, flags, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        if not names:
+            root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.close(fd)
+            fd = root
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -239,8 +274,9 @@ class Freeze:
         """Lock, open the targets, arm the guardian, write the ledger, pre-flush."""
         opts = self.options
         self._lock = FreezeLock(opts.run_dir)
+        current = {m.mount_id: m for m in read_mountinfo()}
         for target in self.targets:
-            self._fds.append(open_target(target))
+            self._fds.append(open_target(target, current))
         self._log_fd = self._open_log()
         self._session = Session(self._fds, [t.mount.mount_point for t in self.targets])
         if self._groups is not None:

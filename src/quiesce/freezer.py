@@ -16,7 +16,7 @@ from quiesce.config import Extensions
 from quiesce.freeze import Freeze, FreezeOptions, FreezeReport
 from quiesce.hold import Release
 from quiesce.mounts import Target
-from quiesce.plan import make_plan
+from quiesce.plan import plan_config
 from quiesce.scripts import Attempt
 from quiesce.snapshot_command import run_command, run_snapshot_command
 
@@ -88,13 +88,11 @@ class RealFreezer:
     """The kernel's freezer and real processes."""
 
     def plan(self, ext: Extensions, vmbackup_conf: str | None) -> Sequence[Target]:
-        """Plan from ``/proc/self/mountinfo`` (see :func:`quiesce.plan.make_plan`)."""
-        return make_plan(
-            ext.targets,
-            exclude=ext.exclude,
-            exclude_fstypes=ext.exclude_fstypes,
-            vmbackup_conf=vmbackup_conf,
-        ).targets
+        """Plan from ``/proc/self/mountinfo``; TargetError if a named target cannot be frozen.
+
+        See :func:`quiesce.plan.plan_config`.
+        """
+        return plan_config(ext, vmbackup_conf).targets
 
     def open(self, targets: Sequence[Target], options: FreezeOptions) -> Freeze:
         """A :class:`~quiesce.freeze.Freeze`."""

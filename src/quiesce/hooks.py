@@ -6,9 +6,11 @@ with the argument ``pre``; after the thaw, in reverse order, with ``post``. A
 hook whose ``pre`` succeeded always gets its ``post``, also when a later hook
 failed; hooks after a failed one do not run. Package-manager leftovers
 (``*.dpkg-*``, ``*.rpmnew``, ``*.rpmsave``, ``*.rpmorig``, ``*~``) and hidden
-files are skipped; a file nobody may execute is skipped with a warning (a
-README, say). Every hook passes the same checks as the scripts (owner root,
-no group/other write, safe directories) and runs under the same supervision.
+files are skipped; a file nobody may execute (a README, say), and anything
+that is not a regular file (a subdirectory, a FIFO, a socket, a device, a
+symlink to one of these) is skipped with a warning. Every hook passes the
+same checks as the scripts (owner root, no group/other write, safe
+directories) and runs under the same supervision.
 
 A hook named ``*.session`` is a **session hook**: one process that lives
 across the window, the pattern a database lock needs (MySQL's ``FLUSH TABLES
@@ -43,6 +45,7 @@ from quiesce.permissions import CheckedScript, UnsafeDirectoryError, check_direc
 from quiesce.scripts import (
     KILL_WAIT_S,
     Attempt,
+    Progress,
     ScriptPolicy,
     ScriptResult,
     ScriptRunner,
@@ -50,6 +53,7 @@ from quiesce.scripts import (
     _kill_leftovers,
     script_argv,
     script_environment,
+    script_start_error,
 )
 
 DEFAULT_HOOK_DIR = "/etc/quiesce/hooks.d"
@@ -58,6 +62,8 @@ SKIP_PATTERNS = ("*.dpkg-*", "*.rpmnew", "*.rpmsave", "*.rpmorig", "*~", ".*")
 SESSION_SUFFIX = ".session"
 #: Real processes: the hooks' checks and attempts unless a run passes its own runner.
 _RUNNER = ScriptRunner()
+#: How often a waiting session hook's progress is reported (the caller paces the lines).
+_PROGRESS_TICK_NS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -106,11 +112,47 @@ def discover(directory: str) -> HookDirectory:
             st = os.lstat(path)
         except FileNotFoundError:
             continue
-        if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o111:
-            found.warnings.append(f"hook directory: {path} is not executable, skipped")
+        skip = _not_a_hook(path, st)
+        if skip is not None:
+            found.warnings.append(f"hook directory: {path} {skip}, skipped")
             continue
         found.hooks.append(Hook(name, path, name.endswith(SESSION_SUFFIX)))
     return found
+
+
+def _not_a_hook(path: str, st: os.stat_result) -> str | None:
+    """Why the entry at ``path`` is not a hook (skipped with a warning), or None.
+
+    A subdirectory, FIFO, socket or device is not a program; a symlink to
+    one (or a dangling symlink) neither. A symlink to a regular file is
+    kept: it is meant as a hook, and the script checks refuse it by name.
+    """
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.stat(path)
+        except OSError:
+            return "is a dangling symlink"
+        if stat.S_ISREG(target.st_mode):
+            return None
+        return f"is a symlink to {_kind(target.st_mode)}, not a program"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {_kind(st.st_mode)}, not a program"
+    if not st.st_mode & 0o111:
+        return "is not executable"
+    return None
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _failed_check(err: ScriptError, path: str, phase: str) -> ScriptResult:
@@ -212,14 +254,24 @@ class SessionHook:
             if "BARRIER=1" in self._receive():
                 return
 
-    def wait_ready(self) -> bool:
+    def wait_ready(self, progress: Progress | None = None) -> bool:
         """Wait for ``READY=1`` up to the timeout; False if it exited or timed out first."""
-        deadline = self.child.start_ns + int(self.policy.timeout_s * 1e9)
+        timeout_ns = int(self.policy.timeout_s * 1e9)
+        deadline = self.child.start_ns + timeout_ns
         watch = [self.notify.fileno(), self.child.pidfd, self.out_r, self.err_r]
         while True:
-            left = deadline - native.now_ns()
+            now = native.now_ns()
+            left = deadline - now
             if left <= 0:
                 return False
+            if progress is not None:
+                progress(
+                    f"session hook {self.hook.name}: waiting for READY",
+                    1,
+                    now - self.child.start_ns,
+                    timeout_ns,
+                )
+                left = min(left, _PROGRESS_TICK_NS)
             ready, _, _ = select.select(watch, [], [], left / 1e9)
             self._drain_early()
             if self.notify.fileno() in ready and "READY=1" in self._receive():
@@ -318,6 +370,7 @@ def run_pre(
     notify_dir: str,
     into: HookRun | None = None,
     runner: ScriptRunner = _RUNNER,
+    progress: Progress | None = None,
 ) -> HookRun:
     """Run the pre steps in name order, stopping at the first failure.
 
@@ -337,7 +390,9 @@ def run_pre(
             break
         if hook.session:
             try:
-                result, session = _start_session(hook, checked, pre, env, run_id, notify_dir, runner)
+                result, session = _start_session(
+                    hook, checked, pre, env, run_id, notify_dir, runner, progress
+                )
             except BaseException:
                 checked.close()
                 raise
@@ -349,7 +404,15 @@ def run_pre(
             state.started.append((hook, checked, session))
             continue
         try:
-            result = runner.run(checked, ["pre"], pre, env=env, run_id=f"{run_id}-{hook.name}")
+            result = runner.run(
+                checked,
+                ["pre"],
+                pre,
+                env=env,
+                run_id=f"{run_id}-{hook.name}",
+                progress=progress,
+                label=f"hook {hook.name} pre",
+            )
         except BaseException:
             checked.close()
             raise
@@ -370,18 +433,21 @@ def _start_session(
     run_id: str,
     notify_dir: str,
     runner: ScriptRunner,
+    progress: Progress | None = None,
 ) -> tuple[ScriptResult, SessionHook | None]:
     started = time.monotonic_ns()
     try:
         session = SessionHook(hook, checked, policy, env, run_id, notify_dir)
     except OSError as start_err:
-        error = ScriptExecutionFailed(f"session hook {hook.path} did not start: {start_err}", "pre")
+        error = ScriptExecutionFailed(
+            f"session hook {hook.path}: {script_start_error(checked, start_err)}", "pre"
+        )
         return ScriptResult(
             "pre", hook.path, ("session",), "failed", (), error.azure_name, error.azure_code, str(error)
         ), None
     try:
         with runner.interruptible():
-            ready = session.wait_ready()
+            ready = session.wait_ready(progress)
     except BaseException:
         # Stopped while waiting for READY=1: the hook goes with the wait.
         session.close()
@@ -420,6 +486,7 @@ def run_post(
     env: Mapping[str, str],
     run_id: str,
     runner: ScriptRunner = _RUNNER,
+    progress: Progress | None = None,
 ) -> None:
     """Run the post steps (and release session hooks) in reverse order of the pre steps.
 
@@ -434,7 +501,14 @@ def run_post(
             else:
                 assert checked is not None
                 result = runner.run(
-                    checked, ["post"], post, env=env, run_id=f"{run_id}-{hook.name}", phase="post"
+                    checked,
+                    ["post"],
+                    post,
+                    env=env,
+                    run_id=f"{run_id}-{hook.name}",
+                    phase="post",
+                    progress=progress,
+                    label=f"hook {hook.name} post",
                 )
         except Exception as err:
             failure = ScriptExecutionFailed(f"hook {hook.path} post step could not run: {err!r}", "post")

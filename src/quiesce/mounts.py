@@ -38,6 +38,7 @@ __all__ = [
     "Skipped",
     "Target",
     "block_device_number",
+    "holding_mount",
     "parse_mountinfo",
     "read_loop_backing",
     "read_mountinfo",
@@ -272,6 +273,10 @@ class SkipReason(StrEnum):
     EXCLUDED = "excluded"
     UNSUPPORTED = "unsupported"
     NOT_INCLUDED = "not-included"
+    #: On a loop device whose image lives on FUSE: its daemon can block FIFREEZE.
+    FUSE_BACKED = "fuse-backed"
+    #: On a loop device whose image lives on a network filesystem.
+    NETWORK_BACKED = "network-backed"
 
 
 def _mount_summary(mount: Mount) -> dict[str, object]:
@@ -325,12 +330,18 @@ class Plan:
 
     ``targets`` are in freeze order (thaw in reverse); ``skipped`` lists every
     other mount in mountinfo order; ``unmatched`` holds the include patterns,
-    as given, that matched no mount at all.
+    as given, that matched no mount at all. ``named`` and ``problems`` are
+    filled by :func:`quiesce.plan.make_plan`: each named path with the path
+    it resolved to, and each named path that cannot be used with a sentence
+    saying why (missing, not a mount point, reached through a link a user
+    could plant).
     """
 
     targets: tuple[Target, ...]
     skipped: tuple[Skipped, ...]
     unmatched: tuple[str, ...]
+    named: tuple[tuple[str, str], ...] = ()
+    problems: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """The whole plan as plain data."""
@@ -338,6 +349,8 @@ class Plan:
             "targets": [target.to_dict() for target in self.targets],
             "skipped": [skipped.to_dict() for skipped in self.skipped],
             "unmatched": list(self.unmatched),
+            "named": [{"given": given, "path": path} for given, path in self.named],
+            "problems": [{"given": given, "problem": why} for given, why in self.problems],
         }
 
 
@@ -394,6 +407,7 @@ class _Rules:
     exclude: tuple[str, ...]
     exclude_fstypes: tuple[str, ...]
     extra_fstypes: frozenset[str]
+    loop_backing_fstypes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -410,6 +424,7 @@ def select(
     exclude: Iterable[str] = (),
     exclude_fstypes: Iterable[str] = (),
     extra_fstypes: Iterable[str] = (),
+    loop_backing_fstypes: Iterable[str] = (),
     loop_backing: Callable[[int, int], str | None] = read_loop_backing,
     source_device: Callable[[str], tuple[int, int] | None] = block_device_number,
 ) -> Plan:
@@ -423,6 +438,14 @@ def select(
     are checked in that order, so an included pseudo filesystem is reported as
     pseudo. ``extra_fstypes`` adds types that freeze; it does not override the
     FUSE, network, pseudo or stacking lists.
+
+    A filesystem on a loop device whose image lives on a FUSE or network
+    filesystem (directly, or through further loop devices) is skipped as
+    ``fuse-backed`` or ``network-backed``: its FIFREEZE writes through to
+    that image, so whoever runs the FUSE daemon (any user, for their own
+    mounts) or the network can block it. ``loop_backing_fstypes`` (fstypes or
+    globs) names backing types to accept anyway. The backing file is judged
+    by its path alone: a stat() on FUSE could itself block.
 
     A selected filesystem is frozen through one representative mount: a mount
     not hidden under a later mount, preferring one that is not read-only, then
@@ -444,6 +467,7 @@ def select(
         exclude=_normalise_all(exclude, "exclude"),
         exclude_fstypes=_pattern_tuple(exclude_fstypes, "exclude_fstypes"),
         extra_fstypes=frozenset(_pattern_tuple(extra_fstypes, "extra_fstypes")),
+        loop_backing_fstypes=_pattern_tuple(loop_backing_fstypes, "loop_backing_fstypes"),
     )
     hidden = _hidden_mounts(mounts)
     skipped: dict[int, Skipped] = {}
@@ -451,8 +475,13 @@ def select(
     for members in _group_by_device(mounts).values():
         representative, skips = _judge_filesystem(mounts, members, hidden, rules)
         skipped.update(skips)
-        if representative is not None:
-            chosen.append(representative)
+        if representative is None:
+            continue
+        remote = _remote_backing(mounts, representative, hidden, rules, loop_backing, source_device)
+        if remote is not None:
+            skipped.update({index: Skipped(mounts[index], *remote) for index in members})
+            continue
+        chosen.append(representative)
     candidates = _break_cycles(mounts, _candidates(mounts, chosen, hidden, loop_backing, source_device))
     return Plan(
         targets=_targets(mounts, _freeze_order(mounts, candidates), candidates),
@@ -599,7 +628,7 @@ def _judge_filesystem(
 def _kind_verdict(group: list[Mount], extra: frozenset[str]) -> _Verdict | None:
     mount = group[0]
     fstype = mount.fstype
-    if fstype in ("fuse", "fuseblk") or fstype.startswith("fuse."):
+    if _is_fuse(fstype):
         return SkipReason.FUSE, f"fstype {fstype} is a FUSE filesystem"
     if fstype in NETWORK_FSTYPES:
         return SkipReason.NETWORK, f"fstype {fstype} is a network filesystem"
@@ -709,9 +738,9 @@ def _candidates(
         backing = _backing_file(mounts[index], loop_backing, source_device)
         holder = None
         if backing is not None:
-            holding_mount = _holding_mount(os.path.normpath(backing), mounts, hidden)
-            if holding_mount is not None:
-                held_by = mounts[holding_mount]
+            holding = _holding_mount(os.path.normpath(backing), mounts, hidden)
+            if holding is not None:
+                held_by = mounts[holding]
                 holder = representative_of.get((held_by.major, held_by.minor))
         # A file "on itself" is a path that now resolves through the upper's own
         # mount (it was mounted over its image): no constraint can be drawn.
@@ -732,6 +761,56 @@ def _backing_file(
         if device is not None:
             return loop_backing(*device)
     return None
+
+
+def _is_fuse(fstype: str) -> bool:
+    return fstype in ("fuse", "fuseblk") or fstype.startswith("fuse.")
+
+
+def _remote_backing(
+    mounts: Sequence[Mount],
+    index: int,
+    hidden: dict[int, str],
+    rules: _Rules,
+    loop_backing: Callable[[int, int], str | None],
+    source_device: Callable[[str], tuple[int, int] | None],
+) -> _Verdict | None:
+    """Why the filesystem at ``index`` must not be frozen because of where its image lives, or None.
+
+    Follows the chain of loop devices down: an image on an ext4 that is itself
+    a loop device on FUSE is as exposed as an image on FUSE.
+    """
+    seen = {index}
+    mount = mounts[index]
+    while True:
+        backing = _backing_file(mount, loop_backing, source_device)
+        if backing is None:
+            return None
+        holder = _holding_mount(os.path.normpath(backing), mounts, hidden)
+        if holder is None or holder in seen:
+            return None
+        seen.add(holder)
+        held_by = mounts[holder]
+        fstype = held_by.fstype
+        fuse = _is_fuse(fstype)
+        if (fuse or fstype in NETWORK_FSTYPES) and not any(
+            fnmatch.fnmatchcase(fstype, pattern) for pattern in rules.loop_backing_fstypes
+        ):
+            who = "its FUSE daemon" if fuse else "the network"
+            return (
+                SkipReason.FUSE_BACKED if fuse else SkipReason.NETWORK_BACKED,
+                f"on a loop device whose image {backing} lives on {fstype} at {held_by.mount_point}: "
+                f"{who} can block its FIFREEZE (accept it with loop_backing_fstypes, "
+                f"`--loop-backing-fstype {fstype}`)",
+            )
+        mount = held_by
+
+
+def holding_mount(path: str, mounts: Sequence[Mount]) -> Mount | None:
+    """The reachable mount that ``path`` (absolute, normalised) lives on, by its text alone."""
+    mounts = tuple(mounts)
+    index = _holding_mount(path, mounts, _hidden_mounts(mounts))
+    return None if index is None else mounts[index]
 
 
 def _holding_mount(path: str, mounts: Sequence[Mount], hidden: dict[int, str]) -> int | None:
@@ -828,17 +907,26 @@ def _targets(
 # Azure's vmbackup.conf
 
 
-def read_mounts_to_skip(path: str = "/etc/azure/vmbackup.conf") -> tuple[str, ...]:
+def read_mounts_to_skip(
+    path: str = "/etc/azure/vmbackup.conf", *, read: Callable[[str], bytes] | None = None
+) -> tuple[str, ...]:
     """The ``MountsToSkip`` mount points of ``[SnapshotThread]`` in Azure's vmbackup.conf.
 
-    A missing file, section or key gives ``()``. An unreadable or unparseable
-    file raises :class:`ConfigError` naming it.
+    ``read`` replaces the plain file read (quiesce passes
+    :func:`quiesce.permissions.read_vmbackup_conf`, which checks owner, mode
+    and directories first and raises its own error). A missing file, section
+    or key gives ``()``. An unreadable or unparseable file raises
+    :class:`ConfigError` naming it.
     """
     try:
+        if read is None:
+            with open(path, "rb") as file:
+                raw = file.read()
+        else:
+            raw = read(path)
         # utf-8-sig: a file saved by a Windows editor starts with a BOM, which
         # configparser would otherwise read as part of the first section header.
-        with open(path, encoding="utf-8-sig") as file:
-            text = file.read()
+        text = raw.decode("utf-8-sig")
     except FileNotFoundError:
         return ()
     except OSError as err:

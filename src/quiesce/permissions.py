@@ -43,12 +43,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
+from quiesce import shebang
 from quiesce.errors import (
     ConfigNotFoundError,
     ConfigPermissionError,
+    IncorrectPluginhostFile,
     QuiesceError,
     ScriptNotFound,
     ScriptPermissionError,
+    VmbackupConfError,
 )
 
 __all__ = [
@@ -61,6 +64,8 @@ __all__ = [
     "owner_and_mode",
     "parse_shebang",
     "read_config_file",
+    "read_pluginhost_file",
+    "read_vmbackup_conf",
 ]
 
 #: The largest config quiesce accepts. :func:`read_config_file` reads one byte
@@ -76,9 +81,6 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NO
 
 # The kernel's MAXSYMLINKS: more symlinks than this on one path is ELOOP.
 _MAX_SYMLINKS = 40
-
-# The kernel reads at most this much of a "#!" line (BINPRM_BUF_SIZE).
-_SHEBANG_BYTES = 256
 
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _CONFIG_ALLOWED_BITS = stat.S_IRUSR | stat.S_IWUSR
@@ -118,87 +120,165 @@ def read_config_file(path: str) -> bytes:
     rejects a config that long. A relative ``path`` is taken from the current
     directory, whose chain is then checked like any other.
 
-    Raises :class:`ConfigNotFoundError` when there is no file at ``path`` and
+    Raises :class:`ConfigNotFoundError` when there is no file at ``path``
+    (said first, before any directory is judged) and
     :class:`ConfigPermissionError` when it is a symlink, not a regular file,
     not owned by root, has any mode bit beyond 600, sits in a directory that
     anyone but root can write, or cannot be read.
     """
-    with _config_errors(path):
-        _refuse_nul(path, _config_refusal(path))
-        real, lst = _walk(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
+    return _read_checked(path, _CONFIG_RULE)
+
+
+def read_pluginhost_file(path: str) -> bytes:
+    """Check Azure's plugin host INI at ``path`` like the config; return its bytes.
+
+    The same rules as :func:`read_config_file` (owner root, mode 600 or
+    stricter, a root-only directory chain, no symlink), since it caps the
+    scripts' timeouts and names the config to load. A missing file raises
+    ``FileNotFoundError`` (the file is optional); anything unsafe raises
+    :class:`IncorrectPluginhostFile` (304).
+    """
+    return _read_checked(path, _PLUGINHOST_RULE)
+
+
+def read_vmbackup_conf(path: str) -> bytes:
+    """Check Azure's ``vmbackup.conf`` at ``path``; return its bytes.
+
+    Its ``MountsToSkip`` steers which filesystems are frozen, so it must be
+    owned by root, writable by no one else, in a root-only directory chain
+    and not a symlink. Others may read it (Azure's own file is often 644).
+    A missing file raises ``FileNotFoundError`` (the file is optional);
+    anything unsafe raises :class:`VmbackupConfError`.
+    """
+    return _read_checked(path, _VMBACKUP_RULE)
+
+
+@dataclass(frozen=True)
+class _FileRule:
+    """What a checked configuration file is called, which mode bits it may have, how refusals look."""
+
+    subject: str
+    allowed_bits: int
+    fix_mode: str
+    #: The mode rule in words, for a refusal.
+    mode_rule: str
+    refuse: Callable[[str], QuiesceError]
+    #: None: a missing file raises FileNotFoundError (an optional file).
+    missing: Callable[[str], QuiesceError] | None
+
+
+def _read_checked(path: str, rule: _FileRule) -> bytes:
+    subject = f"{rule.subject} {path}"
+    refuse = _file_refusal(subject, rule.refuse)
+    absolute = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    with _file_errors(subject, path, rule):
+        _refuse_nul(path, refuse)
+        # Missing is said first: judging the directories of a file that is
+        # not there would send the reader after the wrong problem.
+        os.lstat(absolute)
+        real, lst = _walk(absolute)
         if stat.S_ISLNK(lst.st_mode):
-            raise _config_symlink_error(path)
+            raise rule.refuse(_symlink_message(subject, path, rule))
         if not stat.S_ISREG(lst.st_mode):
-            raise _config_refusal(path)(
+            raise refuse(
                 f"is {_file_type(lst.st_mode)}, not a regular file",
                 lst,
-                "replace it with a regular file owned by root with mode 600",
+                f"replace it with a regular file owned by root with mode {rule.fix_mode}",
             )
         try:
             fd = os.open(real, _OPEN_FLAGS)
         except OSError as err:
             if err.errno == errno.ELOOP:
-                raise _config_symlink_error(path) from err
+                raise rule.refuse(_symlink_message(subject, path, rule)) from err
             raise
         try:
             st = os.fstat(fd)
-            _same_file_or_raise(lst, st, _config_refusal(path))
-            problems = _config_problems(st)
+            _same_file_or_raise(lst, st, refuse)
+            problems = _file_problems(st, rule.allowed_bits, rule.mode_rule)
             if problems:
-                raise _config_refusal(path)("; ".join(problems), st, fix_for("config", path, st))
+                raise refuse("; ".join(problems), st, _file_fix(path, st, rule))
             return _read_up_to(fd, CONFIG_MAX_BYTES + 1)
         finally:
             os.close(fd)
 
 
-def _config_problems(st: os.stat_result) -> list[str]:
+def _file_problems(st: os.stat_result, allowed_bits: int, mode_rule: str) -> list[str]:
     if not stat.S_ISREG(st.st_mode):
         return [f"is {_file_type(st.st_mode)}, not a regular file"]
     problems = _owner_problems(st)
-    extra = stat.S_IMODE(st.st_mode) & ~_CONFIG_ALLOWED_BITS
+    extra = stat.S_IMODE(st.st_mode) & ~allowed_bits
     if extra:
-        problems.append(
-            f"has mode bits {extra:04o} set: only owner read and write are allowed (600 or stricter)"
-        )
+        problems.append(f"has mode bits {extra:04o} set: {mode_rule}")
     return problems
 
 
-def _config_refusal(path: str) -> _Refusal:
-    def refuse(problem: str, st: os.stat_result | None, fix: str) -> ConfigPermissionError:
-        return ConfigPermissionError(_message(f"plugin config {path}", problem, st, fix))
+def _file_fix(path: str, st: os.stat_result, rule: _FileRule) -> str:
+    p = _q(path)
+    chmod = "chmod 600" if rule.allowed_bits == _CONFIG_ALLOWED_BITS else "chmod go-w"
+    if st.st_uid != 0:
+        return f"chown root:root {p} && {chmod} {p}"
+    return f"{chmod} {p}" if stat.S_IMODE(st.st_mode) & ~rule.allowed_bits else ""
+
+
+def _file_refusal(subject: str, make: Callable[[str], QuiesceError]) -> _Refusal:
+    def refuse(problem: str, st: os.stat_result | None, fix: str) -> QuiesceError:
+        return make(_message(subject, problem, st, fix))
 
     return refuse
 
 
-def _config_symlink_error(path: str) -> ConfigPermissionError:
+def _symlink_message(subject: str, path: str, rule: _FileRule) -> str:
     target = os.path.realpath(path)
-    fix = (
-        f"cp --remove-destination {_q(target)} {_q(path)} && chown root:root {_q(path)}"
-        f" && chmod 600 {_q(path)}"
-    )
-    return ConfigPermissionError(
-        f"plugin config {path} is a symlink (to {target}{_target_state(target)}); a symlink can"
+    chmod = "chmod 600" if rule.allowed_bits == _CONFIG_ALLOWED_BITS else "chmod go-w"
+    p = _q(path)
+    fix = f"cp --remove-destination {_q(target)} {p} && chown root:root {p} && {chmod} {p}"
+    return (
+        f"{subject} is a symlink (to {target}{_target_state(target)}); a symlink can"
         f" be re-pointed after it is checked; fix: replace it with the file: {fix}"
     )
 
 
 @contextlib.contextmanager
-def _config_errors(path: str) -> Iterator[None]:
-    """Turn what escapes the config check into the config's Azure-named errors."""
+def _file_errors(subject: str, path: str, rule: _FileRule) -> Iterator[None]:
+    """Turn what escapes a file check into the file's own named errors."""
     try:
         yield
     except UnsafeDirectoryError as err:
-        raise ConfigPermissionError(f"plugin config {path} is in an unsafe directory: {err}") from err
+        raise rule.refuse(f"{subject} is in an unsafe directory: {err}") from err
     except OSError as err:
         if err.errno in _NOT_FOUND_ERRNOS:
-            raise ConfigNotFoundError(
-                f"plugin config {path} does not exist ({_os_reason(err)}); fix: create it"
-                f" (owner root, mode 600) or pass the right path"
+            if rule.missing is None:
+                raise FileNotFoundError(err.errno, os.strerror(err.errno or 0), path) from err
+            raise rule.missing(
+                f"{subject} does not exist ({_os_reason(err)}); fix: create it"
+                f" (owner root, mode {rule.fix_mode}) or pass the right path"
             ) from err
-        raise ConfigPermissionError(
-            f"plugin config {path} cannot be checked: {_os_reason(err)}; fix: make {err.filename or path}"
+        raise rule.refuse(
+            f"{subject} cannot be checked: {_os_reason(err)}; fix: make {err.filename or path}"
             f" readable by root as a regular file"
         ) from err
+
+
+_OWNER_READ_WRITE = "only owner read and write are allowed (600 or stricter)"
+_CONFIG_RULE = _FileRule(
+    "plugin config",
+    _CONFIG_ALLOWED_BITS,
+    "600",
+    _OWNER_READ_WRITE,
+    ConfigPermissionError,
+    ConfigNotFoundError,
+)
+_PLUGINHOST_RULE = _FileRule(
+    "plugin host file", _CONFIG_ALLOWED_BITS, "600", _OWNER_READ_WRITE, IncorrectPluginhostFile, None
+)
+_VMBACKUP_RULE = _FileRule(
+    "vmbackup.conf",
+    0o7777 & ~_WRITABLE_BY_OTHERS & ~_SET_ID_BITS,
+    "644",
+    "only the owner may write, and no setuid or setgid bit (644 or stricter)",
+    VmbackupConfError,
+    None,
+)
 
 
 def _read_up_to(fd: int, limit: int) -> bytes:
@@ -332,7 +412,7 @@ def open_script(path: str, phase: str) -> CheckedScript:
             if problems:
                 raise refuse("; ".join(problems), st, fix_for("script", path, st))
             os.set_blocking(fd, True)
-            has_shebang, interpreter = parse_shebang(os.pread(fd, _SHEBANG_BYTES, 0))
+            has_shebang, interpreter = parse_shebang(os.pread(fd, shebang.SHEBANG_BYTES, 0))
             script = CheckedScript(
                 path=path,
                 real_path=real,
@@ -353,13 +433,15 @@ def open_script(path: str, phase: str) -> CheckedScript:
 def parse_shebang(head: bytes) -> tuple[bool, str | None]:
     """Whether ``head`` (a file's first bytes) starts with "#!", and the interpreter it names.
 
-    The interpreter is the first word after "#!" on the first line, as the
-    kernel takes it; None when there is no "#!" or no word after it.
+    The interpreter is read as the kernel reads it (:mod:`quiesce.shebang`):
+    up to the next space, tab or newline, so a carriage return from a
+    Windows editor stays part of it. None when there is no "#!" or no word
+    after it.
     """
     if not head.startswith(b"#!"):
         return False, None
-    words = head[2:].split(b"\n", 1)[0].split()
-    return True, os.fsdecode(words[0]) if words else None
+    name = shebang.interpreter(head)
+    return True, None if name is None else os.fsdecode(name)
 
 
 def _script_problems(st: os.stat_result) -> list[str]:

@@ -42,11 +42,18 @@ from quiesce.cgroups import RunCgroup
 from quiesce.config import (
     LoadedConfig,
     PluginConfig,
+    PluginHostConfig,
     effective_timeout_s,
     load_pluginhost,
     parse_config,
 )
-from quiesce.errors import ScriptError, ScriptExecutionFailed, ScriptPermissionError
+from quiesce.errors import (
+    IncorrectJSONConfigFile,
+    ScriptError,
+    ScriptExecutionFailed,
+    ScriptPermissionError,
+    TargetError,
+)
 from quiesce.freezer import Freezer, RealFreezer
 from quiesce.hooks import (
     DEFAULT_HOOK_DIR,
@@ -60,7 +67,7 @@ from quiesce.hooks import (
 )
 from quiesce.interrupts import Interrupts, RunInterrupted
 from quiesce.lock import FreezeLock
-from quiesce.permissions import CheckedScript, read_config_file
+from quiesce.permissions import CheckedScript, read_config_file, read_pluginhost_file
 from quiesce.runtypes import (
     FREEZE_FAILED,
     FREEZE_TIMEOUT,
@@ -104,6 +111,11 @@ def load_checked_config(path: str) -> LoadedConfig:
     return parse_config(read_config_file(path), path)
 
 
+def load_checked_pluginhost(path: str) -> PluginHostConfig | None:
+    """Read the optional plugin host INI from its permission-checked fd; None when there is none."""
+    return load_pluginhost(path, read=read_pluginhost_file)
+
+
 def run(
     options: RunOptions | None = None,
     *,
@@ -122,7 +134,16 @@ def run(
     run_id = ledger_mod.new_run_id()
     result = RunResult(run_id=run_id, started_unix=time.time(), started_ns=time.monotonic_ns())
     loaded = config or load_checked_config(options.config_path)
-    host = load_pluginhost(options.pluginhost_path) if options.pluginhost_path else None
+    host = load_checked_pluginhost(options.pluginhost_path) if options.pluginhost_path else None
+    freezer = freezer or RealFreezer()
+    if loaded.config.fs_freeze_enabled:
+        # A named target that matches nothing is a config error: nothing runs.
+        try:
+            freezer.plan(loaded.config.quiesce, options.vmbackup_conf)
+        except TargetError as err:
+            raise IncorrectJSONConfigFile(f"{loaded.source}: {err}") from err
+    if options.on_config is not None:
+        options.on_config(loaded.config)
     result.config_source = loaded.source
     result.warnings.extend(loaded.warnings)
     if host is not None:
@@ -144,7 +165,7 @@ def run(
             timeout_s=effective_timeout_s(loaded.config, host),
             step=snapshot,
             runner=dataclasses.replace(runner or ScriptRunner(), interruptible=interrupts.interruptible),
-            freezer=freezer or RealFreezer(),
+            freezer=freezer,
             interrupts=interrupts,
         )
         job.execute()
@@ -172,11 +193,11 @@ def _guarded_progress(progress: Progress | None, result: RunResult) -> Progress 
         return None
     broken: list[BaseException] = []
 
-    def report(attempt: int, elapsed_ns: int, timeout_ns: int) -> None:
+    def report(label: str, attempt: int, elapsed_ns: int, timeout_ns: int) -> None:
         if broken:
             return
         try:
-            progress(attempt, elapsed_ns, timeout_ns)
+            progress(label, attempt, elapsed_ns, timeout_ns)
         except Exception as err:  # a broken terminal or pipe: no more progress, the run goes on
             broken.append(err)
             result.warnings.append(f"progress output failed, none shown after: {err!r}")
@@ -313,6 +334,7 @@ class _Job:
                 notify_dir=self.options.run_dir,
                 into=state,
                 runner=self.runner,
+                progress=self.options.progress,
             )
             entry.detail = f"{len(state.results_pre)} of {len(hook_dir.hooks)} hook(s)"
             if state.failed is not None:
@@ -372,7 +394,14 @@ class _Job:
         post_ok = True
         if self.hooks.started:
             with self.timeline.phase("hooks-post") as entry:
-                run_post(self.hooks, self._policy("post"), env=env, run_id=result.run_id, runner=self.runner)
+                run_post(
+                    self.hooks,
+                    self._policy("post"),
+                    env=env,
+                    run_id=result.run_id,
+                    runner=self.runner,
+                    progress=self.options.progress,
+                )
                 result.hooks_post = self.hooks.results_post
                 failed = [r for r in result.hooks_post if not r.ok]
                 if failed:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH
+from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH, PluginConfig
 from quiesce.freeze import RUN_DIR, Freeze, FreezeReport
 from quiesce.plan import VMBACKUP_CONF
 from quiesce.scripts import Attempt, Progress, ScriptResult
@@ -81,6 +81,9 @@ class RunOptions:
     handle_signals: bool = False
     #: The run's parent cgroup for its scripts; run() sets it (quiesce.cgroups.RunCgroup).
     cgroup_parent: str | None = None
+    #: Called once the config is checked, before anything runs (the CLI paces
+    #: its progress lines by ``ScriptsExecutionPollTimeSeconds``).
+    on_config: Callable[[PluginConfig], None] | None = None
 
 
 @dataclass

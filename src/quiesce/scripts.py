@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from quiesce import native
+from quiesce import native, shebang
 from quiesce.cgroups import ScriptCgroup
 from quiesce.errors import QuiesceOSError, ScriptExecutionFailed, ScriptTimeout
 from quiesce.permissions import CheckedScript, open_script
@@ -36,8 +36,9 @@ OUTPUT_TAIL = 64 * 1024
 #: (a process in uninterruptible sleep dies only when its I/O completes).
 KILL_WAIT_S = 5.0
 
-#: ``progress(attempt, elapsed_ns, timeout_ns)`` while a script runs.
-Progress = Callable[[int, int, int], None]
+#: ``progress(label, attempt, elapsed_ns, timeout_ns)`` while a script runs (about every
+#: 100 ms); ``label`` names the step ("pre-script", "hook 10-db pre"...).
+Progress = Callable[[str, int, int, int], None]
 #: A wait that a stop signal may end (quiesce.interrupts.Interrupts.interruptible).
 Interruptible = Callable[[], contextlib.AbstractContextManager[None]]
 
@@ -147,6 +148,16 @@ def script_argv(script: CheckedScript, params: Sequence[str]) -> tuple[str | Non
     return "/bin/sh", ["/bin/sh", fd_path, *params]
 
 
+def script_start_error(script: CheckedScript, err: OSError) -> str:
+    """Why a checked script did not start: its ``#!`` interpreter when that is the cause, else ``err``."""
+    head = b""
+    if script.has_shebang and not script.closed:
+        with contextlib.suppress(OSError):
+            head = os.pread(script.fd, shebang.SHEBANG_BYTES, 0)
+    problem = shebang.explain_exec_error(err, head, script.path)
+    return str(err) if problem is None else f"did not start: {problem}"
+
+
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
@@ -180,11 +191,13 @@ def run_attempt(
     cgroup_name: str,
     progress: Progress | None = None,
     interruptible: Interruptible = contextlib.nullcontext,
+    label: str | None = None,
 ) -> Attempt:
     """Run the script once, to its timeout, and return what happened.
 
     The wait for its end is ``interruptible``: an exception raised there
-    (a stop signal) kills the script's tree on the way out.
+    (a stop signal) kills the script's tree on the way out. ``label`` names
+    the step in ``progress`` calls (default "pre-script" or "post-script").
     """
     path, argv = script_argv(script, params)
     environ = script_environment(script, number, policy.retries + 1, policy.timeout_s, env)
@@ -212,7 +225,7 @@ def run_attempt(
                 stderr_fd=err_w,
             )
         except QuiesceOSError as err:
-            return _spawn_failed(number, isolation, str(err))
+            return _spawn_failed(number, isolation, script_start_error(script, err))
         finally:
             # The child has its copies; ours would keep the pipes open forever.
             os.close(out_w)
@@ -238,7 +251,8 @@ def run_attempt(
         with interruptible():
             while not sup.step():
                 if progress is not None:
-                    progress(number, native.now_ns() - child.start_ns, timeout_ns)
+                    step = label or f"{script.phase}-script"
+                    progress(step, number, native.now_ns() - child.start_ns, timeout_ns)
         leftovers = _kill_leftovers(child, cgroup)
         return _attempt_from(number, child, sup, leftovers, isolation)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -340,6 +354,7 @@ class AttemptFn(Protocol):
         cgroup_name: str,
         progress: Progress | None = None,
         interruptible: Interruptible = contextlib.nullcontext,
+        label: str | None = None,
     ) -> Attempt: ...
 
 
@@ -369,6 +384,7 @@ class ScriptRunner:
         run_id: str = "run",
         progress: Progress | None = None,
         phase: str | None = None,
+        label: str | None = None,
     ) -> ScriptResult:
         """Run a checked script with retries until an attempt exits 0 or none are left.
 
@@ -393,6 +409,7 @@ class ScriptRunner:
                 cgroup_name=f"{run_id}-{phase}-{number}",
                 progress=progress,
                 interruptible=self.interruptible,
+                label=label,
             )
             attempts.append(attempt)
             if attempt.outcome == "ok":
@@ -409,9 +426,12 @@ def run_script(
     run_id: str = "run",
     progress: Progress | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    label: str | None = None,
 ) -> ScriptResult:
     """Run a checked script with retries until an attempt exits 0 or none are left."""
-    return ScriptRunner(sleep=sleep).run(script, params, policy, env=env, run_id=run_id, progress=progress)
+    return ScriptRunner(sleep=sleep).run(
+        script, params, policy, env=env, run_id=run_id, progress=progress, label=label
+    )
 
 
 def _result(

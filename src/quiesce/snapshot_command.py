@@ -18,7 +18,7 @@ import contextlib
 import os
 from collections.abc import Mapping, Sequence
 
-from quiesce import native
+from quiesce import native, shebang
 from quiesce.cgroups import ScriptCgroup
 from quiesce.errors import FreezeError, QuiesceOSError
 from quiesce.freeze import Freeze
@@ -33,6 +33,12 @@ from quiesce.scripts import (
     _reap,
     _spawn_failed,
 )
+
+
+def _start_error(program: str, err: OSError) -> str:
+    """Why the command did not start: its ``#!`` interpreter when that is the cause, else ``err``."""
+    problem = shebang.explain_exec_error(err, shebang.read_head(program), program)
+    return str(err) if problem is None else f"did not start: {problem}"
 
 
 def _environment(timeout_s: float, run_id: str, env: Mapping[str, str]) -> list[str]:
@@ -109,7 +115,7 @@ def run_snapshot_command(
         except QuiesceOSError as err:
             if isinstance(err, FreezeError):
                 raise
-            return _spawn_failed(1, isolation, str(err))
+            return _spawn_failed(1, isolation, _start_error(argv[0], err))
         always.callback(child.close)
         if not sup.result().finished:
             # Released early, or it slept in the kernel (on a frozen
@@ -156,7 +162,7 @@ def run_command(
                 stderr_fd=err_w,
             )
         except QuiesceOSError as err:
-            return _spawn_failed(1, isolation, str(err))
+            return _spawn_failed(1, isolation, _start_error(argv[0], err))
         finally:
             os.close(out_w)
             os.close(err_w)

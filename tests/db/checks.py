@@ -17,6 +17,10 @@ from typing import Any
 
 from .servers import STRIDE, Ack, MariaDB, Postgres, Server, World, private_dir, run, tail
 
+#: How a negative control's variant starts (a copy without quiesce): reports label it so.
+NEGATIVE_PREFIX = "no quiesce:"
+
+
 # -- restore and check -------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checks import Cycle, attached, restore_and_check
+from .checks import NEGATIVE_PREFIX, Cycle, attached, restore_and_check
 from .report import REPORT
 from .servers import Load, Postgres, World, longest_gap_ms, run
 
@@ -365,7 +365,7 @@ def unquiesced_cycle(w: World, load: Load, how: str, i: int) -> Cycle:
     minutes); ``live reflink``: an atomic copy of the disk image, the state a power cut
     leaves.
     """
-    c = Cycle(w.server.kind, f"no quiesce: {how}", i)
+    c = Cycle(w.server.kind, f"{NEGATIVE_PREFIX} {how}", i)
     snapshot = w.host.mount_point / f"live-{i}.img"
     load.quiet_second()
     t0 = time.time_ns()

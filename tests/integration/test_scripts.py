@@ -189,12 +189,12 @@ def test_the_checked_file_runs_even_if_the_path_is_swapped(make_script, secure_d
 
 
 def test_progress_is_reported_while_running(make_script):
-    """A progress callback sees the attempt, the elapsed time and the timeout."""
+    """A progress callback sees the step's label, the attempt, the elapsed time and the timeout."""
     seen = []
     s = make_script("sleep 0.35\n")
-    run_script(s, [], ScriptPolicy(timeout_s=7), progress=lambda n, e, t: seen.append((n, e, t)))
+    run_script(s, [], ScriptPolicy(timeout_s=7), progress=lambda *call: seen.append(call))
     assert len(seen) >= 2
-    assert all(n == 1 and t == 7_000_000_000 for n, _, t in seen)
+    assert all(label == f"{s.phase}-script" and n == 1 and t == 7_000_000_000 for label, n, _, t in seen)
     assert seen == sorted(seen)
 
 

@@ -523,3 +523,79 @@ def test_relative_config_path_checked_from_cwd(secure_dir, monkeypatch):
     make_config(secure_dir)
     monkeypatch.chdir(secure_dir)
     assert read_config_file("VMSnapshotScriptPluginConfig.json") == CONFIG
+
+
+# ---------------------------------------------------------------------------
+# the plugin host INI and vmbackup.conf: checked like the config
+
+
+PLUGINHOST = "[pre_post]\nnumberOfPlugins = 0\ntimeoutInSeconds = 60\n"
+VMBACKUP = "[SnapshotThread]\nMountsToSkip = /mnt/resource\n"
+
+
+def make_file(where: Path, name: str, text: str, mode: int, uid: int = 0) -> Path:
+    """A file with the given content, owner and mode."""
+    path = where / name
+    path.write_text(text)
+    os.chown(path, uid, uid)
+    os.chmod(path, mode)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "uid", "problem"), [(0o666, 0, "mode bits 0066"), (0o600, 65534, "uid 65534")]
+)
+def test_unsafe_pluginhost_is_incorrect_pluginhost_file(secure_dir, mode, uid, problem):
+    """A plugin host INI that others can write, or that another user owns: 304, never used."""
+    from quiesce.errors import IncorrectPluginhostFile
+    from quiesce.run import load_checked_pluginhost
+
+    path = make_file(secure_dir, "VMSnapshotPluginHost.conf", PLUGINHOST, mode, uid)
+    with pytest.raises(IncorrectPluginhostFile) as info:
+        load_checked_pluginhost(str(path))
+    assert info.value.azure_code == 304
+    assert f"plugin host file {path}" in str(info.value) and problem in str(info.value)
+    os.chown(path, 0, 0)
+    os.chmod(path, 0o600)
+    host = load_checked_pluginhost(str(path))
+    assert host is not None and host.timeout_s == 60
+    assert load_checked_pluginhost(str(secure_dir / "absent.conf")) is None
+
+
+def test_pluginhost_in_an_unsafe_directory_is_refused(secure_dir):
+    """The directory chain counts for the plugin host INI as for the config."""
+    from quiesce.errors import IncorrectPluginhostFile
+    from quiesce.run import load_checked_pluginhost
+
+    shared = make_dir(secure_dir, "shared", mode=0o777)
+    path = make_file(shared, "VMSnapshotPluginHost.conf", PLUGINHOST, 0o600)
+    with pytest.raises(IncorrectPluginhostFile, match="is in an unsafe directory"):
+        load_checked_pluginhost(str(path))
+
+
+def test_unsafe_vmbackup_conf_is_refused_and_a_readable_one_is_fine(secure_dir):
+    """vmbackup.conf steers the freeze: writable by others is refused; 644 (Azure's own) is fine."""
+    from quiesce.errors import VmbackupConfError
+    from quiesce.plan import make_plan
+
+    path = make_file(secure_dir, "vmbackup.conf", VMBACKUP, 0o666)
+    with pytest.raises(VmbackupConfError, match=r"vmbackup.conf .* has mode bits 0022"):
+        make_plan(vmbackup_conf=str(path))
+    os.chmod(path, 0o644)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(VmbackupConfError, match="uid 65534"):
+        make_plan(vmbackup_conf=str(path))
+    os.chown(path, 0, 0)
+    os.chmod(path, 0o644)
+    plan = make_plan(vmbackup_conf=str(path))
+    assert "/" in {t.mount.mount_point for t in plan.targets}
+
+
+def test_a_missing_config_is_reported_missing_before_its_directory(tmp_path):
+    """--config /tmp/nope.json: "does not exist" (316), not "unsafe directory /tmp"."""
+    from quiesce.errors import ConfigNotFoundError
+
+    path = tmp_path / "nope.json"
+    with pytest.raises(ConfigNotFoundError) as info:
+        read_config_file(str(path))
+    assert info.value.azure_code == 316 and "does not exist" in str(info.value)

@@ -8,6 +8,7 @@ import json
 import quiesce
 
 EXPECTED = {
+    "__version__",
     "APPLICATION",
     "CRASH",
     "FAILED",

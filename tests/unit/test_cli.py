@@ -62,16 +62,16 @@ def test_mounts_json_is_a_plan():
     r = run("mounts", "--json", "--no-vmbackup-conf")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
-    assert set(plan) == {"targets", "skipped", "unmatched"}
+    assert set(plan) == {"targets", "skipped", "unmatched", "named", "problems"}
     assert all(s["reason"] for s in plan["skipped"])
     assert any(s["mount_point"] == "/proc" and s["reason"] == "pseudo" for s in plan["skipped"])
 
 
 def test_freeze_of_a_missing_path_is_a_target_error(tmp_path):
-    """Naming something that is not a mount point exits 7 before anything is frozen."""
+    """Naming a path that does not exist exits 7 before anything is frozen, saying it is missing."""
     r = run("freeze", str(tmp_path / "nope"), run_dir=tmp_path)
     assert r.returncode == cli.Exit.BAD_TARGET
-    assert "not a mount point" in r.stderr
+    assert f"{tmp_path / 'nope'}: no such file or directory" in r.stderr
 
 
 def test_usage_error_exit_code():
@@ -101,3 +101,141 @@ def test_exit_code_for(err, code):
 def test_human_durations(ns, text):
     """Durations on a terminal read in the right unit."""
     assert cli.human_ns(ns) == text
+
+
+# ---------------------------------------------------------------------------
+# numbers out of range, usage errors and --json, versions, per-command exit codes
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["freeze", "--timeout", "inf", "/x"],
+        ["freeze", "--timeout", "1e12", "/x"],
+        ["freeze", "--timeout", "nan", "/x"],
+        ["freeze", "--timeout", "-5", "/x"],
+        ["freeze", "--timeout", "0", "/x"],
+        ["freeze", "--step-timeout", "inf", "/x"],
+        ["freeze", "--step-timeout", "-1", "/x"],
+        ["thaw", "--wait", "1e300"],
+        ["recover", "--wait", "-1"],
+        ["demo", "--timeout", "inf"],
+        ["bench", "--timeout", "1e12", "/x"],
+        ["bench", "-n", "1e3", "/x"],
+        ["bench", "-n", "99999999999999999999", "/x"],
+        ["bench", "--dirty", "1e9", "/x"],
+        ["bench", "--interval", "inf", "/x"],
+    ],
+)
+def test_every_numeric_option_is_range_checked(argv, tmp_path):
+    """inf, nan, 1e12, negatives: a usage error (2) naming the allowed range, never a traceback."""
+    r = run(*argv, run_dir=tmp_path)
+    assert r.returncode == cli.Exit.USAGE, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "expected a " in r.stderr and ("at most" in r.stderr or " to " in r.stderr)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--json", "--bogus-option"],
+        ["freeze", "--json", "--timeout", "inf", "/x"],
+        ["--json"],
+        ["thaw", "--json", "--wait"],
+        ["status", "--json", "extra"],
+    ],
+)
+def test_json_usage_errors_print_one_json_object(argv):
+    """With --json, a usage error is still exactly one JSON object on stdout, exit 2."""
+    r = run(*argv)
+    assert r.returncode == cli.Exit.USAGE
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1, r.stdout
+    doc = json.loads(lines[0])
+    assert doc["exit"] == 2 and doc["error_type"] == "UsageError" and doc["error"]
+
+
+def test_json_unexpected_error_prints_one_json_object(monkeypatch, capsys, tmp_path):
+    """An error nobody foresaw: one JSON object with the exception, exit 1, the traceback on stderr."""
+
+    def boom(args):
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(cli, "cmd_status", boom)
+    code = cli.main(["status", "--json", "--run-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == cli.Exit.ERROR
+    doc = json.loads(out)
+    assert doc["error_type"] == "RuntimeError" and "something nobody foresaw" in doc["error"]
+    assert "Traceback" in err
+
+
+def test_config_missing_under_tmp_is_missing_not_unsafe(tmp_path):
+    """`run --config /tmp/.../nope.json`: exit 10, code 316, "does not exist"."""
+    r = run("run", "--json", "--config", str(tmp_path / "nope.json"), "--no-pluginhost", run_dir=tmp_path)
+    assert r.returncode == cli.Exit.CONFIG
+    doc = json.loads(r.stdout)
+    assert doc["error_code"] == 316 and "does not exist" in doc["error"]
+
+
+def test_version_is_one_source():
+    """`quiesce --version`, quiesce.__version__ and pyproject.toml's version agree."""
+    import pathlib
+    import tomllib
+
+    import quiesce
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    with open(root / "pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["project"]["version"]
+    assert quiesce.__version__ == declared
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"quiesce {declared}"
+
+
+@pytest.mark.parametrize(
+    ("command", "has", "lacks"),
+    [
+        ("status", ["0  success"], ["FIFREEZE failed", "backup failed", "128+N"]),
+        ("mounts", ["7  a named target"], ["FITHAW failed", "backup failed", "128+N"]),
+        ("run", ["8  a snapshot was taken", "10  a configuration", "128+N"], ["7  a named target"]),
+        ("freeze", ["4  a FIFREEZE failed", "7  a named target"], ["backup failed", "128+N"]),
+        ("thaw", ["6  a FITHAW failed"], ["backup failed", "7  a named target"]),
+        ("bench", ["130  interrupted"], ["backup failed", "128+N"]),
+        ("check", ["10  a configuration"], ["FIFREEZE failed", "128+N"]),
+    ],
+)
+def test_each_commands_help_lists_only_its_exit_codes(command, has, lacks):
+    """A subcommand's --help lists the exit codes it can return, and no others."""
+    text = run(command, "--help").stdout
+    for phrase in has:
+        assert phrase in text, phrase
+    for phrase in lacks:
+        assert phrase not in text, phrase
+
+
+def test_status_names_a_lock_holder_only_while_the_lock_is_held(tmp_path):
+    """A free lock whose file still holds an old pid: lock_held false and lock_holder null."""
+    (tmp_path / "lock").write_text("12345\n")
+    data = json.loads(run("status", "--json", run_dir=tmp_path).stdout)
+    assert data["lock_held"] is False and data["lock_holder"] is None
+
+
+def test_progress_lines_are_paced_and_name_their_step():
+    """Off a terminal: one line per pace per step, each naming the step; a new step starts afresh."""
+    import io
+
+    out = io.StringIO()
+    line = cli._ProgressLine(out, 3.0)
+    line.set_pace(1.0)
+    for tenth in range(1, 26):  # 2.5 s of ticks every 100 ms
+        line("pre-script", 1, tenth * 100_000_000, 30_000_000_000)
+    for tenth in range(1, 13):
+        line("hook 10-db pre", 1, tenth * 100_000_000, 30_000_000_000)
+    line("session hook 20-db.session: waiting for READY", 1, 1_000_000_000, 30_000_000_000)
+    assert out.getvalue().splitlines() == [
+        "pre-script: attempt 1, 1.00 s of 30.00 s",
+        "pre-script: attempt 1, 2.00 s of 30.00 s",
+        "hook 10-db pre: attempt 1, 1.00 s of 30.00 s",
+        "session hook 20-db.session: waiting for READY: attempt 1, 1.00 s of 30.00 s",
+    ]

@@ -997,6 +997,7 @@ def test_skip_reason_values() -> None:
     assert [r.value for r in SkipReason] == [
         "pseudo", "network", "fuse", "read-only",
         "duplicate", "excluded", "unsupported", "not-included",
+        "fuse-backed", "network-backed",
     ]  # fmt: skip
     assert SkipReason("read-only") is SkipReason.READ_ONLY
 

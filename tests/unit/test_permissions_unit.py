@@ -77,6 +77,7 @@ def under_sticky_tmp(path: Path) -> bool:
         (b"\x7fELF\x02\x01", (False, None)),
         (b" #!/bin/sh\n", (False, None)),
         (b"#!/opt/\xff/sh\n", (True, os.fsdecode(b"/opt/\xff/sh"))),
+        (b"#!/bin/sh\r\necho\r\n", (True, "/bin/sh\r")),
     ],
 )
 def test_parse_shebang(head, expected):
@@ -222,7 +223,8 @@ def test_other_os_errors_become_permission_errors(monkeypatch):
     blocked = f"{MISSING_TOP}-eacces"
 
     def lstat(path, *args, **kwargs):
-        if os.fspath(path) == blocked:
+        # As the kernel does: a directory that cannot be searched hides everything below it.
+        if os.fspath(path) == blocked or os.fspath(path).startswith(blocked + "/"):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real_lstat(path, *args, **kwargs)
 

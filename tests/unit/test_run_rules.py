@@ -324,7 +324,19 @@ class World:
             raise ScriptPermissionError(f"{path}: group-writable", phase)
         return checked(path, phase)
 
-    def attempt(self, script, params, policy, *, number, env, cgroup_name, progress=None, interruptible=None):
+    def attempt(
+        self,
+        script,
+        params,
+        policy,
+        *,
+        number,
+        env,
+        cgroup_name,
+        progress=None,
+        interruptible=None,
+        label=None,
+    ):
         step = "post" if (params and params[0] == "post") or script.phase == "post" else "pre"
         self.calls[(script.path, step)] = number
         if script.path == POST:
