@@ -480,7 +480,8 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
     s->guardian_pid = pid;
     s->guardian_sock = sv[0];
 #ifdef SYS_pidfd_open
-    s->guardian_pidfd = (int32_t)syscall(SYS_pidfd_open, pid, 0);
+    if (!qz_no_pidfd())
+        s->guardian_pidfd = (int32_t)syscall(SYS_pidfd_open, pid, 0);
 #endif
     /* Armed means detached, signals ignored, watching: wait for it to say so. */
     err = wait_ready(sv[0]);

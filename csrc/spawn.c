@@ -166,14 +166,19 @@ static pid_t start_child(const struct qz_spawn_req *req, int errpipe, int *pidfd
         return -1;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = clone(child_entry, stack + CHILD_STACK,
-                CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, pidfd);
-    if (pid < 0 && errno == EINVAL) {
-        /* Kernels before 5.2 have no CLONE_PIDFD: ask for one afterwards. */
+    *pidfd = -1;
+    if (qz_no_pidfd()) {
+        pid = clone(child_entry, stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    } else {
         pid = clone(child_entry, stack + CHILD_STACK,
-                    CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
-        if (pid > 0)
-            *pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, pidfd);
+        if (pid < 0 && errno == EINVAL) {
+            /* Kernels before 5.2 have no CLONE_PIDFD: ask for one afterwards. */
+            pid = clone(child_entry, stack + CHILD_STACK,
+                        CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+            if (pid > 0)
+                *pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        }
     }
     err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
