@@ -480,7 +480,8 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
     s->guardian_pid = pid;
     s->guardian_sock = sv[0];
 #ifdef SYS_pidfd_open
-    s->guardian_pidfd = (int32_t)syscall(SYS_pidfd_open, pid, 0);
+    if (!qz_no_pidfd())
+        s->guardian_pidfd = (int32_t)syscall(SYS_pidfd_open, pid, 0);
 #endif
     /* Armed means detached, signals ignored, watching: wait for it to say so. */
     err = wait_ready(sv[0]);
@@ -520,6 +521,40 @@ void qz_guardian_begin(struct qz_session *s)
 }
 
 /*
+ * Reap the guardian by `end` (CLOCK_MONOTONIC ns). Every path is bounded:
+ * a guardian that does not exit (stopped, stuck) must never hang the caller,
+ * so a failing ppoll or a missing pidfd falls back to WNOHANG checks a
+ * millisecond apart, not to a blocking waitpid. Returns 0 or -errno
+ * (-ETIMEDOUT when it is still running at `end`).
+ */
+static int reap_guardian(pid_t pid, int pidfd, int64_t end, int *status)
+{
+    struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
+    struct timespec ts, ms = { 0, 1000000 };
+    int use_pidfd = pidfd >= 0;
+    pid_t rc;
+
+    for (;;) {
+        do
+            rc = waitpid(pid, status, WNOHANG);
+        while (rc < 0 && errno == EINTR);
+        if (rc == pid)
+            return 0;
+        if (rc < 0)
+            return -errno;
+        if (qz_now_ns() >= end)
+            return -ETIMEDOUT;
+        if (use_pidfd) {
+            to_timespec(end - qz_now_ns(), &ts);
+            if (ppoll(&pfd, 1, &ts, NULL) < 0 && errno != EINTR)
+                use_pidfd = 0; /* poll unusable: check every millisecond */
+        } else {
+            nanosleep(&ms, NULL);
+        }
+    }
+}
+
+/*
  * Tell the guardian the window is over and reap it. Returns 0, or -ETIMEDOUT
  * when it has not exited within wait_ns (it is then left running: it still
  * holds the fds and will thaw if anything is frozen).
@@ -533,26 +568,9 @@ int qz_guardian_disarm(struct qz_session *s, int64_t wait_ns)
     if (pid <= 0)
         return -ECHILD;
     send(s->guardian_sock, &msg, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (s->guardian_pidfd >= 0) {
-        struct pollfd pfd = { .fd = s->guardian_pidfd, .events = POLLIN };
-        struct timespec ts;
-        int64_t end = qz_now_ns() + wait_ns;
-
-        for (;;) {
-            to_timespec(end - qz_now_ns(), &ts);
-            rc = ppoll(&pfd, 1, &ts, NULL);
-            if (rc < 0 && errno == EINTR)
-                continue;
-            break;
-        }
-        if (rc == 0)
-            return -ETIMEDOUT;
-    }
-    do
-        rc = waitpid(pid, &status, 0);
-    while (rc < 0 && errno == EINTR);
+    rc = reap_guardian(pid, s->guardian_pidfd, qz_now_ns() + wait_ns, &status);
     if (rc < 0)
-        return -errno;
+        return rc;
     s->guardian_status = status;
     s->guardian_pid = -1;
     close(s->guardian_sock);

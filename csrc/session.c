@@ -18,6 +18,18 @@ int64_t qz_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+static int no_pidfd;
+
+void qz_set_no_pidfd(int on)
+{
+    no_pidfd = on != 0;
+}
+
+int qz_no_pidfd(void)
+{
+    return no_pidfd;
+}
+
 static size_t session_size(uint32_t n)
 {
     return sizeof(struct qz_session) + (size_t)n * sizeof(struct qz_fs);

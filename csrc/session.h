@@ -78,6 +78,13 @@ struct qz_session {
 };
 
 int64_t qz_now_ns(void);
+/*
+ * Run without pidfds, as on a kernel before 5.3: children and the guardian
+ * are then watched by pid (WNOHANG checks a millisecond apart). For the
+ * tests of that path on kernels that have pidfds.
+ */
+void qz_set_no_pidfd(int on);
+int qz_no_pidfd(void);
 struct qz_session *qz_session_new(const int *fds, uint32_t n);
 void qz_session_free(struct qz_session *s);
 int32_t qz_fs_state(struct qz_session *s, uint32_t i);

@@ -36,7 +36,7 @@
 
 /* ---- the child -------------------------------------------------------- */
 
-static void child_fail(int errpipe, int err)
+static __attribute__((noreturn)) void child_fail(int errpipe, int err)
 {
     ssize_t rc;
 
@@ -67,7 +67,7 @@ static __attribute__((noreturn)) void child_main(const struct qz_spawn_req *req,
 {
     struct sigaction dfl;
     sigset_t none;
-    int in, out, err, script, sig;
+    int in, out, err, script, sig, lifted;
 
     if (setsid() < 0)
         child_fail(errpipe, errno);
@@ -89,14 +89,22 @@ static __attribute__((noreturn)) void child_main(const struct qz_spawn_req *req,
     }
 
     /* Keep every source clear of 0..3 before placing them there. */
+    /*
+     * The error pipe is lifted into a new variable: if that fails, the
+     * original fd is still the one way to tell the parent why. Overwriting
+     * it with -1 would make the parent read EOF and report a start that
+     * never happened.
+     */
+    lifted = lift(errpipe, 4);
+    if (lifted < 0)
+        child_fail(errpipe, errno);
+    errpipe = lifted;
     in = lift(req->stdin_fd, 4);
     out = lift(req->stdout_fd, 4);
     err = lift(req->stderr_fd, 4);
     script = lift(req->script_fd, 4);
-    errpipe = lift(errpipe, 4);
-    if (in < 0 || out < 0 || err < 0 || errpipe < 0 ||
-        (req->script_fd >= 0 && script < 0))
-        child_fail(errpipe >= 0 ? errpipe : 2, errno);
+    if (in < 0 || out < 0 || err < 0 || (req->script_fd >= 0 && script < 0))
+        child_fail(errpipe, errno);
     if (place_fd(in, 0) || place_fd(out, 1) || place_fd(err, 2) ||
         (script >= 0 && place_fd(script, QZ_SCRIPT_FD)))
         child_fail(errpipe, errno);
@@ -158,14 +166,19 @@ static pid_t start_child(const struct qz_spawn_req *req, int errpipe, int *pidfd
         return -1;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = clone(child_entry, stack + CHILD_STACK,
-                CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, pidfd);
-    if (pid < 0 && errno == EINVAL) {
-        /* Kernels before 5.2 have no CLONE_PIDFD: ask for one afterwards. */
+    *pidfd = -1;
+    if (qz_no_pidfd()) {
+        pid = clone(child_entry, stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    } else {
         pid = clone(child_entry, stack + CHILD_STACK,
-                    CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
-        if (pid > 0)
-            *pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, pidfd);
+        if (pid < 0 && errno == EINVAL) {
+            /* Kernels before 5.2 have no CLONE_PIDFD: ask for one afterwards. */
+            pid = clone(child_entry, stack + CHILD_STACK,
+                        CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+            if (pid > 0)
+                *pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        }
     }
     err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -278,11 +291,16 @@ int qz_kill_tree(struct qz_child *c, int cgroup_fd)
 
 static void terminate(struct qz_child *c)
 {
-    /* The group first: a shell script's children get SIGTERM too. */
-    kill(-c->pid, SIGTERM);
+    /*
+     * The group first: a shell script's children get SIGTERM too. Never
+     * with a pid of 0 or -1: kill(0) is the caller's own process group and
+     * kill(-(-1)) is init.
+     */
+    if (c->pid > 0)
+        kill(-c->pid, SIGTERM);
     if (c->pidfd >= 0)
         send_pidfd_signal(c->pidfd, SIGTERM);
-    else
+    else if (c->pid > 0)
         kill(c->pid, SIGTERM);
 }
 

@@ -51,6 +51,30 @@ GUARD_REASONS: dict[int, str | None] = {
 MAX_FILESYSTEMS = 4096
 
 
+#: ``QUIESCE_FALLBACK=no-pidfd`` runs without pidfds, as on kernels before
+#: 5.3 (children and the guardian watched by pid), so the tests can cover
+#: that path on a kernel that has them.
+FALLBACK_ENV = "QUIESCE_FALLBACK"
+
+
+def fallbacks() -> frozenset[str]:
+    """The fallback paths forced by ``$QUIESCE_FALLBACK`` (comma-separated)."""
+    return frozenset(x.strip() for x in os.environ.get(FALLBACK_ENV, "").split(",") if x.strip())
+
+
+def set_no_pidfd(on: bool) -> None:
+    """Start children and the guardian without pidfds from now on (or again with them)."""
+    lib.qz_set_no_pidfd(1 if on else 0)
+
+
+def no_pidfd() -> bool:
+    """True while children and the guardian are started without pidfds."""
+    return bool(lib.qz_no_pidfd())
+
+
+set_no_pidfd("no-pidfd" in fallbacks())
+
+
 def now_ns() -> int:
     """CLOCK_MONOTONIC in nanoseconds, the clock of every native timestamp."""
     return int(lib.qz_now_ns())

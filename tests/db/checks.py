@@ -108,6 +108,20 @@ class Cycle:
         return asdict(self) | {"ok": self.ok, "result": self.result}
 
 
+def judged(c: Cycle) -> bool:
+    """The copy was really restored and judged, whatever the verdict.
+
+    Either the restored server did not start (its log recorded) or the image
+    did not mount, or it started and its rows were compared with a load that
+    had acknowledged transactions before the copy (or the query's failure is
+    recorded). A copy the harness never restored, or judged against nothing,
+    is not a control.
+    """
+    if not c.started:
+        return c.verdict in ("did not start", "mount failed")
+    return c.required > 0 or bool(c.problems)
+
+
 def judge(c: Cycle, rows_a: set[int], rows_b: set[int], acks: list[Ack], snapshot_ns: int) -> None:
     """Compare the restored rows with the acknowledgements."""
     acked = {a.n for a in acks}

@@ -119,11 +119,15 @@ class HeldHook:
             start_new_session=True,
         )
         deadline = time.monotonic() + 60
-        while not ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                out, err = self.finish(5)
-                raise RuntimeError(f"{hook} did not get ready: {out} {err}")
-            time.sleep(0.02)
+        try:
+            while not ready.exists():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    out, err = self.finish(5)
+                    raise RuntimeError(f"{hook} did not get ready: {out} {err}")
+                time.sleep(0.02)
+        except BaseException:
+            self.close()  # the caller never gets this object: reap it and close its pipes here
+            raise
         self.ready_ns = time.time_ns()
 
     def finish(self, timeout: float) -> tuple[str, str]:

@@ -15,6 +15,7 @@ The loader runs until its stdin closes, then finishes the transaction in flight 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -55,8 +56,11 @@ def connection(
         while not stop.is_set():
             i += 1
             n = k * STRIDE + i
-            client.stdin.write(statement.format(n=n, pad=pad))
-            client.stdin.flush()
+            try:
+                client.stdin.write(statement.format(n=n, pad=pad))
+                client.stdin.flush()
+            except BrokenPipeError:
+                pass  # the client is gone: what it said before it went is read below
             answer = client.stdout.readline()
             now = time.time_ns()
             if answer.strip() != str(n):
@@ -69,7 +73,8 @@ def connection(
                 acks.write(f"{k} {n} {now}\n")
                 acks.flush()
     finally:
-        client.stdin.close()
+        with contextlib.suppress(BrokenPipeError):
+            client.stdin.close()
         client.wait(timeout=30)
         client.stdout.close()
 

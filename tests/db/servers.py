@@ -401,9 +401,14 @@ class Ack:
 class Load:
     """The load generator process (tests/db/loader.py) and its acknowledgements."""
 
+    #: How long the load may go without one new acknowledgement before it counts as stopped.
+    STALL_S = 60.0
+
     def __init__(self, server: Server, acks: Path) -> None:
         server.reset_tables()
+        self.server = server
         self.acks_path = acks
+        self.stderr_path = acks.with_name(acks.name + ".stderr")
         spec = {
             "kind": server.kind,
             "argv": server.loader_argv(),
@@ -411,17 +416,24 @@ class Load:
             "pad": PAD,
             "acks": str(acks),
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, str(LOADER), json.dumps(spec)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "started":
+        with open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(LOADER), json.dumps(spec)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        # Whatever fails from here on, the process and its pipes are closed:
+        # a Load that never reaches its caller cannot be stopped by it.
+        try:
+            assert self.proc.stdout is not None
+            if self.proc.stdout.readline().strip() != "started":
+                raise RuntimeError(f"the load generator did not start: {self.why_stopped()}")
+            self.wait_for(50)
+        except BaseException:
             self.stop()
-            raise RuntimeError("the load generator did not start")
-        self.wait_for(50)
+            raise
 
     def acks(self) -> list[Ack]:
         """Every acknowledgement so far, in file order."""
@@ -433,14 +445,34 @@ class Load:
                     out.append(Ack(int(parts[0]), int(parts[1]), int(parts[2])))
         return out
 
-    def wait_for(self, count: int, timeout: float = 60) -> None:
-        """Wait until at least ``count`` more transactions are acknowledged (the load is alive)."""
-        start = len(self.acks())
-        deadline = time.monotonic() + timeout
-        while len(self.acks()) < start + count:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the load stopped after {len(self.acks())} acknowledgements")
+    def why_stopped(self) -> str:
+        """The loader's exit status and the end of its stderr, for an error message."""
+        rc = self.proc.poll()
+        status = "still running" if rc is None else f"exit status {rc}"
+        return f"{status}; its stderr: {tail(self.stderr_path) or '(empty)'}"
+
+    def wait_for(self, count: int, within: float | None = None) -> None:
+        """Wait until ``count`` more transactions are acknowledged.
+
+        It waits on progress, not on a fixed time: a machine under load may
+        commit slowly, so only ``STALL_S`` without a single new acknowledgement,
+        or the loader's exit, counts as the load having stopped. ``within``
+        bounds the whole wait, for a test that asserts the load resumes promptly.
+        """
+        start = seen = len(self.acks())
+        began = last_progress = time.monotonic()
+        while seen < start + count:
+            now_s = time.monotonic()
+            stalled = now_s - last_progress > self.STALL_S
+            if self.proc.poll() is not None or stalled or (within is not None and now_s - began > within):
+                raise RuntimeError(
+                    f"the load stopped after {seen} acknowledgements ({seen - start} of the {count} "
+                    f"awaited): {self.why_stopped()}"
+                )
             time.sleep(0.02)
+            now = len(self.acks())
+            if now > seen:
+                seen, last_progress = now, time.monotonic()
 
     def quiet_second(self) -> None:
         """Let the load run a second undisturbed (the baseline the next cycle compares with)."""
@@ -450,7 +482,8 @@ class Load:
     def stop(self) -> None:
         """Close its stdin: it finishes the transactions in flight and exits."""
         if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 
 import pytest
@@ -120,3 +121,52 @@ def test_sigterm_comes_at_the_deadline_not_later():
     assert res.timed_out and res.term_signal is not None
     late = res.term_ns - (child.start_ns + 12_000_000_000)
     assert 0 <= late < 10_000_000, f"SIGTERM {late / 1e6:.2f} ms after the deadline"
+
+
+LOW_ERRPIPE = """
+import errno, os, resource, sys
+from quiesce import native
+from quiesce.errors import QuiesceOSError
+null = [os.open(os.devnull, os.O_RDWR) for _ in range(6)][3:]  # the child's stdio: fds above 3
+for fd in (0, 1, 2, 3):
+    os.close(fd)  # the error pipe lands on 0 and 1, the pidfd on 2
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))  # no fd >= 3 can be made: lifting the pipe fails
+try:
+    native.spawn(["/bin/true"], [], path="/bin/true", stdin_fd=null[0], stdout_fd=null[1], stderr_fd=null[2])
+except QuiesceOSError as err:
+    sys.exit(0 if err.errno == errno.EINVAL else 4)
+sys.exit(3)  # reported a start although the child never ran the program
+"""
+
+
+def test_a_child_that_cannot_move_its_error_pipe_is_not_a_start():
+    """If the child cannot lift the error pipe above fd 3, spawn fails with that errno, never "started"."""
+    proc = subprocess.run([sys.executable, "-c", LOW_ERRPIPE], capture_output=True, timeout=30)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+
+
+ZERO_PID = """
+import os, sys
+from quiesce import native
+null = os.open(os.devnull, os.O_RDWR)
+child = native.spawn(
+    ["/bin/sleep", "30"], [], path="/bin/sleep", stdin_fd=null, stdout_fd=null, stderr_fd=null
+)
+child._c.pid = 0  # a child record without a pid: only its pidfd may be used
+sup = native.Supervision(child, deadline_ns=native.now_ns() - 1, grace_ns=5_000_000_000,
+                         kill_wait_ns=5_000_000_000)
+while not sup.step():
+    pass
+res = sup.result()
+child.close()
+sys.exit(0 if res.timed_out and res.term_signal == 15 else 4)
+"""
+
+
+def test_a_timeout_never_signals_pid_zero():
+    """terminate() with no pid signals the child by its pidfd only, never kill(0): the caller's own group."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ZERO_PID], capture_output=True, timeout=30, start_new_session=True
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -163,3 +165,51 @@ def test_unclosed_session_warns(dir_fds):
     with pytest.warns(ResourceWarning):
         del s
         gc.collect()
+
+
+STUCK_GUARDIAN = """
+import errno, os, resource, signal, sys
+from quiesce import native
+from quiesce.errors import QuiesceError
+fds = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in sys.argv[2:]]
+s = native.Session(fds, sys.argv[2:])
+pid = s.arm(30_000_000_000)
+print(pid, flush=True)
+os.kill(pid, signal.SIGSTOP)  # a guardian that cannot exit when told the window ended
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if sys.argv[1] == "no-pidfd":
+    os.close(s._raw().guardian_pidfd)
+    s._raw().guardian_pidfd = -1
+else:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (0, hard))  # ppoll() fails with EINVAL
+try:
+    s.disarm(300_000_000)
+    code = 3
+except QuiesceError as err:
+    code = 0 if err.errno == errno.ETIMEDOUT else 4
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+os.kill(pid, signal.SIGCONT)
+s.disarm()
+s.close()
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("how", ["ppoll-fails", "no-pidfd"])
+def test_disarm_of_a_stuck_guardian_is_bounded(dir_fds, how):
+    """Disarm ends with ETIMEDOUT at its wait, also if ppoll fails or no pidfd exists (no blocking wait)."""
+    _, labels = dir_fds
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_GUARDIAN, how, *labels], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    guardian = os.pidfd_open(int(proc.stdout.readline()))
+    try:
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, (proc.returncode, err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(guardian, signal.SIGKILL)
+        os.close(guardian)
