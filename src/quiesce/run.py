@@ -176,8 +176,11 @@ class RunOptions:
     vmbackup_conf: str | None = VMBACKUP_CONF
     run_dir: str = RUN_DIR
     progress: Progress | None = None
-    #: ``hold`` mode: called once frozen (announce it); the run then waits
-    #: for a line or EOF on stdin (if ``hold_stdin``), a signal, or the deadline.
+    #: Called once frozen, with the freeze. ``hold`` mode: announce it; the run
+    #: then waits for a line or EOF on stdin (if ``hold_stdin``), a signal, or
+    #: the deadline. With an embedded ``snapshot`` callable: called just before
+    #: it, and only when the filesystems are frozen (never before a snapshot
+    #: taken unfrozen after a failed freeze).
     on_frozen: Callable[[Freeze], None] | None = None
     hold_stdin: bool = True
     #: SIGTERM/SIGINT/SIGHUP stop the run (thaw, post steps, report). Needs
@@ -618,6 +621,8 @@ def _frozen_step(
         # Released by the deadline: the guardian thawed first; the snapshot is not trusted.
         return result.released_by != "deadline"
     freeze.freeze()
+    if snapshot is not None and options.on_frozen is not None:
+        options.on_frozen(freeze)
     return _take_snapshot(result, snapshot, entry)
 
 
