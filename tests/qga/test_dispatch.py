@@ -160,3 +160,14 @@ def test_guest_info_merges_own_commands_into_the_agents():
         for c in handle(d, {"execute": "guest-info"})[0]["return"]["supported_commands"]
     }
     assert {n for n, on in frozen.items() if on} == FROZEN_ALLOWLIST
+
+
+def test_a_request_that_cannot_be_encoded_back_gets_an_error_not_a_crash():
+    """An id nested deeper than the encoder goes still gets a reply (GenericError)."""
+    d = Dispatcher(FakeFreezer(), None)  # type: ignore[arg-type]
+    deep: object = 1
+    for _ in range(1020):
+        deep = [deep]
+    reply = handle(d, {"execute": "guest-ping", "id": deep})
+    assert reply[0]["error"]["class"] == "GenericError"
+    assert handle(d, {"execute": "guest-ping"}) == [{"return": {}}]

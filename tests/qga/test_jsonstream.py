@@ -52,6 +52,10 @@ def results(data: bytes) -> list[tuple[object, str | None]]:
         (b'{"x":"\\u00e9\\ud83d\\ude00\\n"}\n', [({"x": "\u00e9\U0001f600\n"}, None)]),
         (b'"\xc3\xa9"\n', [("\u00e9", None)]),
         (b"true null [1,2]\n", [(True, None), (None, None), ([1, 2], None)]),
+        (b'[{}, "a", {"b": [{}]}]\n', [([{}, "a", {"b": [{}]}], None)]),
+        (b"[1 2]\n", [(None, "expected separator in list")]),
+        (b'{"a" 1}\n', [(None, "missing : in object pair")]),
+        (b"{1: 2}\n", [(None, "key is not a string in object")]),
         # Too long for a 64-bit integer: a double (so never a valid "int" argument).
         (b"123456789012345678901234567890\n", [(1.2345678901234568e29, None)]),
         (b"\n  \r\n\t", []),
@@ -91,6 +95,18 @@ def test_nesting_limit_is_one_error_and_the_stream_recovers():
     assert out == [Parsed(error="JSON nesting depth limit exceeded")]
     rest = s.feed(b"]" * (MAX_NESTING + 5) + b'\n\xff{"execute":"guest-ping"}\n')
     assert rest[-1] == Parsed(value={"execute": "guest-ping"})
+
+
+def test_nesting_up_to_the_limit_parses():
+    """1024 levels, qemu's limit, make one value (a recursive parser would overflow Python's stack)."""
+    depth = MAX_NESTING - 2  # the object and its list are two more levels
+    out = JsonStream().feed(b"[" * depth + b'{"a": [1, "b"]}' + b"]" * depth + b"\n")
+    assert len(out) == 1 and out[0].error is None
+    value = out[0].value
+    for _ in range(depth):
+        assert isinstance(value, list) and len(value) == 1
+        value = value[0]
+    assert value == {"a": [1, "b"]}
 
 
 def test_reset_forgets_partial_input():

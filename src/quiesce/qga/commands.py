@@ -77,7 +77,13 @@ class Dispatcher:
         self.stopping = stopping
 
     def handle(self, parsed: Parsed) -> list[bytes]:
-        """The replies to one value from the host."""
+        """The replies to one value from the host; never raises (one request cannot stop the agent)."""
+        try:
+            return self._handle(parsed)
+        except Exception as err:  # e.g. an id nested too deep to encode again
+            return [reply_error(QgaError(f"the request could not be handled: {type(err).__name__}: {err}"))]
+
+    def _handle(self, parsed: Parsed) -> list[bytes]:
         if parsed.error is not None:
             return [reply_error(QgaError(f"JSON parse error, {parsed.error}"))]
         try:

@@ -235,17 +235,11 @@ def _unescape(text: str) -> str:
 
 
 class _Parser:
-    """Recursive descent over one balanced token list."""
+    """One balanced token list to a value, with an explicit stack (nesting up to 1024 is allowed)."""
 
     def __init__(self, tokens: list[tuple[str, object]]) -> None:
         self.tokens = tokens
         self.i = 0
-
-    def parse(self) -> object:
-        value = self._value()
-        if self.i != len(self.tokens):
-            raise JsonError("expecting value")
-        return value
 
     def _next(self) -> tuple[str, object]:
         if self.i >= len(self.tokens):
@@ -254,59 +248,89 @@ class _Parser:
         self.i += 1
         return tok
 
-    def _value(self) -> object:
-        kind, value = self._next()
-        if kind == "{":
-            return self._object()
-        if kind == "[":
-            return self._array()
-        if kind == "str":
-            return value
-        if kind == "num":
-            return _number(value)  # type: ignore[arg-type]
-        if kind == "kw":
-            if value in _KEYWORDS:
-                return _KEYWORDS[str(value)]
-            raise JsonError(f"invalid keyword '{value}'")
+    def _peek_is(self, kind: str) -> bool:
+        return self.i < len(self.tokens) and self.tokens[self.i][0] == kind
+
+    def _key(self) -> str:
+        kind, key = self._next()
         if kind == "bad":
-            raise JsonError(str(value))
-        raise JsonError("expecting value")
+            raise JsonError(str(key))
+        if kind != "str":
+            raise JsonError("key is not a string in object")
+        if self._next()[0] != ":":
+            raise JsonError("missing : in object pair")
+        return str(key)
 
-    def _object(self) -> dict[str, object]:
-        out: dict[str, object] = {}
-        if self.tokens[self.i : self.i + 1] == [("}", None)]:
-            self.i += 1
-            return out
+    def parse(self) -> object:
+        # Open containers: a list being filled, or an object and the key of its next value.
+        stack: list[list[object] | _OpenObject] = []
         while True:
-            kind, key = self._next()
-            if kind == "bad":
-                raise JsonError(str(key))
-            if kind != "str":
-                raise JsonError("key is not a string in object")
-            if self._next()[0] != ":":
-                raise JsonError("missing : in object pair")
-            value = self._value()
-            if key in out:
-                raise JsonError("duplicate key")
-            out[key] = value  # type: ignore[index]
-            sep = self._next()[0]
-            if sep == "}":
-                return out
-            if sep != ",":
-                raise JsonError("expected separator in dict")
+            kind, value = self._next()
+            if kind == "{":
+                if not self._peek_is("}"):
+                    stack.append(_OpenObject(self._key()))
+                    continue
+                self.i += 1
+                value = {}
+            elif kind == "[":
+                if not self._peek_is("]"):
+                    stack.append([])
+                    continue
+                self.i += 1
+                value = []
+            else:
+                value = _scalar(kind, value)
+            # A value is complete: put it in its container, closing those that end here.
+            while stack:
+                top = stack[-1]
+                if isinstance(top, _OpenObject):
+                    if top.key in top.members:
+                        raise JsonError("duplicate key")
+                    top.members[top.key] = value
+                    sep = self._next()[0]
+                    if sep == ",":
+                        top.key = self._key()
+                        break
+                    if sep != "}":
+                        raise JsonError("expected separator in dict")
+                    value = top.members
+                else:
+                    top.append(value)
+                    sep = self._next()[0]
+                    if sep == ",":
+                        break
+                    if sep != "]":
+                        raise JsonError("expected separator in list")
+                    value = top
+                stack.pop()
+            else:
+                if self.i != len(self.tokens):
+                    raise JsonError("expecting value")
+                return value
 
-    def _array(self) -> list[object]:
-        out: list[object] = []
-        if self.tokens[self.i : self.i + 1] == [("]", None)]:
-            self.i += 1
-            return out
-        while True:
-            out.append(self._value())
-            sep = self._next()[0]
-            if sep == "]":
-                return out
-            if sep != ",":
-                raise JsonError("expected separator in list")
+
+class _OpenObject:
+    """An object being parsed: its members so far and the key of the value being parsed."""
+
+    __slots__ = ("key", "members")
+
+    def __init__(self, key: str) -> None:
+        self.members: dict[str, object] = {}
+        self.key = key
+
+
+def _scalar(kind: str, value: object) -> object:
+    if kind == "str":
+        return value
+    if kind == "num":
+        return _number(value)  # type: ignore[arg-type]
+    if kind == "kw":
+        if value in _KEYWORDS:
+            return _KEYWORDS[str(value)]
+        raise JsonError(f"invalid keyword '{value}'")
+    if kind == "bad":
+        raise JsonError(str(value))
+    raise JsonError("expecting value")
 
 
 def _number(raw: bytes) -> int | float:

@@ -11,6 +11,7 @@ against Debian's ``qemu-guest-agent`` (tests/qga/test_parity.py).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -93,8 +94,16 @@ def parse_request(value: object) -> Request:
     return Request(name, arguments, None if ident is _ABSENT else ident, ident is not _ABSENT)
 
 
+#: A \\uXXXX escape (not an escaped backslash followed by "u").
+_UNICODE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-f]{4})")
+
+
 def _encode(obj: object) -> bytes:
-    return json.dumps(obj).encode() + b"\n"
+    """One JSON line as qemu writes it: ", " and ": " separators, ASCII, upper-case \\u escapes."""
+    text = json.dumps(obj)
+    if "\\u" in text:
+        text = _UNICODE_ESCAPE.sub(lambda m: f"{m.group(1)}\\u{m.group(2).upper()}", text)
+    return text.encode() + b"\n"
 
 
 def reply_ok(value: object, request: Request, *, delimited: bool = False) -> bytes:

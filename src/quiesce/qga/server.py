@@ -85,8 +85,7 @@ class Channel:
     def write(self, data: bytes) -> bool:
         """Write all of ``data``; False when the host did not take it in time (or is gone)."""
         view = memoryview(data)
-        poller = select.poll()
-        poller.register(self.fd, select.POLLOUT)
+        poller: select.poll | None = None
         while view:
             try:
                 n = os.write(self.fd, view)
@@ -97,7 +96,12 @@ class Channel:
                     return False
                 raise
             view = view[n:]
-            if view and not poller.poll(int(WRITE_TIMEOUT_S * 1000)):
+            if not view:
+                break
+            if poller is None:
+                poller = select.poll()
+                poller.register(self.fd, select.POLLOUT)
+            if not poller.poll(int(WRITE_TIMEOUT_S * 1000)):
                 self.log(
                     f"the host read nothing for {WRITE_TIMEOUT_S:g} s: {len(view)} bytes of replies dropped"
                 )
@@ -127,10 +131,21 @@ def serve_channel(channel: Channel, dispatcher: Dispatcher, stop: Stopper, *, re
             idle.register(stop.rfd, select.POLLIN)
             idle.poll(int(IDLE_RETRY_S * 1000))
             continue
+        # Replies in order; the errors a burst of garbage produced go out in one write,
+        # before the next command runs (it may take long: a freeze).
+        pending: list[bytes] = []
         for parsed in stream.feed(data):
-            for reply in dispatcher.handle(parsed):
-                if not channel.write(reply) and not retry_on_eof:
+            if parsed.error is None:
+                if not _flush(channel, pending) and not retry_on_eof:
                     return
+                pending = []
+            pending += dispatcher.handle(parsed)
+            if parsed.error is None:
+                if not _flush(channel, pending) and not retry_on_eof:
+                    return
+                pending = []
+        if not _flush(channel, pending) and not retry_on_eof:
+            return
 
 
 def serve_device(path: str, dispatcher: Dispatcher, stop: Stopper, log: EventLog) -> None:
@@ -177,6 +192,10 @@ def serve_unix(
         listener.close()
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def _flush(channel: Channel, replies: list[bytes]) -> bool:
+    return channel.write(b"".join(replies)) if replies else True
 
 
 def _drain(fd: int) -> None:

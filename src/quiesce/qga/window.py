@@ -124,7 +124,8 @@ class Window:
             if report.error is not None and not out:
                 out.append(f"thaw failed: {report.error}")
         if self.result is not None and self.result.consistency == quiesce.FAILED and not out:
-            out.append(f"the node's quiesce config failed the backup: {self.result.message}")
+            name, message = self.result.error_name, self.result.message
+            out.append(f"the node's quiesce config failed the backup ({name}): {message}")
         if self.error is not None:
             out.append(self.error)
         return out
