@@ -223,3 +223,30 @@ def test_host_hang_up_while_frozen_keeps_the_freeze_for_the_next_client(node, lf
             assert writer_blocked(a.mount_point / "probe")
             assert c.cmd("guest-fsfreeze-thaw") == {"return": 1}
             reap()
+
+
+def test_sigterm_during_the_pre_steps_fails_the_freeze_and_leaves_nothing_frozen(node, lfs):
+    """Stopped while the pre-script runs: the host is told the freeze failed, nothing stays frozen."""
+    a = lfs["a"]
+    node.config([str(a.mount_point)], pre="sleep 2\n")
+    q = quiesce_qga(mkdir(Path(node.base) / "w"), node.run_dir, config=node.config_path)
+    with q, q.client() as c:
+        c.send(
+            json.dumps(
+                {"execute": "guest-fsfreeze-freeze-list", "arguments": {"mountpoints": [str(a.mount_point)]}}
+            )
+            + "\n"
+        )
+        assert wait_for(lambda: node.events() == ["pre.sh "], 10)
+        q.proc.send_signal(signal.SIGTERM)
+        reply = c.reply()
+        assert reply == {
+            "error": {
+                "class": "GenericError",
+                "desc": "freeze failed, nothing is frozen: the agent is stopping",
+            }
+        }
+        assert q.proc.wait(30) == 0
+    assert not writer_blocked(a.mount_point / "probe")
+    reap()
+    assert node.events() == ["pre.sh ", "post.sh "]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import quiesce
 from quiesce.qga.events import EventLog
 from quiesce.qga.fshook import FsfreezeHook, HookOutcome
-from quiesce.qga.protocol import QgaError
+from quiesce.qga.protocol import QgaError, disabled_while_frozen
 from quiesce.qga.window import Window, WindowSpec
 
 #: Azure's auto-thaw default, and qemu-ga has none.
@@ -110,12 +110,14 @@ class Freezer:
         )
         self._window = window
         window.start()
-        if window.wait_frozen(stopping):
+        if window.wait_frozen(stopping) and not stopping():
             return window.count
+        window.release()  # stopping: what froze meanwhile is thawed at once, never reported frozen
         window.join()
         self._window = None
         self.log.release()
-        raise QgaError(f"freeze failed, nothing is frozen: {window.failure()}")
+        why = "the agent is stopping" if stopping() else window.failure()
+        raise QgaError(f"freeze failed, nothing is frozen: {why}")
 
     def _load_config(self) -> quiesce.LoadedConfig | None:
         path = self.settings.config_path
@@ -174,6 +176,8 @@ class Freezer:
         window = self._window
         if window is None:
             return
+        if window.holding:
+            raise disabled_while_frozen("guest-fsfreeze-freeze")
         window.join()
         self._window = None
         self._log_window(window)
@@ -220,7 +224,10 @@ class Freezer:
     def _log_window(self, window: Window) -> None:
         report, result = window.report, window.result
         if report is not None and report.window_ns is not None:
-            mounts = ", ".join(f"{t.mount_point} {t.state}" for t in report.targets)
+            mounts = ", ".join(
+                f"{t.mount_point} {t.state} (freeze {_ms(t.freeze_ns)}, thaw {_ms(t.thaw_ns)})"
+                for t in report.targets
+            )
             self.log(f"window {report.window_ns / 1e6:.3f} ms: {mounts}")
         if result is not None:
             self.log(f"run {result.run_id}: {result.consistency}")
@@ -228,3 +235,7 @@ class Freezer:
                 self.log(f"warning: {w}")
         for p in window.problems():
             self.log(f"problem: {p}")
+
+
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.3f} ms"

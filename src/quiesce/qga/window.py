@@ -93,7 +93,16 @@ class Window:
         return self._done.is_set()
 
     def release(self) -> None:
-        """The host's thaw: end the wait; the worker thaws and runs the post steps."""
+        """The host's thaw: thaw now, in this thread; the worker then runs the post steps.
+
+        Thawing here, not after waking the worker, keeps a thread hand-off out
+        of the window. The native thaw claims each filesystem atomically, so
+        it cannot collide with the guardian's or the worker's own.
+        """
+        freeze = self._freeze
+        if freeze is not None and self.holding:
+            with contextlib.suppress(quiesce.QuiesceError):
+                freeze.thaw()  # a failure is found again, and reported, by the run's own thaw
         self._release.set()
 
     def join(self) -> None:
