@@ -250,3 +250,16 @@ def test_sigterm_during_the_pre_steps_fails_the_freeze_and_leaves_nothing_frozen
     assert not writer_blocked(a.mount_point / "probe")
     reap()
     assert node.events() == ["pre.sh ", "post.sh "]
+
+
+def test_agent_whose_log_and_socket_are_on_the_frozen_filesystem_still_thaws(node, lfs):
+    """The agent writes nothing while frozen: its stderr on the frozen filesystem cannot stall it."""
+    a, b = lfs["a"], lfs["b"]
+    node.config([str(a.mount_point), str(b.mount_point)])
+    work = mkdir(b.mount_point / f"agent-{time.monotonic_ns()}")
+    with quiesce_qga(work, node.run_dir, config=node.config_path) as q, q.client() as c:
+        assert freeze_list(c, a, b) == {"return": 2}
+        c.send(b"garbage\n")
+        assert c.reply()["error"]["class"] == "GenericError"
+        assert c.cmd("guest-fsfreeze-thaw", timeout=10) == {"return": 2}
+        assert wait_for(lambda: "window " in q.log_text(), 10)
