@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -258,3 +259,34 @@ def test_without_config_a_freeze_list_freezes_and_thaws(node, lfs):
         assert c.cmd("guest-fsfreeze-thaw") == {"return": 2}
         reap()
     assert node.events() == []
+
+
+def test_freeze_refused_while_another_quiesce_freeze_holds_the_lock(node, lfs):
+    """Another quiesce freeze in progress (its lock): the host's freeze fails, nothing more is frozen."""
+    a, c_ = lfs["a"], lfs["c"]
+    node.config([str(a.mount_point)])
+    base = [sys.executable, "-m", "quiesce"]
+    held = subprocess.run(
+        [*base, "freeze", "--hold", "--timeout", "20", "--run-dir", node.run_dir, str(c_.mount_point)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert held.returncode == 0, held.stderr
+    try:
+        with (
+            quiesce_qga(mkdir(Path(node.base) / "w"), node.run_dir, config=node.config_path) as q,
+            q.client() as c,
+        ):
+            reply = freeze_list(c, a)
+            assert reply["error"]["class"] == "GenericError"
+            assert "nothing is frozen" in reply["error"]["desc"] and "lock" in reply["error"]["desc"]
+            assert c.cmd("guest-fsfreeze-status") == {"return": "thawed"}
+            assert not frozen(a)
+    finally:
+        subprocess.run(
+            [*base, "thaw", "--run-dir", node.run_dir], capture_output=True, timeout=30, check=False
+        )
+        reap()
+    assert not frozen(c_)
+    reap()
