@@ -290,3 +290,26 @@ def test_freeze_refused_while_another_quiesce_freeze_holds_the_lock(node, lfs):
         reap()
     assert not frozen(c_)
     reap()
+
+
+def test_fsfreeze_hook_in_a_directory_others_can_write_is_refused(node, lfs):
+    """The hook's whole directory chain must be root's alone: one writable directory refuses it."""
+    a = lfs["a"]
+    node.config([str(a.mount_point)])
+    shared = Path(node.base) / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    hook = shared / "fsfreeze-hook"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    with quiesce_qga(
+        mkdir(Path(node.base) / "w"), node.run_dir, config=node.config_path, hook=str(hook)
+    ) as q:
+        with q.client() as c:
+            reply = freeze_list(c, a)
+            assert (
+                "is not safe to run as root" in reply["error"]["desc"]
+                and str(shared) in reply["error"]["desc"]
+            )
+            assert not frozen(a)
+            reap()

@@ -85,8 +85,9 @@ class Freezer:
         if not targets:
             self.log("freeze: nothing to freeze (no selected filesystem named); 0 frozen")
             return 0
-        hook = self.settings.hook
-        if hook is not None and hook.present():
+        # The thaw call goes to a hook whose freeze call ran, as in qemu-ga, whatever happens between.
+        hook = self.settings.hook if self.settings.hook is not None and self.settings.hook.present() else None
+        if hook is not None:
             outcome = self._run_hook(hook, "freeze")
             if not outcome.ok:
                 raise QgaError(outcome.error or "fsfreeze hook failed")
@@ -106,7 +107,7 @@ class Freezer:
             spec,
             on_frozen=self._frozen,
             on_auto_thaw=self._auto_thawed,
-            after=lambda: self._after(hook if hook is not None and hook.present() else None),
+            after=lambda: self._after(hook),
         )
         self._window = window
         window.start()
