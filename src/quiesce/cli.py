@@ -46,6 +46,7 @@ from quiesce.mounts import Plan, read_mountinfo
 from quiesce.output import SafeStream, describe, reopen_closed_std_fds
 from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan, target_problems
 from quiesce.procs import is_alive, mount_id_of_fd
+from quiesce.qga import command as qga_command
 from quiesce.run import APPLICATION, CRASH, FILESYSTEM, HoldAnnouncement, RunResult
 from quiesce.sandbox import SandboxError
 
@@ -1095,6 +1096,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_thaw)
 
     benchmark.add_parser(sub, common)
+    qga_command.add_parser(sub, common)
 
     p = sub.add_parser(
         "demo",

@@ -66,9 +66,11 @@ class RunOptions:
     vmbackup_conf: str | None = VMBACKUP_CONF
     run_dir: str = RUN_DIR
     progress: Progress | None = None
-    #: ``hold`` mode: called once frozen (announce it); the run then waits
-    #: for a line or EOF on stdin (if ``hold_stdin``), a signal, or the deadline.
-    #: Called only when the filesystems are frozen; ``on_hold`` is called in every case.
+    #: Called once frozen, with the freeze, and only when the filesystems are
+    #: frozen. ``hold`` mode: announce it (``on_hold`` is called in every case);
+    #: the run then waits for a line or EOF on stdin (if ``hold_stdin``), a
+    #: signal, or the deadline. With an embedded ``snapshot`` callable: called
+    #: just before it (never before a snapshot taken unfrozen after a failed freeze).
     on_frozen: Callable[[Freeze], None] | None = None
     #: ``hold`` mode: called before the wait for the release, frozen or not
     #: (``fsFreezeEnabled`` false, or a failed freeze that may continue). If it

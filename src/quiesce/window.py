@@ -206,6 +206,9 @@ class Window:
         assert self.step is not None
         if freeze is not None:
             freeze.freeze()
+            if isinstance(freeze, Freeze) and self.options.on_frozen is not None:
+                # Told just before the embedded step, and only when frozen.
+                self.options.on_frozen(freeze)
         try:
             self.step()
         except Exception as err:  # the caller's step: any failure is a failed snapshot

@@ -1,0 +1,342 @@
+"""The guest-agent wire format: a stream of JSON values, split the way qemu-ga splits it.
+
+qemu-ga does not read lines: a lexer turns the byte stream into tokens, and
+a value is complete when its braces and brackets balance. Requests may span
+lines or share one, a stray character is an error of its own (the lexer
+then skips to the next structural character or control byte, so a burst of
+garbage costs one error, not one per byte), a bare word or number at the
+top level is a complete (wrong) value, and a 0xFF byte (what a client sends
+before ``guest-sync-delimited``) is invalid, which discards any partial
+request. This module reproduces that behaviour, including single-quoted
+strings (a QEMU extension), so the errors a host sees for bad input have
+qemu-ga's shape and class.
+
+Limits as qemu's: 64 MiB for a value's text, 2^21 tokens, nesting 1024.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_VALUE_BYTES = 64 << 20
+MAX_TOKENS = 2 << 20
+MAX_NESTING = 1024
+
+_STRUCTURAL = frozenset(b"{}[]:,")
+_SPACE = frozenset(b" \t\r\n")
+#: Where error recovery resumes: a structural bracket, a control byte other
+#: than tab, or an impossible UTF-8 byte (0xFE, 0xFF). Not consumed.
+_RESYNC = re.compile(rb"[\x00-\x08\x0a-\x1f\xfe\xff\[\]{}]")
+#: A string's body as the lexer takes it: escapes are checked later, by the parser.
+_STRING_BODY = {
+    ord('"'): re.compile(rb'(?:[^"\\\x00-\x1f\xfe\xff]|\\[^\x00-\x1f\xfe\xff])*'),
+    ord("'"): re.compile(rb"(?:[^'\\\x00-\x1f\xfe\xff]|\\[^\x00-\x1f\xfe\xff])*"),
+}
+_KEYWORD = re.compile(rb"[a-z]*")
+_NUMBER_CHARS = re.compile(rb"[-+.0-9eE]*")
+_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", '"': '"', "'": "'", "\\": "\\", "/": "/"}
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
+_KEYWORDS: dict[str, object] = {"true": True, "false": False, "null": None}
+
+
+class JsonError(Exception):
+    """A value that cannot be parsed; the message is what follows "JSON parse error, "."""
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One complete top-level value, or the error that replaced it."""
+
+    value: object = None
+    error: str | None = None
+
+
+def quote_token(raw: bytes) -> str:
+    """A token as qemu's error messages show it: its text, invalid UTF-8 as U+FFFD."""
+    return raw.decode("utf-8", "replace")
+
+
+def _number_end(buf: bytes | bytearray, i: int) -> int | None:
+    """End of the number starting at ``i``; None when more input is needed.
+
+    On an error, ``-(k + 1)`` where ``k`` is the end of the error token (the
+    offending byte included, as qemu's lexer reports it).
+    """
+    n = len(buf)
+    j = i + (buf[i] == 0x2D)  # '-'
+    if j >= n:
+        return None
+    if buf[j] == 0x30:  # a leading '0' takes no more digits
+        j += 1
+    elif 0x31 <= buf[j] <= 0x39:
+        while j < n and 0x30 <= buf[j] <= 0x39:
+            j += 1
+    else:
+        return -(j + 2)
+    for intro, signed in ((0x2E, False), (0x65, True)):  # '.' fraction, then 'e' exponent
+        if j >= n:
+            return None
+        if buf[j] == intro or (signed and buf[j] == 0x45):
+            j += 1
+            if signed and j < n and buf[j] in b"+-":
+                j += 1
+            if j >= n:
+                return None
+            if not 0x30 <= buf[j] <= 0x39:
+                return -(j + 2)
+            while j < n and 0x30 <= buf[j] <= 0x39:
+                j += 1
+    return None if j >= n else j
+
+
+class JsonStream:
+    """Feed bytes as they arrive; get back the complete values and the errors, in order."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._recovering = False
+        self._tokens: list[tuple[str, object]] = []
+        self._size = 0
+        #: How far into a token left incomplete at the buffer's start it is
+        #: known good, so more input is scanned from there, not from its start.
+        self._resume = 0
+        self._braces = 0
+        self._brackets = 0
+
+    def reset(self) -> None:
+        """Forget everything buffered (a new client)."""
+        self.__init__()  # type: ignore[misc]
+
+    def feed(self, data: bytes) -> list[Parsed]:
+        """Append ``data``; return what it completed."""
+        self._buf += data
+        out: list[Parsed] = []
+        buf = self._buf
+        i, n = 0, len(buf)
+        while i < n:
+            resume, self._resume = self._resume, 0
+            if self._recovering:
+                m = _RESYNC.search(buf, i)
+                if m is None:
+                    i = n
+                    break
+                i, self._recovering = m.start(), False
+            c = buf[i]
+            if c in _SPACE:
+                i += 1
+            elif c in _STRUCTURAL:
+                self._token(chr(c), None, 1, out)
+                i += 1
+            elif c in _STRING_BODY:
+                j = _STRING_BODY[c].match(buf, i + max(1, resume)).end()  # type: ignore[union-attr]
+                if j < n and buf[j] == c:
+                    self._string(bytes(buf[i + 1 : j]), j + 1 - i, out)
+                    i = j + 1
+                elif j == n or (j == n - 1 and buf[j] == 0x5C):
+                    self._resume = j - i  # j ends a whole character or escape
+                    break  # the string goes on in data still to come
+                else:
+                    self._error(buf[i : j + 1], out)
+                    i = j + 1
+            elif c == 0x2D or 0x30 <= c <= 0x39:
+                k = _NUMBER_CHARS.match(buf, i + resume).end()  # type: ignore[union-attr]
+                if k == n:
+                    self._resume = k - i
+                    break
+                end = _number_end(buf, i)
+                if end is None:
+                    break
+                if end < 0:
+                    stop = -end - 1  # the offending byte is part of the error token
+                    self._error(buf[i:stop], out)
+                    i = stop
+                    continue
+                self._token("num", bytes(buf[i:end]), end - i, out)
+                i = end
+            elif 0x61 <= c <= 0x7A:
+                j = _KEYWORD.match(buf, i + resume).end()  # type: ignore[union-attr]
+                if j == n:
+                    self._resume = j - i
+                    break
+                self._token("kw", bytes(buf[i:j]).decode(), j - i, out)
+                i = j
+            else:
+                self._error(buf[i : i + 1], out)
+                i += 1
+        del buf[:i]
+        if len(buf) > MAX_VALUE_BYTES:
+            # One token longer than any value may be: drop it, resume after it.
+            buf.clear()
+            self._resume = 0
+            self._recovering = True
+            self._drop(out, "JSON token size limit exceeded")
+        return out
+
+    # -- the streamer: collect tokens until the brackets balance ------------
+
+    def _token(self, kind: str, value: object, size: int, out: list[Parsed]) -> None:
+        self._tokens.append((kind, value))
+        self._size += size
+        if kind in "{[":
+            self._braces += kind == "{"
+            self._brackets += kind == "["
+        elif kind in "}]":
+            self._braces -= kind == "}"
+            self._brackets -= kind == "]"
+        if self._braces + self._brackets > MAX_NESTING:
+            self._drop(out, "JSON nesting depth limit exceeded")
+        elif self._size > MAX_VALUE_BYTES:
+            self._drop(out, "JSON token size limit exceeded")
+        elif len(self._tokens) > MAX_TOKENS:
+            self._drop(out, "JSON token count limit exceeded")
+        elif (self._braces == 0 and self._brackets == 0) or self._braces < 0 or self._brackets < 0:
+            tokens = self._tokens
+            self._tokens, self._size, self._braces, self._brackets = [], 0, 0, 0
+            try:
+                out.append(Parsed(value=_Parser(tokens).parse()))
+            except JsonError as err:
+                out.append(Parsed(error=str(err)))
+
+    def _string(self, body: bytes, size: int, out: list[Parsed]) -> None:
+        try:
+            text = _unescape(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            self._token("bad", "invalid UTF-8 sequence in string", size, out)
+        except JsonError as err:
+            self._token("bad", str(err), size, out)
+        else:
+            self._token("str", text, size, out)
+
+    def _error(self, raw: bytes | bytearray, out: list[Parsed]) -> None:
+        self._recovering = True
+        self._drop(out, f"stray '{quote_token(bytes(raw))}'")
+
+    def _drop(self, out: list[Parsed], message: str) -> None:
+        self._tokens, self._size, self._braces, self._brackets = [], 0, 0, 0
+        out.append(Parsed(error=message))
+
+
+def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+
+    def one(m: re.Match[str]) -> str:
+        esc = m.group(1)
+        if len(esc) == 5:
+            return chr(int(esc[1:], 16))
+        if esc not in _ESCAPES:
+            raise JsonError("invalid escape sequence in string")
+        return _ESCAPES[esc]
+
+    raw = _ESCAPE.sub(one, text)
+    # \uD83D\uDE00 pairs make one character, as in any JSON reader.
+    return raw.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+class _Parser:
+    """One balanced token list to a value, with an explicit stack (nesting up to 1024 is allowed)."""
+
+    def __init__(self, tokens: list[tuple[str, object]]) -> None:
+        self.tokens = tokens
+        self.i = 0
+
+    def _next(self) -> tuple[str, object]:
+        if self.i >= len(self.tokens):
+            raise JsonError("premature EOI")
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def _peek_is(self, kind: str) -> bool:
+        return self.i < len(self.tokens) and self.tokens[self.i][0] == kind
+
+    def _key(self) -> str:
+        kind, key = self._next()
+        if kind == "bad":
+            raise JsonError(str(key))
+        if kind != "str":
+            raise JsonError("key is not a string in object")
+        if self._next()[0] != ":":
+            raise JsonError("missing : in object pair")
+        return str(key)
+
+    def parse(self) -> object:
+        # Open containers: a list being filled, or an object and the key of its next value.
+        stack: list[list[object] | _OpenObject] = []
+        while True:
+            kind, value = self._next()
+            if kind == "{":
+                if not self._peek_is("}"):
+                    stack.append(_OpenObject(self._key()))
+                    continue
+                self.i += 1
+                value = {}
+            elif kind == "[":
+                if not self._peek_is("]"):
+                    stack.append([])
+                    continue
+                self.i += 1
+                value = []
+            else:
+                value = _scalar(kind, value)
+            # A value is complete: put it in its container, closing those that end here.
+            while stack:
+                top = stack[-1]
+                if isinstance(top, _OpenObject):
+                    if top.key in top.members:
+                        raise JsonError("duplicate key")
+                    top.members[top.key] = value
+                    sep = self._next()[0]
+                    if sep == ",":
+                        top.key = self._key()
+                        break
+                    if sep != "}":
+                        raise JsonError("expected separator in dict")
+                    value = top.members
+                else:
+                    top.append(value)
+                    sep = self._next()[0]
+                    if sep == ",":
+                        break
+                    if sep != "]":
+                        raise JsonError("expected separator in list")
+                    value = top
+                stack.pop()
+            else:
+                if self.i != len(self.tokens):
+                    raise JsonError("expecting value")
+                return value
+
+
+class _OpenObject:
+    """An object being parsed: its members so far and the key of the value being parsed."""
+
+    __slots__ = ("key", "members")
+
+    def __init__(self, key: str) -> None:
+        self.members: dict[str, object] = {}
+        self.key = key
+
+
+def _scalar(kind: str, value: object) -> object:
+    if kind == "str":
+        return value
+    if kind == "num":
+        return _number(value)  # type: ignore[arg-type]
+    if kind == "kw":
+        if value in _KEYWORDS:
+            return _KEYWORDS[str(value)]
+        raise JsonError(f"invalid keyword '{value}'")
+    if kind == "bad":
+        raise JsonError(str(value))
+    raise JsonError("expecting value")
+
+
+def _number(raw: bytes) -> int | float:
+    text = raw.decode()
+    if any(c in text for c in ".eE") or len(text) > 21:
+        # Too long for a 64-bit integer: a double, as in qemu (and Python's
+        # int() refuses very long digit strings).
+        return float(text)
+    return int(text)

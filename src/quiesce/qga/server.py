@@ -1,0 +1,204 @@
+"""The channel to the host: the virtio-serial port, or a unix socket; one request at a time.
+
+``--device`` opens the character device of the virtio-serial port
+``org.qemu.guest_agent.0``. While no host process has the other end open,
+the port reads end-of-file; as qemu-ga does, the agent then waits 100 ms
+and looks again (the host sends 0xFF before ``guest-sync-delimited`` to
+discard anything half-read). ``--unix-listen`` accepts one client at a time
+and starts each with a fresh parser. Replies are written in order; a host
+that stops reading for :data:`WRITE_TIMEOUT_S` loses them (the unix client
+is dropped), so a stuck host never stops the agent.
+
+Requests are handled one at a time, as qemu-ga does; the frozen window does
+not depend on this loop: its deadline is the guardian's, and its wait is in
+the window's own thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import socket
+import stat
+from collections.abc import Callable
+
+from quiesce.qga.commands import Dispatcher
+from quiesce.qga.events import EventLog
+from quiesce.qga.jsonstream import JsonStream
+
+#: What qemu-ga waits when the virtio port has no host behind it.
+IDLE_RETRY_S = 0.1
+WRITE_TIMEOUT_S = 30.0
+READ_CHUNK = 1 << 16
+
+
+class Stopper:
+    """SIGTERM, SIGINT and SIGHUP end the agent cleanly; the loop sees them through a pipe."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_fd = signal.set_wakeup_fd(self.wfd, warn_on_full_buffer=False)
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = self.signum or signum
+
+    def __call__(self) -> bool:
+        """True once a stop signal arrived."""
+        return self.signum is not None
+
+    def close(self) -> None:
+        """Restore the handlers and close the pipe."""
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
+class Channel:
+    """One open channel to the host (a port fd or a connected socket fd), non-blocking."""
+
+    def __init__(self, fd: int, log: EventLog) -> None:
+        self.fd = fd
+        self.log = log
+        os.set_blocking(fd, False)
+
+    def read(self) -> bytes | None:
+        """What is there to read (b"" if nothing yet); None at end of file or hang-up."""
+        try:
+            data = os.read(self.fd, READ_CHUNK)
+        except BlockingIOError:
+            return b""
+        except OSError as err:
+            if err.errno in (errno.ECONNRESET, errno.EPIPE, errno.EIO):
+                return None
+            raise
+        return data or None
+
+    def write(self, data: bytes) -> bool:
+        """Write all of ``data``; False when the host did not take it in time (or is gone)."""
+        view = memoryview(data)
+        poller: select.poll | None = None
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                n = 0
+            except OSError as err:
+                if err.errno in (errno.EPIPE, errno.ECONNRESET, errno.EIO):
+                    return False
+                raise
+            view = view[n:]
+            if not view:
+                break
+            if poller is None:
+                poller = select.poll()
+                poller.register(self.fd, select.POLLOUT)
+            if not poller.poll(int(WRITE_TIMEOUT_S * 1000)):
+                self.log(
+                    f"the host read nothing for {WRITE_TIMEOUT_S:g} s: {len(view)} bytes of replies dropped"
+                )
+                return False
+        return True
+
+
+def serve_channel(channel: Channel, dispatcher: Dispatcher, stop: Stopper, *, retry_on_eof: bool) -> None:
+    """Read requests from ``channel`` and answer them until it closes (or, for a port, until stopped)."""
+    stream = JsonStream()
+    poller = select.poll()
+    poller.register(channel.fd, select.POLLIN)
+    poller.register(stop.rfd, select.POLLIN)
+    while not stop():
+        events = dict(poller.poll())
+        _drain(stop.rfd)
+        if stop():
+            return
+        if channel.fd not in events:
+            continue
+        data = channel.read()
+        if data is None:
+            if not retry_on_eof:
+                return
+            # No host on the port's other end: look again soon, as qemu-ga does.
+            idle = select.poll()
+            idle.register(stop.rfd, select.POLLIN)
+            idle.poll(int(IDLE_RETRY_S * 1000))
+            continue
+        # Replies in order; the errors a burst of garbage produced go out in one write,
+        # before the next command runs (it may take long: a freeze).
+        pending: list[bytes] = []
+        for parsed in stream.feed(data):
+            if parsed.error is None:
+                if not _flush(channel, pending) and not retry_on_eof:
+                    return
+                pending = []
+            pending += dispatcher.handle(parsed)
+            if parsed.error is None:
+                if not _flush(channel, pending) and not retry_on_eof:
+                    return
+                pending = []
+        if not _flush(channel, pending) and not retry_on_eof:
+            return
+
+
+def serve_device(path: str, dispatcher: Dispatcher, stop: Stopper, log: EventLog) -> None:
+    """Serve the virtio-serial port at ``path`` until stopped."""
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENODEV, "not a character device", path)
+        log(f"serving the port {path}")
+        serve_channel(Channel(fd, log), dispatcher, stop, retry_on_eof=True)
+    finally:
+        os.close(fd)
+
+
+def serve_unix(
+    path: str, dispatcher: Dispatcher, stop: Stopper, log: EventLog, ready: Callable[[], None]
+) -> None:
+    """Listen on the unix socket ``path`` and serve one client at a time until stopped."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        old = os.umask(0o077)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        listener.listen(1)
+        log(f"listening on {path}")
+        ready()
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        poller.register(stop.rfd, select.POLLIN)
+        while not stop():
+            events = dict(poller.poll())
+            _drain(stop.rfd)
+            if listener.fileno() not in events or stop():
+                continue
+            conn, _ = listener.accept()
+            with conn:
+                serve_channel(Channel(conn.fileno(), log), dispatcher, stop, retry_on_eof=False)
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _flush(channel: Channel, replies: list[bytes]) -> bool:
+    return channel.write(b"".join(replies)) if replies else True
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 512):
+            pass
