@@ -7,7 +7,7 @@ import contextlib
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import quiesce
 from quiesce.qga.fshook import DEFAULT_HOOK, DEFAULT_HOOK_TIMEOUT_S
@@ -33,9 +33,7 @@ Stop with SIGTERM: a freeze in progress is released (post steps run).
 """
 
 
-def add_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     """Register ``qga`` on the subcommands ``sub``; ``common`` supplies --run-dir."""
     defaults = quiesce.RunOptions()
     p = sub.add_parser(
