@@ -59,6 +59,7 @@ from quiesce.hooks import (
     run_pre,
 )
 from quiesce.lock import FreezeLock
+from quiesce.mounts import escape_path
 from quiesce.permissions import CheckedScript, open_script, read_config_file
 from quiesce.plan import VMBACKUP_CONF, make_plan
 from quiesce.scripts import Attempt, Progress, ScriptPolicy, ScriptResult, run_script, run_snapshot_command
@@ -424,6 +425,7 @@ def _post_steps(
                 entry.status = "failed"
                 post_ok = False
                 _set_error(result, failed[0].error_name, failed[0].error_code, failed[0].message)
+    result.warnings.extend(state.hooks.warnings)
     result.post = _run_phase(timeline, post_checked, cfg, timeout_s, run_id, options, env)
     if not result.post.ok:
         _set_error(result, result.post.error_name, result.post.error_code, result.post.message)
@@ -583,7 +585,8 @@ def _frozen_step(
     spec = cfg.quiesce.snapshot
     result.snapshot_mode = spec.mode.value if snapshot is None else "callable"
     if snapshot is None and spec.mode is SnapshotMode.COMMAND:
-        mounts = "\n".join(t.mount.mount_point for t in freeze.targets)
+        # One mount point per line, escaped as in mountinfo: a name cannot forge a line.
+        mounts = "\n".join(escape_path(t.mount.mount_point) for t in freeze.targets)
         timeout_s = spec.timeout_s or cfg.quiesce.freeze_timeout_s
         # SIGKILL must come before the guardian's deadline, or the kill
         # would find the filesystems already thawed under the command.
