@@ -132,6 +132,69 @@ def test_hold_deadline_thaws_without_any_release(fs, run_dir):
     assert report["guardian_reason"] == "deadline" and report["released_by"] == "deadline"
 
 
+def _wait_gone(pid: int, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while is_alive(pid, None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not is_alive(pid, None)
+
+
+def test_thaw_after_the_guardian_ended_a_hold_exits_5_once(fs, run_dir):
+    """``freeze --hold`` past its deadline: the next ``thaw`` says the guardian thawed first and exits 5.
+
+    The snapshot script's ``quiesce thaw`` is how it learns its snapshot was
+    taken after the thaw. ``status`` shows the hold's outcome; a second
+    ``thaw`` has nothing more to say.
+    """
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "0.5", str(fs["ext4"].mount_point))
+    assert held.returncode == Exit.OK, held.stderr
+    _wait_gone(json.loads(held.stdout)["pid"])
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    assert status["lock_held"] is False and status["lock_holder"] is None
+    last = status["last_hold"]
+    assert last["run_id"] == json.loads(held.stdout)["run_id"]
+    assert last["guardian_reason"] == "deadline" and not last["ok"] and not last["acknowledged"]
+    assert "thawed by the guardian" in quiesce(run_dir, "status").stdout
+
+    thawed = quiesce(run_dir, "thaw", "--json")
+    assert thawed.returncode == Exit.GUARDIAN_THAWED, thawed.stdout + thawed.stderr
+    out = json.loads(thawed.stdout)
+    assert "thawed by the guardian (deadline) before this release" in out["message"]
+    assert out["report"]["released_by"] == "deadline"
+
+    again = quiesce(run_dir, "thaw")
+    assert again.returncode == Exit.OK and "nothing to thaw" in again.stdout
+    assert json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]["acknowledged"]
+
+
+def test_thaw_after_a_released_or_foreground_freeze_has_nothing_to_say(fs, run_dir):
+    """A hold released by ``thaw``, or a foreground freeze (its caller saw it end): later thaws exit 0."""
+    a = str(fs["xfs"].mount_point)
+    held = quiesce(run_dir, "freeze", "--hold", "--timeout", "20", a)
+    assert held.returncode == Exit.OK, held.stderr
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+    last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
+    assert last["ok"] and last["released_by"] == "signal SIGUSR1"
+    # A foreground freeze ended by its deadline told its own caller (exit 5).
+    fg = quiesce(run_dir, "freeze", "--no-stdin", "--timeout", "0.3", a)
+    assert fg.returncode == Exit.GUARDIAN_THAWED, fg.stdout + fg.stderr
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+
+
+def test_status_names_the_lock_holder_only_while_it_holds(fs, run_dir):
+    """``status --json``: ``lock_holder`` is the holder's pid while ``lock_held``, null after."""
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "20", str(fs["btrfs"].mount_point))
+    assert held.returncode == Exit.OK, held.stderr
+    try:
+        status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+        assert status["lock_held"] and status["lock_holder"] == json.loads(held.stdout)["pid"]
+    finally:
+        assert quiesce(run_dir, "thaw").returncode == Exit.OK
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    assert status["lock_held"] is False and status["lock_holder"] is None
+
+
 def test_thaw_recovers_from_a_ledger_when_holder_and_guardian_are_dead(fs, run_dir):
     """Both processes killed: ``thaw`` thaws exactly what the ledger lists and removes it."""
     a = str(fs["btrfs"].mount_point)
