@@ -49,9 +49,10 @@ from quiesce.hold import (
     save_last_report,
 )
 from quiesce.mounts import Plan, escape_path, read_mountinfo
+from quiesce.notify import NOTIFY_PREFIX
 from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan
 from quiesce.procs import mount_id_of_fd, open_proven, wait_pidfd
-from quiesce.run import APPLICATION, CRASH, FILESYSTEM, RunResult
+from quiesce.run import APPLICATION, CRASH, FILESYSTEM, RUN_LOCK, RunResult
 from quiesce.rundir import RunDir
 from quiesce.sandbox import SandboxError
 
@@ -479,6 +480,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
                 # Not provably quiesce's: nothing it names is touched. The cgroups still are.
                 out["error"] = str(err)
                 code = Exit.ERROR
+            out["notify_dirs_removed"] = _remove_stale_notify_dirs(run_dir)
     out["leftover_cgroups_killed"] = _kill_leftover_cgroups()
     if args.json:
         emit_json(out, sys.stdout)
@@ -488,7 +490,20 @@ def cmd_recover(args: argparse.Namespace) -> int:
         _print_thaw(out)
         if out["leftover_cgroups_killed"]:
             print(f"killed leftover script cgroups: {', '.join(out['leftover_cgroups_killed'])}")
+        if out.get("notify_dirs_removed"):
+            print(f"removed notify directories of dead runs: {', '.join(out['notify_dirs_removed'])}")
     return code
+
+
+def _remove_stale_notify_dirs(run_dir: RunDir) -> list[str]:
+    """Remove the notify socket directories of runs that died (none is left while a run holds run.lock)."""
+    if lock_mod.held_by(run_dir, RUN_LOCK)[0]:
+        return []
+    stale = [n for n in os.listdir(run_dir.fd) if n.startswith(NOTIFY_PREFIX)]
+    for name in stale:
+        with contextlib.suppress(OSError):
+            run_dir.remove_private(name)
+    return stale
 
 
 def _recover_in(run_dir: RunDir, wait_s: float, out: dict[str, Any]) -> int:
@@ -888,7 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("QUIESCE_RUN_DIR", RUN_DIR),
         metavar="DIR",
         help=f"where the lock, ledger and guardian log live (default {RUN_DIR}, "
-        "or $QUIESCE_RUN_DIR); must not be on a filesystem that gets frozen",
+        "or $QUIESCE_RUN_DIR); it must be root's alone (refused if anyone else can write it or a "
+        "directory above it), is made mode 700 if missing, and must not be on a filesystem that "
+        "gets frozen",
     )
     parser = argparse.ArgumentParser(
         prog="quiesce",
@@ -947,7 +964,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         metavar="FILE",
         help="write Prometheus metrics of the run (last window, status, durations) to FILE, "
-        "atomically; point node_exporter's textfile collector at its directory",
+        "atomically; point node_exporter's textfile collector at its directory, which only root "
+        "may write (else the metrics are refused, the run stands)",
     )
     p.set_defaults(func=cmd_run)
 
@@ -1016,7 +1034,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="release or thaw what quiesce froze",
         description="Release a running freeze (foreground or --hold) and show its report. If the "
         "process that froze is gone, thaw exactly the filesystems its ledger lists, and only if "
-        "they are still the same mounts. --force thaws a named mount point regardless of any "
+        "they are still the same mounts. If the guardian already ended the last --hold at its "
+        "deadline, say so and exit 5 (once). --force thaws a named mount point regardless of any "
         "ledger (also one frozen by another tool).",
         epilog=EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1059,7 +1078,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="is anything frozen by quiesce?",
         description="Show the freeze in progress (from the ledger), whether its process and "
-        "guardian are alive, and the lock.",
+        "guardian are alive, the lock (and its holder while held), and how the last freeze ended.",
     )
     p.set_defaults(func=cmd_status)
     return parser

@@ -38,6 +38,9 @@ _UCRED = struct.Struct("iII")
 _MAX_FDS = 64
 _ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * 4) + socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(4)
 
+#: The name of a run's notify directory in the run directory, before the run ID.
+NOTIFY_PREFIX = "notify-"
+
 #: Decides whether a sender's pid may speak for the hook.
 SenderCheck = Callable[[int], bool]
 
@@ -67,7 +70,7 @@ class NotifyDir:
 
     def __init__(self, run_dir: str, run_id: str) -> None:
         self._run_dir = RunDir.open(run_dir)
-        self.name = f"notify-{run_id}"
+        self.name = f"{NOTIFY_PREFIX}{run_id}"
         try:
             # A leftover of a crashed run with the same ID holds nothing alive.
             self._run_dir.remove_private(self.name)

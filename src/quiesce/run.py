@@ -73,6 +73,8 @@ FAILED = "failed"
 FREEZE_FAILED = ("FsFreezeFailed", 121)
 FREEZE_TIMEOUT = ("FsFreezeTimeout", 122)
 SNAPSHOT_FAILED = ("SnapshotFailed", None)
+#: The lock one run holds in the run directory (the freeze lock is another).
+RUN_LOCK = "run.lock"
 
 #: The snapshot step, when quiesce is embedded: called inside the window.
 SnapshotStep = Callable[[], None]
@@ -435,7 +437,7 @@ def _post_steps(
 @contextlib.contextmanager
 def _run_lock(run_dir: str) -> Any:
     """One run at a time: a second is refused at once (LockHeldError)."""
-    lock = FreezeLock(run_dir, name="run.lock", what="run")
+    lock = FreezeLock(run_dir, name=RUN_LOCK, what="run")
     try:
         yield lock
     finally:

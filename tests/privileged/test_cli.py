@@ -272,3 +272,18 @@ def test_hold_that_cannot_freeze_reports_the_error(fs, run_dir):
         assert ledger_mod.read(run_dir) is None
     finally:
         assert is_frozen(fs["xfs"])
+
+
+def test_recover_removes_notify_dirs_of_dead_runs_only(run_dir):
+    """``recover`` removes the notify directories a killed run left, never while a run holds run.lock."""
+    from quiesce.lock import FreezeLock
+
+    stale = os.path.join(run_dir, "notify-20250101T000000Z-1")
+    os.mkdir(stale, 0o700)
+    open(os.path.join(stale, "0"), "w").close()
+    with FreezeLock(run_dir, name="run.lock", what="run"):
+        kept = json.loads(quiesce(run_dir, "recover", "--json").stdout)
+        assert kept["notify_dirs_removed"] == [] and os.path.isdir(stale)
+    out = json.loads(quiesce(run_dir, "recover", "--json").stdout)
+    assert out["notify_dirs_removed"] == ["notify-20250101T000000Z-1"]
+    assert not os.path.exists(stale)
