@@ -10,7 +10,7 @@ Under systemd with ``Delegate=yes`` (``systemd/quiesce.service``) the
 service owns its cgroup and systemd the rest of the tree: quiesce then
 makes its cgroups under its own, ``<service cgroup>/quiesce/...``
 (:func:`run_parent`). systemd marks a delegated cgroup with the
-``trusted.delegate`` (or, for a user manager, ``user.delegate``) xattr.
+``trusted.delegate`` xattr.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from quiesce.mounts import read_mountinfo
 from quiesce.procs import cgroup_of
 
 PARENT = "quiesce"
-#: The xattrs systemd sets to 1 on a cgroup it delegated (system and user managers).
-DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
+#: The xattr systemd's system manager sets to 1 on a cgroup it delegated.
+DELEGATE_XATTR = "trusted.delegate"
 
 
 def cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
@@ -40,16 +40,22 @@ def cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
 
 
 def delegated_cgroup(root: str, own: str | None = None) -> str | None:
-    """This process's cgroup (or ``own``, a /proc/PID/cgroup path) if it was delegated to it, else None."""
+    """This process's cgroup (or ``own``, a /proc/PID/cgroup path) if it was delegated to it, else None.
+
+    Delegated means: marked ``trusted.delegate=1`` (only a privileged
+    manager can set a ``trusted.`` xattr) and owned by this process's user,
+    as systemd leaves a ``Delegate=yes`` unit's cgroup.
+    """
     own = own if own is not None else cgroup_of(os.getpid())
     if own is None or own.strip("/") == "":
         return None
     path = os.path.join(root, own.strip("/"))
-    for name in DELEGATE_XATTRS:
-        with contextlib.suppress(OSError):
-            if os.getxattr(path, name).strip() == b"1":
-                return path
-    return None
+    try:
+        if os.stat(path).st_uid != os.geteuid():
+            return None
+        return path if os.getxattr(path, DELEGATE_XATTR).strip() == b"1" else None
+    except OSError:
+        return None
 
 
 def run_parent(root: str) -> str:

@@ -589,12 +589,18 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
     acknowledge_last_report(run_dir, report)
     if report.get("ok"):
         return Exit.OK
-    return Exit.GUARDIAN_THAWED if report.get("guardian_reason") else Exit.ERROR
+    if report.get("guardian_reason"):
+        out["message"] = (
+            f"the guardian had already thawed ({report['guardian_reason']}) before this release: "
+            "a snapshot taken while it was held is not trusted"
+        )
+        return Exit.GUARDIAN_THAWED
+    return Exit.ERROR
 
 
 def _print_thaw(out: dict[str, Any]) -> None:
     for r in out.get("forced", []):
-        print(f"{r['mount_point']}: {r['outcome']}")
+        print(f"{escape_path(r['mount_point'])}: {r['outcome']}")
     if "message" in out:
         print(out["message"])
     if "released" in out:
@@ -602,9 +608,9 @@ def _print_thaw(out: dict[str, Any]) -> None:
         rep = out.get("report")
         if rep:
             print(f"  window {human_ns(rep.get('window_ns'))}; ", end="")
-            print(", ".join(f"{t['mount_point']} {t['state']}" for t in rep["targets"]))
+            print(", ".join(f"{escape_path(t['mount_point'])} {t['state']}" for t in rep["targets"]))
     for r in out.get("recovered", []):
-        print(f"{r['mount_point']} ({r['dev']}): {r['outcome']}")
+        print(f"{escape_path(r['mount_point'])} ({r['dev']}): {r['outcome']}")
 
 
 # -- status -------------------------------------------------------------------

@@ -143,7 +143,11 @@ class SessionHook:
         self.isolation = "cgroup" if self.cgroup is not None else "process-group"
         if self.cgroup is not None:
             self._stack.callback(self.cgroup.close)
-        self.notify = notify_dir.socket()
+        try:
+            self.notify = notify_dir.socket()
+        except BaseException:
+            self._stack.close()
+            raise
         self._stack.callback(self.notify.close)
         self.notify_path = self.notify.path
         environ = script_environment(

@@ -9,6 +9,7 @@ nor writes anything because of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from quiesce.cli import Exit
 from quiesce.errors import UnsafeRunDirError
 from quiesce.freeze import Freeze, FreezeOptions, frozen
 from quiesce.procs import start_time
+from quiesce.run import run
 from tests.privileged.conftest import external_freeze, is_frozen, targets
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
@@ -209,6 +211,15 @@ def test_the_api_refuses_an_unsafe_run_dir(fs, base):
         pytest.fail("froze with a run directory another user owns")
     assert not is_frozen(fs["ext4"])
     assert os.listdir(run_dir) == []
+
+
+def test_the_run_api_refuses_an_unsafe_run_dir_before_any_script(setup, base):
+    """RunOptions(run_dir=...) too: UnsafeRunDirError before the pre-script runs or anything freezes."""
+    setup.config()
+    options = dataclasses.replace(setup.options(), run_dir=user_dir(base))
+    with pytest.raises(UnsafeRunDirError, match="is unsafe"):
+        run(options)
+    assert setup.events() == []
 
 
 def test_a_missing_run_dir_is_made_root_only_with_its_parents(fs, base):

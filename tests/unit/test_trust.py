@@ -128,12 +128,18 @@ def test_plain_log_values_with_control_characters_are_quoted():
 
 
 def test_a_delegated_cgroup_is_recognised_by_its_xattr(tmp_path):
-    """A cgroup with user.delegate=1 (or trusted.delegate=1) is delegated; the top and others are not."""
-    (tmp_path / "svc").mkdir()
-    (tmp_path / "other").mkdir()
-    os.setxattr(tmp_path / "svc", "user.delegate", b"1")
+    """Ours and marked trusted.delegate=1: delegated; user.delegate, another owner, the top: not."""
+    if os.geteuid() != 0:
+        pytest.skip("trusted.* xattrs need root")
+    for name in ("svc", "user-marked", "theirs", "other"):
+        (tmp_path / name).mkdir()
+    os.setxattr(tmp_path / "svc", "trusted.delegate", b"1")
+    os.setxattr(tmp_path / "user-marked", "user.delegate", b"1")  # anyone who owns it can set this
+    os.setxattr(tmp_path / "theirs", "trusted.delegate", b"1")
+    os.chown(tmp_path / "theirs", 65534, 65534)
     assert delegated_cgroup(str(tmp_path), "/svc") == str(tmp_path / "svc")
-    assert delegated_cgroup(str(tmp_path), "/other") is None
+    for name in ("user-marked", "theirs", "other"):
+        assert delegated_cgroup(str(tmp_path), f"/{name}") is None, name
     assert delegated_cgroup(str(tmp_path), "/") is None
 
 
