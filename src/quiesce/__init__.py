@@ -37,6 +37,7 @@ from quiesce.errors import (
     ScriptError,
     TargetError,
     ThawError,
+    UnsafeRunDirError,
 )
 from quiesce.freeze import FilesystemResult, Freeze, FreezeOptions, FreezeReport, frozen
 from quiesce.mounts import Plan, Skipped, SkipReason, Target
@@ -85,6 +86,7 @@ __all__ = [
     "Target",
     "TargetError",
     "ThawError",
+    "UnsafeRunDirError",
     "frozen",
     "load_config",
     "parse_config",
@@ -109,7 +111,8 @@ def run(
     ``config`` is a config file path (checked and validated), an already
     loaded config, or None for ``options.config_path`` (default Azure's
     path). ``snapshot`` is called inside the frozen window; the guardian
-    bounds it. Raises for an invalid config or a held lock; every other
+    bounds it. Raises for an invalid config, a run directory someone
+    but root could change (:class:`UnsafeRunDirError`) or a held lock; every other
     outcome is in the returned :class:`RunResult`.
     """
     opts = options or RunOptions()
