@@ -42,9 +42,11 @@ from quiesce.freeze import (
 from quiesce.hold import (
     DETACHED,
     FOREGROUND,
+    HOLDING,
     Release,
     acknowledge_last_report,
     expired_hold,
+    mark_holding,
     read_last_report,
     save_last_report,
 )
@@ -190,14 +192,15 @@ def _freeze_options(args: argparse.Namespace) -> FreezeOptions:
     )
 
 
-def _report_exit(report: FreezeReport, err: BaseException | None) -> int:
+def _report_exit(report: FreezeReport, err: BaseException | None, released_by: str | None = None) -> int:
     if isinstance(err, ThawError):
         return Exit.THAW_FAILED
     if isinstance(err, FreezeError):
         return Exit.FREEZE_FAILED
     if err is not None:
         return Exit.ERROR
-    if report.guardian_reason is not None:
+    # Held to the deadline: whoever thawed first, no release came in time.
+    if report.guardian_reason is not None or released_by == "deadline":
         return Exit.GUARDIAN_THAWED
     return Exit.OK if report.ok else Exit.ERROR
 
@@ -243,6 +246,9 @@ def hold(
     try:
         with f:
             f.prepare()
+            if mode == DETACHED and f.run_dir is not None:
+                with contextlib.suppress(OSError):
+                    mark_holding(f.run_dir, f.run_id, os.getpid())
             f.freeze()
             announce(f)
             announced = True
@@ -304,7 +310,7 @@ def cmd_freeze(args: argparse.Namespace) -> int:
         print_report(report, sys.stdout)
         if released_by:
             sys.stdout.write(f"  released by {released_by}\n")
-    return _report_exit(report, err)
+    return _report_exit(report, err, released_by)
 
 
 def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
@@ -326,8 +332,8 @@ def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
             _write_line(w, json.dumps(_frozen_event(f)))
             os.close(w)
 
-        report, _, err = hold(plan, options, announce, use_stdin=False, mode=DETACHED)
-        code = _report_exit(report, err)
+        report, released_by, err = hold(plan, options, announce, use_stdin=False, mode=DETACHED)
+        code = _report_exit(report, err, released_by)
         if err is not None:
             failure = {"error": str(err), "report": report.to_dict()}
     except BaseException as e:  # the holder must always say why it ends
@@ -559,12 +565,13 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
     if led is None:
         out["ledger"] = None
         last = read_last_report(run_dir)
-        if expired_hold(last):
+        why = expired_hold(last)
+        if why is not None:
             assert last is not None
             out["report"] = last
             out["message"] = (
-                f"the hold {last['run_id']} was already thawed by the guardian ({last['guardian_reason']}) "
-                "before this release: a snapshot taken while it was held is not trusted"
+                f"the hold {last['run_id']} had already ended before this release ({why}): "
+                "a snapshot taken while it was held is not trusted"
             )
             acknowledge_last_report(run_dir, last)
             return Exit.GUARDIAN_THAWED
@@ -587,11 +594,12 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
     if report is None:
         return Exit.OK
     acknowledge_last_report(run_dir, report)
-    if report.get("ok"):
+    if report.get("ok") and report.get("released_by") != "deadline":
         return Exit.OK
-    if report.get("guardian_reason"):
+    if report.get("guardian_reason") or report.get("released_by") == "deadline":
         out["message"] = (
-            f"the guardian had already thawed ({report['guardian_reason']}) before this release: "
+            f"the hold had already ended at its deadline ({report.get('guardian_reason') or 'deadline'}) "
+            "before this release: "
             "a snapshot taken while it was held is not trusted"
         )
         return Exit.GUARDIAN_THAWED
@@ -635,7 +643,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 led = ledger_mod.read(run_dir)
             except LedgerError as err:
                 status["ledger_error"] = str(err)
-            status["last_hold"] = _last_hold(read_last_report(run_dir))
+            last = read_last_report(run_dir)
+            in_progress = led is not None and last is not None and last.get("run_id") == led.run_id
+            status["last_hold"] = _last_hold(last, in_progress)
     if led is not None:
         status["ledger"] = led.to_dict()
         status["holder_alive"] = _proven_alive(led.pid, led.pid_start, led)
@@ -679,12 +689,16 @@ def _proven_alive(pid: int, started: int, led: ledger_mod.Ledger) -> bool:
     return True
 
 
-def _last_hold(data: dict[str, Any] | None) -> dict[str, Any] | None:
+def _last_hold(data: dict[str, Any] | None, in_progress: bool) -> dict[str, Any] | None:
     """The outcome of the last ``quiesce freeze`` (``--hold`` or not), for ``status``."""
     if data is None:
         return None
-    if data.get("guardian_reason"):
+    if data.get("state") == HOLDING:
+        outcome = "holding" if in_progress else "ended without its holder's report (killed?)"
+    elif data.get("guardian_reason"):
         outcome = f"thawed by the guardian ({data['guardian_reason']}) before its release"
+    elif data.get("released_by") == "deadline":
+        outcome = "thawed at its deadline, before any release"
     elif data.get("ok"):
         outcome = "released and thawed"
     else:

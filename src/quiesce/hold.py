@@ -31,6 +31,8 @@ LAST_REPORT = "last-report.json"
 #: ``mode`` of a last report: a ``freeze --hold`` (a later ``quiesce thaw`` releases it) or not.
 DETACHED = "hold"
 FOREGROUND = "foreground"
+#: ``state`` of the last report of a ``freeze --hold`` still holding (or killed while it held).
+HOLDING = "holding"
 
 
 class Release:
@@ -105,11 +107,41 @@ def acknowledge_last_report(run_dir: RunDir, data: dict[str, Any]) -> None:
             save_last_report(run_dir, {**data, "acknowledged": True})
 
 
-def expired_hold(data: dict[str, Any] | None) -> bool:
-    """True for a ``freeze --hold`` the guardian ended before any ``quiesce thaw`` released it."""
-    return (
-        data is not None
-        and data.get("mode") == DETACHED
-        and not data.get("acknowledged")
-        and data.get("guardian_reason") is not None
+def mark_holding(run_dir: RunDir, run_id: str, pid: int) -> None:
+    """Before a ``freeze --hold`` freezes: its last report says "holding" until its end replaces it.
+
+    So a hold whose holder was killed (the guardian then thaws and drops the
+    ledger, but cannot write a report) is not taken for a clean one.
+    """
+    save_last_report(
+        run_dir,
+        {
+            "run_id": run_id,
+            "mode": DETACHED,
+            "state": HOLDING,
+            "pid": pid,
+            "ok": False,
+            "guardian_reason": None,
+            "released_by": None,
+            "window_ns": None,
+            "acknowledged": False,
+        },
     )
+
+
+def expired_hold(data: dict[str, Any] | None) -> str | None:
+    """Why a ``freeze --hold`` ended before any ``quiesce thaw`` released it, or None.
+
+    The guardian thawed at its deadline (or a FIFREEZE blocked), or the
+    holder was killed and never reported: either way the window ended
+    unannounced, and the next ``quiesce thaw`` must say so.
+    """
+    if data is None or data.get("mode") != DETACHED or data.get("acknowledged"):
+        return None
+    if data.get("state") == HOLDING:
+        return "its holder was killed; the guardian thawed"
+    if data.get("guardian_reason") is not None:
+        return f"the guardian thawed ({data['guardian_reason']})"
+    if data.get("released_by") == "deadline":
+        return "its deadline passed"
+    return None
