@@ -130,9 +130,11 @@ def test_without_cgroups_only_the_hooks_session_may_notify(setup, monkeypatch, n
     """Without cgroup v2 (process-group fallback), READY=1 counts only from the hook's own session."""
     monkeypatch.setattr(hooks.ScriptCgroup, "create", lambda *a, **k: None)
     where = os.path.join(setup.base, "socket")
+    go = os.path.join(setup.base, "go")
     body = PUBLISH.format(where=where)
-    if notify:
-        body = body.replace("  read line", "  systemd-notify --ready\n  read line")
+    if notify:  # after the spoof: datagrams are read in order, the spoof first
+        wait = f"  while [ ! -e {go} ]; do sleep 0.02; done\n"
+        body = body.replace("  read line", wait + "  systemd-notify --ready\n  read line")
     path = setup.hook("10-db.session", body)
     checked = open_script(path, "pre")
     notify_dir = NotifyDir(setup.run_dir, "test-run")
@@ -147,6 +149,7 @@ def test_without_cgroups_only_the_hooks_session_may_notify(setup, monkeypatch, n
     try:
         assert session.isolation == "process-group"
         assert send_ready(_published(where))  # from this test's session: not the hook's
+        open(go, "w").close()
         assert session.wait_ready() is notify
         assert session.notify.refused == 1
     finally:

@@ -38,6 +38,7 @@ EXPECTED = {
     "Target",
     "TargetError",
     "ThawError",
+    "UnsafeRunDirError",
     "frozen",
     "load_config",
     "parse_config",
