@@ -10,6 +10,8 @@ when a benchmark failed.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,6 +61,14 @@ def ext4_target(ext4: LoopFs) -> Target:
     (target,) = plan.targets
     assert target.mount.source == ext4.device
     return target
+
+
+@pytest.fixture
+def root_run_dir(private_namespace: None) -> Iterator[str]:
+    """A run directory quiesce accepts: root's, mode 700, under /run (never under /tmp)."""
+    d = tempfile.mkdtemp(prefix="quiesce-bench-run-", dir="/run")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

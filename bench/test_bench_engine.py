@@ -144,11 +144,9 @@ def test_session_arm_disarm(benchmark, ext4_fd: int, ext4_target: Target) -> Non
     assert statuses and set(statuses) == {0}
 
 
-def test_freeze_path_total(benchmark, report_figures, ext4_target: Target, tmp_path: Path) -> None:
+def test_freeze_path_total(benchmark, report_figures, ext4_target: Target, root_run_dir: str) -> None:
     """The whole Freeze: lock, ledger, guardian, pre-flush, cycle, disarm, report."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    opts = FreezeOptions(timeout_s=TIMEOUT_NS / 1e9, run_dir=str(run_dir))
+    opts = FreezeOptions(timeout_s=TIMEOUT_NS / 1e9, run_dir=root_run_dir)
     windows: list[int] = []
     states: list[str] = []
 

@@ -189,8 +189,9 @@ static void orphaned(struct qz_session *s)
             e != EINVAL)
             clean = 0;
     }
-    if (clean && s->ledger_path[0] != '\0')
-        unlink(s->ledger_path);
+    /* By name in the run directory's fd: no path is resolved again. */
+    if (clean && s->ledger_dirfd >= 0 && s->ledger_name[0] != '\0')
+        unlinkat(s->ledger_dirfd, s->ledger_name, 0);
     /* Undo a system setting the orchestrator changed for the window. */
     if (s->restore_fd >= 0 && s->restore_len > 0) {
         ssize_t rc;
@@ -407,7 +408,7 @@ static int wait_ready(int sock)
 
 int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
                     int64_t step_timeout_ns, int report_fd, int keep_fd,
-                    const char *ledger_path)
+                    int proof_fd, int ledger_dirfd, const char *ledger_name)
 {
     int sv[2], devnull, *keep;
     size_t nkeep = 0, i;
@@ -417,17 +418,20 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
 
     if (s->guardian_pid > 0)
         return -EALREADY;
-    if (ledger_path != NULL && strlen(ledger_path) >= sizeof(s->ledger_path))
-        return -ENAMETOOLONG;
+    if (ledger_name != NULL &&
+        (strlen(ledger_name) >= sizeof(s->ledger_name) || strchr(ledger_name, '/') != NULL))
+        return -EINVAL;
     s->timeout_ns = timeout_ns;
     s->step_timeout_ns = step_timeout_ns;
     s->report_fd = report_fd;
     s->keep_fd = keep_fd;
-    s->ledger_path[0] = '\0';
-    if (ledger_path != NULL)
-        strcpy(s->ledger_path, ledger_path);
+    s->proof_fd = proof_fd;
+    s->ledger_dirfd = ledger_name != NULL ? ledger_dirfd : -1;
+    s->ledger_name[0] = '\0';
+    if (ledger_name != NULL)
+        strcpy(s->ledger_name, ledger_name);
 
-    keep = malloc((s->n + 4) * sizeof(*keep));
+    keep = malloc((s->n + 6) * sizeof(*keep));
     if (keep == NULL)
         return -ENOMEM;
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -448,6 +452,10 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
         keep[nkeep++] = report_fd;
     if (keep_fd >= 0)
         keep[nkeep++] = keep_fd;
+    if (proof_fd >= 0)
+        keep[nkeep++] = proof_fd;
+    if (s->ledger_dirfd >= 0)
+        keep[nkeep++] = s->ledger_dirfd;
     if (s->restore_fd >= 0)
         keep[nkeep++] = s->restore_fd;
     for (i = 0; i < s->n; i++)

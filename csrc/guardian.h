@@ -18,7 +18,7 @@
 /* cdef-begin */
 int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
                     int64_t step_timeout_ns, int report_fd, int keep_fd,
-                    const char *ledger_path);
+                    int proof_fd, int ledger_dirfd, const char *ledger_name);
 int qz_guardian_disarm(struct qz_session *s, int64_t wait_ns);
 int qz_guardian_restore_on_orphan(struct qz_session *s, int fd,
                                   const char *value, uint32_t len);

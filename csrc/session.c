@@ -61,6 +61,8 @@ struct qz_session *qz_session_new(const int *fds, uint32_t n)
     s->guardian_status = -1;
     s->report_fd = -1;
     s->keep_fd = -1;
+    s->proof_fd = -1;
+    s->ledger_dirfd = -1;
     s->restore_fd = -1;
     for (i = 0; i < n; i++)
         s->fs[i].fd = fds[i];

@@ -34,7 +34,7 @@
 #define QZ_FIRED_ORPHANED 2      /* the orchestrator died */
 #define QZ_FIRED_BLOCKED 3       /* one FIFREEZE blocked past its own deadline */
 
-#define QZ_LEDGER_PATH_MAX 4096
+#define QZ_LEDGER_NAME_MAX 256
 
 struct qz_fs {
     int32_t fd;
@@ -70,10 +70,12 @@ struct qz_session {
     int32_t guardian_status;   /* wait status once reaped, else -1 */
     int32_t report_fd;
     int32_t keep_fd;
+    int32_t proof_fd;          /* kept open: proves the guardian is this freeze's */
+    int32_t ledger_dirfd;      /* the run directory; the ledger is a name in it */
     int32_t restore_fd;        /* written with restore_value if orphaned; -1: none */
     int32_t restore_len;
     char restore_value[16];
-    char ledger_path[4096];
+    char ledger_name[256];
     struct qz_fs fs[];
 };
 

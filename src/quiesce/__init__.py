@@ -50,6 +50,7 @@ from quiesce.errors import (
     ScriptError,
     TargetError,
     ThawError,
+    UnsafeRunDirError,
     WindowExpiredError,
 )
 from quiesce.freeze import FilesystemResult, Freeze, FreezeOptions, FreezeReport, frozen
@@ -101,6 +102,7 @@ __all__ = [
     "Target",
     "TargetError",
     "ThawError",
+    "UnsafeRunDirError",
     "WindowExpiredError",
     "__version__",
     "frozen",
@@ -127,7 +129,8 @@ def run(
     ``config`` is a config file path (checked and validated), an already
     loaded config, or None for ``options.config_path`` (default Azure's
     path). ``snapshot`` is called inside the frozen window; the guardian
-    bounds it. Raises for an invalid config or a held lock; every other
+    bounds it. Raises for an invalid config, a run directory someone
+    but root could change (:class:`UnsafeRunDirError`) or a held lock; every other
     outcome is in the returned :class:`RunResult`.
     """
     opts = options or RunOptions()

@@ -5,6 +5,12 @@ leave its cgroup. Each attempt gets ``<cgroup2>/quiesce/<name>``, the child
 starts directly inside it (``CLONE_INTO_CGROUP``), and ``cgroup.kill`` ends
 everything in it. Without a writable cgroup v2 hierarchy the caller falls
 back to the process group, and says so in the result.
+
+Under systemd with ``Delegate=yes`` (``systemd/quiesce.service``) the
+service owns its cgroup and systemd the rest of the tree: quiesce then
+makes its cgroups under its own, ``<service cgroup>/quiesce/...``
+(:func:`run_parent`). systemd marks a delegated cgroup with the
+``trusted.delegate`` xattr.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from types import TracebackType
 
 from quiesce import native
 from quiesce.mounts import read_mountinfo
+from quiesce.procs import cgroup_of
 
 PARENT = "quiesce"
+#: The xattr systemd's system manager sets to 1 on a cgroup it delegated.
+DELEGATE_XATTR = "trusted.delegate"
 
 
 def cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
@@ -30,12 +39,37 @@ def cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     return None
 
 
+def delegated_cgroup(root: str, own: str | None = None) -> str | None:
+    """This process's cgroup (or ``own``, a /proc/PID/cgroup path) if it was delegated to it, else None.
+
+    Delegated means: marked ``trusted.delegate=1`` (only a privileged
+    manager can set a ``trusted.`` xattr) and owned by this process's user,
+    as systemd leaves a ``Delegate=yes`` unit's cgroup.
+    """
+    own = own if own is not None else cgroup_of(os.getpid())
+    if own is None or own.strip("/") == "":
+        return None
+    path = os.path.join(root, own.strip("/"))
+    try:
+        if os.stat(path).st_uid != os.geteuid():
+            return None
+        return path if os.getxattr(path, DELEGATE_XATTR).strip() == b"1" else None
+    except OSError:
+        return None
+
+
+def run_parent(root: str) -> str:
+    """Where a run's cgroups go: under a delegated cgroup of ours, else at the hierarchy's top."""
+    return os.path.join(delegated_cgroup(root) or root, PARENT)
+
+
 class ScriptCgroup:
     """One cgroup for one script attempt; remove it with :meth:`close`."""
 
     def __init__(self, root: str, name: str, parent: str | None = None) -> None:
+        self.root = root
         if parent is None:
-            parent = os.path.join(root, PARENT)
+            parent = run_parent(root)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(parent, 0o755)
         self.path = os.path.join(parent, name)
@@ -56,6 +90,11 @@ class ScriptCgroup:
             return cls(root, name, parent)
         except OSError:
             return None
+
+    @property
+    def relative_path(self) -> str:
+        """The cgroup as ``/proc/PID/cgroup`` names it: its path below the hierarchy's root."""
+        return "/" + os.path.relpath(self.path, self.root)
 
     def pids(self) -> list[int]:
         """The processes in the cgroup now."""
@@ -127,7 +166,8 @@ class ScriptCgroup:
 class RunCgroup:
     """The parent cgroup of one run's scripts, with a watchdog that kills it if the run dies.
 
-    ``<cgroup2>/quiesce/<run_id>``; every script, hook and snapshot command of
+    ``<cgroup2>/quiesce/<run_id>`` (under the service's own cgroup when
+    systemd delegated it); every script, hook and snapshot command of
     the run gets a child cgroup under it. If the run's process dies (SIGKILL
     included), the watchdog writes ``cgroup.kill`` here: nothing the run
     started survives it. :func:`kill_orphaned_run_cgroups` removes what is
@@ -188,21 +228,25 @@ _RUN_PID = re.compile(r"-(\d+)$")
 
 
 def kill_orphaned_run_cgroups(root: str | None = None) -> list[str]:
-    """Kill and remove the cgroups of runs whose process is gone; returns their names."""
+    """Kill and remove the cgroups of runs whose process is gone; returns their names.
+
+    Looks under this process's delegated cgroup (if any) and at the top of
+    the hierarchy.
+    """
     root = root or cgroup2_root()
     if root is None:
         return []
-    parent = os.path.join(root, PARENT)
-    try:
-        names = os.listdir(parent)
-    except FileNotFoundError:
-        return []
     removed = []
-    for name in sorted(names):
-        path = os.path.join(parent, name)
-        m = _RUN_PID.search(name)
-        if not os.path.isdir(path) or m is None or os.path.exists(f"/proc/{m.group(1)}"):
+    for parent in dict.fromkeys((run_parent(root), os.path.join(root, PARENT))):
+        try:
+            names = os.listdir(parent)
+        except FileNotFoundError:
             continue
-        _remove_tree(path)
-        removed.append(name)
+        for name in sorted(names):
+            path = os.path.join(parent, name)
+            m = _RUN_PID.search(name)
+            if not os.path.isdir(path) or m is None or os.path.exists(f"/proc/{m.group(1)}"):
+                continue
+            _remove_tree(path)
+            removed.append(name)
     return removed

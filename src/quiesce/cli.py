@@ -11,7 +11,6 @@ import contextlib
 import enum
 import json
 import os
-import select
 import signal
 import sys
 import time
@@ -27,6 +26,7 @@ from quiesce.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH, DEFAULT
 from quiesce.errors import (
     ConfigError,
     FreezeError,
+    LedgerError,
     LockHeldError,
     NotFrozenError,
     QuiesceError,
@@ -41,16 +41,26 @@ from quiesce.freeze import (
     FreezeOptions,
     FreezeReport,
 )
-from quiesce.hold import Release
-from quiesce.mounts import Plan, read_mountinfo
+from quiesce.hold import (
+    DETACHED,
+    FOREGROUND,
+    HOLDING,
+    Release,
+    acknowledge_last_report,
+    expired_hold,
+    mark_holding,
+    read_last_report,
+    save_last_report,
+)
+from quiesce.mounts import Plan, escape_path, read_mountinfo
+from quiesce.notify import NOTIFY_PREFIX
 from quiesce.output import SafeStream, describe, reopen_closed_std_fds
 from quiesce.plan import VMBACKUP_CONF, check_explicit, make_plan, target_problems
-from quiesce.procs import is_alive, mount_id_of_fd
+from quiesce.procs import mount_id_of_fd, open_proven, wait_pidfd
 from quiesce.qga import command as qga_command
-from quiesce.run import APPLICATION, CRASH, FILESYSTEM, HoldAnnouncement, RunResult
+from quiesce.run import APPLICATION, CRASH, FILESYSTEM, RUN_LOCK, HoldAnnouncement, RunResult
+from quiesce.rundir import RunDir
 from quiesce.sandbox import SandboxError
-
-LAST_REPORT = "last-report.json"
 
 
 class Exit(enum.IntEnum):
@@ -156,17 +166,18 @@ def print_plan(plan: Plan, out: TextIO) -> None:
         out.write("freeze order (thawed in reverse):\n")
         for i, t in enumerate(plan.targets, 1):
             m = t.mount
-            extra = f"  [loop on {t.backing_target}]" if t.backing_target else ""
-            out.write(f"  {i:2}. {m.mount_point}  {m.fstype}  {m.dev}  {m.source}{extra}\n")
+            extra = f"  [loop on {escape_path(t.backing_target)}]" if t.backing_target else ""
+            where = f"{escape_path(m.mount_point)}  {m.fstype}  {m.dev}  {escape_path(m.source)}"
+            out.write(f"  {i:2}. {where}{extra}\n")
     else:
         out.write("nothing would be frozen\n")
     if plan.skipped:
         out.write("skipped:\n")
         for s in plan.skipped:
             m = s.mount
-            out.write(f"  {m.mount_point}  {m.fstype}  {s.reason.value}: {s.detail}\n")
+            out.write(f"  {escape_path(m.mount_point)}  {m.fstype}  {s.reason.value}: {s.detail}\n")
     for pattern in plan.unmatched:
-        out.write(f"no mount matches {pattern}\n")
+        out.write(f"no mount matches {escape_path(pattern)}\n")
 
 
 def print_report(report: FreezeReport, out: TextIO) -> None:
@@ -175,7 +186,7 @@ def print_report(report: FreezeReport, out: TextIO) -> None:
     out.write(f", pre-flush {human_ns(report.preflush_ns)}\n")
     for t in report.targets:
         line = (
-            f"  {t.mount_point:<24} {t.fstype:<6} {t.state:<18} "
+            f"  {escape_path(t.mount_point):<24} {t.fstype:<6} {t.state:<18} "
             f"freeze {human_ns(t.freeze_ns):>9}  thaw {human_ns(t.thaw_ns):>9}"
         )
         if t.freeze_errno:
@@ -233,25 +244,31 @@ def _freeze_options(args: argparse.Namespace) -> FreezeOptions:
     )
 
 
-def _report_exit(report: FreezeReport, err: BaseException | None) -> int:
+def _report_exit(report: FreezeReport, err: BaseException | None, released_by: str | None = None) -> int:
     if isinstance(err, ThawError):
         return Exit.THAW_FAILED
     if isinstance(err, FreezeError):
         return Exit.FREEZE_FAILED
     if err is not None:
         return Exit.ERROR
-    if report.guardian_reason is not None:
+    # Held to the deadline: whoever thawed first, no release came in time.
+    if report.guardian_reason is not None or released_by == "deadline":
         return Exit.GUARDIAN_THAWED
     return Exit.OK if report.ok else Exit.ERROR
 
 
-def _save_report(run_dir: str, report: FreezeReport, released_by: str | None) -> None:
-    data = report.to_dict() | {"released_by": released_by}
-    with contextlib.suppress(OSError):
-        tmp = os.path.join(run_dir, f".{LAST_REPORT}.{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.rename(tmp, os.path.join(run_dir, LAST_REPORT))
+def _save_report(
+    run_dir: RunDir | None, report: FreezeReport, released_by: str | None, mode: str, acknowledged: bool
+) -> None:
+    data = report.to_dict() | {
+        "released_by": released_by,
+        "mode": mode,
+        "pid": os.getpid(),
+        "acknowledged": acknowledged,
+    }
+    if run_dir is not None:
+        with contextlib.suppress(OSError):
+            save_last_report(run_dir, data)
 
 
 def hold(
@@ -259,15 +276,31 @@ def hold(
     options: FreezeOptions,
     announce: Callable[[Freeze], None],
     use_stdin: bool,
+    mode: str = FOREGROUND,
 ) -> tuple[FreezeReport, str | None, BaseException | None]:
-    """Freeze, announce, wait for the release, thaw. Returns the report, what released it and the error."""
+    """Freeze, announce, wait for the release, thaw. Returns the report, what released it and the error.
+
+    The outcome is saved as the run directory's last report before the
+    ledger goes (see quiesce.hold); one whose caller never heard "frozen"
+    is saved as already told.
+    """
     release = Release()
     released_by: str | None = None
     err: BaseException | None = None
+    announced = saved = False
     f = Freeze(plan.targets, options)
+
+    def save(report: FreezeReport) -> None:
+        nonlocal saved
+        saved = True
+        _save_report(f.run_dir, report, released_by, mode, acknowledged=not announced)
+
     try:
         with f:
             f.prepare()
+            if mode == DETACHED and f.run_dir is not None:
+                with contextlib.suppress(OSError):
+                    mark_holding(f.run_dir, f.run_id, os.getpid())
             f.freeze()
             try:
                 announce(f)
@@ -275,12 +308,19 @@ def hold(
                 # Nobody learnt it is frozen: nothing can be taken in this window; end it now.
                 released_by = f"announcement failed: {describe(e)}"
             else:
+                announced = True
                 released_by = release.wait(f.remaining_ns, use_stdin)
+            f.close(on_report=save)
     except (FreezeError, ThawError) as e:
         err = e
     finally:
         release.close()
-    _save_report(options.run_dir, f.report, released_by)
+    if not saved:
+        with contextlib.suppress(OSError, QuiesceError):
+            run_dir = RunDir.open_existing(options.run_dir)
+            if run_dir is not None:
+                with run_dir:
+                    _save_report(run_dir, f.report, released_by, mode, acknowledged=not announced)
     return f.report, released_by, err
 
 
@@ -316,7 +356,7 @@ def cmd_freeze(args: argparse.Namespace) -> int:
         else:
             how = "a line or EOF on stdin, " if not args.no_stdin else ""
             out.write(
-                f"frozen: {', '.join(t.mount.mount_point for t in f.targets)}; "
+                f"frozen: {' '.join(escape_path(t.mount.mount_point) for t in f.targets)}; "
                 f"release with {how}SIGTERM/SIGINT, or `quiesce thaw`; "
                 f"the guardian thaws in {human_ns(f.remaining_ns())}\n"
             )
@@ -332,7 +372,7 @@ def cmd_freeze(args: argparse.Namespace) -> int:
             out.write(f"  released by {released_by}\n")
     if out.failure is not None:
         SafeStream("stderr", sys.stderr).write(f"quiesce: output to stdout failed: {out.failure}\n")
-    code = _report_exit(report, err)
+    code = _report_exit(report, err, released_by)
     if code == Exit.OK and released_by is not None and released_by.startswith("announcement failed"):
         return Exit.ERROR
     return code
@@ -357,8 +397,8 @@ def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
             _write_line(w, json.dumps(_frozen_event(f)))
             os.close(w)
 
-        report, _, err = hold(plan, options, announce, use_stdin=False)
-        code = _report_exit(report, err)
+        report, released_by, err = hold(plan, options, announce, use_stdin=False, mode=DETACHED)
+        code = _report_exit(report, err, released_by)
         if err is not None:
             failure = {"error": str(err), "report": report.to_dict()}
     except BaseException as e:  # the holder must always say why it ends
@@ -395,7 +435,7 @@ def _hold_detached(args: argparse.Namespace, plan: Plan, options: FreezeOptions)
             emit_json(event, sys.stdout)
         else:
             print(
-                f"frozen: {', '.join(event['targets'])} (holder pid {event['pid']}); "
+                f"frozen: {' '.join(escape_path(t) for t in event['targets'])} (holder pid {event['pid']}); "
                 f"release with `quiesce thaw`; the guardian thaws in "
                 f"{human_ns(event['remaining_ns'])}"
             )
@@ -409,32 +449,6 @@ def _hold_detached(args: argparse.Namespace, plan: Plan, options: FreezeOptions)
 
 
 # -- thaw -------------------------------------------------------------------------
-
-
-def _wait_exit(pid: int, started: int | None, timeout_s: float) -> bool:
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        end = time.monotonic() + timeout_s
-        while is_alive(pid, started):
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            select.select([pidfd], [], [], min(left, 0.1))
-        return True
-    finally:
-        os.close(pidfd)
-
-
-def _read_last_report(run_dir: str, run_id: str) -> dict[str, Any] | None:
-    try:
-        with open(os.path.join(run_dir, LAST_REPORT)) as f:
-            data: dict[str, Any] = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if data.get("run_id") == run_id else None
 
 
 def _mount_dev(mount_id: int) -> str | None:
@@ -490,22 +504,35 @@ def _restore_rcu(value: str) -> bool:
     return True
 
 
-def _recover_dead(run_dir: str, led: ledger_mod.Ledger, wait_s: float, out: dict[str, Any]) -> int:
-    """Thaw what a dead freeze's ledger lists (after its guardian had its chance); exit code."""
-    if led.guardian_pid and is_alive(led.guardian_pid, led.guardian_start):
-        _wait_exit(led.guardian_pid, led.guardian_start, wait_s)
-    led_now = ledger_mod.read(run_dir)
-    if led_now is None:
-        out["message"] = "the guardian of the dead freeze already thawed it"
+def _recover_dead(run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: dict[str, Any]) -> int:
+    """Thaw what a dead freeze's ledger lists (after its guardian had its chance); exit code.
+
+    Acts only under the freeze lock, so never while a quiesce freeze (or
+    its guardian) is alive, and only on the ledger as read under that lock.
+    """
+    if led.boot_id != ledger_mod.current_boot_id():
+        with lock_mod.FreezeLock(run_dir):
+            ledger_mod.remove(run_dir)
+        out["message"] = f"removed a ledger of an earlier boot ({led.run_id}): nothing it lists is frozen now"
         return Exit.OK
+    guardian = open_proven(led.guardian_pid, led.guardian_start, led.token, led.proof_fd)
+    if guardian is not None:
+        try:
+            wait_pidfd(guardian, wait_s)
+        finally:
+            os.close(guardian)
     with lock_mod.FreezeLock(run_dir):
+        led_now = ledger_mod.read(run_dir)
+        if led_now is None:
+            out["message"] = "the guardian of the dead freeze already thawed it"
+            return Exit.OK
         results = thaw_from_ledger(led_now)
         if led_now.rcu_expedited_restore is not None:
             out["rcu_expedited_restored"] = _restore_rcu(led_now.rcu_expedited_restore)
-    out["recovered"] = results
-    if any(r["outcome"].startswith("error") for r in results):
-        return Exit.THAW_FAILED
-    ledger_mod.remove(run_dir)
+        out["recovered"] = results
+        if any(r["outcome"].startswith("error") for r in results):
+            return Exit.THAW_FAILED
+        ledger_mod.remove(run_dir)
     return Exit.OK
 
 
@@ -513,21 +540,54 @@ def cmd_recover(args: argparse.Namespace) -> int:
     """``quiesce recover``: undo what a crashed freeze left, and nothing else."""
     out: dict[str, Any] = {}
     code: int = Exit.OK
-    led = ledger_mod.read(args.run_dir)
-    if led is None:
-        out["message"] = f"nothing to recover (no ledger in {args.run_dir})"
-    elif is_alive(led.pid, led.pid_start):
-        out["message"] = f"a freeze is in progress (pid {led.pid}); nothing to recover"
+    run_dir = RunDir.open_existing(args.run_dir)
+    if run_dir is None:
+        out["message"] = f"nothing to recover (no run directory {args.run_dir})"
     else:
-        code = _recover_dead(args.run_dir, led, args.wait, out)
+        with run_dir:
+            try:
+                code = _recover_in(run_dir, args.wait, out)
+            except LedgerError as err:
+                # Not provably quiesce's: nothing it names is touched. The cgroups still are.
+                out["error"] = str(err)
+                code = Exit.ERROR
+            out["notify_dirs_removed"] = _remove_stale_notify_dirs(run_dir)
     out["leftover_cgroups_killed"] = _kill_leftover_cgroups()
     if args.json:
         emit_json(out, sys.stdout)
     else:
+        if "error" in out:
+            print(f"quiesce: {out['error']}", file=sys.stderr)
         _print_thaw(out)
         if out["leftover_cgroups_killed"]:
             print(f"killed leftover script cgroups: {', '.join(out['leftover_cgroups_killed'])}")
+        if out.get("notify_dirs_removed"):
+            print(f"removed notify directories of dead runs: {', '.join(out['notify_dirs_removed'])}")
     return code
+
+
+def _remove_stale_notify_dirs(run_dir: RunDir) -> list[str]:
+    """Remove the notify socket directories of runs that died (none is left while a run holds run.lock)."""
+    if lock_mod.held_by(run_dir, RUN_LOCK)[0]:
+        return []
+    stale = [n for n in os.listdir(run_dir.fd) if n.startswith(NOTIFY_PREFIX)]
+    for name in stale:
+        with contextlib.suppress(OSError):
+            run_dir.remove_private(name)
+    return stale
+
+
+def _recover_in(run_dir: RunDir, wait_s: float, out: dict[str, Any]) -> int:
+    led = ledger_mod.read(run_dir)
+    if led is None:
+        out["message"] = f"nothing to recover (no ledger in {run_dir.path})"
+        return Exit.OK
+    holder = open_proven(led.pid, led.pid_start, led.token, led.proof_fd)
+    if holder is not None:
+        os.close(holder)
+        out["message"] = f"a freeze is in progress (pid {led.pid}); nothing to recover"
+        return Exit.OK
+    return _recover_dead(run_dir, led, wait_s, out)
 
 
 def _kill_leftover_cgroups() -> list[str]:
@@ -549,24 +609,14 @@ def cmd_thaw(args: argparse.Namespace) -> int:
                 outcome, code = f"error: {err}", Exit.THAW_FAILED
             forced.append({"mount_point": path, "outcome": outcome})
         out["forced"] = forced
-    led = ledger_mod.read(args.run_dir)
-    if led is None:
+    run_dir = RunDir.open_existing(args.run_dir)
+    if run_dir is None:
         out["ledger"] = None
         if not args.force:
-            out["message"] = f"nothing to thaw: no freeze in progress (no ledger in {args.run_dir})"
-    elif is_alive(led.pid, led.pid_start):
-        os.kill(led.pid, signal.SIGUSR1)
-        if not _wait_exit(led.pid, led.pid_start, args.wait):
-            out["message"] = f"holder pid {led.pid} did not finish within {args.wait} s"
-            code = Exit.ERROR
-        else:
-            out["released"] = led.pid
-            out["report"] = _read_last_report(args.run_dir, led.run_id)
-            report = out["report"]
-            if report is not None and not report.get("ok"):
-                code = Exit.GUARDIAN_THAWED if report.get("guardian_reason") else Exit.ERROR
+            out["message"] = f"nothing to thaw: no freeze in progress (no run directory {args.run_dir})"
     else:
-        code = max(code, _recover_dead(args.run_dir, led, args.wait, out))
+        with run_dir:
+            code = max(code, _thaw_in(run_dir, args, out))
     if args.json:
         emit_json(out, sys.stdout)
     else:
@@ -574,9 +624,56 @@ def cmd_thaw(args: argparse.Namespace) -> int:
     return code
 
 
+def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> int:
+    """Release the proven holder of the ledger, recover a dead one, or report the last hold."""
+    led = ledger_mod.read(run_dir)
+    if led is None:
+        out["ledger"] = None
+        last = read_last_report(run_dir)
+        why = expired_hold(last)
+        if why is not None:
+            assert last is not None
+            out["report"] = last
+            out["message"] = (
+                f"the hold {last['run_id']} had already ended before this release ({why}): "
+                "a snapshot taken while it was held is not trusted"
+            )
+            acknowledge_last_report(run_dir, last)
+            return Exit.GUARDIAN_THAWED
+        if not args.force:
+            out["message"] = f"nothing to thaw: no freeze in progress (no ledger in {run_dir.path})"
+        return Exit.OK
+    holder = open_proven(led.pid, led.pid_start, led.token, led.proof_fd)
+    if holder is None:
+        return _recover_dead(run_dir, led, args.wait, out)
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(holder, signal.SIGUSR1)
+        if not wait_pidfd(holder, args.wait):
+            out["message"] = f"holder pid {led.pid} did not finish within {args.wait} s"
+            return Exit.ERROR
+    finally:
+        os.close(holder)
+    out["released"] = led.pid
+    report = out["report"] = read_last_report(run_dir, led.run_id)
+    if report is None:
+        return Exit.OK
+    acknowledge_last_report(run_dir, report)
+    if report.get("ok") and report.get("released_by") != "deadline":
+        return Exit.OK
+    if report.get("guardian_reason") or report.get("released_by") == "deadline":
+        out["message"] = (
+            f"the hold had already ended at its deadline ({report.get('guardian_reason') or 'deadline'}) "
+            "before this release: "
+            "a snapshot taken while it was held is not trusted"
+        )
+        return Exit.GUARDIAN_THAWED
+    return Exit.ERROR
+
+
 def _print_thaw(out: dict[str, Any]) -> None:
     for r in out.get("forced", []):
-        print(f"{r['mount_point']}: {r['outcome']}")
+        print(f"{escape_path(r['mount_point'])}: {r['outcome']}")
     if "message" in out:
         print(out["message"])
     if "released" in out:
@@ -584,9 +681,9 @@ def _print_thaw(out: dict[str, Any]) -> None:
         rep = out.get("report")
         if rep:
             print(f"  window {human_ns(rep.get('window_ns'))}; ", end="")
-            print(", ".join(f"{t['mount_point']} {t['state']}" for t in rep["targets"]))
+            print(", ".join(f"{escape_path(t['mount_point'])} {t['state']}" for t in rep["targets"]))
     for r in out.get("recovered", []):
-        print(f"{r['mount_point']} ({r['dev']}): {r['outcome']}")
+        print(f"{escape_path(r['mount_point'])} ({r['dev']}): {r['outcome']}")
 
 
 # -- status -------------------------------------------------------------------
@@ -594,39 +691,94 @@ def _print_thaw(out: dict[str, Any]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """``quiesce status``."""
-    led = ledger_mod.read(args.run_dir)
-    held = lock_mod.is_held(args.run_dir)
     status: dict[str, Any] = {
         "run_dir": args.run_dir,
-        "lock_held": held,
-        # The pid left in a free lock file is a past holder's, not a holder.
-        "lock_holder": lock_mod.read_holder(os.path.join(args.run_dir, "lock")) if held else None,
-        "ledger": None if led is None else led.to_dict(),
+        "lock_held": False,
+        "lock_holder": None,
+        "ledger": None,
+        "last_hold": None,
     }
+    led: ledger_mod.Ledger | None = None
+    run_dir = RunDir.open_existing(args.run_dir)
+    if run_dir is not None:
+        with run_dir:
+            # The holder's pid is shown only while it holds the lock: after, it names no one.
+            status["lock_held"], status["lock_holder"] = lock_mod.held_by(run_dir)
+            try:
+                led = ledger_mod.read(run_dir)
+            except LedgerError as err:
+                status["ledger_error"] = str(err)
+            last = read_last_report(run_dir)
+            in_progress = led is not None and last is not None and last.get("run_id") == led.run_id
+            status["last_hold"] = _last_hold(last, in_progress)
     if led is not None:
-        status["holder_alive"] = is_alive(led.pid, led.pid_start)
-        status["guardian_alive"] = bool(led.guardian_pid and is_alive(led.guardian_pid, led.guardian_start))
+        status["ledger"] = led.to_dict()
+        status["holder_alive"] = _proven_alive(led.pid, led.pid_start, led)
+        status["guardian_alive"] = _proven_alive(led.guardian_pid, led.guardian_start, led)
         status["deadline_in_s"] = round(led.deadline_unix - time.time(), 3)
     if args.json:
         emit_json(status, sys.stdout)
         return Exit.OK
+    if "ledger_error" in status:
+        print(f"quiesce: {status['ledger_error']}")
     if led is None:
         print(f"no freeze in progress (no ledger in {args.run_dir})")
         if status["lock_held"]:
             print(f"the lock is held by pid {status['lock_holder']}")
-        return Exit.OK
-    alive = "alive" if status["holder_alive"] else "gone"
-    print(
-        f"freeze {led.run_id} by pid {led.pid} ({alive}); guardian pid {led.guardian_pid} "
-        f"({'alive' if status['guardian_alive'] else 'gone'})"
-    )
-    for e in led.filesystems:
-        print(f"  {e.mount_point}  {e.fstype}  {e.dev}")
-    if status["holder_alive"]:
-        print(f"  the guardian thaws within {max(status['deadline_in_s'], 0):.1f} s at the latest")
     else:
-        print("  its process is gone: run `quiesce thaw` to thaw what the ledger lists")
+        alive = "alive" if status["holder_alive"] else "gone"
+        print(
+            f"freeze {led.run_id} by pid {led.pid} ({alive}); guardian pid {led.guardian_pid} "
+            f"({'alive' if status['guardian_alive'] else 'gone'})"
+        )
+        for e in led.filesystems:
+            print(f"  {escape_path(e.mount_point)}  {e.fstype}  {e.dev}")
+        if status["holder_alive"]:
+            print(f"  the guardian thaws within {max(status['deadline_in_s'], 0):.1f} s at the latest")
+        else:
+            print("  its process is gone: run `quiesce thaw` to thaw what the ledger lists")
+    last = status["last_hold"]
+    if last is not None:
+        print(
+            f"last freeze {last['run_id']}: {last['outcome']}, window {human_ns(last['window_ns'])}"
+            + (f", released by {last['released_by']}" if last["released_by"] else "")
+        )
     return Exit.OK
+
+
+def _proven_alive(pid: int, started: int, led: ledger_mod.Ledger) -> bool:
+    pidfd = open_proven(pid, started, led.token, led.proof_fd)
+    if pidfd is None:
+        return False
+    os.close(pidfd)
+    return True
+
+
+def _last_hold(data: dict[str, Any] | None, in_progress: bool) -> dict[str, Any] | None:
+    """The outcome of the last ``quiesce freeze`` (``--hold`` or not), for ``status``."""
+    if data is None:
+        return None
+    if data.get("state") == HOLDING:
+        outcome = "holding" if in_progress else "ended without its holder's report (killed?)"
+    elif data.get("guardian_reason"):
+        outcome = f"thawed by the guardian ({data['guardian_reason']}) before its release"
+    elif data.get("released_by") == "deadline":
+        outcome = "thawed at its deadline, before any release"
+    elif data.get("ok"):
+        outcome = "released and thawed"
+    else:
+        outcome = f"failed ({data.get('error') or 'see the report'})"
+    return {
+        "run_id": data.get("run_id"),
+        "mode": data.get("mode"),
+        "outcome": outcome,
+        "ok": bool(data.get("ok")),
+        "guardian_reason": data.get("guardian_reason"),
+        "released_by": data.get("released_by"),
+        "window_ns": data.get("window_ns"),
+        "ended_unix": data.get("ended_unix"),
+        "acknowledged": bool(data.get("acknowledged")),
+    }
 
 
 # -- run ----------------------------------------------------------------------
@@ -714,11 +866,9 @@ def _hold_line(news: HoldAnnouncement) -> str:
     """The hold's announcement for a terminal or a script reading stdout."""
     release = "release with a line or EOF on stdin, SIGTERM, or `quiesce thaw`"
     if news.frozen:
-        return f"frozen: {', '.join(news.frozen)}; {release}"
-    return (
-        f"frozen: nothing ({news.reason}); not frozen: {', '.join(news.not_frozen) or '-'}; "
-        f"take the snapshot now, then {release}"
-    )
+        return f"frozen: {' '.join(escape_path(m) for m in news.frozen)}; {release}"
+    not_frozen = " ".join(escape_path(m) for m in news.not_frozen) or "-"
+    return f"frozen: nothing ({news.reason}); not frozen: {not_frozen}; take the snapshot now, then {release}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -795,8 +945,11 @@ def _write_logs_and_metrics(args: argparse.Namespace, result: RunResult, err: Sa
         if err.failure is not None:
             # The log lines could not say it; the metrics can.
             _note_output_failures(result, err)
+        # A metrics failure is reported, never a failed run: the run's work stands.
         try:
             write_metrics(args.metrics, result)
+        except QuiesceError as error:
+            err.write(f"quiesce: {error}\n")
         except OSError as error:
             err.write(f"quiesce: cannot write metrics to {args.metrics}: {error.strerror}\n")
 
@@ -951,7 +1104,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("QUIESCE_RUN_DIR", RUN_DIR),
         metavar="DIR",
         help=f"where the lock, ledger and guardian log live (default {RUN_DIR}, "
-        "or $QUIESCE_RUN_DIR); must not be on a filesystem that gets frozen",
+        "or $QUIESCE_RUN_DIR); it must be root's alone (refused if anyone else can write it or a "
+        "directory above it), is made mode 700 if missing, and must not be on a filesystem that "
+        "gets frozen",
     )
     parser = _Parser(
         prog="quiesce",
@@ -992,7 +1147,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         metavar="FILE",
         help="write Prometheus metrics of the run (last window, status, durations) to FILE, "
-        "atomically; point node_exporter's textfile collector at its directory",
+        "atomically; point node_exporter's textfile collector at its directory, which only root "
+        "may write (else the metrics are refused, the run stands)",
     )
     p.set_defaults(func=cmd_run)
 
@@ -1080,7 +1236,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="release or thaw what quiesce froze",
         description="Release a running freeze (foreground or --hold) and show its report. If the "
         "process that froze is gone, thaw exactly the filesystems its ledger lists, and only if "
-        "they are still the same mounts. --force thaws a named mount point regardless of any "
+        "they are still the same mounts. If the guardian already ended the last --hold at its "
+        "deadline, say so and exit 5 (once). --force thaws a named mount point regardless of any "
         "ledger (also one frozen by another tool).",
         epilog=exit_help("thaw"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1146,7 +1303,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=exit_help("status"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Show the freeze in progress (from the ledger), whether its process and "
-        "guardian are alive, and the lock.",
+        "guardian are alive, the lock (and its holder while held), and how the last freeze ended.",
     )
     p.set_defaults(func=cmd_status)
     return parser

@@ -45,7 +45,24 @@ class LockHeldError(QuiesceError):
 
 
 class LedgerError(QuiesceError):
-    """The ledger under ``/run/quiesce`` could not be read or written."""
+    """The ledger under ``/run/quiesce`` could not be read, written, or trusted."""
+
+
+class UnsafeRunDirError(QuiesceError):
+    """A directory quiesce would read or write as root can be changed by someone but root.
+
+    Its run directory (lock, ledger, reports, notify sockets) or the
+    directory of a ``--metrics`` file: owned by another user, writable by
+    group or others, or below a directory that is.
+    """
+
+
+class UntrustedFileError(QuiesceError):
+    """A file quiesce reads back from its run directory is not provably its own.
+
+    Not a regular file, a symlink, not owned by root, readable or writable
+    by group or others, or hard-linked: its contents are not acted on.
+    """
 
 
 class QuiesceOSError(QuiesceError, OSError):

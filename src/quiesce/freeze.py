@@ -16,7 +16,7 @@ import dataclasses
 import errno
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,12 +33,15 @@ from quiesce.lock import FreezeLock
 from quiesce.mounts import Mount, Target, read_mountinfo
 from quiesce.native import Child, FsRecord, GuardianRecord, Session, Supervision, now_ns, thaw_error
 from quiesce.plan import parallel_groups
-from quiesce.procs import mount_id_of_fd, start_time
+from quiesce.procs import Proof, mount_id_of_fd, start_time
 from quiesce.rcu import RCU_EXPEDITED, ExpeditedRcu
+from quiesce.rundir import RunDir
 
 #: Where the lock, the ledger and the guardian's log live. tmpfs on a normal
-#: system, so never frozen.
+#: system, so never frozen. Any run directory must be root's alone
+#: (quiesce.rundir); a missing one is made with mode 700.
 RUN_DIR = "/run/quiesce"
+GUARDIAN_LOG = "guardian.log"
 #: Azure's vmbackup.conf ``[SnapshotThread] timeout`` default: the longest a
 #: filesystem may stay frozen before the guardian thaws it.
 DEFAULT_TIMEOUT_S = 60.0
@@ -259,6 +262,8 @@ class Freeze:
         self.run_id = ledger_mod.new_run_id()
         self.report = FreezeReport(run_id=self.run_id)
         self._lock: FreezeLock | None = None
+        self._dir: RunDir | None = None
+        self._proof: Proof | None = None
         self._fds: list[int] = []
         self._log_fd = -1
         self._session: Session | None = None
@@ -273,33 +278,37 @@ class Freeze:
     def prepare(self) -> None:
         """Lock, open the targets, arm the guardian, write the ledger, pre-flush."""
         opts = self.options
-        self._lock = FreezeLock(opts.run_dir)
+        run_dir = self._dir = RunDir.open(opts.run_dir)
+        self._lock = FreezeLock(run_dir)
         current = {m.mount_id: m for m in read_mountinfo()}
         for target in self.targets:
             self._fds.append(open_target(target, current))
-        self._log_fd = self._open_log()
+        self._log_fd = self._open_log(run_dir)
         self._session = Session(self._fds, [t.mount.mount_point for t in self.targets])
         if self._groups is not None:
             self._session.set_parallel(self._groups)
         if opts.expedite_rcu:
             self._open_rcu(self._session)
-        ledger_file = ledger_mod.ledger_path(opts.run_dir)
+        # Before the ledger names this process: what proves it is the ledger's holder.
+        proof = self._proof = Proof()
         guardian = self._guardian = self._session.arm(
             int(opts.timeout_s * 1e9),
             opts.step_timeout_ns,
             report_fd=self._log_fd,
             keep_fd=self._lock.fd,
-            ledger_path=ledger_file,
+            proof_fd=proof.fd,
+            ledger_dirfd=run_dir.fd,
+            ledger_name=ledger_mod.LEDGER_NAME,
         )
         pid = os.getpid()
         ledger_mod.write(
-            opts.run_dir,
+            run_dir,
             ledger_mod.Ledger(
                 run_id=self.run_id,
                 pid=pid,
-                pid_start=start_time(pid),
+                pid_start=start_time(pid) or 0,
                 guardian_pid=guardian,
-                guardian_start=start_time(guardian),
+                guardian_start=start_time(guardian) or 0,
                 created_unix=time.time(),
                 timeout_s=opts.timeout_s,
                 rcu_expedited_restore=None if self._rcu is None else self._rcu.original.decode(),
@@ -307,6 +316,9 @@ class Freeze:
                     ledger_mod.LedgerEntry(t.mount.mount_point, t.mount.dev, t.mount.mount_id, t.mount.fstype)
                     for t in self.targets
                 ),
+                token=proof.token,
+                proof_fd=proof.fd,
+                boot_id=ledger_mod.current_boot_id(),
             ),
         )
         self._ledger_written = True
@@ -346,6 +358,11 @@ class Freeze:
         return self._require_session().window_command(argv, env, **kwargs)
 
     @property
+    def run_dir(self) -> RunDir | None:
+        """The open run directory, from :meth:`prepare` until the end of :meth:`close`."""
+        return self._dir
+
+    @property
     def guardian_fired(self) -> bool:
         """True once the guardian has thawed on its own."""
         s = self._session
@@ -359,11 +376,14 @@ class Freeze:
         deadline = s.guardian().deadline_ns
         return None if not deadline else deadline - now_ns()
 
-    def close(self) -> None:
+    def close(self, on_report: Callable[[FreezeReport], None] | None = None) -> None:
         """Thaw anything left, reap the guardian, drop the ledger and the lock.
 
         Safe to call at any point and more than once. A thaw failure is
         recorded in the report and re-raised after the cleanup.
+        ``on_report`` is given the final report while the ledger and the
+        lock are still in place (``quiesce freeze --hold`` saves it there,
+        so whoever sees the ledger gone also sees the outcome).
         """
         if self._closed:
             return
@@ -392,10 +412,15 @@ class Freeze:
                     )
             s.close()
             self._session = None
-            if thaw_err is None and self._ledger_written:
-                ledger_mod.remove(self.options.run_dir)
-        elif self._ledger_written:
-            ledger_mod.remove(self.options.run_dir)
+        if thaw_err is not None:
+            self.record_error(thaw_err)
+        if on_report is not None:
+            try:
+                on_report(self.report)
+            except Exception as err:  # the caller's; the cleanup below must still run
+                self.report.warnings.append(f"saving the report failed: {err}")
+        if self._ledger_written and thaw_err is None and self._dir is not None:
+            ledger_mod.remove(self._dir)
         self._restore_rcu()
         for fd in self._fds:
             os.close(fd)
@@ -405,8 +430,11 @@ class Freeze:
             self._log_fd = -1
         if self._lock is not None:
             self._lock.release()
+        if self._proof is not None:
+            self._proof.close()
+        if self._dir is not None:
+            self._dir.close()
         if thaw_err is not None:
-            self.record_error(thaw_err)
             raise thaw_err
 
     def _real_thaw_failure(self, records: Sequence[FsRecord]) -> ThawError | None:
@@ -450,11 +478,12 @@ class Freeze:
             raise RuntimeError("prepare() first")
         return self._session
 
-    def _open_log(self) -> int:
-        path = os.path.join(self.options.run_dir, "guardian.log")
+    def _open_log(self, run_dir: RunDir) -> int:
+        # The guardian writes to this fd (csrc/guardian.c); it is opened here,
+        # through the run directory's fd and never through a link.
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        except OSError:
+            return run_dir.open_file(GUARDIAN_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        except (OSError, QuiesceError):
             return -1
 
 

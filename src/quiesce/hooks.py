@@ -32,7 +32,6 @@ import contextlib
 import fnmatch
 import os
 import select
-import socket
 import stat
 import time
 from collections.abc import Mapping
@@ -40,8 +39,14 @@ from dataclasses import dataclass, field, replace
 
 from quiesce import native
 from quiesce.cgroups import ScriptCgroup
-from quiesce.errors import QuiesceOSError, ScriptError, ScriptExecutionFailed, ScriptTimeout
-from quiesce.permissions import CheckedScript, UnsafeDirectoryError, check_directory_chain
+from quiesce.errors import QuiesceError, QuiesceOSError, ScriptError, ScriptExecutionFailed, ScriptTimeout
+from quiesce.notify import NotifyDir, in_cgroup, in_session
+from quiesce.permissions import (
+    CheckedScript,
+    UnsafeDirectoryError,
+    check_directory,
+)
+from quiesce.procs import cgroup_of
 from quiesce.scripts import (
     KILL_WAIT_S,
     Attempt,
@@ -100,7 +105,8 @@ def discover(directory: str) -> HookDirectory:
         found.error = f"hook directory {directory}: {err.strerror}"
         return found
     try:
-        check_directory_chain(os.path.join(directory, "."))
+        # The directory itself too: whoever can write it can plant hooks in it.
+        check_directory(os.path.abspath(directory))
     except UnsafeDirectoryError as err:
         found.error = f"hook directory {directory} is unsafe: {err}"
         return found
@@ -173,25 +179,25 @@ class SessionHook:
         policy: ScriptPolicy,
         env: Mapping[str, str],
         run_id: str,
-        notify_dir: str,
+        notify_dir: NotifyDir,
     ) -> None:
         self.hook = hook
         self.checked = checked
         self.policy = policy
         self.ready_ns: int | None = None
         self.released_ns: int | None = None
-        self.notify_path = os.path.join(notify_dir, f"notify-{run_id}-{hook.name}")
         self._stack = contextlib.ExitStack()
         self.cgroup = ScriptCgroup.create(f"{run_id}-session-{hook.name}", parent=policy.cgroup_parent)
         self.isolation = "cgroup" if self.cgroup is not None else "process-group"
         if self.cgroup is not None:
             self._stack.callback(self.cgroup.close)
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self.notify = notify_dir.socket()
+        except BaseException:
+            self._stack.close()
+            raise
         self._stack.callback(self.notify.close)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.notify_path)
-        self.notify.bind(self.notify_path)
-        self._stack.callback(_unlink_quietly, self.notify_path)
+        self.notify_path = self.notify.path
         environ = script_environment(
             checked, 1, 1, policy.timeout_s, {**env, "NOTIFY_SOCKET": self.notify_path}
         )
@@ -220,6 +226,11 @@ class SessionHook:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
         self._stack.callback(self.child.close)
+        # Only the hook's own processes may say READY=1: its cgroup, or its session.
+        if self.cgroup is not None:
+            self.notify.check = in_cgroup(cgroup_of(self.child.pid) or self.cgroup.relative_path)
+        else:
+            self.notify.check = in_session(self.child.pid)
         os.set_blocking(self.out_r, False)
         os.set_blocking(self.err_r, False)
         self._early: list[bytes] = [b"", b""]
@@ -232,18 +243,8 @@ class SessionHook:
                     self._early[i] = (self._early[i] + chunk)[-self.policy.output_tail :]
 
     def _receive(self) -> list[str]:
-        """One notify datagram's assignments. Passed fds are closed at once.
-
-        ``systemd-notify`` follows READY=1 with ``BARRIER=1`` carrying a pipe
-        fd and waits until the receiver closes it: closing is the answer.
-        """
-        fds: list[int] = []
-        with contextlib.suppress(BlockingIOError):
-            msg, fds, _, _ = socket.recv_fds(self.notify, 4096, 16, socket.MSG_DONTWAIT)
-            for fd in fds:
-                os.close(fd)
-            return msg.decode(errors="replace").split("\n")
-        return []
+        """One notify datagram's assignments, if its sender is the hook (see quiesce.notify)."""
+        return self.notify.receive()
 
     def _drain_notify(self, wait_s: float = 0.0) -> None:
         end = time.monotonic() + wait_s
@@ -338,11 +339,6 @@ class SessionHook:
         self._stack.close()
 
 
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 # -- running the directory ----------------------------------------------------------
 
 
@@ -354,6 +350,10 @@ class HookRun:
     results_post: list[ScriptResult] = field(default_factory=list)
     started: list[tuple[Hook, CheckedScript | None, SessionHook | None]] = field(default_factory=list)
     failed: ScriptResult | None = None
+    #: The run's private directory of notify sockets, once a session hook started.
+    notify: NotifyDir | None = None
+    #: For the run's warnings: notifications refused because they came from outside a hook.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def pre_ok(self) -> bool:
@@ -391,7 +391,7 @@ def run_pre(
         if hook.session:
             try:
                 result, session = _start_session(
-                    hook, checked, pre, env, run_id, notify_dir, runner, progress
+                    hook, checked, pre, env, run_id, state, notify_dir, runner, progress
                 )
             except BaseException:
                 checked.close()
@@ -431,17 +431,19 @@ def _start_session(
     policy: ScriptPolicy,
     env: Mapping[str, str],
     run_id: str,
+    state: HookRun,
     notify_dir: str,
     runner: ScriptRunner,
     progress: Progress | None = None,
 ) -> tuple[ScriptResult, SessionHook | None]:
     started = time.monotonic_ns()
     try:
-        session = SessionHook(hook, checked, policy, env, run_id, notify_dir)
-    except OSError as start_err:
-        error = ScriptExecutionFailed(
-            f"session hook {hook.path}: {script_start_error(checked, start_err)}", "pre"
-        )
+        if state.notify is None:
+            state.notify = NotifyDir(notify_dir, run_id)
+        session = SessionHook(hook, checked, policy, env, run_id, state.notify)
+    except (OSError, QuiesceError) as start_err:
+        why = script_start_error(checked, start_err) if isinstance(start_err, OSError) else str(start_err)
+        error = ScriptExecutionFailed(f"session hook {hook.path}: {why}", "pre")
         return ScriptResult(
             "pre", hook.path, ("session",), "failed", (), error.azure_name, error.azure_code, str(error)
         ), None
@@ -450,12 +452,12 @@ def _start_session(
             ready = session.wait_ready(progress)
     except BaseException:
         # Stopped while waiting for READY=1: the hook goes with the wait.
-        session.close()
+        _close_session(state, hook, session)
         raise
     if ready:
         return ScriptResult("pre", hook.path, ("session",), "ok", ()), session
     exited = not session.alive()
-    session.close()
+    _close_session(state, hook, session)
     waited = (time.monotonic_ns() - started) / 1e9
     failure: ScriptError
     if exited:
@@ -524,11 +526,25 @@ def run_post(
             )
         finally:
             if session is not None:
-                session.close()
+                _close_session(state, hook, session)
             if checked is not None:
                 checked.close()
         state.results_post.append(result)
     state.started.clear()
+    _close_notify(state)
+
+
+def _close_session(state: HookRun, hook: Hook, session: SessionHook) -> None:
+    session.close()
+    refused = session.notify.refusals()
+    if refused is not None:
+        state.warnings.append(f"session hook {hook.path}: {refused}")
+
+
+def _close_notify(state: HookRun) -> None:
+    if state.notify is not None:
+        state.notify.close()
+        state.notify = None
 
 
 def _session_result(hook: Hook, attempt: Attempt) -> ScriptResult:
@@ -551,9 +567,10 @@ def _session_result(hook: Hook, attempt: Attempt) -> ScriptResult:
 
 def close_all(state: HookRun) -> None:
     """Kill any session hook still running (error paths) and close every checked fd."""
-    for _, checked, session in state.started:
+    for hook, checked, session in state.started:
         if session is not None:
-            session.close()
+            _close_session(state, hook, session)
         if checked is not None:
             checked.close()
     state.started.clear()
+    _close_notify(state)

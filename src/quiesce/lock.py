@@ -3,7 +3,9 @@
 An ``flock`` on ``RUN_DIR/lock``. The lock belongs to the open file, so the
 guardian, which inherits the fd, keeps it held while it may still thaw: a new
 freeze cannot start before the previous guardian is done. The holder's pid
-is written into the file for the error message.
+is written into the file for the error message. The file is opened through
+the checked run directory's fd, never following a link
+(:class:`quiesce.rundir.RunDir`).
 """
 
 from __future__ import annotations
@@ -13,30 +15,31 @@ import fcntl
 import os
 
 from quiesce.errors import LockHeldError, QuiesceOSError
+from quiesce.rundir import RunDir
 
-
-def ensure_run_dir(run_dir: str) -> None:
-    """Create the run directory (mode 700) if it is missing."""
-    try:
-        os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    except OSError as err:
-        raise QuiesceOSError(err.errno or 0, "creating the run directory", run_dir) from err
+LOCK_NAME = "lock"
 
 
 class FreezeLock:
     """An acquired freeze lock; :meth:`release` (or the context) gives it back."""
 
-    def __init__(self, run_dir: str, name: str = "lock", what: str = "freeze") -> None:
-        ensure_run_dir(run_dir)
-        self.path = os.path.join(run_dir, name)
+    def __init__(self, run_dir: RunDir | str, name: str = LOCK_NAME, what: str = "freeze") -> None:
+        opened = RunDir.open(run_dir) if isinstance(run_dir, str) else None
+        d = opened or run_dir
+        assert isinstance(d, RunDir)
+        self.path = d.path_of(name)
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            raise QuiesceOSError(err.errno or 0, "opening the lock", self.path) from err
+            try:
+                self.fd = d.open_file(name, os.O_RDWR | os.O_CREAT)
+            except OSError as err:
+                raise QuiesceOSError(err.errno or 0, "opening the lock", self.path) from err
+        finally:
+            if opened is not None:
+                opened.close()
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = read_holder(self.path)
+            holder = _holder_of(self.fd)
             os.close(self.fd)
             who = f"pid {holder}" if holder else "another process"
             raise LockHeldError(
@@ -62,24 +65,34 @@ class FreezeLock:
         self.release()
 
 
-def read_holder(path: str) -> int | None:
-    """The pid written by the last holder of the lock at ``path``."""
-    with contextlib.suppress(OSError, ValueError), open(path) as f:
-        return int(f.read().strip() or 0) or None
+def _holder_of(fd: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).strip() or 0) or None
     return None
 
 
-def is_held(run_dir: str) -> bool:
-    """True when some process holds the freeze lock now."""
-    path = os.path.join(run_dir, "lock")
+def held_by(run_dir: RunDir, name: str = LOCK_NAME) -> tuple[bool, int | None]:
+    """Whether some process holds the lock now, and the pid the holder wrote (only if held)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = run_dir.open_file(name, os.O_RDONLY)
     except FileNotFoundError:
-        return False
+        return False, None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, _holder_of(fd)
+        return False, None
     finally:
         os.close(fd)
-    return False
+
+
+def is_held(run_dir: RunDir | str) -> bool:
+    """True when some process holds the freeze lock now."""
+    if isinstance(run_dir, RunDir):
+        return held_by(run_dir)[0]
+    d = RunDir.open_existing(run_dir)
+    if d is None:
+        return False
+    with d:
+        return held_by(d)[0]

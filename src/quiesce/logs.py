@@ -8,7 +8,10 @@ lines and a metrics file once it is over.
   journald-friendly (``key=value``, no timestamp: journald adds its own);
   ``json`` is JSON lines.
 - :func:`write_metrics`: the Prometheus textfile-collector format, written
-  atomically (temp file + rename) so node_exporter never reads half a file.
+  atomically (a random temp name + rename) so node_exporter never reads
+  half a file. quiesce writes it as root, so the directory must be root's
+  alone (no other user can plant a link or swap the directory), and the
+  file is reached through the directory's fd, never following a link.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from quiesce.errors import UnsafeRunDirError
 from quiesce.run import APPLICATION, CRASH, FAILED, FILESYSTEM, RunResult
+from quiesce.rundir import atomic_write, open_safe_dir
 
 CONSISTENCIES = (APPLICATION, FILESYSTEM, CRASH, FAILED)
 
@@ -75,13 +80,15 @@ def events(result: RunResult) -> Iterator[dict[str, Any]]:
     }
 
 
-# A value with any of these is written as a JSON string.
-_NEEDS_QUOTES = frozenset(' "=\\\n')
+# A value with any of these (or any control character) is written as a JSON string.
+_NEEDS_QUOTES = frozenset(' "=\\\x7f')
 
 
 def _plain_value(v: Any) -> str:
     text = str(v)
-    return json.dumps(text) if not text or any(c in _NEEDS_QUOTES for c in text) else text
+    if not text or any(c in _NEEDS_QUOTES or c < " " for c in text):
+        return json.dumps(text)
+    return text
 
 
 def log_lines(result: RunResult, fmt: str) -> list[str]:
@@ -128,9 +135,24 @@ def metrics_text(result: RunResult, now: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+class UnsafeMetricsDirError(UnsafeRunDirError):
+    """The ``--metrics`` file's directory can be changed by someone but root: nothing written."""
+
+
 def write_metrics(path: str, result: RunResult) -> None:
-    """Write the metrics file atomically."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(metrics_text(result))
-    os.replace(tmp, path)
+    """Write the metrics file atomically, mode 644, into a directory only root can change.
+
+    Raises :class:`UnsafeMetricsDirError` for a directory another user can
+    write (or below one), ``OSError`` when it cannot be written.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    if not name or path.endswith("/"):
+        raise IsADirectoryError(21, "a metrics file name is needed, not a directory", path)
+    try:
+        _, fd = open_safe_dir(directory, create=False, what="metrics directory")
+    except UnsafeRunDirError as err:
+        raise UnsafeMetricsDirError(f"{err}; metrics not written") from err
+    try:
+        atomic_write(fd, name, metrics_text(result).encode(), 0o644)
+    finally:
+        os.close(fd)

@@ -940,3 +940,18 @@ def read_mounts_to_skip(
         raise ConfigError(f"{path} is not a valid INI file: {err}") from err
     value = parser.get("SnapshotThread", "MountsToSkip", fallback="")
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+# Space, tab, newline and backslash as the kernel writes them in mountinfo,
+# and every other control character the same way.
+_PATH_ESCAPES = {i: f"\\{i:03o}" for i in (*range(0x20), 0x20, 0x5C, 0x7F)}
+
+
+def escape_path(path: str) -> str:
+    """A path as one mountinfo field: ``\\ooo`` for space, tab, newline, backslash and controls.
+
+    What quiesce hands to scripts as lines (``QUIESCE_TARGETS``) or prints
+    as text: a mount point named ``"/srv/m\\n/srv/x"`` stays one line,
+    ``/srv/m\\012/srv/x``. Decode it as mountinfo is decoded.
+    """
+    return path.translate(_PATH_ESCAPES)

@@ -197,20 +197,29 @@ class Session:
         *,
         report_fd: int = -1,
         keep_fd: int = -1,
-        ledger_path: str | None = None,
+        proof_fd: int = -1,
+        ledger_dirfd: int = -1,
+        ledger_name: str | None = None,
     ) -> int:
         """Fork the guardian; returns its pid.
 
         ``timeout_ns`` bounds the window from the first FIFREEZE,
         ``step_timeout_ns`` (0 = none) each FIFREEZE call. The guardian writes
         one line per action to ``report_fd`` and keeps ``keep_fd`` (the lock)
-        open while it lives. When it thaws after the orchestrator died it
-        removes ``ledger_path``.
+        and ``proof_fd`` (what proves it belongs to this freeze) open while it
+        lives. When it thaws after the orchestrator died it removes
+        ``ledger_name`` from the directory ``ledger_dirfd`` (never a path).
         """
         if timeout_ns <= 0:
             raise ValueError("the guardian needs a positive timeout")
-        path = ffi.NULL if ledger_path is None else ledger_path.encode()
-        rc = int(lib.qz_guardian_arm(self._raw(), timeout_ns, step_timeout_ns, report_fd, keep_fd, path))
+        if ledger_name is not None and (ledger_dirfd < 0 or "/" in ledger_name):
+            raise ValueError("the ledger is a plain name in an open directory")
+        name = ffi.NULL if ledger_name is None else ledger_name.encode()
+        rc = int(
+            lib.qz_guardian_arm(
+                self._raw(), timeout_ns, step_timeout_ns, report_fd, keep_fd, proof_fd, ledger_dirfd, name
+            )
+        )
         if rc != 0:
             raise GuardianError(-rc, "arming the guardian")
         return int(self._raw().guardian_pid)

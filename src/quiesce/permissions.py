@@ -58,6 +58,7 @@ __all__ = [
     "CONFIG_MAX_BYTES",
     "CheckedScript",
     "UnsafeDirectoryError",
+    "check_directory",
     "check_directory_chain",
     "fix_for",
     "open_script",
@@ -521,6 +522,32 @@ def check_directory_chain(path: str) -> None:
     if not os.path.isabs(path):
         raise ValueError(f"not an absolute path: {path!r}")
     _walk(path)
+
+
+def check_directory(path: str) -> tuple[str, os.stat_result]:
+    """Check the directory at the absolute ``path`` itself and every directory above it.
+
+    Like :func:`check_directory_chain`, and then the directory the path names
+    (a symlink at the end is followed the same way, its holder checked): it
+    must be a directory, owned by root and writable by neither group nor
+    others. Returns its resolved path and its ``lstat``, for the caller to
+    compare with the fd it opens there.
+
+    Raises :class:`UnsafeDirectoryError`, ``ValueError`` for a relative
+    path, and lets ``OSError`` through (ENOENT, ENOTDIR, ELOOP, ...).
+    """
+    if not os.path.isabs(path):
+        raise ValueError(f"not an absolute path: {path!r}")
+    for _ in range(_MAX_SYMLINKS + 1):
+        real, st = _walk(path)
+        if not stat.S_ISLNK(st.st_mode):
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), real)
+            _check_directory(real, st)
+            return real, st
+        # The directory holding the link was checked by the walk.
+        path = os.path.join(os.path.dirname(real), os.readlink(real))
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
 
 
 def _walk(path: str) -> tuple[str, os.stat_result]:

@@ -177,10 +177,14 @@ def run(
     return result
 
 
+#: The lock one run holds in the run directory (the freeze lock is another).
+RUN_LOCK = "run.lock"
+
+
 @contextlib.contextmanager
 def _run_lock(run_dir: str) -> Iterator[FreezeLock]:
     """One run at a time: a second is refused at once (LockHeldError)."""
-    lock = FreezeLock(run_dir, name="run.lock", what="run")
+    lock = FreezeLock(run_dir, name=RUN_LOCK, what="run")
     try:
         yield lock
     finally:
@@ -408,6 +412,8 @@ class _Job:
                     entry.status = "failed"
                     post_ok = False
                     result.set_error(failed[0].error_name, failed[0].error_code, failed[0].message)
+        # Refused notifications and the like, from the session hooks.
+        result.warnings.extend(self.hooks.warnings)
         try:
             result.post = self._script(post_checked, env)
         except Exception as err:  # quiesce's own failure: the post-script counts as failed

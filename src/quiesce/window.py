@@ -29,7 +29,7 @@ from quiesce.errors import FreezeTimeoutError, QuiesceError
 from quiesce.freeze import Freeze, FreezeOptions
 from quiesce.freezer import FreezeLike, Freezer
 from quiesce.interrupts import THAW_SIGNAL, Interrupts
-from quiesce.mounts import Target
+from quiesce.mounts import Target, escape_path
 from quiesce.runtypes import (
     FREEZE_FAILED,
     FREEZE_TIMEOUT,
@@ -47,8 +47,12 @@ FAILED = "failed"
 
 
 def targets_env(targets: Sequence[Target]) -> str:
-    """``QUIESCE_TARGETS``: the snapshot's filesystems, one mount point per line."""
-    return "\n".join(t.mount.mount_point for t in targets)
+    """``QUIESCE_TARGETS``: the snapshot's filesystems, one mount point per line.
+
+    Each is escaped as in mountinfo (``\\040``, ``\\012``, ``\\134``...): a
+    mount point's name cannot forge a line.
+    """
+    return "\n".join(escape_path(t.mount.mount_point) for t in targets)
 
 
 @dataclass

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -70,11 +69,15 @@ def fs(world: Sandbox) -> Iterator[dict[str, LoopFs]]:
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path) -> str:
-    """A private run directory (lock, ledger, guardian log) for one test."""
-    d = tmp_path / "run"
-    d.mkdir()
-    return str(d)
+def run_dir() -> Iterator[str]:
+    """A private run directory (lock, ledger, guardian log) for one test.
+
+    Under /run, mode 700: quiesce refuses a run directory that anyone but
+    root can write, or that sits below one (pytest's tmp_path is under /tmp).
+    """
+    d = tempfile.mkdtemp(prefix="quiesce-test-run-", dir="/run")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 SAMPLE = {

@@ -132,6 +132,86 @@ def test_hold_deadline_thaws_without_any_release(fs, run_dir):
     assert report["guardian_reason"] == "deadline" and report["released_by"] == "deadline"
 
 
+def _wait_gone(pid: int, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while is_alive(pid, None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not is_alive(pid, None)
+
+
+def test_thaw_after_the_guardian_ended_a_hold_exits_5_once(fs, run_dir):
+    """``freeze --hold`` past its deadline: the next ``thaw`` says the guardian thawed first and exits 5.
+
+    The snapshot script's ``quiesce thaw`` is how it learns its snapshot was
+    taken after the thaw. ``status`` shows the hold's outcome; a second
+    ``thaw`` has nothing more to say.
+    """
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "0.5", str(fs["ext4"].mount_point))
+    assert held.returncode == Exit.OK, held.stderr
+    _wait_gone(json.loads(held.stdout)["pid"])
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    assert status["lock_held"] is False and status["lock_holder"] is None
+    last = status["last_hold"]
+    assert last["run_id"] == json.loads(held.stdout)["run_id"]
+    # The guardian thaws at the deadline; a holder that wakes at the same moment may thaw first.
+    assert last["released_by"] == "deadline" and not last["acknowledged"]
+    assert "deadline" in quiesce(run_dir, "status").stdout
+
+    thawed = quiesce(run_dir, "thaw", "--json")
+    assert thawed.returncode == Exit.GUARDIAN_THAWED, thawed.stdout + thawed.stderr
+    out = json.loads(thawed.stdout)
+    assert "already ended before this release" in out["message"]
+    assert out["report"]["released_by"] == "deadline"
+
+    again = quiesce(run_dir, "thaw")
+    assert again.returncode == Exit.OK and "nothing to thaw" in again.stdout
+    assert json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]["acknowledged"]
+
+
+def test_thaw_after_the_holder_was_killed_exits_5_once(fs, run_dir):
+    """A ``freeze --hold`` whose holder is SIGKILLed: the guardian thaws; the next ``thaw`` says so (5)."""
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "20", str(fs["ext4"].mount_point))
+    assert held.returncode == Exit.OK, held.stderr
+    led = ledger_mod.read(run_dir)
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    assert status["last_hold"]["outcome"] == "holding"
+    os.kill(led.pid, signal.SIGKILL)
+    _wait_gone(led.guardian_pid)
+    assert ledger_mod.read(run_dir) is None, "the guardian removes the ledger once it thawed"
+    thawed = quiesce(run_dir, "thaw")
+    assert thawed.returncode == Exit.GUARDIAN_THAWED, thawed.stdout + thawed.stderr
+    assert "its holder was killed" in thawed.stdout
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+
+
+def test_thaw_after_a_released_or_foreground_freeze_has_nothing_to_say(fs, run_dir):
+    """A hold released by ``thaw``, or a foreground freeze (its caller saw it end): later thaws exit 0."""
+    a = str(fs["xfs"].mount_point)
+    held = quiesce(run_dir, "freeze", "--hold", "--timeout", "20", a)
+    assert held.returncode == Exit.OK, held.stderr
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+    last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
+    assert last["ok"] and last["released_by"] == "signal SIGUSR1"
+    # A foreground freeze ended by its deadline told its own caller (exit 5).
+    fg = quiesce(run_dir, "freeze", "--no-stdin", "--timeout", "0.3", a)
+    assert fg.returncode == Exit.GUARDIAN_THAWED, fg.stdout + fg.stderr
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+
+
+def test_status_names_the_lock_holder_only_while_it_holds(fs, run_dir):
+    """``status --json``: ``lock_holder`` is the holder's pid while ``lock_held``, null after."""
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "20", str(fs["btrfs"].mount_point))
+    assert held.returncode == Exit.OK, held.stderr
+    try:
+        status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+        assert status["lock_held"] and status["lock_holder"] == json.loads(held.stdout)["pid"]
+    finally:
+        assert quiesce(run_dir, "thaw").returncode == Exit.OK
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    assert status["lock_held"] is False and status["lock_holder"] is None
+
+
 def test_thaw_recovers_from_a_ledger_when_holder_and_guardian_are_dead(fs, run_dir):
     """Both processes killed: ``thaw`` thaws exactly what the ledger lists and removes it."""
     a = str(fs["btrfs"].mount_point)
@@ -209,3 +289,18 @@ def test_hold_that_cannot_freeze_reports_the_error(fs, run_dir):
         assert ledger_mod.read(run_dir) is None
     finally:
         assert is_frozen(fs["xfs"])
+
+
+def test_recover_removes_notify_dirs_of_dead_runs_only(run_dir):
+    """``recover`` removes the notify directories a killed run left, never while a run holds run.lock."""
+    from quiesce.lock import FreezeLock
+
+    stale = os.path.join(run_dir, "notify-20250101T000000Z-1")
+    os.mkdir(stale, 0o700)
+    open(os.path.join(stale, "0"), "w").close()
+    with FreezeLock(run_dir, name="run.lock", what="run"):
+        kept = json.loads(quiesce(run_dir, "recover", "--json").stdout)
+        assert kept["notify_dirs_removed"] == [] and os.path.isdir(stale)
+    out = json.loads(quiesce(run_dir, "recover", "--json").stdout)
+    assert out["notify_dirs_removed"] == ["notify-20250101T000000Z-1"]
+    assert not os.path.exists(stale)

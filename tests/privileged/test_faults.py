@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -64,9 +66,17 @@ def test_own_files_on_the_frozen_filesystem_do_not_deadlock(root_only_fs):
     assert ledger_mod.read(str(home / "run")) is None
 
 
-def test_run_dir_that_cannot_be_created_freezes_nothing(fs, tmp_path):
+@pytest.fixture
+def root_base() -> Iterator[Path]:
+    """A root-only directory under /run (a run dir below /tmp would be refused as unsafe)."""
+    base = tempfile.mkdtemp(dir="/run", prefix="quiesce-faults-")
+    yield Path(base)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_run_dir_that_cannot_be_created_freezes_nothing(fs, root_base):
     """A run dir under a regular file: a clear error naming it, exit non-zero, nothing frozen."""
-    blocker = tmp_path / "file"
+    blocker = root_base / "file"
     blocker.write_text("")
     run_dir = str(blocker / "run")
     done = subprocess.run(
@@ -82,11 +92,11 @@ def test_run_dir_that_cannot_be_created_freezes_nothing(fs, tmp_path):
     w.finish()
 
 
-def test_full_run_dir_freezes_nothing(fs, private_namespace, tmp_path):
+def test_full_run_dir_freezes_nothing(fs, private_namespace, root_base):
     """No space for the ledger: the freeze is refused before any FIFREEZE, with the reason."""
-    full = tmp_path / "full"
+    full = root_base / "full"
     full.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=700", "tmpfs", str(full)], check=True)
     try:
         (full / "run").mkdir()
         fd = os.open(full / "ballast", os.O_WRONLY | os.O_CREAT)

@@ -114,11 +114,12 @@ def test_guardian_survives_the_orchestrators_signals(fs, run_dir):
 
 
 def test_guardian_holds_no_stray_fds(fs, run_dir):
-    """The guardian keeps only its socket, the targets, the log and the lock: no caller pipes."""
+    """The guardian keeps only its socket, the targets, the log, the lock, the run dir and its proof."""
     r, w = os.pipe()
     try:
         with frozen(targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=run_dir)):
-            pid = ledger_mod.read(run_dir).guardian_pid
+            led = ledger_mod.read(run_dir)
+            pid = led.guardian_pid
             links = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     finally:
         os.close(r)
@@ -131,8 +132,11 @@ def test_guardian_holds_no_stray_fds(fs, run_dir):
             str(fs["xfs"].mount_point),
             os.path.join(run_dir, "guardian.log"),
             os.path.join(run_dir, "lock"),
+            run_dir,  # the ledger is removed by name in it, never by path
+            f"/memfd:quiesce-freeze-{led.token} (deleted)",  # what proves it is this ledger's
         ]
     )
+    assert links[led.proof_fd] == f"/memfd:quiesce-freeze-{led.token} (deleted)"
     kinds = [v for v in rest if v.startswith(("socket:", "anon_inode:"))]
     assert sorted(v for v in rest if v not in kinds) == expected
     # Its end of the socketpair to the orchestrator, and its deadline timer.

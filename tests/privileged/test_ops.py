@@ -75,3 +75,13 @@ def test_systemd_units_verify_and_spare_the_guardian(tmp_path):
     service = (UNITS / "quiesce.service").read_text()
     assert re.search(r"^KillMode=process$", service, re.M)
     assert re.search(r"^ExecStopPost=.*quiesce recover$", service, re.M)
+    # Root-only files and run directory, kept after a stop; the service's cgroup is delegated.
+    for line in (
+        "UMask=0077",
+        "RuntimeDirectory=quiesce",
+        "RuntimeDirectoryMode=0700",
+        "RuntimeDirectoryPreserve=yes",
+        "Delegate=yes",
+    ):
+        assert re.search(rf"^{line}$", service, re.M), line
+    assert re.search(r"^UMask=0077$", (UNITS / "quiesce-recover.service").read_text(), re.M)

@@ -41,6 +41,7 @@ EXPECTED = {
     "TargetError",
     "ThawError",
     "WindowExpiredError",
+    "UnsafeRunDirError",
     "frozen",
     "load_config",
     "parse_config",

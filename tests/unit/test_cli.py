@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -43,18 +45,34 @@ def test_freeze_help_explains_release_and_timeout():
         assert word in text
 
 
-def test_status_with_nothing_in_progress(tmp_path):
-    """``status --json`` on an empty run dir: no ledger, lock free."""
-    r = run("status", "--json", run_dir=tmp_path)
-    assert r.returncode == 0
+#: A run directory that does not exist, on a path only root can change (/, /run).
+MISSING_RUN_DIR = f"/run/quiesce-unit-test-missing-{uuid.uuid4().hex}"
+
+
+def test_status_with_nothing_in_progress():
+    """``status --json`` without a run dir: no ledger, lock free, no holder named."""
+    r = run("status", "--json", run_dir=MISSING_RUN_DIR)
+    assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert data["ledger"] is None and data["lock_held"] is False
+    assert data["ledger"] is None and data["lock_held"] is False and data["lock_holder"] is None
+    assert not os.path.exists(MISSING_RUN_DIR)
 
 
-def test_thaw_with_nothing_to_thaw(tmp_path):
-    """``thaw`` without a ledger says so and succeeds."""
-    r = run("thaw", run_dir=tmp_path)
+def test_thaw_with_nothing_to_thaw():
+    """``thaw`` without a ledger says so and succeeds (and makes no run directory)."""
+    r = run("thaw", run_dir=MISSING_RUN_DIR)
     assert r.returncode == 0 and "nothing to thaw" in r.stdout
+    assert not os.path.exists(MISSING_RUN_DIR)
+
+
+@pytest.mark.parametrize("command", ["status", "thaw", "recover"])
+def test_a_run_dir_others_can_write_is_refused(tmp_path, command):
+    """A run directory below /tmp (anyone can write there) is named and refused: exit 1, JSON says why."""
+    r = run(command, "--json", run_dir=tmp_path)
+    assert r.returncode == cli.Exit.ERROR, r.stdout
+    err = json.loads(r.stdout)
+    assert err["error_type"] == "UnsafeRunDirError"
+    assert str(tmp_path) in err["error"] and "/tmp" in err["error"] and "writable by" in err["error"]
 
 
 def test_mounts_json_is_a_plan():

@@ -131,8 +131,10 @@ import os, sys
 from quiesce import native
 fds = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in sys.argv[3:]]
 log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+where = os.open(os.path.dirname(sys.argv[2]), os.O_RDONLY | os.O_DIRECTORY)
 s = native.Session(fds, sys.argv[3:])
-print(s.arm(30_000_000_000, 0, report_fd=log, ledger_path=sys.argv[2]), flush=True)
+arm = s.arm(30_000_000_000, 0, report_fd=log, ledger_dirfd=where, ledger_name=os.path.basename(sys.argv[2]))
+print(arm, flush=True)
 os._exit(0)
 """
 

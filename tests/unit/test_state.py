@@ -12,10 +12,11 @@ import pytest
 from quiesce import ledger as ledger_mod
 from quiesce.errors import LedgerError, LockHeldError
 from quiesce.freeze import FreezeOptions, build_report
-from quiesce.lock import FreezeLock, is_held, read_holder
+from quiesce.lock import FreezeLock, held_by, is_held
 from quiesce.mounts import Target, parse_mountinfo
 from quiesce.native import FsRecord, GuardianRecord
 from quiesce.procs import current_identity, is_alive, start_time
+from quiesce.rundir import RunDir
 
 
 def _ledger(**over):
@@ -23,55 +24,64 @@ def _ledger(**over):
         run_id="r1",
         pid=os.getpid(),
         pid_start=start_time(os.getpid()),
-        guardian_pid=None,
-        guardian_start=None,
+        guardian_pid=os.getppid(),
+        guardian_start=start_time(os.getppid()),
         created_unix=1000.0,
         timeout_s=60.0,
         filesystems=(ledger_mod.LedgerEntry("/data", "8:1", 42, "xfs"),),
+        token="0123456789abcdef" * 2,
+        proof_fd=7,
+        boot_id=ledger_mod.current_boot_id(),
     )
     base.update(over)
     return ledger_mod.Ledger(**base)
 
 
-def test_ledger_round_trip(tmp_path):
+def test_ledger_round_trip(root_run_dir):
     """A written ledger reads back equal, and removing it leaves nothing."""
     led = _ledger()
-    path = ledger_mod.write(str(tmp_path), led)
+    path = ledger_mod.write(root_run_dir, led)
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-    assert ledger_mod.read(str(tmp_path)) == led
+    assert ledger_mod.read(root_run_dir) == led
     assert led.deadline_unix == 1060.0
-    ledger_mod.remove(str(tmp_path))
-    assert ledger_mod.read(str(tmp_path)) is None
-    assert os.listdir(tmp_path) == []
+    ledger_mod.remove(root_run_dir)
+    assert ledger_mod.read(root_run_dir) is None
+    assert os.listdir(root_run_dir) == []
 
 
 @pytest.mark.parametrize("content", ["not json", "{}", '{"run_id": 1}', "[]"])
-def test_malformed_ledger_is_a_named_error(tmp_path, content):
+def test_malformed_ledger_is_a_named_error(root_run_dir, content):
     """A damaged ledger raises LedgerError naming the problem, never a traceback."""
-    (tmp_path / "ledger.json").write_text(content)
+    path = os.path.join(root_run_dir, "ledger.json")
+    with open(path, "w") as f:
+        f.write(content)
+    os.chmod(path, 0o600)
     with pytest.raises(LedgerError):
-        ledger_mod.read(str(tmp_path))
+        ledger_mod.read(root_run_dir)
 
 
-def test_lock_refuses_a_second_holder(tmp_path):
+def test_lock_refuses_a_second_holder(root_run_dir):
     """A second lock on the same run dir fails at once naming the holder's pid."""
-    with FreezeLock(str(tmp_path)) as first:
-        assert is_held(str(tmp_path))
-        assert read_holder(first.path) == os.getpid()
+    with FreezeLock(root_run_dir):
+        assert is_held(root_run_dir)
+        with RunDir.open(root_run_dir) as d:
+            assert held_by(d) == (True, os.getpid())
         with pytest.raises(LockHeldError) as info:
-            FreezeLock(str(tmp_path))
+            FreezeLock(root_run_dir)
         assert info.value.holder_pid == os.getpid()
         assert f"pid {os.getpid()}" in str(info.value)
-    assert not is_held(str(tmp_path))
-    FreezeLock(str(tmp_path)).release()
+    assert not is_held(root_run_dir)
+    with RunDir.open(root_run_dir) as d:
+        assert held_by(d) == (False, None)  # the last holder's pid names no one now
+    FreezeLock(root_run_dir).release()
 
 
-def test_lock_is_released_when_the_holder_dies(tmp_path):
+def test_lock_is_released_when_the_holder_dies(root_run_dir):
     """flock dies with its holder: a crashed freeze does not block the next one."""
     code = "import sys; from quiesce.lock import FreezeLock; FreezeLock(sys.argv[1]); print('ok')"
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, root_run_dir], capture_output=True, text=True)
     assert out.stdout.strip() == "ok"
-    with FreezeLock(str(tmp_path)):
+    with FreezeLock(root_run_dir):
         pass
 
 
