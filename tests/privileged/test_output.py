@@ -107,8 +107,9 @@ def test_closed_stdout_in_json_mode_keeps_the_exit_status(setup):
 def test_metrics_on_a_full_filesystem_is_recorded_not_fatal(setup):
     """--metrics on a full filesystem (ENOSPC): said on stderr; the run's exit status stands."""
     setup.config()
-    full = tempfile.mkdtemp(prefix="quiesce-full-")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", full], check=True)
+    # Under /run: a metrics directory others could write (as below /tmp) is refused outright.
+    full = tempfile.mkdtemp(prefix="quiesce-full-", dir="/run")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", full], check=True)
     try:
         subprocess.run(["dd", "if=/dev/zero", f"of={full}/fill", "bs=4k"], capture_output=True)
         done = setup.cli("--metrics", os.path.join(full, "quiesce.prom"), "--json")

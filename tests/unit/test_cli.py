@@ -232,10 +232,11 @@ def test_each_commands_help_lists_only_its_exit_codes(command, has, lacks):
         assert phrase not in text, phrase
 
 
-def test_status_names_a_lock_holder_only_while_the_lock_is_held(tmp_path):
+def test_status_names_a_lock_holder_only_while_the_lock_is_held(root_run_dir):
     """A free lock whose file still holds an old pid: lock_held false and lock_holder null."""
-    (tmp_path / "lock").write_text("12345\n")
-    data = json.loads(run("status", "--json", run_dir=tmp_path).stdout)
+    with open(os.path.join(root_run_dir, "lock"), "w") as f:
+        f.write("12345\n")
+    data = json.loads(run("status", "--json", run_dir=root_run_dir).stdout)
     assert data["lock_held"] is False and data["lock_holder"] is None
 
 
