@@ -14,8 +14,8 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = "csrc"
-HEADERS = ("session.h", "freeze.h", "guardian.h", "spawn.h", "window.h")
-SOURCES = ("session.c", "freeze.c", "guardian.c", "spawn.c", "window.c")
+HEADERS = ("session.h", "freeze.h", "guardian.h", "watchdog.h", "spawn.h", "window.h")
+SOURCES = ("session.c", "freeze.c", "detach.c", "guardian.c", "watchdog.c", "spawn.c", "window.c")
 _CDEF = re.compile(r"/\* cdef-begin \*/\n(.*?)/\* cdef-end \*/", re.DOTALL)
 
 

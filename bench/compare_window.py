@@ -12,13 +12,13 @@ VM hits every contender alike.
 The contenders on clean filesystems:
   floor        bench/floor.c: FIFREEZE all, FITHAW all in reverse, two
                clock_gettime calls around them; no guardian, nothing else.
-  engine       quiesce.native.Session.cycle() with the guardian armed: the
+  engine       quiesce.engine.native.Session.cycle() with the guardian armed: the
                production path minus Python policy. Window from the native
                per-filesystem timestamps.
   engine_par   the same after Session.set_parallel(groups), groups from
-               quiesce.plan.parallel_groups: independent filesystems are
+               quiesce.engine.order.parallel_groups: independent filesystems are
                frozen at once, one thread each.
-  freeze_path  quiesce.freeze.Freeze: lock, ledger, guardian, pre-flush
+  freeze_path  quiesce.engine.freeze.Freeze: lock, ledger, guardian, pre-flush
                (prepare), then cycle(); window from its report.
   freeze_path_par  the same with FreezeOptions(parallel=True).
   fsfreeze     util-linux `fsfreeze -f` on each, then `fsfreeze -u` on each:
@@ -78,11 +78,12 @@ from qga import GuestAgent, agent_binary, agent_version
 from results import Check
 from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_targets, sigterm_exits
 
-from quiesce.freeze import Freeze, FreezeOptions, open_target
-from quiesce.mounts import Target
-from quiesce.native import FsRecord, Session, now_ns
-from quiesce.plan import parallel_groups
-from quiesce.rcu import RCU_EXPEDITED, ExpeditedRcu
+from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.mountfd import open_target
+from quiesce.engine.native import FsRecord, Session, now_ns
+from quiesce.engine.order import parallel_groups
+from quiesce.engine.plan import Target
+from quiesce.engine.rcu import RCU_EXPEDITED, ExpeditedRcu
 from quiesce.sandbox import Sandbox
 
 FSTYPES = ("ext4", "xfs", "btrfs")
@@ -181,7 +182,7 @@ class Bench:
     def engine(self, preflush: bool = False, parallel: bool = False, rcu: bool = False) -> Sample:
         """A fresh session, guardian armed, optional pre-flush, then one cycle().
 
-        ``parallel``: Session.set_parallel with quiesce.plan.parallel_groups.
+        ``parallel``: Session.set_parallel with quiesce.engine.order.parallel_groups.
         ``rcu``: /sys/kernel/rcu_expedited set right before the cycle (after
         the pre-flush) and restored right after, as the Freeze path does; the
         guardian restores it should this process die in between.

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from floorprog import compile_floor
 
-from quiesce.freeze import open_target
-from quiesce.mounts import Target
-from quiesce.plan import make_plan
+from quiesce.azure.planning import make_plan
+from quiesce.engine.mountfd import open_target
+from quiesce.engine.plan import Target
 from quiesce.sandbox import LoopFs, Sandbox, enter_private_mount_namespace
 
 _namespace_entered = False

@@ -40,7 +40,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from quiesce.mounts import read_mountinfo
+from quiesce.engine.mountinfo import read_mountinfo
 
 #: The only requests this client sends; the agent disables every other one.
 ALLOWED_RPCS = ("guest-sync", "guest-fsfreeze-freeze-list", "guest-fsfreeze-thaw")

@@ -6,7 +6,7 @@
   machine's mount namespace, so the sandbox's mounts are invisible to the
   machine and nothing of the machine's is ours.
 - :func:`sandbox_targets`: plan the sandbox's filesystems with
-  ``quiesce.plan.make_plan`` and check that every planned target is one of
+  ``quiesce.azure.planning.make_plan`` and check that every planned target is one of
   them: same mount point, mounted from the loop device the sandbox attached.
 - :func:`rcu_left_as_found`: whatever happens, ``/sys/kernel/rcu_expedited``
   holds at the end the value it held at the start.
@@ -24,9 +24,10 @@ import signal
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
-from quiesce.mounts import Target
-from quiesce.plan import check_explicit, make_plan
-from quiesce.rcu import RCU_EXPEDITED
+from quiesce.azure.planning import make_plan
+from quiesce.engine.plan import Target
+from quiesce.engine.rcu import RCU_EXPEDITED
+from quiesce.engine.targets import check_explicit
 from quiesce.sandbox import LoopFs, enter_private_mount_namespace
 
 

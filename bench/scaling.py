@@ -5,15 +5,15 @@
                                  [--json out.json] [--results PATH | --no-results]
 
 One run builds max(N) small ext4 loop filesystems (the cheapest to make) in a
-private mount namespace, plans them with ``quiesce.plan.make_plan`` and checks
+private mount namespace, plans them with ``quiesce.azure.planning.make_plan`` and checks
 every planned target is one of its own loop mounts. For each N it freezes the
 first N targets of the plan (the same nested subsets for every contender):
 
   floor       bench/floor.c on the N mounts: FIFREEZE in order, FITHAW in
               reverse, one window per process.
-  engine      quiesce.native.Session.cycle(), guardian armed, sequential.
+  engine      quiesce.engine.native.Session.cycle(), guardian armed, sequential.
   engine_par  the same after Session.set_parallel(groups), groups from
-              quiesce.plan.parallel_groups (independent filesystems: one
+              quiesce.engine.order.parallel_groups (independent filesystems: one
               group, one thread each, released together).
 
 Two phases:
@@ -53,8 +53,8 @@ from floorprog import compile_command, compile_floor
 from results import Check
 from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_targets, sigterm_exits
 
-from quiesce.mounts import Target
-from quiesce.rcu import RCU_EXPEDITED, ExpeditedRcu
+from quiesce.engine.plan import Target
+from quiesce.engine.rcu import RCU_EXPEDITED, ExpeditedRcu
 from quiesce.sandbox import Sandbox
 
 TOOLS = ("cc", "losetup", "mount", "umount", "mkfs.ext4")

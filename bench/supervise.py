@@ -79,10 +79,10 @@ from floorprog import compile_command, compile_program
 from results import Check
 from safety import refusal, sigterm_exits
 
-from quiesce import native
-from quiesce.cgroups import ScriptCgroup, cgroup2_root
-from quiesce.permissions import CheckedScript, open_script
-from quiesce.scripts import ScriptPolicy, ScriptResult, run_script, script_argv
+from quiesce.engine import native
+from quiesce.supervise.cgroups import ScriptCgroup, cgroup2_root
+from quiesce.supervise.checked import CheckedScript, open_script
+from quiesce.supervise.scripts import ScriptPolicy, ScriptResult, run_script, script_argv
 
 SOURCE = Path(__file__).resolve().parent / "exit_stamp.c"
 ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]

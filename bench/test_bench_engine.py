@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from floorprog import run_floor
 
-from quiesce.freeze import Freeze, FreezeOptions
-from quiesce.mounts import Target
-from quiesce.native import FsRecord, Session, now_ns
+from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.native import FsRecord, Session, now_ns
+from quiesce.engine.plan import Target
 
 TIMEOUT_NS = 10_000_000_000
 STEP_TIMEOUT_NS = 5_000_000_000
@@ -166,7 +166,7 @@ def test_freeze_path_total(benchmark, report_figures, ext4_target: Target, root_
 
 
 def test_now_ns_through_cffi(benchmark) -> None:
-    """quiesce.native.now_ns(): one cffi call to clock_gettime(CLOCK_MONOTONIC)."""
+    """quiesce.engine.native.now_ns(): one cffi call to clock_gettime(CLOCK_MONOTONIC)."""
     before = time.monotonic_ns()
     value = benchmark(now_ns)
     assert value >= before  # the same clock as time.monotonic_ns()

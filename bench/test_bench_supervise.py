@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from quiesce import native
-from quiesce.cgroups import ScriptCgroup, cgroup2_root
-from quiesce.permissions import CheckedScript, open_script
-from quiesce.scripts import ScriptPolicy, run_script
+from quiesce.engine import native
+from quiesce.supervise.cgroups import ScriptCgroup, cgroup2_root
+from quiesce.supervise.checked import CheckedScript, open_script
+from quiesce.supervise.scripts import ScriptPolicy, run_script
 
 ROUNDS = 200
 TRUE = "/bin/true"

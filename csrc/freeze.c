@@ -66,7 +66,7 @@ int qz_preflush(struct qz_session *s)
     return -first_err;
 }
 
-static void thaw_one(struct qz_fs *fs)
+void qz_thaw_one(struct qz_fs *fs, int32_t done)
 {
     int rc;
 
@@ -74,7 +74,7 @@ static void thaw_one(struct qz_fs *fs)
     rc = ioctl(fs->fd, FITHAW, 0);
     fs->thaw_end_ns = qz_now_ns();
     fs->thaw_errno = rc == 0 ? 0 : errno;
-    qz_store(&fs->state, QZ_THAWED);
+    qz_store(&fs->state, done);
 }
 
 /*
@@ -91,7 +91,7 @@ int qz_thaw(struct qz_session *s)
 
         if (!qz_cas(&fs->state, QZ_FROZEN, QZ_THAWING))
             continue;
-        thaw_one(fs);
+        qz_thaw_one(fs, QZ_THAWED);
         if (fs->thaw_errno != 0 && first_err == 0)
             first_err = fs->thaw_errno;
     }

@@ -19,4 +19,13 @@ int qz_cycle(struct qz_session *s);
 int qz_thaw_fd(int fd);
 /* cdef-end */
 
+/*
+ * FITHAW one filesystem its caller has claimed (moved it to QZ_THAWING or
+ * QZ_GUARD_THAWING by compare-and-swap), recording the times and errno, then
+ * publish `done` (QZ_THAWED or QZ_GUARD_THAWED). The one thaw of a session,
+ * for the orchestrator and the guardian alike: only raw system calls, so the
+ * guardian may call it after fork.
+ */
+void qz_thaw_one(struct qz_fs *fs, int32_t done);
+
 #endif

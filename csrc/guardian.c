@@ -7,17 +7,16 @@
  */
 #define _GNU_SOURCE
 #include "guardian.h"
+#include "detach.h"
+#include "freeze.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/fs.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
@@ -25,9 +24,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MSG_BEGIN 'B'
-#define MSG_END 'E'
-#define MSG_READY 'R'
 
 /* ---- a tiny async-signal-safe line writer ------------------------------ */
 
@@ -95,18 +91,6 @@ static const char *reason_name(int32_t reason)
 
 /* ---- thawing ------------------------------------------------------------ */
 
-static void guard_thaw(struct qz_session *s, uint32_t i)
-{
-    struct qz_fs *fs = &s->fs[i];
-    int rc;
-
-    fs->thaw_start_ns = qz_now_ns();
-    rc = ioctl(fs->fd, FITHAW, 0);
-    fs->thaw_end_ns = qz_now_ns();
-    fs->thaw_errno = rc == 0 ? 0 : errno;
-    qz_store(&fs->state, QZ_GUARD_THAWED);
-}
-
 /*
  * Log what was thawed since the last call. Only after thawing: the report fd
  * may be a file on one of the filesystems that were frozen.
@@ -149,7 +133,7 @@ static void thaw_held(struct qz_session *s, int orphaned)
 
         if (qz_cas(st, QZ_FROZEN, QZ_GUARD_THAWING) ||
             (orphaned && qz_cas(st, QZ_FREEZING, QZ_GUARD_THAWING)))
-            guard_thaw(s, i);
+            qz_thaw_one(&s->fs[i], QZ_GUARD_THAWED);
     }
 }
 
@@ -265,63 +249,6 @@ static void check_deadlines(struct qz_session *s, int64_t now)
         fire(s, QZ_FIRED_BLOCKED);
 }
 
-static void close_others(const int *keep, size_t nkeep)
-{
-    unsigned int next = 3;
-    size_t i;
-
-    for (i = 0; i < nkeep; i++) {
-        unsigned int k = (unsigned int)keep[i];
-
-        if (k < next)
-            continue;
-        if (k > next && syscall(SYS_close_range, next, k - 1, 0) != 0)
-            for (unsigned int fd = next; fd < k; fd++)
-                close((int)fd);
-        next = k + 1;
-    }
-    if (syscall(SYS_close_range, next, ~0U, 0) != 0)
-        for (unsigned int fd = next; fd < 65536; fd++)
-            close((int)fd);
-}
-
-static void detach(int devnull, const int *keep, size_t nkeep)
-{
-    struct sigaction ign, dfl;
-    int sig;
-
-    setsid();
-    memset(&ign, 0, sizeof(ign));
-    ign.sa_handler = SIG_IGN;
-    memset(&dfl, 0, sizeof(dfl));
-    dfl.sa_handler = SIG_DFL;
-    for (sig = 1; sig < NSIG; sig++) {
-        if (sig == SIGKILL || sig == SIGSTOP)
-            continue;
-        if (sig == SIGCHLD || sig == SIGSEGV || sig == SIGBUS ||
-            sig == SIGFPE || sig == SIGILL || sig == SIGABRT ||
-            sig == SIGTRAP || sig == SIGSYS)
-            sigaction(sig, &dfl, NULL);
-        else
-            sigaction(sig, &ign, NULL);
-    }
-    {
-        sigset_t none;
-
-        /* Dispositions are set: now signals may arrive (the parent blocked them). */
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-    }
-    prctl(PR_SET_NAME, "quiesce-guard", 0, 0, 0);
-    /* Deadlines are met to the microsecond, not to the default 50 us slack. */
-    prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0);
-    /* Never hold the caller's stdout pipe open, nor its terminal. */
-    dup2(devnull, 0);
-    dup2(devnull, 1);
-    dup2(devnull, 2);
-    close_others(keep, nkeep);
-}
-
 static void to_timespec(int64_t ns, struct timespec *ts)
 {
     if (ns < 0)
@@ -363,12 +290,12 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
             char msg = 0;
             ssize_t n = recv(sock, &msg, 1, MSG_DONTWAIT);
 
-            if (n == 1 && msg == MSG_BEGIN) {
+            if (n == 1 && msg == QZ_MSG_BEGIN) {
                 begun = 1;
                 anchor = qz_now_ns();
                 continue;
             }
-            if (n == 1 && msg == MSG_END)
+            if (n == 1 && msg == QZ_MSG_END)
                 break;
             if (n < 0 && (errno == EAGAIN || errno == EINTR))
                 continue;
@@ -387,23 +314,6 @@ static int cmp_int(const void *a, const void *b)
     int x = *(const int *)a, y = *(const int *)b;
 
     return (x > y) - (x < y);
-}
-
-static int wait_ready(int sock)
-{
-    struct pollfd pfd = { .fd = sock, .events = POLLIN };
-    struct timespec ts = { .tv_sec = 5, .tv_nsec = 0 };
-    char msg = 0;
-    int rc;
-
-    do
-        rc = ppoll(&pfd, 1, &ts, NULL);
-    while (rc < 0 && errno == EINTR);
-    if (rc <= 0)
-        return rc == 0 ? ETIMEDOUT : errno;
-    if (recv(sock, &msg, 1, MSG_DONTWAIT) != 1 || msg != MSG_READY)
-        return ECHILD;
-    return 0;
 }
 
 int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
@@ -470,9 +380,9 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
     pthread_sigmask(SIG_BLOCK, &all, &old);
     pid = fork();
     if (pid == 0) {
-        char ready = MSG_READY;
+        char ready = QZ_MSG_READY;
 
-        detach(devnull, keep, nkeep);
+        qz_detach(devnull, keep, nkeep, "quiesce-guard");
         send(sv[1], &ready, 1, MSG_NOSIGNAL);
         guardian_main(s, sv[1]);
     }
@@ -492,7 +402,7 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
         s->guardian_pidfd = (int32_t)syscall(SYS_pidfd_open, pid, 0);
 #endif
     /* Armed means detached, signals ignored, watching: wait for it to say so. */
-    err = wait_ready(sv[0]);
+    err = qz_wait_ready(sv[0]);
     if (err != 0) {
         kill(pid, SIGKILL);
         qz_guardian_disarm(s, 1000000000LL);
@@ -521,7 +431,7 @@ int qz_guardian_restore_on_orphan(struct qz_session *s, int fd,
 
 void qz_guardian_begin(struct qz_session *s)
 {
-    char msg = MSG_BEGIN;
+    char msg = QZ_MSG_BEGIN;
 
     s->deadline_ns = s->timeout_ns > 0 ? qz_now_ns() + s->timeout_ns : 0;
     if (s->guardian_sock >= 0)
@@ -569,7 +479,7 @@ static int reap_guardian(pid_t pid, int pidfd, int64_t end, int *status)
  */
 int qz_guardian_disarm(struct qz_session *s, int64_t wait_ns)
 {
-    char msg = MSG_END;
+    char msg = QZ_MSG_END;
     int status, rc;
     pid_t pid = s->guardian_pid;
 
@@ -587,86 +497,4 @@ int qz_guardian_disarm(struct qz_session *s, int64_t wait_ns)
         close(s->guardian_pidfd);
     s->guardian_pidfd = -1;
     return 0;
-}
-
-/* ---- the run's watchdog -------------------------------------------------- */
-
-static __attribute__((noreturn)) void watchdog_main(int sock, int kill_fd)
-{
-    struct pollfd pfd = { .fd = sock, .events = POLLIN };
-    char msg = MSG_READY;
-
-    send(sock, &msg, 1, MSG_NOSIGNAL);
-    for (;;) {
-        int rc = poll(&pfd, 1, -1);
-        ssize_t n;
-
-        if (rc < 0 && errno == EINTR)
-            continue;
-        msg = 0;
-        n = recv(sock, &msg, 1, MSG_DONTWAIT);
-        if (n == 1 && msg == MSG_END)
-            _exit(0);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            continue;
-        break; /* EOF or error: the orchestrator is gone */
-    }
-    while (pwrite(kill_fd, "1", 1, 0) < 0 && errno == EINTR)
-        ;
-    _exit(1);
-}
-
-int qz_watchdog_arm(int kill_fd, int *sock)
-{
-    int sv[2], devnull, keep[2], err;
-    sigset_t all, old;
-    pid_t pid;
-
-    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (devnull < 0)
-        return -errno;
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-        err = errno;
-        close(devnull);
-        return -err;
-    }
-    keep[0] = sv[1] < kill_fd ? sv[1] : kill_fd;
-    keep[1] = sv[1] < kill_fd ? kill_fd : sv[1];
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = fork();
-    if (pid == 0) {
-        detach(devnull, keep, 2);
-        prctl(PR_SET_NAME, "quiesce-watch", 0, 0, 0);
-        watchdog_main(sv[1], kill_fd);
-    }
-    err = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    close(devnull);
-    close(sv[1]);
-    if (pid < 0) {
-        close(sv[0]);
-        return -err;
-    }
-    err = wait_ready(sv[0]);
-    if (err != 0) {
-        kill(pid, SIGKILL);
-        qz_watchdog_disarm(pid, sv[0]);
-        return -err;
-    }
-    *sock = sv[0];
-    return pid;
-}
-
-int qz_watchdog_disarm(int pid, int sock)
-{
-    char msg = MSG_END;
-    int status, rc;
-
-    send(sock, &msg, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    close(sock);
-    do
-        rc = waitpid(pid, &status, 0);
-    while (rc < 0 && errno == EINTR);
-    return rc < 0 ? -errno : 0;
 }

@@ -22,14 +22,6 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
 int qz_guardian_disarm(struct qz_session *s, int64_t wait_ns);
 int qz_guardian_restore_on_orphan(struct qz_session *s, int fd,
                                   const char *value, uint32_t len);
-
-/*
- * The run's watchdog: a detached process that writes "1" to `kill_fd` (a
- * cgroup.kill) if the orchestrator dies, so no script outlives a crashed
- * run. Returns its pid, or -errno; *sock receives the orchestrator's end.
- */
-int qz_watchdog_arm(int kill_fd, int *sock);
-int qz_watchdog_disarm(int pid, int sock);
 /* cdef-end */
 
 /* Called by qz_freeze() just before the first FIFREEZE. */

@@ -44,7 +44,7 @@ struct qz_session *qz_session_new(const int *fds, uint32_t n)
     struct qz_session *s;
     uint32_t i;
 
-    if (n == 0 || n > 4096) {
+    if (n == 0 || n > QZ_MAX_FILESYSTEMS) {
         errno = EINVAL;
         return NULL;
     }

@@ -36,6 +36,9 @@
 
 #define QZ_LEDGER_NAME_MAX 256
 
+/* The most filesystems one session holds (Python reads it: native.MAX_FILESYSTEMS). */
+#define QZ_MAX_FILESYSTEMS 4096
+
 struct qz_fs {
     int32_t fd;
     int32_t state;

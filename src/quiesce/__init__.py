@@ -36,7 +36,14 @@ try:
 except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-from quiesce.config import LoadedConfig, PluginConfig, parse_config
+from quiesce.azure.config import LoadedConfig, PluginConfig
+from quiesce.azure.configparse import parse_config
+from quiesce.azure.planning import make_plan as plan
+from quiesce.azure.verdict import APPLICATION, CRASH, FAILED, FILESYSTEM
+from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.frozen import frozen
+from quiesce.engine.plan import Plan, Skipped, SkipReason, Target
+from quiesce.engine.report import FilesystemResult, FreezeReport, WindowExpiredError
 from quiesce.errors import (
     ConfigError,
     FreezeError,
@@ -51,24 +58,12 @@ from quiesce.errors import (
     TargetError,
     ThawError,
     UnsafeRunDirError,
-    WindowExpiredError,
 )
-from quiesce.freeze import FilesystemResult, Freeze, FreezeOptions, FreezeReport, frozen
-from quiesce.mounts import Plan, Skipped, SkipReason, Target
-from quiesce.plan import make_plan as plan
-from quiesce.run import (
-    APPLICATION,
-    CRASH,
-    FAILED,
-    FILESYSTEM,
-    HoldAnnouncement,
-    RunOptions,
-    RunResult,
-    SnapshotStep,
-    load_checked_config,
-)
-from quiesce.run import run as _run
-from quiesce.scripts import Attempt, ScriptResult
+from quiesce.runner.run import load_checked_config
+from quiesce.runner.run import run as _run
+from quiesce.runner.types import HoldAnnouncement, RunOptions, RunResult, SnapshotStep
+from quiesce.supervise.launch import Attempt
+from quiesce.supervise.scripts import ScriptResult
 
 __all__ = [
     "APPLICATION",

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quiesce.run import RunOptions, RunResult, run
+from quiesce.runner.run import run
+from quiesce.runner.types import RunOptions, RunResult
 from quiesce.sandbox import LoopFs, Sandbox, SandboxError, enter_private_mount_namespace
 
 # The application: appends "N" records to the db journal and the log, fsync

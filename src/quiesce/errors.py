@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from quiesce.freeze import FreezeReport
 
 
 class QuiesceError(Exception):
@@ -116,19 +112,6 @@ class NotFrozenError(ThawError):
 
 class GuardianError(QuiesceOSError):
     """The guardian process could not be armed or did not answer."""
-
-
-class WindowExpiredError(QuiesceError):
-    """The frozen window ended before its release: what was taken inside it is not trusted.
-
-    The guardian thawed first (the deadline passed, or a FIFREEZE blocked),
-    or someone else thawed a target while it was held. Raised when leaving
-    :func:`quiesce.frozen`'s block; ``report`` is the freeze's report.
-    """
-
-    def __init__(self, message: str, report: FreezeReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 # -- Azure-compatible configuration and script errors ---------------------------

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from quiesce.permissions import open_script
-from quiesce.scripts import ScriptPolicy, run_script
+from quiesce.supervise.checked import open_script
+from quiesce.supervise.scripts import ScriptPolicy, run_script
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
 
@@ -211,11 +211,9 @@ def test_no_fd_leak(make_script):
 @pytest.fixture
 def no_cgroup(monkeypatch):
     """Run scripts as on a machine without a writable cgroup v2: process-group fallback."""
-    from quiesce import scripts
+    from quiesce.supervise.cgroups import ScriptCgroup
 
-    monkeypatch.setattr(
-        scripts.ScriptCgroup, "create", classmethod(lambda cls, name, root=None, parent=None: None)
-    )
+    monkeypatch.setattr(ScriptCgroup, "create", classmethod(lambda cls, name, root=None, parent=None: None))
 
 
 def test_fallback_timeout_kills_the_process_group(make_script, no_cgroup):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quiesce import native
+from quiesce.engine import native
 from quiesce.errors import QuiesceOSError
 
 pytestmark = pytest.mark.timeout(60)
@@ -125,7 +125,7 @@ def test_sigterm_comes_at_the_deadline_not_later():
 
 LOW_ERRPIPE = """
 import errno, os, resource, sys
-from quiesce import native
+from quiesce.engine import native
 from quiesce.errors import QuiesceOSError
 null = [os.open(os.devnull, os.O_RDWR) for _ in range(6)][3:]  # the child's stdio: fds above 3
 for fd in (0, 1, 2, 3):
@@ -148,7 +148,7 @@ def test_a_child_that_cannot_move_its_error_pipe_is_not_a_start():
 
 ZERO_PID = """
 import os, sys
-from quiesce import native
+from quiesce.engine import native
 null = os.open(os.devnull, os.O_RDWR)
 child = native.spawn(
     ["/bin/sleep", "30"], [], path="/bin/sleep", stdin_fd=null, stdout_fd=null, stderr_fd=null

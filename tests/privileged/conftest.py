@@ -19,9 +19,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from quiesce.mounts import Target
-from quiesce.plan import make_plan
-from quiesce.run import RunOptions
+from quiesce.azure.planning import make_plan
+from quiesce.engine.plan import Target
+from quiesce.runner.types import RunOptions
 from quiesce.sandbox import LoopFs, Sandbox, enter_private_mount_namespace, thaw_quietly
 
 pytestmark = pytest.mark.privileged
@@ -44,7 +44,7 @@ def private_namespace() -> None:
 def no_leftover_run_cgroups():
     """After the session, remove the cgroups of runs the tests SIGKILLed (what `quiesce recover` does)."""
     yield
-    from quiesce.cgroups import kill_orphaned_run_cgroups
+    from quiesce.supervise.cgroups import kill_orphaned_run_cgroups
 
     kill_orphaned_run_cgroups()
 

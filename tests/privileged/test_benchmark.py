@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
@@ -13,34 +12,26 @@ import time
 
 import pytest
 
-from quiesce import benchmark
-from quiesce import ledger as ledger_mod
-from quiesce.benchmark import FILE_PREFIX, BenchOptions, run_bench
-from quiesce.cli import Exit
-from quiesce.freeze import FreezeOptions
-from quiesce.lock import FreezeLock, is_held
-from quiesce.rcu import RCU_EXPEDITED
+from quiesce.bench import command as bench_command
+from quiesce.bench import runner as bench_runner
+from quiesce.bench.helpers import FILE_PREFIX
+from quiesce.bench.runner import BenchOptions, run_bench
+from quiesce.cli import main
+from quiesce.cli.exits import Exit
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.freeze import FreezeOptions
+from quiesce.engine.lock import FreezeLock, is_held
+from quiesce.engine.rcu import RCU_EXPEDITED
 from tests.privileged.conftest import Writer, targets
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(120)]
 
-_MAIN = "import sys; from quiesce.benchmark import main; sys.exit(main(sys.argv[1:]))"
-_HELPER_MARK = "from quiesce.benchmark import helper_main"
-
-
-@functools.cache
-def _cli_has_bench() -> bool:
-    """True once the ``quiesce`` command has the ``bench`` subcommand wired in."""
-    r = subprocess.run(
-        [sys.executable, "-m", "quiesce", "bench", "--help"], capture_output=True, text=True, timeout=60
-    )
-    return r.returncode == 0
+_HELPER_MARK = "from quiesce.bench.helpers import helper_main"
 
 
 def bench_argv(*args):
-    """``python -m quiesce bench ARGS``, or the same parser through ``benchmark.main`` until it is wired."""
-    prefix = [sys.executable, "-m", "quiesce"] if _cli_has_bench() else [sys.executable, "-c", _MAIN]
-    return [*prefix, "bench", *args]
+    """``python -m quiesce bench ARGS``."""
+    return [sys.executable, "-m", "quiesce", "bench", *args]
 
 
 def bench(run_dir, *args, timeout=100):
@@ -261,10 +252,10 @@ def test_all_without_yes_and_without_a_terminal_is_refused(fs, run_dir, monkeypa
     def tripwire(*args, **kwargs):
         raise AssertionError("bench --all went on without a confirmation")
 
-    monkeypatch.setattr(benchmark, "Freeze", tripwire)
-    monkeypatch.setattr(benchmark, "make_plan", tripwire)
+    monkeypatch.setattr(bench_runner, "Freeze", tripwire)
+    monkeypatch.setattr(bench_command, "make_plan", tripwire)
     monkeypatch.setattr(sys, "stdin", io.StringIO("yes\n"))  # not a terminal, even if it says yes
-    code = benchmark.main(["bench", "--all", "--json", "--run-dir", run_dir])
+    code = main(["bench", "--all", "--json", "--run-dir", run_dir])
     assert code == Exit.USAGE
     out, err = capsys.readouterr()
     assert "--yes" in err and "not a terminal" in err
@@ -352,8 +343,9 @@ def test_signal_thaws_prints_partial_results_and_exits_128_plus_signal(fs, run_d
 def test_run_bench_api_with_progress_and_stop(fs, run_dir):
     """``run_bench``: the progress callback sees each repetition; ``stop`` ends it after the current one."""
     seen = []
+    freeze = FreezeOptions(timeout_s=20, run_dir=run_dir)
     options = BenchOptions(
-        targets=tuple(targets(fs["xfs"], fs["btrfs"])), reps=50, interval_s=0, run_dir=run_dir, timeout_s=20
+        targets=tuple(targets(fs["xfs"], fs["btrfs"])), reps=50, interval_s=0, freeze=freeze
     )
     result = run_bench(
         options, progress=lambda done, s: seen.append((done, s.window_ns)), stop=lambda: len(seen) >= 2
@@ -363,7 +355,17 @@ def test_run_bench_api_with_progress_and_stop(fs, run_dir):
     assert result.error is None and result.requested == 50
     data = json.loads(json.dumps(result.to_dict()))
     assert data["completed"] == 2 and data["options"]["run_dir"] == run_dir
-    assert options.freeze_options() == FreezeOptions(timeout_s=20, preflush=True, run_dir=run_dir)
+    assert data["options"] == {
+        "reps": 50,
+        "interval_s": 0,
+        "dirty_mib": 0,
+        "probe": False,
+        "preflush": True,
+        "timeout_s": 20,
+        "run_dir": run_dir,
+        "expedite_rcu": False,
+        "parallel": False,
+    }
     assert_clean(run_dir, fs["xfs"], fs["btrfs"])
 
 
@@ -381,9 +383,9 @@ def test_all_on_a_terminal_shows_the_plan_and_no_freezes_nothing(fs, run_dir, mo
     def tripwire(*args, **kwargs):
         raise AssertionError("bench --all froze without a yes")
 
-    monkeypatch.setattr(benchmark, "Freeze", tripwire)
+    monkeypatch.setattr(bench_runner, "Freeze", tripwire)
     monkeypatch.setattr(sys, "stdin", _Terminal("no\n"))
-    code = benchmark.main(["bench", "--all", "-n", "3", "--run-dir", run_dir])
+    code = main(["bench", "--all", "-n", "3", "--run-dir", run_dir])
     assert code == Exit.ERROR
     err = capsys.readouterr().err
     assert "freeze order" in err and str(fs["ext4"].mount_point) in err

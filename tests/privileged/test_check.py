@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from quiesce.cli import Exit
+from quiesce.cli.exits import Exit
 from tests.privileged.conftest import is_frozen
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from quiesce import ledger as ledger_mod
-from quiesce.cli import Exit
-from quiesce.procs import is_alive
+from quiesce.cli.exits import Exit
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.proof import is_alive
 from tests.privileged.conftest import Writer, external_freeze, is_frozen
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
@@ -293,7 +293,7 @@ def test_hold_that_cannot_freeze_reports_the_error(fs, run_dir):
 
 def test_recover_removes_notify_dirs_of_dead_runs_only(run_dir):
     """``recover`` removes the notify directories a killed run left, never while a run holds run.lock."""
-    from quiesce.lock import FreezeLock
+    from quiesce.engine.lock import FreezeLock
 
     stale = os.path.join(run_dir, "notify-20250101T000000Z-1")
     os.mkdir(stale, 0o700)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from quiesce import ledger as ledger_mod
-from quiesce.run import APPLICATION, RunOptions, run
+from quiesce.azure.verdict import APPLICATION
+from quiesce.engine import ledger as ledger_mod
+from quiesce.runner.run import run
+from quiesce.runner.types import RunOptions
 from quiesce.sandbox import Sandbox
 from tests.privileged.conftest import SAMPLE, Writer
 

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from quiesce import ledger as ledger_mod
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.frozen import frozen
 from quiesce.errors import FreezeTimeoutError, FrozenByOtherError, LockHeldError
-from quiesce.freeze import Freeze, FreezeOptions, frozen
 from tests.privileged.conftest import Writer, external_freeze, is_frozen, targets
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
@@ -114,7 +115,7 @@ def test_second_concurrent_freeze_is_refused(fs, run_dir):
 
 def test_nested_loop_stack_is_planned_upper_first(fs, run_dir):
     """The plan freezes the filesystem on the loop device before the one holding its image."""
-    from quiesce.plan import make_plan
+    from quiesce.azure.planning import make_plan
 
     plan = make_plan([str(fs["outer"].mount_point), str(fs["inner"].mount_point)], vmbackup_conf=None)
     assert [t.mount.mount_point for t in plan.targets] == [

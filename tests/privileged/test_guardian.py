@@ -11,18 +11,20 @@ import time
 
 import pytest
 
-from quiesce import ledger as ledger_mod
-from quiesce.freeze import FreezeOptions, frozen
-from quiesce.procs import is_alive
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.freeze import FreezeOptions
+from quiesce.engine.frozen import frozen
+from quiesce.engine.proof import is_alive
 from tests.privileged.conftest import Writer, targets
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
 
 HOLDER = """
 import sys, time
-from quiesce.freeze import FreezeOptions, frozen
-from quiesce.plan import make_plan
-plan = make_plan(sys.argv[2:], vmbackup_conf=None)
+from quiesce.engine.freeze import FreezeOptions
+from quiesce.engine.frozen import frozen
+from quiesce.engine.targets import plan_targets
+plan = plan_targets(sys.argv[2:])
 with frozen(plan.targets, FreezeOptions(timeout_s=30, run_dir=sys.argv[1])):
     print("frozen", flush=True)
     time.sleep(60)

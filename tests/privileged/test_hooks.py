@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from quiesce.run import APPLICATION, FAILED, FILESYSTEM, run
+from quiesce.azure.verdict import APPLICATION, FAILED, FILESYSTEM
+from quiesce.runner.run import run
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
 

@@ -21,12 +21,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from quiesce import ledger as ledger_mod
-from quiesce.cli import Exit
+from quiesce.cli.exits import Exit
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.frozen import frozen
+from quiesce.engine.proof import start_time
 from quiesce.errors import UnsafeRunDirError
-from quiesce.freeze import Freeze, FreezeOptions, frozen
-from quiesce.procs import start_time
-from quiesce.run import run
+from quiesce.runner.run import run
 from tests.privileged.conftest import external_freeze, is_frozen, targets
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]

@@ -19,15 +19,16 @@ import time
 
 import pytest
 
-from quiesce import hooks
-from quiesce.cgroups import RunCgroup, cgroup2_root
-from quiesce.cli import Exit
-from quiesce.hooks import Hook, SessionHook
-from quiesce.notify import NotifyDir
-from quiesce.permissions import open_script
-from quiesce.run import APPLICATION, run
+from quiesce.azure.verdict import APPLICATION
+from quiesce.cli.exits import Exit
+from quiesce.runner.run import run
 from quiesce.sandbox import Sandbox
-from quiesce.scripts import ScriptPolicy
+from quiesce.supervise.cgroups import RunCgroup, ScriptCgroup, cgroup2_root
+from quiesce.supervise.checked import open_script
+from quiesce.supervise.hookdir import Hook
+from quiesce.supervise.notify import NotifyDir
+from quiesce.supervise.scripts import ScriptPolicy
+from quiesce.supervise.session import SessionHook
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
 
@@ -128,7 +129,7 @@ def test_the_notify_socket_is_in_a_private_directory(setup):
 @pytest.mark.parametrize("notify", [False, True])
 def test_without_cgroups_only_the_hooks_session_may_notify(setup, monkeypatch, notify):
     """Without cgroup v2 (process-group fallback), READY=1 counts only from the hook's own session."""
-    monkeypatch.setattr(hooks.ScriptCgroup, "create", lambda *a, **k: None)
+    monkeypatch.setattr(ScriptCgroup, "create", lambda *a, **k: None)
     where = os.path.join(setup.base, "socket")
     go = os.path.join(setup.base, "go")
     body = PUBLISH.format(where=where)
@@ -235,7 +236,7 @@ def test_run_cgroups_nest_under_a_delegated_cgroup():
         code = (
             "import os, sys\n"
             "with open(os.path.join(sys.argv[1], 'cgroup.procs'), 'w') as f: f.write(str(os.getpid()))\n"
-            "from quiesce.cgroups import RunCgroup\n"
+            "from quiesce.supervise.cgroups import RunCgroup\n"
             "cg = RunCgroup(f'test-{os.getpid()}')\n"
             "print(cg.path, flush=True)\n"
             "cg.close()\n"

@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from quiesce import ledger as ledger_mod
-from quiesce.run import APPLICATION, run
+from quiesce.azure.verdict import APPLICATION
+from quiesce.engine import ledger as ledger_mod
+from quiesce.runner.run import run
 from tests.privileged.conftest import Writer
 
 pytestmark = [pytest.mark.privileged]

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from quiesce import ledger as ledger_mod
-from quiesce.cli import Exit
+from quiesce.cli.exits import Exit
+from quiesce.engine import ledger as ledger_mod
 from tests.privileged.conftest import Writer
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]

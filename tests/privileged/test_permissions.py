@@ -20,13 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from quiesce.azure.permissions import read_config_file
+from quiesce.azure.text import MAX_CONFIG_BYTES
 from quiesce.errors import (
     ConfigNotFoundError,
     ConfigPermissionError,
     ScriptNotFound,
     ScriptPermissionError,
 )
-from quiesce.permissions import CONFIG_MAX_BYTES, open_script, read_config_file
+from quiesce.supervise.checked import open_script
 
 pytestmark = [
     pytest.mark.privileged,
@@ -452,11 +454,11 @@ def test_config_bytes_come_from_the_checked_file(secure_dir):
 
 
 def test_config_size_capped_one_byte_past_the_limit(secure_dir):
-    """An oversized config yields CONFIG_MAX_BYTES + 1 bytes, so the caller can reject it."""
-    path = make_config(secure_dir, data=b" " * (CONFIG_MAX_BYTES + 4096))
-    assert len(read_config_file(str(path))) == CONFIG_MAX_BYTES + 1
-    exact = make_config(make_dir(secure_dir, "exact"), data=b" " * CONFIG_MAX_BYTES)
-    assert len(read_config_file(str(exact))) == CONFIG_MAX_BYTES
+    """An oversized config yields MAX_CONFIG_BYTES + 1 bytes, so the caller can reject it."""
+    path = make_config(secure_dir, data=b" " * (MAX_CONFIG_BYTES + 4096))
+    assert len(read_config_file(str(path))) == MAX_CONFIG_BYTES + 1
+    exact = make_config(make_dir(secure_dir, "exact"), data=b" " * MAX_CONFIG_BYTES)
+    assert len(read_config_file(str(exact))) == MAX_CONFIG_BYTES
 
 
 @pytest.mark.parametrize(
@@ -548,7 +550,7 @@ def make_file(where: Path, name: str, text: str, mode: int, uid: int = 0) -> Pat
 def test_unsafe_pluginhost_is_incorrect_pluginhost_file(secure_dir, mode, uid, problem):
     """A plugin host INI that others can write, or that another user owns: 304, never used."""
     from quiesce.errors import IncorrectPluginhostFile
-    from quiesce.run import load_checked_pluginhost
+    from quiesce.runner.run import load_checked_pluginhost
 
     path = make_file(secure_dir, "VMSnapshotPluginHost.conf", PLUGINHOST, mode, uid)
     with pytest.raises(IncorrectPluginhostFile) as info:
@@ -565,7 +567,7 @@ def test_unsafe_pluginhost_is_incorrect_pluginhost_file(secure_dir, mode, uid, p
 def test_pluginhost_in_an_unsafe_directory_is_refused(secure_dir):
     """The directory chain counts for the plugin host INI as for the config."""
     from quiesce.errors import IncorrectPluginhostFile
-    from quiesce.run import load_checked_pluginhost
+    from quiesce.runner.run import load_checked_pluginhost
 
     shared = make_dir(secure_dir, "shared", mode=0o777)
     path = make_file(shared, "VMSnapshotPluginHost.conf", PLUGINHOST, 0o600)
@@ -575,8 +577,8 @@ def test_pluginhost_in_an_unsafe_directory_is_refused(secure_dir):
 
 def test_unsafe_vmbackup_conf_is_refused_and_a_readable_one_is_fine(secure_dir):
     """vmbackup.conf steers the freeze: writable by others is refused; 644 (Azure's own) is fine."""
+    from quiesce.azure.planning import make_plan
     from quiesce.errors import VmbackupConfError
-    from quiesce.plan import make_plan
 
     path = make_file(secure_dir, "vmbackup.conf", VMBACKUP, 0o666)
     with pytest.raises(VmbackupConfError, match=r"vmbackup.conf .* has mode bits 0022"):

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from quiesce import ledger as ledger_mod
-from quiesce.freeze import FreezeOptions, frozen
-from quiesce.rcu import RCU_EXPEDITED
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.freeze import FreezeOptions
+from quiesce.engine.frozen import frozen
+from quiesce.engine.rcu import RCU_EXPEDITED
 from tests.privileged.conftest import targets
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
@@ -53,9 +54,10 @@ def test_not_touched_unless_asked(fs, run_dir, rcu_knob):
 
 HOLDER = """
 import sys, time
-from quiesce.freeze import FreezeOptions, frozen
-from quiesce.plan import make_plan
-plan = make_plan(sys.argv[2:], vmbackup_conf=None)
+from quiesce.engine.freeze import FreezeOptions
+from quiesce.engine.frozen import frozen
+from quiesce.engine.targets import plan_targets
+plan = plan_targets(sys.argv[2:])
 opts = FreezeOptions(timeout_s=30, run_dir=sys.argv[1], expedite_rcu=True)
 with frozen(plan.targets, opts):
     print("frozen", flush=True)

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
-from quiesce import ledger as ledger_mod
-from quiesce.cli import Exit
+from quiesce.azure.verdict import APPLICATION, CRASH, FAILED, FILESYSTEM
+from quiesce.cli.exits import Exit
+from quiesce.engine import ledger as ledger_mod
 from quiesce.errors import IncorrectJSONConfigFile, LockHeldError
-from quiesce.run import APPLICATION, CRASH, FAILED, FILESYSTEM, run
+from quiesce.runner.run import run
 from tests.privileged.conftest import Writer, external_freeze, is_frozen
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]

@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from quiesce.run import APPLICATION, run
+from quiesce.azure.verdict import APPLICATION
+from quiesce.runner.run import run
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from quiesce import ledger as ledger_mod
+from quiesce.engine import ledger as ledger_mod
 from tests.privileged.conftest import Writer
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
@@ -118,7 +118,7 @@ def test_signal_during_the_post_script_lets_it_finish(setup):
 
 def _cgroup_pids(run_id_prefix: str) -> list[str]:
     """Processes left in any cgroup of this test's runs (named after the run ID)."""
-    from quiesce.cgroups import PARENT, cgroup2_root
+    from quiesce.supervise.cgroups import PARENT, cgroup2_root
 
     root = cgroup2_root()
     if root is None:

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from quiesce.cli import Exit
-from quiesce.run import APPLICATION, CRASH, FAILED, run
+from quiesce.azure.verdict import APPLICATION, CRASH, FAILED
+from quiesce.cli.exits import Exit
+from quiesce.runner.run import run
 from tests.privileged.conftest import external_freeze, is_frozen
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]

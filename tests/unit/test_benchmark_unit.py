@@ -13,33 +13,44 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quiesce import benchmark
-from quiesce.benchmark import (
-    BenchAborted,
-    BenchOptions,
-    BenchResult,
-    Bucket,
-    FsTiming,
-    ProbeResult,
+from quiesce.bench import command as bench_command
+from quiesce.bench import helpers
+from quiesce.bench.command import (
     ProgressBar,
-    RepSample,
-    Stall,
-    Summary,
-    bucket_labels,
     check_selection,
     confirm_all,
+    print_bench,
+    render_table,
+    summary_rows,
+)
+from quiesce.bench.results import (
+    BenchAborted,
+    BenchError,
+    BenchResult,
+    FsTiming,
+    ProbeResult,
+    RepSample,
+    Stall,
+    rep_at,
+)
+from quiesce.bench.runner import BenchOptions
+from quiesce.bench.stats import (
+    Bucket,
+    Summary,
+    bucket_labels,
     histogram,
     nice_step,
     percentile,
-    print_bench,
     render_histogram,
-    render_table,
-    rep_at,
-    stop_on_signals,
     summarize,
-    summary_rows,
+    summarize_or_none,
 )
-from quiesce.mounts import Mount, Plan, Target
+from quiesce.cli import main
+from quiesce.cli.parser import build_parents
+from quiesce.engine.freeze import FreezeOptions
+from quiesce.engine.mountinfo import Mount
+from quiesce.engine.plan import Plan, Target
+from quiesce.runner.signals import stop_on_signals
 
 durations = st.integers(min_value=0, max_value=10**12)
 samples = st.lists(durations, min_size=1, max_size=300)
@@ -54,13 +65,11 @@ class FakeTerminal(io.StringIO):
 
 
 def parse(*argv):
-    """Parse ``bench ARGV`` with the parser :func:`benchmark.add_parser` registers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true")
-    common.add_argument("--run-dir", default="/run/quiesce")
+    """Parse ``bench ARGV`` with the parser :func:`quiesce.bench.command.add_parser` registers."""
+    shared = build_parents()
     parser = argparse.ArgumentParser(prog="quiesce")
     sub = parser.add_subparsers(dest="command", required=True)
-    benchmark.add_parser(sub, common)
+    bench_command.add_parser(sub, [shared.common, shared.freeze_tuning])
     return parser.parse_args(["bench", *argv])
 
 
@@ -106,8 +115,8 @@ def test_empty_sample_and_bad_percentile_are_errors():
         summarize([])
     with pytest.raises(ValueError, match="outside"):
         percentile([1, 2], 101)
-    assert benchmark.summarize_or_none([None, None]) is None
-    assert benchmark.summarize_or_none([None, 3]) == Summary(1, 3, 3, 3, 3, 3)
+    assert summarize_or_none([None, None]) is None
+    assert summarize_or_none([None, 3]) == Summary(1, 3, 3, 3, 3, 3)
 
 
 @given(samples)
@@ -266,7 +275,7 @@ def test_parser_defaults():
         False,
         60.0,
     )
-    assert args.func is benchmark.cmd_bench and args.targets == ["/srv/db"] and args.expedite_rcu is False
+    assert args.func is bench_command.cmd_bench and args.targets == ["/srv/db"] and args.expedite_rcu is False
 
 
 @pytest.mark.parametrize(
@@ -311,7 +320,7 @@ def test_check_selection_accepts_targets_or_all():
 
 def test_main_without_targets_exits_2(capsys):
     """``bench`` alone: exit 2, the reason on stderr and in the JSON."""
-    assert benchmark.main(["bench", "--json"]) == 2
+    assert main(["bench", "--json"]) == 2
     out, err = capsys.readouterr()
     assert "no target" in err and json.loads(out)["error_type"] == "ValueError"
 
@@ -319,7 +328,7 @@ def test_main_without_targets_exits_2(capsys):
 def test_help_explains_the_probe_and_all(capsys):
     """``bench --help`` says what the probe's stall means and that --all includes /."""
     with pytest.raises(SystemExit) as info:
-        benchmark.main(["bench", "--help"])
+        main(["bench", "--help"])
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for words in ("window plus scheduling", "/ included", "--yes", "nearest-rank", "O_TMPFILE", "exits 130"):
@@ -334,12 +343,13 @@ def test_options_are_validated():
         {"targets": t, "reps": 0},
         {"targets": t, "interval_s": -0.1},
         {"targets": t, "dirty_mib": -1},
-        {"targets": t, "timeout_s": 0},
-        {"targets": t, "timeout_s": float("inf")},
     ):
         with pytest.raises(ValueError):
             BenchOptions(**bad)
-    assert BenchOptions(t).freeze_options().preflush is True
+    for timeout_s in (0, float("inf")):
+        with pytest.raises(ValueError):
+            BenchOptions(t, freeze=FreezeOptions(timeout_s=timeout_s))
+    assert BenchOptions(t).freeze.preflush is True
 
 
 # -- --all confirmation -----------------------------------------------------------
@@ -381,7 +391,7 @@ def test_stop_on_signals_sets_a_flag_instead_of_raising():
 
 def bench_files(directory):
     """Names the bench's helpers made in ``directory``."""
-    return sorted(n for n in os.listdir(directory) if n.startswith(benchmark.FILE_PREFIX))
+    return sorted(n for n in os.listdir(directory) if n.startswith(helpers.FILE_PREFIX))
 
 
 def never():
@@ -391,13 +401,13 @@ def never():
 
 def test_dirty_writer_replaces_its_file_and_deletes_it_on_eof(tmp_path):
     """Each write deletes the previous file and writes a new one of the size; EOF deletes the last."""
-    w = benchmark._DirtyWriter(str(tmp_path), 1)
+    w = helpers.DirtyWriter(str(tmp_path), 1)
     try:
         for _ in range(2):
             w.send("write")
             assert w.wait_written(30, never) > 0
             [name] = bench_files(tmp_path)
-            assert (tmp_path / name).stat().st_size == benchmark.MIB
+            assert (tmp_path / name).stat().st_size == helpers.MIB
         assert name.endswith("-2"), "the first file was not replaced"
     finally:
         w.finish(30)
@@ -407,7 +417,7 @@ def test_dirty_writer_replaces_its_file_and_deletes_it_on_eof(tmp_path):
 
 def test_dirty_writer_files_are_removed_even_if_the_writer_dies(tmp_path):
     """A writer killed before its cleanup leaves a file; the bench removes it afterwards."""
-    w = benchmark._DirtyWriter(str(tmp_path), 1)
+    w = helpers.DirtyWriter(str(tmp_path), 1)
     w.send("write")
     w.wait_written(30, never)
     w.proc.kill()
@@ -418,7 +428,7 @@ def test_dirty_writer_files_are_removed_even_if_the_writer_dies(tmp_path):
 
 def test_probe_reports_its_iterations_and_leaves_no_file(tmp_path):
     """The probe writes until told to stop, then reports every iteration; its file never had a name."""
-    p = benchmark._Probe(str(tmp_path))
+    p = helpers.Probe(str(tmp_path))
     try:
         p.wait_ready(never)
         assert bench_files(tmp_path) == [] and os.listdir(tmp_path) == []
@@ -435,9 +445,9 @@ def test_probe_reports_its_iterations_and_leaves_no_file(tmp_path):
 
 def test_probe_on_a_missing_directory_fails_at_start(tmp_path):
     """A probe that cannot open its file says why before the bench freezes anything."""
-    p = benchmark._Probe(str(tmp_path / "missing"))
+    p = helpers.Probe(str(tmp_path / "missing"))
     try:
-        with pytest.raises(benchmark.BenchError, match="No such file"):
+        with pytest.raises(BenchError, match="No such file"):
             p.wait_ready(never)
     finally:
         p.finish(30)

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quiesce.run import APPLICATION, CRASH, FAILED, FILESYSTEM, Outcomes, classify
-from quiesce.verdict import RANK
+from quiesce.azure.verdict import APPLICATION, CRASH, FAILED, FILESYSTEM, RANK, Outcomes, classify
 
 ALL_OK = Outcomes(
     pre_ok=True, freeze_enabled=True, froze=True, snapshot_taken=True, post_ok=True, continue_on_failure=True

@@ -10,7 +10,11 @@ import uuid
 
 import pytest
 
-from quiesce import cli
+from quiesce.cli import main
+from quiesce.cli import parser as cli_parser
+from quiesce.cli.exits import Exit, exit_code_for
+from quiesce.cli.render import human_ns
+from quiesce.cli.run import ProgressLine
 from quiesce.errors import FrozenByOtherError, LockHeldError, NotFrozenError, TargetError
 
 
@@ -69,7 +73,7 @@ def test_thaw_with_nothing_to_thaw():
 def test_a_run_dir_others_can_write_is_refused(tmp_path, command):
     """A run directory below /tmp (anyone can write there) is named and refused: exit 1, JSON says why."""
     r = run(command, "--json", run_dir=tmp_path)
-    assert r.returncode == cli.Exit.ERROR, r.stdout
+    assert r.returncode == Exit.ERROR, r.stdout
     err = json.loads(r.stdout)
     assert err["error_type"] == "UnsafeRunDirError"
     assert str(tmp_path) in err["error"] and "/tmp" in err["error"] and "writable by" in err["error"]
@@ -88,7 +92,7 @@ def test_mounts_json_is_a_plan():
 def test_freeze_of_a_missing_path_is_a_target_error(tmp_path):
     """Naming a path that does not exist exits 7 before anything is frozen, saying it is missing."""
     r = run("freeze", str(tmp_path / "nope"), run_dir=tmp_path)
-    assert r.returncode == cli.Exit.BAD_TARGET
+    assert r.returncode == Exit.BAD_TARGET
     assert f"{tmp_path / 'nope'}: no such file or directory" in r.stderr
 
 
@@ -100,16 +104,16 @@ def test_usage_error_exit_code():
 @pytest.mark.parametrize(
     ("err", "code"),
     [
-        (LockHeldError("held"), cli.Exit.LOCKED),
-        (TargetError("bad"), cli.Exit.BAD_TARGET),
-        (FrozenByOtherError(16, "FIFREEZE", "/x"), cli.Exit.FREEZE_FAILED),
-        (NotFrozenError(22, "FITHAW", "/x"), cli.Exit.THAW_FAILED),
-        (RuntimeError("?"), cli.Exit.ERROR),
+        (LockHeldError("held"), Exit.LOCKED),
+        (TargetError("bad"), Exit.BAD_TARGET),
+        (FrozenByOtherError(16, "FIFREEZE", "/x"), Exit.FREEZE_FAILED),
+        (NotFrozenError(22, "FITHAW", "/x"), Exit.THAW_FAILED),
+        (RuntimeError("?"), Exit.ERROR),
     ],
 )
 def test_exit_code_for(err, code):
     """Each error class maps to its documented exit status."""
-    assert cli.exit_code_for(err) == code
+    assert exit_code_for(err) == code
 
 
 @pytest.mark.parametrize(
@@ -118,7 +122,7 @@ def test_exit_code_for(err, code):
 )
 def test_human_durations(ns, text):
     """Durations on a terminal read in the right unit."""
-    assert cli.human_ns(ns) == text
+    assert human_ns(ns) == text
 
 
 # ---------------------------------------------------------------------------
@@ -148,7 +152,7 @@ def test_human_durations(ns, text):
 def test_every_numeric_option_is_range_checked(argv, tmp_path):
     """inf, nan, 1e12, negatives: a usage error (2) naming the allowed range, never a traceback."""
     r = run(*argv, run_dir=tmp_path)
-    assert r.returncode == cli.Exit.USAGE, r.stderr
+    assert r.returncode == Exit.USAGE, r.stderr
     assert "Traceback" not in r.stderr
     assert "expected a " in r.stderr and ("at most" in r.stderr or " to " in r.stderr)
 
@@ -166,7 +170,7 @@ def test_every_numeric_option_is_range_checked(argv, tmp_path):
 def test_json_usage_errors_print_one_json_object(argv):
     """With --json, a usage error is still exactly one JSON object on stdout, exit 2."""
     r = run(*argv)
-    assert r.returncode == cli.Exit.USAGE
+    assert r.returncode == Exit.USAGE
     lines = r.stdout.splitlines()
     assert len(lines) == 1, r.stdout
     doc = json.loads(lines[0])
@@ -179,10 +183,10 @@ def test_json_unexpected_error_prints_one_json_object(monkeypatch, capsys, tmp_p
     def boom(args):
         raise RuntimeError("something nobody foresaw")
 
-    monkeypatch.setattr(cli, "cmd_status", boom)
-    code = cli.main(["status", "--json", "--run-dir", str(tmp_path)])
+    monkeypatch.setattr(cli_parser, "cmd_status", boom)
+    code = main(["status", "--json", "--run-dir", str(tmp_path)])
     out, err = capsys.readouterr()
-    assert code == cli.Exit.ERROR
+    assert code == Exit.ERROR
     doc = json.loads(out)
     assert doc["error_type"] == "RuntimeError" and "something nobody foresaw" in doc["error"]
     assert "Traceback" in err
@@ -191,7 +195,7 @@ def test_json_unexpected_error_prints_one_json_object(monkeypatch, capsys, tmp_p
 def test_config_missing_under_tmp_is_missing_not_unsafe(tmp_path):
     """`run --config /tmp/.../nope.json`: exit 10, code 316, "does not exist"."""
     r = run("run", "--json", "--config", str(tmp_path / "nope.json"), "--no-pluginhost", run_dir=tmp_path)
-    assert r.returncode == cli.Exit.CONFIG
+    assert r.returncode == Exit.CONFIG
     doc = json.loads(r.stdout)
     assert doc["error_code"] == 316 and "does not exist" in doc["error"]
 
@@ -245,7 +249,7 @@ def test_progress_lines_are_paced_and_name_their_step():
     import io
 
     out = io.StringIO()
-    line = cli._ProgressLine(out, 3.0)
+    line = ProgressLine(out, 3.0)
     line.set_pace(1.0)
     for tenth in range(1, 26):  # 2.5 s of ticks every 100 ms
         line("pre-script", 1, tenth * 100_000_000, 30_000_000_000)

@@ -1,4 +1,4 @@
-"""Tests of quiesce.config: Azure's plugin config JSON, quiesce's extensions, the plugin host INI."""
+"""Tests of quiesce.azure: Azure's plugin config JSON, quiesce's extensions, the plugin host INI."""
 
 from __future__ import annotations
 
@@ -13,16 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quiesce import config as cfg
-from quiesce.config import (
+from quiesce.azure import config as cfg
+from quiesce.azure.config import (
     AZURE_KEYS,
-    DEFAULT_PLUGINHOST,
     EXTENSION_KEY,
     EXTENSION_KEYS,
-    MAX_CONFIG_BYTES,
     MAX_FREEZE_TIMEOUT_S,
     MAX_GRACE_S,
-    MAX_PLUGINS,
     MAX_POLL_S,
     MAX_RETRIES,
     MAX_RETRY_BACKOFF_S,
@@ -33,16 +30,21 @@ from quiesce.config import (
     Extensions,
     LoadedConfig,
     PluginConfig,
-    PluginEntry,
-    PluginHostConfig,
     SnapshotMode,
     SnapshotSpec,
+)
+from quiesce.azure.configparse import load_config, parse_config
+from quiesce.azure.pluginhost import (
+    DEFAULT_PLUGINHOST,
+    MAX_PLUGINS,
+    PluginEntry,
+    PluginHostConfig,
     effective_timeout_s,
-    load_config,
     load_pluginhost,
-    parse_config,
     parse_pluginhost,
 )
+from quiesce.azure.text import MAX_CONFIG_BYTES
+from quiesce.engine.freeze import DEFAULT_FREEZE_TIMEOUT_S
 from quiesce.errors import ConfigError, ConfigNotFoundError, IncorrectJSONConfigFile, IncorrectPluginhostFile
 
 #: Fuzz examples per test are multiplied by this: 3 gives the 10,800 fuzzed and
@@ -190,7 +192,7 @@ def test_minimal_config_gets_azure_defaults():
     assert config.plugin_name == "ScriptRunner"
     assert (config.pre_params, config.post_params) == ((), ())
     assert (config.pre_retries, config.post_retries) == (0, 0)
-    assert config.timeout_s == cfg.DEFAULT_TIMEOUT_S == 10
+    assert config.timeout_s == cfg.DEFAULT_SCRIPT_TIMEOUT_S == 10
     assert config.continue_on_failure is True and config.fs_freeze_enabled is True
     assert config.poll_s == 3
     assert config.app_name is None
@@ -506,7 +508,7 @@ def test_misspelt_top_level_key_warning_suggests_the_real_one():
     data = sample()
     data["TimeoutInSeconds"] = data.pop("timeoutInSeconds")
     loaded = parse(data)
-    assert loaded.config.timeout_s == cfg.DEFAULT_TIMEOUT_S
+    assert loaded.config.timeout_s == cfg.DEFAULT_SCRIPT_TIMEOUT_S
     assert "did you mean timeoutInSeconds?" in loaded.warnings[0]
 
 
@@ -1176,7 +1178,6 @@ def test_constants_are_consistent():
     """The exported limits agree with the documented Azure ranges and with each other."""
     assert (MIN_TIMEOUT_S, MAX_TIMEOUT_S) == (1, 1800)
     assert (MIN_POLL_S, cfg.DEFAULT_POLL_S, MAX_POLL_S) == (1, 3, 5)
-    assert 0 < cfg.DEFAULT_FREEZE_TIMEOUT_S <= MAX_FREEZE_TIMEOUT_S
+    assert 0 < DEFAULT_FREEZE_TIMEOUT_S <= MAX_FREEZE_TIMEOUT_S
     assert 0 <= cfg.DEFAULT_GRACE_S <= MAX_GRACE_S
     assert not math.isnan(cfg.DEFAULT_RETRY_BACKOFF_S)
-    assert set(cfg.__all__) <= set(dir(cfg))

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from quiesce.logs import log_lines, metrics_text
-from quiesce.run import Phase, RunResult
+from quiesce.runner.logs import log_lines, metrics_text
+from quiesce.runner.types import Phase, RunResult
 
 
 def _result() -> RunResult:

@@ -1,4 +1,4 @@
-"""Tests of quiesce.mounts: mountinfo parsing, target selection, vmbackup.conf."""
+"""Tests of mountinfo parsing, target selection and order, and vmbackup.conf's MountsToSkip."""
 
 from __future__ import annotations
 
@@ -14,19 +14,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quiesce.errors import ConfigError, MountinfoError, QuiesceOSError
-from quiesce.mounts import (
+from quiesce.azure.vmbackup import read_mounts_to_skip
+from quiesce.engine.mountinfo import (
     Mount,
-    Plan,
-    Skipped,
-    SkipReason,
     block_device_number,
     parse_mountinfo,
     read_loop_backing,
     read_mountinfo,
-    read_mounts_to_skip,
-    select,
 )
+from quiesce.engine.plan import Plan, Skipped, SkipReason
+from quiesce.engine.selection import select
+from quiesce.errors import ConfigError, MountinfoError, QuiesceOSError
 
 # ---------------------------------------------------------------------------
 # helpers

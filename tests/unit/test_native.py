@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from quiesce import native
+from quiesce.engine import native
+from quiesce.engine.native.core import ffi, lib
 from quiesce.errors import (
     FreezeError,
     FreezeNotSupportedError,
@@ -71,8 +72,9 @@ def test_state_and_reason_names_cover_the_header_constants():
     """Every state and guardian reason defined in C has a report name."""
     header = (Path(__file__).parents[2] / "csrc" / "session.h").read_text()
     names = re.findall(r"^#define (QZ_\w+) \d+", header, re.MULTILINE)
-    states = [getattr(native.lib, n) for n in names if not n.startswith(("QZ_FIRED_", "QZ_LEDGER"))]
-    reasons = [getattr(native.lib, n) for n in names if n.startswith("QZ_FIRED_")]
+    limits = ("QZ_FIRED_", "QZ_LEDGER", "QZ_MAX_")
+    states = [getattr(lib, n) for n in names if not n.startswith(limits)]
+    reasons = [getattr(lib, n) for n in names if n.startswith("QZ_FIRED_")]
     assert len(states) == 8 and len(reasons) == 4
     assert sorted(states) == sorted(native.STATE_NAMES)
     assert sorted(reasons) == sorted(native.GUARD_REASONS)
@@ -85,6 +87,22 @@ def test_session_rejects_bad_sizes(dir_fds):
         native.Session([], [])
     with pytest.raises(ValueError):
         native.Session(fds, labels[:1])
+
+
+def test_the_filesystem_limit_is_the_headers_and_both_sides_hold_to_it(dir_fds):
+    """``MAX_FILESYSTEMS`` is session.h's ``QZ_MAX_FILESYSTEMS`` (through cffi); C refuses one more too."""
+    header = (Path(__file__).parents[2] / "csrc" / "session.h").read_text()
+    [written] = re.findall(r"^#define QZ_MAX_FILESYSTEMS (\d+)", header, re.MULTILINE)
+    assert native.MAX_FILESYSTEMS == lib.QZ_MAX_FILESYSTEMS == int(written)
+    fds, labels = dir_fds
+    over = native.MAX_FILESYSTEMS + 1
+    with pytest.raises(ValueError, match=f"not {over}"):
+        native.Session([fds[0]] * over, [labels[0]] * over)
+    # Below the Python check, the C allocator says the same: EINVAL, not a mapping.
+    assert lib.qz_session_new(ffi.new("int[]", [fds[0]] * over), over) == ffi.NULL
+    raw = lib.qz_session_new(ffi.new("int[]", [fds[0]] * native.MAX_FILESYSTEMS), native.MAX_FILESYSTEMS)
+    assert raw != ffi.NULL
+    lib.qz_session_free(raw)
 
 
 def test_now_ns_is_the_monotonic_clock():
@@ -128,7 +146,7 @@ def test_guardian_cannot_be_armed_twice(dir_fds):
 
 ORPHAN = """
 import os, sys
-from quiesce import native
+from quiesce.engine import native
 fds = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in sys.argv[3:]]
 log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 where = os.open(os.path.dirname(sys.argv[2]), os.O_RDONLY | os.O_DIRECTORY)
@@ -171,7 +189,7 @@ def test_unclosed_session_warns(dir_fds):
 
 STUCK_GUARDIAN = """
 import errno, os, resource, signal, sys
-from quiesce import native
+from quiesce.engine import native
 from quiesce.errors import QuiesceError
 fds = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in sys.argv[2:]]
 s = native.Session(fds, sys.argv[2:])

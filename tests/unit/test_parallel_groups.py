@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quiesce.mounts import Target, parse_mountinfo
-from quiesce.plan import parallel_groups
+from quiesce.engine.mountinfo import parse_mountinfo
+from quiesce.engine.order import parallel_groups
+from quiesce.engine.plan import Target
 
 
 def _targets(n: int, backing: dict[int, int], root: int | None = None) -> list[Target]:

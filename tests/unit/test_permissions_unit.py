@@ -1,4 +1,4 @@
-"""Tests of quiesce.permissions that need no root: messages, fixes, error mapping, fd ownership."""
+"""Tests of the permission checks that need no root: messages, fixes, error mapping, fd ownership."""
 
 from __future__ import annotations
 
@@ -11,22 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from quiesce.azure.permissions import read_config_file
+from quiesce.engine.trust import UnsafeDirectoryError, check_directory_chain, fix_for, owner_and_mode
 from quiesce.errors import (
     ConfigNotFoundError,
     ConfigPermissionError,
     ScriptNotFound,
     ScriptPermissionError,
 )
-from quiesce.permissions import (
-    CheckedScript,
-    UnsafeDirectoryError,
-    check_directory_chain,
-    fix_for,
-    open_script,
-    owner_and_mode,
-    parse_shebang,
-    read_config_file,
-)
+from quiesce.supervise.checked import CheckedScript, open_script, parse_shebang
 
 PERMISSION_NAMES = {
     "pre": "InsufficientPermissionforPre-Script",

@@ -6,8 +6,8 @@ import inspect
 import pathlib
 
 from quiesce import errors
-from quiesce.cli import COMMAND_EXITS, EXIT_MEANINGS
-from quiesce.run import FREEZE_FAILED, FREEZE_TIMEOUT, SNAPSHOT_FAILED
+from quiesce.azure.verdict import FREEZE_FAILED, FREEZE_TIMEOUT, SNAPSHOT_FAILED
+from quiesce.cli.exits import COMMAND_EXITS, EXIT_MEANINGS
 
 README = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
 

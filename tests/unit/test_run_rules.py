@@ -1,6 +1,6 @@
 """The run's rules as properties: the real scheduler, driven by made-up attempts, freezes and snapshots.
 
-``quiesce.run.run`` runs unchanged; only its two seams are replaced: a
+``quiesce.runner.run.run`` runs unchanged; only its two seams are replaced: a
 ``ScriptRunner`` whose checks and attempts come from a drawn plan, and a
 ``Freezer`` whose freeze, snapshot command and hold release do what the
 plan says. Stop signals are real (``signal.raise_signal`` with the run's own
@@ -12,7 +12,6 @@ Azure error name, and what the post-script is told.
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import signal
 import tempfile
@@ -24,8 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quiesce.cli import _run_exit
-from quiesce.config import Extensions, LoadedConfig, PluginConfig, SnapshotMode, SnapshotSpec
+from quiesce.azure.config import Extensions, LoadedConfig, PluginConfig, SnapshotMode, SnapshotSpec
+from quiesce.azure.verdict import APPLICATION, CRASH, FAILED, FILESYSTEM, RANK
+from quiesce.cli.run import run_exit
+from quiesce.engine.mountinfo import parse_mountinfo
+from quiesce.engine.plan import Target
+from quiesce.engine.report import FilesystemResult, FreezeReport
 from quiesce.errors import (
     FreezeTimeoutError,
     FrozenByOtherError,
@@ -34,16 +37,14 @@ from quiesce.errors import (
     ScriptPermissionError,
     ThawError,
 )
-from quiesce.freeze import FilesystemResult, FreezeReport
-from quiesce.hooks import Hook, HookDirectory
-from quiesce.mounts import Target, parse_mountinfo
-from quiesce.permissions import CheckedScript
-from quiesce.run import APPLICATION, CRASH, FAILED, FILESYSTEM, RunOptions
-from quiesce.scripts import Attempt, ScriptRunner
-from quiesce.verdict import RANK
+from quiesce.runner import job as run_job
+from quiesce.runner.run import run
+from quiesce.runner.types import RunOptions
+from quiesce.supervise.checked import CheckedScript
+from quiesce.supervise.hookdir import Hook, HookDirectory
+from quiesce.supervise.launch import Attempt
+from quiesce.supervise.scripts import ScriptRunner
 
-#: The module (``quiesce.run`` on the package is the API function).
-RUN = importlib.import_module("quiesce.run")
 MAX_RETRIES = 3
 PRE, POST = "/plan/pre.sh", "/plan/post.sh"
 HOOK_DIR = "/plan/hooks.d"
@@ -502,8 +503,8 @@ def drive(case: Case, run_dir: str):
         handle_signals=True,
     )
     runner = ScriptRunner(check=world.check, attempt=world.attempt, sleep=lambda s: None)
-    with mock.patch.object(RUN, "discover", return_value=hooks):
-        result = RUN.run(
+    with mock.patch.object(run_job, "discover", return_value=hooks):
+        result = run(
             options,
             config=config(case),
             snapshot=world.snapshot if case.mode == "callable" else None,
@@ -532,7 +533,7 @@ def test_the_run_follows_the_documented_rules(run_dir, case):
         assert world.post_env["QUIESCE_SNAPSHOT"] == e.snapshot == result.snapshot
         assert world.post_env["QUIESCE_PRE_STATUS"] == e.pre_status
     assert result.consistency == e.consistency
-    assert _run_exit(result) == e.exit_code
+    assert run_exit(result) == e.exit_code
     first = e.errors[0] if e.errors else (None, None)
     if e.interrupted:
         first = INTERRUPTED
@@ -579,5 +580,5 @@ def test_the_rules_hold_on_the_fakes_alone(run_dir):
     )
     world, result = drive(case, run_dir)
     assert world.calls == {(PRE, "pre"): 2, (POST, "post"): 1}
-    assert result.consistency == APPLICATION and _run_exit(result) == 0
+    assert result.consistency == APPLICATION and run_exit(result) == 0
     assert os.path.isdir(run_dir)

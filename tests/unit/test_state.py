@@ -9,14 +9,16 @@ import sys
 
 import pytest
 
-from quiesce import ledger as ledger_mod
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.freeze import FreezeOptions
+from quiesce.engine.lock import FreezeLock, held_by, is_held
+from quiesce.engine.mountinfo import parse_mountinfo
+from quiesce.engine.native import FsRecord, GuardianRecord
+from quiesce.engine.plan import Target
+from quiesce.engine.proof import current_identity, is_alive, start_time
+from quiesce.engine.report import build_report
+from quiesce.engine.rundir import RunDir
 from quiesce.errors import LedgerError, LockHeldError
-from quiesce.freeze import FreezeOptions, build_report
-from quiesce.lock import FreezeLock, held_by, is_held
-from quiesce.mounts import Target, parse_mountinfo
-from quiesce.native import FsRecord, GuardianRecord
-from quiesce.procs import current_identity, is_alive, start_time
-from quiesce.rundir import RunDir
 
 
 def _ledger(**over):
@@ -78,7 +80,7 @@ def test_lock_refuses_a_second_holder(root_run_dir):
 
 def test_lock_is_released_when_the_holder_dies(root_run_dir):
     """flock dies with its holder: a crashed freeze does not block the next one."""
-    code = "import sys; from quiesce.lock import FreezeLock; FreezeLock(sys.argv[1]); print('ok')"
+    code = "import sys; from quiesce.engine.lock import FreezeLock; FreezeLock(sys.argv[1]); print('ok')"
     out = subprocess.run([sys.executable, "-c", code, root_run_dir], capture_output=True, text=True)
     assert out.stdout.strip() == "ok"
     with FreezeLock(root_run_dir):

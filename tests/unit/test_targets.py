@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from quiesce.config import Extensions
+from quiesce.azure.config import Extensions
+from quiesce.azure.planning import check_config_targets, make_plan, plan_config
+from quiesce.engine import targets as targets_mod
+from quiesce.engine.mountfd import mount_id_of_fd, open_target
+from quiesce.engine.mountinfo import Mount, parse_mountinfo
+from quiesce.engine.plan import SkipReason, Target
+from quiesce.engine.selection import select
+from quiesce.engine.targets import check_explicit, resolve_target
 from quiesce.errors import IncorrectJSONConfigFile, QuiesceOSError, TargetError
-from quiesce.freeze import open_target
-from quiesce.mounts import Mount, SkipReason, Target, parse_mountinfo, select
-from quiesce.plan import check_config_targets, check_explicit, make_plan, plan_config, resolve_target
-from quiesce.procs import mount_id_of_fd
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a trusted directory")
 
@@ -135,9 +137,7 @@ def test_config_targets_that_match_nothing_are_a_config_error(tmp_path, monkeypa
     """quiesce.targets with a typo: IncorrectJSONConfigFile (305) naming the key and the target."""
     (tmp_path / "data").mkdir()
     info = mountinfo(tmp_path, row(2, "8:2", str(tmp_path / "data")))
-    # quiesce.plan the attribute is the make_plan function; the module is in sys.modules.
-    module = sys.modules["quiesce.plan"]
-    monkeypatch.setattr(module, "read_mountinfo", lambda path: parse_mountinfo(Path(info).read_text()))
+    monkeypatch.setattr(targets_mod, "read_mountinfo", lambda path: parse_mountinfo(Path(info).read_text()))
     ext = Extensions(targets=(str(tmp_path / "data"), str(tmp_path / "dtaa")))
     with pytest.raises(TargetError, match=r"quiesce.targets: cannot freeze: .*dtaa"):
         plan_config(ext, vmbackup_conf=None)

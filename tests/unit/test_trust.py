@@ -9,15 +9,16 @@ import sys
 
 import pytest
 
-from quiesce import ledger as ledger_mod
-from quiesce.cgroups import delegated_cgroup
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.mountinfo import escape_path, parse_mountinfo
+from quiesce.engine.proof import open_proven, start_time
+from quiesce.engine.rundir import RunDir, atomic_write
 from quiesce.errors import LedgerError, UnsafeRunDirError, UntrustedFileError
-from quiesce.logs import log_lines
-from quiesce.mounts import escape_path, parse_mountinfo
-from quiesce.notify import in_cgroup, in_session
-from quiesce.procs import cgroup_of, open_proven, start_time
-from quiesce.run import RunResult
-from quiesce.rundir import RunDir, atomic_write
+from quiesce.runner.logs import log_lines
+from quiesce.runner.types import RunResult
+from quiesce.supervise.cgroups import delegated_cgroup
+from quiesce.supervise.notify import in_cgroup, in_session
+from quiesce.supervise.procs import cgroup_of
 
 
 def _valid() -> dict:
@@ -145,7 +146,7 @@ def test_a_delegated_cgroup_is_recognised_by_its_xattr(tmp_path):
 
 HOLDER = """
 import sys, time
-from quiesce.procs import Proof
+from quiesce.engine.proof import Proof
 p = Proof()
 print(p.token, p.fd, flush=True)
 time.sleep(60)

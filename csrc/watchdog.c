@@ -1,0 +1,99 @@
+/*
+ * watchdog.c: see watchdog.h.
+ *
+ * Like the guardian, the watchdog is forked from a process that may have
+ * many threads: between fork and _exit it makes only raw system calls.
+ */
+#define _GNU_SOURCE
+#include "watchdog.h"
+#include "detach.h"
+#include "session.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static __attribute__((noreturn)) void watchdog_main(int sock, int kill_fd)
+{
+    struct pollfd pfd = { .fd = sock, .events = POLLIN };
+    char msg = QZ_MSG_READY;
+
+    send(sock, &msg, 1, MSG_NOSIGNAL);
+    for (;;) {
+        int rc = poll(&pfd, 1, -1);
+        ssize_t n;
+
+        if (rc < 0 && errno == EINTR)
+            continue;
+        msg = 0;
+        n = recv(sock, &msg, 1, MSG_DONTWAIT);
+        if (n == 1 && msg == QZ_MSG_END)
+            _exit(0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        break; /* EOF or error: the orchestrator is gone */
+    }
+    while (pwrite(kill_fd, "1", 1, 0) < 0 && errno == EINTR)
+        ;
+    _exit(1);
+}
+
+int qz_watchdog_arm(int kill_fd, int *sock)
+{
+    int sv[2], devnull, keep[2], err;
+    sigset_t all, old;
+    pid_t pid;
+
+    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0)
+        return -errno;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        err = errno;
+        close(devnull);
+        return -err;
+    }
+    keep[0] = sv[1] < kill_fd ? sv[1] : kill_fd;
+    keep[1] = sv[1] < kill_fd ? kill_fd : sv[1];
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid = fork();
+    if (pid == 0) {
+        qz_detach(devnull, keep, 2, "quiesce-watch");
+        watchdog_main(sv[1], kill_fd);
+    }
+    err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(devnull);
+    close(sv[1]);
+    if (pid < 0) {
+        close(sv[0]);
+        return -err;
+    }
+    err = qz_wait_ready(sv[0]);
+    if (err != 0) {
+        kill(pid, SIGKILL);
+        qz_watchdog_disarm(pid, sv[0]);
+        return -err;
+    }
+    *sock = sv[0];
+    return pid;
+}
+
+int qz_watchdog_disarm(int pid, int sock)
+{
+    char msg = QZ_MSG_END;
+    int status, rc;
+
+    send(sock, &msg, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(sock);
+    do
+        rc = waitpid(pid, &status, 0);
+    while (rc < 0 && errno == EINTR);
+    return rc < 0 ? -errno : 0;
+}

@@ -1,0 +1,73 @@
+"""Plans from Azure's files: ``MountsToSkip`` of vmbackup.conf, and a config's targets.
+
+:func:`make_plan` is :func:`quiesce.engine.targets.plan_targets` plus the
+mount points Azure's ``/etc/azure/vmbackup.conf`` says to skip (read only
+if root alone could have written it). :func:`plan_config` plans a config's
+``"quiesce"`` settings, where a named target that cannot be frozen is the
+config's error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from quiesce.azure.config import EXTENSION_KEY, Extensions
+from quiesce.azure.permissions import read_vmbackup_conf
+from quiesce.azure.vmbackup import VMBACKUP_CONF, read_mounts_to_skip
+from quiesce.engine.plan import Plan
+from quiesce.engine.targets import plan_targets, target_problems
+from quiesce.errors import IncorrectJSONConfigFile, TargetError
+
+
+def make_plan(
+    targets: Sequence[str] = (),
+    *,
+    exclude: Sequence[str] = (),
+    exclude_fstypes: Sequence[str] = (),
+    extra_fstypes: Sequence[str] = (),
+    loop_backing_fstypes: Sequence[str] = (),
+    vmbackup_conf: str | None = VMBACKUP_CONF,
+    mountinfo: str = "/proc/self/mountinfo",
+) -> Plan:
+    """Plan a freeze of ``targets`` (all freezable filesystems when empty), honouring ``MountsToSkip``.
+
+    ``vmbackup_conf`` names Azure's vmbackup.conf (None: none); its
+    ``[SnapshotThread] MountsToSkip`` mount points are excluded. Named
+    targets are resolved and checked as
+    :func:`~quiesce.engine.targets.plan_targets` does; nothing is raised for
+    a bad target here (see :func:`~quiesce.engine.targets.check_explicit`).
+    """
+    skip = read_mounts_to_skip(vmbackup_conf, read=read_vmbackup_conf) if vmbackup_conf else ()
+    return plan_targets(
+        targets,
+        exclude=[*exclude, *skip],
+        exclude_fstypes=exclude_fstypes,
+        extra_fstypes=extra_fstypes,
+        loop_backing_fstypes=loop_backing_fstypes,
+        mountinfo=mountinfo,
+    )
+
+
+def plan_config(ext: Extensions, vmbackup_conf: str | None = VMBACKUP_CONF) -> Plan:
+    """The plan for a config's ``"quiesce"`` settings; TargetError if a named target cannot be frozen."""
+    plan = make_plan(
+        ext.targets,
+        exclude=ext.exclude,
+        exclude_fstypes=ext.exclude_fstypes,
+        loop_backing_fstypes=ext.loop_backing_fstypes,
+        vmbackup_conf=vmbackup_conf,
+    )
+    problems = target_problems(plan, ext.targets)
+    if problems:
+        raise TargetError(f"{EXTENSION_KEY}.targets: cannot freeze: " + "; ".join(problems))
+    return plan
+
+
+def check_config_targets(
+    ext: Extensions, vmbackup_conf: str | None = VMBACKUP_CONF, source: str = "<config>"
+) -> Plan:
+    """:func:`plan_config` before anything runs: a bad named target is a config error (nothing runs)."""
+    try:
+        return plan_config(ext, vmbackup_conf)
+    except TargetError as err:
+        raise IncorrectJSONConfigFile(f"{source}: {err}") from err

@@ -1,0 +1,279 @@
+"""Holding a freeze from the command line: ``quiesce freeze`` in the foreground and ``--hold``'s holder.
+
+``quiesce freeze --hold`` forks a detached holder (:func:`hold_detached`):
+it keeps the freeze until ``quiesce thaw`` or the deadline, and tells the
+command, over a pipe, once frozen (or why not), so the command can return.
+
+A ``quiesce freeze`` saves its outcome as the last report in the run
+directory before it drops its ledger, so ``quiesce thaw`` and ``quiesce
+status`` can tell a hold the guardian ended at its deadline from one that
+was released: the first ``quiesce thaw`` after a ``--hold`` the guardian
+ended says so and exits 5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from quiesce.cli.exits import Exit, exit_code_for
+from quiesce.cli.output import describe
+from quiesce.cli.render import emit_json, human_ns
+from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.mountinfo import escape_path
+from quiesce.engine.plan import Plan
+from quiesce.engine.report import FreezeReport
+from quiesce.engine.rundir import RunDir
+from quiesce.errors import FreezeError, QuiesceError, ThawError
+from quiesce.runner.hold import Release
+
+LAST_REPORT = "last-report.json"
+#: ``mode`` of a last report: a ``freeze --hold`` (a later ``quiesce thaw`` releases it) or not.
+DETACHED = "hold"
+FOREGROUND = "foreground"
+#: ``state`` of the last report of a ``freeze --hold`` still holding (or killed while it held).
+HOLDING = "holding"
+
+
+def report_exit(report: FreezeReport, err: BaseException | None, released_by: str | None = None) -> int:
+    if isinstance(err, ThawError):
+        return Exit.THAW_FAILED
+    if isinstance(err, FreezeError):
+        return Exit.FREEZE_FAILED
+    if err is not None:
+        return Exit.ERROR
+    # Held to the deadline: whoever thawed first, no release came in time.
+    if report.guardian_reason is not None or released_by == "deadline":
+        return Exit.GUARDIAN_THAWED
+    return Exit.OK if report.ok else Exit.ERROR
+
+
+def _save_report(
+    run_dir: RunDir | None, report: FreezeReport, released_by: str | None, mode: str, acknowledged: bool
+) -> None:
+    data = report.to_dict() | {
+        "released_by": released_by,
+        "mode": mode,
+        "pid": os.getpid(),
+        "acknowledged": acknowledged,
+    }
+    if run_dir is not None:
+        with contextlib.suppress(OSError):
+            save_last_report(run_dir, data)
+
+
+def hold(
+    plan: Plan,
+    options: FreezeOptions,
+    announce: Callable[[Freeze], None],
+    use_stdin: bool,
+    mode: str = FOREGROUND,
+) -> tuple[FreezeReport, str | None, BaseException | None]:
+    """Freeze, announce, wait for the release, thaw. Returns the report, what released it and the error.
+
+    The outcome is saved as the run directory's last report before the
+    ledger goes (see this module's docstring); one whose caller never heard "frozen"
+    is saved as already told.
+    """
+    release = Release()
+    released_by: str | None = None
+    err: BaseException | None = None
+    announced = saved = False
+    f = Freeze(plan.targets, options)
+
+    def save(report: FreezeReport) -> None:
+        nonlocal saved
+        saved = True
+        _save_report(f.run_dir, report, released_by, mode, acknowledged=not announced)
+
+    try:
+        with f:
+            f.prepare()
+            if mode == DETACHED and f.run_dir is not None:
+                with contextlib.suppress(OSError):
+                    mark_holding(f.run_dir, f.run_id, os.getpid())
+            f.freeze()
+            try:
+                announce(f)
+            except OSError as e:
+                # Nobody learnt it is frozen: nothing can be taken in this window; end it now.
+                released_by = f"announcement failed: {describe(e)}"
+            else:
+                announced = True
+                released_by = release.wait(f.remaining_ns, use_stdin)
+            f.close(on_report=save)
+    except (FreezeError, ThawError) as e:
+        err = e
+    finally:
+        release.close()
+    if not saved:
+        with contextlib.suppress(OSError, QuiesceError):
+            run_dir = RunDir.open_existing(options.run_dir)
+            if run_dir is not None:
+                with run_dir:
+                    _save_report(run_dir, f.report, released_by, mode, acknowledged=not announced)
+    return f.report, released_by, err
+
+
+def frozen_event(f: Freeze) -> dict[str, Any]:
+    return {
+        "event": "frozen",
+        "run_id": f.run_id,
+        "pid": os.getpid(),
+        "targets": [t.mount.mount_point for t in f.targets],
+        "remaining_ns": f.remaining_ns(),
+    }
+
+
+def _write_line(fd: int, text: str) -> None:
+    os.write(fd, (text + "\n").encode())
+
+
+def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
+    """The detached holder of ``freeze --hold``: reports to the pipe ``w``, returns its exit code.
+
+    It writes one JSON line: ``frozen`` once frozen (then closes the pipe, so
+    the waiting command returns), or ``failed`` with the error.
+    """
+    failure: dict[str, Any] | None = None
+    code: int = Exit.ERROR
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+
+        def announce(f: Freeze) -> None:
+            _write_line(w, json.dumps(frozen_event(f)))
+            os.close(w)
+
+        report, released_by, err = hold(plan, options, announce, use_stdin=False, mode=DETACHED)
+        code = report_exit(report, err, released_by)
+        if err is not None:
+            failure = {"error": str(err), "report": report.to_dict()}
+    except BaseException as e:  # the holder must always say why it ends
+        code = exit_code_for(e)
+        failure = {"error": f"{type(e).__name__}: {e}" if not isinstance(e, QuiesceError) else str(e)}
+    if failure is not None:
+        with contextlib.suppress(OSError):
+            _write_line(w, json.dumps({"event": "failed", "exit": int(code), **failure}))
+    return int(code)
+
+
+def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
+    """Fork a holder that keeps the freeze; return once it reports frozen (or failed)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the holder
+        os.close(r)
+        os._exit(_holder_main(w, plan, options))
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    text = b"".join(chunks).decode().strip()
+    if not text:
+        os.waitpid(pid, 0)
+        print("quiesce: the holder exited before freezing", file=sys.stderr)
+        return Exit.ERROR
+    event = json.loads(text.splitlines()[0])
+    if event["event"] == "frozen":
+        if want_json:
+            emit_json(event, sys.stdout)
+        else:
+            print(
+                f"frozen: {' '.join(escape_path(t) for t in event['targets'])} (holder pid {event['pid']}); "
+                f"release with `quiesce thaw`; the guardian thaws in "
+                f"{human_ns(event['remaining_ns'])}"
+            )
+        return Exit.OK
+    os.waitpid(pid, 0)
+    if want_json:
+        emit_json(event, sys.stdout)
+    else:
+        print(f"quiesce: {event.get('error')}", file=sys.stderr)
+    return int(event.get("exit", Exit.ERROR))
+
+
+# -- the last report ----------------------------------------------------------
+
+
+def save_last_report(run_dir: RunDir, data: dict[str, Any]) -> None:
+    """Save a freeze's outcome (its report plus how it ended) as the run directory's last report.
+
+    ``data`` carries the report's keys and ``released_by``, ``mode``
+    (:data:`DETACHED` or :data:`FOREGROUND`) and ``acknowledged`` (its
+    outcome was already told to its caller). Written atomically, mode 600.
+    """
+    record = dict(data)
+    record.setdefault("ended_unix", time.time())
+    run_dir.write(LAST_REPORT, json.dumps(record, sort_keys=True).encode())
+
+
+def read_last_report(run_dir: RunDir, run_id: str | None = None) -> dict[str, Any] | None:
+    """The last report (of ``run_id`` if given), or None if there is none or it is not trusted."""
+    try:
+        raw = run_dir.read_trusted(LAST_REPORT)
+        data = json.loads(raw) if raw is not None else None
+    except (OSError, ValueError, QuiesceError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+        return None
+    return data if run_id is None or data["run_id"] == run_id else None
+
+
+def acknowledge_last_report(run_dir: RunDir, data: dict[str, Any]) -> None:
+    """Mark the last report as told to a ``quiesce thaw``: later ones find nothing to say."""
+    if not data.get("acknowledged"):
+        # On failure it is told once more next time: better than never.
+        with contextlib.suppress(OSError):
+            save_last_report(run_dir, {**data, "acknowledged": True})
+
+
+def mark_holding(run_dir: RunDir, run_id: str, pid: int) -> None:
+    """Before a ``freeze --hold`` freezes: its last report says "holding" until its end replaces it.
+
+    So a hold whose holder was killed (the guardian then thaws and drops the
+    ledger, but cannot write a report) is not taken for a clean one.
+    """
+    save_last_report(
+        run_dir,
+        {
+            "run_id": run_id,
+            "mode": DETACHED,
+            "state": HOLDING,
+            "pid": pid,
+            "ok": False,
+            "guardian_reason": None,
+            "released_by": None,
+            "window_ns": None,
+            "acknowledged": False,
+        },
+    )
+
+
+def expired_hold(data: dict[str, Any] | None) -> str | None:
+    """Why a ``freeze --hold`` ended before any ``quiesce thaw`` released it, or None.
+
+    The guardian thawed at its deadline (or a FIFREEZE blocked), or the
+    holder was killed and never reported: either way the window ended
+    unannounced, and the next ``quiesce thaw`` must say so.
+    """
+    if data is None or data.get("mode") != DETACHED or data.get("acknowledged"):
+        return None
+    if data.get("state") == HOLDING:
+        return "its holder was killed; the guardian thawed"
+    if data.get("guardian_reason") is not None:
+        return f"the guardian thawed ({data['guardian_reason']})"
+    if data.get("released_by") == "deadline":
+        return "its deadline passed"
+    return None

@@ -1,0 +1,111 @@
+"""``quiesce status``: is anything frozen by quiesce, who holds it, how the last freeze ended."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from quiesce.cli.exits import Exit
+from quiesce.cli.holder import HOLDING, read_last_report
+from quiesce.cli.render import emit_json, human_ns
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine import lock as lock_mod
+from quiesce.engine.mountinfo import escape_path
+from quiesce.engine.proof import open_proven
+from quiesce.engine.rundir import RunDir
+from quiesce.errors import LedgerError
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``quiesce status``."""
+    status: dict[str, Any] = {
+        "run_dir": args.run_dir,
+        "lock_held": False,
+        "lock_holder": None,
+        "ledger": None,
+        "last_hold": None,
+    }
+    led: ledger_mod.Ledger | None = None
+    run_dir = RunDir.open_existing(args.run_dir)
+    if run_dir is not None:
+        with run_dir:
+            # The holder's pid is shown only while it holds the lock: after, it names no one.
+            status["lock_held"], status["lock_holder"] = lock_mod.held_by(run_dir)
+            try:
+                led = ledger_mod.read(run_dir)
+            except LedgerError as err:
+                status["ledger_error"] = str(err)
+            last = read_last_report(run_dir)
+            in_progress = led is not None and last is not None and last.get("run_id") == led.run_id
+            status["last_hold"] = _last_hold(last, in_progress)
+    if led is not None:
+        status["ledger"] = led.to_dict()
+        status["holder_alive"] = _proven_alive(led.pid, led.pid_start, led)
+        status["guardian_alive"] = _proven_alive(led.guardian_pid, led.guardian_start, led)
+        status["deadline_in_s"] = round(led.deadline_unix - time.time(), 3)
+    if args.json:
+        emit_json(status, sys.stdout)
+        return Exit.OK
+    if "ledger_error" in status:
+        print(f"quiesce: {status['ledger_error']}")
+    if led is None:
+        print(f"no freeze in progress (no ledger in {args.run_dir})")
+        if status["lock_held"]:
+            print(f"the lock is held by pid {status['lock_holder']}")
+    else:
+        alive = "alive" if status["holder_alive"] else "gone"
+        print(
+            f"freeze {led.run_id} by pid {led.pid} ({alive}); guardian pid {led.guardian_pid} "
+            f"({'alive' if status['guardian_alive'] else 'gone'})"
+        )
+        for e in led.filesystems:
+            print(f"  {escape_path(e.mount_point)}  {e.fstype}  {e.dev}")
+        if status["holder_alive"]:
+            print(f"  the guardian thaws within {max(status['deadline_in_s'], 0):.1f} s at the latest")
+        else:
+            print("  its process is gone: run `quiesce thaw` to thaw what the ledger lists")
+    last = status["last_hold"]
+    if last is not None:
+        print(
+            f"last freeze {last['run_id']}: {last['outcome']}, window {human_ns(last['window_ns'])}"
+            + (f", released by {last['released_by']}" if last["released_by"] else "")
+        )
+    return Exit.OK
+
+
+def _proven_alive(pid: int, started: int, led: ledger_mod.Ledger) -> bool:
+    pidfd = open_proven(pid, started, led.token, led.proof_fd)
+    if pidfd is None:
+        return False
+    os.close(pidfd)
+    return True
+
+
+def _last_hold(data: dict[str, Any] | None, in_progress: bool) -> dict[str, Any] | None:
+    """The outcome of the last ``quiesce freeze`` (``--hold`` or not), for ``status``."""
+    if data is None:
+        return None
+    if data.get("state") == HOLDING:
+        outcome = "holding" if in_progress else "ended without its holder's report (killed?)"
+    elif data.get("guardian_reason"):
+        outcome = f"thawed by the guardian ({data['guardian_reason']}) before its release"
+    elif data.get("released_by") == "deadline":
+        outcome = "thawed at its deadline, before any release"
+    elif data.get("ok"):
+        outcome = "released and thawed"
+    else:
+        outcome = f"failed ({data.get('error') or 'see the report'})"
+    return {
+        "run_id": data.get("run_id"),
+        "mode": data.get("mode"),
+        "outcome": outcome,
+        "ok": bool(data.get("ok")),
+        "guardian_reason": data.get("guardian_reason"),
+        "released_by": data.get("released_by"),
+        "window_ns": data.get("window_ns"),
+        "ended_unix": data.get("ended_unix"),
+        "acknowledged": bool(data.get("acknowledged")),
+    }

@@ -1,0 +1,315 @@
+"""One freeze, start to finish: lock, open, ledger, guardian, pre-flush, freeze, thaw.
+
+:class:`Freeze` runs the steps in the order the safety contract requires and
+always cleans up: the guardian is armed and the ledger written before the
+first FIFREEZE; the ledger is removed, the guardian reaped and the lock
+released only after the thaw. :func:`quiesce.engine.frozen.frozen` wraps it
+for a ``with`` block.
+
+Nothing in this module writes to a file between :meth:`Freeze.freeze` and
+:meth:`Freeze.thaw`; the report is assembled from the native records after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.lock import FreezeLock
+from quiesce.engine.mountfd import open_target
+from quiesce.engine.mountinfo import read_mountinfo
+from quiesce.engine.native import Child, FsRecord, Session, Supervision, now_ns, thaw_error
+from quiesce.engine.order import parallel_groups
+from quiesce.engine.plan import Target
+from quiesce.engine.proof import Proof, start_time
+from quiesce.engine.rcu import RCU_EXPEDITED, ExpeditedRcu
+from quiesce.engine.report import FreezeReport, build_report
+from quiesce.engine.rundir import RUN_DIR, RunDir
+from quiesce.errors import NotFrozenError, QuiesceError, TargetError, ThawError
+
+GUARDIAN_LOG = "guardian.log"
+#: Azure's vmbackup.conf ``[SnapshotThread] timeout`` default: the longest a
+#: filesystem may stay frozen before the guardian thaws it.
+DEFAULT_FREEZE_TIMEOUT_S = 60.0
+#: The longest one FIFREEZE call may block (it cannot be interrupted; the
+#: guardian thaws the others to release it).
+DEFAULT_STEP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class FreezeOptions:
+    """How a freeze is run."""
+
+    timeout_s: float = DEFAULT_FREEZE_TIMEOUT_S
+    step_timeout_s: float | None = None
+    preflush: bool = True
+    run_dir: str = RUN_DIR
+    #: Expedite RCU grace periods for the window (see quiesce.engine.rcu): a cold
+    #: FIFREEZE then costs about a millisecond instead of tens.
+    expedite_rcu: bool = False
+    #: Freeze independent filesystems at once, one thread each (stacked
+    #: ones still in order): their cold-freeze waits overlap.
+    parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout must be positive, not {self.timeout_s}")
+        if self.step_timeout_s is not None and not self.step_timeout_s > 0:
+            raise ValueError(f"step timeout must be positive, not {self.step_timeout_s}")
+
+    @property
+    def step_timeout_ns(self) -> int:
+        """Per-FIFREEZE limit: the option, else the default, never past the window's."""
+        step = self.step_timeout_s or min(DEFAULT_STEP_TIMEOUT_S, self.timeout_s)
+        return int(min(step, self.timeout_s) * 1e9)
+
+
+class Freeze:
+    """One freeze of an ordered list of targets.
+
+    Call :meth:`prepare`, :meth:`freeze`, :meth:`thaw`, and always
+    :meth:`close` (also a context manager). :attr:`report` is complete once
+    closed.
+    """
+
+    def __init__(self, targets: Sequence[Target], options: FreezeOptions | None = None) -> None:
+        if not targets:
+            raise TargetError("nothing to freeze: no target selected")
+        self.options = options or FreezeOptions()
+        self._groups: list[int] | None = None
+        if self.options.parallel:
+            ordered, self._groups = parallel_groups(targets)
+            targets = ordered
+        self.targets = tuple(targets)
+        self.run_id = ledger_mod.new_run_id()
+        self.report = FreezeReport(run_id=self.run_id)
+        self._lock: FreezeLock | None = None
+        self._dir: RunDir | None = None
+        self._proof: Proof | None = None
+        self._fds: list[int] = []
+        self._log_fd = -1
+        self._session: Session | None = None
+        self._guardian: int | None = None
+        self._ledger_written = False
+        self._closed = False
+        self._rcu: ExpeditedRcu | None = None
+        self._warnings: list[str] = []
+
+    # -- steps --------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Lock, open the targets, arm the guardian, write the ledger, pre-flush."""
+        opts = self.options
+        run_dir = self._dir = RunDir.open(opts.run_dir)
+        self._lock = FreezeLock(run_dir)
+        current = {m.mount_id: m for m in read_mountinfo()}
+        for target in self.targets:
+            self._fds.append(open_target(target, current))
+        self._log_fd = self._open_log(run_dir)
+        self._session = Session(self._fds, [t.mount.mount_point for t in self.targets])
+        if self._groups is not None:
+            self._session.set_parallel(self._groups)
+        if opts.expedite_rcu:
+            self._open_rcu(self._session)
+        # Before the ledger names this process: what proves it is the ledger's holder.
+        proof = self._proof = Proof()
+        guardian = self._guardian = self._session.arm(
+            int(opts.timeout_s * 1e9),
+            opts.step_timeout_ns,
+            report_fd=self._log_fd,
+            keep_fd=self._lock.fd,
+            proof_fd=proof.fd,
+            ledger_dirfd=run_dir.fd,
+            ledger_name=ledger_mod.LEDGER_NAME,
+        )
+        pid = os.getpid()
+        ledger_mod.write(
+            run_dir,
+            ledger_mod.Ledger(
+                run_id=self.run_id,
+                pid=pid,
+                pid_start=start_time(pid) or 0,
+                guardian_pid=guardian,
+                guardian_start=start_time(guardian) or 0,
+                created_unix=time.time(),
+                timeout_s=opts.timeout_s,
+                rcu_expedited_restore=None if self._rcu is None else self._rcu.original.decode(),
+                filesystems=tuple(
+                    ledger_mod.LedgerEntry(t.mount.mount_point, t.mount.dev, t.mount.mount_id, t.mount.fstype)
+                    for t in self.targets
+                ),
+                token=proof.token,
+                proof_fd=proof.fd,
+                boot_id=ledger_mod.current_boot_id(),
+            ),
+        )
+        self._ledger_written = True
+        if opts.preflush:
+            self._session.preflush()
+        if self._rcu is not None:
+            # Last thing before the first FIFREEZE; restored right after the last FITHAW.
+            self._rcu.enable()
+
+    def _open_rcu(self, session: Session) -> None:
+        try:
+            rcu = ExpeditedRcu()
+        except OSError as err:
+            self._warnings.append(f"expedite-rcu: cannot open {RCU_EXPEDITED}: {err.strerror}")
+            return
+        if ExpeditedRcu.overridden():
+            self._warnings.append("expedite-rcu: /sys/kernel/rcu_normal is 1, which overrides it")
+        session.restore_on_orphan(rcu.fd, rcu.original)
+        self._rcu = rcu
+
+    def freeze(self) -> None:
+        """FIFREEZE every target in order; on failure nothing stays frozen."""
+        self._require_session().freeze()
+
+    def thaw(self) -> None:
+        """FITHAW what is still frozen, last first. A failure is raised, never swallowed."""
+        self._require_session().thaw()
+
+    def cycle(self) -> None:
+        """Freeze and thaw in one native call (a window with nothing inside)."""
+        self._require_session().cycle()
+
+    def command_window(
+        self, argv: Sequence[str], env: Sequence[str], **kwargs: Any
+    ) -> tuple[Child, Supervision]:
+        """Freeze, run a command, thaw, in one native call (see Session.window_command)."""
+        return self._require_session().window_command(argv, env, **kwargs)
+
+    @property
+    def run_dir(self) -> RunDir | None:
+        """The open run directory, from :meth:`prepare` until the end of :meth:`close`."""
+        return self._dir
+
+    @property
+    def guardian_fired(self) -> bool:
+        """True once the guardian has thawed on its own."""
+        s = self._session
+        return s is not None and s.guardian().reason is not None
+
+    def remaining_ns(self) -> int | None:
+        """Time left before the guardian's deadline, once freezing began."""
+        s = self._session
+        if s is None:
+            return None
+        deadline = s.guardian().deadline_ns
+        return None if not deadline else deadline - now_ns()
+
+    def close(self, on_report: Callable[[FreezeReport], None] | None = None) -> None:
+        """Thaw anything left, reap the guardian, drop the ledger and the lock.
+
+        Safe to call at any point and more than once. A thaw failure is
+        recorded in the report and re-raised after the cleanup.
+        ``on_report`` is given the final report while the ledger and the
+        lock are still in place (``quiesce freeze --hold`` saves it there,
+        so whoever sees the ledger gone also sees the outcome).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        thaw_err: ThawError | None = None
+        s = self._session
+        if s is not None:
+            try:
+                s.thaw()
+            except NotFrozenError:
+                pass  # thawed by someone else mid-window: reported per filesystem
+            except ThawError as err:
+                thaw_err = err
+            expedited = self._restore_rcu()
+            with contextlib.suppress(QuiesceError):
+                s.disarm()
+            records, guardian = s.records(), s.guardian()
+            self.report = build_report(self.run_id, self.targets, records, guardian, self._guardian)
+            self.report.rcu_expedited = expedited
+            self.report.warnings.extend(self._warnings)
+            thaw_err = thaw_err or self._real_thaw_failure(records)
+            for t in self.report.targets:
+                if t.state == "thawed-externally":
+                    self.report.warnings.append(
+                        f"{t.mount_point} was thawed by someone else while quiesce held it frozen"
+                    )
+            s.close()
+            self._session = None
+        if thaw_err is not None:
+            self.record_error(thaw_err)
+        if on_report is not None:
+            try:
+                on_report(self.report)
+            except Exception as err:  # the caller's; the cleanup below must still run
+                self.report.warnings.append(f"saving the report failed: {err}")
+        if self._ledger_written and thaw_err is None and self._dir is not None:
+            ledger_mod.remove(self._dir)
+        self._restore_rcu()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+        if self._lock is not None:
+            self._lock.release()
+        if self._proof is not None:
+            self._proof.close()
+        if self._dir is not None:
+            self._dir.close()
+        if thaw_err is not None:
+            raise thaw_err
+
+    def _real_thaw_failure(self, records: Sequence[FsRecord]) -> ThawError | None:
+        """A FITHAW that failed for another reason than "not frozen" (which is reported)."""
+        for rec in records:
+            if rec.thaw_errno not in (0, errno.EINVAL):
+                return thaw_error(rec.thaw_errno, self.targets[rec.index].mount.mount_point)
+        return None
+
+    def _restore_rcu(self) -> bool:
+        """Put rcu_expedited back; True if it had been expedited for the window."""
+        rcu, self._rcu = self._rcu, None
+        if rcu is None:
+            return False
+        was = rcu.enabled
+        try:
+            rcu.close()
+        except OSError as err:
+            self._warnings.append(f"expedite-rcu: restoring {RCU_EXPEDITED} failed: {err.strerror}")
+        return was
+
+    def record_error(self, err: BaseException) -> None:
+        """Note the error that ended the freeze in the report."""
+        self.report.error = str(err)
+        self.report.error_type = type(err).__name__
+
+    def __enter__(self) -> Freeze:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            self.close()
+        finally:
+            if exc is not None and self.report.error is None:
+                self.record_error(exc)
+
+    # -- internals --------------------------------------------------------
+
+    def _require_session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("prepare() first")
+        return self._session
+
+    def _open_log(self, run_dir: RunDir) -> int:
+        # The guardian writes to this fd (csrc/guardian.c); it is opened here,
+        # through the run directory's fd and never through a link.
+        try:
+            return run_dir.open_file(GUARDIAN_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        except (OSError, QuiesceError):
+            return -1

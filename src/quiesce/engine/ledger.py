@@ -1,0 +1,248 @@
+"""The ledger: which filesystems a freeze owns, written before the first FIFREEZE.
+
+``RUN_DIR/ledger.json`` names the freezing process (pid and start time), its
+guardian, the proof both hold (see :mod:`quiesce.engine.proof`), the boot it was
+written in, and every filesystem it is about to freeze (mount point,
+``maj:min``, mount ID, fs type). It is removed after the thaw. When both the
+freezing process and its guardian are gone and the ledger remains, ``quiesce
+thaw`` and ``quiesce recover`` thaw exactly the filesystems it lists whose
+mount ID and device still match, and nothing else.
+
+A ledger is acted on only if it is provably quiesce's own: read through the
+checked run directory's fd (:class:`quiesce.engine.rundir.RunDir`), a regular file
+owned by root with mode 600 and one link, and every field valid (types,
+ranges, an RCU value of ``0`` or ``1``, absolute mount points, ``maj:min``
+devices, no unknown key). Anything else is a :class:`LedgerError` and
+nothing is done. A ledger from an earlier boot names nothing that can still
+be frozen.
+
+The ledger records intent, not outcome: nothing is written while filesystems
+are frozen (the run directory may sit on one of them). A filesystem that
+another tool froze first makes FIFREEZE fail with EBUSY; the freeze then rolls
+back and removes the ledger at once, so a stale ledger naming it would need
+the freezing process and its guardian to die within that rollback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from quiesce.engine.rundir import RunDir
+from quiesce.errors import LedgerError, UntrustedFileError
+
+LEDGER_NAME = "ledger.json"
+VERSION = 2
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+#: The kernel's PID_MAX_LIMIT: no pid is larger.
+PID_MAX = 1 << 22
+_DEV = re.compile(r"\d{1,10}:\d{1,10}")
+_FSTYPE = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
+_RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_BOOT = re.compile(r"[0-9a-f-]{36}")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One filesystem a freeze is about to freeze."""
+
+    mount_point: str
+    dev: str
+    mount_id: int
+    fstype: str
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The record of one freeze in progress."""
+
+    run_id: str
+    pid: int
+    pid_start: int
+    guardian_pid: int
+    guardian_start: int
+    created_unix: float
+    timeout_s: float
+    filesystems: tuple[LedgerEntry, ...] = field(default_factory=tuple)
+    #: The rcu_expedited value to put back if the freeze expedited RCU.
+    rcu_expedited_restore: str | None = None
+    #: The proof the holder and its guardian keep open (quiesce.engine.proof.Proof).
+    token: str = ""
+    proof_fd: int = -1
+    boot_id: str = ""
+    version: int = VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        d = asdict(self)
+        d["filesystems"] = [asdict(e) for e in self.filesystems]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: object) -> Ledger:
+        """Rebuild and validate a ledger read from disk; raises LedgerError on any bad field."""
+        if not isinstance(d, dict):
+            raise LedgerError("malformed ledger: not a JSON object")
+        expected = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - expected
+        if unknown:
+            raise LedgerError(f"malformed ledger: unknown keys {sorted(unknown)}")
+        if d.get("version") != VERSION:
+            version = d.get("version")
+            raise LedgerError(f"unsupported ledger version {version!r} (this quiesce writes {VERSION})")
+        fss = _get(d, "filesystems", list)
+        if not fss:
+            raise LedgerError("malformed ledger: no filesystems")
+        rcu = d.get("rcu_expedited_restore")
+        if rcu not in (None, "0", "1"):
+            raise LedgerError(f"malformed ledger: rcu_expedited_restore must be '0' or '1', not {rcu!r}")
+        return cls(
+            run_id=_text(d, "run_id", _RUN_ID),
+            pid=_int(d, "pid", 1, PID_MAX),
+            pid_start=_int(d, "pid_start", 0, 2**63 - 1),
+            guardian_pid=_int(d, "guardian_pid", 1, PID_MAX),
+            guardian_start=_int(d, "guardian_start", 0, 2**63 - 1),
+            created_unix=_number(d, "created_unix", 0.0, 2.0**40),
+            timeout_s=_number(d, "timeout_s", 1e-9, 2.0**32),
+            filesystems=tuple(_entry(e) for e in fss),
+            rcu_expedited_restore=rcu,
+            token=_text(d, "token", _TOKEN),
+            proof_fd=_int(d, "proof_fd", 0, 1 << 30),
+            boot_id=_text(d, "boot_id", _BOOT),
+        )
+
+    @property
+    def deadline_unix(self) -> float:
+        """When the guardian thaws at the latest (wall clock, approximate)."""
+        return self.created_unix + self.timeout_s
+
+
+_T = TypeVar("_T")
+
+
+def _get(d: dict[str, Any], key: str, kind: type[_T]) -> _T:
+    if key not in d:
+        raise LedgerError(f"malformed ledger: {key} is missing")
+    value = d[key]
+    # bool is an int to Python, never to the ledger.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise LedgerError(f"malformed ledger: {key} must be {kind.__name__}, not {value!r}")
+    return value
+
+
+def _int(d: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = _get(d, key, int)
+    if not low <= value <= high:
+        raise LedgerError(f"malformed ledger: {key} {value} is outside {low}..{high}")
+    return value
+
+
+def _number(d: dict[str, Any], key: str, low: float, high: float) -> float:
+    value = d.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise LedgerError(f"malformed ledger: {key} must be a number, not {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise LedgerError(f"malformed ledger: {key} {value} is outside {low}..{high}")
+    return value
+
+
+def _text(d: dict[str, Any], key: str, pattern: re.Pattern[str]) -> str:
+    value = _get(d, key, str)
+    if not pattern.fullmatch(value):
+        raise LedgerError(f"malformed ledger: {key} {value!r} is not of the expected form")
+    return value
+
+
+def _entry(e: object) -> LedgerEntry:
+    if not isinstance(e, dict) or set(e) != {"mount_point", "dev", "mount_id", "fstype"}:
+        raise LedgerError(f"malformed ledger: bad filesystem entry {e!r}")
+    mount_point = _get(e, "mount_point", str)
+    if not os.path.isabs(mount_point) or "\0" in mount_point or len(mount_point) > 4096:
+        raise LedgerError(f"malformed ledger: mount point {mount_point!r} is not an absolute path")
+    return LedgerEntry(
+        mount_point=mount_point,
+        dev=_text(e, "dev", _DEV),
+        mount_id=_int(e, "mount_id", 0, 2**63 - 1),
+        fstype=_text(e, "fstype", _FSTYPE),
+    )
+
+
+def current_boot_id() -> str:
+    """This boot's random ID (the kernel's ``boot_id``)."""
+    with open(BOOT_ID) as f:
+        return f.read().strip()
+
+
+@contextmanager
+def _dir(run_dir: RunDir | str, create: bool) -> Iterator[RunDir | None]:
+    if isinstance(run_dir, RunDir):
+        yield run_dir
+        return
+    opened = RunDir.open(run_dir) if create else RunDir.open_existing(run_dir)
+    try:
+        yield opened
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def write(run_dir: RunDir | str, ledger: Ledger) -> str:
+    """Write the ledger atomically (random temp name, fsync, rename); returns its path."""
+    data = json.dumps(ledger.to_dict(), indent=1).encode()
+    with _dir(run_dir, create=True) as d:
+        assert d is not None
+        try:
+            d.write(LEDGER_NAME, data, 0o600)
+        except OSError as err:
+            raise LedgerError(f"cannot write the ledger {d.path_of(LEDGER_NAME)}: {err.strerror}") from err
+        return d.path_of(LEDGER_NAME)
+
+
+def read(run_dir: RunDir | str) -> Ledger | None:
+    """The ledger of ``run_dir``, or None when there is none (or no run directory).
+
+    Raises :class:`LedgerError` when the file is not provably quiesce's
+    (see the module docstring) or any field is invalid.
+    """
+    with _dir(run_dir, create=False) as d:
+        if d is None:
+            return None
+        path = d.path_of(LEDGER_NAME)
+        try:
+            raw = d.read_trusted(LEDGER_NAME)
+        except UntrustedFileError as err:
+            raise LedgerError(f"the ledger is not trusted, nothing done: {err}") from err
+        except OSError as err:
+            raise LedgerError(f"cannot read the ledger {path}: {err.strerror}") from err
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise LedgerError(f"{path}: not valid JSON ({err})") from err
+    try:
+        return Ledger.from_dict(data)
+    except LedgerError as err:
+        raise LedgerError(f"{path}: {err}; nothing done") from err
+
+
+def remove(run_dir: RunDir | str) -> None:
+    """Remove the ledger if it exists."""
+    with _dir(run_dir, create=False) as d:
+        if d is not None:
+            d.unlink(LEDGER_NAME)
+
+
+def new_run_id() -> str:
+    """A run ID: UTC time plus pid, sortable and unique on one machine."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"

@@ -1,0 +1,98 @@
+"""The freeze lock: one quiesce freeze on a machine at a time.
+
+An ``flock`` on ``RUN_DIR/lock``. The lock belongs to the open file, so the
+guardian, which inherits the fd, keeps it held while it may still thaw: a new
+freeze cannot start before the previous guardian is done. The holder's pid
+is written into the file for the error message. The file is opened through
+the checked run directory's fd, never following a link
+(:class:`quiesce.engine.rundir.RunDir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+
+from quiesce.engine.rundir import RunDir
+from quiesce.errors import LockHeldError, QuiesceOSError
+
+LOCK_NAME = "lock"
+
+
+class FreezeLock:
+    """An acquired freeze lock; :meth:`release` (or the context) gives it back."""
+
+    def __init__(self, run_dir: RunDir | str, name: str = LOCK_NAME, what: str = "freeze") -> None:
+        opened = RunDir.open(run_dir) if isinstance(run_dir, str) else None
+        d = opened or run_dir
+        assert isinstance(d, RunDir)
+        self.path = d.path_of(name)
+        try:
+            try:
+                self.fd = d.open_file(name, os.O_RDWR | os.O_CREAT)
+            except OSError as err:
+                raise QuiesceOSError(err.errno or 0, "opening the lock", self.path) from err
+        finally:
+            if opened is not None:
+                opened.close()
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_of(self.fd)
+            os.close(self.fd)
+            who = f"pid {holder}" if holder else "another process"
+            raise LockHeldError(
+                f"another quiesce {what} is in progress ({who} holds {self.path}); "
+                "wait for it, or see `quiesce status`",
+                holder,
+            ) from None
+        # The pid is only for messages: a full disk must not fail the lock.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> FreezeLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _holder_of(fd: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).strip() or 0) or None
+    return None
+
+
+def held_by(run_dir: RunDir, name: str = LOCK_NAME) -> tuple[bool, int | None]:
+    """Whether some process holds the lock now, and the pid the holder wrote (only if held)."""
+    try:
+        fd = run_dir.open_file(name, os.O_RDONLY)
+    except FileNotFoundError:
+        return False, None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, _holder_of(fd)
+        return False, None
+    finally:
+        os.close(fd)
+
+
+def is_held(run_dir: RunDir | str) -> bool:
+    """True when some process holds the freeze lock now."""
+    if isinstance(run_dir, RunDir):
+        return held_by(run_dir)[0]
+    d = RunDir.open_existing(run_dir)
+    if d is None:
+        return False
+    with d:
+        return held_by(d)[0]

@@ -1,0 +1,110 @@
+"""The snapshot step as a command: inside the frozen window, or without a freeze.
+
+With a freeze, :func:`run_snapshot_command` makes freeze, start, wait and
+thaw one native call: no Python runs inside the window. Without one
+(``fsFreezeEnabled`` false, or a failed freeze when failures may continue)
+:func:`run_command` runs the same command under the same supervision, so
+the snapshot step runs whenever the result says it did.
+
+Either way the command runs like a script: own session and cgroup, stdin on
+/dev/null, SIGTERM at its timeout, SIGKILL to its tree after the grace, a
+clean environment plus ``QUIESCE_PHASE=snapshot``, ``QUIESCE_RUN_ID`` and
+the caller's ``env``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from quiesce.engine.freeze import Freeze
+from quiesce.errors import FreezeError, QuiesceOSError
+from quiesce.supervise import shebang
+from quiesce.supervise.launch import KILL_WAIT_S, OUTPUT_TAIL, Attempt, Launch, environment
+from quiesce.supervise.procs import reap_child
+
+
+def _start_error(program: str, err: OSError) -> str:
+    """Why the command did not start: its ``#!`` interpreter when that is the cause, else ``err``."""
+    problem = shebang.explain_exec_error(err, shebang.read_head(program), program)
+    return str(err) if problem is None else f"did not start: {problem}"
+
+
+def run_snapshot_command(
+    freeze: Freeze,
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    grace_s: float,
+    env: Mapping[str, str],
+    run_id: str,
+    output_tail: int = OUTPUT_TAIL,
+    cgroup_parent: str | None = None,
+    release_fd: int = -1,
+    release_sig: int = 0,
+) -> Attempt:
+    """Freeze, run the command, thaw, in one native call.
+
+    Raises the freeze error if freezing failed (the command did not run). A
+    thaw failure is in the freeze's records and raised by ``freeze.close()``;
+    the command's attempt is returned either way. A ``release_sig`` byte on
+    ``release_fd`` (a signal wake-up pipe) ends the window at once: the
+    attempt's outcome is then "released" and the command is killed.
+    """
+    environ = environment("snapshot", timeout_s, {"QUIESCE_RUN_ID": run_id, **env})
+    # The window starts the command itself: the pipes are ready, non-blocking on our side.
+    with Launch(f"{run_id}-snapshot", cgroup_parent, nonblocking=True) as launch:
+        try:
+            child, sup = freeze.command_window(
+                argv,
+                environ,
+                path=argv[0],
+                cgroup_fd=launch.cgroup_fd,
+                stdin_fd=launch.stdin_fd,
+                stdout_fd=launch.out_w,
+                stderr_fd=launch.err_w,
+                out_fd=launch.out_r,
+                err_fd=launch.err_r,
+                timeout_ns=int(timeout_s * 1e9),
+                grace_ns=int(grace_s * 1e9),
+                kill_wait_ns=int(KILL_WAIT_S * 1e9),
+                out_cap=output_tail,
+                err_cap=output_tail,
+                release_fd=release_fd,
+                release_sig=release_sig,
+            )
+        except QuiesceOSError as err:
+            if isinstance(err, FreezeError):
+                raise
+            return launch.failed(1, _start_error(argv[0], err))
+        launch.adopt(child)
+        if not sup.result().finished:
+            # Released early, or it slept in the kernel (on a frozen
+            # filesystem?): thawed now, it can die.
+            child.kill_tree(launch.cgroup_fd)
+            reap_child(child, KILL_WAIT_S)
+        return launch.finish(1, sup)
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    grace_s: float,
+    env: Mapping[str, str],
+    run_id: str,
+    output_tail: int = OUTPUT_TAIL,
+    cgroup_parent: str | None = None,
+) -> Attempt:
+    """Run the snapshot command without a freeze, under a script's supervision."""
+    environ = environment("snapshot", timeout_s, {"QUIESCE_RUN_ID": run_id, **env})
+    with Launch(f"{run_id}-snapshot", cgroup_parent) as launch:
+        try:
+            child = launch.spawn(argv, environ, path=argv[0])
+        except QuiesceOSError as err:
+            return launch.failed(1, _start_error(argv[0], err))
+        sup = launch.supervision(child.start_ns + int(timeout_s * 1e9), int(grace_s * 1e9), output_tail)
+        # Like the frozen window, nothing interrupts the snapshot step: a
+        # signal takes effect after it.
+        while not sup.step():
+            pass
+        return launch.finish(1, sup)
