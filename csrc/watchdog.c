@@ -78,22 +78,47 @@ int qz_watchdog_arm(int kill_fd, int *sock)
     err = qz_wait_ready(sv[0]);
     if (err != 0) {
         kill(pid, SIGKILL);
-        qz_watchdog_disarm(pid, sv[0]);
+        qz_watchdog_disarm(pid, sv[0], 1000000000LL);
         return -err;
     }
     *sock = sv[0];
     return pid;
 }
 
-int qz_watchdog_disarm(int pid, int sock)
+/* Reap `pid` by `end` (CLOCK_MONOTONIC ns), looking every millisecond: 0, -ETIMEDOUT or -errno. */
+static int reap_by(pid_t pid, int64_t end)
+{
+    struct timespec ms = { 0, 1000000 };
+    int status;
+    pid_t rc;
+
+    for (;;) {
+        do
+            rc = waitpid(pid, &status, WNOHANG);
+        while (rc < 0 && errno == EINTR);
+        if (rc == pid)
+            return 0;
+        if (rc < 0)
+            return -errno;
+        if (qz_now_ns() >= end)
+            return -ETIMEDOUT;
+        nanosleep(&ms, NULL);
+    }
+}
+
+int qz_watchdog_disarm(int pid, int sock, int64_t wait_ns)
 {
     char msg = QZ_MSG_END;
-    int status, rc;
+    int rc;
 
+    if (pid <= 0)
+        return -ECHILD;
     send(sock, &msg, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     close(sock);
-    do
-        rc = waitpid(pid, &status, 0);
-    while (rc < 0 && errno == EINTR);
-    return rc < 0 ? -errno : 0;
+    rc = reap_by(pid, qz_now_ns() + wait_ns);
+    if (rc != -ETIMEDOUT)
+        return rc;
+    /* Stopped or stuck: the run is over and its cgroup goes anyway; never hang on it. */
+    kill(pid, SIGKILL);
+    return reap_by(pid, qz_now_ns() + 1000000000LL);
 }

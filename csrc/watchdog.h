@@ -15,8 +15,12 @@
 /* cdef-begin */
 /* Returns the watchdog's pid, or -errno; *sock receives the orchestrator's end. */
 int qz_watchdog_arm(int kill_fd, int *sock);
-/* Tell it the run ended normally and reap it; 0 or -errno. */
-int qz_watchdog_disarm(int pid, int sock);
+/*
+ * Tell it the run ended and reap it within wait_ns; one that has not exited
+ * by then (stopped, stuck) is SIGKILLed, so the caller never hangs. Returns
+ * 0, or -errno (-ETIMEDOUT if even the SIGKILLed watchdog was not reaped).
+ */
+int qz_watchdog_disarm(int pid, int sock, int64_t wait_ns);
 /* cdef-end */
 
 #endif

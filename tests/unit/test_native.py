@@ -233,3 +233,24 @@ def test_disarm_of_a_stuck_guardian_is_bounded(dir_fds, how):
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(guardian, signal.SIGKILL)
         os.close(guardian)
+
+
+def test_a_stopped_watchdog_never_hangs_the_end_of_a_run(tmp_path):
+    """Disarming a watchdog that cannot answer (SIGSTOPped) returns by its bound; the watchdog is gone.
+
+    It is killed, not left to act: it never writes to its kill file.
+    """
+    kill_file = tmp_path / "cgroup.kill"
+    fd = os.open(kill_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        watchdog = native.Watchdog(fd)
+        os.kill(watchdog.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        watchdog.disarm(wait_ns=200_000_000)
+        took = time.monotonic() - started
+        with pytest.raises(ChildProcessError):
+            os.waitpid(watchdog.pid, os.WNOHANG)  # reaped: no such child any more
+    finally:
+        os.close(fd)
+    assert took < 3.0, f"the disarm took {took:.1f} s"
+    assert kill_file.read_bytes() == b""

@@ -256,8 +256,12 @@ class Watchdog:
         self.pid = pid
         self._sock = int(sock[0])
 
-    def disarm(self) -> None:
-        """Tell it the run ended normally and reap it (idempotent)."""
+    def disarm(self, wait_ns: int = 5_000_000_000) -> None:
+        """Tell it the run ended normally and reap it (idempotent).
+
+        One that has not exited within ``wait_ns`` (stopped, stuck) is
+        SIGKILLed: the run's end never waits on its watchdog.
+        """
         if self._sock >= 0:
-            lib.qz_watchdog_disarm(self.pid, self._sock)
+            lib.qz_watchdog_disarm(self.pid, self._sock, wait_ns)
             self._sock = -1
