@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 
@@ -12,6 +11,7 @@ import pytest
 
 from quiesce.supervise.checked import open_script
 from quiesce.supervise.scripts import ScriptPolicy, run_script
+from tests.processes import alive_with, unique_sleep
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
 
@@ -43,16 +43,6 @@ def make_script(secure_dir):
     yield make
     for c in opened:
         c.close()
-
-
-def _unique_sleep() -> str:
-    """A sleep duration (about 300 s) unique to this test, to find its processes by."""
-    return f"300.{os.getpid()}{time.monotonic_ns() % 10**6}"
-
-
-def _alive_with_marker(marker: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
-    return out.stdout.split()
 
 
 def test_success_output_and_clean_environment(make_script, monkeypatch):
@@ -117,7 +107,7 @@ def test_timeout_sends_sigterm_at_the_deadline(make_script):
 
 def test_sigterm_ignoring_tree_is_killed_after_the_grace(make_script):
     """A tree that ignores SIGTERM, with a setsid escapee, is SIGKILLed after the grace; nothing survives."""
-    marker = _unique_sleep()
+    marker = unique_sleep()
     s = make_script(
         f"trap '' TERM\nsetsid sh -c 'trap \"\" TERM; sleep {marker}' &\n"
         f"sh -c 'trap \"\" TERM; sleep {marker}'\n"
@@ -128,12 +118,12 @@ def test_sigterm_ignoring_tree_is_killed_after_the_grace(make_script):
     assert a.signal == "SIGKILL"
     assert 0.6e9 <= a.duration_ns < 0.6e9 + 1e9
     assert a.isolation == "cgroup"
-    assert _alive_with_marker(marker) == []
+    assert alive_with(marker) == []
 
 
 def test_descendant_holding_stdout_does_not_hold_up_the_run(make_script):
     """A daemon that keeps the output pipe open neither delays the result nor survives."""
-    marker = _unique_sleep()
+    marker = unique_sleep()
     s = make_script(f"setsid sleep {marker} &\necho started\nexit 0\n")
     started = time.monotonic()
     r = run_script(s, [], ScriptPolicy(timeout_s=20))
@@ -141,7 +131,7 @@ def test_descendant_holding_stdout_does_not_hold_up_the_run(make_script):
     a = r.attempts[0]
     assert r.ok and a.stdout == "started\n"
     assert a.leftovers_killed == 1
-    assert _alive_with_marker(marker) == []
+    assert alive_with(marker) == []
 
 
 def test_huge_output_is_drained_and_only_the_tail_kept(make_script):
@@ -218,13 +208,13 @@ def no_cgroup(monkeypatch):
 
 def test_fallback_timeout_kills_the_process_group(make_script, no_cgroup):
     """Without a cgroup, a SIGTERM-ignoring tree (no setsid) is killed through its process group."""
-    marker = _unique_sleep()
+    marker = unique_sleep()
     s = make_script(f"trap '' TERM\nsh -c 'trap \"\" TERM; sleep {marker}' &\nwait\n")
     r = run_script(s, [], ScriptPolicy(timeout_s=0.3, grace_s=0.3))
     a = r.attempts[0]
     assert a.isolation == "process-group"
     assert r.status == "timeout" and a.killed and a.signal == "SIGKILL"
-    assert _alive_with_marker(marker) == []
+    assert alive_with(marker) == []
 
 
 def test_fallback_retries_and_output(make_script, no_cgroup):
@@ -238,19 +228,19 @@ def test_fallback_retries_and_output(make_script, no_cgroup):
 
 def test_fallback_leftover_in_the_group_is_killed(make_script, no_cgroup):
     """Without a cgroup, a background child left in the script's group is killed after it exits."""
-    marker = _unique_sleep()
+    marker = unique_sleep()
     s = make_script(f"sleep {marker} >/dev/null 2>&1 &\nexit 0\n")
     r = run_script(s, [], ScriptPolicy(timeout_s=5))
     assert r.ok
     deadline = time.monotonic() + 5
-    while _alive_with_marker(marker) and time.monotonic() < deadline:
+    while alive_with(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _alive_with_marker(marker) == []
+    assert alive_with(marker) == []
 
 
 def test_many_children_ignoring_sigterm_end_within_timeout_grace_and_50ms(make_script):
     """A script forking 50 SIGTERM-ignoring children: killed by timeout + grace + 50 ms, none survive."""
-    marker = _unique_sleep()
+    marker = unique_sleep()
     s = make_script(
         "trap '' TERM\n"
         f"for i in $(seq 50); do sh -c \"trap '' TERM; exec sleep {marker}\" & done\n"
@@ -260,7 +250,7 @@ def test_many_children_ignoring_sigterm_end_within_timeout_grace_and_50ms(make_s
     a = r.attempts[0]
     assert r.status == "timeout" and a.killed
     assert a.duration_ns <= (0.3 + 0.2 + 0.05) * 1e9, f"{a.duration_ns / 1e6:.1f} ms"
-    assert _alive_with_marker(marker) == []
+    assert alive_with(marker) == []
 
 
 def test_script_closing_stdout_early_still_reports(make_script):

@@ -22,16 +22,17 @@ from quiesce.azure.verdict import APPLICATION
 from quiesce.engine import ledger as ledger_mod
 from quiesce.runner.run import run
 from tests.privileged.conftest import Writer
+from tests.processes import alive_with, unique_sleep
 
 pytestmark = [pytest.mark.privileged]
 
 TRIALS = int(os.environ.get("QUIESCE_KILL_TRIALS", "30"))
-MARK = f"300.{os.getpid()}"  # every script's sleep carries it: pgrep finds leftovers
+#: Every script's sleep carries it (followed by one digit per script): only this test's leftovers match.
+MARK = unique_sleep()
 
 
-def _alive() -> list[str]:
-    out = subprocess.run(["pgrep", "-f", f"sleep {MARK}"], capture_output=True, text=True)
-    return out.stdout.split()
+def _alive() -> list[int]:
+    return alive_with(f"{MARK}")
 
 
 def _config(setup):

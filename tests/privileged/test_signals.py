@@ -13,6 +13,7 @@ import pytest
 
 from quiesce.engine import ledger as ledger_mod
 from tests.privileged.conftest import Writer
+from tests.processes import alive_with, unique_sleep
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
 
@@ -47,7 +48,8 @@ def _finish(proc):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_during_the_pre_script(setup, sig):
     """A signal while the pre-script runs: it is killed, nothing is frozen, the post-script runs."""
-    setup.config(pre=f"echo started >> {setup.log}\nsleep 30\n")
+    marker = unique_sleep(30)
+    setup.config(pre=f"echo started >> {setup.log}\nsleep {marker}\n")
     proc = _start(setup)
     _wait_for_event(setup, "started")
     started = time.monotonic()
@@ -59,7 +61,7 @@ def test_signal_during_the_pre_script(setup, sig):
     assert result["interrupted_by"] == sig.name and result["error_name"] == "RunInterrupted"
     assert result["consistency"] == "failed" and result["freeze"] is None
     assert setup.events()[-1] == "post.sh 1 skipped interrupted"
-    assert subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True).returncode == 1
+    assert alive_with(marker) == [], "the pre-script outlived the run"
 
 
 def test_signal_during_a_pre_hook(setup):
