@@ -11,9 +11,16 @@ import pytest
 
 from quiesce.supervise.checked import open_script
 from quiesce.supervise.scripts import ScriptPolicy, run_script
+from tests.fallbacks import forced
 from tests.processes import alive_with, unique_sleep
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
+
+
+@pytest.fixture(autouse=True, params=["", "no-pidfd"], ids=["pidfd", "no-pidfd"])
+def watching(request, monkeypatch):
+    """Every test twice: children watched through pidfds, and by pid (QUIESCE_FALLBACK=no-pidfd)."""
+    yield from forced(request.param, monkeypatch)
 
 
 @pytest.fixture
@@ -199,11 +206,9 @@ def test_no_fd_leak(make_script):
 
 
 @pytest.fixture
-def no_cgroup(monkeypatch):
+def no_cgroup(monkeypatch, watching):
     """Run scripts as on a machine without a writable cgroup v2: process-group fallback."""
-    from quiesce.supervise.cgroups import ScriptCgroup
-
-    monkeypatch.setattr(ScriptCgroup, "create", classmethod(lambda cls, name, root=None, parent=None: None))
+    yield from forced("no-cgroup", monkeypatch)
 
 
 def test_fallback_timeout_kills_the_process_group(make_script, no_cgroup):

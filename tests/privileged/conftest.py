@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from quiesce.azure.planning import make_plan
+from quiesce.engine.fdwait import wait_readable
 from quiesce.engine.plan import Target
 from quiesce.runner.types import RunOptions
 from quiesce.sandbox import LoopFs, Sandbox, enter_private_mount_namespace, thaw_quietly
@@ -203,10 +204,7 @@ class Writer:
 
     def finished_within(self, seconds: float) -> bool:
         """True when the writer exits within ``seconds``."""
-        import select
-
-        ready, _, _ = select.select([self.pidfd], [], [], seconds)
-        return bool(ready)
+        return wait_readable(self.pidfd, seconds)
 
     def finish(self) -> int:
         """Reap the writer (it must be able to finish: nothing may be frozen)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 import pytest
 
 from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.fdwait import wait_readable
 from quiesce.engine.freeze import FreezeOptions
 from quiesce.engine.frozen import frozen
 from quiesce.engine.proof import is_alive
@@ -42,7 +42,7 @@ def _wait_pid_exit(pid: int, seconds: float) -> bool:
     except ProcessLookupError:
         return True
     try:
-        return bool(select.select([fd], [], [], seconds)[0])
+        return wait_readable(fd, seconds)
     finally:
         os.close(fd)
 

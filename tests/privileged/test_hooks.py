@@ -6,6 +6,7 @@ import pytest
 
 from quiesce.azure.verdict import APPLICATION, FAILED, FILESYSTEM
 from quiesce.runner.run import run
+from tests.fallbacks import FALLBACKS, IDS
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
 
@@ -102,7 +103,8 @@ fi
 """
 
 
-def test_session_hook_holds_across_the_window(setup):
+@pytest.mark.parametrize("fallback", FALLBACKS, ids=IDS, indirect=True)
+def test_session_hook_holds_across_the_window(fallback, setup):
     """A session hook is ready (systemd-notify) before the freeze and released after the thaw."""
     setup.hook("10-db.session", SESSION.format(log=setup.log))
     setup.config(quiesce=_with_snapshot(setup))
@@ -115,7 +117,8 @@ def test_session_hook_holds_across_the_window(setup):
     assert released.ok and released.attempts[0].exit_code == 0
 
 
-def test_session_hook_never_ready_times_out_and_is_killed(setup):
+@pytest.mark.parametrize("fallback", FALLBACKS, ids=IDS, indirect=True)
+def test_session_hook_never_ready_times_out_and_is_killed(fallback, setup):
     """No READY=1 within timeoutInSeconds: killed, a pre failure, nothing frozen without continue."""
     setup.hook("10-db.session", "sleep 60\n")
     setup.config(quiesce=_with_snapshot(setup), timeoutInSeconds=1, continueBackupOnFailure=False)
@@ -124,7 +127,8 @@ def test_session_hook_never_ready_times_out_and_is_killed(setup):
     assert r.freeze is None and "SNAPSHOT" not in setup.events()
 
 
-def test_session_hook_dying_in_the_window_downgrades_the_result(setup):
+@pytest.mark.parametrize("fallback", FALLBACKS, ids=IDS, indirect=True)
+def test_session_hook_dying_in_the_window_downgrades_the_result(fallback, setup):
     """A session hook that dies while frozen: the application was not held; file-system-consistent."""
     body = 'if [ "$1" = session ]; then systemd-notify --ready; sleep 0.2; exit 1; fi\n'
     setup.hook("10-db.session", body)
@@ -136,7 +140,8 @@ def test_session_hook_dying_in_the_window_downgrades_the_result(setup):
     assert r.hooks_post[0].status == "failed"
 
 
-def test_session_hook_ignoring_its_release_is_killed(setup):
+@pytest.mark.parametrize("fallback", FALLBACKS, ids=IDS, indirect=True)
+def test_session_hook_ignoring_its_release_is_killed(fallback, setup):
     """A session hook that ignores stdin closing and SIGTERM is killed after the grace."""
     body = 'if [ "$1" = session ]; then trap "" TERM; systemd-notify --ready; while :; do sleep 1; done; fi\n'
     setup.hook("10-db.session", body)

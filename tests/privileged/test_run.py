@@ -14,6 +14,7 @@ from quiesce.cli.exits import Exit
 from quiesce.engine import ledger as ledger_mod
 from quiesce.errors import IncorrectJSONConfigFile, LockHeldError
 from quiesce.runner.run import run
+from tests.fallbacks import FALLBACKS, IDS
 from tests.privileged.conftest import Writer, external_freeze, is_frozen
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
@@ -36,7 +37,8 @@ def test_published_sample_with_real_scripts_is_application_consistent(setup):
     assert starts == sorted(starts)
 
 
-def test_cli_json_and_exit_zero(setup):
+@pytest.mark.parametrize("fallback", FALLBACKS, ids=IDS, indirect=True)
+def test_cli_json_and_exit_zero(fallback, setup):
     """``quiesce run --json`` prints the full result and exits 0 on application-consistent."""
     setup.config()
     done = setup.cli("--json")
@@ -242,7 +244,8 @@ PROBE = (
 )
 
 
-def test_command_snapshot_runs_inside_the_window(setup, fs):
+@pytest.mark.parametrize("fallback", FALLBACKS, ids=IDS, indirect=True)
+def test_command_snapshot_runs_inside_the_window(fallback, setup, fs):
     """Mode "command": the command runs while frozen (its writers sleep in D state), then thaw."""
     setup.config(
         quiesce={"snapshot": {"mode": "command", "argv": ["/bin/sh", "-c", PROBE], "timeoutSeconds": 10}}
@@ -311,7 +314,8 @@ def test_hold_snapshot_released_by_stdin(setup, fs):
     assert result["consistency"] == APPLICATION and result["released_by"] == "stdin"
 
 
-def test_hold_snapshot_released_by_quiesce_thaw(setup):
+@pytest.mark.parametrize("fallback", FALLBACKS, ids=IDS, indirect=True)
+def test_hold_snapshot_released_by_quiesce_thaw(fallback, setup):
     """Mode "hold" in the background: `quiesce thaw` releases it."""
     setup.config(quiesce={"snapshot": {"mode": "hold"}})
     proc = subprocess.Popen(

@@ -46,7 +46,10 @@ def _finish(proc):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_signal_during_the_pre_script(setup, sig):
+@pytest.mark.parametrize(
+    "fallback", ["", "no-pidfd,no-cgroup"], ids=["normal", "no-pidfd+no-cgroup"], indirect=True
+)
+def test_signal_during_the_pre_script(fallback, setup, sig):
     """A signal while the pre-script runs: it is killed, nothing is frozen, the post-script runs."""
     marker = unique_sleep(30)
     setup.config(pre=f"echo started >> {setup.log}\nsleep {marker}\n")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from quiesce.engine.fdwait import wait_readable
 
 #: Debian's stock qemu-ga: $QEMU_GA (CI unpacks the binary only), else from PATH.
 QEMU_GA = os.environ.get("QEMU_GA") or shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
@@ -68,7 +69,7 @@ class Client:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            if left <= 0 or not wait_readable(self.sock.fileno(), left):
                 raise TimeoutError(f"no reply; have {bytes(self.buf)!r}")
             chunk = self.sock.recv(65536)
             if not chunk:
@@ -95,7 +96,7 @@ class Client:
         """Whatever arrives within ``wait`` seconds (b"" if nothing)."""
         end = time.monotonic() + wait
         while time.monotonic() < end:
-            if select.select([self.sock], [], [], max(0.0, end - time.monotonic()))[0]:
+            if wait_readable(self.sock.fileno(), max(0.0, end - time.monotonic())):
                 chunk = self.sock.recv(65536)
                 if not chunk:
                     break

@@ -41,6 +41,7 @@ from dataclasses import asdict
 
 from quiesce.bench.results import BenchError, ProbeResult, RepSample, Stall, rep_at
 from quiesce.bench.stats import Summary, summarize
+from quiesce.engine.fdwait import wait_readable
 
 FILE_PREFIX = ".quiesce-bench-"
 MIB = 1 << 20
@@ -235,8 +236,7 @@ class Helper:
             left = end - time.monotonic()
             if left <= 0:
                 raise BenchError(f"{self.name}: no answer within {timeout_s:g} s")
-            ready, _, _ = select.select([fd], [], [], min(left, SLICE_S))
-            if ready:
+            if wait_readable(fd, min(left, SLICE_S)):
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     self.finish(HELPER_STOP_S)

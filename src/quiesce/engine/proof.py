@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import select
+
+from quiesce.engine.fdwait import wait_readable
 
 
 def start_time(pid: int) -> int | None:
@@ -111,9 +112,9 @@ def open_proven(pid: int, started: int | None, token: str, fd: int) -> int | Non
 
 def pidfd_exited(pidfd: int) -> bool:
     """True once the process of ``pidfd`` has exited (its pidfd turns readable)."""
-    return bool(select.select([pidfd], [], [], 0)[0])
+    return wait_readable(pidfd, 0)
 
 
 def wait_pidfd(pidfd: int, timeout_s: float) -> bool:
     """Wait up to ``timeout_s`` for the process of ``pidfd`` to exit; True if it did."""
-    return bool(select.select([pidfd], [], [], max(0.0, timeout_s))[0])
+    return wait_readable(pidfd, max(0.0, timeout_s))

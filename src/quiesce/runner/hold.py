@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 from collections.abc import Callable
 from types import FrameType
 
+from quiesce.engine.fdwait import readable
 from quiesce.runner.signals import Handlers
 
 #: The release's line comes on fd 0 (not ``sys.stdin``, which may be None or replaced).
@@ -60,7 +60,7 @@ class Release:
             # A little past the deadline: the guardian thaws at it exactly.
             timeout = None if left is None else left / 1e9 + 0.005
             try:
-                ready, _, _ = select.select(watch, [], [], timeout)
+                ready = readable(watch, timeout)
             except OSError as err:
                 return f"error: waiting for the release: {err.strerror}"
             if STDIN in ready and use_stdin:

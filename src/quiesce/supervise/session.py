@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 
 from quiesce.engine import native
+from quiesce.engine.fdwait import readable, wait_readable
 from quiesce.supervise.checked import CheckedScript
 from quiesce.supervise.hookdir import Hook
 from quiesce.supervise.launch import Attempt, Launch, environment
 from quiesce.supervise.notify import NotifyDir, in_cgroup, in_session
-from quiesce.supervise.procs import cgroup_of, child_exited
+from quiesce.supervise.procs import PID_POLL_S, cgroup_of, child_exited
 from quiesce.supervise.scripts import Progress, ScriptPolicy, script_argv
 
 #: How often a waiting session hook's progress is reported (the caller paces the lines).
@@ -80,12 +80,17 @@ class SessionHook:
             self.notify.check = in_session(self.child.pid)
         self._early: list[bytes] = [b"", b""]
 
-    def _drain_early(self) -> None:
-        # Output before readiness; kept small, it is reported with the rest.
+    def _drain_early(self, fds: set[int]) -> set[int]:
+        """Keep the output so far (small; it is reported with the rest); return the fds at EOF."""
+        ended = set()
         for i, fd in enumerate((self.out_r, self.err_r)):
+            if fd not in fds:
+                continue
             with contextlib.suppress(BlockingIOError):
                 while chunk := os.read(fd, 65536):
                     self._early[i] = (self._early[i] + chunk)[-self.policy.output_tail :]
+                ended.add(fd)  # read returned b"": closed by every writer
+        return ended
 
     def _receive(self) -> list[str]:
         """One notify datagram's assignments, if its sender is the hook (see quiesce.supervise.notify)."""
@@ -95,7 +100,7 @@ class SessionHook:
         end = time.monotonic() + wait_s
         while True:
             left = max(0.0, end - time.monotonic())
-            if not select.select([self.notify], [], [], left)[0]:
+            if not wait_readable(self.notify.fileno(), left):
                 return
             if "BARRIER=1" in self._receive():
                 return
@@ -104,7 +109,8 @@ class SessionHook:
         """Wait for ``READY=1`` up to the timeout; False if it exited or timed out first."""
         timeout_ns = int(self.policy.timeout_s * 1e9)
         deadline = self.child.start_ns + timeout_ns
-        watch = [self.notify.fileno(), self.child.pidfd, self.out_r, self.err_r]
+        # The pidfd turns readable when the hook exits; without one (-1, ignored) it is looked for by pid.
+        watch = {self.notify.fileno(), self.child.pidfd, self.out_r, self.err_r}
         while True:
             now = native.now_ns()
             left = deadline - now
@@ -118,14 +124,17 @@ class SessionHook:
                     timeout_ns,
                 )
                 left = min(left, _PROGRESS_TICK_NS)
-            ready, _, _ = select.select(watch, [], [], left / 1e9)
-            self._drain_early()
+            if self.child.pidfd < 0:
+                left = min(left, int(PID_POLL_S * 1e9))
+            ready = readable(watch, left / 1e9)
+            # An output pipe at EOF stays readable: it is not watched again.
+            watch -= self._drain_early(ready)
             if self.notify.fileno() in ready and "READY=1" in self._receive():
                 self.ready_ns = native.now_ns()
                 # Answer systemd-notify's barrier, which follows at once.
                 self._drain_notify(0.1)
                 return True
-            if self.child.pidfd in ready:
+            if self.child.pidfd in ready or (self.child.pidfd < 0 and child_exited(self.child)):
                 return False
 
     def alive(self) -> bool:

@@ -53,8 +53,9 @@ MAX_FILESYSTEMS = int(lib.QZ_MAX_FILESYSTEMS)
 SCRIPT_FD = int(lib.QZ_SCRIPT_FD)
 
 #: ``QUIESCE_FALLBACK=no-pidfd`` runs without pidfds, as on kernels before
-#: 5.3 (children and the guardian watched by pid), so the tests can cover
-#: that path on a kernel that has them.
+#: 5.3 (children and the guardian watched by pid); ``no-cgroup`` without
+#: cgroup v2 for scripts (their process group instead). The tests cover those
+#: paths on a kernel that has both.
 FALLBACK_ENV = "QUIESCE_FALLBACK"
 
 
