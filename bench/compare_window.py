@@ -62,7 +62,6 @@ import ctypes
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +77,7 @@ from qga import GuestAgent, agent_binary, agent_version
 from results import Check
 from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_targets, sigterm_exits
 
+from quiesce.bench.stats import median
 from quiesce.engine.freeze import Freeze, FreezeOptions
 from quiesce.engine.mountfd import open_target
 from quiesce.engine.native import FsRecord, Session, now_ns
@@ -114,22 +114,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def summarize(values: Sequence[int]) -> dict[str, float]:
-    """min / median / p90 / max of a sample, in ns."""
-    ordered = sorted(values)
-    p90 = statistics.quantiles(ordered, n=10, method="inclusive")[-1] if len(ordered) > 1 else ordered[0]
-    return {
-        "n": len(ordered),
-        "min_ns": ordered[0],
-        "median_ns": statistics.median(ordered),
-        "p90_ns": p90,
-        "max_ns": ordered[-1],
-    }
-
-
-def ms(ns: float) -> str:
-    """Nanoseconds as milliseconds for the table."""
-    return f"{ns / 1e6:10.3f}"
+def cell(ns: float) -> str:
+    """Nanoseconds as milliseconds, in a fixed-width table cell."""
+    return f"{results.ms(ns):>10}"
 
 
 # ---------------------------------------------------------------------------
@@ -372,19 +359,17 @@ def phase_summary(
     With ``reference_key``, also the ratio of medians and the paired ratio to that contender.
     """
     floor = [s["window_ns"] for s in samples[floor_key]]
-    floor_median = statistics.median(floor)
+    floor_median = median(floor)
     ref = [s["window_ns"] for s in samples[reference_key]] if reference_key else []
     out: dict[str, dict[str, Any]] = {}
     for key, label, _ in contenders:
         values = [s["window_ns"] for s in samples[key]]
-        summary: dict[str, Any] = {"label": label, **summarize(values)}
+        summary: dict[str, Any] = {"label": label, **results.summary(values)}
         summary["ratio_to_floor"] = summary["median_ns"] / floor_median
-        summary["paired_ratio_median"] = statistics.median(v / f for v, f in zip(values, floor, strict=True))
+        summary["paired_ratio_median"] = median(v / f for v, f in zip(values, floor, strict=True))
         if ref:
-            summary["ratio_to_reference"] = summary["median_ns"] / statistics.median(ref)
-            summary["paired_ratio_to_reference"] = statistics.median(
-                v / r for v, r in zip(values, ref, strict=True)
-            )
+            summary["ratio_to_reference"] = summary["median_ns"] / median(ref)
+            summary["paired_ratio_to_reference"] = median(v / r for v, r in zip(values, ref, strict=True))
         out[key] = summary
     return out
 
@@ -396,8 +381,8 @@ def print_table(title: str, summary: dict[str, dict[str, Any]], reference: str =
     print(head + (f"{'med/' + reference:>15}" if reference else ""))
     for s in summary.values():
         line = (
-            f"  {s['label']:<44}{ms(s['min_ns'])}{ms(s['median_ns'])}{ms(s['p90_ns'])}"
-            f"{ms(s['max_ns'])}{s['ratio_to_floor']:>10.2f}x{s['paired_ratio_median']:>7.2f}x"
+            f"  {s['label']:<44}{cell(s['min_ns'])}{cell(s['median_ns'])}{cell(s['p90_ns'])}"
+            f"{cell(s['max_ns'])}{s['ratio_to_floor']:>10.2f}x{s['paired_ratio_median']:>7.2f}x"
         )
         if reference:
             line += f"{s['ratio_to_reference']:>14.2f}x"
@@ -406,15 +391,15 @@ def print_table(title: str, summary: dict[str, dict[str, Any]], reference: str =
 
 def print_extra(label: str, values: Sequence[float]) -> None:
     """One more row: a duration that is not a window (pre-flush, write time)."""
-    s = summarize([int(v) for v in values])
-    print(f"  {label:<44}{ms(s['min_ns'])}{ms(s['median_ns'])}{ms(s['p90_ns'])}{ms(s['max_ns'])}")
+    s = results.summary([int(v) for v in values])
+    print(f"  {label:<44}{cell(s['min_ns'])}{cell(s['median_ns'])}{cell(s['p90_ns'])}{cell(s['max_ns'])}")
 
 
 def per_fs_medians(samples: Sequence[Sample], mounts: Sequence[str], key: str) -> str:
     """Median per-filesystem FIFREEZE or FITHAW time (or start offset) of the engine, as text."""
     parts = []
     for i, mp in enumerate(mounts):
-        med = statistics.median(s[key][i] for s in samples)
+        med = median(s[key][i] for s in samples)
         parts.append(f"{Path(mp).name} {med / 1e6:.3f}")
     return ", ".join(parts) + " ms"
 
@@ -680,7 +665,7 @@ def dirty_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> 
     print_agent_split(samples)
     every = [s for v in samples.values() for s in v]
     print_extra(f"  writing 3 x {args.dirty_mb} MiB (not timed)", [s["write_ns"] for s in every])
-    dirty = statistics.median(s["meminfo_dirty_kb"] for s in every) / 1024
+    dirty = median(s["meminfo_dirty_kb"] for s in every) / 1024
     print(f"  machine Dirty+Writeback before each freeze, median: {dirty:.0f} MiB")
     print(
         "  engine median FIFREEZE per fs, no pre-flush: "
@@ -717,7 +702,7 @@ def _phase_table(summary: dict[str, dict[str, Any]], reference: str | None = Non
 
 
 def _extra_line(label: str, values: Sequence[float]) -> str:
-    s = summarize([int(v) for v in values])
+    s = results.summary([int(v) for v in values])
     return f"- {label}: median {results.ms(s['median_ns'])} ms (p90 {results.ms(s['p90_ns'])}, n {s['n']})"
 
 

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from quiesce.bench.stats import summarize
+
 #: Where the scripts write unless told otherwise (``--results PATH``).
 DEFAULT_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -110,6 +112,14 @@ class Check:
 def ms(ns: float, digits: int = 3) -> str:
     """Nanoseconds as milliseconds, for a table cell."""
     return f"{ns / 1e6:.{digits}f}"
+
+
+def summary(values: Sequence[int]) -> dict[str, int]:
+    """``quiesce bench``'s summary of a sample as JSON data: n, and min/median/p90/p99/max in ns.
+
+    Nearest-rank (:mod:`quiesce.bench.stats`): every figure is a measured value.
+    """
+    return asdict(summarize(values))
 
 
 def ratio(x: float) -> str:

@@ -40,7 +40,6 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -48,11 +47,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import results
-from compare_window import Bench, Contender, Sample, interleaved, summarize
+from compare_window import Bench, Contender, Sample, interleaved
 from floorprog import compile_command, compile_floor
 from results import Check
 from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_targets, sigterm_exits
 
+from quiesce.bench.stats import median
 from quiesce.engine.plan import Target
 from quiesce.engine.rcu import RCU_EXPEDITED, ExpeditedRcu
 from quiesce.sandbox import Sandbox
@@ -140,7 +140,7 @@ def scaling_summary(samples: dict[str, list[Sample]], ns: Sequence[int]) -> dict
     out: dict[str, dict[str, Any]] = {}
     names = [name for name in LABELS if key_of(name, ns[0]) in samples]
     for name in names:
-        per_n = {n: summarize([s["window_ns"] for s in samples[key_of(name, n)]]) for n in ns}
+        per_n = {n: results.summary([s["window_ns"] for s in samples[key_of(name, n)]]) for n in ns}
         base = per_n[ns[0]]["median_ns"]
         entry: dict[str, Any] = {
             "label": LABELS[name],
@@ -150,12 +150,8 @@ def scaling_summary(samples: dict[str, list[Sample]], ns: Sequence[int]) -> dict
         if name.startswith("engine"):
             by_n = {n: samples[key_of(name, n)] for n in ns}
             # The engine thaws one filesystem after the other, whatever the freeze.
-            entry["thaw_sum_ns"] = {
-                n: statistics.median(sum(s["thaw_ns"]) for s in v) for n, v in by_n.items()
-            }
-            entry["slowest_freeze_ns"] = {
-                n: statistics.median(max(s["freeze_ns"]) for s in v) for n, v in by_n.items()
-            }
+            entry["thaw_sum_ns"] = {n: median(sum(s["thaw_ns"]) for s in v) for n, v in by_n.items()}
+            entry["slowest_freeze_ns"] = {n: median(max(s["freeze_ns"]) for s in v) for n, v in by_n.items()}
             entry["waited_reps"] = {
                 n: sum(max(s["freeze_ns"]) > GP_WAIT_NS for s in v) for n, v in by_n.items()
             }
@@ -163,7 +159,7 @@ def scaling_summary(samples: dict[str, list[Sample]], ns: Sequence[int]) -> dict
         if name.startswith("engine_par"):
             # How long after the first thread the last one started its FIFREEZE.
             entry["start_spread_ns"] = {
-                n: statistics.median(max(s["freeze_at_ns"]) for s in samples[key_of(name, n)]) for n in ns
+                n: median(max(s["freeze_at_ns"]) for s in samples[key_of(name, n)]) for n in ns
             }
         out[name] = entry
     return out

@@ -64,7 +64,6 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,24 +95,6 @@ Sample = dict[str, Any]
 
 # ---------------------------------------------------------------------------
 # statistics and tables
-
-
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """min / median / p90 / p99 / max of a sample, in ns."""
-    ordered = sorted(values)
-    if len(ordered) > 1:
-        cuts = statistics.quantiles(ordered, n=100, method="inclusive")
-        p90, p99 = cuts[89], cuts[98]
-    else:
-        p90 = p99 = ordered[0]
-    return {
-        "n": len(ordered),
-        "min_ns": ordered[0],
-        "median_ns": statistics.median(ordered),
-        "p90_ns": p90,
-        "p99_ns": p99,
-        "max_ns": ordered[-1],
-    }
 
 
 def print_table(title: str, rows: Sequence[tuple[str, dict[str, float]]]) -> None:
@@ -170,7 +151,7 @@ def summaries(
 ) -> dict[str, dict[str, Any]]:
     """Per contender: its label and the summary of one field of its samples."""
     return {
-        c.key: {"label": c.label, **summarize([s[field] for s in samples[c.key]])}
+        c.key: {"label": c.label, **results.summary([s[field] for s in samples[c.key]])}
         for c in contenders
         if samples[c.key]
     }

@@ -9,7 +9,6 @@ benchmark's ``extra_info`` (``--benchmark-json`` keeps them).
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from floorprog import run_floor
 
+from quiesce.bench.stats import median
 from quiesce.engine.freeze import Freeze, FreezeOptions
 from quiesce.engine.native import FsRecord, Session, now_ns
 from quiesce.engine.plan import Target
@@ -35,7 +35,7 @@ def figures(prefix: str, values: Sequence[int]) -> dict[str, float]:
     """min / median / max of a sample, in microseconds, for extra_info."""
     return {
         f"{prefix}_min_us": min(values) / 1e3,
-        f"{prefix}_median_us": statistics.median(values) / 1e3,
+        f"{prefix}_median_us": median(values) / 1e3,
         f"{prefix}_max_us": max(values) / 1e3,
         f"{prefix}_n": len(values),
     }
@@ -123,9 +123,9 @@ def test_engine_cycle_vs_floor(
     info.update(figures("engine_window", rounds.windows))
     info.update(figures("floor_paired_window", rounds.floor))
     info.update(figures("floor_b2b_window", b2b))
-    engine_median = statistics.median(rounds.windows)
-    info["engine_over_floor_paired"] = engine_median / statistics.median(rounds.floor)
-    info["engine_over_floor_b2b"] = engine_median / statistics.median(b2b)
+    engine_median = median(rounds.windows)
+    info["engine_over_floor_paired"] = engine_median / median(rounds.floor)
+    info["engine_over_floor_b2b"] = engine_median / median(b2b)
     report_figures(info)
 
 

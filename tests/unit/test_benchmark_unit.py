@@ -39,6 +39,7 @@ from quiesce.bench.stats import (
     Summary,
     bucket_labels,
     histogram,
+    median,
     nice_step,
     percentile,
     render_histogram,
@@ -451,3 +452,13 @@ def test_probe_on_a_missing_directory_fails_at_start(tmp_path):
             p.wait_ready(never)
     finally:
         p.finish(30)
+
+
+def test_median_is_the_nearest_rank_one_a_measured_value():
+    """The bench scripts' median is the 50th nearest-rank percentile: the lower middle, never a mean."""
+    assert median([4, 1, 3, 2]) == 2  # statistics.median would say 2.5, a value never measured
+    assert median([0.5, 1.5]) == 0.5
+    assert median([7]) == 7
+    assert median([3, 9, 1]) == summarize([3, 9, 1]).median_ns == 3
+    with pytest.raises(ValueError):
+        median([])

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+#: A measured quantity: nanoseconds, or a ratio of them.
+Number = TypeVar("Number", int, float)
 
 #: The percentiles a :class:`Summary` holds besides min and max.
 PERCENTILES = (50, 90, 99)
@@ -30,7 +34,7 @@ class Summary:
     max_ns: int
 
 
-def percentile(ordered: Sequence[int], p: int) -> int:
+def percentile(ordered: Sequence[Number], p: int) -> Number:
     """The nearest-rank ``p``-th percentile (0..100) of values sorted ascending.
 
     The value of rank ``ceil(p * n / 100)`` (rank 1 for p = 0): at least p % of
@@ -42,6 +46,11 @@ def percentile(ordered: Sequence[int], p: int) -> int:
         raise ValueError(f"percentile {p} is outside 0..100")
     rank = max(1, -(-p * len(ordered) // 100))
     return ordered[rank - 1]
+
+
+def median(values: Iterable[Number]) -> Number:
+    """The nearest-rank median (50th percentile) of a non-empty sample: a value of the sample."""
+    return percentile(sorted(values), 50)
 
 
 def summarize(values: Iterable[int]) -> Summary:
