@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -18,6 +22,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "privileged" in item.keywords:
             item.add_marker(skip)
+
+
+#: The writer of the hog: 1 MiB written and fsynced at a time, over a 64 MiB file of its own.
+_HOG_WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+block = os.urandom(1 << 20)
+i = 0
+while True:
+    os.pwrite(fd, block, (i % 64) << 20)
+    os.fsync(fd)
+    i += 1
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hog() -> Iterator[None]:
+    """With ``QUIESCE_TEST_HOG=1``, the whole suite runs beside a CPU and an I/O hog.
+
+    A ``dd`` copying /dev/zero to /dev/null spins a CPU in the kernel, and a
+    writer fsyncs 1 MiB at a time into a file of its own on the root
+    filesystem (/var/tmp): the load a busy database VM puts on quiesce. Both
+    are killed, and the file removed, when the session ends. See
+    tests/RELIABILITY.md.
+    """
+    if os.environ.get("QUIESCE_TEST_HOG") != "1":
+        yield
+        return
+    fd, path = tempfile.mkstemp(prefix="quiesce-test-hog-", dir="/var/tmp")
+    os.close(fd)
+    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    hogs = [
+        subprocess.Popen(["dd", "if=/dev/zero", "of=/dev/null", "bs=64k"], start_new_session=True, **quiet),
+        subprocess.Popen([sys.executable, "-c", _HOG_WRITER, path], start_new_session=True, **quiet),
+    ]
+    try:
+        yield
+    finally:
+        for proc in hogs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.unlink(path)
 
 
 @pytest.fixture

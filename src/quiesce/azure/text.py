@@ -134,10 +134,12 @@ def show(value: object) -> str:
 
 
 def bad(path: str, value: object, expected: str) -> NoReturn:
+    """Raise :class:`Rejected`: "PATH = VALUE: expected EXPECTED"."""
     raise Rejected(f"{path} = {show(value)}: expected {expected}")
 
 
 def unknown_key_hint(key: str, known: Iterable[str]) -> str:
+    """ " (did you mean KEY?)" for a near miss of a known key (case or spelling), else ""."""
     lowered = {name.lower(): name for name in known}
     close = lowered.get(key.lower()) or next(iter(difflib.get_close_matches(key, list(known), n=1)), None)
     return f" (did you mean {close}?)" if close else ""

@@ -268,11 +268,14 @@ class Helper:
 
 
 class Probe(Helper):
+    """The writer-stall probe on one target, seen from the bench."""
+
     def __init__(self, mount_point: str) -> None:
         super().__init__(f"the probe on {mount_point}", ["probe", mount_point])
         self.mount_point = mount_point
 
     def wait_ready(self, stop: Callable[[], bool]) -> None:
+        """Wait for the probe's first write; BenchError with its reason if it failed first."""
         line = self.read_line(HELPER_START_S, stop)
         if line is None or line == "ready":
             return
@@ -283,6 +286,7 @@ class Probe(Helper):
         raise BenchError(message or f"{self.name}: unexpected {line!r}")
 
     def collect(self, timeout_s: float, origin_ns: int, samples: Sequence[RepSample]) -> ProbeResult:
+        """Stop the probe and turn its report into a :class:`ProbeResult` (times from ``origin_ns``)."""
         result = ProbeResult(self.mount_point, self.pid)
         lines = [x for x in self.finish(timeout_s) if x and x != "ready"]
         try:
@@ -301,12 +305,15 @@ class Probe(Helper):
 
 
 class DirtyWriter(Helper):
+    """The dirty-data writer on one target, seen from the bench."""
+
     def __init__(self, mount_point: str, mib: int) -> None:
         self.prefix = f"{FILE_PREFIX}{os.getpid()}-dirty-"
         super().__init__(f"the dirty writer on {mount_point}", ["dirty", mount_point, self.prefix, str(mib)])
         self.mount_point = mount_point
 
     def wait_written(self, timeout_s: float, stop: Callable[[], bool]) -> int | None:
+        """The ns its file took to write, None if ``stop()`` turned true first; BenchError on failure."""
         line = self.read_line(timeout_s, stop)
         if line is None:
             return None

@@ -41,6 +41,7 @@ HOLDING = "holding"
 
 
 def report_exit(report: FreezeReport, err: BaseException | None, released_by: str | None = None) -> int:
+    """The exit status of a ``quiesce freeze``: how its window ended, or its error."""
     if isinstance(err, ThawError):
         return Exit.THAW_FAILED
     if isinstance(err, FreezeError):
@@ -121,6 +122,7 @@ def hold(
 
 
 def frozen_event(f: Freeze) -> dict[str, Any]:
+    """The ``frozen`` event a hold announces (JSON, and the detached holder's pipe)."""
     return {
         "event": "frozen",
         "run_id": f.run_id,

@@ -45,6 +45,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are raised, so that ``--json`` can report them as JSON."""
 
     def error(self, message: str) -> NoReturn:
+        """Raise :class:`UsageError` instead of printing and exiting."""
         raise UsageError(message, self)
 
 

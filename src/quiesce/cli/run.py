@@ -63,6 +63,7 @@ class ProgressLine:
 
 
 def run_exit(result: RunResult) -> int:
+    """The exit status of ``quiesce run``: its result class, or 128+N after a stop signal."""
     if result.interrupted_by is not None:
         return 128 + int(signal.Signals[result.interrupted_by])
     if result.consistency == APPLICATION:

@@ -73,6 +73,7 @@ def backing_file(
     loop_backing: Callable[[int, int], str | None],
     source_device: Callable[[str], tuple[int, int] | None],
 ) -> str | None:
+    """The image file of the loop device ``mount`` lives on (btrfs: its source's device), or None."""
     if mount.major != 0:
         return loop_backing(mount.major, mount.minor)
     # btrfs shows an anonymous 0:N; its source names the real device.

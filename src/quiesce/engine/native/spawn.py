@@ -184,6 +184,7 @@ def wait_request(
     release_fd: int = -1,
     release_sig: int = 0,
 ) -> tuple[Any, Any, Any]:
+    """A ``struct qz_wait_req`` and the two ring buffers it points into: (out, err, request)."""
     out = ffi.new("char[]", max(out_cap, 1))
     err = ffi.new("char[]", max(err_cap, 1))
     req = ffi.new(
@@ -218,6 +219,7 @@ def spawn_request(
     stdout_fd: int,
     stderr_fd: int,
 ) -> tuple[Any, list[Any]]:
+    """A ``struct qz_spawn_req``, and what must stay alive while it is used."""
     c_argv, keep_argv = _cstrings(argv)
     c_env, keep_env = _cstrings(env)
     c_path = ffi.NULL if path is None else ffi.new("char[]", os.fsencode(path))
