@@ -155,3 +155,9 @@ def test_readme_layout_names_every_module_and_c_file():
         if not csrc or f"`{source.name}`" not in csrc[0]:
             missing.append(f"csrc/{source.name}")
     assert missing == []
+
+
+def test_every_package_directory_is_a_package():
+    """Each directory of modules has an ``__init__.py``: the wheel's package finder skips one without."""
+    directories = {path.parent for path in ROOT.rglob("*.py")}
+    assert sorted(str(d.relative_to(ROOT)) for d in directories if not (d / "__init__.py").exists()) == []
