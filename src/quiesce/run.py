@@ -72,6 +72,7 @@ FAILED = "failed"
 FREEZE_FAILED = ("FsFreezeFailed", 121)
 FREEZE_TIMEOUT = ("FsFreezeTimeout", 122)
 SNAPSHOT_FAILED = ("SnapshotFailed", None)
+FREEZE_ABORTED = ("FreezeAborted", None)
 
 #: The snapshot step, when quiesce is embedded: called inside the window.
 SnapshotStep = Callable[[], None]
@@ -180,6 +181,11 @@ class RunOptions:
     #: for a line or EOF on stdin (if ``hold_stdin``), a signal, or the deadline.
     on_frozen: Callable[[Freeze], None] | None = None
     hold_stdin: bool = True
+    #: Called after the pre steps, the pre-flush and the guardian's arming,
+    #: just before the first FIFREEZE (a fleet agent's barrier). Raising
+    #: from it aborts the window: nothing is frozen, the post steps run, the
+    #: run is not consistent.
+    before_freeze: Callable[[Freeze], None] | None = None
     #: SIGTERM/SIGINT/SIGHUP stop the run (thaw, post steps, report). Needs
     #: the main thread; the CLI sets it, an embedding tool handles its own.
     handle_signals: bool = False
@@ -541,7 +547,8 @@ def _window(
             freeze = Freeze(plan.targets, opts)
             with freeze:
                 freeze.prepare()
-                taken = _frozen_step(freeze, result, cfg, options, snapshot, entry)
+                if _cleared_to_freeze(freeze, result, options, entry):
+                    taken = _frozen_step(freeze, result, cfg, options, snapshot, entry)
         except QuiesceError as err:
             entry.status, entry.detail, error = "error", str(err), err
         if freeze is not None:
@@ -564,6 +571,19 @@ def _window(
     # Failures may continue: the snapshot is taken without a freeze.
     with timeline.phase("snapshot-unfrozen") as entry:
         return False, _take_snapshot(result, snapshot, entry)
+
+
+def _cleared_to_freeze(freeze: Freeze, result: RunResult, options: RunOptions, entry: Phase) -> bool:
+    """Ask ``options.before_freeze``; False (nothing gets frozen) when it raised."""
+    if options.before_freeze is None:
+        return True
+    try:
+        options.before_freeze(freeze)
+    except Exception as err:  # the caller's step: any failure aborts before the first FIFREEZE
+        entry.status, entry.detail = "aborted", f"before the freeze: {err}"
+        _set_error(result, *FREEZE_ABORTED, f"aborted before the freeze: {err}")
+        return False
+    return True
 
 
 def _frozen_step(
