@@ -31,6 +31,7 @@ from quiesce.errors import (
     TargetError,
     ThawError,
 )
+from quiesce.fleet import cli as fleet_cli
 from quiesce.freeze import (
     DEFAULT_STEP_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -940,6 +941,8 @@ def build_parser() -> argparse.ArgumentParser:
         "guardian are alive, and the lock.",
     )
     p.set_defaults(func=cmd_status)
+
+    fleet_cli.add_parsers(sub, common)
     return parser
 
 

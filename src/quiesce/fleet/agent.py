@@ -1,0 +1,254 @@
+"""``quiesce agent``: one node of a fleet, serving fleet runs with the node's own config.
+
+The agent registers ``members/<node>`` under a lease it keeps alive, then
+watches its group's ``runs/``. A run whose spec names it is served by
+:class:`~quiesce.fleet.noderun.NodeRun` around ``quiesce.run`` with the
+node's own Azure config (its scripts, hooks, targets, snapshot command), its
+freeze deadline capped at the fleet's. It acts only on its own group's keys;
+a run that names it while it is busy, or that it cannot serve, gets an
+``abort`` saying why, so nobody waits for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import quiesce
+from quiesce.fleet.noderun import FleetAbort, NodeRun, with_deadline
+from quiesce.fleet.protocol import Keys, Record, check_name
+from quiesce.fleet.store import Event, Security, Store, Watch
+
+#: The agent's registration lease; etcd's minimum is about 2 s.
+DEFAULT_TTL_S = 5
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """How an agent runs."""
+
+    endpoints: tuple[str, ...]
+    group: str
+    node: str
+    config_path: str
+    run_dir: str = "/run/quiesce"
+    pluginhost_path: str | None = "/etc/azure/VMSnapshotPluginHost.conf"
+    vmbackup_conf: str | None = "/etc/azure/vmbackup.conf"
+    ttl_s: int = DEFAULT_TTL_S
+    security: Security = dataclasses.field(default_factory=Security)
+
+
+class Agent:
+    """A long-running fleet agent (see the module doc)."""
+
+    def __init__(self, options: AgentOptions, log: Callable[[str], None] | None = None) -> None:
+        self.options = options
+        check_name("group", options.group)
+        check_name("node", options.node)
+        self.keys = Keys(options.group)
+        self.store = Store(options.endpoints, options.security)
+        # A second connection for the liveness probe while frozen, so a probe
+        # stuck on a dead etcd never delays the main thread's watch.
+        self._probe_store = Store(options.endpoints, options.security, timeout_s=0.5)
+        self.log = log or (lambda _line: None)
+        self.lease: int | None = None
+        self._stop_keepalive: Callable[[], None] | None = None
+        self._lease_lost = threading.Event()
+        self.state: dict[str, Any] = {"state": "idle"}
+        self.runs_served = 0
+        #: Set by SIGTERM: a run in progress ends now (thaw, post steps), then the agent exits.
+        self.stopping = threading.Event()
+
+    # -- registration ----------------------------------------------------------
+
+    def register(self) -> None:
+        """Put ``members/<node>`` under a fresh lease kept alive by a thread."""
+        if self._stop_keepalive is not None:
+            self._stop_keepalive()
+        self._lease_lost.clear()
+        self.lease = self.store.grant(self.options.ttl_s)
+        self._publish()
+        self._stop_keepalive = self.store.keep_alive(
+            self.lease, self.options.ttl_s, lambda why: self._lease_lost.set()
+        )
+        self.log(f"registered as {self.options.node} in group {self.options.group}")
+
+    def _publish(self) -> None:
+        info = {
+            "node": self.options.node,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since_unix": time.time(),
+            "config": self.options.config_path,
+            "runs_served": self.runs_served,
+            **self.state,
+        }
+        self.store.put(self.keys.member(self.options.node), info, lease=self.lease)
+
+    # -- the loop ----------------------------------------------------------------
+
+    def serve(self, stop: threading.Event | None = None, max_runs: int | None = None) -> None:
+        """Serve runs until ``stop`` is set (or ``max_runs`` were served); reconnects when etcd is lost."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                if self.lease is None or self._lease_lost.is_set():
+                    self.register()
+                self._watch_runs(stop, max_runs)
+                if max_runs is not None and self.runs_served >= max_runs:
+                    return
+            except quiesce.QuiesceError as err:
+                self.log(f"etcd: {err}; retrying")
+                self.lease = None
+                stop.wait(0.5)
+
+    def close(self) -> None:
+        """Leave the group: revoke the lease (the registration goes at once)."""
+        if self._stop_keepalive is not None:
+            self._stop_keepalive()
+        if self.lease is not None:
+            with contextlib.suppress(quiesce.QuiesceError):  # etcd gone: the lease expires on its own
+                self.store.revoke(self.lease)
+        self.store.close()
+        self._probe_store.close()
+
+    def _watch_runs(self, stop: threading.Event, max_runs: int | None) -> None:
+        revision, records = self.store.get_prefix(self.keys.runs)
+        self._settle_stale(records)
+        watch = self.store.watch(self.keys.runs, revision + 1)
+        try:
+            while not stop.is_set():
+                if self._lease_lost.is_set():
+                    return
+                ev = watch.get(0.5)
+                if ev is None:
+                    continue
+                if ev.kind == "lost":
+                    self.log(f"watch lost: {ev.why}")
+                    return
+                parsed = self.keys.parse(ev.key)
+                if parsed is None or parsed[1] != "spec" or ev.kind != "put" or ev.value is None:
+                    continue
+                if self.options.node not in ev.value.get("members", []):
+                    continue
+                self.serve_run(parsed[0], ev.value, watch)
+                if max_runs is not None and self.runs_served >= max_runs:
+                    return
+        finally:
+            watch.close()
+
+    def _settle_stale(self, records: dict[str, Record]) -> None:
+        """Runs naming this node that it never finished (it was restarted): say so, once."""
+        node = self.options.node
+        for key, rec in records.items():
+            parsed = self.keys.parse(key)
+            if parsed is None or parsed[1] != "spec" or node not in rec.value.get("members", []):
+                continue
+            run_id = parsed[0]
+            if self.keys.key(run_id, "done", node) in records or self.keys.key(run_id, "verdict") in records:
+                continue
+            if self.keys.key(run_id, "alive") not in records:
+                continue  # over: the coordinator is gone and has judged or will
+            self.store.put(
+                self.keys.key(run_id, "done", node),
+                {
+                    "node": node,
+                    "thawed_by": "agent-restarted",
+                    "local": quiesce.FAILED,
+                    "error": "the agent restarted during this run; its part was lost",
+                },
+            )
+            self._abort(run_id, f"{node}: the agent restarted during the run")
+
+    def _abort(self, run_id: str, reason: str) -> None:
+        try:
+            self.store.put(self.keys.key(run_id, "abort"), {"reason": reason, "by": self.options.node})
+        except quiesce.QuiesceError as err:
+            self.log(f"cannot write abort for {run_id}: {err}")
+
+    def _busy(self, ev: Event) -> None:
+        parsed = self.keys.parse(ev.key)
+        if parsed is not None and ev.value and self.options.node in ev.value.get("members", []):
+            self._abort(parsed[0], f"{self.options.node} is busy with another run")
+
+    def _probe(self) -> bool:
+        if self.lease is None:
+            return False
+        try:
+            return self._probe_store.keepalive(self.lease) > 0
+        except quiesce.QuiesceError:
+            return False
+
+    # -- one run -----------------------------------------------------------------
+
+    def serve_run(self, run_id: str, spec: Mapping[str, Any], watch: Watch) -> dict[str, Any]:
+        """Take part in one run; returns the ``done/<node>`` record it wrote."""
+        node = self.options.node
+        self.log(f"run {run_id}: starting")
+        self.state = {"state": "running", "run": run_id}
+        self._publish_quietly()
+        part = NodeRun(
+            self.store, self.keys, node, run_id, spec, watch, self._probe, self._busy, self.stopping
+        )
+        result: quiesce.RunResult | None = None
+        error: str | None = None
+        try:
+            loaded = quiesce.load_config(self.options.config_path)
+            cfg = loaded.config
+            if not cfg.fs_freeze_enabled:
+                raise FleetAbort("fsFreezeEnabled is false here: this node cannot hold a fleet freeze")
+            snap = cfg.quiesce.snapshot
+            if snap.mode.value == "hold":
+                raise FleetAbort("snapshot mode hold cannot serve a fleet run (use command or none)")
+            part.spec_argv = tuple(snap.argv)
+            part.snapshot_timeout_s = float(snap.timeout_s or cfg.quiesce.freeze_timeout_s)
+            loaded = with_deadline(loaded, float(spec.get("deadline_s", cfg.quiesce.freeze_timeout_s)))
+            options = quiesce.RunOptions(
+                config_path=self.options.config_path,
+                pluginhost_path=self.options.pluginhost_path,
+                vmbackup_conf=self.options.vmbackup_conf,
+                run_dir=self.options.run_dir,
+                before_freeze=part.before_freeze,
+            )
+            result = quiesce.run(loaded, snapshot=part.snapshot, options=options)
+        except (quiesce.QuiesceError, FleetAbort) as err:
+            error = f"{type(err).__name__}: {err}"
+        finally:
+            part.stop()
+        record = part.record(result, error)
+        record["node"] = node
+        reached_freeze = "ready_mono_ns" in part.times
+        if (
+            not part.snapshot_ok
+            and part.ending is None
+            and (not reached_freeze or "frozen_mono_ns" in part.times)
+        ):
+            # This node cannot go on: tell the others now instead of letting them wait.
+            self._abort(run_id, f"{node}: {record.get('error') or record.get('snapshot_detail') or 'failed'}")
+        try:
+            self.store.put(self.keys.key(run_id, "done", node), record)
+        except quiesce.QuiesceError as err:
+            self.log(f"run {run_id}: cannot report the result: {err}")
+        self.runs_served += 1
+        self.state = {
+            "state": "idle",
+            "last_run": run_id,
+            "last_local": record.get("local"),
+            "last_thawed_by": record.get("thawed_by"),
+        }
+        self._publish_quietly()
+        self.log(f"run {run_id}: {record.get('local')}, thawed by {record.get('thawed_by')}")
+        return record
+
+    def _publish_quietly(self) -> None:
+        try:
+            self._publish()
+        except quiesce.QuiesceError as err:
+            self.log(f"cannot update the registration: {err}")
