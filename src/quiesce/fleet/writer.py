@@ -55,13 +55,8 @@ def cut_violations(seqs: Sequence[Sequence[int]]) -> list[str]:
     return out
 
 
-def read_seq(path: str) -> list[int]:
+def parse_seq(data: bytes) -> list[int]:
     """A restored ``seq.log`` as numbers (a torn last line is dropped; it was never acknowledged)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return []
     lines = data.split(b"\n")
     return [int(x) for x in lines[:-1] if x.strip().isdigit()]
 
