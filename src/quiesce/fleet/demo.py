@@ -126,13 +126,10 @@ def print_demo(outcome: dict[str, Any], out: TextIO) -> None:
         window = "" if node.get("window_ns") is None else f"frozen {node['window_ns'] / 1e6:.1f} ms, "
         out.write(f"  {node['node']:<6} {window}thawed by {node.get('thawed_by')}: {node['verdict']}\n")
     out.write(f"verdict: {outcome['verdict']} (exit {outcome['exit']})\n")
-    out.write(
-        f"writer: {outcome['writer_rounds']} rounds; restored snapshots hold up to {outcome['restored_tops']}\n"
-    )
+    tops = outcome["restored_tops"]
+    out.write(f"writer: {outcome['writer_rounds']} rounds; restored snapshots hold up to {tops}\n")
     if outcome["cut_consistent"]:
-        out.write(
-            "restored snapshots: a consistent cut (no node holds a write that follows one missing elsewhere)\n"
-        )
+        out.write("restored snapshots: a consistent cut (no node holds a write that follows a missing one)\n")
     else:
         for v in outcome["violations"]:
             out.write(f"VIOLATION: {v}\n")
