@@ -111,16 +111,19 @@ class _Run:
     def key(self, what: str, node: str | None = None) -> str:
         return self.keys.key(self.run_id, what, node)
 
-    def pump(self, done: Callable[[], bool], timeout_s: float) -> str | None:
-        """Take events until ``done()``; the reason when the wait ends otherwise."""
+    def pump(self, done: Callable[[], bool], timeout_s: float, until_done: bool = False) -> str | None:
+        """Take events until ``done()``; the reason when the wait ends otherwise.
+
+        An ``abort`` or a lost lease end the wait, unless ``until_done``.
+        """
         assert self.watch is not None
         deadline = time.monotonic() + timeout_s
         while True:
             if done():
                 return None
-            if "abort" in self.view.single:
+            if "abort" in self.view.single and not until_done:
                 return f"aborted: {self.view.single['abort'].value.get('reason')}"
-            if self.lease_lost.is_set():
+            if self.lease_lost.is_set() and not until_done:
                 return "the coordinator's lease was lost"
             left = deadline - time.monotonic()
             if left <= 0:
@@ -208,7 +211,7 @@ def fleet_run(
         if aborted is not None:
             say(f"run {run.run_id}: abort: {aborted}")
             run.abort(aborted)
-        run.pump(lambda: run.all_have("done"), opts.timeout_s + opts.deadline_s)
+        run.pump(lambda: run.all_have("done"), opts.timeout_s + opts.deadline_s, until_done=True)
         run.phases["all_done"] = time.monotonic_ns()
         result = _conclude(store, keys, run)
         result.aborted_by_coordinator = aborted

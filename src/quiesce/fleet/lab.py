@@ -275,6 +275,16 @@ class Lab:
         node.config.write_text(json.dumps(config, indent=1))
         node.config.chmod(0o600)
 
+    def set_config(self, node: Node, keys: dict[str, Any], pre_extra: str | None = None) -> None:
+        """Change keys of a node's config (``quiesce`` merged), and the extra lines of its pre-script."""
+        config = json.loads(node.config.read_text())
+        ext = {**config["quiesce"], **keys.pop("quiesce", {})}
+        config.update(keys)
+        config["quiesce"] = ext
+        node.config.write_text(json.dumps(config, indent=1))
+        if pre_extra is not None:
+            (node.home / "pre.sh").write_text(PRE.format(events=node.home / "events.log", extra=pre_extra))
+
     def start_agent(self, node: Node) -> None:
         """Start (or restart) a node's agent in its network and mount namespaces."""
         assert node.host is not None

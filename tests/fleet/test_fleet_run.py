@@ -1,0 +1,125 @@
+"""Fleet runs on a lab of three agents: verdicts, revision order, the cut proof and its negative control."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from quiesce import APPLICATION, FAILED
+from quiesce.fleet.demo import Chain, restored_sequences
+from quiesce.fleet.writer import cut_violations
+
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
+
+
+def _first(timeline, key):
+    return min(r["revision"] for r in timeline if r["key"] == key)
+
+
+def _last(timeline, key):
+    return max(r["revision"] for r in timeline if r["key"] == key)
+
+
+def test_run_is_consistent_and_ordered_by_revision(lab3):
+    """Every node: ready < freeze < frozen < cut < snapshotted < thaw < done, by etcd revision; exit 0."""
+    code, out = lab3.fleet_run()
+    assert code == 0, out
+    assert out["consistency"] == APPLICATION and out["cut_committed"] and out["abort"] is None
+    tl = out["timeline"]
+    assert _last(tl, "ready") < _first(tl, "freeze") < _first(tl, "frozen")
+    assert _last(tl, "frozen") < _first(tl, "cut") < _first(tl, "snapshotted")
+    assert _last(tl, "snapshotted") < _first(tl, "thaw") < _first(tl, "done")
+    assert {n["node"] for n in out["nodes"]} == {"n1", "n2", "n3"}
+    for n in out["nodes"]:
+        assert n["thawed_by"] == "thaw" and n["local"] == APPLICATION and n["window_ns"] > 0
+    for node in lab3.nodes:
+        assert node.events()[-2:] == ["pre", "post ok ok"]
+    assert all(p.exists() for p in lab3.snapshots(out["run_id"]))
+
+
+def test_cut_proof_and_negative_control(lab3):
+    """Fleet cuts under the distributed writer restore to consistent cuts; per-VM one-by-one backups do not."""
+    chain = Chain(lab3)
+    try:
+        fleet_runs = []
+        for _ in range(3):
+            time.sleep(0.3)
+            code, out = lab3.fleet_run()
+            assert code == 0, out
+            fleet_runs.append(out["run_id"])
+        sequential = []
+        for node in lab3.nodes:
+            time.sleep(0.3)
+            code, out = lab3.fleet_run("--members", node.name)
+            assert code == 0, out
+            sequential.append(out["run_id"])
+    finally:
+        rounds = chain.stop()
+    assert rounds > 100
+    for run_id in fleet_runs:
+        seqs = restored_sequences(lab3, run_id)
+        assert seqs is not None and all(seqs)
+        assert cut_violations(seqs) == [], run_id
+    # The negative control: node k's snapshot from its own one-node run, taken one after another.
+    images = [lab3.snapshots(run_id)[k] for k, run_id in enumerate(sequential)]
+    from quiesce.fleet.writer import LOG_NAME, parse_seq
+
+    seqs = [parse_seq(lab3.restore(img, LOG_NAME)) for img in images]
+    violations = cut_violations(seqs)
+    assert violations, f"per-VM sequential snapshots unexpectedly consistent: {[len(s) for s in seqs]}"
+
+
+def test_status_shows_members_and_runs(lab3):
+    """``fleet status --json``: three healthy members, the last runs with each node's part."""
+    lab3.fleet_run()
+    argv = [*lab3.client_argv(), sys.executable, "-m", "quiesce", "fleet", "status",
+            "--etcd", lab3.etcd_url, "--group", "lab", "--json", "--last", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert sorted(m["node"] for m in status["members"]) == ["n1", "n2", "n3"]
+    assert all(m["health"] == "idle" and m["last_thawed_by"] == "thaw" for m in status["members"])
+    assert len(status["runs"]) == 2 and status["missing"] == []
+    assert status["runs"][0]["consistency"] == APPLICATION and status["runs"][0]["state"] == "finished"
+    text = subprocess.run(argv[:-3], capture_output=True, text=True, timeout=60).stdout
+    assert "group lab: 3 agent(s) registered" in text
+
+
+def test_failed_pre_step_aborts_before_anything_freezes(lab3):
+    """One node's pre-script fails with continueBackupOnFailure false: abort, no node frozen, posts run."""
+    n2 = lab3.nodes[1]
+    lab3.set_config(n2, {"continueBackupOnFailure": False}, pre_extra="exit 3")
+    try:
+        code, out = lab3.fleet_run()
+    finally:
+        lab3.set_config(n2, {"continueBackupOnFailure": True}, pre_extra="")
+    assert code == 9, out
+    assert out["consistency"] == FAILED and not out["cut_committed"]
+    assert "n2" in out["abort"]
+    keys = {r["key"] for r in out["timeline"]}
+    assert "freeze" not in keys and "frozen" not in keys
+    for node in lab3.nodes:
+        assert node.events()[-1] == ("post skipped failed" if node is n2 else "post failed ok")
+    parts = {n["node"]: n for n in out["nodes"]}
+    assert parts["n1"]["thawed_by"] == "not-frozen" and parts["n1"]["local"] == FAILED
+
+
+def test_unregistered_member_is_an_error(lab3):
+    """``--members`` naming a node that never registered: exit 1 naming it, nothing written."""
+    code, out = lab3.fleet_run("--members", "n1,ghost", "--timeout", "1")
+    assert code == 1 and "ghost" in out["error"]
+
+
+def test_agents_act_only_on_their_group(lab3):
+    """A run written under another group's prefix naming our nodes gets no answer from them."""
+    spec = {"members": ["n1", "n2", "n3"], "deadline_s": 5, "ready_timeout_s": 5}
+    lab3.client_call(lambda s: s.put("/quiesce/other/runs/r1/spec", spec))
+    time.sleep(1.5)
+    _, keys = lab3.client_call(lambda s: s.get_prefix("/quiesce/other/"))
+    assert list(keys) == ["/quiesce/other/runs/r1/spec"]
+    code, out = lab3.fleet_run()  # and they still serve their own group
+    assert code == 0, out
