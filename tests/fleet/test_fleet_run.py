@@ -76,8 +76,21 @@ def test_cut_proof_and_negative_control(lab3):
 def test_status_shows_members_and_runs(lab3):
     """``fleet status --json``: three healthy members, the last runs with each node's part."""
     lab3.fleet_run()
-    argv = [*lab3.client_argv(), sys.executable, "-m", "quiesce", "fleet", "status",
-            "--etcd", lab3.etcd_url, "--group", "lab", "--json", "--last", "2"]
+    argv = [
+        *lab3.client_argv(),
+        sys.executable,
+        "-m",
+        "quiesce",
+        "fleet",
+        "status",
+        "--etcd",
+        lab3.etcd_url,
+        "--group",
+        "lab",
+        "--json",
+        "--last",
+        "2",
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)

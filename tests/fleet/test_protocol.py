@@ -27,8 +27,12 @@ def _view(members=("a", "b"), *, skip=(), thawed_by="thaw", local=APPLICATION, h
                 continue
             value = {"ok": True}
             if what == "done":
-                value = {"thawed_by": thawed_by, "thaw_revision": revs.get("thaw"), "local": local,
-                         "held_through_snapshot": held}
+                value = {
+                    "thawed_by": thawed_by,
+                    "thaw_revision": revs.get("thaw"),
+                    "local": local,
+                    "held_through_snapshot": held,
+                }
             v.add(what, m, Record(value, next(rev)))
     return v
 

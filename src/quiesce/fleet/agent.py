@@ -28,6 +28,8 @@ from quiesce.fleet.store import Event, Security, Store, Watch
 
 #: The agent's registration lease; etcd's minimum is about 2 s.
 DEFAULT_TTL_S = 5
+#: How long the agent keeps trying to write its result after a run.
+REPORT_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -232,10 +234,7 @@ class Agent:
         ):
             # This node cannot go on: tell the others now instead of letting them wait.
             self._abort(run_id, f"{node}: {record.get('error') or record.get('snapshot_detail') or 'failed'}")
-        try:
-            self.store.put(self.keys.key(run_id, "done", node), record)
-        except quiesce.QuiesceError as err:
-            self.log(f"run {run_id}: cannot report the result: {err}")
+        self._report(run_id, record)
         self.runs_served += 1
         self.state = {
             "state": "idle",
@@ -246,6 +245,19 @@ class Agent:
         self._publish_quietly()
         self.log(f"run {run_id}: {record.get('local')}, thawed by {record.get('thawed_by')}")
         return record
+
+    def _report(self, run_id: str, record: dict[str, Any]) -> None:
+        """Write ``done/<node>``, retrying for a while: the verdict needs it (etcd may be back soon)."""
+        deadline = time.monotonic() + REPORT_RETRY_S
+        while True:
+            try:
+                self.store.put(self.keys.key(run_id, "done", self.options.node), record)
+                return
+            except quiesce.QuiesceError as err:
+                if time.monotonic() >= deadline or self.stopping.is_set():
+                    self.log(f"run {run_id}: cannot report the result: {err}")
+                    return
+                time.sleep(0.5)
 
     def _publish_quietly(self) -> None:
         try:

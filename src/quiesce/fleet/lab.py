@@ -129,6 +129,7 @@ class Lab:
         self.etcd: subprocess.Popen[str] | None = None
         self.sandbox: Sandbox | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._store: Any = None
 
     # -- addresses ---------------------------------------------------------------
 
@@ -370,8 +371,9 @@ class Lab:
             deadline = time.monotonic() + wait_s
             while True:
                 try:
-                    with Store([self.etcd_url]) as store:
-                        return fn(store)
+                    if self._store is None:
+                        self._store = Store([self.etcd_url])
+                    return fn(self._store)
                 except FleetError:
                     if time.monotonic() >= deadline:
                         raise
@@ -434,6 +436,8 @@ class Lab:
             subprocess.run(["losetup", "-d", node.device], check=False, capture_output=True)
         _stop(self.etcd)
         if self._pool is not None:
+            if self._store is not None:
+                self._pool.submit(self._store.close).result()
             self._pool.shutdown()
         self.net.remove()
         if self.sandbox is not None:

@@ -275,6 +275,9 @@ class NodeRun:
             out["window_ns"] = rep.window_ns
             if rep.window_ns is not None:
                 out["thaw_end_mono_ns"] = start + rep.window_ns
+            thaws = [start + t.thaw_at_ns for t in rep.targets if t.thaw_at_ns is not None]
+            if thaws:
+                out["thaw_start_mono_ns"] = min(thaws)
             out["guardian_reason"] = rep.guardian_reason
             out["fs_states"] = [t.state for t in rep.targets]
             # Wall-clock equivalents, for a reader on another machine (indicative only).
