@@ -157,8 +157,9 @@ class Lab:
 
     def start(self) -> None:
         """Build the network, the host xfs, the nodes, etcd and the agents."""
-        self.root.mkdir(mode=0o700)
+        self.root.mkdir(mode=0o755)  # writable by root only; others may traverse (database users)
         self.sandbox = Sandbox()
+        self.sandbox.base.chmod(0o755)  # database users must reach their data in restored snapshots
         host = self.sandbox.add("xfs", max(300, self.agents * self.size_mb * 3), name="host")
         (host.mount_point / "snaps").mkdir()
         self.net.build_hub()
@@ -211,7 +212,8 @@ class Lab:
             check=True,
             capture_output=True,
         )
-        for d in (node.home, node.mount_point, node.run_dir, node.home / "hooks.d"):
+        node.home.mkdir(mode=0o755)
+        for d in (node.mount_point, node.run_dir, node.home / "hooks.d"):
             d.mkdir(mode=0o700)
         self._write_config(node, host_dir)
         argv = [
@@ -328,6 +330,11 @@ class Lab:
             time.sleep(0.1)
 
     # -- using it ----------------------------------------------------------------
+
+    def node_argv(self, node: Node) -> list[str]:
+        """Prefix for a command in a node's network and mount namespaces."""
+        assert node.host is not None
+        return _ns_argv(node.netns, node.host.pid)
 
     def client_argv(self) -> list[str]:
         """Prefix for a command in the client namespace."""
