@@ -138,7 +138,7 @@ def _trial(lab, kind: str, rng: random.Random) -> dict:
         lab.etcd.wait()
         time.sleep(0.3)
         lab.start_etcd()
-    out, err = coordinator.communicate(timeout=60)
+    coordinator.communicate(timeout=60)
     if killed_agent is not None:
         lab.start_agent(killed_agent)
     # Every node that lives has finished its part: its result is in etcd (it retries until it is).

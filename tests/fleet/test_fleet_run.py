@@ -42,7 +42,7 @@ def test_run_is_consistent_and_ordered_by_revision(lab3):
 
 
 def test_cut_proof_and_negative_control(lab3):
-    """Fleet cuts under the distributed writer restore to consistent cuts; per-VM one-by-one backups do not."""
+    """Fleet cuts under the distributed writer restore consistent; per-VM one-by-one backups do not."""
     chain = Chain(lab3)
     try:
         fleet_runs = []

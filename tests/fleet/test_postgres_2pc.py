@@ -1,4 +1,4 @@
-"""Three PostgreSQL shards under cross-shard two-phase-commit transfers: every fleet cut restores consistent."""
+"""Three PostgreSQL shards under cross-shard two-phase-commit transfers: every fleet cut restores."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def pglab(lab_namespace):
 
 
 def test_two_phase_commit_transfers_survive_every_fleet_cut(pglab):
-    """Over CYCLES fleet cuts under load: total conserved, no transfer half applied, after in-doubt resolution."""
+    """Over CYCLES fleet cuts under load: total conserved, nothing half applied after in-doubt resolution."""
     argv = [
         *pglab.client_argv(),
         sys.executable,
