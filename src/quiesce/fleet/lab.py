@@ -118,6 +118,12 @@ class Lab:
     snap_extra: str = ""
     snapshot_command: bool = True
     writer: bool = True
+    #: TLS: a directory with ca.pem, server.pem/server-key.pem, client.pem/client-key.pem.
+    tls_dir: Path | None = None
+    #: Called once etcd answers, before the agents start (users, roles, auth enable).
+    setup_etcd: Any = None
+    #: The etcd user and password the agents and the coordinator use (with auth enabled).
+    credentials: tuple[str, str] | None = None
     prefix: str = field(default_factory=lambda: "qf" + secrets.token_hex(3))
     nodes: list[Node] = field(default_factory=list)
 
@@ -140,7 +146,38 @@ class Lab:
     @property
     def etcd_url(self) -> str:
         """etcd's client URL, on the hub's bridge."""
-        return f"http://{self.address(1)}:{ETCD_PORT}"
+        scheme = "https" if self.tls_dir else "http"
+        return f"{scheme}://{self.address(1)}:{ETCD_PORT}"
+
+    def security_args(self) -> list[str]:
+        """The TLS and user options of ``quiesce agent`` and ``quiesce fleet``."""
+        out: list[str] = []
+        if self.tls_dir is not None:
+            d = self.tls_dir
+            out += [
+                "--cacert",
+                str(d / "ca.pem"),
+                "--cert",
+                str(d / "client.pem"),
+                "--key",
+                str(d / "client-key.pem"),
+            ]
+        if self.credentials is not None:
+            secret = self.root / "etcd-password"
+            secret.write_text(self.credentials[1])
+            secret.chmod(0o600)
+            out += ["--user", self.credentials[0], "--password-file", str(secret)]
+        return out
+
+    def security(self) -> Any:
+        """The same, as a Store's Security."""
+        from quiesce.fleet.store import Security
+
+        d = self.tls_dir
+        user, password = self.credentials or (None, None)
+        if d is None:
+            return Security(user=user, password=password)
+        return Security(str(d / "ca.pem"), str(d / "client.pem"), str(d / "client-key.pem"), user, password)
 
     # -- building ------------------------------------------------------------------
 
@@ -165,6 +202,8 @@ class Lab:
         self.net.build_hub()
         self.client_ns = self.net.join("c", 2)
         self.start_etcd()
+        if self.setup_etcd is not None:
+            self.setup_etcd(self)
         for i in range(1, self.agents + 1):
             self._make_node(i, host.mount_point)
         for node in self.nodes:
@@ -191,6 +230,17 @@ class Lab:
             f"--initial-cluster=lab={peer}",
             "--log-level=error",
         ]
+        if self.tls_dir is not None:
+            d = self.tls_dir
+            argv[-1:-1] = [
+                f"--cert-file={d / 'server.pem'}",
+                f"--key-file={d / 'server-key.pem'}",
+                f"--trusted-ca-file={d / 'ca.pem'}",
+                "--client-cert-auth",
+            ]
+            argv = [
+                a.replace(f"http://127.0.0.1:{ETCD_PORT}", f"https://127.0.0.1:{ETCD_PORT}") for a in argv
+            ]
         log = open(self.root / "etcd.log", "a")  # noqa: SIM115 - handed to the child
         with log:
             self.etcd = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, text=True)
@@ -311,6 +361,7 @@ class Lab:
             "--no-vmbackup-conf",
             "--ttl",
             "2",
+            *self.security_args(),
         ]
         log = open(node.home / "agent.log", "a")  # noqa: SIM115 - handed to the child
         with log:
@@ -354,6 +405,7 @@ class Lab:
             "--group",
             GROUP,
             "--json",
+            *self.security_args(),
             *args,
         ]
 
@@ -379,7 +431,7 @@ class Lab:
             while True:
                 try:
                     if self._store is None:
-                        self._store = Store([self.etcd_url])
+                        self._store = Store([self.etcd_url], self.security())
                     return fn(self._store)
                 except FleetError:
                     if time.monotonic() >= deadline:

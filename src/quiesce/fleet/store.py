@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 from quiesce.fleet import FleetError
 from quiesce.fleet.protocol import Record
 
+#: What etcd says when a request needs a (new) token.
+_RELOGIN = ("auth", "token", "user name is empty")
 #: Seconds one request may take before the endpoint counts as not answering.
 REQUEST_TIMEOUT_S = 2.0
 
@@ -105,7 +107,10 @@ class Store:
         self._lock = threading.Lock()
         self._exceptions = etcd3gw.exceptions
         if self.security.user:
-            self._authenticate(self._clients[0])
+            try:
+                self._authenticate(self._clients[0])
+            except (self._exceptions.ConnectionFailedError, self._exceptions.ConnectionTimeoutError) as err:
+                raise FleetError(f"etcd does not answer: {err}") from err
 
     # -- requests --------------------------------------------------------------
 
@@ -115,10 +120,20 @@ class Store:
         return self._clients[self._current]
 
     def _authenticate(self, client: Any) -> None:
+        """Log in as the user; the token goes with every later request (watches too)."""
         sec = self.security
-        answer = client.post(
-            client.get_url("/auth/authenticate"), json={"name": sec.user, "password": sec.password}
-        )
+        exc = self._exceptions
+        try:
+            answer = client.post(
+                client.get_url("/auth/authenticate"), json={"name": sec.user, "password": sec.password}
+            )
+        except (exc.ConnectionFailedError, exc.ConnectionTimeoutError):
+            raise
+        except exc.Etcd3Exception as err:
+            detail = str(getattr(err, "detail_text", "") or err)
+            if "not enabled" in detail:
+                return  # a cluster without auth accepts requests without a token
+            raise FleetError(f"etcd refused the user {sec.user!r}: {detail}") from err
         client.session.headers["Authorization"] = answer["token"]
 
     def call(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,7 +146,8 @@ class Store:
                 try:
                     return dict(client.post(client.get_url(path), json=dict(payload)))
                 except exc.Etcd3Exception as err:
-                    if self.security.user and "auth" in str(getattr(err, "detail_text", "")).lower():
+                    detail = str(getattr(err, "detail_text", "")).lower()
+                    if self.security.user and any(m in detail for m in _RELOGIN):
                         self._authenticate(client)  # the token expired: once more with a new one
                         return dict(client.post(client.get_url(path), json=dict(payload)))
                     raise
