@@ -33,11 +33,11 @@ from quiesce import APPLICATION
 from quiesce.fleet.coordinator import read_run
 from quiesce.fleet.protocol import Keys, judge
 
-pytestmark = [pytest.mark.privileged]
-
 DEADLINE_S = 3.0
 SLACK_NS = 50_000_000
 TRIALS = int(os.environ.get("QUIESCE_FLEET_TRIALS", "30"))
+
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(120 + 20 * TRIALS)]
 KINDS = (
     "coordinator-before-freeze",
     "coordinator-while-frozen",
@@ -105,6 +105,15 @@ def _trial(lab, kind: str, rng: random.Random) -> dict:
         stderr=subprocess.PIPE,
         text=True,
     )
+    try:
+        return _fault(lab, kind, rng, coordinator, start_rev, pre_counts, log_sizes)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+        coordinator.communicate()
+
+
+def _fault(lab, kind, rng, coordinator, start_rev, pre_counts, log_sizes) -> dict:
     victim = rng.choice(lab.nodes)
     trigger, delay = {
         "coordinator-before-freeze": (r"/ready/", rng.uniform(0, 0.15)),

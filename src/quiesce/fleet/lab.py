@@ -23,7 +23,6 @@ import contextlib
 import json
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,77 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from quiesce.fleet import FleetError
+from quiesce.fleet.labnode import Node, ns_argv, set_config, stop_process, write_config
 from quiesce.fleet.network import Network
-from quiesce.sandbox import Sandbox, thaw_quietly
+from quiesce.sandbox import Sandbox
 
 ETCD_PORT = 2379
 GROUP = "lab"
-PRE = '#!/bin/sh\necho "pre" >> {events}\n{extra}\n'
-POST = '#!/bin/sh\necho "post $QUIESCE_SNAPSHOT $QUIESCE_PRE_STATUS" >> {events}\n'
-SNAP = '#!/bin/sh\ncp --reflink=always {image} {snaps}/"$QUIESCE_FLEET_RUN"-{node}.img\n{extra}\n'
-
-
-def _ns_argv(netns: str, mount_pid: int | None = None) -> list[str]:
-    argv = ["nsenter", f"--net=/run/netns/{netns}"]
-    if mount_pid is not None:
-        argv.append(f"--mount=/proc/{mount_pid}/ns/mnt")
-    return [*argv, "--"]
-
-
-def _stop(proc: subprocess.Popen[Any] | None, grace_s: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-@dataclass
-class Node:
-    """One lab node."""
-
-    index: int
-    name: str
-    netns: str
-    address: str
-    image: Path
-    device: str
-    home: Path  # root-only dir under /run: config, scripts, run dir, events log
-    host: subprocess.Popen[str] | None = None
-    agent: subprocess.Popen[str] | None = None
-
-    @property
-    def mount_point(self) -> Path:
-        """Where the node's filesystem is mounted (in its own mount namespace only)."""
-        return self.home / "data"
-
-    @property
-    def run_dir(self) -> Path:
-        """The agent's run dir (lock, ledger, guardian log)."""
-        return self.home / "run"
-
-    @property
-    def config(self) -> Path:
-        """The node's Azure config."""
-        return self.home / "config.json"
-
-    def events(self) -> list[str]:
-        """What the node's pre/post scripts logged."""
-        try:
-            return (self.home / "events.log").read_text().splitlines()
-        except FileNotFoundError:
-            return []
-
-    def thaw_if_frozen(self) -> bool:
-        """FITHAW the node's filesystem through its host's mount namespace; True if it was frozen."""
-        if self.host is None or self.host.poll() is not None:
-            return False
-        return thaw_quietly(f"/proc/{self.host.pid}/root{self.mount_point}")
 
 
 @dataclass
@@ -219,7 +153,7 @@ class Lab:
         data = self.root / "etcd"
         peer = "http://127.0.0.1:2380"
         argv = [
-            *_ns_argv(self.hub),
+            *ns_argv(self.hub),
             "etcd",
             "--name=lab",
             f"--data-dir={data}",
@@ -267,7 +201,7 @@ class Lab:
             d.mkdir(mode=0o700)
         self._write_config(node, host_dir)
         argv = [
-            *_ns_argv(node.netns),
+            *ns_argv(node.netns),
             "unshare",
             "--mount",
             "--propagation",
@@ -289,60 +223,17 @@ class Lab:
         return node
 
     def _write_config(self, node: Node, host_dir: Path) -> None:
-        def script(name: str, body: str) -> str:
-            path = node.home / name
-            path.write_text(body)
-            path.chmod(0o700)
-            return str(path)
-
-        events = node.home / "events.log"
-        snapshot: dict[str, Any] = {"mode": "none"}
-        if self.snapshot_command:
-            snap = script(
-                "snap.sh",
-                SNAP.format(
-                    image=node.image, snaps=host_dir / "snaps", node=node.name, extra=self.snap_extra
-                ),
-            )
-            snapshot = {
-                "mode": "command",
-                "argv": ["/bin/sh", snap],
-                "timeoutSeconds": max(1.0, self.deadline_s - 1),
-            }
-        config = {
-            "pluginName": "ScriptRunner",
-            "preScriptLocation": script("pre.sh", PRE.format(events=events, extra=self.pre_extra)),
-            "postScriptLocation": script("post.sh", POST.format(events=events)),
-            "preScriptParams": [],
-            "postScriptParams": [],
-            "timeoutInSeconds": 30,
-            "continueBackupOnFailure": True,
-            "fsFreezeEnabled": True,
-            "quiesce": {
-                "targets": [str(node.mount_point)],
-                "freezeTimeoutSeconds": self.deadline_s,
-                "hookDirectory": str(node.home / "hooks.d"),
-                "snapshot": snapshot,
-            },
-        }
-        node.config.write_text(json.dumps(config, indent=1))
-        node.config.chmod(0o600)
+        write_config(node, host_dir, self.deadline_s, self.pre_extra, self.snap_extra, self.snapshot_command)
 
     def set_config(self, node: Node, keys: dict[str, Any], pre_extra: str | None = None) -> None:
         """Change keys of a node's config (``quiesce`` merged), and the extra lines of its pre-script."""
-        config = json.loads(node.config.read_text())
-        ext = {**config["quiesce"], **keys.pop("quiesce", {})}
-        config.update(keys)
-        config["quiesce"] = ext
-        node.config.write_text(json.dumps(config, indent=1))
-        if pre_extra is not None:
-            (node.home / "pre.sh").write_text(PRE.format(events=node.home / "events.log", extra=pre_extra))
+        set_config(node, keys, pre_extra)
 
     def start_agent(self, node: Node) -> None:
         """Start (or restart) a node's agent in its network and mount namespaces."""
         assert node.host is not None
         argv = [
-            *_ns_argv(node.netns, node.host.pid),
+            *ns_argv(node.netns, node.host.pid),
             sys.executable,
             "-m",
             "quiesce",
@@ -385,11 +276,11 @@ class Lab:
     def node_argv(self, node: Node) -> list[str]:
         """Prefix for a command in a node's network and mount namespaces."""
         assert node.host is not None
-        return _ns_argv(node.netns, node.host.pid)
+        return ns_argv(node.netns, node.host.pid)
 
     def client_argv(self) -> list[str]:
         """Prefix for a command in the client namespace."""
-        return _ns_argv(self.client_ns)
+        return ns_argv(self.client_ns)
 
     def fleet_argv(self, *args: str) -> list[str]:
         """``quiesce fleet run`` in the client namespace, against the lab's etcd and group."""
@@ -481,7 +372,7 @@ class Lab:
             with contextlib.suppress(OSError):
                 node.thaw_if_frozen()
         for node in self.nodes:
-            _stop(node.agent)
+            stop_process(node.agent)
         for node in self.nodes:
             with contextlib.suppress(OSError):
                 node.thaw_if_frozen()
@@ -489,11 +380,11 @@ class Lab:
                 with contextlib.suppress(OSError):
                     assert node.host.stdin is not None
                     node.host.stdin.close()
-            _stop(node.host)
+            stop_process(node.host)
             if node.host is not None and node.host.stdout is not None:
                 node.host.stdout.close()
             subprocess.run(["losetup", "-d", node.device], check=False, capture_output=True)
-        _stop(self.etcd)
+        stop_process(self.etcd)
         if self._pool is not None:
             if self._store is not None:
                 self._pool.submit(self._store.close).result()
