@@ -136,3 +136,25 @@ def test_agents_act_only_on_their_group(lab3):
     assert list(keys) == ["/quiesce/other/runs/r1/spec"]
     code, out = lab3.fleet_run()  # and they still serve their own group
     assert code == 0, out
+
+
+def test_invalid_node_config_exits_10(lab3):
+    """A node whose own config is invalid: the run aborts, nothing freezes, exit 10 naming the node."""
+    n3 = lab3.nodes[2]
+    lab3.set_config(n3, {"timeoutInSeconds": "30"})  # a string: IncorrectJSONConfigFile
+    try:
+        code, out = lab3.fleet_run()
+    finally:
+        lab3.set_config(n3, {"timeoutInSeconds": 30})
+    assert code == 10, out
+    assert out["config_error"] and not out["cut_committed"] and "n3" in out["abort"]
+    parts = {n["node"]: n for n in out["nodes"]}
+    assert parts["n3"]["config_error"] and not parts["n1"]["config_error"]
+
+
+def test_expect_counts_registered_agents(lab3):
+    """``--expect 3`` takes the three agents; ``--expect 2`` with three registered is an error."""
+    code, out = lab3.fleet_run("--expect", "3")
+    assert code == 0 and sorted(n["node"] for n in out["nodes"]) == ["n1", "n2", "n3"]
+    code, out = lab3.fleet_run("--expect", "2", "--timeout", "1")
+    assert code == 1 and "3 agents registered" in out["error"]

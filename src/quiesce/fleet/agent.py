@@ -201,6 +201,7 @@ class Agent:
         )
         result: quiesce.RunResult | None = None
         error: str | None = None
+        config_error = False
         try:
             loaded = quiesce.load_config(self.options.config_path)
             cfg = loaded.config
@@ -222,9 +223,11 @@ class Agent:
             result = quiesce.run(loaded, snapshot=part.snapshot, options=options)
         except (quiesce.QuiesceError, FleetAbort) as err:
             error = f"{type(err).__name__}: {err}"
+            config_error = isinstance(err, quiesce.ConfigError)
         finally:
             part.stop()
         record = part.record(result, error)
+        record["config_error"] = config_error
         record["node"] = node
         reached_freeze = "ready_mono_ns" in part.times
         if (

@@ -21,7 +21,7 @@ from quiesce import APPLICATION, CRASH, FILESYSTEM
 from quiesce.fleet import FleetError
 
 #: Exit codes as ``quiesce run``'s.
-EXIT_OK, EXIT_DEGRADED, EXIT_FAILED = 0, 8, 9
+EXIT_OK, EXIT_DEGRADED, EXIT_FAILED, EXIT_CONFIG = 0, 8, 9, 10
 
 
 def _security(args: argparse.Namespace) -> Any:
@@ -114,7 +114,7 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
         print_result(result, sys.stdout)
-    return exit_for(result.verdict.consistency)
+    return EXIT_CONFIG if result.verdict.config_error else exit_for(result.verdict.consistency)
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:

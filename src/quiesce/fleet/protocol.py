@@ -144,6 +144,8 @@ class NodePart:
     local: str | None = None
     revisions: dict[str, int] = field(default_factory=dict)
     window_ns: int | None = None
+    #: The node's own config was invalid (``quiesce run`` would exit 10).
+    config_error: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -165,6 +167,11 @@ class Verdict:
         """Every node's snapshot is part of one application-consistent cut."""
         return self.consistency == APPLICATION
 
+    @property
+    def config_error(self) -> bool:
+        """The run failed and some node's own config was invalid."""
+        return self.consistency == FAILED and any(n.config_error for n in self.nodes)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
         return {
@@ -172,6 +179,7 @@ class Verdict:
             "consistency": self.consistency,
             "ok": self.ok,
             "cut_committed": self.cut_committed,
+            "config_error": self.config_error,
             "abort": self.abort,
             "nodes": [n.to_dict() for n in self.nodes],
         }
@@ -206,6 +214,7 @@ def _node_part(view: RunView, node: str, cut: Record | None, thaw: Record | None
         part.local = _opt_str(done.value.get("local"))
         window = done.value.get("window_ns")
         part.window_ns = int(window) if isinstance(window, int) else None
+        part.config_error = bool(done.value.get("config_error"))
     if cut is None:
         part.why = "no cut was committed: no snapshot was taken"
         return part
