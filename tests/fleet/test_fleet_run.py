@@ -158,3 +158,41 @@ def test_expect_counts_registered_agents(lab3):
     assert code == 0 and sorted(n["node"] for n in out["nodes"]) == ["n1", "n2", "n3"]
     code, out = lab3.fleet_run("--expect", "2", "--timeout", "1")
     assert code == 1 and "3 agents registered" in out["error"]
+
+
+def test_sigterm_to_the_coordinator_aborts_the_run(lab3):
+    """``fleet run`` stopped by SIGTERM: exit 130, ``abort`` written, nothing frozen, every post step runs."""
+    from quiesce.fleet.coordinator import read_run
+    from quiesce.fleet.protocol import Keys
+
+    n1 = lab3.nodes[0]
+    lab3.set_config(n1, {}, pre_extra="sleep 1.5")
+    try:
+        start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
+        proc = subprocess.Popen(lab3.fleet_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/runs/", start_rev + 1))
+        run_id = None
+        try:
+            while run_id is None:
+                ev = watch.get(20)
+                assert ev is not None and ev.kind == "put"
+                if ev.key.endswith("/ready/n2"):
+                    run_id = ev.key.split("/")[4]
+        finally:
+            watch.close()
+        proc.terminate()
+        proc.communicate(timeout=60)
+        assert proc.returncode == 130
+    finally:
+        lab3.set_config(n1, {}, pre_extra="")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        view = lab3.client_call(lambda s: read_run(s, Keys("lab"), run_id))
+        if all(view.node("done", n.name) for n in lab3.nodes):
+            break
+        time.sleep(0.2)
+    assert view.single["abort"].value["reason"] == "the coordinator was stopped"
+    assert "freeze" not in view.single
+    assert {view.node("done", n.name).value["thawed_by"] for n in lab3.nodes} == {"not-frozen"}
+    for node in lab3.nodes:
+        assert node.events()[-1].startswith("post")

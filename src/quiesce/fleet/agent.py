@@ -65,6 +65,7 @@ class Agent:
         self._lease_lost = threading.Event()
         self.state: dict[str, Any] = {"state": "idle"}
         self.runs_served = 0
+        self._since = time.time()
         #: Set by SIGTERM: a run in progress ends now (thaw, post steps), then the agent exits.
         self.stopping = threading.Event()
 
@@ -87,7 +88,7 @@ class Agent:
             "node": self.options.node,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "since_unix": time.time(),
+            "since_unix": self._since,
             "config": self.options.config_path,
             "runs_served": self.runs_served,
             **self.state,

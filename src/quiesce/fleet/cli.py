@@ -108,6 +108,11 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
         deadline_s=args.deadline,
     )
     say = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # the run writes abort and revokes its lease on the way out
+
+    signal.signal(signal.SIGTERM, stop)
     with _store(args) as store:
         result = fleet_run(store, args.group, opts, say)
     if args.json:

@@ -216,6 +216,10 @@ def fleet_run(
         result = _conclude(store, keys, run)
         result.aborted_by_coordinator = aborted
         return result
+    except KeyboardInterrupt:
+        # Stopped (SIGINT, or SIGTERM through the CLI): every node thaws now.
+        run.abort("the coordinator was stopped")
+        raise
     finally:
         stop_keepalive()
         if run.watch is not None:
