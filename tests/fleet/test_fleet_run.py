@@ -196,3 +196,19 @@ def test_sigterm_to_the_coordinator_aborts_the_run(lab3):
     assert {view.node("done", n.name).value["thawed_by"] for n in lab3.nodes} == {"not-frozen"}
     for node in lab3.nodes:
         assert node.events()[-1].startswith("post")
+
+
+def test_a_second_run_while_one_is_in_progress_is_refused(lab3):
+    """Two coordinators at once: the busy nodes abort the second run, the first completes."""
+    n1 = lab3.nodes[0]
+    lab3.set_config(n1, {}, pre_extra="sleep 1.5")
+    try:
+        first = subprocess.Popen(lab3.fleet_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.8)
+        code2, out2 = lab3.fleet_run()
+        out1, _ = first.communicate(timeout=120)
+    finally:
+        lab3.set_config(n1, {}, pre_extra="")
+    assert first.returncode == 0, out1
+    assert json.loads(out1)["consistency"] == APPLICATION
+    assert code2 == 9 and "busy" in out2["abort"] and not out2["cut_committed"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import quiesce
 from quiesce.fleet.noderun import FleetAbort, NodeRun, with_deadline
-from quiesce.fleet.protocol import Keys, Record, check_name
+from quiesce.fleet.protocol import NOT_FROZEN, Keys, Record, check_name
 from quiesce.fleet.store import Event, Security, Store, Watch
 
 #: The agent's registration lease; etcd's minimum is about 2 s.
@@ -178,8 +178,14 @@ class Agent:
 
     def _busy(self, ev: Event) -> None:
         parsed = self.keys.parse(ev.key)
-        if parsed is not None and ev.value and self.options.node in ev.value.get("members", []):
-            self._abort(parsed[0], f"{self.options.node} is busy with another run")
+        node = self.options.node
+        if parsed is not None and ev.value and node in ev.value.get("members", []):
+            why = f"{node} is busy with another run"
+            self._abort(parsed[0], why)
+            # Its part in that run is over before it began: say so, so nobody waits for it.
+            record = {"node": node, "thawed_by": NOT_FROZEN, "local": quiesce.FAILED, "error": why}
+            with contextlib.suppress(quiesce.QuiesceError):
+                self.store.put(self.keys.key(parsed[0], "done", node), record)
 
     def _probe(self) -> bool:
         if self.lease is None:
