@@ -87,3 +87,17 @@ def test_demo_takes_a_consistent_cut(lab_namespace):
     out = json.loads(done.stdout)
     assert out["verdict"] == APPLICATION and out["cut_consistent"] and out["violations"] == []
     assert out["writer_rounds"] > 10 and len(out["restored_tops"]) == 2 and min(out["restored_tops"]) > 0
+
+
+def test_without_the_fleet_extra_the_error_names_it():
+    """etcd3gw not installed: ``fleet status`` and ``agent`` exit 1 naming ``quiesce[fleet]``."""
+    code = (
+        "import sys; sys.modules['etcd3gw'] = None\n"
+        "from quiesce.cli import main\n"
+        "a = main(['fleet', 'status', '--etcd', 'http://127.0.0.1:9', '--group', 'g'])\n"
+        "b = main(['agent', '--etcd', 'http://127.0.0.1:9', '--group', 'g', '--name', 'n'])\n"
+        "print(a, b)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["1", "1"], done.stderr
+    assert done.stderr.count("pip install 'quiesce[fleet]'") == 2

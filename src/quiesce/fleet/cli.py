@@ -37,10 +37,8 @@ def _security(args: argparse.Namespace) -> Any:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    try:
-        from quiesce.fleet.store import Store
-    except ImportError as err:  # pragma: no cover - depends on the install
-        raise FleetError("the fleet needs the extra: pip install 'quiesce[fleet]'") from err
+    from quiesce.fleet.store import Store
+
     try:
         return Store([u for u in args.etcd.split(",") if u], _security(args))
     except ImportError as err:
@@ -78,7 +76,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
         security=_security(args),
     )
     stop = threading.Event()
-    agent = Agent(options, log)
+    try:
+        agent = Agent(options, log)
+    except ImportError as err:
+        raise FleetError(f"the fleet needs the extra: pip install 'quiesce[fleet]' ({err})") from err
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
