@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -32,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from quiesce.fleet import FleetError
-from quiesce.fleet.labnode import Node, ns_argv, set_config, stop_process, write_config
+from quiesce.fleet.labnode import (
+    Node,
+    kill_namespace_leftovers,
+    ns_argv,
+    set_config,
+    stop_process,
+    write_config,
+)
 from quiesce.fleet.network import Network
 from quiesce.sandbox import Sandbox
 
@@ -218,6 +226,9 @@ class Lab:
             argv.append("--no-writer")
         node.host = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert node.host.stdout is not None
+        with contextlib.suppress(OSError):
+            # Held open until teardown: the namespace (and its inode number) cannot be reused meanwhile.
+            node.mount_ns_fd = os.open(f"/proc/{node.host.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         if node.host.stdout.readline().strip() != "ready":
             raise FleetError(f"node {name}: its host did not start")
         return node
@@ -383,6 +394,7 @@ class Lab:
             stop_process(node.host)
             if node.host is not None and node.host.stdout is not None:
                 node.host.stdout.close()
+            kill_namespace_leftovers(node)
             subprocess.run(["losetup", "-d", node.device], check=False, capture_output=True)
         stop_process(self.etcd)
         if self._pool is not None:

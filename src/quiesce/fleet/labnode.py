@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class Node:
     home: Path  # root-only dir under /run: config, scripts, run dir, events log
     host: subprocess.Popen[str] | None = None
     agent: subprocess.Popen[str] | None = None
+    #: An fd on the node's own mount namespace (made by its host), held until teardown.
+    mount_ns_fd: int | None = None
 
     @property
     def mount_point(self) -> Path:
@@ -80,6 +83,33 @@ class Node:
         if self.host is None or self.host.poll() is not None:
             return False
         return thaw_quietly(f"/proc/{self.host.pid}/root{self.mount_point}")
+
+
+def kill_namespace_leftovers(node: Node) -> list[int]:
+    """SIGKILL what still runs in the node's own mount namespace (a database server the test left).
+
+    Only processes in the namespace the lab made for this node; they keep
+    its mount (and so its loop device and directory) alive otherwise.
+    """
+    killed: list[int] = []
+    if node.mount_ns_fd is None:
+        return killed
+    ns = os.fstat(node.mount_ns_fd)
+    try:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                st = os.stat(f"/proc/{entry}/ns/mnt")
+                if (st.st_dev, st.st_ino) == (ns.st_dev, ns.st_ino):
+                    os.kill(int(entry), signal.SIGKILL)
+                    killed.append(int(entry))
+            except OSError:
+                continue  # gone meanwhile
+    finally:
+        os.close(node.mount_ns_fd)
+        node.mount_ns_fd = None
+    return killed
 
 
 def write_config(
