@@ -59,6 +59,8 @@ class Agent:
         # A second connection for the liveness probe while frozen, so a probe
         # stuck on a dead etcd never delays the main thread's watch.
         self._probe_store = Store(options.endpoints, options.security, timeout_s=0.5)
+        # The writes inside the window, on their own connection with a short timeout.
+        self._window_store = Store(options.endpoints, options.security, timeout_s=1.0)
         self.log = log or (lambda _line: None)
         self.lease: int | None = None
         self._stop_keepalive: Callable[[], None] | None = None
@@ -121,6 +123,7 @@ class Agent:
                 self.store.revoke(self.lease)
         self.store.close()
         self._probe_store.close()
+        self._window_store.close()
 
     def _watch_runs(self, stop: threading.Event, max_runs: int | None) -> None:
         revision, records = self.store.get_prefix(self.keys.runs)
@@ -218,6 +221,7 @@ class Agent:
             if snap.mode.value == "hold":
                 raise FleetAbort("snapshot mode hold cannot serve a fleet run (use command or none)")
             part.spec_argv = tuple(snap.argv)
+            part.window_store = self._window_store
             part.snapshot_timeout_s = float(snap.timeout_s or cfg.quiesce.freeze_timeout_s)
             loaded = with_deadline(loaded, float(spec.get("deadline_s", cfg.quiesce.freeze_timeout_s)))
             options = quiesce.RunOptions(

@@ -41,6 +41,8 @@ from quiesce.fleet.store import Event, Store, Watch
 
 #: How often, while waiting in a run, the node checks that etcd still answers.
 PROBE_INTERVAL_S = 0.25
+#: How long before its guardian's deadline a node stops waiting and thaws itself.
+EARLY_NS = 200_000_000
 
 
 class FleetAbort(Exception):
@@ -140,9 +142,9 @@ class NodeRun:
                     self._probe_failed.set()
                     return
 
-    def _put(self, what: str, value: dict[str, Any]) -> int:
+    def _put(self, what: str, value: dict[str, Any], store: Store | None = None) -> int:
         value = {**value, "node": self.node, "t_unix": time.time(), "t_mono_ns": time.monotonic_ns()}
-        return self.store.put(self.keys.key(self.run_id, what, self.node), value)
+        return (store or self.store).put(self.keys.key(self.run_id, what, self.node), value)
 
     # -- the two callbacks -------------------------------------------------------
 
@@ -171,27 +173,32 @@ class NodeRun:
         now = time.monotonic_ns()
         left = freeze.remaining_ns() or 0
         deadline = now + left
+        # Stop waiting a little before the guardian's deadline: the node thaws itself, in
+        # order, and the guardian stays the backstop (its wake-up is not delayed by ours).
+        wait_until = deadline - min(EARLY_NS, left // 10)
         self.times["frozen_mono_ns"] = now
         self.times["deadline_mono_ns"] = deadline
         self.thawed_by = DEADLINE  # until something better ends the window
         try:
-            self._put("frozen", {"deadline_in_ns": left})
+            self._put("frozen", {"deadline_in_ns": left}, self.window_store)
         except quiesce.QuiesceError as err:
             self.ending = ETCD_LOST
             self.thawed_by = ETCD_LOST
             raise FleetAbort(f"cannot report frozen: {err}") from err
-        ending = self.wait_for("cut", deadline)
+        ending = self.wait_for("cut", wait_until)
         if ending is not None:
             self.thawed_by = ending
             raise FleetAbort(self._why(ending))
-        self._take_snapshot(freeze, deadline)
+        self._take_snapshot(freeze, wait_until)
         try:
             self._put(
-                "snapshotted", {"ok": self.snapshot_ok, "detail": self.snapshot_detail, "held": self.held}
+                "snapshotted",
+                {"ok": self.snapshot_ok, "detail": self.snapshot_detail, "held": self.held},
+                self.window_store,
             )
         except quiesce.QuiesceError:
             self.ending = ETCD_LOST
-        ending = self.wait_for("thaw", deadline)
+        ending = self.wait_for("thaw", wait_until)
         self.thawed_by = THAW if ending is None else ending
         if ending is None:
             self.thaw_revision = self.seen["thaw"]
@@ -231,6 +238,8 @@ class NodeRun:
     #: Set by the agent from the node's config: the snapshot command and its timeout.
     spec_argv: tuple[str, ...] = ()
     snapshot_timeout_s: float = 10.0
+    #: The connection for the writes inside the window (a short request timeout).
+    window_store: Store | None = None
 
     def _command_env(self, freeze: quiesce.Freeze) -> dict[str, str]:
         return {
