@@ -101,3 +101,17 @@ def test_without_the_fleet_extra_the_error_names_it():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["1", "1"], done.stderr
     assert done.stderr.count("pip install 'quiesce[fleet]'") == 2
+
+
+def test_teardown_never_kills_in_the_labs_own_mount_namespace(tmp_path):
+    """A node whose recorded namespace is the caller's own is refused, not swept."""
+    import os
+    from pathlib import Path
+
+    from quiesce.fleet.labnode import Node, kill_namespace_leftovers
+
+    node = Node(1, "n1", "none", "10.213.0.11", Path("/nonexistent"), "/dev/null", tmp_path)
+    node.mount_ns_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    with pytest.raises(RuntimeError, match="own"):
+        kill_namespace_leftovers(node)
+    assert node.mount_ns_fd is None

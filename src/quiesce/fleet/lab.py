@@ -226,11 +226,11 @@ class Lab:
             argv.append("--no-writer")
         node.host = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert node.host.stdout is not None
-        with contextlib.suppress(OSError):
-            # Held open until teardown: the namespace (and its inode number) cannot be reused meanwhile.
-            node.mount_ns_fd = os.open(f"/proc/{node.host.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         if node.host.stdout.readline().strip() != "ready":
             raise FleetError(f"node {name}: its host did not start")
+        # Only now is the host in its own mount namespace. Held open until teardown, so the
+        # namespace (and its inode number) cannot be reused by anyone else meanwhile.
+        node.mount_ns_fd = os.open(f"/proc/{node.host.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         return node
 
     def _write_config(self, node: Node, host_dir: Path) -> None:

@@ -95,6 +95,11 @@ def kill_namespace_leftovers(node: Node) -> list[int]:
     if node.mount_ns_fd is None:
         return killed
     ns = os.fstat(node.mount_ns_fd)
+    own = os.stat("/proc/self/ns/mnt")
+    if (ns.st_dev, ns.st_ino) == (own.st_dev, own.st_ino):
+        os.close(node.mount_ns_fd)
+        node.mount_ns_fd = None
+        raise RuntimeError(f"node {node.name}: its mount namespace is the lab's own; not killing it")
     try:
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
