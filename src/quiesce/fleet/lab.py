@@ -231,6 +231,9 @@ class Lab:
         # Only now is the host in its own mount namespace. Held open until teardown, so the
         # namespace (and its inode number) cannot be reused by anyone else meanwhile.
         node.mount_ns_fd = os.open(f"/proc/{node.host.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        # Mounted now: detaching marks the loop device to go with its last user, so even a
+        # lab that is killed leaves no attached device behind.
+        subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
         return node
 
     def _write_config(self, node: Node, host_dir: Path) -> None:
