@@ -91,6 +91,13 @@ def _guardian_thaws(node, since_bytes: int) -> list[int]:
     return [int(m) for m in re.findall(r"event=thaw .*end_ns=(\d+)", text)]
 
 
+def _tail(path: Path, lines: int = 12) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return []
+
+
 def _log_size(node) -> int:
     try:
         return (Path(node.run_dir) / "guardian.log").stat().st_size
@@ -227,7 +234,10 @@ def test_fault_trials(faultlab):
         try:
             results.append(_trial(faultlab, kind, rng))
         except AssertionError as err:
-            raise AssertionError(f"trial {i} ({kind}, seed {seed}): {err}") from err
+            logs = "\n".join(
+                f"--- {n.name} agent.log:\n" + "\n".join(_tail(n.home / "agent.log")) for n in faultlab.nodes
+            )
+            raise AssertionError(f"trial {i} ({kind}, seed {seed}): {err}\n{logs}") from err
     tally = Counter((r["kind"], r["verdict"]) for r in results)
     report = os.environ.get("QUIESCE_FLEET_REPORT")
     if report:

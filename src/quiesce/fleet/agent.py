@@ -113,6 +113,10 @@ class Agent:
                 self.log(f"etcd: {err}; retrying")
                 self.lease = None
                 stop.wait(0.5)
+            except Exception as err:  # a long-running agent outlives one bad answer; say what it was
+                self.log(f"unexpected {type(err).__name__}: {err}; retrying")
+                self.lease = None
+                stop.wait(0.5)
 
     def close(self) -> None:
         """Leave the group: revoke the lease (the registration goes at once)."""
@@ -127,9 +131,10 @@ class Agent:
 
     def _watch_runs(self, stop: threading.Event, max_runs: int | None) -> None:
         revision, records = self.store.get_prefix(self.keys.runs)
-        self._settle_stale(records)
         watch = self.store.watch(self.keys.runs, revision + 1)
         try:
+            for run_id, spec in self._catch_up(records):
+                self.serve_run(run_id, spec, watch)
             while not stop.is_set():
                 if self._lease_lost.is_set():
                     return
@@ -150,28 +155,42 @@ class Agent:
         finally:
             watch.close()
 
-    def _settle_stale(self, records: dict[str, Record]) -> None:
-        """Runs naming this node that it never finished (it was restarted): say so, once."""
+    def _catch_up(self, records: dict[str, Record]) -> list[tuple[str, dict[str, Any]]]:
+        """Runs naming this node that it has not finished, found on (re)connecting.
+
+        One still waiting for its members (no ``freeze`` yet) is joined: returned
+        to be served. One past its barrier cannot be (this agent restarted, or was
+        cut off, in it): its ``done`` says so, with an ``abort`` if the run is still
+        going. One whose coordinator is gone gets its ``done`` too, so every member
+        of every run has reported.
+        """
         node = self.options.node
-        for key, rec in records.items():
+        join = []
+        for key, rec in sorted(records.items()):
             parsed = self.keys.parse(key)
             if parsed is None or parsed[1] != "spec" or node not in rec.value.get("members", []):
                 continue
             run_id = parsed[0]
-            if self.keys.key(run_id, "done", node) in records or self.keys.key(run_id, "verdict") in records:
+
+            def k(what: str, who: str | None = None, r: str = run_id) -> str:
+                return self.keys.key(r, what, who)
+
+            if k("done", node) in records or k("verdict") in records:
                 continue
-            if self.keys.key(run_id, "alive") not in records:
-                continue  # over: the coordinator is gone and has judged or will
-            self.store.put(
-                self.keys.key(run_id, "done", node),
-                {
-                    "node": node,
-                    "thawed_by": "agent-restarted",
-                    "local": quiesce.FAILED,
-                    "error": "the agent restarted during this run; its part was lost",
-                },
+            alive = k("alive") in records
+            if alive and k("freeze") not in records and k("abort") not in records:
+                join.append((run_id, dict(rec.value)))
+                continue
+            why = (
+                "the agent restarted or reconnected past this run's barrier; its part was lost"
+                if alive
+                else "the run was over before this agent could take part"
             )
-            self._abort(run_id, f"{node}: the agent restarted during the run")
+            record = {"node": node, "thawed_by": "agent-restarted", "local": quiesce.FAILED, "error": why}
+            self.store.put(k("done", node), record)
+            if alive:
+                self._abort(run_id, f"{node}: {why}")
+        return join
 
     def _abort(self, run_id: str, reason: str) -> None:
         try:

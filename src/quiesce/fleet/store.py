@@ -106,6 +106,7 @@ class Store:
         self._current = 0
         self._lock = threading.Lock()
         self._exceptions = etcd3gw.exceptions
+        self._requests = requests
         if self.security.user:
             try:
                 self._authenticate(self._clients[0])
@@ -162,6 +163,9 @@ class Store:
                             last = again
             except exc.Etcd3Exception as err:
                 raise FleetError(f"etcd refused {path}: {getattr(err, 'detail_text', '') or err}") from err
+            except (ValueError, OSError, self._requests.RequestException) as err:
+                # A torn or non-JSON answer (etcd starting or stopping): as if it did not answer.
+                last = err
         raise FleetError(f"etcd does not answer: {last}")
 
     def get_prefix(self, prefix: str) -> tuple[int, dict[str, Record]]:
@@ -172,14 +176,14 @@ class Store:
             out[_unb64(kv["key"])] = Record(
                 _decode_value(kv.get("value")), int(kv["mod_revision"]), int(kv.get("create_revision", 0))
             )
-        return int(answer["header"]["revision"]), out
+        return _revision(answer), out
 
     def put(self, key: str, value: Mapping[str, Any], lease: int | None = None) -> int:
         """Write a JSON value; returns the revision of the write."""
         payload: dict[str, Any] = {"key": _b64(key), "value": _b64(json.dumps(value, sort_keys=True))}
         if lease:
             payload["lease"] = lease
-        return int(self.call("/kv/put", payload)["header"]["revision"])
+        return _revision(self.call("/kv/put", payload))
 
     def put_if(
         self,
@@ -206,7 +210,7 @@ class Store:
                 put["lease"] = lease[key]
             success.append({"request_put": put})
         answer = self.call("/kv/txn", {"compare": compare, "success": success, "failure": []})
-        return bool(answer.get("succeeded", False)), int(answer["header"]["revision"])
+        return bool(answer.get("succeeded", False)), _revision(answer)
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every key under ``prefix``."""
@@ -268,6 +272,14 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _revision(answer: Mapping[str, Any]) -> int:
+    """The store's revision in an answer's header."""
+    try:
+        return int(answer["header"]["revision"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise FleetError(f"etcd answered without a revision: {dict(answer)!r:.200}") from err
 
 
 def _decode_value(raw: str | None) -> dict[str, Any]:
