@@ -212,3 +212,21 @@ def test_a_second_run_while_one_is_in_progress_is_refused(lab3):
     assert first.returncode == 0, out1
     assert json.loads(out1)["consistency"] == APPLICATION
     assert code2 == 9 and "busy" in out2["abort"] and not out2["cut_committed"]
+
+
+def test_an_agent_that_comes_back_joins_a_run_waiting_for_it(lab3):
+    """Agent killed, a run naming it starts, the agent restarts: it joins at the barrier; consistent."""
+    n3 = lab3.nodes[2]
+    n3.agent.kill()
+    n3.agent.wait()
+    try:
+        # Its registration outlives it for the lease's TTL: the run still names it.
+        proc = subprocess.Popen(lab3.fleet_argv("--members", "n1,n2,n3"), stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+    finally:
+        lab3.start_agent(n3)
+    out, _ = proc.communicate(timeout=120)
+    result = json.loads(out)
+    assert proc.returncode == 0, result
+    assert result["consistency"] == APPLICATION
+    lab3.wait_registered()
