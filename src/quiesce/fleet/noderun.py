@@ -109,6 +109,8 @@ class NodeRun:
     def _drain(self) -> None:
         while (ev := self.watch.get(0)) is not None:
             self._handle(ev)
+            if ev.kind == "lost":
+                return  # it stays lost: every later read returns it again
 
     def wait_for(self, what: str, deadline_ns: int) -> str | None:
         """Wait until ``what`` is committed (None) or the run ends for this node (the reason)."""

@@ -302,6 +302,8 @@ class Watch:
 
     def __init__(self, store: Store, prefix: str, start_revision: int) -> None:
         self.events: queue.Queue[Event] = queue.Queue()
+        #: Set (and queued) when the stream ended by itself.
+        self.lost: Event | None = None
         self._closed = threading.Event()
         client = store.client
         request = {
@@ -353,14 +355,19 @@ class Watch:
         except Exception as err:  # the stream broke: any error ends the watch the same way
             why = f"the watch stream broke: {type(err).__name__}"
         if not self._closed.is_set():
-            self.events.put(Event("lost", why=why))
+            self.lost = Event("lost", why=why)
+            self.events.put(self.lost)
 
     def get(self, timeout_s: float | None) -> Event | None:
-        """The next event, or None after ``timeout_s``."""
+        """The next event, or None after ``timeout_s``.
+
+        Once the watch is lost, every call after the queued events returns the
+        ``lost`` event again: whoever reads next learns it too.
+        """
         try:
-            return self.events.get(timeout=timeout_s)
+            return self.events.get(timeout=0 if self.lost is not None else timeout_s)
         except queue.Empty:
-            return None
+            return self.lost
 
     def close(self) -> None:
         """Stop the watch (no ``lost`` event for this end)."""
