@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -31,6 +32,15 @@ def lab_available() -> str | None:
     return None
 
 
+def _already_private() -> bool:
+    """True when another suite's fixture already moved this process into a private mount namespace."""
+    for name in ("tests.db.conftest", "tests.privileged.conftest"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "_namespace_entered", False):
+            return True
+    return False
+
+
 @pytest.fixture(scope="session")
 def lab_namespace() -> None:
     """Skip without the lab's parts; enter a private mount namespace once."""
@@ -41,7 +51,10 @@ def lab_namespace() -> None:
     if not _entered:
         from quiesce.sandbox import enter_private_mount_namespace
 
-        enter_private_mount_namespace()
+        # Another suite's fixture may have moved the process already: one private namespace
+        # is enough, and a second unshare while threads run would split them across two.
+        if not _already_private():
+            enter_private_mount_namespace()
         _entered = True
 
 

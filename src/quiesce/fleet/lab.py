@@ -35,6 +35,7 @@ from typing import Any
 from quiesce.fleet import FleetError
 from quiesce.fleet.labnode import (
     Node,
+    detach_if_ours,
     kill_namespace_leftovers,
     ns_argv,
     set_config,
@@ -233,7 +234,7 @@ class Lab:
         node.mount_ns_fd = os.open(f"/proc/{node.host.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         # Mounted now: detaching marks the loop device to go with its last user, so even a
         # lab that is killed leaves no attached device behind.
-        subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
+        detach_if_ours(device, image)
         return node
 
     def _write_config(self, node: Node, host_dir: Path) -> None:
@@ -398,7 +399,7 @@ class Lab:
             if node.host is not None and node.host.stdout is not None:
                 node.host.stdout.close()
             kill_namespace_leftovers(node)
-            subprocess.run(["losetup", "-d", node.device], check=False, capture_output=True)
+            detach_if_ours(node.device, node.image)
         stop_process(self.etcd)
         if self._pool is not None:
             if self._store is not None:

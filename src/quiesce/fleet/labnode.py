@@ -85,6 +85,24 @@ class Node:
         return thaw_quietly(f"/proc/{self.host.pid}/root{self.mount_point}")
 
 
+def detach_if_ours(device: str, image: Path) -> bool:
+    """``losetup -d`` the device only while it is still backed by our image.
+
+    A device marked to detach with its last user may already be gone, and
+    its number taken by someone else's image: that one is left alone.
+    """
+    name = os.path.basename(device)
+    try:
+        with open(f"/sys/block/{name}/loop/backing_file") as f:
+            backing = f.read().strip()
+    except OSError:
+        return False  # not attached any more
+    if backing != str(image):
+        return False
+    subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
+    return True
+
+
 def kill_namespace_leftovers(node: Node) -> list[int]:
     """SIGKILL what still runs in the node's own mount namespace (a database server the test left).
 

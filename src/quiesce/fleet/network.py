@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 
 
 class Network:
@@ -56,9 +57,9 @@ class Network:
         with IPRoute(netns=self.hub) as ipr:
             ipr.link("add", ifname=outer, kind="veth", peer={"ifname": inner, "net_ns_fd": ns})
             br = ipr.link_lookup(ifname=self.bridge)[0]
-            ipr.link("set", index=ipr.link_lookup(ifname=outer)[0], master=br, state="up")
+            ipr.link("set", index=_lookup(ipr, outer), master=br, state="up")
         with IPRoute(netns=ns) as ipr:
-            idx = ipr.link_lookup(ifname=inner)[0]
+            idx = _lookup(ipr, inner)
             ipr.addr("add", index=idx, address=self.address(host), prefixlen=24)
             ipr.link("set", index=idx, state="up")
         return ns
@@ -68,7 +69,7 @@ class Network:
         from pyroute2 import IPRoute
 
         with IPRoute(netns=self.hub) as ipr:
-            idx = ipr.link_lookup(ifname=f"{self.prefix}-h{tag}")[0]
+            idx = _lookup(ipr, f"{self.prefix}-h{tag}")
             ipr.link("set", index=idx, state="up" if up else "down")
 
     def remove(self) -> None:
@@ -81,3 +82,13 @@ class Network:
             with contextlib.suppress(OSError):
                 netns.remove(name)
         self._made.clear()
+
+
+def _lookup(ipr: object, name: str) -> int:
+    """An interface's index; a just-created veth end can take a moment to show in its namespace."""
+    for _ in range(100):
+        found = ipr.link_lookup(ifname=name)  # type: ignore[attr-defined]
+        if found:
+            return int(found[0])
+        time.sleep(0.02)
+    raise OSError(f"interface {name} did not appear")
