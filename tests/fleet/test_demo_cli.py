@@ -68,9 +68,14 @@ def test_bad_group_name_and_both_member_options_are_usage_errors(capsys):
 
 
 def test_unreachable_etcd_is_an_error(capsys):
-    """Nothing listens: exit 1 with a message naming etcd."""
+    """Nothing listens: exit 1 with a message naming etcd; the caller's SIGTERM handler is left as it was."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
     assert main(["fleet", "status", "--etcd", "http://127.0.0.1:9", "--group", "g"]) == 1
     assert "etcd" in capsys.readouterr().err
+    assert main(["fleet", "run", "--etcd", "http://127.0.0.1:9", "--group", "g", "--timeout", "0.1"]) == 1
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.privileged

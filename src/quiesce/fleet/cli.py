@@ -113,9 +113,12 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # the run writes abort and revokes its lease on the way out
 
-    signal.signal(signal.SIGTERM, stop)
-    with _store(args) as store:
-        result = fleet_run(store, args.group, opts, say)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with _store(args) as store:
+            result = fleet_run(store, args.group, opts, say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
