@@ -33,6 +33,7 @@ from quiesce.errors import (
     TargetError,
     ThawError,
 )
+from quiesce.fleet import cli as fleet_cli
 from quiesce.freeze import (
     DEFAULT_STEP_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -1306,6 +1307,8 @@ def build_parser() -> argparse.ArgumentParser:
         "guardian are alive, the lock (and its holder while held), and how the last freeze ended.",
     )
     p.set_defaults(func=cmd_status)
+
+    fleet_cli.add_parsers(sub, common)
     return parser
 
 
