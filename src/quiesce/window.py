@@ -198,7 +198,7 @@ class Window:
         try:
             self.options.before_freeze(freeze)
         except Exception as err:  # the caller's step: any failure aborts before the first FIFREEZE
-            entry.status, entry.detail = FAILED, f"aborted before the freeze: {err}"
+            entry.status, entry.detail = "aborted", f"aborted before the freeze: {err}"
             self.result.set_error(*FREEZE_ABORTED, f"aborted before the freeze: {err}")
             return False
         return True
