@@ -77,6 +77,9 @@ step supervise cc -- \
 step scaling "${loop_tools[@]}" -- \
     "$PYTHON" bench/scaling.py --ns 1,4 --reps 1 --warmup 0 --cold-reps 1 --cold-pause 0.1 --no-results
 
+step fleet "${loop_tools[@]}" etcd nsenter mkfs.xfs -- \
+    "$PYTHON" bench/fleet.py --agents 2 --cycles 1 --single 1 --sequential 1 --rcu off --no-out
+
 if "$PYTHON" -c "import pytest_benchmark" >/dev/null 2>&1; then
     step pytest-bench "${loop_tools[@]}" -- \
         "$PYTHON" -m pytest bench -q --benchmark-disable -p no:cacheprovider

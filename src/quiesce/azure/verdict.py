@@ -32,6 +32,8 @@ FREEZE_TIMEOUT = ("FsFreezeTimeout", 122)
 #: an error of quiesce's own between the pre and the post steps (recorded; the post steps ran).
 SNAPSHOT_FAILED = ("SnapshotFailed", None)
 RUN_ERROR = ("RunError", None)
+#: ``RunOptions.before_freeze`` raised: the window was abandoned before the first FIFREEZE.
+FREEZE_ABORTED = ("FreezeAborted", None)
 
 #: Better results rank higher.
 RANK = {FAILED: 0, CRASH: 1, FILESYSTEM: 2, APPLICATION: 3}

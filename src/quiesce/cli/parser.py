@@ -4,8 +4,9 @@ Options several commands share come from parent parsers, each defined once
 (:class:`Parents`): ``--json`` and ``--run-dir`` (every command), Azure's
 vmbackup.conf, the filesystem selection (``mounts``, ``freeze``), the config
 files (``run``, ``check``), the freeze's tuning (``freeze``, ``bench``), the
-wait for a holder (``thaw``, ``recover``). ``bench`` and ``qga`` register
-their own subcommands (:mod:`quiesce.bench.command`, :mod:`quiesce.qga.command`).
+wait for a holder (``thaw``, ``recover``). ``bench``, ``qga`` and the
+fleet's ``agent`` and ``fleet`` register their own subcommands
+(:mod:`quiesce.bench.command`, :mod:`quiesce.qga.command`, :mod:`quiesce.fleet.cli`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from quiesce.cli.run import cmd_check, cmd_demo, cmd_run
 from quiesce.cli.status import cmd_status
 from quiesce.engine.freeze import DEFAULT_FREEZE_TIMEOUT_S, DEFAULT_STEP_TIMEOUT_S
 from quiesce.engine.rundir import RUN_DIR
+from quiesce.fleet import cli as fleet_cli
 from quiesce.qga import command as qga_command
 
 _positive_seconds = seconds(0, MAX_SECONDS, low_open=True)
@@ -351,4 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
         "guardian are alive, the lock (and its holder while held), and how the last freeze ended.",
     )
     p.set_defaults(func=cmd_status)
+
+    fleet_cli.add_parsers(sub, shared.common)
     return parser

@@ -73,6 +73,11 @@ class RunOptions:
     #: raises, the snapshotter was never told: the hold ends at once, not trusted.
     on_hold: Callable[[HoldAnnouncement], None] | None = None
     hold_stdin: bool = True
+    #: Called after the pre steps, the pre-flush and the guardian's arming,
+    #: just before the first FIFREEZE (a fleet agent's barrier). Raising
+    #: from it aborts the window: nothing is frozen, the post steps run, the
+    #: run is not consistent (``FreezeAborted``).
+    before_freeze: Callable[[Freeze], None] | None = None
     #: SIGTERM/SIGINT/SIGHUP stop the run (thaw, post steps, report), SIGUSR1
     #: (``quiesce thaw``) ends a window early. Needs the main thread; the CLI
     #: sets it, an embedding tool handles its own.

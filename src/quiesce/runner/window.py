@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from quiesce.azure.config import PluginConfig, SnapshotMode
-from quiesce.azure.verdict import FREEZE_FAILED, FREEZE_TIMEOUT, SNAPSHOT_FAILED
+from quiesce.azure.verdict import FREEZE_ABORTED, FREEZE_FAILED, FREEZE_TIMEOUT, SNAPSHOT_FAILED
 from quiesce.engine.freeze import Freeze, FreezeOptions
 from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Target
@@ -117,6 +117,8 @@ class Window:
                     self.interrupts.check()
                     if self.interrupts.thaw_requested:
                         state = self._released_before(entry, "the freeze")
+                    elif not self._cleared_to_freeze(freeze, entry):
+                        state = FAILED
                     else:
                         state = self._step(freeze, targets, entry, None)
                 except BaseException as err:
@@ -191,6 +193,18 @@ class Window:
         freeze.freeze()
         entry.detail = "mode none: the snapshot is taken by the caller while frozen"
         return self._not_released(entry)
+
+    def _cleared_to_freeze(self, freeze: FreezeLike, entry: Phase) -> bool:
+        """Ask ``options.before_freeze`` (a fleet agent's barrier); False, nothing frozen, if it raised."""
+        if self.options.before_freeze is None or not isinstance(freeze, Freeze):
+            return True
+        try:
+            self.options.before_freeze(freeze)
+        except Exception as err:  # the caller's step: any failure aborts before the first FIFREEZE
+            entry.status, entry.detail = "aborted", f"aborted before the freeze: {err}"
+            self.result.set_error(*FREEZE_ABORTED, f"aborted before the freeze: {err}")
+            return False
+        return True
 
     def _released_before(self, entry: Phase, what: str) -> str:
         """A release (`quiesce thaw`, or a signal in hold mode) came before ``what``: no snapshot."""

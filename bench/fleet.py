@@ -1,0 +1,230 @@
+"""The fleet's figures: one cut across 4, 8 and 16 agents, side by side with per-VM sequential snapshots.
+
+Run as root from the repository root (etcd-server, xfsprogs, e2fsprogs and
+``quiesce[fleet]`` installed)::
+
+    python bench/fleet.py [--agents 4,8,16] [--cycles 20] [--single 10] [--sequential 2]
+                          [--rcu off|on|both] [--json out.json] [--out bench/FLEET.md]
+
+Each size builds a lab (``quiesce.fleet.lab``: etcd and N agents, each in its
+own network and mount namespace with its own ext4 loop filesystem; snapshot
+step ``none``, so what is timed is the coordination) and measures, per fleet
+run, from the nodes' own records (all on this machine's CLOCK_MONOTONIC):
+
+- freeze skew: first FIFREEZE start to last FIFREEZE end, across the nodes;
+- fleet window: first FIFREEZE start to last FITHAW end;
+- coordination overhead: the last node's ``ready`` to the last FIFREEZE end;
+- each node's own window (its first FIFREEZE to its last FITHAW);
+
+and, for comparison, a node's single-node window (``quiesce run`` with the
+same config, no fleet), and the per-VM sequential pattern (one node after
+another, each its own one-node run): its span from the first freeze to the
+last thaw. ``--rcu on`` sets ``/sys/kernel/rcu_expedited`` for the whole
+measurement and restores it (the agents' own ``expediteRcu`` would race on
+one machine); ``off`` leaves it as found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RCU = Path("/sys/kernel/rcu_expedited")
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def _dones(lab: Any, run_id: str) -> list[dict[str, Any]]:
+    from quiesce.fleet.coordinator import read_run
+    from quiesce.fleet.protocol import Keys
+
+    view = lab.client_call(lambda s: read_run(s, Keys("lab"), run_id))
+    return [view.node("done", n).value for n in view.members]
+
+
+def fleet_cycle(lab: Any) -> dict[str, float]:
+    """One fleet run; its figures in ms."""
+    code, out = lab.fleet_run("--deadline", "10")
+    if code != 0:
+        raise RuntimeError(f"fleet run failed: {out.get('error') or out.get('abort')}")
+    d = _dones(lab, out["run_id"])
+    first = min(x["freeze_start_mono_ns"] for x in d)
+    return {
+        "skew": (max(x["freeze_end_mono_ns"] for x in d) - first) / 1e6,
+        "window": (max(x["thaw_end_mono_ns"] for x in d) - first) / 1e6,
+        "overhead": (max(x["freeze_end_mono_ns"] for x in d) - max(x["ready_mono_ns"] for x in d)) / 1e6,
+        "nodes": [x["window_ns"] / 1e6 for x in d],
+    }
+
+
+def single_window(lab: Any, node: Any) -> float:
+    """A plain single-node ``quiesce run`` on the node, same config: its window in ms."""
+    argv = [
+        *lab.node_argv(node),
+        sys.executable,
+        "-m",
+        "quiesce",
+        "run",
+        "--config",
+        str(node.config),
+        "--no-pluginhost",
+        "--no-vmbackup-conf",
+        "--run-dir",
+        str(node.run_dir),
+        "--json",
+        "--log-format",
+        "none",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    result = json.loads(done.stdout)
+    return float(result["freeze"]["window_ns"]) / 1e6
+
+
+def sequential(lab: Any) -> dict[str, float]:
+    """Per-VM snapshots one after another (each a one-node run): first freeze to last thaw, in ms."""
+    starts, ends = [], []
+    for node in lab.nodes:
+        code, out = lab.fleet_run("--members", node.name, "--deadline", "10")
+        if code != 0:
+            raise RuntimeError(f"one-node run failed: {out}")
+        (d,) = _dones(lab, out["run_id"])
+        starts.append(d["freeze_start_mono_ns"])
+        ends.append(d["thaw_end_mono_ns"])
+    return {"span": (max(ends) - min(starts)) / 1e6}
+
+
+def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """All figures for one fleet size."""
+    from quiesce.fleet.lab import Lab
+
+    with Lab(n, deadline_s=10.0, snapshot_command=False, writer=False) as lab:
+        for _ in range(2):  # warm-up: imports, connections, first freezes
+            fleet_cycle(lab)
+        cycles = [fleet_cycle(lab) for _ in range(args.cycles)]
+        singles = [single_window(lab, lab.nodes[k % n]) for k in range(args.single)]
+        seq = [sequential(lab)["span"] for _ in range(args.sequential)]
+    nodes = [w for c in cycles for w in c["nodes"]]
+    row: dict[str, Any] = {"agents": n, "cycles": len(cycles)}
+    for key in ("skew", "window", "overhead"):
+        vals = [c[key] for c in cycles]
+        row[key] = {"p50": pct(vals, 50), "p99": pct(vals, 99), "max": max(vals)}
+    row["node_window"] = {"p50": pct(nodes, 50), "p99": pct(nodes, 99), "max": max(nodes)}
+    row["single_window"] = {"p50": pct(singles, 50), "p99": pct(singles, 99), "max": max(singles)}
+    row["sequential_span"] = {"p50": pct(seq, 50), "max": max(seq)}
+    row["node_vs_single_p50"] = row["node_window"]["p50"] / row["single_window"]["p50"]
+    return row
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The markdown report."""
+    out = [
+        "# Fleet figures",
+        "",
+        "Written by `bench/fleet.py`. Each table is one run on one machine: compare within it.",
+        "",
+        f"- machine: {doc['machine']}",
+        f"- command: `{doc['command']}`",
+        f"- load average at start {doc['load_start']}, at end {doc['load_end']} "
+        "(a shared 2-core machine: other people's tests were running)",
+        f"- duration: {doc['duration_s']:.0f} s",
+        "",
+    ]
+    for variant in doc["variants"]:
+        out += [
+            f"## rcu_expedited {variant['rcu']}",
+            "",
+            "| agents | skew p50 / p99 | fleet window p50 / p99 | ready→frozen p50 / p99 "
+            "| node window p50 / p99 | single-node window p50 / p99 | node/single p50 "
+            "| per-VM sequential span p50 |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in variant["rows"]:
+
+            def pp(k: str, row: dict[str, Any] = r) -> str:
+                return f"{row[k]['p50']:.1f} / {row[k]['p99']:.1f}"
+
+            out.append(
+                f"| {r['agents']} | {pp('skew')} | {pp('window')} | {pp('overhead')} | {pp('node_window')} "
+                f"| {pp('single_window')} | {r['node_vs_single_p50']:.1f}x "
+                f"| {r['sequential_span']['p50']:.0f} |"
+            )
+        out.append("")
+        big = next(r for r in variant["rows"] if r["agents"] == max(x["agents"] for x in variant["rows"]))
+        out += [
+            f"Goals at {big['agents']} agents (ms, p99 over {big['cycles']} runs): fleet window "
+            f"{big['window']['p99']:.1f} (goal ≤ 50: {'met' if big['window']['p99'] <= 50 else 'NOT met'}), "
+            f"skew {big['skew']['p99']:.1f} (goal ≤ 20: {'met' if big['skew']['p99'] <= 20 else 'NOT met'}), "
+            f"node window p50 {big['node_vs_single_p50']:.1f}x the single-node one (goal ≤ 2x: "
+            f"{'met' if big['node_vs_single_p50'] <= 2 else 'NOT met'}).",
+            "",
+        ]
+    out.append(
+        "All times in ms, CLOCK_MONOTONIC of this one machine (the agents share it here; on real "
+        "machines the verdict uses etcd revisions, never clocks)."
+    )
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    """Measure and write the report."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", default="4,8,16")
+    p.add_argument("--cycles", type=int, default=20)
+    p.add_argument("--single", type=int, default=10)
+    p.add_argument("--sequential", type=int, default=2)
+    p.add_argument("--rcu", choices=("off", "on", "both"), default="both")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--out", default=str(Path(__file__).with_name("FLEET.md")), metavar="PATH")
+    p.add_argument("--no-out", action="store_true")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("bench/fleet.py: must run as root (namespaces, loop devices, FIFREEZE)", file=sys.stderr)
+        return 2
+    from quiesce.sandbox import enter_private_mount_namespace
+
+    enter_private_mount_namespace()
+    started = time.monotonic()
+    load_start = os.getloadavg()
+    original = RCU.read_text().strip() if RCU.exists() else None
+    variants = []
+    try:
+        for rcu in ["off", "on"] if args.rcu == "both" else [args.rcu]:
+            if original is not None:
+                RCU.write_text("1" if rcu == "on" else original)
+            rows = [measure(int(n), args) for n in args.agents.split(",")]
+            variants.append({"rcu": rcu, "rows": rows})
+    finally:
+        if original is not None:
+            RCU.write_text(original)
+    doc = {
+        "machine": f"{os.cpu_count()} CPUs, kernel {platform.release()}, Python {platform.python_version()}",
+        "command": shlex.join(["python", *sys.argv]),
+        "load_start": " ".join(f"{x:.2f}" for x in load_start),
+        "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "duration_s": time.monotonic() - started,
+        "variants": variants,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+    text = render(doc)
+    if not args.no_out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""``quiesce agent``: one node of a fleet, serving fleet runs with the node's own config.
+
+The agent registers ``members/<node>`` under a lease it keeps alive, then
+watches its group's ``runs/``. A run whose spec names it is served by
+:class:`~quiesce.fleet.noderun.NodeRun` around ``quiesce.run`` with the
+node's own Azure config (its scripts, hooks, targets, snapshot command), its
+freeze deadline capped at the fleet's. It acts only on its own group's keys;
+a run that names it while it is busy, or that it cannot serve, gets an
+``abort`` saying why, so nobody waits for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import quiesce
+from quiesce.fleet.noderun import FleetAbort, NodeRun, with_deadline
+from quiesce.fleet.protocol import NOT_FROZEN, Keys, Record, check_name
+from quiesce.fleet.store import Event, Security, Store, Watch
+
+#: The agent's registration lease; etcd's minimum is about 2 s.
+DEFAULT_TTL_S = 5
+#: How long the agent keeps trying to write its result after a run.
+REPORT_RETRY_S = 30.0
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """How an agent runs."""
+
+    endpoints: tuple[str, ...]
+    group: str
+    node: str
+    config_path: str
+    run_dir: str = "/run/quiesce"
+    pluginhost_path: str | None = "/etc/azure/VMSnapshotPluginHost.conf"
+    vmbackup_conf: str | None = "/etc/azure/vmbackup.conf"
+    ttl_s: int = DEFAULT_TTL_S
+    security: Security = dataclasses.field(default_factory=Security)
+
+
+class Agent:
+    """A long-running fleet agent (see the module doc)."""
+
+    def __init__(self, options: AgentOptions, log: Callable[[str], None] | None = None) -> None:
+        self.options = options
+        check_name("group", options.group)
+        check_name("node", options.node)
+        self.keys = Keys(options.group)
+        self.store = Store(options.endpoints, options.security)
+        # A second connection for the liveness probe while frozen, so a probe
+        # stuck on a dead etcd never delays the main thread's watch.
+        self._probe_store = Store(options.endpoints, options.security, timeout_s=0.5)
+        # The writes inside the window, on their own connection with a short timeout.
+        self._window_store = Store(options.endpoints, options.security, timeout_s=1.0)
+        self.log = log or (lambda _line: None)
+        self.lease: int | None = None
+        self._stop_keepalive: Callable[[], None] | None = None
+        self._lease_lost = threading.Event()
+        self.state: dict[str, Any] = {"state": "idle"}
+        self.runs_served = 0
+        self._since = time.time()
+        #: Set by SIGTERM: a run in progress ends now (thaw, post steps), then the agent exits.
+        self.stopping = threading.Event()
+
+    # -- registration ----------------------------------------------------------
+
+    def register(self) -> None:
+        """Put ``members/<node>`` under a fresh lease kept alive by a thread."""
+        if self._stop_keepalive is not None:
+            self._stop_keepalive()
+        self._lease_lost.clear()
+        self.lease = self.store.grant(self.options.ttl_s)
+        self._publish()
+        self._stop_keepalive = self.store.keep_alive(
+            self.lease, self.options.ttl_s, lambda why: self._lease_lost.set()
+        )
+        self.log(f"registered as {self.options.node} in group {self.options.group}")
+
+    def _publish(self) -> None:
+        info = {
+            "node": self.options.node,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since_unix": self._since,
+            "config": self.options.config_path,
+            "runs_served": self.runs_served,
+            **self.state,
+        }
+        self.store.put(self.keys.member(self.options.node), info, lease=self.lease)
+
+    # -- the loop ----------------------------------------------------------------
+
+    def serve(self, stop: threading.Event | None = None, max_runs: int | None = None) -> None:
+        """Serve runs until ``stop`` is set (or ``max_runs`` were served); reconnects when etcd is lost."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                if self.lease is None or self._lease_lost.is_set():
+                    self.register()
+                self._watch_runs(stop, max_runs)
+                if max_runs is not None and self.runs_served >= max_runs:
+                    return
+            except quiesce.QuiesceError as err:
+                self.log(f"etcd: {err}; retrying")
+                self.lease = None
+                stop.wait(0.5)
+            except Exception as err:  # a long-running agent outlives one bad answer; say what it was
+                self.log(f"unexpected {type(err).__name__}: {err}; retrying")
+                self.lease = None
+                stop.wait(0.5)
+
+    def close(self) -> None:
+        """Leave the group: revoke the lease (the registration goes at once)."""
+        if self._stop_keepalive is not None:
+            self._stop_keepalive()
+        if self.lease is not None:
+            with contextlib.suppress(quiesce.QuiesceError):  # etcd gone: the lease expires on its own
+                self.store.revoke(self.lease)
+        self.store.close()
+        self._probe_store.close()
+        self._window_store.close()
+
+    def _watch_runs(self, stop: threading.Event, max_runs: int | None) -> None:
+        revision, records = self.store.get_prefix(self.keys.runs)
+        watch = self.store.watch(self.keys.runs, revision + 1)
+        try:
+            for run_id, spec in self._catch_up(records):
+                self.serve_run(run_id, spec, watch)
+            while not stop.is_set():
+                if self._lease_lost.is_set():
+                    return
+                ev = watch.get(0.5)
+                if ev is None:
+                    continue
+                if ev.kind == "lost":
+                    self.log(f"watch lost: {ev.why}")
+                    return
+                parsed = self.keys.parse(ev.key)
+                if parsed is None or parsed[1] != "spec" or ev.kind != "put" or ev.value is None:
+                    continue
+                if self.options.node not in ev.value.get("members", []):
+                    continue
+                self.serve_run(parsed[0], ev.value, watch)
+                if max_runs is not None and self.runs_served >= max_runs:
+                    return
+        finally:
+            watch.close()
+
+    def _catch_up(self, records: dict[str, Record]) -> list[tuple[str, dict[str, Any]]]:
+        """Runs naming this node that it has not finished, found on (re)connecting.
+
+        One still waiting for its members (no ``freeze`` yet) is joined: returned
+        to be served. One past its barrier cannot be (this agent restarted, or was
+        cut off, in it): its ``done`` says so, with an ``abort`` if the run is still
+        going. One whose coordinator is gone gets its ``done`` too, so every member
+        of every run has reported.
+        """
+        node = self.options.node
+        join = []
+        for key, rec in sorted(records.items()):
+            parsed = self.keys.parse(key)
+            if parsed is None or parsed[1] != "spec" or node not in rec.value.get("members", []):
+                continue
+            run_id = parsed[0]
+
+            def k(what: str, who: str | None = None, r: str = run_id) -> str:
+                return self.keys.key(r, what, who)
+
+            if k("done", node) in records or k("verdict") in records:
+                continue
+            alive = k("alive") in records
+            if alive and k("freeze") not in records and k("abort") not in records:
+                join.append((run_id, dict(rec.value)))
+                continue
+            why = (
+                "the agent restarted or reconnected past this run's barrier; its part was lost"
+                if alive
+                else "the run was over before this agent could take part"
+            )
+            record = {"node": node, "thawed_by": "agent-restarted", "local": quiesce.FAILED, "error": why}
+            self.store.put(k("done", node), record)
+            if alive:
+                self._abort(run_id, f"{node}: {why}")
+        return join
+
+    def _abort(self, run_id: str, reason: str) -> None:
+        try:
+            self.store.put(self.keys.key(run_id, "abort"), {"reason": reason, "by": self.options.node})
+        except quiesce.QuiesceError as err:
+            self.log(f"cannot write abort for {run_id}: {err}")
+
+    def _busy(self, ev: Event) -> None:
+        parsed = self.keys.parse(ev.key)
+        node = self.options.node
+        if parsed is not None and ev.value and node in ev.value.get("members", []):
+            why = f"{node} is busy with another run"
+            self._abort(parsed[0], why)
+            # Its part in that run is over before it began: say so, so nobody waits for it.
+            record = {"node": node, "thawed_by": NOT_FROZEN, "local": quiesce.FAILED, "error": why}
+            with contextlib.suppress(quiesce.QuiesceError):
+                self.store.put(self.keys.key(parsed[0], "done", node), record)
+
+    def _probe(self) -> bool:
+        if self.lease is None:
+            return False
+        try:
+            return self._probe_store.keepalive(self.lease) > 0
+        except quiesce.QuiesceError:
+            return False
+
+    # -- one run -----------------------------------------------------------------
+
+    def serve_run(self, run_id: str, spec: Mapping[str, Any], watch: Watch) -> dict[str, Any]:
+        """Take part in one run; returns the ``done/<node>`` record it wrote."""
+        node = self.options.node
+        self.log(f"run {run_id}: starting")
+        self.state = {"state": "running", "run": run_id}
+        self._publish_quietly()
+        part = NodeRun(
+            self.store, self.keys, node, run_id, spec, watch, self._probe, self._busy, self.stopping
+        )
+        result: quiesce.RunResult | None = None
+        error: str | None = None
+        config_error = False
+        try:
+            loaded = quiesce.load_config(self.options.config_path)
+            cfg = loaded.config
+            if not cfg.fs_freeze_enabled:
+                raise FleetAbort("fsFreezeEnabled is false here: this node cannot hold a fleet freeze")
+            snap = cfg.quiesce.snapshot
+            if snap.mode.value == "hold":
+                raise FleetAbort("snapshot mode hold cannot serve a fleet run (use command or none)")
+            part.spec_argv = tuple(snap.argv)
+            part.window_store = self._window_store
+            part.snapshot_timeout_s = float(snap.timeout_s or cfg.quiesce.freeze_timeout_s)
+            loaded = with_deadline(loaded, float(spec.get("deadline_s", cfg.quiesce.freeze_timeout_s)))
+            options = quiesce.RunOptions(
+                config_path=self.options.config_path,
+                pluginhost_path=self.options.pluginhost_path,
+                vmbackup_conf=self.options.vmbackup_conf,
+                run_dir=self.options.run_dir,
+                before_freeze=part.before_freeze,
+            )
+            result = quiesce.run(loaded, snapshot=part.snapshot, options=options)
+        except (quiesce.QuiesceError, FleetAbort) as err:
+            error = f"{type(err).__name__}: {err}"
+            config_error = isinstance(err, quiesce.ConfigError)
+        finally:
+            part.stop()
+        record = part.record(result, error)
+        record["config_error"] = config_error
+        record["node"] = node
+        reached_freeze = "ready_mono_ns" in part.times
+        if (
+            not part.snapshot_ok
+            and part.ending is None
+            and (not reached_freeze or "frozen_mono_ns" in part.times)
+        ):
+            # This node cannot go on: tell the others now instead of letting them wait.
+            self._abort(run_id, f"{node}: {record.get('error') or record.get('snapshot_detail') or 'failed'}")
+        self._report(run_id, record)
+        self.runs_served += 1
+        self.state = {
+            "state": "idle",
+            "last_run": run_id,
+            "last_local": record.get("local"),
+            "last_thawed_by": record.get("thawed_by"),
+        }
+        self._publish_quietly()
+        self.log(f"run {run_id}: {record.get('local')}, thawed by {record.get('thawed_by')}")
+        return record
+
+    def _report(self, run_id: str, record: dict[str, Any]) -> None:
+        """Write ``done/<node>``, retrying for a while: the verdict needs it (etcd may be back soon)."""
+        deadline = time.monotonic() + REPORT_RETRY_S
+        while True:
+            try:
+                self.store.put(self.keys.key(run_id, "done", self.options.node), record)
+                return
+            except quiesce.QuiesceError as err:
+                if time.monotonic() >= deadline or self.stopping.is_set():
+                    self.log(f"run {run_id}: cannot report the result: {err}")
+                    return
+                time.sleep(0.5)
+
+    def _publish_quietly(self) -> None:
+        try:
+            self._publish()
+        except quiesce.QuiesceError as err:
+            self.log(f"cannot update the registration: {err}")

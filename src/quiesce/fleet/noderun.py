@@ -1,0 +1,335 @@
+"""One node's part in one fleet run: the single-node run with a barrier before and inside its window.
+
+The node's own ``quiesce.run`` does everything local (its config, scripts,
+hooks, targets, guardian). Two callbacks tie it to the fleet:
+
+- ``before_freeze`` (after the pre steps, pre-flush and guardian arming):
+  write ``ready/<node>``, wait for ``freeze``. Anything else (``abort``, the
+  coordinator's lease gone, etcd lost, the wait timing out) raises: nothing
+  gets frozen, the post steps still run.
+- the snapshot step (inside the window): write ``frozen/<node>``, wait for
+  ``cut``, take the node's snapshot, write ``snapshotted/<node>``, wait for
+  ``thaw``. It returns at the latest at the node's own deadline, when its
+  guardian thaws anyway. Whatever ends the wait is recorded.
+
+Nothing here writes to a file while frozen: the only I/O is to etcd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import quiesce
+from quiesce.fleet.protocol import (
+    ABORT,
+    AGENT_STOPPED,
+    COORDINATOR_LOST,
+    DEADLINE,
+    ETCD_LOST,
+    NOT_FROZEN,
+    THAW,
+    Keys,
+)
+from quiesce.fleet.store import Event, Store, Watch
+
+#: How often, while waiting in a run, the node checks that etcd still answers.
+PROBE_INTERVAL_S = 0.25
+#: How long before its guardian's deadline a node stops waiting and thaws itself.
+EARLY_NS = 200_000_000
+
+
+class FleetAbort(Exception):
+    """The fleet run ended for this node before it could go on (the reason is the message)."""
+
+
+class NodeRun:
+    """This node's participation in run ``run_id`` (see the module doc)."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        node: str,
+        run_id: str,
+        spec: Mapping[str, Any],
+        watch: Watch,
+        probe: Callable[[], bool],
+        on_other_spec: Callable[[Event], None],
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.store, self.keys, self.node, self.run_id = store, keys, node, run_id
+        self.spec = spec
+        self.watch = watch
+        self._probe = probe
+        self._on_other_spec = on_other_spec
+        self._stopping = stopping or threading.Event()
+        self.seen: dict[str, int] = {}  # freeze/cut/thaw/abort -> revision
+        self.ending: str | None = None
+        self.abort_reason: str | None = None
+        self.thawed_by: str = NOT_FROZEN
+        self.thaw_revision: int | None = None
+        self.times: dict[str, int] = {}
+        self.snapshot_ok = False
+        self.snapshot_detail = ""
+        self.held = False
+        self._freeze: quiesce.Freeze | None = None
+        self._probe_stop = threading.Event()
+        self._probe_failed = threading.Event()
+
+    # -- waiting ---------------------------------------------------------------
+
+    def _handle(self, ev: Event) -> None:
+        if ev.kind == "lost":
+            self.ending = self.ending or ETCD_LOST
+            return
+        parsed = self.keys.parse(ev.key)
+        if parsed is None:
+            return
+        run, what, node = parsed
+        if run != self.run_id:
+            if what == "spec" and ev.kind == "put":
+                self._on_other_spec(ev)
+            return
+        if what == "alive" and ev.kind == "delete":
+            self.ending = self.ending or COORDINATOR_LOST
+        elif what == "abort" and ev.kind == "put":
+            self.seen["abort"] = ev.revision
+            self.abort_reason = str((ev.value or {}).get("reason", "aborted"))
+            self.ending = self.ending or ABORT
+        elif node is None and what in ("freeze", "cut", "thaw") and ev.kind == "put":
+            self.seen[what] = ev.revision
+
+    def _drain(self) -> None:
+        while (ev := self.watch.get(0)) is not None:
+            self._handle(ev)
+            if ev.kind == "lost":
+                return  # it stays lost: every later read returns it again
+
+    def wait_for(self, what: str, deadline_ns: int) -> str | None:
+        """Wait until ``what`` is committed (None) or the run ends for this node (the reason)."""
+        while True:
+            self._drain()
+            if self.ending is not None:
+                return self.ending
+            if what in self.seen:
+                return None
+            if self._probe_failed.is_set():
+                self.ending = ETCD_LOST
+                return self.ending
+            if self._stopping.is_set():
+                self.ending = AGENT_STOPPED
+                return self.ending
+            left = deadline_ns - time.monotonic_ns()
+            if left <= 0:
+                return DEADLINE
+            ev = self.watch.get(min(left / 1e9, PROBE_INTERVAL_S))
+            if ev is not None:
+                self._handle(ev)
+
+    def _probe_loop(self) -> None:
+        failures = 0
+        while not self._probe_stop.wait(PROBE_INTERVAL_S):
+            if self._probe():
+                failures = 0
+            else:
+                failures += 1
+                if failures >= 2:
+                    self._probe_failed.set()
+                    return
+
+    def _put(self, what: str, value: dict[str, Any], store: Store | None = None) -> int:
+        value = {**value, "node": self.node, "t_unix": time.time(), "t_mono_ns": time.monotonic_ns()}
+        return (store or self.store).put(self.keys.key(self.run_id, what, self.node), value)
+
+    # -- the two callbacks -------------------------------------------------------
+
+    def before_freeze(self, freeze: quiesce.Freeze) -> None:
+        """``RunOptions.before_freeze``: ready, then wait for ``freeze``; raise to abort."""
+        self._freeze = freeze
+        self._drain()
+        if self.ending is not None:
+            raise FleetAbort(self._why(self.ending))
+        threading.Thread(target=self._probe_loop, name="etcd-probe", daemon=True).start()
+        targets = [t.mount.mount_point for t in freeze.targets]
+        self.times["ready_mono_ns"] = time.monotonic_ns()
+        self._put("ready", {"targets": targets})
+        timeout_ns = int(float(self.spec.get("ready_timeout_s", 60)) * 1e9)
+        ending = self.wait_for("freeze", time.monotonic_ns() + timeout_ns)
+        if ending is not None:
+            raise FleetAbort(self._why(ending))
+        self._drain()  # an abort that came with the freeze wins: freeze nothing
+        if self.ending is not None:
+            raise FleetAbort(self._why(self.ending))
+
+    def snapshot(self) -> None:
+        """The snapshot step inside the window: frozen, cut, snapshot, snapshotted, thaw."""
+        freeze = self._freeze
+        assert freeze is not None
+        now = time.monotonic_ns()
+        left = freeze.remaining_ns() or 0
+        deadline = now + left
+        # Stop waiting a little before the guardian's deadline: the node thaws itself, in
+        # order, and the guardian stays the backstop (its wake-up is not delayed by ours).
+        wait_until = deadline - min(EARLY_NS, left // 10)
+        self.times["frozen_mono_ns"] = now
+        self.times["deadline_mono_ns"] = deadline
+        self.thawed_by = DEADLINE  # until something better ends the window
+        try:
+            self._put("frozen", {"deadline_in_ns": left}, self.window_store)
+        except quiesce.QuiesceError as err:
+            self.ending = ETCD_LOST
+            self.thawed_by = ETCD_LOST
+            raise FleetAbort(f"cannot report frozen: {err}") from err
+        ending = self.wait_for("cut", wait_until)
+        if ending is not None:
+            self.thawed_by = ending
+            raise FleetAbort(self._why(ending))
+        self._take_snapshot(freeze, wait_until)
+        try:
+            self._put(
+                "snapshotted",
+                {"ok": self.snapshot_ok, "detail": self.snapshot_detail, "held": self.held},
+                self.window_store,
+            )
+        except quiesce.QuiesceError:
+            self.ending = ETCD_LOST
+        ending = self.wait_for("thaw", wait_until)
+        self.thawed_by = THAW if ending is None else ending
+        if ending is None:
+            self.thaw_revision = self.seen["thaw"]
+        self._probe_stop.set()
+        if not self.snapshot_ok:
+            raise FleetAbort(f"snapshot step failed: {self.snapshot_detail}")
+
+    def stop(self) -> None:
+        """Stop the etcd probe (the run is over)."""
+        self._probe_stop.set()
+
+    def _why(self, ending: str) -> str:
+        if ending == ABORT:
+            return f"the fleet run was aborted: {self.abort_reason}"
+        return {
+            COORDINATOR_LOST: "the coordinator's lease is gone",
+            ETCD_LOST: "etcd stopped answering",
+            DEADLINE: "timed out waiting for the fleet",
+            AGENT_STOPPED: "the agent was told to stop",
+        }.get(ending, ending)
+
+    def _take_snapshot(self, freeze: quiesce.Freeze, deadline_ns: int) -> None:
+        """The node's own snapshot step: its config's command, or nothing (taken elsewhere)."""
+        self.times["snapshot_start_mono_ns"] = time.monotonic_ns()
+        argv = self.spec_argv
+        if argv:
+            timeout_s = min(self.snapshot_timeout_s, max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9))
+            self.snapshot_ok, self.snapshot_detail = _run_command(argv, timeout_s, self._command_env(freeze))
+        else:
+            self.snapshot_ok, self.snapshot_detail = True, "mode none: taken by the caller while frozen"
+        self.times["snapshot_end_mono_ns"] = time.monotonic_ns()
+        # The guardian has not thawed by now: the snapshot was taken frozen.
+        self.held = not freeze.guardian_fired
+        if not self.held:
+            self.snapshot_ok, self.snapshot_detail = False, "the guardian thawed before the snapshot ended"
+
+    #: Set by the agent from the node's config: the snapshot command and its timeout.
+    spec_argv: tuple[str, ...] = ()
+    snapshot_timeout_s: float = 10.0
+    #: The connection for the writes inside the window (a short request timeout).
+    window_store: Store | None = None
+
+    def _command_env(self, freeze: quiesce.Freeze) -> dict[str, str]:
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "QUIESCE_TARGETS": "\n".join(t.mount.mount_point for t in freeze.targets),
+            "QUIESCE_FLEET_RUN": self.run_id,
+            "QUIESCE_FLEET_GROUP": self.keys.group,
+            "QUIESCE_NODE": self.node,
+        }
+
+    def record(self, result: quiesce.RunResult | None, error: str | None = None) -> dict[str, Any]:
+        """``done/<node>``: why the node thawed and what its own run got."""
+        out: dict[str, Any] = {
+            "thawed_by": self.thawed_by,
+            "thaw_revision": self.thaw_revision,
+            "snapshot_ok": self.snapshot_ok,
+            "snapshot_detail": self.snapshot_detail,
+            "held_through_snapshot": self.held,
+            "abort_reason": self.abort_reason,
+            **self.times,
+        }
+        if result is None:
+            return {**out, "local": quiesce.FAILED, "error": error}
+        out["local"] = result.consistency
+        out["error"] = None if result.error_name is None else f"{result.error_name}: {result.message}"
+        out["pre"] = None if result.pre is None else result.pre.status
+        out["post"] = None if result.post is None else result.post.status
+        out["hooks_post"] = [r.status for r in result.hooks_post]
+        out["run_id_local"] = result.run_id
+        rep = result.freeze
+        if rep is not None and rep.window_start_ns is not None:
+            start = rep.window_start_ns
+            ends = [
+                start + t.freeze_at_ns + t.freeze_ns
+                for t in rep.targets
+                if t.freeze_at_ns is not None and t.freeze_ns
+            ]
+            firsts = [start + t.freeze_at_ns for t in rep.targets if t.freeze_at_ns is not None]
+            out["freeze_start_mono_ns"] = min(firsts, default=start)
+            out["freeze_end_mono_ns"] = max(ends, default=start)
+            out["window_ns"] = rep.window_ns
+            if rep.window_ns is not None:
+                out["thaw_end_mono_ns"] = start + rep.window_ns
+            thaws = [start + t.thaw_at_ns for t in rep.targets if t.thaw_at_ns is not None]
+            if thaws:
+                out["thaw_start_mono_ns"] = min(thaws)
+            out["guardian_reason"] = rep.guardian_reason
+            out["fs_states"] = [t.state for t in rep.targets]
+            # Wall-clock equivalents, for a reader on another machine (indicative only).
+            out["freeze_start_unix"] = (
+                result.started_unix + (out["freeze_start_mono_ns"] - result.started_ns) / 1e9
+            )
+        return out
+
+
+def _run_command(argv: tuple[str, ...], timeout_s: float, env: dict[str, str]) -> tuple[bool, str]:
+    """Run the node's snapshot command in its own session; killed with its group at the timeout."""
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as err:
+        return False, f"cannot start {argv[0]}: {err.strerror}"
+    try:
+        _, err_text = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return False, f"snapshot command timed out after {timeout_s:.1f} s"
+    if proc.returncode != 0:
+        tail = err_text.decode(errors="replace").strip()[-300:]
+        return False, f"snapshot command exited {proc.returncode}: {tail}"
+    return True, "snapshot command ok"
+
+
+def with_deadline(config: quiesce.LoadedConfig, deadline_s: float) -> quiesce.LoadedConfig:
+    """The node's config with its freeze deadline capped at the fleet's.
+
+    The node's snapshot command is run by :class:`NodeRun` inside the window
+    (after the cut): the engine gets a callable, so its own mode is unused.
+    """
+    ext = config.config.quiesce
+    timeout = min(ext.freeze_timeout_s, deadline_s)
+    cfg = dataclasses.replace(config.config, quiesce=dataclasses.replace(ext, freeze_timeout_s=timeout))
+    return dataclasses.replace(config, config=cfg)

@@ -1,0 +1,263 @@
+"""The fleet protocol on etcd: the key layout, and the verdict proved from revisions.
+
+Everything of a group lives under ``/quiesce/<group>/``::
+
+    members/<node>             an agent, attached to its own lease (gone when it dies)
+    runs/<run>/spec            the run: members, deadlines (written by the coordinator)
+    runs/<run>/alive           attached to the coordinator's lease: its loss ends the run
+    runs/<run>/ready/<node>    the node ran its pre steps, pre-flushed, armed its guardian
+    runs/<run>/freeze          one transaction: only if every ready exists and no abort
+    runs/<run>/frozen/<node>   the node is frozen
+    runs/<run>/cut             one transaction: only if every frozen exists and no abort
+    runs/<run>/snapshotted/<node>
+    runs/<run>/thaw            once every snapshot succeeded
+    runs/<run>/abort           anyone may write it; every node thaws on it
+    runs/<run>/done/<node>     after the node's post steps: why it thawed, its local result
+    runs/<run>/verdict         the coordinator's verdict, kept for ``fleet status``
+
+A node is part of the cut when, by etcd revision, ``frozen < cut <
+snapshotted``, its freeze held through its snapshot, and it thawed because it
+saw ``thaw`` (``thaw < done``, with the thaw revision it names). The
+revisions come from one etcd cluster, so the order needs no clock.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from quiesce import APPLICATION, CRASH, FAILED, FILESYSTEM
+
+ROOT = "/quiesce"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+#: Why a node thawed, as ``done/<node>`` names it.
+THAW = "thaw"  # it saw the coordinator's ``thaw``
+ABORT = "abort"
+COORDINATOR_LOST = "coordinator-lost"  # the coordinator's lease (``alive``) is gone
+ETCD_LOST = "etcd-lost"  # the watch ended or etcd stopped answering
+DEADLINE = "deadline"  # its own guardian's deadline
+NOT_FROZEN = "not-frozen"  # the run ended before this node froze
+AGENT_STOPPED = "agent-stopped"  # SIGTERM to the agent (systemd stop)
+
+#: Worst first, for combining nodes into the fleet's verdict.
+_RANK = {FAILED: 0, CRASH: 1, FILESYSTEM: 2, APPLICATION: 3}
+
+
+def check_name(kind: str, name: str) -> str:
+    """A group or node name: letters, digits, ``.``, ``_``, ``-``; at most 63 characters."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid {kind} name {name!r}: use letters, digits, '.', '_' or '-' (<= 63)")
+    return name
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one group (and one run within it)."""
+
+    group: str
+
+    @property
+    def prefix(self) -> str:
+        """Everything of the group: what an agent's etcd role is limited to."""
+        return f"{ROOT}/{self.group}/"
+
+    @property
+    def members(self) -> str:
+        """Where agents register."""
+        return f"{self.prefix}members/"
+
+    def member(self, node: str) -> str:
+        """One agent's registration."""
+        return f"{self.members}{node}"
+
+    @property
+    def runs(self) -> str:
+        """Where runs live."""
+        return f"{self.prefix}runs/"
+
+    def run(self, run_id: str) -> str:
+        """One run's prefix."""
+        return f"{self.runs}{run_id}/"
+
+    def key(self, run_id: str, what: str, node: str | None = None) -> str:
+        """A run's key: ``what`` alone (``freeze``) or per node (``ready``, ``node``)."""
+        return f"{self.run(run_id)}{what}" + ("" if node is None else f"/{node}")
+
+    def parse(self, key: str) -> tuple[str, str, str | None] | None:
+        """``(run, what, node)`` for a key under ``runs/``, else None."""
+        if not key.startswith(self.runs):
+            return None
+        parts = key[len(self.runs) :].split("/")
+        if len(parts) == 2:
+            return parts[0], parts[1], None
+        if len(parts) == 3:
+            return parts[0], parts[1], parts[2]
+        return None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One key of a run as read from etcd: its JSON value and its revisions."""
+
+    value: Mapping[str, Any]
+    mod_revision: int
+    create_revision: int = 0
+
+
+@dataclass
+class RunView:
+    """Every key of one run, by ``what`` and node, as read at one revision."""
+
+    run_id: str
+    single: dict[str, Record] = field(default_factory=dict)
+    per_node: dict[str, dict[str, Record]] = field(default_factory=dict)
+
+    def add(self, what: str, node: str | None, record: Record) -> None:
+        """File one key."""
+        if node is None:
+            self.single[what] = record
+        else:
+            self.per_node.setdefault(what, {})[node] = record
+
+    def node(self, what: str, node: str) -> Record | None:
+        """``what/<node>``, if written."""
+        return self.per_node.get(what, {}).get(node)
+
+    @property
+    def members(self) -> list[str]:
+        """The members the spec names."""
+        spec = self.single.get("spec")
+        return [] if spec is None else [str(m) for m in spec.value.get("members", [])]
+
+
+@dataclass
+class NodePart:
+    """What one node got in a run, and why."""
+
+    node: str
+    verdict: str
+    why: str
+    thawed_by: str | None = None
+    local: str | None = None
+    revisions: dict[str, int] = field(default_factory=dict)
+    window_ns: int | None = None
+    #: The node's own config was invalid (``quiesce run`` would exit 10).
+    config_error: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class Verdict:
+    """The fleet's verdict: the worst of its nodes' parts."""
+
+    run_id: str
+    consistency: str
+    cut_committed: bool
+    nodes: list[NodePart]
+    abort: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Every node's snapshot is part of one application-consistent cut."""
+        return self.consistency == APPLICATION
+
+    @property
+    def config_error(self) -> bool:
+        """The run failed and some node's own config was invalid."""
+        return self.consistency == FAILED and any(n.config_error for n in self.nodes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return {
+            "run_id": self.run_id,
+            "consistency": self.consistency,
+            "ok": self.ok,
+            "cut_committed": self.cut_committed,
+            "config_error": self.config_error,
+            "abort": self.abort,
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
+
+
+def judge(view: RunView) -> Verdict:
+    """The verdict of a run from its keys and their revisions (see the module doc)."""
+    cut = view.single.get("cut")
+    thaw = view.single.get("thaw")
+    abort = view.single.get("abort")
+    parts = [_node_part(view, m, cut, thaw) for m in view.members]
+    consistency = min((p.verdict for p in parts), key=_RANK.__getitem__, default=FAILED)
+    why = None if abort is None else str(abort.value.get("reason", "aborted"))
+    return Verdict(view.run_id, consistency, cut is not None, parts, why)
+
+
+def _node_part(view: RunView, node: str, cut: Record | None, thaw: Record | None) -> NodePart:
+    revs = {
+        what: rec.mod_revision
+        for what in ("ready", "frozen", "snapshotted", "done")
+        if (rec := view.node(what, node)) is not None
+    }
+    if cut is not None:
+        revs["cut"] = cut.mod_revision
+    if thaw is not None:
+        revs["thaw"] = thaw.mod_revision
+    done = view.node("done", node)
+    snap = view.node("snapshotted", node)
+    part = NodePart(node, FAILED, "", revisions=revs)
+    if done is not None:
+        part.thawed_by = _opt_str(done.value.get("thawed_by"))
+        part.local = _opt_str(done.value.get("local"))
+        window = done.value.get("window_ns")
+        part.window_ns = int(window) if isinstance(window, int) else None
+        part.config_error = bool(done.value.get("config_error"))
+    if cut is None:
+        part.why = "no cut was committed: no snapshot was taken"
+        return part
+    frozen = view.node("frozen", node)
+    if frozen is None or frozen.mod_revision >= cut.mod_revision:
+        part.why = "not frozen before the cut"  # cannot happen with the transaction; said if it did
+        return part
+    if snap is None or not snap.value.get("ok") or snap.mod_revision <= cut.mod_revision:
+        detail = "" if snap is None else f": {snap.value.get('detail') or 'failed'}"
+        part.why = f"no snapshot after the cut{detail}"
+        return part
+    if done is None:
+        part.why = "snapshot taken, but the node never reported (agent killed or cut off)"
+        return part
+    if part.local == FAILED:
+        part.why = f"its own run failed: {done.value.get('error') or 'see its result'}"
+        return part
+    held = bool(done.value.get("held_through_snapshot"))
+    if not held:
+        part.verdict, part.why = CRASH, "its freeze did not hold through its snapshot"
+        return part
+    clean = (
+        thaw is not None
+        and part.thawed_by == THAW
+        and done.value.get("thaw_revision") == thaw.mod_revision
+        and thaw.mod_revision < done.mod_revision
+    )
+    if not clean:
+        part.verdict = FILESYSTEM
+        part.why = f"in the cut, but it thawed by {part.thawed_by or 'unknown'}, not by the fleet's thaw"
+        return part
+    if part.local != APPLICATION:
+        part.verdict = FILESYSTEM if part.local in (FILESYSTEM, APPLICATION) else CRASH
+        part.why = f"in the cut; its own run was {part.local}: {done.value.get('error') or ''}".rstrip(": ")
+        return part
+    part.verdict, part.why = APPLICATION, "frozen < cut < snapshotted < thaw < done"
+    return part
+
+
+def _opt_str(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def worst(verdicts: Sequence[str]) -> str:
+    """The weakest of several consistency classes."""
+    return min(verdicts, key=_RANK.__getitem__, default=FAILED)

@@ -1,0 +1,122 @@
+"""``quiesce fleet demo`` end to end, and the fleet commands' parser and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from quiesce import APPLICATION, CRASH, FAILED, FILESYSTEM
+from quiesce.cli import build_parser, main
+from quiesce.fleet.cli import exit_for
+
+
+def test_exit_codes_follow_quiesce_run():
+    """0 application-consistent, 8 weaker, 9 failed."""
+    assert [exit_for(c) for c in (APPLICATION, FILESYSTEM, CRASH, FAILED)] == [0, 8, 8, 9]
+
+
+def test_parser_knows_agent_and_fleet():
+    """``agent`` and ``fleet run|status|demo`` parse with their options."""
+    p = build_parser()
+    a = p.parse_args(["agent", "--etcd", "http://e:2379", "--group", "g", "--name", "n1"])
+    assert (a.group, a.name, a.ttl) == ("g", "n1", 5)
+    r = p.parse_args(
+        [
+            "fleet",
+            "run",
+            "--etcd",
+            "https://e:2379",
+            "--group",
+            "g",
+            "--expect",
+            "3",
+            "--cacert",
+            "/ca",
+            "--user",
+            "u",
+            "--password-file",
+            "/pw",
+        ]
+    )
+    assert (r.expect, r.cacert, r.user, r.deadline) == (3, "/ca", "u", 10.0)
+    assert p.parse_args(["fleet", "demo", "--agents", "4"]).agents == 4
+
+
+def test_bad_group_name_and_both_member_options_are_usage_errors(capsys):
+    """A group name with a slash, or --members with --expect: exit 2, nothing contacted."""
+    assert main(["fleet", "run", "--etcd", "http://127.0.0.1:9", "--group", "a/b"]) == 2
+    assert (
+        main(
+            [
+                "fleet",
+                "run",
+                "--etcd",
+                "http://127.0.0.1:9",
+                "--group",
+                "g",
+                "--members",
+                "a",
+                "--expect",
+                "1",
+            ]
+        )
+        == 2
+    )
+
+
+def test_unreachable_etcd_is_an_error(capsys):
+    """Nothing listens: exit 1 with a message naming etcd; the caller's SIGTERM handler is left as it was."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["fleet", "status", "--etcd", "http://127.0.0.1:9", "--group", "g"]) == 1
+    assert "etcd" in capsys.readouterr().err
+    assert main(["fleet", "run", "--etcd", "http://127.0.0.1:9", "--group", "g", "--timeout", "0.1"]) == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.privileged
+@pytest.mark.timeout(300)
+def test_demo_takes_a_consistent_cut(lab_namespace):
+    """The demo's whole story with two agents: one cut, restored, consistent; JSON output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "quiesce", "fleet", "demo", "--agents", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["verdict"] == APPLICATION and out["cut_consistent"] and out["violations"] == []
+    assert out["writer_rounds"] > 10 and len(out["restored_tops"]) == 2 and min(out["restored_tops"]) > 0
+
+
+def test_without_the_fleet_extra_the_error_names_it():
+    """etcd3gw not installed: ``fleet status`` and ``agent`` exit 1 naming ``quiesce[fleet]``."""
+    code = (
+        "import sys; sys.modules['etcd3gw'] = None\n"
+        "from quiesce.cli import main\n"
+        "a = main(['fleet', 'status', '--etcd', 'http://127.0.0.1:9', '--group', 'g'])\n"
+        "b = main(['agent', '--etcd', 'http://127.0.0.1:9', '--group', 'g', '--name', 'n'])\n"
+        "print(a, b)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["1", "1"], done.stderr
+    assert done.stderr.count("pip install 'quiesce[fleet]'") == 2
+
+
+def test_teardown_never_kills_in_the_labs_own_mount_namespace(tmp_path):
+    """A node whose recorded namespace is the caller's own is refused, not swept."""
+    import os
+    from pathlib import Path
+
+    from quiesce.fleet.labnode import Node, kill_namespace_leftovers
+
+    node = Node(1, "n1", "none", "10.213.0.11", Path("/nonexistent"), "/dev/null", tmp_path)
+    node.mount_ns_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    with pytest.raises(RuntimeError, match="own"):
+        kill_namespace_leftovers(node)
+    assert node.mount_ns_fd is None

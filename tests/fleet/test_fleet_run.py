@@ -1,0 +1,260 @@
+"""Fleet runs on a lab of three agents: verdicts, revision order, the cut proof and its negative control."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from quiesce import APPLICATION, FAILED
+from quiesce.fleet.demo import Chain, restored_sequences
+from quiesce.fleet.writer import cut_violations
+
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
+
+
+def _first(timeline, key):
+    return min(r["revision"] for r in timeline if r["key"] == key)
+
+
+def _last(timeline, key):
+    return max(r["revision"] for r in timeline if r["key"] == key)
+
+
+def test_run_is_consistent_and_ordered_by_revision(lab3):
+    """Every node: ready < freeze < frozen < cut < snapshotted < thaw < done, by etcd revision; exit 0."""
+    code, out = lab3.fleet_run()
+    assert code == 0, out
+    assert out["consistency"] == APPLICATION and out["cut_committed"] and out["abort"] is None
+    tl = out["timeline"]
+    assert _last(tl, "ready") < _first(tl, "freeze") < _first(tl, "frozen")
+    assert _last(tl, "frozen") < _first(tl, "cut") < _first(tl, "snapshotted")
+    assert _last(tl, "snapshotted") < _first(tl, "thaw") < _first(tl, "done")
+    assert {n["node"] for n in out["nodes"]} == {"n1", "n2", "n3"}
+    for n in out["nodes"]:
+        assert n["thawed_by"] == "thaw" and n["local"] == APPLICATION and n["window_ns"] > 0
+    for node in lab3.nodes:
+        assert node.events()[-2:] == ["pre", "post ok ok"]
+    assert all(p.exists() for p in lab3.snapshots(out["run_id"]))
+
+
+def test_cut_proof_and_negative_control(lab3):
+    """Fleet cuts under the distributed writer restore consistent; per-VM one-by-one backups do not."""
+    chain = Chain(lab3)
+    try:
+        fleet_runs = []
+        for _ in range(3):
+            time.sleep(0.3)
+            code, out = lab3.fleet_run()
+            assert code == 0, out
+            fleet_runs.append(out["run_id"])
+        sequential = []
+        for node in lab3.nodes:
+            time.sleep(0.3)
+            code, out = lab3.fleet_run("--members", node.name)
+            assert code == 0, out
+            sequential.append(out["run_id"])
+    finally:
+        rounds = chain.stop()
+    assert rounds > 100
+    for run_id in fleet_runs:
+        seqs = restored_sequences(lab3, run_id)
+        assert seqs is not None and all(seqs)
+        assert cut_violations(seqs) == [], run_id
+    # The negative control: node k's snapshot from its own one-node run, taken one after another.
+    images = [lab3.snapshots(run_id)[k] for k, run_id in enumerate(sequential)]
+    from quiesce.fleet.writer import LOG_NAME, parse_seq
+
+    seqs = [parse_seq(lab3.restore(img, LOG_NAME)) for img in images]
+    violations = cut_violations(seqs)
+    assert violations, f"per-VM sequential snapshots unexpectedly consistent: {[len(s) for s in seqs]}"
+
+
+def test_status_shows_members_and_runs(lab3):
+    """``fleet status --json``: three healthy members, the last runs with each node's part."""
+    lab3.fleet_run()
+    argv = [
+        *lab3.client_argv(),
+        sys.executable,
+        "-m",
+        "quiesce",
+        "fleet",
+        "status",
+        "--etcd",
+        lab3.etcd_url,
+        "--group",
+        "lab",
+        "--json",
+        "--last",
+        "2",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert sorted(m["node"] for m in status["members"]) == ["n1", "n2", "n3"]
+    assert all(m["health"] == "idle" and m["last_thawed_by"] == "thaw" for m in status["members"])
+    assert len(status["runs"]) == 2 and status["missing"] == []
+    assert status["runs"][0]["consistency"] == APPLICATION and status["runs"][0]["state"] == "finished"
+    text = subprocess.run(argv[:-3], capture_output=True, text=True, timeout=60).stdout
+    assert "group lab: 3 agent(s) registered" in text
+
+
+def test_failed_pre_step_aborts_before_anything_freezes(lab3):
+    """One node's pre-script fails with continueBackupOnFailure false: abort, no node frozen, posts run."""
+    n2 = lab3.nodes[1]
+    lab3.set_config(n2, {"continueBackupOnFailure": False}, pre_extra="exit 3")
+    try:
+        code, out = lab3.fleet_run()
+    finally:
+        lab3.set_config(n2, {"continueBackupOnFailure": True}, pre_extra="")
+    assert code == 9, out
+    assert out["consistency"] == FAILED and not out["cut_committed"]
+    assert "n2" in out["abort"]
+    keys = {r["key"] for r in out["timeline"]}
+    assert "freeze" not in keys and "frozen" not in keys
+    for node in lab3.nodes:
+        assert node.events()[-1] == ("post skipped failed" if node is n2 else "post failed ok")
+    parts = {n["node"]: n for n in out["nodes"]}
+    assert parts["n1"]["thawed_by"] == "not-frozen" and parts["n1"]["local"] == FAILED
+
+
+def test_unregistered_member_is_an_error(lab3):
+    """``--members`` naming a node that never registered: exit 1 naming it, nothing written."""
+    code, out = lab3.fleet_run("--members", "n1,ghost", "--timeout", "1")
+    assert code == 1 and "ghost" in out["error"]
+
+
+def test_agents_act_only_on_their_group(lab3):
+    """A run written under another group's prefix naming our nodes gets no answer from them."""
+    spec = {"members": ["n1", "n2", "n3"], "deadline_s": 5, "ready_timeout_s": 5}
+    lab3.client_call(lambda s: s.put("/quiesce/other/runs/r1/spec", spec))
+    time.sleep(1.5)
+    _, keys = lab3.client_call(lambda s: s.get_prefix("/quiesce/other/"))
+    assert list(keys) == ["/quiesce/other/runs/r1/spec"]
+    code, out = lab3.fleet_run()  # and they still serve their own group
+    assert code == 0, out
+
+
+def test_invalid_node_config_exits_10(lab3):
+    """A node whose own config is invalid: the run aborts, nothing freezes, exit 10 naming the node."""
+    n3 = lab3.nodes[2]
+    lab3.set_config(n3, {"timeoutInSeconds": "30"})  # a string: IncorrectJSONConfigFile
+    try:
+        code, out = lab3.fleet_run()
+    finally:
+        lab3.set_config(n3, {"timeoutInSeconds": 30})
+    assert code == 10, out
+    assert out["config_error"] and not out["cut_committed"] and "n3" in out["abort"]
+    parts = {n["node"]: n for n in out["nodes"]}
+    assert parts["n3"]["config_error"] and not parts["n1"]["config_error"]
+
+
+def test_expect_counts_registered_agents(lab3):
+    """``--expect 3`` takes the three agents; ``--expect 2`` with three registered is an error."""
+    code, out = lab3.fleet_run("--expect", "3")
+    assert code == 0 and sorted(n["node"] for n in out["nodes"]) == ["n1", "n2", "n3"]
+    code, out = lab3.fleet_run("--expect", "2", "--timeout", "1")
+    assert code == 1 and "3 agents registered" in out["error"]
+
+
+def test_sigterm_to_the_coordinator_aborts_the_run(lab3):
+    """``fleet run`` stopped by SIGTERM: exit 130, ``abort`` written, nothing frozen, every post step runs."""
+    from quiesce.fleet.coordinator import read_run
+    from quiesce.fleet.protocol import Keys
+
+    n1 = lab3.nodes[0]
+    lab3.set_config(n1, {}, pre_extra="sleep 1.5")
+    try:
+        start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
+        proc = subprocess.Popen(lab3.fleet_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/runs/", start_rev + 1))
+        run_id = None
+        try:
+            while run_id is None:
+                ev = watch.get(20)
+                assert ev is not None and ev.kind == "put"
+                if ev.key.endswith("/ready/n2"):
+                    run_id = ev.key.split("/")[4]
+        finally:
+            watch.close()
+        proc.terminate()
+        proc.communicate(timeout=60)
+        assert proc.returncode == 130
+    finally:
+        lab3.set_config(n1, {}, pre_extra="")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        view = lab3.client_call(lambda s: read_run(s, Keys("lab"), run_id))
+        if all(view.node("done", n.name) for n in lab3.nodes):
+            break
+        time.sleep(0.2)
+    assert view.single["abort"].value["reason"] == "the coordinator was stopped"
+    assert "freeze" not in view.single
+    assert {view.node("done", n.name).value["thawed_by"] for n in lab3.nodes} == {"not-frozen"}
+    for node in lab3.nodes:
+        assert node.events()[-1].startswith("post")
+
+
+def test_a_second_run_while_one_is_in_progress_is_refused(lab3):
+    """Two coordinators at once: the busy nodes abort the second run, the first completes."""
+    n1 = lab3.nodes[0]
+    lab3.set_config(n1, {}, pre_extra="sleep 1.5")
+    try:
+        first = subprocess.Popen(lab3.fleet_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.8)
+        code2, out2 = lab3.fleet_run()
+        out1, _ = first.communicate(timeout=120)
+    finally:
+        lab3.set_config(n1, {}, pre_extra="")
+    assert first.returncode == 0, out1
+    assert json.loads(out1)["consistency"] == APPLICATION
+    assert code2 == 9 and "busy" in out2["abort"] and not out2["cut_committed"]
+
+
+def test_an_agent_that_comes_back_joins_a_run_waiting_for_it(lab3):
+    """Agent killed, a run naming it starts, the agent restarts: it joins at the barrier; consistent."""
+    n3 = lab3.nodes[2]
+    n3.agent.kill()
+    n3.agent.wait()
+    try:
+        # Its registration outlives it for the lease's TTL: the run still names it.
+        proc = subprocess.Popen(lab3.fleet_argv("--members", "n1,n2,n3"), stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+    finally:
+        lab3.start_agent(n3)
+    out, _ = proc.communicate(timeout=120)
+    result = json.loads(out)
+    assert proc.returncode == 0, result
+    assert result["consistency"] == APPLICATION
+    lab3.wait_registered()
+
+
+def test_agents_serve_again_after_etcd_was_killed_inside_a_run(lab3):
+    """etcd killed while the nodes wait in a run, then restarted: the next run is served and consistent."""
+    n1 = lab3.nodes[0]
+    lab3.set_config(n1, {}, pre_extra="sleep 1")
+    try:
+        start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
+        proc = subprocess.Popen(lab3.fleet_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/runs/", start_rev + 1))
+        try:
+            while True:  # n2 and n3 are ready and waiting at the barrier once n2's ready is in
+                ev = watch.get(20)
+                assert ev is not None and ev.kind == "put"
+                if ev.key.endswith("/ready/n2"):
+                    break
+        finally:
+            watch.close()
+        lab3.etcd.kill()
+        lab3.etcd.wait()
+        proc.communicate(timeout=120)
+        lab3.start_etcd()
+    finally:
+        lab3.set_config(n1, {}, pre_extra="")
+    time.sleep(3)  # the nodes' parts in the broken run end (etcd lost), their results go in
+    code, out = lab3.fleet_run("--timeout", "20")
+    assert code == 0, out
+    assert out["consistency"] == APPLICATION
