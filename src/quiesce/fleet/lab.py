@@ -283,7 +283,8 @@ class Lab:
             if want <= have:
                 return
             if time.monotonic() > deadline:
-                raise FleetError(f"agents not registered: {sorted(want - have)}")
+                missing = [n for n in self.nodes if n.name in want - have]
+                raise FleetError(f"agents not registered: {'; '.join(n.agent_state() for n in missing)}")
             time.sleep(0.1)
 
     # -- using it ----------------------------------------------------------------

@@ -78,6 +78,15 @@ class Node:
         except FileNotFoundError:
             return []
 
+    def agent_state(self) -> str:
+        """The agent for an error: the node's name, whether it still runs, its log's last lines."""
+        code = self.agent.poll() if self.agent is not None else None
+        try:
+            tail = " | ".join((self.home / "agent.log").read_text().splitlines()[-5:])
+        except OSError as err:
+            tail = f"(no log: {err.strerror})"
+        return f"{self.name} ({'running' if code is None else f'exited {code}'}): {tail or '(empty log)'}"
+
     def thaw_if_frozen(self) -> bool:
         """FITHAW the node's filesystem through its host's mount namespace; True if it was frozen."""
         if self.host is None or self.host.poll() is not None:
