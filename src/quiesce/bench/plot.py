@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -167,7 +168,7 @@ def _distributions(ax: Any, series: Mapping[str, Sequence[int]], title: str, xla
     if flat and max(flat) / min(flat) > 20:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 90))
     ax.grid(axis="x", alpha=0.3)
 
 
@@ -181,13 +182,16 @@ def _timeline(ax: Any, timeline: Timeline, zoom: tuple[float, float] | None = No
         (bar,) = ax.barh(where[s.row], width, left=_ms(s.start_ns), height=0.6, color=KINDS[s.kind])
         bar.set_gid(f"span-{s.kind.lower()}-{i}{suffix}")
     ax.set_yticks([where[r] for r in rows], rows)
+    # Bars stick to the axis' edge otherwise: a short pre-flush there would hide under the spine.
+    ax.use_sticky_edges = False
+    ax.margins(x=0.02)
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_xlabel("ms from the first FIFREEZE")
     if zoom is not None:
         ax.set_xlim(*zoom)
         ax.set_title("the window itself (zoomed)")
     else:
-        ax.set_title(timeline.title)
+        ax.set_title(textwrap.fill(timeline.title, 90))
     handles = [
         _patch(kind, colour) for kind, colour in KINDS.items() if any(s.kind == kind for s in timeline.spans)
     ]
