@@ -157,6 +157,16 @@ def test_each_repetition_comes_after_the_idle_time(monkeypatch, idle_s):
         assert max(gaps) < 0.05  # back to back: no pause at all
 
 
+def test_help_says_cold_by_default_and_how_to_plot(capsys):
+    """``bench --help`` explains the cold default, --warm, --idle and what --plot needs."""
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("Cold by default", f"(default {DEFAULT_IDLE_S:g})", "--warm", "--idle S", ".svg or .png"):
+        assert words in text
+    assert "pip install 'quiesce[plot]'" in text
+
+
 # -- --plot refused before anything runs ----------------------------------------------------
 
 

@@ -293,8 +293,8 @@ sees. The text and the JSON (options.mode, options.idle_s) say which ran.
 --plot FILE (.svg or .png) draws the windows' distribution (and each
 filesystem's FIFREEZE and FITHAW) and the timeline of the median repetition:
 each filesystem's pre-flush, FIFREEZE, frozen time and FITHAW. It needs
-matplotlib (%(hint)s); without it, or with another suffix, bench refuses
-before freezing anything (exit 2).
+matplotlib: %(hint)s. Without it, or with another suffix,
+bench refuses before freezing anything (exit 2).
 
 Targets must be named (mount points or globs); a named target that cannot be
 frozen is an error. --all freezes every freezable filesystem of this machine,
@@ -359,7 +359,8 @@ def add_parser(sub: argparse._SubParsersAction[Any], parents: list[argparse.Argu
     spacing.add_argument(
         "--warm",
         action="store_true",
-        help="repetitions back to back (warm windows: no grace-period wait), as --idle 0",
+        help="repetitions back to back, as --idle 0: warm windows (a FIFREEZE soon after the "
+        "previous thaw usually skips the grace-period wait)",
     )
     p.add_argument(
         "--plot",
