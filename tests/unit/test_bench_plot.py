@@ -257,6 +257,15 @@ def test_png_is_a_png_of_the_expected_size(tmp_path):
     assert len(data) > 10_000
 
 
+def test_a_picture_that_cannot_be_written_is_an_error_not_a_crash(tmp_path):
+    """Writing fails after the run (here the name is a directory): the reason, for exit 1."""
+    (tmp_path / "taken.svg").mkdir()
+    why = bench_command.write_plot(a_result([1_000_000]), str(tmp_path / "taken.svg"))
+    assert why is not None and "taken.svg" in why
+    assert bench_command.write_plot(a_result([1_000_000]), str(tmp_path / "ok.svg")) is None
+    assert (tmp_path / "ok.svg").stat().st_size > 0
+
+
 def test_spans_leave_out_missing_phases():
     """No pre-flush, or a filesystem that never froze: only what happened is drawn."""
     fs = [

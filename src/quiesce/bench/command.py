@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from quiesce.azure.planning import make_plan
-from quiesce.bench.plot import INSTALL_HINT, check_plot_path
+from quiesce.bench.plot import INSTALL_HINT, check_plot_path, draw_bench
 from quiesce.bench.results import BenchAborted, BenchResult, RepSample
 from quiesce.bench.runner import DEFAULT_IDLE_S, DEFAULT_REPS, Bench, BenchOptions
 from quiesce.bench.stats import PERCENTILE_METHOD, Summary, histogram, render_histogram
@@ -247,13 +247,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"error: --plot {args.plot}: {plotted}", file=sys.stderr)
         elif bench.result.samples:
             print(f"plot written to {args.plot}", file=sys.stderr)
+        else:
+            print(f"no plot: no repetition completed, {args.plot} not written", file=sys.stderr)
     return code
 
 
 def write_plot(result: BenchResult, path: str) -> str | None:
     """Draw the result to ``path``; None when written, else why not (the run's figures still print)."""
-    from quiesce.bench.plot import draw_bench
-
     try:
         draw_bench(result, path, mode_text(result.options))
     except (OSError, ValueError) as err:
