@@ -135,6 +135,10 @@ def test_json_five_reps_on_ext4_and_xfs(fs, run_dir):
         assert s["window_ns"] > 0
         assert [f["state"] for f in s["filesystems"]] == ["thawed", "thawed"]
         assert all(f["freeze_ns"] > 0 and f["thaw_ns"] > 0 for f in s["filesystems"])
+        # The stamps a timeline is drawn from: the pre-flush before the window, the thaw after the freeze.
+        for f in s["filesystems"]:
+            assert f["preflush_at_ns"] < 0 <= f["freeze_at_ns"] < f["thaw_at_ns"] < s["window_ns"]
+            assert f["preflush_at_ns"] + f["preflush_ns"] <= 0
         assert s["window_ns"] >= max(f["freeze_ns"] for f in s["filesystems"])
         assert s["preflush_ns"] is not None and s["dirty_write_ns"] is None
         assert s["cycle_start_ns"] < s["cycle_end_ns"]
