@@ -247,6 +247,8 @@ class Bench:
             "preflush_ns": report.preflush_ns,
             "freeze_ns": [t.freeze_ns for t in per_fs],
             "thaw_ns": [t.thaw_ns for t in per_fs],
+            # Every filesystem's stamps, for the timeline picture.
+            "filesystems": report.to_dict()["targets"],
         }
 
     def fsfreeze_cli(self) -> Sample:
@@ -756,13 +758,12 @@ def results_section(args: argparse.Namespace, doc: dict[str, Any]) -> str:
     )
     if "clean_cold" in doc:
         cold = doc["clean_cold"]
-        parts.append(
+        # Cold first, right after the introduction: a real backup's freeze is cold.
+        parts[1:1] = [
             f"### Clean, cold ({args.cold_pause:g} s idle before each measurement, {args.cold_reps} reps)"
-            "\n\n" + _phase_table(cold["summary"], "engine")
-        )
-        parts.append(
-            "Parallel against sequential (medians):\n\n" + "\n".join(_par_vs_seq(cold["summary"], PAR_PAIRS))
-        )
+            "\n\n" + _phase_table(cold["summary"], "engine"),
+            "Parallel against sequential (medians):\n\n" + "\n".join(_par_vs_seq(cold["summary"], PAR_PAIRS)),
+        ]
     if "dirty" in doc:
         dirty = doc["dirty"]
         lines = [
@@ -859,6 +860,21 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     return doc
 
 
+def draw_plots(directory: Path, doc: dict[str, Any]) -> list[str]:
+    """One picture per phase (cold first): windows per contender, the Freeze path's timeline."""
+    names = []
+    for phase, what in (("clean_cold", "clean, cold"), ("clean_warm", "clean, warm"), ("dirty", "dirty")):
+        if phase in doc:
+            labels = {k: v["label"] for k, v in doc[phase]["summary"].items()}
+            title = f"compare_window.py: the window, {what} ({doc['freeze_order']})"
+            names.append(
+                results.draw_phase(
+                    directory, f"compare_window-{phase}", title, doc[phase]["samples"], labels, "freeze_path"
+                )
+            )
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Refuse unless root and the tools are there, run, write the results; the exit status."""
     argv = list(sys.argv if argv is None else argv)
@@ -871,8 +887,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refused:
         print(refused, file=sys.stderr)
         return 2
+    plots = results.plot_dir(args)
     with sigterm_exits(), rcu_left_as_found():
         doc = run(args, argv)
+    if plots is not None:
+        doc["plots"] = draw_plots(plots, doc)
+        print(f"\npictures written to {plots}: {', '.join(doc['plots'])}")
     if not args.no_results:
         results.write_section(args.results, "compare_window", results_section(args, doc))
         print(f"\nresults written to {args.results} (section compare_window)")

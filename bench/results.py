@@ -23,9 +23,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from quiesce.bench.stats import summarize
+from quiesce.bench.plot import PlotUnavailable, Timeline, draw, require_matplotlib, spans_of
+from quiesce.bench.stats import median, summarize
 
 #: Where the scripts write unless told otherwise (``--results PATH``).
 DEFAULT_PATH = Path(__file__).resolve().parent / "RESULTS.md"
@@ -167,6 +169,8 @@ def section(
     ]
     if "duration_s" in doc:
         lines.append(f"- duration: {doc['duration_s']:.0f} s")
+    if doc.get("plots"):
+        lines.append("- pictures: " + ", ".join(f"[`{name}`]({name})" for name in doc["plots"]))
     out = "\n".join(lines) + "\n"
     for part in parts:
         out += "\n" + part.rstrip("\n") + "\n"
@@ -229,3 +233,63 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
         help="write this run's section of the results file here (default bench/RESULTS.md)",
     )
     parser.add_argument("--no-results", action="store_true", help="do not write the results file")
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="draw the pictures (SVG) into DIR (default: next to the results file when it is "
+        "written and matplotlib is installed)",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="draw no picture")
+
+
+def plot_dir(args: argparse.Namespace) -> Path | None:
+    """Where this run draws its pictures, or None; checked before anything is measured.
+
+    ``--plot DIR`` needs matplotlib and an existing directory (SystemExit 2
+    otherwise); by default the pictures go next to the results file when it
+    is written, and are skipped with a note when matplotlib is missing.
+    """
+    if args.no_plot or (args.plot is None and args.no_results):
+        return None
+    try:
+        require_matplotlib()
+    except PlotUnavailable as err:
+        if args.plot is not None:
+            raise SystemExit(f"error: {err}") from None
+        print(f"note: no pictures: {err}", file=sys.stderr)
+        return None
+    where = Path(args.plot) if args.plot is not None else Path(args.results).resolve().parent
+    if not where.is_dir():
+        raise SystemExit(f"error: --plot {where}: not a directory")
+    return where
+
+
+def draw_phase(
+    directory: str | os.PathLike[str],
+    name: str,
+    title: str,
+    samples: Mapping[str, Sequence[Mapping[str, Any]]],
+    labels: Mapping[str, str],
+    timeline_key: str | None = None,
+) -> str:
+    """Draw one phase to ``directory/NAME.svg``: the windows per contender, and a timeline.
+
+    The timeline is the median-window repetition of ``timeline_key``, whose
+    samples carry ``filesystems`` (the freeze report's per-filesystem
+    stamps). Returns the file's name.
+    """
+    series = {labels.get(k, k): [int(s["window_ns"]) for s in v] for k, v in samples.items()}
+    timeline = None
+    runs = samples.get(timeline_key or "", [])
+    if runs and all("filesystems" in s for s in runs):
+        windows = [int(s["window_ns"]) for s in runs]
+        pick = runs[windows.index(median(windows))]
+        stamps = [SimpleNamespace(**fs) for fs in pick["filesystems"]]
+        timeline = Timeline(
+            f"{labels.get(timeline_key or '', timeline_key)}: the median repetition "
+            f"({pick['window_ns'] / 1e6:.3f} ms)",
+            spans_of(stamps),
+        )
+    filename = f"{name}.svg"
+    draw(Path(directory) / filename, series, title=title, timeline=timeline)
+    return filename

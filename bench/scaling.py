@@ -240,7 +240,7 @@ def results_section(args: argparse.Namespace, doc: dict[str, Any], checks: Seque
         "plan's freeze order, the same for every contender. Window: first FIFREEZE start to last "
         "FITHAW end, median of the reps; ratios are median(N) / median(N=1)."
     ]
-    for phase, title in (("warm", "Warm"), ("cold", "Cold")):
+    for phase, title in (("cold", "Cold"), ("warm", "Warm")):  # cold first: a real backup's freeze
         if phase not in doc:
             continue
         summary = doc[phase]["summary"]
@@ -399,6 +399,18 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     return doc
 
 
+def draw_plots(directory: os.PathLike[str], doc: dict[str, Any]) -> list[str]:
+    """One picture per phase (cold first): the windows of every contender at every N."""
+    names = []
+    for phase in ("cold", "warm"):
+        if phase in doc:
+            samples = doc[phase]["samples"]
+            labels = {k: f"{LABELS[k.split('@')[0]]}, N={k.split('@')[1]}" for k in samples}
+            title = f"scaling.py: the window against the number of ext4 filesystems, {phase}"
+            names.append(results.draw_phase(directory, f"scaling-{phase}", title, samples, labels))
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Refuse unless root and the tools are there, run, write the results; the exit status."""
     argv = list(sys.argv if argv is None else argv)
@@ -411,8 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refused:
         print(refused, file=sys.stderr)
         return 2
+    plots = results.plot_dir(args)
     with sigterm_exits(), rcu_left_as_found():
         doc = run(args, argv)
+    if plots is not None:
+        doc["plots"] = draw_plots(plots, doc)
+        print(f"\npictures written to {plots}: {', '.join(doc['plots'])}")
     if not args.no_results:
         results.write_section(args.results, "scaling", results_section(args, doc, doc["checks"]))
         print(f"\nresults written to {args.results} (section scaling)")

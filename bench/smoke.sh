@@ -65,9 +65,21 @@ if ! command -v qemu-ga >/dev/null 2>&1; then
     echo "note: qemu-ga is not installed: compare_window.py runs without the QEMU guest agent contender"
 fi
 
+# The scripts' pictures go to the log directory (discarded), when matplotlib is installed.
+plot_args=()
+if "$PYTHON" -c "import matplotlib" >/dev/null 2>&1; then
+    plot_args=(--plot "$logs")
+else
+    echo "note: matplotlib is not installed: no pictures (pip install 'quiesce[plot]')"
+fi
+
 step compare_window "${loop_tools[@]}" mkfs.xfs mkfs.btrfs fsfreeze -- \
     "$PYTHON" bench/compare_window.py --reps 2 --warmup 0 --cold-reps 1 --cold-pause 0.1 \
-    --dirty-reps 1 --dirty-warmup 0 --dirty-mb 8 --image-mb 300 --no-results
+    --dirty-reps 1 --dirty-warmup 0 --dirty-mb 8 --image-mb 300 --no-results "${plot_args[@]}"
+
+# quiesce bench as a user runs it: cold by default, --warm, --plot (when matplotlib is installed).
+step quiesce-bench "${loop_tools[@]}" -- \
+    "$PYTHON" bench/cli_smoke.py --reps 2
 
 step supervise cc -- \
     "$PYTHON" bench/supervise.py --reps 10 --poll-reps 1 --random-reps 2 --poll-s 0.05 \
@@ -75,7 +87,7 @@ step supervise cc -- \
     --long-timeout-reps 1 --long-timeout-ms 100 --script-reps 5 --no-results
 
 step scaling "${loop_tools[@]}" -- \
-    "$PYTHON" bench/scaling.py --ns 1,4 --reps 1 --warmup 0 --cold-reps 1 --cold-pause 0.1 --no-results
+    "$PYTHON" bench/scaling.py --ns 1,4 --reps 1 --warmup 0 --cold-reps 1 --cold-pause 0.1 --no-results "${plot_args[@]}"
 
 step fleet "${loop_tools[@]}" etcd nsenter mkfs.xfs -- \
     "$PYTHON" bench/fleet.py --agents 2 --cycles 1 --single 1 --sequential 1 --rcu off --no-out

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from quiesce.bench import command as bench_command
 from quiesce.bench import runner as bench_runner
 from quiesce.bench.helpers import FILE_PREFIX
-from quiesce.bench.runner import BenchOptions, run_bench
+from quiesce.bench.runner import DEFAULT_IDLE_S, BenchOptions, run_bench
 from quiesce.cli import main
 from quiesce.cli.exits import Exit
 from quiesce.engine import ledger as ledger_mod
@@ -123,7 +124,7 @@ def rcu_value():
 def test_json_five_reps_on_ext4_and_xfs(fs, run_dir):
     """``bench --json -n 5``: five samples, windows > 0, every filesystem thawed, summaries match."""
     a, b = fs["ext4"], fs["xfs"]
-    done, doc = bench_json(run_dir, "-n", "5", "--interval", "0.05", str(a.mount_point), str(b.mount_point))
+    done, doc = bench_json(run_dir, "-n", "5", "--idle", "0.05", str(a.mount_point), str(b.mount_point))
     assert done.returncode == Exit.OK, done.stderr
     assert doc["exit"] == 0 and doc["error"] is None and doc["interrupted_by"] is None
     assert doc["requested"] == doc["completed"] == 5
@@ -134,6 +135,10 @@ def test_json_five_reps_on_ext4_and_xfs(fs, run_dir):
         assert s["window_ns"] > 0
         assert [f["state"] for f in s["filesystems"]] == ["thawed", "thawed"]
         assert all(f["freeze_ns"] > 0 and f["thaw_ns"] > 0 for f in s["filesystems"])
+        # The stamps a timeline is drawn from: the pre-flush before the window, the thaw after the freeze.
+        for f in s["filesystems"]:
+            assert f["preflush_at_ns"] < 0 <= f["freeze_at_ns"] < f["thaw_at_ns"] < s["window_ns"]
+            assert f["preflush_at_ns"] + f["preflush_ns"] <= 0
         assert s["window_ns"] >= max(f["freeze_ns"] for f in s["filesystems"])
         assert s["preflush_ns"] is not None and s["dirty_write_ns"] is None
         assert s["cycle_start_ns"] < s["cycle_end_ns"]
@@ -152,7 +157,7 @@ def test_json_five_reps_on_ext4_and_xfs(fs, run_dir):
 
 def test_text_output_has_table_and_histogram(fs, run_dir):
     """Without --json: a table in human units and a window histogram; no progress bar off a terminal."""
-    done = bench(run_dir, "-n", "3", "--interval", "0", "--no-preflush", str(fs["btrfs"].mount_point))
+    done = bench(run_dir, "-n", "3", "--warm", "--no-preflush", str(fs["btrfs"].mount_point))
     assert done.returncode == Exit.OK, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("bench: 3 of 3 freezes") and "no pre-flush" in lines[0]
@@ -170,7 +175,7 @@ def test_dirty_20_mib_leaves_no_file_behind(fs, run_dir):
     """``--dirty 20`` writes before every repetition, pre-flushes it, and deletes its files at the end."""
     x = fs["xfs"]
     before = os.statvfs(x.mount_point)
-    done, doc = bench_json(run_dir, "-n", "3", "--interval", "0", "--dirty", "20", str(x.mount_point))
+    done, doc = bench_json(run_dir, "-n", "3", "--warm", "--dirty", "20", str(x.mount_point))
     assert done.returncode == Exit.OK, done.stderr
     assert doc["completed"] == 3 and doc["options"]["dirty_mib"] == 20
     for s in doc["samples"]:
@@ -298,7 +303,7 @@ def test_signal_thaws_prints_partial_results_and_exits_128_plus_signal(fs, run_d
         "--json",
         "-n",
         "100000",
-        "--interval",
+        "--idle",
         "0.01",
         "--probe",
         *load,
@@ -344,9 +349,7 @@ def test_run_bench_api_with_progress_and_stop(fs, run_dir):
     """``run_bench``: the progress callback sees each repetition; ``stop`` ends it after the current one."""
     seen = []
     freeze = FreezeOptions(timeout_s=20, run_dir=run_dir)
-    options = BenchOptions(
-        targets=tuple(targets(fs["xfs"], fs["btrfs"])), reps=50, interval_s=0, freeze=freeze
-    )
+    options = BenchOptions(targets=tuple(targets(fs["xfs"], fs["btrfs"])), reps=50, idle_s=0, freeze=freeze)
     result = run_bench(
         options, progress=lambda done, s: seen.append((done, s.window_ns)), stop=lambda: len(seen) >= 2
     )
@@ -357,7 +360,8 @@ def test_run_bench_api_with_progress_and_stop(fs, run_dir):
     assert data["completed"] == 2 and data["options"]["run_dir"] == run_dir
     assert data["options"] == {
         "reps": 50,
-        "interval_s": 0,
+        "mode": "warm",
+        "idle_s": 0,
         "dirty_mib": 0,
         "probe": False,
         "preflush": True,
@@ -400,7 +404,7 @@ def test_progress_bar_on_a_terminal(fs, run_dir):
     master, slave = pty.openpty()
     try:
         proc = subprocess.Popen(
-            bench_argv("-n", "3", "--interval", "0", str(fs["xfs"].mount_point)),
+            bench_argv("-n", "3", "--warm", str(fs["xfs"].mount_point)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=slave,
@@ -434,11 +438,57 @@ def test_expedite_rcu_is_passed_to_every_freeze_and_restored(fs, run_dir, rcu_or
     """``--expedite-rcu``: every repetition ran expedited, and the system-wide knob is put back."""
     if rcu_original is None:
         pytest.skip("this kernel has no /sys/kernel/rcu_expedited")
-    done, doc = bench_json(
-        run_dir, "-n", "3", "--interval", "0", "--expedite-rcu", str(fs["ext4"].mount_point)
-    )
+    done, doc = bench_json(run_dir, "-n", "3", "--warm", "--expedite-rcu", str(fs["ext4"].mount_point))
     assert rcu_value() == rcu_original, "rcu_expedited was not restored"
     assert done.returncode == Exit.OK, done.stderr
     assert doc["options"]["expedite_rcu"] is True
     assert [s["rcu_expedited"] for s in doc["samples"]] == [True] * 3
     assert_clean(run_dir, fs["ext4"])
+
+
+def test_cold_default_idles_before_every_repetition(fs, run_dir):
+    """No option: cold, the default idle before each freeze (the first too), and the outputs say so."""
+    x = fs["xfs"]
+    done, doc = bench_json(run_dir, "-n", "3", str(x.mount_point))
+    assert done.returncode == Exit.OK, done.stderr
+    assert (doc["options"]["mode"], doc["options"]["idle_s"]) == ("cold", DEFAULT_IDLE_S)
+    starts = [s["cycle_start_ns"] for s in doc["samples"]]
+    ends = [s["cycle_end_ns"] for s in doc["samples"]]
+    # From the bench's start to the first freeze, and from each thaw to the next freeze.
+    gaps = [starts[0]] + [b - a for a, b in zip(ends, starts[1:], strict=False)]
+    assert len(gaps) == 3 and min(gaps) >= DEFAULT_IDLE_S * 1e9, gaps
+    text = bench(run_dir, "-n", "1", "--idle", "0.3", str(x.mount_point))
+    assert text.returncode == Exit.OK, text.stderr
+    assert "; cold (0.3 s idle before each), pre-flush" in text.stdout.splitlines()[0]
+    assert_clean(run_dir, x)
+
+
+def test_warm_runs_back_to_back_and_says_so(fs, run_dir):
+    """``--warm``: no idle; the JSON and the text name the mode."""
+    x = fs["ext4"]
+    done, doc = bench_json(run_dir, "-n", "2", "--warm", str(x.mount_point))
+    assert done.returncode == Exit.OK, done.stderr
+    assert (doc["options"]["mode"], doc["options"]["idle_s"]) == ("warm", 0)
+    text = bench(run_dir, "-n", "1", "--warm", str(x.mount_point))
+    assert "; warm (back to back), pre-flush" in text.stdout.splitlines()[0]
+    assert_clean(run_dir, x)
+
+
+def test_plot_draws_the_run(fs, run_dir, tmp_path):
+    """``--plot F.svg``: the window and each filesystem's FIFREEZE/FITHAW, and the median rep's timeline."""
+    pytest.importorskip("matplotlib")
+    a, b = fs["ext4"], fs["btrfs"]
+    path = tmp_path / "bench.svg"
+    done, doc = bench_json(
+        run_dir, "-n", "3", "--warm", "--plot", str(path), str(a.mount_point), str(b.mount_point)
+    )
+    assert done.returncode == Exit.OK, done.stderr
+    assert doc["plot"] == {"path": str(path), "written": True, "error": None}
+    root = ET.parse(path).getroot()
+    ids = [e.get("id") or "" for e in root.iter()]
+    assert len([i for i in ids if i.startswith("dist-")]) == 1 + 2 * 2
+    for kind in ("pre-flush", "fifreeze", "frozen", "fithaw"):
+        assert len([i for i in ids if i.startswith(f"span-{kind}-") and not i.endswith("-zoom")]) == 2
+    texts = {t.text for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    assert {str(a.mount_point), str(b.mount_point), f"FIFREEZE {a.mount_point}"} <= texts
+    assert_clean(run_dir, a, b)

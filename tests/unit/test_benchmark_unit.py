@@ -83,7 +83,14 @@ def a_target(mount_point="/srv/db"):
 def a_result(windows, probe=None):
     """A finished result with one filesystem and the given windows."""
     result = BenchResult(
-        options={"reps": len(windows), "preflush": True, "dirty_mib": 0, "probe": probe is not None},
+        options={
+            "reps": len(windows),
+            "mode": "cold",
+            "idle_s": 0.2,
+            "preflush": True,
+            "dirty_mib": 0,
+            "probe": probe is not None,
+        },
         targets=[{"mount_point": "/srv/db", "fstype": "ext4", "dev": "8:1"}],
     )
     for i, w in enumerate(windows, 1):
@@ -213,7 +220,10 @@ def test_table_and_histogram_of_a_result():
     out = io.StringIO()
     print_bench(result, out)
     text = out.getvalue()
-    assert text.startswith("bench: 3 of 3 freezes of /srv/db (ext4); pre-flush, writer-stall probe")
+    assert text.startswith(
+        "bench: 3 of 3 freezes of /srv/db (ext4); "
+        "cold (0.2 s idle before each), pre-flush, writer-stall probe"
+    )
     assert [label for label, _ in summary_rows(result)] == [
         "window",
         "pre-flush",
@@ -266,9 +276,11 @@ def test_progress_bar_redraws_one_line_and_clears():
 
 
 def test_parser_defaults():
-    """Defaults: 20 repetitions, 0.2 s apart, pre-flush, no load, no probe, 60 s guardian deadline."""
+    """Defaults: 20 repetitions, pre-flush, no load, no probe, 60 s guardian deadline, no picture."""
     args = parse("/srv/db")
-    assert (args.reps, args.interval, args.dirty, args.probe, args.no_preflush, args.timeout) == (
+    assert args.plot is None and args.warm is False and args.idle is None
+    idle = bench_command.idle_of(args)
+    assert (args.reps, idle, args.dirty, args.probe, args.no_preflush, args.timeout) == (
         20,
         0.2,
         0,
@@ -285,6 +297,8 @@ def test_parser_defaults():
         ["-n", "0"],
         ["--interval", "-1"],
         ["--interval", "nan"],
+        ["--idle", "-0.1"],
+        ["--idle", "inf"],
         ["--dirty", "-5"],
         ["--timeout", "0"],
         ["-n", "x"],
@@ -342,7 +356,8 @@ def test_options_are_validated():
     for bad in (
         {"targets": ()},
         {"targets": t, "reps": 0},
-        {"targets": t, "interval_s": -0.1},
+        {"targets": t, "idle_s": -0.1},
+        {"targets": t, "idle_s": float("nan")},
         {"targets": t, "dirty_mib": -1},
     ):
         with pytest.raises(ValueError):

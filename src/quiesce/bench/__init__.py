@@ -10,5 +10,7 @@ figures come from the freeze report's native timestamps.
 (never in the process that freezes and thaws: it must not touch a target
 while it is frozen), :mod:`~quiesce.bench.stats` summarises (nearest-rank
 percentiles, every figure a measured value), :mod:`~quiesce.bench.results`
-holds the plain data, and :mod:`~quiesce.bench.command` is the subcommand.
+holds the plain data, :mod:`~quiesce.bench.plot` draws ``--plot``'s pictures
+(matplotlib, imported only when drawing), and :mod:`~quiesce.bench.command`
+is the subcommand.
 """

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from quiesce.azure.planning import make_plan
+from quiesce.bench.plot import INSTALL_HINT, check_plot_path, draw_bench
 from quiesce.bench.results import BenchAborted, BenchResult, RepSample
-from quiesce.bench.runner import DEFAULT_INTERVAL_S, DEFAULT_REPS, Bench, BenchOptions
+from quiesce.bench.runner import DEFAULT_IDLE_S, DEFAULT_REPS, Bench, BenchOptions
 from quiesce.bench.stats import PERCENTILE_METHOD, Summary, histogram, render_histogram
 from quiesce.cli import argtypes
 from quiesce.cli.exits import Exit, exit_code_for, exit_help
@@ -64,10 +65,26 @@ def confirm_all(plan: Plan, reps: int, stdin: TextIO, out: TextIO) -> None:
         raise BenchAborted("not confirmed: nothing was frozen")
 
 
+def idle_of(args: argparse.Namespace) -> float:
+    """The idle time before each repetition: ``--idle``, 0 with ``--warm``, else the cold default."""
+    if args.warm and args.idle is not None:
+        raise ValueError("--warm runs the repetitions back to back; do not give --idle with it")
+    if args.warm:
+        return 0.0
+    return DEFAULT_IDLE_S if args.idle is None else float(args.idle)
+
+
 def options_from_args(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> BenchOptions:
-    """Check the arguments, plan the targets, confirm ``--all``; the bench's options."""
+    """Check the arguments, plan the targets, confirm ``--all``; the bench's options.
+
+    Everything that can be refused (the selection, ``--plot``'s file and
+    matplotlib) is checked before anything is planned or frozen.
+    """
     targets: list[str] = list(args.targets)
     check_selection(targets, args.all, args.yes)
+    idle_s = idle_of(args)
+    if args.plot is not None:
+        check_plot_path(args.plot)
     if args.all and not args.yes:
         require_terminal(stdin)  # before even planning
     plan = make_plan(targets)
@@ -77,7 +94,7 @@ def options_from_args(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> B
     return BenchOptions(
         targets=plan.targets,
         reps=args.reps,
-        interval_s=args.interval,
+        idle_s=idle_s,
         dirty_mib=args.dirty,
         probe=args.probe,
         freeze=freeze_options(args),
@@ -137,11 +154,18 @@ def render_table(rows: Sequence[tuple[str, Summary]]) -> list[str]:
     return lines
 
 
+def mode_text(options: dict[str, Any]) -> str:
+    """How the repetitions were spaced, as the text output and the plot say it."""
+    if options["mode"] == "warm":
+        return "warm (back to back)"
+    return f"cold ({options['idle_s']:g} s idle before each)"
+
+
 def print_bench(result: BenchResult, out: TextIO) -> None:
     """A benchmark's result for a terminal: what ran, the table, the window histogram, the probes."""
     o = result.options
     what = ", ".join(f"{t['mount_point']} ({t['fstype']})" for t in result.targets)
-    extras = ["pre-flush" if o["preflush"] else "no pre-flush"]
+    extras = [mode_text(o), "pre-flush" if o["preflush"] else "no pre-flush"]
     if o["dirty_mib"]:
         extras.append(f"{o['dirty_mib']} MiB dirty per target")
     if o.get("expedite_rcu"):
@@ -203,13 +227,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if flag.signum is not None:
         bench.result.interrupted_by = signal.Signals(flag.signum).name
     code = _exit_code(bench)
+    plotted = None
+    if args.plot is not None and bench.result.samples:
+        plotted = write_plot(bench.result, args.plot)
+        if plotted is not None and code == Exit.OK:
+            code = int(Exit.ERROR)
     if args.json:
-        emit_json(bench.result.to_dict() | {"exit": code}, sys.stdout)
+        doc = bench.result.to_dict() | {"exit": code}
+        if args.plot is not None:
+            doc["plot"] = {"path": args.plot, "written": bench.result.samples != [] and plotted is None}
+            doc["plot"]["error"] = plotted
+        emit_json(doc, sys.stdout)
     else:
         print_bench(bench.result, sys.stdout)
         if isinstance(bench.failure, ThawError):
             print("a filesystem may still be frozen: see `quiesce status`, `quiesce thaw`", file=sys.stderr)
+    if args.plot is not None:
+        if plotted is not None:
+            print(f"error: --plot {args.plot}: {plotted}", file=sys.stderr)
+        elif bench.result.samples:
+            print(f"plot written to {args.plot}", file=sys.stderr)
+        else:
+            print(f"no plot: no repetition completed, {args.plot} not written", file=sys.stderr)
     return code
+
+
+def write_plot(result: BenchResult, path: str) -> str | None:
+    """Draw the result to ``path``; None when written, else why not (the run's figures still print)."""
+    try:
+        draw_bench(result, path, mode_text(result.options))
+    except (OSError, ValueError) as err:
+        return str(err)
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -225,13 +274,27 @@ _mib = argtypes.count(0, MAX_DIRTY_MIB, "MiB")
 _seconds = argtypes.seconds(0, argtypes.MAX_SECONDS)
 
 
-BENCH_DESCRIPTION = """\
+BENCH_DESCRIPTION_TEMPLATE = """\
 Measure the frozen window on the given filesystems: N repetitions of a whole
 freeze (lock, ledger, guardian armed, pre-flush), each frozen and thawed at once
 in one native call. Prints min/median/p90/p99/max of the window, of each
 filesystem's FIFREEZE and FITHAW, of the pre-flush and of the probe's stalls,
 with a histogram of the windows (--json: every sample in ns and the summaries).
 Percentiles are nearest-rank: every figure is a measured value.
+
+Cold by default: the bench idles --idle S (default %(idle)s) right before each
+repetition's freeze, as an hourly or daily backup's freeze comes after a quiet
+spell. After a thaw, a FIFREEZE of the same filesystem skips its RCU
+grace-period wait (tens of ms) until one grace period has passed (10 to 30 ms
+on a 2-core VM); each repetition then pays it, as a real backup does. --warm
+runs them back to back instead: the engine's own overhead, not what a backup
+sees. The text and the JSON (options.mode, options.idle_s) say which ran.
+
+--plot FILE (.svg or .png) draws the windows' distribution (and each
+filesystem's FIFREEZE and FITHAW) and the timeline of the median repetition:
+each filesystem's pre-flush, FIFREEZE, frozen time and FITHAW. It needs
+matplotlib: %(hint)s. Without it, or with another suffix,
+bench refuses before freezing anything (exit 2).
 
 Targets must be named (mount points or globs); a named target that cannot be
 frozen is an error. --all freezes every freezable filesystem of this machine,
@@ -247,13 +310,15 @@ and calls fdatasync in a loop, timing each iteration. Its stall is what an
 application writing to that filesystem sees: roughly the window plus scheduling
 (the wait until it runs again after the thaw) plus its own flush. It can be
 shorter than the window: a cold FIFREEZE first waits out an RCU grace period
-(tens of ms) while writes still go through (--expedite-rcu shortens it). Each
+(tens of ms) while writes still go through (expedited RCU shortens it). Each
 stall is matched to the repetition whose window it overlapped, if any. The
 probe's file has no name (O_TMPFILE) and vanishes with it.
 
 Ctrl-C (or SIGTERM) stops after the current repetition, which is always
 thawed, prints the partial results and exits 130 (143).
 """
+
+BENCH_DESCRIPTION = BENCH_DESCRIPTION_TEMPLATE % {"idle": f"{DEFAULT_IDLE_S:g}", "hint": INSTALL_HINT}
 
 
 def add_parser(sub: argparse._SubParsersAction[Any], parents: list[argparse.ArgumentParser]) -> None:
@@ -280,12 +345,28 @@ def add_parser(sub: argparse._SubParsersAction[Any], parents: list[argparse.Argu
         metavar="N",
         help=f"repetitions (default {DEFAULT_REPS}; 1 to {MAX_REPS})",
     )
-    p.add_argument(
+    spacing = p.add_mutually_exclusive_group()
+    spacing.add_argument(
+        "--idle",
         "--interval",
+        dest="idle",
         type=_seconds,
-        default=DEFAULT_INTERVAL_S,
+        default=None,
         metavar="S",
-        help=f"pause between repetitions (default {DEFAULT_INTERVAL_S:g}; 0 to {argtypes.MAX_SECONDS:g})",
+        help=f"idle seconds before each repetition: cold windows (default {DEFAULT_IDLE_S:g}; "
+        f"0 to {argtypes.MAX_SECONDS:g}; --interval is its old name)",
+    )
+    spacing.add_argument(
+        "--warm",
+        action="store_true",
+        help="repetitions back to back, as --idle 0: warm windows (a FIFREEZE soon after the "
+        "previous thaw usually skips the grace-period wait)",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="draw the window distribution and one repetition's timeline to FILE (.svg or .png; "
+        f"needs matplotlib: {INSTALL_HINT})",
     )
     p.add_argument(
         "--dirty",

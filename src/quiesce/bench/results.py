@@ -21,13 +21,16 @@ class BenchAborted(QuiesceError):
 
 @dataclass(frozen=True)
 class FsTiming:
-    """One filesystem in one repetition; durations in ns."""
+    """One filesystem in one repetition; durations in ns, ``*_at_ns`` from the window start."""
 
     mount_point: str
     state: str
     freeze_ns: int | None
     thaw_ns: int | None
     preflush_ns: int | None
+    freeze_at_ns: int | None = None
+    thaw_at_ns: int | None = None
+    preflush_at_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,17 @@ def sample_from_report(
         cycle_start_ns=cycle_start_ns,
         cycle_end_ns=cycle_end_ns,
         filesystems=tuple(
-            FsTiming(t.mount_point, t.state, t.freeze_ns, t.thaw_ns, t.preflush_ns) for t in report.targets
+            FsTiming(
+                t.mount_point,
+                t.state,
+                t.freeze_ns,
+                t.thaw_ns,
+                t.preflush_ns,
+                t.freeze_at_ns,
+                t.thaw_at_ns,
+                t.preflush_at_ns,
+            )
+            for t in report.targets
         ),
         rcu_expedited=report.rcu_expedited,
     )

@@ -33,6 +33,8 @@ class FilesystemResult:
     thaw_at_ns: int | None
     thaw_ns: int | None
     thaw_errno: int
+    #: The pre-flush's start from the window start (negative: it runs before the window).
+    preflush_at_ns: int | None = None
 
 
 @dataclass
@@ -115,6 +117,7 @@ def build_report(
                 thaw_at_ns=_since(origin, rec.thaw_start_ns),
                 thaw_ns=_span(rec.thaw_start_ns, rec.thaw_end_ns),
                 thaw_errno=rec.thaw_errno,
+                preflush_at_ns=_since(origin, rec.flush_start_ns),
             )
         )
     return report
