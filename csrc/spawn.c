@@ -339,8 +339,8 @@ void qz_wait_init(const struct qz_wait_req *w, struct qz_wait_res *r)
 }
 
 /*
- * Read the wake-up pipe empty; true if one of its bytes is the release
- * signal's number. Other signals' bytes are dropped: they only wake.
+ * Read the wake-up pipe empty: 2 if one of its bytes is the release signal's
+ * number, 1 if it held only other signals' bytes, 0 if it was empty.
  */
 static int released(const struct qz_wait_req *w)
 {
@@ -353,7 +353,9 @@ static int released(const struct qz_wait_req *w)
         if (n <= 0)
             return hit; /* empty (EAGAIN), EOF or error: stop reading */
         for (i = 0; i < n; i++)
-            if (buf[i] == (unsigned char)w->release_sig)
+            if (w->release_sig > 0 && buf[i] == (unsigned char)w->release_sig)
+                hit = 2;
+            else if (hit == 0)
                 hit = 1;
     }
 }
@@ -430,9 +432,20 @@ static int supervise_loop(struct qz_child *c, const struct qz_wait_req *w,
         if (c->pidfd < 0)
             wake = min_pos(wake, now + 1000000); /* no pidfd (old kernel): look every ms */
         rc = qz_wait_until(pfd, (unsigned int)n, timer, wake);
-        if (rc > 0 && w->release_fd >= 0 && pfd[rel].revents && released(w)) {
-            r->released = 1;
-            return 0; /* QZ_RUNNING, released: the caller ends the wait early */
+        if (rc > 0 && w->release_fd >= 0 && pfd[rel].revents) {
+            int got_sig = released(w);
+
+            if (got_sig == 2) {
+                r->released = 1;
+                return 0; /* QZ_RUNNING, released: the caller ends the wait early */
+            }
+            /*
+             * Another signal's byte. Its handler may have run on another
+             * thread, or between two waits where no EINTR could report it
+             * (waitid retries EINTR): the byte is what tells this wait.
+             */
+            if (got_sig == 1 && w->interruptible)
+                return 0; /* QZ_RUNNING: let the caller's signal handler run */
         }
         if (rc == -EINTR && w->interruptible)
             return 0; /* QZ_RUNNING: let the caller's signal handler run */

@@ -58,7 +58,8 @@ struct qz_wait_req {
     char *err_buf;
     uint64_t err_cap;
     int interruptible;        /* a signal (EINTR) returns QZ_RUNNING, so the caller's handler runs */
-    int release_fd;           /* a non-blocking signal wake-up pipe (a byte per signal); -1: none */
+    int release_fd;           /* a non-blocking signal wake-up pipe (a byte per signal); -1: none.
+                                 Any other byte ends an interruptible wait (QZ_RUNNING) */
     int release_sig;          /* a byte equal to this number on release_fd ends the wait (released) */
 };
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 
 import pytest
 
+from quiesce.runner.signals import Interrupts, RunInterrupted
 from quiesce.supervise.checked import open_script
-from quiesce.supervise.scripts import ScriptPolicy, run_script
+from quiesce.supervise.scripts import ScriptPolicy, ScriptRunner, run_script
 from tests.fallbacks import forced
 from tests.processes import alive_with, unique_sleep
 
@@ -219,7 +222,43 @@ def test_fallback_timeout_kills_the_process_group(make_script, no_cgroup):
     a = r.attempts[0]
     assert a.isolation == "process-group"
     assert r.status == "timeout" and a.killed and a.signal == "SIGKILL"
+    _gone(marker)
+
+
+def _gone(marker: str, within_s: float = 5.0) -> None:
+    """Every process with ``marker`` ends within ``within_s`` (a SIGKILL takes effect asynchronously)."""
+    deadline = time.monotonic() + within_s
+    while alive_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert alive_with(marker) == []
+
+
+def test_a_stop_handled_on_another_thread_ends_the_wait(make_script):
+    """A stop signal that only another thread can take still ends a script's wait at once.
+
+    The waiting thread blocks SIGTERM, so no EINTR can tell its wait; the
+    handler's byte in the wake-up pipe must. The script is then killed.
+    """
+    marker = unique_sleep(30)
+    s = make_script(f"sleep {marker}\n")
+
+    def send() -> None:
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=send)
+    sender.start()  # before the mask: this thread can take the signal, the waiting one cannot
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    started = time.monotonic()
+    try:
+        with Interrupts(True) as interrupts, pytest.raises(RunInterrupted) as stopped:
+            ScriptRunner(interruptible=interrupts.interruptible).run(s, [], ScriptPolicy(timeout_s=60))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        sender.join()
+    assert stopped.value.signum == signal.SIGTERM
+    assert time.monotonic() - started < 10
+    _gone(marker)
 
 
 def test_fallback_retries_and_output(make_script, no_cgroup):
@@ -237,10 +276,7 @@ def test_fallback_leftover_in_the_group_is_killed(make_script, no_cgroup):
     s = make_script(f"sleep {marker} >/dev/null 2>&1 &\nexit 0\n")
     r = run_script(s, [], ScriptPolicy(timeout_s=5))
     assert r.ok
-    deadline = time.monotonic() + 5
-    while alive_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert alive_with(marker) == []
+    _gone(marker)
 
 
 def test_many_children_ignoring_sigterm_end_within_timeout_grace_and_50ms(make_script):

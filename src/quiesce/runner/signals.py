@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
+from quiesce.engine import native
+
 #: The signals that stop a run.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: ``quiesce thaw``'s release.
@@ -102,6 +104,7 @@ class Interrupts:
         self._deferred = False
         self._armed = 0
         self._handlers: Handlers | None = None
+        self._previous_fd = -1
 
     # -- the handler ------------------------------------------------------------
 
@@ -164,10 +167,13 @@ class Interrupts:
     def __enter__(self) -> Interrupts:
         if self.enabled:
             self._handlers = Handlers((*STOP_SIGNALS, THAW_SIGNAL), self._handle, wakeup=True)
+            # A script's wait ends on the wake-up byte too, not only on EINTR.
+            self._previous_fd = native.set_interrupt_fd(self._handlers.wakeup_fd)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._handlers is not None:
+            native.set_interrupt_fd(self._previous_fd)
             self._handlers.close()
             self._handlers = None
 

@@ -25,7 +25,7 @@ from quiesce.engine.native.core import (
     thaw_fd,
 )
 from quiesce.engine.native.session import FsRecord, GuardianRecord, Session
-from quiesce.engine.native.spawn import Child, Supervision, WaitResult, Watchdog, spawn
+from quiesce.engine.native.spawn import Child, Supervision, WaitResult, Watchdog, set_interrupt_fd, spawn
 
 __all__ = [
     "FALLBACK_ENV",
@@ -44,6 +44,7 @@ __all__ = [
     "freeze_error",
     "no_pidfd",
     "now_ns",
+    "set_interrupt_fd",
     "set_no_pidfd",
     "spawn",
     "thaw_error",

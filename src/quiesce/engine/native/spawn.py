@@ -171,6 +171,25 @@ class Supervision:
         )
 
 
+#: The signal wake-up pipe a supervised wait also watches when it is given none
+#: (see :func:`set_interrupt_fd`); -1: none.
+_interrupt_fd = -1
+
+
+def set_interrupt_fd(fd: int) -> int:
+    """Make every later interruptible wait also end on a byte in ``fd``; returns the previous fd.
+
+    ``fd`` is the non-blocking read end of a ``signal.set_wakeup_fd`` pipe. A
+    signal's handler may run on another thread, or arrive while the wait is
+    between two system calls where no EINTR reports it; its byte in the pipe
+    still ends the wait, so the caller's handler runs at once instead of when
+    the child exits. -1 stops it.
+    """
+    global _interrupt_fd
+    previous, _interrupt_fd = _interrupt_fd, fd
+    return previous
+
+
 def wait_request(
     deadline_ns: int,
     grace_ns: int,
@@ -202,7 +221,7 @@ def wait_request(
             "err_buf": err,
             "err_cap": err_cap,
             "interruptible": 1,
-            "release_fd": release_fd,
+            "release_fd": release_fd if release_fd >= 0 else _interrupt_fd,
             "release_sig": release_sig,
         },
     )
