@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import collections
 import contextlib
 import glob
 import itertools
@@ -422,10 +423,12 @@ def analyse(
         def mean(name: str, effects: list[dict[str, Any]] = effects, n: int = n) -> float:
             return sum(e[name] for e in effects) / n
 
+        flushed = [s["preflush_ns"] for s in ss if s.get("preflush_ns")]
+        lead = [s["window_start_ns"] - s["cmd_start_ns"] for s in ss]
         out[key] = {
             "n": n,
             "window_ns": median(s["window_ns"] for s in ss),
-            "lead_in_ns": median(s["window_start_ns"] - s["cmd_start_ns"] for s in ss),
+            "lead_in_ns": median(lead),
             "command_ns": median(s["cmd_end_ns"] - s["cmd_start_ns"] for s in ss),
             "worst_ns": median(e["worst_ns"] for e in effects),
             "worst_max_ns": max(e["worst_ns"] for e in effects),
@@ -434,10 +437,11 @@ def analyse(
             "slow_after": mean("slow_after"),
             "slow_total": mean("slow_before") + mean("slow_inside") + mean("slow_after"),
             "baseline": rate * mean("span_ns") / 1e9,
-            "preflush_ns": median(s["preflush_ns"] for s in ss) if ss[0].get("preflush_ns") is not None
-            else None,
+            "startup_ns": median(x - (s.get("preflush_ns") or 0) for x, s in zip(lead, ss, strict=True)),
+            "preflush_ns": median(flushed) if flushed else None,
+            "preflushed": len(flushed),
             "clock": ss[0]["clock"],
-        }  # fmt: skip
+        }
     return out, rate
 
 
@@ -445,13 +449,18 @@ def table_rows(summary: dict[str, dict[str, Any]], labels: dict[str, str]) -> li
     """One row per contender for the markdown and terminal tables."""
     rows = []
     for key, s in summary.items():
-        pf = "-" if s["preflush_ns"] is None else results.ms(s["preflush_ns"], 1)
+        pf = (
+            "-"
+            if s["preflush_ns"] is None
+            else f"{results.ms(s['preflush_ns'], 1)} ({s['preflushed']} of {s['n']})"
+        )
         rows.append(
             [
                 f"{key} ({labels[key]})",
                 str(s["n"]),
                 results.ms(s["window_ns"], 2),
                 results.ms(s["lead_in_ns"], 1),
+                results.ms(s["startup_ns"], 1),
                 pf,
                 results.ms(s["worst_ns"], 1),
                 results.ms(s["worst_max_ns"], 1),
@@ -460,6 +469,7 @@ def table_rows(summary: dict[str, dict[str, Any]], labels: dict[str, str]) -> li
                 f"{s['slow_after']:.1f}",
                 f"{s['slow_total']:.1f}",
                 f"{s['baseline']:.1f}",
+                f"{s['slow_total'] - s['baseline']:+.1f}",
             ]
         )
     return rows
@@ -470,6 +480,7 @@ HEADERS = [
     "freezes",
     "window ms (median)",
     "lead-in ms",
+    "lead-in but the pre-flush ms",
     "pre-flush ms",
     "worst overlapping txn ms (median)",
     "worst (max)",
@@ -478,6 +489,7 @@ HEADERS = [
     "slow after",
     "slow per freeze",
     "baseline",
+    "excess",
 ]
 
 
@@ -590,6 +602,11 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         summary, rate = analyse(samples, tl, args)
         doc.update(samples=samples, summary=summary, labels=labels, baseline_per_s=rate, txns=len(tl.txns))
         doc["checks"] = checks(summary)
+        doc["preflush_decisions"] = {
+            key: dict(collections.Counter(s["preflush"]["reason"] for s in ss if s.get("preflush")))
+            for key, ss in samples.items()
+            if any(s.get("preflush") for s in ss)
+        }
     doc["duration_s"] = time.monotonic() - started
     return doc
 
@@ -615,7 +632,9 @@ def results_section(args: argparse.Namespace, doc: dict[str, Any]) -> str:
         f"before = overlapping the lead-in (command start to first FIFREEZE), inside = overlapping the "
         f"window, after = the {args.after} s after the window or command end; per freeze, mean. "
         f"Baseline: the slow transactions a quiet interval of the same length has "
-        f"({doc['baseline_per_s']:.2f}/s). Windows from: {clocks}.",
+        f"({doc['baseline_per_s']:.2f}/s); excess: slow per freeze minus baseline. "
+        "Medians over the freezes except the slow counts (means). Windows from: "
+        f"{clocks}. Pre-flush decisions (quiesce): {doc.get('preflush_decisions', {})}.",
         results.table(HEADERS, table_rows(doc["summary"], doc["labels"])),
     ]
     return results.section(
