@@ -188,7 +188,12 @@ def classify(tl: Timeline, s: Sample, slow_ns: int, after_ns: int) -> dict[str, 
     before = [t for t in tl.overlapping(lead_a, win_a) if id(t) not in seen]
     seen |= {id(t) for t in before}
     after = [t for t in tl.overlapping(win_b, tail_b) if id(t) not in seen]
+    # The pre-flush ends just before the first FIFREEZE (only the RCU knob is written between).
+    flush_a = win_a - (s.get("preflush_ns") or 0)
     return {
+        "slow_preflush": sum(t.latency_ns > slow_ns and t.end_ns > flush_a for t in before),
+        "preflush_span_ns": win_a - flush_a,
+        "startup_span_ns": flush_a - lead_a,
         "worst_ns": max((t.latency_ns for t in inside), default=0),
         "overlapping": len(inside),
         "slow_before": sum(t.latency_ns > slow_ns for t in before),
@@ -436,6 +441,10 @@ def analyse(
             "slow_inside": mean("slow_inside"),
             "slow_after": mean("slow_after"),
             "slow_total": mean("slow_before") + mean("slow_inside") + mean("slow_after"),
+            "slow_preflush": mean("slow_preflush"),
+            # Slow transactions per second of the lead-in's two parts: start-up, pre-flush.
+            "rate_startup": _rate(effects, "slow_before", "startup_span_ns", minus="slow_preflush"),
+            "rate_preflush": _rate(effects, "slow_preflush", "preflush_span_ns"),
             "baseline": rate * mean("span_ns") / 1e9,
             "startup_ns": median(x - (s.get("preflush_ns") or 0) for x, s in zip(lead, ss, strict=True)),
             "preflush_ns": median(flushed) if flushed else None,
@@ -443,6 +452,19 @@ def analyse(
             "clock": ss[0]["clock"],
         }
     return out, rate
+
+
+def _rate(effects: Sequence[dict[str, Any]], count: str, span: str, minus: str | None = None) -> float | None:
+    """Events per second over the summed spans, None when there is no such span."""
+    total = sum(e[span] for e in effects)
+    if total <= 0:
+        return None
+    n = sum(e[count] - (e[minus] if minus else 0) for e in effects)
+    return n / (total / 1e9)
+
+
+def _per_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
 
 
 def table_rows(summary: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[list[str]]:
@@ -464,7 +486,8 @@ def table_rows(summary: dict[str, dict[str, Any]], labels: dict[str, str]) -> li
                 pf,
                 results.ms(s["worst_ns"], 1),
                 results.ms(s["worst_max_ns"], 1),
-                f"{s['slow_before']:.1f}",
+                f"{s['slow_before']:.1f} ({s['slow_preflush']:.1f})",
+                f"{_per_s(s['rate_startup'])} / {_per_s(s['rate_preflush'])}",
                 f"{s['slow_inside']:.1f}",
                 f"{s['slow_after']:.1f}",
                 f"{s['slow_total']:.1f}",
@@ -484,7 +507,8 @@ HEADERS = [
     "pre-flush ms",
     "worst overlapping txn ms (median)",
     "worst (max)",
-    "slow before",
+    "slow before (in the pre-flush)",
+    "slow/s in start-up / pre-flush",
     "slow inside",
     "slow after",
     "slow per freeze",
@@ -632,7 +656,9 @@ def results_section(args: argparse.Namespace, doc: dict[str, Any]) -> str:
         f"before = overlapping the lead-in (command start to first FIFREEZE), inside = overlapping the "
         f"window, after = the {args.after} s after the window or command end; per freeze, mean. "
         f"Baseline: the slow transactions a quiet interval of the same length has "
-        f"({doc['baseline_per_s']:.2f}/s); excess: slow per freeze minus baseline. "
+        f"({doc['baseline_per_s']:.2f}/s); excess: slow per freeze minus baseline. The lead-in is split in "
+        "start-up (command start to the pre-flush) and pre-flush (its reported span, ending at the first "
+        "FIFREEZE): slow transactions per second in each. "
         "Medians over the freezes except the slow counts (means). Windows from: "
         f"{clocks}. Pre-flush decisions (quiesce): {doc.get('preflush_decisions', {})}.",
         results.table(HEADERS, table_rows(doc["summary"], doc["labels"])),

@@ -83,3 +83,12 @@ def test_baseline_counts_slow_transactions_ending_in_quiet_intervals():
     quiet = [(0, 1000 * MS), (1500 * MS, 2000 * MS)]
     assert baseline_rate(tl, quiet, 10 * MS) == 2 / 1.5
     assert baseline_rate(tl, [], 10 * MS) == 0.0
+
+
+def test_classify_splits_the_lead_in_at_the_preflush():
+    """A slow transaction ending in the pre-flush's span counts there; earlier ones are start-up's."""
+    s = sample(cmd_start=1000, win_start=1300, win_ns=10, cmd_end=1400) | {"preflush_ns": 100 * MS}
+    txns = [txn(1100, 1120), txn(1150, 1250), txn(1210, 1290), txn(1250, 1255)]
+    got = classify(Timeline(txns), s, 10 * MS, 500 * MS)
+    assert (got["slow_before"], got["slow_preflush"]) == (3, 2)
+    assert (got["startup_span_ns"], got["preflush_span_ns"]) == (200 * MS, 100 * MS)
