@@ -1,7 +1,8 @@
 """A real client's view of a freeze: pgbench transactions around cold freezes, per contender.
 
     sudo python bench/pgbench.py [--scale 20] [--clients 4] [--freezes 5] [--spacing 3]
-                                 [--warmup 5] [--variant NAME=ARGS ...] [--no-qemu-ga]
+                                 [--warmup 5] [--variant NAME=ARGS ...] [--alt NAME=SRC ...]
+                                 [--no-qemu-ga]
                                  [--json out.json] [--results PATH | --no-results]
 
 One PostgreSQL 15 server (the one ``tests/db`` starts: ``tests/db/servers.py``)
@@ -24,6 +25,8 @@ starting contender rotating each round:
              is from just before the spawn to that first FIFREEZE.
   NAME       ``--variant NAME=ARGS``: the same with ARGS added (e.g.
              ``nopf=--no-preflush``).
+  NAME       ``--alt NAME=SRC``: ``python -m quiesce freeze`` of another source
+             tree (``PYTHONPATH=SRC``), e.g. the code before a change.
   qemu_ga    qemu-ga 7.2 (``$QEMU_GA``, else from PATH), ``guest-fsfreeze-freeze-list``
              of both mounts then ``guest-fsfreeze-thaw`` over its unix socket
              (bench/qga.py). Window: CLOCK_MONOTONIC just before the first
@@ -243,15 +246,20 @@ class Contenders:
     run_dir: str
     agent: GuestAgent | None = None
 
-    def quiesce(self, extra: Sequence[str] = ()) -> Sample:
-        """``quiesce freeze --json`` released on stdin once frozen; window from its report."""
+    def quiesce(self, extra: Sequence[str] = (), src: str | None = None) -> Sample:
+        """``quiesce freeze --json`` released on stdin once frozen; window from its report.
+
+        With ``src``, ``python -m quiesce`` of that source tree (``PYTHONPATH``) instead.
+        """
+        command = quiesce_command() if src is None else [sys.executable, "-m", "quiesce"]
+        env = None if src is None else {**os.environ, "PYTHONPATH": src}
         argv = [
-            *quiesce_command(), "freeze", "--json", "--run-dir", self.run_dir,
+            *command, "freeze", "--json", "--run-dir", self.run_dir,
             "--no-vmbackup-conf", "--timeout", "30", *extra, *self.mounts,
         ]  # fmt: skip
         t0 = time.monotonic_ns()
         proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         assert proc.stdin is not None and proc.stdout is not None
         first = proc.stdout.readline()
@@ -322,6 +330,8 @@ def contender_list(c: Contenders, args: argparse.Namespace) -> list[Contender]:
     out: list[Contender] = [("quiesce", "quiesce freeze (defaults)", c.quiesce)]
     for name, extra in args.variant:
         out.append((name, f"quiesce freeze {' '.join(extra)}", lambda e=extra: c.quiesce(e)))
+    for name, src in args.alt:
+        out.append((name, f"python -m quiesce freeze, source {src}", lambda s=src: c.quiesce(src=s)))
     if c.agent is not None:
         out.append(("qemu_ga", "qemu-ga freeze-list + thaw", c.qemu_ga))
     out.append(("fsfreeze", "util-linux fsfreeze -f / -u", c.fsfreeze))
@@ -340,6 +350,14 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, rest.split()
 
 
+def parse_alt(text: str) -> tuple[str, str]:
+    """``NAME=SRC`` for --alt: SRC a directory holding the quiesce package."""
+    name, sep, src = text.partition("=")
+    if not sep or not name or not os.path.isdir(os.path.join(src, "quiesce")):
+        raise argparse.ArgumentTypeError(f"--alt {text!r}: NAME=SRC, SRC a directory with quiesce/ in it")
+    return name, os.path.abspath(src)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line, checked."""
     p = argparse.ArgumentParser(prog="pgbench.py", description="pgbench transactions around cold freezes.")
@@ -351,6 +369,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--slow-ms", type=float, default=10.0, help="a slow transaction (default 10 ms)")
     p.add_argument("--after", type=float, default=0.5, help="seconds after a freeze still its own")
     p.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME=ARGS")
+    p.add_argument(
+        "--alt",
+        type=parse_alt,
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also `python -m quiesce freeze` from the source tree SRC (e.g. before a change)",
+    )
     p.add_argument("--no-qemu-ga", action="store_true", help="leave the QEMU guest agent out")
     results.add_output_arguments(p)
     args = p.parse_args(argv)
