@@ -658,6 +658,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             if any(s.get("preflush") for s in ss)
         }
     doc["duration_s"] = time.monotonic() - started
+    doc["loadavg_end"] = os.getloadavg()
     return doc
 
 
@@ -678,6 +679,7 @@ def results_section(args: argparse.Namespace, doc: dict[str, Any]) -> str:
     parts = [
         f"PostgreSQL 15, PGDATA on ext4 and pg_wal on xfs (loop filesystems), `pgbench -s {args.scale}`, "
         f"{args.clients} clients, {doc['txns']} transactions; {' '.join(doc['pgbench_summary'])}. "
+        f"Load average {doc['loadavg_end'][0]:.2f} at the end (a shared machine: others' work runs too). "
         f"Cold freezes of both filesystems every {args.spacing} s, interleaved. Slow: > {args.slow_ms} ms; "
         f"before = overlapping the lead-in (command start to first FIFREEZE), inside = overlapping the "
         f"window, after = the {args.after} s after the window or command end; per freeze, mean. "
