@@ -18,10 +18,13 @@ when it can shorten the window:
 - unreadable (no ``/proc``, an odd format): pre-flushed, the safe side;
 - ``--no-preflush`` (``preflush=False``): never.
 
-Per-filesystem dirty counts exist only in debugfs (``/sys/kernel/debug/bdi``),
-often not mounted or locked down, and ``/sys/class/bdi`` has none, so the
-machine-wide figure is the one that is always there. The decision and the
-figure it was taken on go into the freeze's report.
+Per-device dirty counts exist only in debugfs (``/sys/kernel/debug/bdi``),
+often not mounted or locked down (``/sys/class/bdi`` has none), and even
+they bound nothing for a filesystem on a loop device: its written pages sit
+dirty in the backing filesystem's page cache, and the cache flush FIFREEZE
+ends with writes those out too. The machine-wide figure counts both and is
+always there. The decision and the figure it was taken on go into the
+freeze's report.
 """
 
 from __future__ import annotations
