@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 MIB = 1 << 20
-#: Written without fsync: three times the default threshold.
+#: Written without fsync: twelve times the default threshold.
 DIRTY_MIB = 48
 
 
@@ -94,7 +94,7 @@ def test_clean_filesystem_skips_the_preflush(fs, run_dir):
 
 
 def test_default_policy_skips_on_a_quiet_machine(fs, run_dir):
-    """With the default threshold: skipped when the machine has under 16 MiB dirty, flushed otherwise."""
+    """With the default threshold: skipped when the machine has under 4 MiB dirty, flushed otherwise."""
     ext4 = fs["ext4"]
     settle(ext4)
     f, _ = freeze_once(ext4, FreezeOptions(timeout_s=20, run_dir=run_dir))

@@ -108,7 +108,7 @@ def test_zero_threshold_always_flushes(dirty):
 
 def test_the_goal_case_is_flushed_by_default():
     """150 MiB dirty on a target (the dirty-window goal) is far above the default threshold."""
-    assert DEFAULT_SKIP_BELOW_BYTES == 16 << 20
+    assert DEFAULT_SKIP_BELOW_BYTES == 4 << 20
     assert FreezeOptions().preflush_policy == PreflushPolicy()
     assert decide(True, 150 << 20, FreezeOptions().preflush_policy).reason == DIRTY
 
