@@ -193,11 +193,14 @@ def classify(tl: Timeline, s: Sample, slow_ns: int, after_ns: int) -> dict[str, 
     after = [t for t in tl.overlapping(win_b, tail_b) if id(t) not in seen]
     # The pre-flush ends just before the first FIFREEZE (only the RCU knob is written between).
     flush_a = win_a - (s.get("preflush_ns") or 0)
+    worst = max(inside, key=lambda t: t.latency_ns, default=None)
     return {
+        # A check of the clock alignment: a transaction held by the freeze ends just after the thaw.
+        "worst_end_after_window_ns": None if worst is None else worst.end_ns - win_b,
         "slow_preflush": sum(t.latency_ns > slow_ns and t.end_ns > flush_a for t in before),
         "preflush_span_ns": win_a - flush_a,
         "startup_span_ns": flush_a - lead_a,
-        "worst_ns": max((t.latency_ns for t in inside), default=0),
+        "worst_ns": 0 if worst is None else worst.latency_ns,
         "overlapping": len(inside),
         "slow_before": sum(t.latency_ns > slow_ns for t in before),
         "slow_inside": slow_inside,
@@ -463,6 +466,11 @@ def analyse(
             "command_ns": median(s["cmd_end_ns"] - s["cmd_start_ns"] for s in ss),
             "worst_ns": median(e["worst_ns"] for e in effects),
             "worst_max_ns": max(e["worst_ns"] for e in effects),
+            "worst_end_after_window_ns": median(
+                e["worst_end_after_window_ns"] for e in effects if e["worst_end_after_window_ns"] is not None
+            )
+            if any(e["worst_end_after_window_ns"] is not None for e in effects)
+            else None,
             "slow_before": mean("slow_before"),
             "slow_inside": mean("slow_inside"),
             "slow_after": mean("slow_after"),
