@@ -89,6 +89,10 @@ step supervise cc -- \
 step scaling "${loop_tools[@]}" -- \
     "$PYTHON" bench/scaling.py --ns 1,4 --reps 1 --warmup 0 --cold-reps 1 --cold-pause 0.1 --no-results "${plot_args[@]}"
 
+# PostgreSQL comes from tests/db/install.sh (CI runs it before this script).
+step pgbench "${loop_tools[@]}" mkfs.xfs fsfreeze pgbench runuser /usr/lib/postgresql/15/bin/initdb -- \
+    "$PYTHON" bench/pgbench.py --scale 1 --freezes 1 --spacing 1.5 --warmup 1 --no-results
+
 step fleet "${loop_tools[@]}" etcd nsenter mkfs.xfs -- \
     "$PYTHON" bench/fleet.py --agents 2 --cycles 1 --single 1 --sequential 1 --rcu off --no-out
 

@@ -140,11 +140,16 @@ def test_json_five_reps_on_ext4_and_xfs(fs, run_dir):
             assert f["preflush_at_ns"] < 0 <= f["freeze_at_ns"] < f["thaw_at_ns"] < s["window_ns"]
             assert f["preflush_at_ns"] + f["preflush_ns"] <= 0
         assert s["window_ns"] >= max(f["freeze_ns"] for f in s["filesystems"])
-        assert s["preflush_ns"] is not None and s["dirty_write_ns"] is None
+        # Pre-flushed only when the machine had enough dirty (quiesce.engine.preflush).
+        assert s["dirty_write_ns"] is None and (s["preflush_ns"] is None or s["preflush_ns"] > 0)
         assert s["cycle_start_ns"] < s["cycle_end_ns"]
     summary = doc["summary"]
     assert_summary_of(summary["window"], [s["window_ns"] for s in samples])
-    assert_summary_of(summary["preflush"], [s["preflush_ns"] for s in samples])
+    flushed = [s["preflush_ns"] for s in samples if s["preflush_ns"] is not None]
+    if flushed:
+        assert_summary_of(summary["preflush"], flushed)
+    else:
+        assert summary["preflush"] is None
     assert summary["dirty_write"] is None
     for i, t in enumerate(doc["targets"]):
         per = summary["filesystems"][t["mount_point"]]

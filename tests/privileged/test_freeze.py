@@ -49,7 +49,9 @@ def test_three_types_frozen_together_in_given_order(fs, run_dir):
     assert ts[0].freeze_at_ns == 0
     assert ts[0].freeze_at_ns < ts[1].freeze_at_ns < ts[2].freeze_at_ns
     assert ts[2].thaw_at_ns < ts[1].thaw_at_ns < ts[0].thaw_at_ns
-    assert f.report.preflush_ns is not None
+    # Pre-flushed or not as the policy decided (it depends on the whole machine's dirty data).
+    assert f.report.preflush is not None
+    assert (f.report.preflush_ns is not None) == f.report.preflush.flush
 
 
 def test_rollback_thaws_those_frozen_before_the_failure(fs, run_dir):

@@ -49,10 +49,20 @@ def print_plan(plan: Plan, out: TextIO) -> None:
         out.write(f"no mount matches {escape_path(pattern)}\n")
 
 
+def preflush_text(report: FreezeReport) -> str:
+    """The pre-flush for a terminal: its time, or why it did not run."""
+    d = report.preflush
+    if d is None or d.flush:
+        return human_ns(report.preflush_ns)
+    if d.dirty_bytes is None:
+        return "off"
+    return f"skipped ({d.dirty_bytes / 2**20:.1f} MiB dirty machine-wide)"
+
+
 def print_report(report: FreezeReport, out: TextIO) -> None:
     """A freeze report for a terminal."""
     out.write(f"run {report.run_id}: window {human_ns(report.window_ns)}")
-    out.write(f", pre-flush {human_ns(report.preflush_ns)}\n")
+    out.write(f", pre-flush {preflush_text(report)}\n")
     for t in report.targets:
         line = (
             f"  {escape_path(t.mount_point):<24} {t.fstype:<6} {t.state:<18} "

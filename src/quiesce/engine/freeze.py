@@ -27,6 +27,7 @@ from quiesce.engine.mountinfo import read_mountinfo
 from quiesce.engine.native import Child, FsRecord, Session, Supervision, now_ns, thaw_error
 from quiesce.engine.order import parallel_groups
 from quiesce.engine.plan import Target
+from quiesce.engine.preflush import DEFAULT_POLICY, PreflushDecision, PreflushPolicy, decide_now
 from quiesce.engine.proof import Proof, start_time
 from quiesce.engine.rcu import RCU_EXPEDITED, ExpeditedRcu
 from quiesce.engine.report import FreezeReport, build_report
@@ -49,6 +50,8 @@ class FreezeOptions:
     timeout_s: float = DEFAULT_FREEZE_TIMEOUT_S
     step_timeout_s: float | None = None
     preflush: bool = True
+    #: When the pre-flush runs (quiesce.engine.preflush): only with enough dirty to matter.
+    preflush_policy: PreflushPolicy = DEFAULT_POLICY
     run_dir: str = RUN_DIR
     #: Expedite RCU grace periods for the window (see quiesce.engine.rcu): a cold
     #: FIFREEZE then costs about a millisecond instead of tens.
@@ -100,6 +103,7 @@ class Freeze:
         self._closed = False
         self._rcu: ExpeditedRcu | None = None
         self._warnings: list[str] = []
+        self._preflush: PreflushDecision | None = None
 
     # -- steps --------------------------------------------------------------
 
@@ -150,7 +154,8 @@ class Freeze:
             ),
         )
         self._ledger_written = True
-        if opts.preflush:
+        self._preflush = decide_now(opts.preflush, opts.preflush_policy)
+        if self._preflush.flush:
             self._session.preflush()
         if self._rcu is not None:
             # Last thing before the first FIFREEZE; restored right after the last FITHAW.
@@ -231,6 +236,7 @@ class Freeze:
             records, guardian = s.records(), s.guardian()
             self.report = build_report(self.run_id, self.targets, records, guardian, self._guardian)
             self.report.rcu_expedited = expedited
+            self.report.preflush = self._preflush
             self.report.warnings.extend(self._warnings)
             thaw_err = thaw_err or self._real_thaw_failure(records)
             for t in self.report.targets:

@@ -13,6 +13,7 @@ from typing import Any
 
 from quiesce.engine.native import FsRecord, GuardianRecord
 from quiesce.engine.plan import Target
+from quiesce.engine.preflush import PreflushDecision
 from quiesce.errors import QuiesceError
 
 
@@ -56,6 +57,8 @@ class FreezeReport:
     error_type: str | None = None
     rcu_expedited: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: Whether the pre-flush ran, why, and the dirty figure it was decided on.
+    preflush: PreflushDecision | None = None
 
     @property
     def ok(self) -> bool:
