@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from quiesce.engine.mountinfo import escape_path
-from quiesce.engine.plan import Plan
-from quiesce.engine.report import FreezeReport
-from quiesce.runner.types import HoldAnnouncement, RunResult
+
+if TYPE_CHECKING:  # annotations only: `quiesce thaw` prints with this module and need not load them
+    from quiesce.engine.plan import Plan
+    from quiesce.engine.report import FreezeReport
+    from quiesce.runner.types import HoldAnnouncement, RunResult
 
 
 def human_ns(ns: int | None) -> str:
