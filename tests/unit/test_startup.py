@@ -42,8 +42,9 @@ NEVER = (
     "traceback",
     "secrets",
 )
-#: Also not loaded by `quiesce thaw` releasing a holder: freezing, running, Azure's config
-#: readers, and the C extension (only recovery and --force call FITHAW themselves).
+#: Also not loaded by `quiesce thaw --json` releasing a holder: freezing, running, Azure's
+#: config readers, the C extension (only recovery and --force call FITHAW themselves), and
+#: dataclasses (the slowest import it would need; text output loads it once released).
 NOT_FOR_THAW = (
     "quiesce.runner",
     "quiesce.supervise",
@@ -56,6 +57,9 @@ NOT_FOR_THAW = (
     "quiesce.cli.holder",
     "quiesce.cli.freeze",
     "quiesce.cli.run",
+    "quiesce.engine.mountinfo",
+    "dataclasses",
+    "inspect",
     "configparser",
     "difflib",
     "threading",

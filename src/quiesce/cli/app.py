@@ -14,9 +14,8 @@ from typing import Any
 
 from quiesce.cli.commands import command_of
 from quiesce.cli.exits import Exit, exit_code_for
-from quiesce.cli.output import reopen_closed_std_fds
+from quiesce.cli.output import emit_json, reopen_closed_std_fds
 from quiesce.cli.parser import UsageError, build_parser
-from quiesce.cli.render import emit_json
 from quiesce.errors import QuiesceError, SandboxError
 
 

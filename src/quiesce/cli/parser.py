@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from quiesce.azure.paths import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH, VMBACKUP_CONF
 from quiesce.cli.argtypes import MAX_SECONDS, seconds
@@ -43,8 +42,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, self)
 
 
-@dataclass(frozen=True)
-class Parents:
+class Parents(NamedTuple):  # not a dataclass: `quiesce thaw` need not load dataclasses
     """The option groups several subcommands share, each defined once."""
 
     #: ``--json`` and ``--run-dir``: every subcommand.

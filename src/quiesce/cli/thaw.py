@@ -21,10 +21,9 @@ from typing import Any
 
 from quiesce.cli.exits import Exit
 from quiesce.cli.lastreport import acknowledge_last_report, expired_hold, read_last_report
-from quiesce.cli.render import emit_json, print_thaw
+from quiesce.cli.output import emit_json
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod
-from quiesce.engine.mountinfo import read_mountinfo
 from quiesce.engine.proof import open_proven, wait_pidfd
 from quiesce.engine.rcu import restore_value
 from quiesce.engine.rundir import RunDir
@@ -32,6 +31,8 @@ from quiesce.errors import NotFrozenError
 
 
 def _mount_dev(mount_id: int) -> str | None:
+    from quiesce.engine.mountinfo import read_mountinfo  # recovery only, like the imports of thaw_mount
+
     for m in read_mountinfo():
         if m.mount_id == mount_id:
             return m.dev
@@ -132,6 +133,9 @@ def cmd_thaw(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(out, sys.stdout)
     else:
+        # Imported once released: text output needs the mount table's escaping (a dataclass module).
+        from quiesce.cli.render import print_thaw
+
         print_thaw(out)
     return code
 
