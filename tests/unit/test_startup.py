@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import random
 import subprocess
 import sys
 import uuid
@@ -21,6 +22,7 @@ import pytest
 
 from quiesce.cli.commands import OWN_COMMANDS, command_of
 from quiesce.cli.exits import Exit
+from quiesce.cli.fastpath import thaw_args
 from quiesce.cli.parser import UsageError, build_parser
 
 #: A run directory that does not exist, on a path only root can change.
@@ -44,7 +46,8 @@ NEVER = (
 )
 #: Also not loaded by `quiesce thaw --json` releasing a holder: freezing, running, Azure's
 #: config readers, the C extension (only recovery and --force call FITHAW themselves), and
-#: dataclasses (the slowest import it would need; text output loads it once released).
+#: dataclasses (the slowest import it would need; text output loads it once released), and
+#: argparse: a plain thaw command line is parsed by cli/fastpath.py.
 NOT_FOR_THAW = (
     "quiesce.runner",
     "quiesce.supervise",
@@ -63,6 +66,10 @@ NOT_FOR_THAW = (
     "configparser",
     "difflib",
     "threading",
+    "argparse",
+    "gettext",
+    "shutil",
+    "quiesce.cli.parser",
 )
 
 _PROBE = """
@@ -205,3 +212,75 @@ def test_one_command_parser_behaves_as_the_whole_parser(command, tail):
     whole = _outcome(lambda _: build_parser(), argv)
     alone = _outcome(lambda a: build_parser(only=command_of(a)), argv)
     assert alone == whole
+
+
+def _names(ns: object) -> dict[str, object]:
+    return {k: getattr(v, "__name__", v) for k, v in vars(ns).items()}
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        [],
+        ["--json"],
+        ["--json", "--json"],
+        ["--run-dir", "/run/x"],
+        ["--run-dir=/run/x", "--wait=0"],
+        ["--wait", "2.5", "--json", "--run-dir", "/run/y"],
+        ["--wait", "3600"],
+        ["--wait", " 7 "],
+        ["--force", "/mnt/a", "--force=/mnt/b"],
+        ["--force", "", "--run-dir", ""],
+        ["--run-dir", "/run/a", "--run-dir", "/run/b"],
+        ["--force=-odd", "--run-dir=--json"],
+    ],
+    ids=lambda t: " ".join(t) or "-",
+)
+def test_plain_thaw_lines_skip_argparse_and_parse_as_the_parser_does(tail, monkeypatch):
+    """A plain `quiesce thaw` line is parsed without argparse into the parser's namespace."""
+    monkeypatch.setenv("QUIESCE_RUN_DIR", "/run/from-the-environment")
+    argv = ["thaw", *tail]
+    fast = thaw_args(argv)
+    assert fast is not None
+    whole = _outcome(lambda _: build_parser(), argv)
+    assert whole["namespace"] == _names(fast)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        ["--help"],
+        ["-h"],
+        ["--ru", "/run/x"],
+        ["--run-dir"],
+        ["--wait", "-1"],
+        ["--wait", "nan"],
+        ["--wait=3601"],
+        ["--json=1"],
+        ["--", "--json"],
+        ["extra"],
+        ["--force", "-x"],
+    ],
+    ids=lambda t: " ".join(t),
+)
+def test_other_thaw_lines_go_to_the_parser(tail):
+    """Help, abbreviations, bad values and stray words are left to argparse, which answers as before."""
+    assert thaw_args(["thaw", *tail]) is None
+
+
+def test_thaw_fast_parse_never_disagrees_with_the_parser():
+    """Random thaw lines: whenever the fast parse answers, the parser gives the same values."""
+    words = ["--json", "--run-dir", "--wait", "--force", "/run/x", "5", "-1", "1e3", "nan", "", "-",
+             "--run-dir=/r", "--wait=3", "--wait=-2", "--force=/m", "--ru", "-h", "--", "x", "--json=1",
+             "thaw", "--wait=", "0x10", "inf"]  # fmt: skip
+    rng = random.Random(1213)
+    answered = 0
+    for _ in range(400):
+        argv = ["thaw", *rng.choices(words, k=rng.randrange(0, 6))]
+        fast = thaw_args(argv)
+        if fast is None:
+            continue
+        answered += 1
+        whole = _outcome(lambda _: build_parser(), argv)
+        assert whole.get("namespace") == _names(fast), argv
+    assert answered > 50  # the comparison did happen

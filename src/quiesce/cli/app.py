@@ -14,8 +14,8 @@ from typing import Any
 
 from quiesce.cli.commands import command_of
 from quiesce.cli.exits import Exit, exit_code_for
+from quiesce.cli.fastpath import thaw_args
 from quiesce.cli.output import emit_json, reopen_closed_std_fds
-from quiesce.cli.parser import UsageError, build_parser
 from quiesce.errors import QuiesceError, SandboxError
 
 
@@ -60,14 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     reopen_closed_std_fds()
     words = sys.argv[1:] if argv is None else list(argv)
     want_json = _wants_json(words)
-    # Only what this command needs is imported: `quiesce thaw` runs while filesystems are frozen.
-    parser = build_parser(only=command_of(words))
-    try:
-        args = parser.parse_args(words)
-    except UsageError as err:
-        with contextlib.suppress(OSError, ValueError):
-            err.parser.print_usage(sys.stderr)
-        return _report_error(want_json, err, Exit.USAGE, f"{err.parser.prog}: error: {err}", prefix="")
+    # `quiesce thaw` runs while a hold keeps filesystems frozen: parsed without argparse when it can be.
+    args = thaw_args(words)
+    if args is None:
+        from quiesce.cli.parser import UsageError, build_parser
+
+        # Only what this command needs is imported.
+        parser = build_parser(only=command_of(words))
+        try:
+            args = parser.parse_args(words)
+        except UsageError as err:
+            with contextlib.suppress(OSError, ValueError):
+                err.parser.print_usage(sys.stderr)
+            return _report_error(want_json, err, Exit.USAGE, f"{err.parser.prog}: error: {err}", prefix="")
     want_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args))

@@ -4,17 +4,18 @@
 release), and ``quiesce run`` and ``quiesce freeze`` before they freeze: each
 command's start is on a clock. So the parser names each command's function
 by module (:data:`OWN_COMMANDS`, :func:`lazy`), builds only the command
-being run when it can (:func:`command_of`), and reads the installed version
-only for ``--version`` (:class:`Version`).
+being run when it can (:func:`command_of`); ``quiesce thaw`` is parsed
+without argparse when it can be (:mod:`quiesce.cli.fastpath`).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 #: The subcommands :mod:`quiesce.cli.parser` defines itself, with the module that runs each.
 #: A command's module is imported only when that command runs (:func:`lazy`), and the
@@ -32,33 +33,6 @@ OWN_COMMANDS = {
     "recover": "quiesce.cli.recover:cmd_recover",
     "status": "quiesce.cli.status:cmd_status",
 }
-
-
-class Version(argparse.Action):
-    """``--version``: reads the installed version only when asked (importlib.metadata is slow to load)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
-        super().__init__(
-            option_strings,
-            dest,
-            nargs=0,
-            default=argparse.SUPPRESS,
-            help="show program's version number and exit",
-            **kwargs,
-        )
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        """Print ``quiesce VERSION`` and exit 0, as argparse's own version action does."""
-        import quiesce
-
-        parser._print_message(f"quiesce {quiesce.__version__}\n", sys.stdout)
-        parser.exit()
 
 
 def lazy(name: str) -> Callable[[argparse.Namespace], int]:

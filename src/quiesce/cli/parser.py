@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Sequence
 from typing import Any, NamedTuple, NoReturn
 
 from quiesce.azure.paths import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH, VMBACKUP_CONF
 from quiesce.cli.argtypes import MAX_SECONDS, seconds
-from quiesce.cli.commands import Version, lazy
+from quiesce.cli.commands import lazy
 from quiesce.cli.exits import EXIT_HELP, exit_help
 from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S, DEFAULT_STEP_TIMEOUT_S
 from quiesce.engine.rundir import RUN_DIR
@@ -55,6 +57,33 @@ class Parents(NamedTuple):  # not a dataclass: `quiesce thaw` need not load data
     freeze_tuning: argparse.ArgumentParser
     #: ``--wait`` for a holder or its guardian: ``thaw`` and ``recover``.
     wait: argparse.ArgumentParser
+
+
+class _Version(argparse.Action):
+    """``--version``: reads the installed version only when asked (importlib.metadata is slow to load)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="show program's version number and exit",
+            **kwargs,
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        """Print ``quiesce VERSION`` and exit 0, as argparse's own version action does."""
+        import quiesce
+
+        parser._print_message(f"quiesce {quiesce.__version__}\n", sys.stdout)
+        parser.exit()
 
 
 def _parent(*parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -204,7 +233,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         epilog=EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action=Version)
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(

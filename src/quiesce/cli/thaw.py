@@ -12,12 +12,11 @@ shares the recovery.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quiesce.cli.exits import Exit
 from quiesce.cli.lastreport import acknowledge_last_report, expired_hold, read_last_report
@@ -28,6 +27,9 @@ from quiesce.engine.proof import open_proven, wait_pidfd
 from quiesce.engine.rcu import restore_value
 from quiesce.engine.rundir import RunDir
 from quiesce.errors import NotFrozenError
+
+if TYPE_CHECKING:  # annotations only: a plain `quiesce thaw` is parsed without argparse
+    import argparse
 
 
 def _mount_dev(mount_id: int) -> str | None:
