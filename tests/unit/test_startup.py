@@ -128,7 +128,8 @@ def test_freeze_module_loads_no_other_command():
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     modules = set(json.loads(r.stdout))
     assert "quiesce.engine.freeze" in modules
-    assert present(modules, NEVER) == []
+    # Nor Azure's config (a run's), the run or its scripts' supervision.
+    assert present(modules, (*NEVER, "quiesce.azure.config", "quiesce.runner.run", "quiesce.supervise")) == []
 
 
 def test_importing_the_package_loads_no_submodule():
