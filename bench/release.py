@@ -1,7 +1,8 @@
 """The hold shape on a clock: ``quiesce thaw`` to the last FITHAW, ``quiesce freeze`` to the first FIFREEZE.
 
     sudo python bench/release.py [--reps 20] [--warmup 2] [--pause 0.3] [--hold-s 0.05]
-                                 [--fstypes ext4,xfs,btrfs] [--compare-src DIR] [--no-pyc]
+                                 [--fstypes ext4,xfs,btrfs] [--compare-src DIR [--compare-name NAME]]
+                                 [--no-pyc]
                                  [--json out.json] [--results PATH | --no-results]
 
 README's hold shape is ``quiesce freeze --hold TARGETS; snapshot; quiesce
@@ -35,7 +36,7 @@ quiesce has (pip compiles it); ``--no-pyc`` runs them without one (every
 module compiled at every start). ``--compare-src DIR`` adds the same
 contenders run from another source tree (``DIR`` put first on
 ``PYTHONPATH``; it needs its ``quiesce/_native*.so``), so a change can be
-measured before and after in one interleaved run. Every repetition idles
+measured before and after in one interleaved run (``--compare-name`` labels it). Every repetition idles
 ``--pause`` s first, and the contenders rotate.
 
 Written to the ``release`` section of bench/RESULTS.md (``--results PATH``;
@@ -271,6 +272,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--compare-src", metavar="DIR", help="also run another source tree (put first on PYTHONPATH)"
     )
+    p.add_argument(
+        "--compare-name", default="other", help="what the tables call --compare-src's tree (other)"
+    )
     p.add_argument("--no-pyc", action="store_true", help="run the children without a bytecode cache")
     results.add_output_arguments(p)
     args = p.parse_args(argv)
@@ -325,7 +329,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             other["PYTHONPATH"] = os.pathsep.join(filter(None, [args.compare_src, env.get("PYTHONPATH")]))
             if not args.no_pyc:
                 other["PYTHONPYCACHEPREFIX"] = os.path.join(work, "pyc-other")
-            trees.append(Tree("other", other))
+            trees.append(Tree(args.compare_name, other))
         sb = stack.enter_context(Sandbox())
         mounts = [t.mount.mount_point for t in build(sb, args.fstypes)]
         print(f"filesystems: {', '.join(args.fstypes)} at {' '.join(mounts)}; run dir {run_dir}")
@@ -351,7 +355,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
 def results_section(args: argparse.Namespace, doc: dict[str, Any]) -> str:
     """This run's section of bench/RESULTS.md."""
-    trees = "this tree" + (f" and `{args.compare_src}` (`other`)" if args.compare_src else "")
+    trees = "`this` tree" + (
+        f" and `{args.compare_name}`, the tree at `{args.compare_src}`" if args.compare_src else ""
+    )
     pyc = "no bytecode cache (`--no-pyc`)" if args.no_pyc else "a bytecode cache, as pip installs"
     parts = [
         f"The hold shape on {', '.join(args.fstypes)} loop filesystems: `quiesce freeze --hold`; "
