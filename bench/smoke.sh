@@ -96,6 +96,16 @@ step pgbench "${loop_tools[@]}" mkfs.xfs fsfreeze pgbench runuser /usr/lib/postg
 step fleet "${loop_tools[@]}" etcd nsenter mkfs.xfs -- \
     "$PYTHON" bench/fleet.py --agents 2 --cycles 1 --single 1 --sequential 1 --rcu off --no-out
 
+step release "${loop_tools[@]}" -- \
+    "$PYTHON" bench/release.py --reps 1 --warmup 1 --pause 0.05 --hold-s 0.01 --fstypes ext4 --no-results
+
+if [ "$(nproc)" -ge 2 ]; then
+    step rcu_cost "${loop_tools[@]}" -- \
+        "$PYTHON" bench/rcu_cost.py --reps 1 --pause 0.05 --fstypes ext4 --no-results
+else
+    echo "skip  rcu_cost (one CPU: the spinner needs a CPU of its own)"
+fi
+
 if "$PYTHON" -c "import pytest_benchmark" >/dev/null 2>&1; then
     step pytest-bench "${loop_tools[@]}" -- \
         "$PYTHON" -m pytest bench -q --benchmark-disable -p no:cacheprovider

@@ -28,42 +28,110 @@ Nothing here keeps global state; every result is a dataclass with
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
+from typing import TYPE_CHECKING, Any
 
-try:
+if TYPE_CHECKING:
+    from quiesce.azure.config import LoadedConfig, PluginConfig
+    from quiesce.azure.configparse import parse_config
+    from quiesce.azure.planning import make_plan as plan
+    from quiesce.azure.verdict import APPLICATION, CRASH, FAILED, FILESYSTEM
+    from quiesce.engine.freeze import Freeze, FreezeOptions
+    from quiesce.engine.frozen import frozen
+    from quiesce.engine.plan import Plan, Skipped, SkipReason, Target
+    from quiesce.engine.report import FilesystemResult, FreezeReport, WindowExpiredError
+    from quiesce.errors import (
+        ConfigError,
+        FreezeError,
+        FreezeNotSupportedError,
+        FreezeTimeoutError,
+        FrozenByOtherError,
+        IncorrectJSONConfigFile,
+        LockHeldError,
+        NotFrozenError,
+        QuiesceError,
+        ScriptError,
+        TargetError,
+        ThawError,
+        UnsafeRunDirError,
+    )
+    from quiesce.runner.types import HoldAnnouncement, RunOptions, RunResult, SnapshotStep
+    from quiesce.supervise.launch import Attempt
+    from quiesce.supervise.scripts import ScriptResult
+
     #: The installed distribution's version: one source, pyproject.toml's ``version``.
-    __version__ = _metadata.version("quiesce")
-except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+    __version__: str
 
-from quiesce.azure.config import LoadedConfig, PluginConfig
-from quiesce.azure.configparse import parse_config
-from quiesce.azure.planning import make_plan as plan
-from quiesce.azure.verdict import APPLICATION, CRASH, FAILED, FILESYSTEM
-from quiesce.engine.freeze import Freeze, FreezeOptions
-from quiesce.engine.frozen import frozen
-from quiesce.engine.plan import Plan, Skipped, SkipReason, Target
-from quiesce.engine.report import FilesystemResult, FreezeReport, WindowExpiredError
-from quiesce.errors import (
-    ConfigError,
-    FreezeError,
-    FreezeNotSupportedError,
-    FreezeTimeoutError,
-    FrozenByOtherError,
-    IncorrectJSONConfigFile,
-    LockHeldError,
-    NotFrozenError,
-    QuiesceError,
-    ScriptError,
-    TargetError,
-    ThawError,
-    UnsafeRunDirError,
-)
-from quiesce.runner.run import load_checked_config
-from quiesce.runner.run import run as _run
-from quiesce.runner.types import HoldAnnouncement, RunOptions, RunResult, SnapshotStep
-from quiesce.supervise.launch import Attempt
-from quiesce.supervise.scripts import ScriptResult
+#: Where each public name lives: imported on first use, so that ``import quiesce.cli`` (and with
+#: it ``quiesce thaw``, which runs while filesystems are frozen) loads only what it needs.
+_LAZY = {
+    "LoadedConfig": ("quiesce.azure.config", "LoadedConfig"),
+    "PluginConfig": ("quiesce.azure.config", "PluginConfig"),
+    "parse_config": ("quiesce.azure.configparse", "parse_config"),
+    "plan": ("quiesce.azure.planning", "make_plan"),
+    **{name: ("quiesce.azure.verdict", name) for name in ("APPLICATION", "CRASH", "FAILED", "FILESYSTEM")},
+    "Freeze": ("quiesce.engine.freeze", "Freeze"),
+    "FreezeOptions": ("quiesce.engine.freeze", "FreezeOptions"),
+    "frozen": ("quiesce.engine.frozen", "frozen"),
+    **{name: ("quiesce.engine.plan", name) for name in ("Plan", "Skipped", "SkipReason", "Target")},
+    **{
+        name: ("quiesce.engine.report", name)
+        for name in ("FilesystemResult", "FreezeReport", "WindowExpiredError")
+    },
+    **{
+        name: ("quiesce.errors", name)
+        for name in (
+            "ConfigError",
+            "FreezeError",
+            "FreezeNotSupportedError",
+            "FreezeTimeoutError",
+            "FrozenByOtherError",
+            "IncorrectJSONConfigFile",
+            "LockHeldError",
+            "NotFrozenError",
+            "QuiesceError",
+            "ScriptError",
+            "TargetError",
+            "ThawError",
+            "UnsafeRunDirError",
+        )
+    },
+    **{
+        name: ("quiesce.runner.types", name)
+        for name in ("HoldAnnouncement", "RunOptions", "RunResult", "SnapshotStep")
+    },
+    "Attempt": ("quiesce.supervise.launch", "Attempt"),
+    "ScriptResult": ("quiesce.supervise.scripts", "ScriptResult"),
+}
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("quiesce")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562) and keep it, so later uses are plain lookups."""
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the public ones not imported yet included."""
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "APPLICATION",
@@ -110,6 +178,8 @@ __all__ = [
 
 def load_config(path: str = "/etc/azure/VMSnapshotScriptPluginConfig.json") -> LoadedConfig:
     """Read and validate Azure's plugin config, after checking its owner, mode and directories."""
+    from quiesce.runner.run import load_checked_config
+
     return load_checked_config(path)
 
 
@@ -128,6 +198,10 @@ def run(
     but root could change (:class:`UnsafeRunDirError`) or a held lock; every other
     outcome is in the returned :class:`RunResult`.
     """
+    from quiesce.azure.config import LoadedConfig, PluginConfig
+    from quiesce.runner.run import run as _run
+    from quiesce.runner.types import RunOptions
+
     opts = options or RunOptions()
     if isinstance(config, str):
         opts = RunOptions(**{**opts.__dict__, "config_path": config})

@@ -20,6 +20,14 @@ class QuiesceError(Exception):
     azure_code: int | None = None
 
 
+class SandboxError(RuntimeError):
+    """The sandbox could not be built (missing tool, no loop device, not root).
+
+    Defined here (and re-exported by :mod:`quiesce.sandbox`) so that the
+    command line can catch it without importing the sandbox's machinery.
+    """
+
+
 class ConfigError(QuiesceError):
     """A configuration file or option is invalid; nothing was run or frozen."""
 

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+# Defined with the other errors so the command line catches it without importing this module.
+from quiesce.errors import SandboxError as SandboxError
+
 # From <linux/fs.h>: _IOWR('X', 119, int) and _IOWR('X', 120, int). The
 # sandbox thaws without the native module, so teardown works even when the
 # engine under test is broken.
@@ -39,10 +42,6 @@ MKFS: dict[str, list[str]] = {
 
 #: Smallest image each type accepts (xfsprogs refuses under 300 MiB).
 MIN_SIZE_MB: dict[str, int] = {"ext4": 16, "ext2": 16, "xfs": 300, "btrfs": 120}
-
-
-class SandboxError(RuntimeError):
-    """The sandbox could not be built (missing tool, no loop device, not root)."""
 
 
 def enter_private_mount_namespace() -> None:

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from quiesce.cli import main
-from quiesce.cli import parser as cli_parser
+from quiesce.cli import status as cli_status
 from quiesce.cli.exits import Exit, exit_code_for
 from quiesce.cli.render import human_ns
 from quiesce.cli.run import ProgressLine
@@ -183,7 +183,8 @@ def test_json_unexpected_error_prints_one_json_object(monkeypatch, capsys, tmp_p
     def boom(args):
         raise RuntimeError("something nobody foresaw")
 
-    monkeypatch.setattr(cli_parser, "cmd_status", boom)
+    # The parser imports a command's module when the command runs, and looks it up there.
+    monkeypatch.setattr(cli_status, "cmd_status", boom)
     code = main(["status", "--json", "--run-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == Exit.ERROR

@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from quiesce.engine.freeze import DEFAULT_FREEZE_TIMEOUT_S
-
-DEFAULT_CONFIG_PATH = "/etc/azure/VMSnapshotScriptPluginConfig.json"
-DEFAULT_PLUGINHOST_PATH = "/etc/azure/VMSnapshotPluginHost.conf"
+from quiesce.azure.paths import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
+from quiesce.azure.paths import DEFAULT_PLUGINHOST_PATH as DEFAULT_PLUGINHOST_PATH
+from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S
 
 #: The only plugin Azure ships, and the only one quiesce implements.
 SCRIPT_RUNNER = "ScriptRunner"

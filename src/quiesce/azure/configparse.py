@@ -55,7 +55,7 @@ from quiesce.azure.text import (
     show,
     unknown_key_hint,
 )
-from quiesce.engine.freeze import DEFAULT_FREEZE_TIMEOUT_S
+from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S
 from quiesce.errors import ConfigNotFoundError, IncorrectJSONConfigFile
 
 

@@ -10,13 +10,16 @@ config's error.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from quiesce.azure.config import EXTENSION_KEY, Extensions
 from quiesce.azure.permissions import read_vmbackup_conf
 from quiesce.azure.vmbackup import VMBACKUP_CONF, read_mounts_to_skip
 from quiesce.engine.plan import Plan
 from quiesce.engine.targets import plan_targets, target_problems
 from quiesce.errors import IncorrectJSONConfigFile, TargetError
+
+if TYPE_CHECKING:  # `quiesce freeze` plans with make_plan before its first FIFREEZE: no config module
+    from quiesce.azure.config import Extensions
 
 
 def make_plan(
@@ -59,6 +62,8 @@ def plan_config(ext: Extensions, vmbackup_conf: str | None = VMBACKUP_CONF) -> P
     )
     problems = target_problems(plan, ext.targets)
     if problems:
+        from quiesce.azure.config import EXTENSION_KEY
+
         raise TargetError(f"{EXTENSION_KEY}.targets: cannot freeze: " + "; ".join(problems))
     return plan
 

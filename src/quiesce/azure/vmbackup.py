@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from quiesce.azure.paths import VMBACKUP_CONF as VMBACKUP_CONF
 from quiesce.azure.text import Rejected, read_ini
 from quiesce.errors import ConfigError
 
-#: Azure Backup's snapshot settings; ``[SnapshotThread] MountsToSkip`` is honoured.
-VMBACKUP_CONF = "/etc/azure/vmbackup.conf"
 _SECTION = "SnapshotThread"
 
 

@@ -10,7 +10,22 @@ output in :mod:`~quiesce.cli.render`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from quiesce.cli.app import main
-from quiesce.cli.parser import build_parser
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["build_parser", "main"]
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``quiesce`` (:func:`quiesce.cli.parser.build_parser`).
+
+    Imported when called: the ``quiesce`` command imports this package, and
+    ``quiesce thaw`` does not build a parser when it need not.
+    """
+    from quiesce.cli.parser import build_parser as build
+
+    return build(only)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from quiesce.cli.commands import command_of
 from quiesce.cli.exits import Exit, exit_code_for
-from quiesce.cli.output import reopen_closed_std_fds
-from quiesce.cli.parser import UsageError, build_parser
-from quiesce.cli.render import emit_json
-from quiesce.errors import QuiesceError
-from quiesce.sandbox import SandboxError
+from quiesce.cli.fastpath import thaw_args
+from quiesce.cli.output import emit_json, reopen_closed_std_fds
+from quiesce.errors import QuiesceError, SandboxError
 
 
 def _error_json(err: BaseException, code: int, message: str | None = None) -> dict[str, Any]:
@@ -62,13 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     reopen_closed_std_fds()
     words = sys.argv[1:] if argv is None else list(argv)
     want_json = _wants_json(words)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(words)
-    except UsageError as err:
-        with contextlib.suppress(OSError, ValueError):
-            err.parser.print_usage(sys.stderr)
-        return _report_error(want_json, err, Exit.USAGE, f"{err.parser.prog}: error: {err}", prefix="")
+    # `quiesce thaw` runs while a hold keeps filesystems frozen: parsed without argparse when it can be.
+    args = thaw_args(words)
+    if args is None:
+        from quiesce.cli.parser import UsageError, build_parser
+
+        # Only what this command needs is imported.
+        parser = build_parser(only=command_of(words))
+        try:
+            args = parser.parse_args(words)
+        except UsageError as err:
+            with contextlib.suppress(OSError, ValueError):
+                err.parser.print_usage(sys.stderr)
+            return _report_error(want_json, err, Exit.USAGE, f"{err.parser.prog}: error: {err}", prefix="")
     want_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args))
@@ -77,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         return _report_error(want_json, err, 130, "interrupted (SIGINT)")
     except Exception as err:  # a bug or an unforeseen OS error: still one answer, and the traceback
+        import traceback  # only here: loading it costs every command's start
+
         with contextlib.suppress(OSError, ValueError):
             traceback.print_exc(file=sys.stderr)
         return _report_error(want_json, err, Exit.ERROR, f"unexpected error: {type(err).__name__}: {err}")

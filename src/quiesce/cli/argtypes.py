@@ -8,7 +8,6 @@ in a conversion to nanoseconds.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from collections.abc import Callable
@@ -22,6 +21,14 @@ _INTEGER = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
+def _type_error(message: str) -> Exception:
+    # argparse is imported only to report a bad value: `quiesce thaw`'s own parse (cli/fastpath.py)
+    # checks its --wait with these functions and does not load argparse.
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
 def seconds(low: float = 0.0, high: float = MAX_SECONDS, *, low_open: bool = False) -> Callable[[str], float]:
     """An argparse ``type`` for a number of seconds from ``low`` (excluded if ``low_open``) to ``high``."""
     lower = f"greater than {low:g}" if low_open else f"at least {low:g}"
@@ -31,7 +38,7 @@ def seconds(low: float = 0.0, high: float = MAX_SECONDS, *, low_open: bool = Fal
         value = float(text) if _DECIMAL.fullmatch(text.strip()) else math.nan
         above = value > low if low_open else value >= low
         if not (math.isfinite(value) and above and value <= high):
-            raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
+            raise _type_error(f"expected {expected}, not {text!r}")
         return value
 
     parse.__name__ = "seconds"
@@ -45,7 +52,7 @@ def count(low: int, high: int, unit: str = "") -> Callable[[str], int]:
     def parse(text: str) -> int:
         stripped = text.strip()
         if not _INTEGER.fullmatch(stripped) or not low <= int(stripped) <= high:
-            raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
+            raise _type_error(f"expected {expected}, not {text!r}")
         return int(stripped)
 
     parse.__name__ = "count"

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import os
-from typing import TextIO
+from typing import Any, TextIO
 
 
 def describe(err: BaseException) -> str:
@@ -103,3 +104,9 @@ class SafeStream(io.TextIOBase):
             devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
             os.dup2(devnull, fd)
             os.close(devnull)
+
+
+def emit_json(data: Any, out: TextIO) -> None:
+    """One JSON document, one line."""
+    out.write(json.dumps(data, sort_keys=True) + "\n")
+    out.flush()

@@ -13,23 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
-from typing import Any, NoReturn
+import sys
+from collections.abc import Sequence
+from typing import Any, NamedTuple, NoReturn
 
-from quiesce import __version__
-from quiesce.azure.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH
-from quiesce.azure.vmbackup import VMBACKUP_CONF
-from quiesce.bench import command as bench_command
+from quiesce.azure.paths import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH, VMBACKUP_CONF
 from quiesce.cli.argtypes import MAX_SECONDS, seconds
+from quiesce.cli.commands import lazy
 from quiesce.cli.exits import EXIT_HELP, exit_help
-from quiesce.cli.freeze import cmd_freeze, cmd_mounts
-from quiesce.cli.recover import cmd_recover, cmd_thaw
-from quiesce.cli.run import cmd_check, cmd_demo, cmd_run
-from quiesce.cli.status import cmd_status
-from quiesce.engine.freeze import DEFAULT_FREEZE_TIMEOUT_S, DEFAULT_STEP_TIMEOUT_S
+from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S, DEFAULT_STEP_TIMEOUT_S
 from quiesce.engine.rundir import RUN_DIR
-from quiesce.fleet import cli as fleet_cli
-from quiesce.qga import command as qga_command
 
 _positive_seconds = seconds(0, MAX_SECONDS, low_open=True)
 _wait_seconds = seconds(0, MAX_SECONDS)
@@ -51,8 +44,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, self)
 
 
-@dataclass(frozen=True)
-class Parents:
+class Parents(NamedTuple):  # not a dataclass: `quiesce thaw` need not load dataclasses
     """The option groups several subcommands share, each defined once."""
 
     #: ``--json`` and ``--run-dir``: every subcommand.
@@ -65,6 +57,33 @@ class Parents:
     freeze_tuning: argparse.ArgumentParser
     #: ``--wait`` for a holder or its guardian: ``thaw`` and ``recover``.
     wait: argparse.ArgumentParser
+
+
+class _Version(argparse.Action):
+    """``--version``: reads the installed version only when asked (importlib.metadata is slow to load)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="show program's version number and exit",
+            **kwargs,
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        """Print ``quiesce VERSION`` and exit 0, as argparse's own version action does."""
+        import quiesce
+
+        parser._print_message(f"quiesce {quiesce.__version__}\n", sys.stdout)
+        parser.exit()
 
 
 def _parent(*parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -199,8 +218,13 @@ def _command(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``quiesce``."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``quiesce``.
+
+    With ``only`` (a name from :func:`~quiesce.cli.commands.command_of`), the commands other
+    modules define are left out, so their packages are not imported; the
+    parse of a command line that starts with ``only`` is the same.
+    """
     shared = build_parents()
     parser = _Parser(
         prog="quiesce",
@@ -209,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"quiesce {__version__}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(
@@ -242,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "atomically; point node_exporter's textfile collector at its directory, which only root "
         "may write (else the metrics are refused, the run stands)",
     )
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=lazy("run"))
 
     p = _command(
         sub,
@@ -255,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every hook, the snapshot command, and the plan (what would be frozen, in which order, what "
         "is skipped and why). Exits 0 when all is well, 10 when anything is wrong.",
     )
-    p.set_defaults(func=cmd_check)
+    p.set_defaults(func=lazy("check"))
 
     p = _command(
         sub,
@@ -267,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unsupported, not-included).",
     )
     p.add_argument("targets", nargs="*", metavar="TARGET", help="limit to these mount points or globs")
-    p.set_defaults(func=cmd_mounts)
+    p.set_defaults(func=lazy("mounts"))
 
     p = _command(
         sub,
@@ -293,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hold", action="store_true", help="return once frozen; release with `quiesce thaw`")
     p.add_argument("--no-stdin", action="store_true", help="do not release on stdin")
-    p.set_defaults(func=cmd_freeze)
+    p.set_defaults(func=lazy("freeze"))
 
     p = _command(
         sub,
@@ -307,10 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
         "ledger (also one frozen by another tool).",
     )
     p.add_argument("--force", action="append", default=[], metavar="MOUNT", help="FITHAW this mount point")
-    p.set_defaults(func=cmd_thaw)
+    p.set_defaults(func=lazy("thaw"))
 
-    bench_command.add_parser(sub, [shared.common, shared.freeze_tuning])
-    qga_command.add_parser(sub, shared.common)
+    if only is None:
+        from quiesce.bench import command as bench_command
+        from quiesce.qga import command as qga_command
+
+        bench_command.add_parser(sub, [shared.common, shared.freeze_tuning])
+        qga_command.add_parser(sub, shared.common)
 
     p = _command(
         sub,
@@ -329,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"guardian deadline (default 10; more than 0, at most {MAX_SECONDS:g})",
     )
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=lazy("demo"))
 
     p = _command(
         sub,
@@ -342,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kill script processes left in the cgroups of runs that are no longer alive. A freeze in "
         "progress is left alone.",
     )
-    p.set_defaults(func=cmd_recover)
+    p.set_defaults(func=lazy("recover"))
 
     p = _command(
         sub,
@@ -352,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Show the freeze in progress (from the ledger), whether its process and "
         "guardian are alive, the lock (and its holder while held), and how the last freeze ended.",
     )
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=lazy("status"))
 
-    fleet_cli.add_parsers(sub, shared.common)
+    if only is None:
+        from quiesce.fleet import cli as fleet_cli
+
+        fleet_cli.add_parsers(sub, shared.common)
     return parser

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+# emit_json lives with the output that never decides a run, which `quiesce thaw` loads alone.
+from quiesce.cli.output import emit_json as emit_json
 from quiesce.engine.mountinfo import escape_path
-from quiesce.engine.plan import Plan
-from quiesce.engine.report import FreezeReport
-from quiesce.runner.types import HoldAnnouncement, RunResult
+
+if TYPE_CHECKING:  # annotations only: `quiesce thaw` prints with this module and need not load them
+    from quiesce.engine.plan import Plan
+    from quiesce.engine.report import FreezeReport
+    from quiesce.runner.types import HoldAnnouncement, RunResult
 
 
 def human_ns(ns: int | None) -> str:
@@ -21,12 +24,6 @@ def human_ns(ns: int | None) -> str:
     if ns < 1_000_000_000:
         return f"{ns / 1e6:.2f} ms"
     return f"{ns / 1e9:.2f} s"
-
-
-def emit_json(data: Any, out: TextIO) -> None:
-    """One JSON document, one line."""
-    out.write(json.dumps(data, sort_keys=True) + "\n")
-    out.flush()
 
 
 def print_plan(plan: Plan, out: TextIO) -> None:

@@ -13,7 +13,6 @@ from quiesce.azure.verdict import APPLICATION, CRASH, FILESYSTEM
 from quiesce.cli.exits import Exit
 from quiesce.cli.output import SafeStream
 from quiesce.cli.render import emit_json, hold_line, human_ns, print_plan, print_run
-from quiesce.demo import run_demo
 from quiesce.errors import QuiesceError
 from quiesce.runner.check import check_setup
 from quiesce.runner.logs import log_lines, write_metrics
@@ -186,6 +185,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``quiesce demo``."""
+    # Imported here: the sandbox's machinery (subprocess, ctypes) is no part of `quiesce run`'s start.
+    from quiesce.demo import run_demo
+
     result, outcome = run_demo(timeout_s=args.timeout)
     if args.json:
         emit_json(result.to_dict(), sys.stdout)

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from quiesce.cli.exits import Exit
-from quiesce.cli.holder import HOLDING, read_last_report
+from quiesce.cli.lastreport import HOLDING, read_last_report
 from quiesce.cli.render import emit_json, human_ns
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S as DEFAULT_FREEZE_TIMEOUT_S
+from quiesce.engine.defaults import DEFAULT_STEP_TIMEOUT_S as DEFAULT_STEP_TIMEOUT_S
 from quiesce.engine.lock import FreezeLock
 from quiesce.engine.mountfd import open_target
 from quiesce.engine.mountinfo import read_mountinfo
@@ -35,12 +37,6 @@ from quiesce.engine.rundir import RUN_DIR, RunDir
 from quiesce.errors import NotFrozenError, QuiesceError, TargetError, ThawError
 
 GUARDIAN_LOG = "guardian.log"
-#: Azure's vmbackup.conf ``[SnapshotThread] timeout`` default: the longest a
-#: filesystem may stay frozen before the guardian thaws it.
-DEFAULT_FREEZE_TIMEOUT_S = 60.0
-#: The longest one FIFREEZE call may block (it cannot be interrupted; the
-#: guardian thaws the others to release it).
-DEFAULT_STEP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from quiesce.engine.rundir import RunDir
 from quiesce.errors import LedgerError, UntrustedFileError
@@ -51,8 +50,9 @@ _TOKEN = re.compile(r"[0-9a-f]{32}")
 _BOOT = re.compile(r"[0-9a-f-]{36}")
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
+# NamedTuples, not dataclasses: `quiesce thaw` reads the ledger while filesystems are frozen,
+# and the dataclasses module (with inspect) is the slowest import it would need.
+class LedgerEntry(NamedTuple):
     """One filesystem a freeze is about to freeze."""
 
     mount_point: str
@@ -61,8 +61,7 @@ class LedgerEntry:
     fstype: str
 
 
-@dataclass(frozen=True)
-class Ledger:
+class Ledger(NamedTuple):
     """The record of one freeze in progress."""
 
     run_id: str
@@ -72,7 +71,7 @@ class Ledger:
     guardian_start: int
     created_unix: float
     timeout_s: float
-    filesystems: tuple[LedgerEntry, ...] = field(default_factory=tuple)
+    filesystems: tuple[LedgerEntry, ...] = ()
     #: The rcu_expedited value to put back if the freeze expedited RCU.
     rcu_expedited_restore: str | None = None
     #: The proof the holder and its guardian keep open (quiesce.engine.proof.Proof).
@@ -83,8 +82,8 @@ class Ledger:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
-        d = asdict(self)
-        d["filesystems"] = [asdict(e) for e in self.filesystems]
+        d = self._asdict()
+        d["filesystems"] = [e._asdict() for e in self.filesystems]
         return d
 
     @classmethod
@@ -92,7 +91,7 @@ class Ledger:
         """Rebuild and validate a ledger read from disk; raises LedgerError on any bad field."""
         if not isinstance(d, dict):
             raise LedgerError("malformed ledger: not a JSON object")
-        expected = {f for f in cls.__dataclass_fields__}
+        expected = set(cls._fields)
         unknown = set(d) - expected
         if unknown:
             raise LedgerError(f"malformed ledger: unknown keys {sorted(unknown)}")

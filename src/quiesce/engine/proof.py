@@ -10,7 +10,6 @@ writer holds, and it signals through a pidfd, never a pid.
 from __future__ import annotations
 
 import os
-import secrets
 
 from quiesce.engine.fdwait import wait_readable
 
@@ -71,7 +70,9 @@ class Proof:
     """
 
     def __init__(self) -> None:
-        self.token = secrets.token_hex(16)
+        # The kernel's CSPRNG, as secrets.token_hex draws it, without loading secrets (hmac, hashlib)
+        # into `quiesce thaw`, which imports this module.
+        self.token = os.urandom(16).hex()
         self.fd = os.memfd_create(PROOF_PREFIX + self.token, os.MFD_CLOEXEC)
 
     def close(self) -> None:
