@@ -205,7 +205,7 @@ def test_plot_into_a_missing_directory_is_refused(monkeypatch, capsys, tmp_path)
 def test_importing_quiesce_does_not_import_matplotlib():
     """The core never loads matplotlib: only drawing does."""
     code = (
-        "import sys, quiesce, quiesce.cli, quiesce.bench.command, quiesce.bench.plot\n"
+        "import sys, quiesce, quiesce.cli.parser, quiesce.bench.command, quiesce.bench.plot\n"
         "quiesce.cli.parser.build_parser()\n"
         "print('matplotlib' in sys.modules)"
     )
