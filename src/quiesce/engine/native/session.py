@@ -155,6 +155,16 @@ class Session:
         if rc != 0:
             raise GuardianError(-rc, "setting the guardian's restore action")
 
+    def cancel_restore(self) -> None:
+        """Drop the restore action of :meth:`restore_on_orphan` (the setting was never changed).
+
+        The guardian reads it from the shared session only once orphaned, so
+        clearing it here takes effect after :meth:`arm` too.
+        """
+        s = self._raw()
+        s.restore_len = 0
+        s.restore_fd = -1
+
     def freeze(self) -> None:
         """FIFREEZE every filesystem in order; on failure the frozen ones are thawed."""
         rc = int(lib.qz_freeze(self._raw()))
