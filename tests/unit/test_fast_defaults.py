@@ -44,4 +44,3 @@ def test_cli_flags_default_on_and_opt_out(command, flags, expected):
     assert (args.expedite_rcu, args.parallel) == expected
     opts = freeze_options(args)
     assert (opts.expedite_rcu, opts.parallel) == expected
-
