@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -183,4 +185,42 @@ def test_thaw_recovery_restores_it_from_the_ledger(fs, run_dir, rcu_knob, comman
     )
     assert out.returncode == 0, out.stderr
     assert '"rcu_expedited_restored": true' in out.stdout
+    assert _value() == rcu_knob
+
+
+def test_a_second_freeze_at_once_leaves_the_knob_to_the_first(fs, run_dir, rcu_knob):
+    """Two freezes at once (other run directories): only the first changes the knob, which ends as found.
+
+    Without that, the second would read the first's 1 as the machine's value,
+    and, ending last, put 1 back for good.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, run_dir, "default", str(fs["ext4"].mount_point)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    other_dir = tempfile.mkdtemp(prefix="quiesce-test-run-", dir="/run")
+    try:
+        assert proc.stdout.readline().strip() == "frozen"
+        assert _value() == "1"
+        guardian = ledger_mod.read(run_dir).guardian_pid
+        f = Freeze(targets(fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=other_dir))
+        with f:
+            f.prepare()
+            f.freeze()
+            # The first freeze ends (its guardian restores 0) while the second is still frozen.
+            proc.kill()
+            proc.wait(timeout=10)
+            deadline = time.monotonic() + 5
+            while os.path.exists(f"/proc/{guardian}") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _value() == rcu_knob
+        assert f.report.ok and not f.report.rcu_expedited
+        assert any("held by another freeze" in w for w in f.report.warnings), f.report.warnings
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        shutil.rmtree(other_dir, ignore_errors=True)
     assert _value() == rcu_knob

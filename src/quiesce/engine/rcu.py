@@ -25,6 +25,7 @@ without it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 
 RCU_EXPEDITED = "/sys/kernel/rcu_expedited"
@@ -52,6 +53,21 @@ class ExpeditedRcu:
                 return f.read().strip() == b"1"
         except OSError:
             return False
+
+    def claim(self) -> bool:
+        """Take the knob from other freezes (an exclusive flock on it), then read its value again.
+
+        False when another freeze holds it: its value is then that freeze's
+        change, not the machine's, and restoring it later would leave it
+        expedited. The lock belongs to the open file, which the guardian
+        shares: it lasts until the knob is restored, even if this process dies.
+        """
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.original = os.pread(self.fd, 16, 0).strip() or b"0"
+        return True
 
     def enable(self) -> None:
         """Expedite grace periods from now on."""
@@ -93,7 +109,9 @@ def open_knob(
     ledger are told there is a value to restore: the knob is opened, read,
     and its own value written back (a no-op for the kernel that proves the
     write path: a read-only sysfs gives EROFS, a missing capability EPERM or
-    EACCES).
+    EACCES). Two freezes at once (another run directory, a fleet node on the
+    same kernel) never both change it: the second would take the first's
+    change for the machine's value and put it back last.
     """
     if ExpeditedRcu.overridden(normal_path):
         return None, (
@@ -104,6 +122,14 @@ def open_knob(
         rcu = ExpeditedRcu(path)
     except OSError as err:
         return None, f"cannot open {path}: {describe(err)}: running without expedited RCU"
+    try:
+        claimed = rcu.claim()
+    except OSError as err:
+        rcu.close()
+        return None, f"cannot lock {path}: {describe(err)}: running without expedited RCU"
+    if not claimed:
+        rcu.close()
+        return None, f"{path} is held by another freeze under way: running without expedited RCU"
     if rcu.original not in KNOB_VALUES:
         value = rcu.original[:8].decode(errors="replace")
         rcu.close()
