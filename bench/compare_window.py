@@ -18,9 +18,12 @@ The contenders on clean filesystems:
   engine_par   the same after Session.set_parallel(groups), groups from
                quiesce.engine.order.parallel_groups: independent filesystems are
                frozen at once, one thread each.
-  freeze_path  quiesce.engine.freeze.Freeze: lock, ledger, guardian, pre-flush
-               (prepare), then cycle(); window from its report.
-  freeze_path_par  the same with FreezeOptions(parallel=True).
+  freeze_path  quiesce.engine.freeze.Freeze with the default FreezeOptions (what
+               `quiesce freeze` and `quiesce run` do with no flags: expedited
+               RCU and parallel freeze and thaw): lock, ledger, guardian,
+               pre-flush (prepare), then cycle(); window from its report.
+  freeze_path_plain  the same with expedite_rcu=False, parallel=False (the
+               --no-expedite-rcu --no-parallel opt-outs).
   fsfreeze     util-linux `fsfreeze -f` on each, then `fsfreeze -u` on each:
                wall time of the six commands, process spawns included.
   qemu_ga      the QEMU guest agent, started as a child of this process:
@@ -34,8 +37,9 @@ The phases:
                the floor, after ``--warmup`` discarded rounds.
   clean, cold  ``--cold-pause`` seconds idle before each measurement
                (``--cold-reps``): what an occasional freeze pays, an RCU grace
-               period per filesystem included; also the engine and the Freeze
-               path with /sys/kernel/rcu_expedited set for the window.
+               period per filesystem included; also the floor and the engine
+               with /sys/kernel/rcu_expedited set for the window (floor_rcu:
+               the physical limit of a cold freeze, the default's goal).
   dirty        ``--dirty-mb`` MiB written to each filesystem, no fsync, just
                before each measurement (``--dirty-reps``, after
                ``--dirty-warmup`` discarded rounds): floor, engine
@@ -226,14 +230,21 @@ class Bench:
                 sample["preflush_errnos"] = errs
         return sample
 
-    def freeze_path(self, expedite_rcu: bool = False, parallel: bool = False) -> Sample:
-        """The production path: Freeze.prepare() (lock, ledger, guardian, pre-flush), cycle()."""
-        opts = FreezeOptions(
-            timeout_s=GUARD_TIMEOUT_NS / 1e9,
-            run_dir=self.run_dir,
-            expedite_rcu=expedite_rcu,
-            parallel=parallel,
-        )
+    def floor_rcu(self) -> Sample:
+        """The floor with /sys/kernel/rcu_expedited set around its process, then restored."""
+        knob = ExpeditedRcu()
+        try:
+            knob.enable()
+            return self.floor()
+        finally:
+            knob.close()
+
+    def freeze_path(self, **options: bool) -> Sample:
+        """The production path: Freeze.prepare() (lock, ledger, guardian, pre-flush), cycle().
+
+        ``options`` (expedite_rcu, parallel) override the defaults; none: the defaults.
+        """
+        opts = FreezeOptions(timeout_s=GUARD_TIMEOUT_NS / 1e9, run_dir=self.run_dir, **options)
         with Freeze(self.targets, opts) as f:
             f.prepare()
             f.cycle()
@@ -242,6 +253,8 @@ class Bench:
             raise RuntimeError(f"Freeze ended badly: {report.to_dict()}")
         by_mount = {t.mount_point: t for t in report.targets}
         per_fs = [by_mount[mp] for mp in self.mounts]
+        if options.get("expedite_rcu", True) and os.path.exists(RCU_EXPEDITED) and not report.rcu_expedited:
+            raise RuntimeError(f"the Freeze path did not expedite RCU: {report.warnings}")
         return {
             "window_ns": report.window_ns,
             "preflush_ns": report.preflush_ns,
@@ -249,6 +262,8 @@ class Bench:
             "thaw_ns": [t.thaw_ns for t in per_fs],
             # Every filesystem's stamps, for the timeline picture.
             "filesystems": report.to_dict()["targets"],
+            "freeze_at_ns": [t.freeze_at_ns for t in per_fs],
+            "thaw_at_ns": [t.thaw_at_ns for t in per_fs],
         }
 
     def fsfreeze_cli(self) -> Sample:
@@ -462,7 +477,11 @@ DIRTY_GOAL = 0.15
 #: The dirty goal is stated for this much written to each of the three filesystems.
 DIRTY_GOAL_MB = 150
 #: The contenders whose clean windows are held to CLEAN_GOAL.
-CLEAN_GOAL_KEYS = ("engine", "engine_par", "freeze_path", "freeze_path_par")
+CLEAN_GOAL_KEYS = ("engine", "engine_par", "freeze_path", "freeze_path_plain")
+#: The default path's cold window against the floor with rcu_expedited=1 ...
+COLD_FLOOR_RCU_GOAL = 1.15
+#: ... and against qemu-ga's cold window.
+COLD_QEMU_GA_GOAL = 0.05
 #: The contenders whose dirty windows are held to DIRTY_GOAL.
 DIRTY_GOAL_KEYS = ("engine_preflush", "engine_preflush_par", "engine_preflush_par_rcu")
 
@@ -473,8 +492,12 @@ def clean_contenders(bench: Bench) -> list[Contender]:
         ("floor", "floor (C: FIFREEZE x3, FITHAW x3)", bench.floor),
         ("engine", "engine Session.cycle(), guardian armed", bench.engine),
         ("engine_par", "engine, parallel (set_parallel)", lambda: bench.engine(parallel=True)),
-        ("freeze_path", "Freeze path (lock+ledger+guardian+preflush)", bench.freeze_path),
-        ("freeze_path_par", "Freeze path, parallel=True", lambda: bench.freeze_path(parallel=True)),
+        ("freeze_path", "Freeze path, defaults (expedited RCU + parallel)", bench.freeze_path),
+        (
+            "freeze_path_plain",
+            "Freeze path, --no-expedite-rcu --no-parallel",
+            lambda: bench.freeze_path(expedite_rcu=False, parallel=False),
+        ),
         ("fsfreeze", "fsfreeze -f x3, -u x3 (incl. 6 spawns)", bench.fsfreeze_cli),
     ]
     if bench.agent is not None:
@@ -555,18 +578,13 @@ def cold_contenders(bench: Bench) -> list[Contender]:
     """The clean contenders, and the expedited-RCU ones when the kernel has the knob."""
     contenders = clean_contenders(bench)
     if os.path.exists(RCU_EXPEDITED):
-        contenders[5:5] = [
+        contenders[1:1] = [("floor_rcu", "floor (C), rcu_expedited=1", bench.floor_rcu)]
+        contenders[6:6] = [
             ("engine_rcu", "engine, rcu_expedited for the cycle", lambda: bench.engine(rcu=True)),
             (
                 "engine_par_rcu",
                 "engine, parallel + rcu_expedited",
                 lambda: bench.engine(parallel=True, rcu=True),
-            ),
-            ("freeze_path_rcu", "Freeze path, expedite_rcu=True", lambda: bench.freeze_path(True)),
-            (
-                "freeze_path_par_rcu",
-                "Freeze path, parallel + expedite_rcu",
-                lambda: bench.freeze_path(True, parallel=True),
             ),
         ]
     return contenders
@@ -583,7 +601,8 @@ def cold_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
     samples = interleaved(contenders, args.cold_reps, before_each=pause, progress="clean, cold")
     summary = phase_summary(contenders, samples, "floor", reference_key="engine")
     doc["clean_cold"] = {"samples": samples, "summary": summary}
-    doc["checks"].extend(clean_checks("cold", summary))
+    checks = clean_checks("cold", summary) + default_cold_checks(summary)
+    doc["checks"].extend(checks)
     print()
     print_table(
         f"CLEAN, COLD: {args.cold_pause:g} s idle before each measurement, {args.cold_reps} "
@@ -602,8 +621,31 @@ def cold_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> N
         "  *rcu* rows, quiesce's --expedite-rcu) that wait is an expedited grace period; frozen\n"
         "  in parallel, the filesystems wait out their grace periods side by side."
     )
-    for check in clean_checks("cold", summary):
+    fp = samples["freeze_path"]
+    print(f"  Freeze path (defaults) FIFREEZE per fs: {per_fs_medians(fp, bench.mounts, 'freeze_ns')}")
+    print(f"  Freeze path (defaults) FITHAW per fs:   {per_fs_medians(fp, bench.mounts, 'thaw_ns')}")
+    print(f"  Freeze path (defaults) FITHAW start:    {per_fs_medians(fp, bench.mounts, 'thaw_at_ns')}")
+    for check in checks:
         print(f"  {check.line()}")
+
+
+def default_cold_checks(summary: dict[str, dict[str, Any]]) -> list[Check]:
+    """The default path's cold window against the floor with rcu_expedited=1 and against qemu-ga."""
+    checks = []
+    fp = summary.get("freeze_path")
+    if fp is None:
+        return checks
+    for key, goal in (("floor_rcu", COLD_FLOOR_RCU_GOAL), ("qemu_ga", COLD_QEMU_GA_GOAL)):
+        if key in summary:
+            checks.append(
+                Check(
+                    f"default cold window <= {goal}x {summary[key]['label']}",
+                    f"{fp['label']}: median / {key} median",
+                    fp["median_ns"] / summary[key]["median_ns"],
+                    goal,
+                )
+            )
+    return checks
 
 
 def dirty_phase(bench: Bench, args: argparse.Namespace, doc: dict[str, Any]) -> None:
@@ -722,9 +764,9 @@ def _par_vs_seq(summary: dict[str, dict[str, Any]], pairs: Sequence[tuple[str, s
 
 PAR_PAIRS = (
     ("engine_par", "engine"),
-    ("freeze_path_par", "freeze_path"),
+    ("freeze_path", "freeze_path_plain"),
     ("engine_par_rcu", "engine_rcu"),
-    ("freeze_path_par_rcu", "freeze_path_rcu"),
+    ("freeze_path", "floor_rcu"),
 )
 
 

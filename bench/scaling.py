@@ -15,6 +15,9 @@ first N targets of the plan (the same nested subsets for every contender):
   engine_par  the same after Session.set_parallel(groups), groups from
               quiesce.engine.order.parallel_groups (independent filesystems: one
               group, one thread each, released together).
+  default     quiesce.engine.freeze.Freeze with the default FreezeOptions (what
+              `quiesce freeze`/`run` do with no flags: expedited RCU, parallel
+              freeze and thaw on threads started before the window, pre-flush).
 
 Two phases:
   warm  per N, ``--warmup`` discarded rounds then ``--reps`` rounds, each
@@ -27,7 +30,9 @@ Two phases:
 
 Reported: median windows per N and window(N) / window(1) for every contender,
 and the goal of the benchmark issue, window(32) / window(1) well below 32
-(checked here as at most half of linear: <= 16), for the engine. Written to
+(checked here as at most half of linear: <= 16), for the engine; and, cold,
+the default path at the largest N against the sequential floor with
+rcu_expedited=1 (at most DEFAULT_FLOOR_RCU_GOAL of it). Written to
 the ``scaling`` section of bench/RESULTS.md (``--results PATH``;
 ``--no-results`` skips it). The sandbox thaws, unmounts and detaches
 everything however the run ends, and the RCU knob is left as it was found.
@@ -54,7 +59,7 @@ from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_
 
 from quiesce.bench.stats import median
 from quiesce.engine.plan import Target
-from quiesce.engine.rcu import RCU_EXPEDITED, ExpeditedRcu
+from quiesce.engine.rcu import RCU_EXPEDITED
 from quiesce.sandbox import Sandbox
 
 TOOLS = ("cc", "losetup", "mount", "umount", "mkfs.ext4")
@@ -63,6 +68,8 @@ FSTYPE = "ext4"
 SCALING_GOAL_FRACTION = 0.5
 #: The contenders the scaling goal applies to (quiesce's engine, not the floor).
 GOAL_KEYS = ("engine", "engine_par")
+#: Cold, at the largest N: the default path's window at most this times the floor_rcu one.
+DEFAULT_FLOOR_RCU_GOAL = 0.4
 #: A clean FIFREEZE longer than this waited for an RCU grace period (warm: ~0.3 ms; a wait: >= 20 ms).
 GP_WAIT_NS = 5_000_000
 
@@ -73,17 +80,8 @@ LABELS = {
     "floor_rcu": "floor + rcu_expedited",
     "engine_rcu": "engine, sequential + rcu_expedited",
     "engine_par_rcu": "engine, parallel + rcu_expedited",
+    "default": "quiesce defaults (Freeze path)",
 }
-
-
-def floor_rcu(bench: Bench) -> Sample:
-    """The floor with /sys/kernel/rcu_expedited set around its process, then restored."""
-    knob = ExpeditedRcu()
-    try:
-        knob.enable()
-        return bench.floor()
-    finally:
-        knob.close()
 
 
 def contenders_for(bench: Bench, rcu: bool) -> list[tuple[str, Callable[[], Sample]]]:
@@ -92,10 +90,11 @@ def contenders_for(bench: Bench, rcu: bool) -> list[tuple[str, Callable[[], Samp
         ("floor", bench.floor),
         ("engine", bench.engine),
         ("engine_par", lambda: bench.engine(parallel=True)),
+        ("default", bench.freeze_path),
     ]
     if rcu:
         out += [
-            ("floor_rcu", lambda: floor_rcu(bench)),
+            ("floor_rcu", bench.floor_rcu),
             ("engine_rcu", lambda: bench.engine(rcu=True)),
             ("engine_par_rcu", lambda: bench.engine(parallel=True, rcu=True)),
         ]
@@ -149,7 +148,7 @@ def scaling_summary(samples: dict[str, list[Sample]], ns: Sequence[int]) -> dict
         }
         if name.startswith("engine"):
             by_n = {n: samples[key_of(name, n)] for n in ns}
-            # The engine thaws one filesystem after the other, whatever the freeze.
+            # The sum of the FITHAW calls (parallel ones overlap: more than the time they take).
             entry["thaw_sum_ns"] = {n: median(sum(s["thaw_ns"]) for s in v) for n, v in by_n.items()}
             entry["slowest_freeze_ns"] = {n: median(max(s["freeze_ns"]) for s in v) for n, v in by_n.items()}
             entry["waited_reps"] = {
@@ -198,11 +197,23 @@ def engine_cell(s: dict[str, Any], n: int) -> str:
 
 
 def goal_checks(phase: str, summary: dict[str, dict[str, Any]], ns: Sequence[int]) -> list[Check]:
-    """window(max N) / window(1) <= half of max N, for the engine's contenders."""
-    if ns[0] != 1 or len(ns) < 2:
-        return []
+    """window(max N) / window(1) <= half of max N, for the engine's contenders; the default path
+    against the sequential floor with rcu_expedited=1 at the largest N."""
     top = ns[-1]
     checks = []
+    if "default" in summary and "floor_rcu" in summary:
+        d, f = summary["default"], summary["floor_rcu"]
+        checks.append(
+            Check(
+                f"default window at N={top} <= {DEFAULT_FLOOR_RCU_GOAL}x the sequential floor with "
+                f"rcu_expedited=1, {phase}",
+                f"{d['label']}: median / {f['label']} median",
+                d["per_n"][top]["median_ns"] / f["per_n"][top]["median_ns"],
+                DEFAULT_FLOOR_RCU_GOAL,
+            )
+        )
+    if ns[0] != 1 or len(ns) < 2:
+        return checks
     for name in summary:
         if name.removesuffix("_rcu") not in GOAL_KEYS:
             continue
@@ -279,8 +290,9 @@ def results_section(args: argparse.Namespace, doc: dict[str, Any], checks: Seque
         parts.append(
             f"### {title} ({what})\n\n"
             + scaling_table(summary, ns)
-            + "\n\nThe engine's windows in parts, per N: FITHAW total (median ms; the engine thaws one "
-            f"filesystem after the other) / slowest FIFREEZE (median ms) / reps in which a FIFREEZE took "
+            + "\n\nThe engine's windows in parts, per N: FITHAW total (median ms of the sum of every "
+            f"FITHAW call; parallel ones overlap, so their sum exceeds the time they take) / slowest "
+            f"FIFREEZE (median ms) / reps in which a FIFREEZE took "
             f"more than {GP_WAIT_NS / 1e6:g} ms (an RCU grace-period wait):\n\n"
             + details
             + "\n\n"

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <linux/fs.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -77,27 +78,6 @@ void qz_thaw_one(struct qz_fs *fs, int32_t done)
     qz_store(&fs->state, done);
 }
 
-/*
- * Thaw, last frozen first, every filesystem this process still owns. One that
- * the guardian already took over is left to it. Returns the first errno.
- */
-int qz_thaw(struct qz_session *s)
-{
-    int first_err = 0;
-    uint32_t i;
-
-    for (i = s->n; i-- > 0;) {
-        struct qz_fs *fs = &s->fs[i];
-
-        if (!qz_cas(&fs->state, QZ_FROZEN, QZ_THAWING))
-            continue;
-        qz_thaw_one(fs, QZ_THAWED);
-        if (fs->thaw_errno != 0 && first_err == 0)
-            first_err = fs->thaw_errno;
-    }
-    return -first_err;
-}
-
 /* FIFREEZE one filesystem, recording it; returns 0 or errno. */
 static int freeze_one(struct qz_session *s, uint32_t i)
 {
@@ -118,74 +98,229 @@ static int freeze_one(struct qz_session *s, uint32_t i)
     return 0;
 }
 
+/* FITHAW one filesystem if this process still owns it; returns its errno or 0. */
+static int thaw_owned(struct qz_session *s, uint32_t i)
+{
+    struct qz_fs *fs = &s->fs[i];
+
+    if (!qz_cas(&fs->state, QZ_FROZEN, QZ_THAWING))
+        return 0;
+    qz_thaw_one(fs, QZ_THAWED);
+    return fs->thaw_errno;
+}
+
+/* ---- the threads of a parallel session ---------------------------------- */
+
 #define GROUP_MAX 64
 
-struct group_start {
+enum { OP_FREEZE, OP_THAW };
+
+/*
+ * Threads started before the window, parked on a condition variable. The
+ * caller hands them a batch (one group: filesystems first..first+n-1), does
+ * the batch's first filesystem itself, and worker w does first+w+1. So
+ * neither a later group's freeze nor the thaw pays for pthread_create. The
+ * pool lives in this process's memory only: the guardian, forked before it
+ * exists, never sees it (it thaws on its own, one after another).
+ */
+struct qz_pool {
     pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int go;
-};
-
-struct group_job {
+    pthread_cond_t work;
+    pthread_cond_t done;
     struct qz_session *s;
-    uint32_t index;
-    struct group_start *start;
-    int err;
+    uint64_t generation;     /* bumped for every batch */
+    int stop;
+    int op;
+    uint32_t first, n;       /* the batch: positions 1..n-1 are the workers' */
+    uint32_t pending;        /* workers still on the current batch */
+    uint32_t workers;        /* started */
+    int err[GROUP_MAX];      /* errno per batch position */
+    pthread_t threads[GROUP_MAX - 1];
 };
 
-static void *group_thread(void *arg)
-{
-    struct group_job *job = arg;
+struct pool_arg {
+    struct qz_pool *pool;
+    uint32_t w;
+};
 
-    pthread_mutex_lock(&job->start->lock);
-    while (!job->start->go)
-        pthread_cond_wait(&job->start->cond, &job->start->lock);
-    pthread_mutex_unlock(&job->start->lock);
-    job->err = freeze_one(job->s, job->index);
+static int run_op(struct qz_session *s, int op, uint32_t i)
+{
+    return op == OP_FREEZE ? freeze_one(s, i) : thaw_owned(s, i);
+}
+
+static void *pool_worker(void *arg)
+{
+    struct qz_pool *p = ((struct pool_arg *)arg)->pool;
+    uint32_t k = ((struct pool_arg *)arg)->w + 1;
+    /* The pool starts at generation 0: a batch handed out before this thread first ran still counts. */
+    uint64_t seen = 0;
+
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        int op;
+        uint32_t first;
+
+        while (p->generation == seen && !p->stop)
+            pthread_cond_wait(&p->work, &p->lock);
+        if (p->stop)
+            break;
+        seen = p->generation;
+        if (k >= p->n)
+            continue;
+        op = p->op;
+        first = p->first;
+        pthread_mutex_unlock(&p->lock);
+        p->err[k] = run_op(p->s, op, first + k);
+        pthread_mutex_lock(&p->lock);
+        if (--p->pending == 0)
+            pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->lock);
     return NULL;
 }
 
-/*
- * FIFREEZE filesystems first..last (at most GROUP_MAX) at once, one thread
- * each. The threads are started first and released together, so their
- * creation is not inside the window. Independent filesystems then wait out
- * their RCU grace periods and flushes side by side instead of one after
- * another. A filesystem whose thread could not be started is frozen from
- * this thread once the others have been released.
- */
-static int freeze_group(struct qz_session *s, uint32_t first, uint32_t last)
+/* The group that starts at `first`: its last index (at most GROUP_MAX apart). */
+static uint32_t group_last(const struct qz_session *s, uint32_t first)
 {
-    struct group_start start = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
-    struct group_job jobs[GROUP_MAX];
-    pthread_t threads[GROUP_MAX];
-    int started[GROUP_MAX];
-    pthread_attr_t attr;
-    uint32_t k, n = last - first + 1;
-    int err = 0;
+    uint32_t last = first;
 
+    while (s->parallel && last + 1 < s->n && last + 1 - first < GROUP_MAX &&
+           s->fs[last + 1].group == s->fs[first].group)
+        last++;
+    return last;
+}
+
+/*
+ * Start the threads of a parallel session whose groups have more than one
+ * member, before the window. A pool that cannot be allocated, or threads
+ * that cannot be started, only make the work sequential: the caller does
+ * what no worker takes.
+ */
+static void pool_start(struct qz_session *s)
+{
+    struct qz_pool *p;
+    struct pool_arg *args;
+    pthread_attr_t attr;
+    uint32_t i, want = 0, w;
+
+    if (!s->parallel || s->pool != NULL)
+        return;
+    for (i = 0; i < s->n; i = group_last(s, i) + 1)
+        if (group_last(s, i) - i > want)
+            want = group_last(s, i) - i;
+    if (want == 0)
+        return;
+    p = calloc(1, sizeof(*p) + (size_t)want * sizeof(*args));
+    if (p == NULL)
+        return;
+    args = (struct pool_arg *)(p + 1);
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->done, NULL);
+    p->s = s;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 64 * 1024);
-    for (k = 0; k < n; k++) {
-        jobs[k] = (struct group_job){ s, first + k, &start, 0 };
-        started[k] = pthread_create(&threads[k], &attr, group_thread, &jobs[k]) == 0;
+    for (w = 0; w < want; w++) {
+        args[w] = (struct pool_arg){ p, w };
+        if (pthread_create(&p->threads[w], &attr, pool_worker, &args[w]) != 0)
+            break;
+        p->workers++;
     }
     pthread_attr_destroy(&attr);
-    pthread_mutex_lock(&start.lock);
-    start.go = 1;
-    pthread_cond_broadcast(&start.cond);
-    pthread_mutex_unlock(&start.lock);
-    for (k = 0; k < n; k++)
-        if (!started[k])
-            jobs[k].err = freeze_one(s, first + k);
-    for (k = 0; k < n; k++)
-        if (started[k])
-            pthread_join(threads[k], NULL);
-    for (k = 0; k < n; k++)
-        if (jobs[k].err != 0 && err == 0) {
-            err = jobs[k].err;
-            s->failed_index = (int32_t)(first + k);
-        }
-    return err;
+    s->pool = p;
+}
+
+void qz_pool_stop(struct qz_session *s)
+{
+    struct qz_pool *p = s->pool;
+    uint32_t w;
+
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->lock);
+    for (w = 0; w < p->workers; w++)
+        pthread_join(p->threads[w], NULL);
+    pthread_cond_destroy(&p->done);
+    pthread_cond_destroy(&p->work);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+    s->pool = NULL;
+}
+
+/*
+ * Run `op` on filesystems first..first+n-1 at once: the workers take
+ * positions 1.. and this thread position 0, then whatever no worker could
+ * take, in order. err[k] is the errno of position k.
+ */
+static void run_batch(struct qz_session *s, int op, uint32_t first, uint32_t n, int *err)
+{
+    struct qz_pool *p = s->pool;
+    uint32_t k, helped = 0;
+
+    if (p != NULL && n > 1 && p->workers > 0) {
+        helped = n - 1 < p->workers ? n - 1 : p->workers;
+        pthread_mutex_lock(&p->lock);
+        p->op = op;
+        p->first = first;
+        p->n = helped + 1;
+        p->pending = helped;
+        p->generation++;
+        pthread_cond_broadcast(&p->work);
+        pthread_mutex_unlock(&p->lock);
+    }
+    err[0] = run_op(s, op, first);
+    for (k = helped + 1; k < n; k++)
+        err[k] = run_op(s, op, first + k);
+    if (helped > 0) {
+        pthread_mutex_lock(&p->lock);
+        while (p->pending > 0)
+            pthread_cond_wait(&p->done, &p->lock);
+        pthread_mutex_unlock(&p->lock);
+        for (k = 1; k <= helped; k++)
+            err[k] = p->err[k];
+    }
+}
+
+/* The group that ends at `last`: its first index (the mirror of group_last). */
+static uint32_t group_first(const struct qz_session *s, uint32_t last)
+{
+    uint32_t first = last;
+
+    while (s->parallel && first > 0 && last - (first - 1) < GROUP_MAX &&
+           s->fs[first - 1].group == s->fs[last].group)
+        first--;
+    return first;
+}
+
+/*
+ * Thaw, last frozen first, every filesystem this process still owns. One that
+ * the guardian already took over is left to it. With s->parallel the groups
+ * thaw in the reverse of their freeze order, the members of one group at
+ * once on the pool's threads: a filesystem on a loop device still thaws only
+ * after the one holding its image. Returns the first errno, last first. The
+ * pool is stopped after: nothing this call could thaw is left frozen.
+ */
+int qz_thaw(struct qz_session *s)
+{
+    int err[GROUP_MAX];
+    int first_err = 0;
+    uint32_t end = s->n;
+
+    while (end > 0) {
+        uint32_t first = group_first(s, end - 1);
+        uint32_t k;
+
+        run_batch(s, OP_THAW, first, end - first, err);
+        for (k = end - first; k-- > 0;)
+            if (err[k] != 0 && first_err == 0)
+                first_err = err[k];
+        end = first;
+    }
+    qz_pool_stop(s);
+    return -first_err;
 }
 
 /*
@@ -197,24 +332,25 @@ static int freeze_group(struct qz_session *s, uint32_t first, uint32_t last)
  */
 int qz_freeze(struct qz_session *s)
 {
+    int errs[GROUP_MAX];
     uint32_t i = 0;
     int err = 0;
 
     s->failed_index = -1;
+    /* Before the window: the threads of every group, parked until their batch. */
+    pool_start(s);
     qz_guardian_begin(s);
     while (i < s->n) {
-        uint32_t last = i;
+        uint32_t last = group_last(s, i);
+        uint32_t k;
 
-        while (s->parallel && last + 1 < s->n && last + 1 - i < GROUP_MAX &&
-               s->fs[last + 1].group == s->fs[i].group)
-            last++;
-        if (last == i) {
-            err = freeze_one(s, i);
-            if (err != 0)
-                s->failed_index = (int32_t)i;
-        } else {
-            err = freeze_group(s, i, last);
-        }
+        run_batch(s, OP_FREEZE, i, last - i + 1, errs);
+        for (k = 0; k <= last - i; k++)
+            if (errs[k] != 0) {
+                err = errs[k];
+                s->failed_index = (int32_t)(i + k);
+                break;
+            }
         if (err != 0)
             break;
         if (qz_load(&s->guard_reason) != QZ_FIRED_NONE) {

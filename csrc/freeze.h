@@ -28,4 +28,10 @@ int qz_thaw_fd(int fd);
  */
 void qz_thaw_one(struct qz_fs *fs, int32_t done);
 
+/*
+ * Stop and join the threads a parallel freeze started (qz_thaw does it once
+ * it has thawed; qz_session_free for a session that never thawed).
+ */
+void qz_pool_stop(struct qz_session *s);
+
 #endif

@@ -137,6 +137,22 @@ static void thaw_held(struct qz_session *s, int orphaned)
     }
 }
 
+/*
+ * Undo a system setting the orchestrator changed for the window (idempotent:
+ * the value written is the one found before). Done whenever the guardian
+ * ends a window, so a live but stuck orchestrator cannot leave it changed.
+ */
+static void restore_setting(struct qz_session *s)
+{
+    ssize_t rc;
+
+    if (s->restore_fd < 0 || s->restore_len <= 0)
+        return;
+    do
+        rc = pwrite(s->restore_fd, s->restore_value, (size_t)s->restore_len, 0);
+    while (rc < 0 && errno == EINTR);
+}
+
 static void fire(struct qz_session *s, int32_t reason)
 {
     struct line l;
@@ -147,6 +163,7 @@ static void fire(struct qz_session *s, int32_t reason)
         return;
     s->guard_fired_ns = qz_now_ns();
     thaw_held(s, reason == QZ_FIRED_ORPHANED);
+    restore_setting(s);
     start_line(&l, "fired");
     put_str(&l, " reason=");
     put_str(&l, reason_name(reason));
@@ -176,14 +193,6 @@ static void orphaned(struct qz_session *s)
     /* By name in the run directory's fd: no path is resolved again. */
     if (clean && s->ledger_dirfd >= 0 && s->ledger_name[0] != '\0')
         unlinkat(s->ledger_dirfd, s->ledger_name, 0);
-    /* Undo a system setting the orchestrator changed for the window. */
-    if (s->restore_fd >= 0 && s->restore_len > 0) {
-        ssize_t rc;
-
-        do
-            rc = pwrite(s->restore_fd, s->restore_value, (size_t)s->restore_len, 0);
-        while (rc < 0 && errno == EINTR);
-    }
 }
 
 /* ---- the watch loop ----------------------------------------------------- */
@@ -412,9 +421,10 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
 }
 
 /*
- * Before arming: if the orchestrator dies, the guardian writes `value` to
- * `fd` (at offset 0) after thawing. The caller uses it to undo a system
- * setting it changed for the window.
+ * Before arming: whenever the guardian ends the window (the orchestrator
+ * died, a deadline passed), it writes `value` to `fd` (at offset 0) after
+ * thawing. The caller uses it to undo a system setting it changed for the
+ * window.
  */
 int qz_guardian_restore_on_orphan(struct qz_session *s, int fd,
                                   const char *value, uint32_t len)

@@ -1,6 +1,7 @@
 /* session.c: allocation of the shared session and the monotonic clock. */
 #define _GNU_SOURCE
 #include "session.h"
+#include "freeze.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -71,8 +72,10 @@ struct qz_session *qz_session_new(const int *fds, uint32_t n)
 
 void qz_session_free(struct qz_session *s)
 {
-    if (s != NULL)
-        munmap(s, session_size(s->n));
+    if (s == NULL)
+        return;
+    qz_pool_stop(s);
+    munmap(s, session_size(s->n));
 }
 
 int32_t qz_fs_state(struct qz_session *s, uint32_t i)

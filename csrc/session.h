@@ -79,6 +79,7 @@ struct qz_session {
     int32_t restore_len;
     char restore_value[16];
     char ledger_name[256];
+    void *pool;                /* this process's threads of a parallel session (freeze.c) */
     struct qz_fs fs[];
 };
 

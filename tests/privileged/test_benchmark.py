@@ -372,8 +372,8 @@ def test_run_bench_api_with_progress_and_stop(fs, run_dir):
         "preflush": True,
         "timeout_s": 20,
         "run_dir": run_dir,
-        "expedite_rcu": False,
-        "parallel": False,
+        "expedite_rcu": True,
+        "parallel": True,
     }
     assert_clean(run_dir, fs["xfs"], fs["btrfs"])
 

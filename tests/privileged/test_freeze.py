@@ -39,9 +39,9 @@ def test_writer_blocks_while_frozen_and_completes_after_thaw(fs, run_dir, name):
 
 
 def test_three_types_frozen_together_in_given_order(fs, run_dir):
-    """ext4, xfs and btrfs freeze in the planned order and thaw in reverse."""
+    """Sequential: ext4, xfs and btrfs freeze in the planned order and thaw in reverse."""
     order = targets(fs["ext4"], fs["xfs"], fs["btrfs"])
-    with frozen(order, FreezeOptions(timeout_s=20, run_dir=run_dir)) as f:
+    with frozen(order, FreezeOptions(timeout_s=20, run_dir=run_dir, parallel=False)) as f:
         pass
     ts = f.report.targets
     assert [t.state for t in ts] == ["thawed"] * 3
@@ -55,10 +55,11 @@ def test_three_types_frozen_together_in_given_order(fs, run_dir):
 
 
 def test_rollback_thaws_those_frozen_before_the_failure(fs, run_dir):
-    """When the second FIFREEZE fails, the first filesystem is thawed and the third never frozen."""
+    """Sequential: when the second FIFREEZE fails, the first is thawed and the third never frozen."""
     external_freeze(fs["xfs"])
     try:
-        f = Freeze(targets(fs["ext4"], fs["xfs"], fs["btrfs"]), FreezeOptions(run_dir=run_dir))
+        opts = FreezeOptions(run_dir=run_dir, parallel=False)
+        f = Freeze(targets(fs["ext4"], fs["xfs"], fs["btrfs"]), opts)
         with pytest.raises(FrozenByOtherError) as info, f:
             f.prepare()
             f.freeze()
@@ -153,7 +154,8 @@ def test_wrong_stack_order_blocks_and_the_guardian_releases_it(fs, run_dir):
     (fs["inner"].mount_point / "dirty").write_bytes(os.urandom(1 << 20))
     wrong = targets(fs["outer"], fs["inner"])
     step_s = 0.5
-    opts = FreezeOptions(timeout_s=10, step_timeout_s=step_s, preflush=False, run_dir=run_dir)
+    # Sequential: a parallel freeze regroups the targets into the safe order.
+    opts = FreezeOptions(timeout_s=10, step_timeout_s=step_s, preflush=False, run_dir=run_dir, parallel=False)
     f = Freeze(wrong, opts)
     with pytest.raises(FreezeTimeoutError), f:
         f.prepare()
@@ -198,7 +200,8 @@ def test_guardian_log_is_written_after_it_thaws(fs, run_dir):
 
 def test_parallel_freeze_of_three_types(fs, run_dir):
     """Parallel: all three freeze, block writers, and thaw; the speed-up is measured in bench/."""
-    opts = FreezeOptions(timeout_s=20, run_dir=run_dir, parallel=True)
+    # Not expedited: each FIFREEZE then lasts long enough for the overlap to be seen.
+    opts = FreezeOptions(timeout_s=20, run_dir=run_dir, parallel=True, expedite_rcu=False)
     with frozen(targets(fs["ext4"], fs["xfs"], fs["btrfs"]), opts) as f:
         writer = Writer(fs["btrfs"])
         assert not writer.finished_within(0.3)

@@ -116,10 +116,11 @@ def test_guardian_survives_the_orchestrators_signals(fs, run_dir):
 
 
 def test_guardian_holds_no_stray_fds(fs, run_dir):
-    """The guardian keeps only its socket, the targets, the log, the lock, the run dir and its proof."""
+    """The guardian keeps only its socket, the targets, the log, the lock, the run dir, its proof
+    and (expedited by default) the rcu_expedited knob it restores."""
     r, w = os.pipe()
     try:
-        with frozen(targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=run_dir)):
+        with frozen(targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=run_dir)) as f:
             led = ledger_mod.read(run_dir)
             pid = led.guardian_pid
             links = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
@@ -137,6 +138,7 @@ def test_guardian_holds_no_stray_fds(fs, run_dir):
             run_dir,  # the ledger is removed by name in it, never by path
             f"/memfd:quiesce-freeze-{led.token} (deleted)",  # what proves it is this ledger's
         ]
+        + (["/sys/kernel/rcu_expedited"] if f.report.rcu_expedited else [])
     )
     assert links[led.proof_fd] == f"/memfd:quiesce-freeze-{led.token} (deleted)"
     kinds = [v for v in rest if v.startswith(("socket:", "anon_inode:"))]

@@ -288,7 +288,7 @@ def test_parser_defaults():
         False,
         60.0,
     )
-    assert args.func is bench_command.cmd_bench and args.targets == ["/srv/db"] and args.expedite_rcu is False
+    assert args.func is bench_command.cmd_bench and args.targets == ["/srv/db"] and args.expedite_rcu is True
 
 
 @pytest.mark.parametrize(

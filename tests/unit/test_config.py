@@ -91,8 +91,8 @@ def full_sample() -> dict[str, Any]:
             "timeoutSeconds": 10,
         },
         "preflush": False,
-        "expediteRcu": True,
-        "parallelFreeze": True,
+        "expediteRcu": False,
+        "parallelFreeze": False,
     }
     return data
 
@@ -210,8 +210,9 @@ def test_extension_defaults():
     assert absent.hook_directory is None
     assert absent.snapshot == SnapshotSpec(SnapshotMode.NONE)
     assert absent.preflush is True
-    assert absent.expedite_rcu is False
-    assert absent.parallel_freeze is False
+    # The fast path is the default; the config opts out (test_full_config_parses_every_field).
+    assert absent.expedite_rcu is True
+    assert absent.parallel_freeze is True
 
 
 def test_full_config_parses_every_field():
@@ -230,8 +231,8 @@ def test_full_config_parses_every_field():
             SnapshotMode.COMMAND, ("/usr/bin/cp", "--reflink=always", "a", "b"), timeout_s=10.0
         ),
         preflush=False,
-        expedite_rcu=True,
-        parallel_freeze=True,
+        expedite_rcu=False,
+        parallel_freeze=False,
     )
 
 

@@ -157,9 +157,12 @@ class Extensions:
     ``expedite_rcu``
         Expedite RCU grace periods for the window (``/sys/kernel/rcu_expedited``,
         system-wide, restored after): a cold FIFREEZE then costs about a
-        millisecond instead of tens. See :mod:`quiesce.engine.rcu`.
+        millisecond instead of tens. On by default; where the knob cannot be
+        written the window runs without it and the report says why. See
+        :mod:`quiesce.engine.rcu`.
     ``parallel_freeze``
-        Freeze independent filesystems at once, one thread each.
+        Freeze (and thaw) independent filesystems at once, one thread each.
+        On by default.
     ``loop_backing_fstypes``
         Filesystem types (or globs) accepted under a loop device's image. A
         filesystem whose image lives on FUSE or a network filesystem is
@@ -176,8 +179,8 @@ class Extensions:
     hook_directory: str | None = None
     snapshot: SnapshotSpec = field(default_factory=SnapshotSpec)
     preflush: bool = True
-    expedite_rcu: bool = False
-    parallel_freeze: bool = False
+    expedite_rcu: bool = True
+    parallel_freeze: bool = True
     loop_backing_fstypes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:

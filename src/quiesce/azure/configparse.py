@@ -297,8 +297,8 @@ def _extensions(value: object) -> Extensions:
         else _absolute_path(hook_directory, path("hookDirectory"), "a hook directory (or null)"),
         snapshot=_snapshot(get("snapshot", _ABSENT), freeze_timeout),
         preflush=_boolean(get("preflush", True), path("preflush")),
-        expedite_rcu=_boolean(get("expediteRcu", False), path("expediteRcu")),
-        parallel_freeze=_boolean(get("parallelFreeze", False), path("parallelFreeze")),
+        expedite_rcu=_boolean(get("expediteRcu", True), path("expediteRcu")),
+        parallel_freeze=_boolean(get("parallelFreeze", True), path("parallelFreeze")),
         loop_backing_fstypes=_strings(
             get("loopBackingFstypes", []),
             path("loopBackingFstypes"),

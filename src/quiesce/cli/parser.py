@@ -175,17 +175,21 @@ def build_parents() -> Parents:
     freeze_tuning.add_argument(
         "--no-preflush", action="store_true", help="skip the parallel syncfs() before freezing"
     )
+    # On by default; the --no- forms opt out (the positive ones stay accepted).
     freeze_tuning.add_argument(
         "--expedite-rcu",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="expedite RCU grace periods for the window (/sys/kernel/rcu_expedited, system-wide, "
-        "restored after): a freeze after a quiet spell costs ~1 ms per filesystem instead of tens",
+        "restored after): a freeze after a quiet spell costs ~1 ms per filesystem instead of tens "
+        "(default on; a knob that cannot be written is a warning, never an error)",
     )
     freeze_tuning.add_argument(
         "--parallel",
-        action="store_true",
-        help="freeze independent filesystems at once, one thread each (loop-stacked ones still in "
-        "order, / last): their cold-freeze waits overlap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="freeze and thaw independent filesystems at once, one thread each (loop-stacked ones "
+        "still in order, / last): their cold-freeze waits overlap (default on)",
     )
 
     wait = _parent()

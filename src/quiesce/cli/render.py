@@ -77,6 +77,8 @@ def print_report(report: FreezeReport, out: TextIO) -> None:
         )
     if report.error:
         out.write(f"  error: {report.error}\n")
+    for w in report.warnings:
+        out.write(f"  warning: {w}\n")
 
 
 def print_run(result: RunResult, out: TextIO) -> None:
@@ -98,7 +100,8 @@ def print_run(result: RunResult, out: TextIO) -> None:
                     out.write(f"    | {line}\n")
     if result.freeze is not None and result.freeze.window_ns is not None:
         out.write(f"frozen window {human_ns(result.freeze.window_ns)}\n")
-    for w in result.warnings:
+    # The freeze's own (e.g. expedited RCU unavailable) are in its report: shown with the run's.
+    for w in (result.freeze.warnings if result.freeze is not None else []) + result.warnings:
         out.write(f"warning: {w}\n")
     verdict = result.consistency
     if result.error_name:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quiesce.engine import ledger as ledger_mod
+from quiesce.engine import rcu as rcu_mod
 from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S as DEFAULT_FREEZE_TIMEOUT_S
 from quiesce.engine.defaults import DEFAULT_STEP_TIMEOUT_S as DEFAULT_STEP_TIMEOUT_S
 from quiesce.engine.lock import FreezeLock
@@ -31,7 +32,7 @@ from quiesce.engine.order import parallel_groups
 from quiesce.engine.plan import Target
 from quiesce.engine.preflush import DEFAULT_POLICY, PreflushDecision, PreflushPolicy, decide_now
 from quiesce.engine.proof import Proof, start_time
-from quiesce.engine.rcu import RCU_EXPEDITED, ExpeditedRcu
+from quiesce.engine.rcu import ExpeditedRcu
 from quiesce.engine.report import FreezeReport, build_report
 from quiesce.engine.rundir import RUN_DIR, RunDir
 from quiesce.errors import NotFrozenError, QuiesceError, TargetError, ThawError
@@ -50,11 +51,12 @@ class FreezeOptions:
     preflush_policy: PreflushPolicy = DEFAULT_POLICY
     run_dir: str = RUN_DIR
     #: Expedite RCU grace periods for the window (see quiesce.engine.rcu): a cold
-    #: FIFREEZE then costs about a millisecond instead of tens.
-    expedite_rcu: bool = False
-    #: Freeze independent filesystems at once, one thread each (stacked
-    #: ones still in order): their cold-freeze waits overlap.
-    parallel: bool = False
+    #: FIFREEZE then costs about a millisecond instead of tens. On by default;
+    #: a knob that cannot be written is reported as a warning, never an error.
+    expedite_rcu: bool = True
+    #: Freeze and thaw independent filesystems at once, one thread each
+    #: (stacked ones still in order): their cold-freeze waits overlap.
+    parallel: bool = True
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -153,20 +155,35 @@ class Freeze:
         self._preflush = decide_now(opts.preflush, opts.preflush_policy)
         if self._preflush.flush:
             self._session.preflush()
-        if self._rcu is not None:
-            # Last thing before the first FIFREEZE; restored right after the last FITHAW.
-            self._rcu.enable()
+        # Last thing before the first FIFREEZE; restored right after the last FITHAW.
+        self._enable_rcu()
 
     def _open_rcu(self, session: Session) -> None:
-        try:
-            rcu = ExpeditedRcu()
-        except OSError as err:
-            self._warnings.append(f"expedite-rcu: cannot open {RCU_EXPEDITED}: {err.strerror}")
+        # Looked up at call time, so a test can point it elsewhere.
+        rcu, why = rcu_mod.open_knob(rcu_mod.RCU_EXPEDITED, rcu_mod.RCU_NORMAL)
+        if rcu is None:
+            self._warnings.append(f"expedite-rcu: {why}")
             return
-        if ExpeditedRcu.overridden():
-            self._warnings.append("expedite-rcu: /sys/kernel/rcu_normal is 1, which overrides it")
         session.restore_on_orphan(rcu.fd, rcu.original)
         self._rcu = rcu
+
+    def _enable_rcu(self) -> None:
+        """Expedite now; a failed write leaves the window without it, never fails it."""
+        rcu = self._rcu
+        if rcu is None:
+            return
+        try:
+            rcu.enable()
+        except OSError as err:
+            # Nothing was changed: neither the guardian nor a later restore may write.
+            self._require_session().cancel_restore()
+            self._rcu = None
+            with contextlib.suppress(OSError):
+                rcu.close()
+            self._warnings.append(
+                f"expedite-rcu: cannot write {rcu.path}: {rcu_mod.describe(err)}: "
+                "running without expedited RCU"
+            )
 
     def freeze(self) -> None:
         """FIFREEZE every target in order; on failure nothing stays frozen."""
@@ -283,7 +300,7 @@ class Freeze:
         try:
             rcu.close()
         except OSError as err:
-            self._warnings.append(f"expedite-rcu: restoring {RCU_EXPEDITED} failed: {err.strerror}")
+            self._warnings.append(f"expedite-rcu: restoring {rcu.path} failed: {rcu_mod.describe(err)}")
         return was
 
     def record_error(self, err: BaseException) -> None:

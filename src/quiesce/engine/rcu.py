@@ -9,15 +9,23 @@ freeze took 1.2-2.2 ms (``bench/README.md``). An expedited grace period
 costs an interrupt on every CPU, which for the few milliseconds of a window
 is nothing next to stalled writes.
 
-The setting is system-wide, so quiesce changes it only when asked
-(``--expedite-rcu``, ``"expediteRcu": true``), sets it right before the
+The setting is system-wide. quiesce uses it by default (opt out with
+``--no-expedite-rcu`` or ``"expediteRcu": false``), sets it right before the
 first FIFREEZE and restores the value it found right after the last FITHAW.
 If quiesce dies, the guardian restores it after thawing, and the ledger
 records it for ``quiesce thaw`` (:func:`restore_value`).
+
+The knob is never a reason to fail a freeze: where it is missing, cannot be
+opened or written (read-only sysfs in a container, no permission), holds an
+unexpected value, or is overridden by ``rcu_normal`` (a kernel booted with
+``rcupdate.rcu_normal=1``), :func:`open_knob` says why and the window runs
+without it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 
 RCU_EXPEDITED = "/sys/kernel/rcu_expedited"
@@ -46,6 +54,21 @@ class ExpeditedRcu:
         except OSError:
             return False
 
+    def claim(self) -> bool:
+        """Take the knob from other freezes (an exclusive flock on it), then read its value again.
+
+        False when another freeze holds it: its value is then that freeze's
+        change, not the machine's, and restoring it later would leave it
+        expedited. The lock belongs to the open file, which the guardian
+        shares: it lasts until the knob is restored, even if this process dies.
+        """
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.original = os.pread(self.fd, 16, 0).strip() or b"0"
+        return True
+
     def enable(self) -> None:
         """Expedite grace periods from now on."""
         os.pwrite(self.fd, b"1", 0)
@@ -65,6 +88,58 @@ class ExpeditedRcu:
             finally:
                 os.close(self.fd)
                 self.fd = -1
+
+
+#: The values the kernel's knob reads as (a ledger accepts only these).
+KNOB_VALUES = (b"0", b"1")
+
+
+def describe(err: OSError) -> str:
+    """An OS error as its message and errno name: "Read-only file system (EROFS)"."""
+    name = errno.errorcode.get(err.errno or 0, "")
+    return f"{err.strerror or err}" + (f" ({name})" if name else "")
+
+
+def open_knob(
+    path: str = RCU_EXPEDITED, normal_path: str = RCU_NORMAL
+) -> tuple[ExpeditedRcu | None, str | None]:
+    """The knob ready for :meth:`ExpeditedRcu.enable`, or None and why the window runs without it.
+
+    Everything that can go wrong is found here, before the guardian and the
+    ledger are told there is a value to restore: the knob is opened, read,
+    and its own value written back (a no-op for the kernel that proves the
+    write path: a read-only sysfs gives EROFS, a missing capability EPERM or
+    EACCES). Two freezes at once (another run directory, a fleet node on the
+    same kernel) never both change it: the second would take the first's
+    change for the machine's value and put it back last.
+    """
+    if ExpeditedRcu.overridden(normal_path):
+        return None, (
+            f"{normal_path} is 1 (kernel booted with rcupdate.rcu_normal=1?), which overrides {path}: "
+            "running without expedited RCU"
+        )
+    try:
+        rcu = ExpeditedRcu(path)
+    except OSError as err:
+        return None, f"cannot open {path}: {describe(err)}: running without expedited RCU"
+    try:
+        claimed = rcu.claim()
+    except OSError as err:
+        rcu.close()
+        return None, f"cannot lock {path}: {describe(err)}: running without expedited RCU"
+    if not claimed:
+        rcu.close()
+        return None, f"{path} is held by another freeze under way: running without expedited RCU"
+    if rcu.original not in KNOB_VALUES:
+        value = rcu.original[:8].decode(errors="replace")
+        rcu.close()
+        return None, f"{path} reads {value!r}, not 0 or 1: running without expedited RCU"
+    try:
+        os.pwrite(rcu.fd, rcu.original, 0)
+    except OSError as err:
+        rcu.close()
+        return None, f"cannot write {path}: {describe(err)}: running without expedited RCU"
+    return rcu, None
 
 
 def restore_value(value: str, path: str = RCU_EXPEDITED) -> bool:

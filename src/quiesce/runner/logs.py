@@ -68,7 +68,7 @@ def events(result: RunResult) -> Iterator[dict[str, Any]]:
                 "freeze_ns": t.freeze_ns,
                 "thaw_ns": t.thaw_ns,
             }
-    for w in result.warnings:
+    for w in (result.freeze.warnings if result.freeze is not None else []) + result.warnings:
         yield {**base, "event": "warning", "message": w}
     yield {
         **base,

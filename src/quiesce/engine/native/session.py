@@ -150,10 +150,23 @@ class Session:
         s.parallel = 1
 
     def restore_on_orphan(self, fd: int, value: bytes) -> None:
-        """Before :meth:`arm`: if this process dies, the guardian writes ``value`` to ``fd``."""
+        """Before :meth:`arm`: the guardian writes ``value`` to ``fd`` when it ends the window.
+
+        That is after it thawed, because this process died or a deadline passed.
+        """
         rc = int(lib.qz_guardian_restore_on_orphan(self._raw(), fd, value, len(value)))
         if rc != 0:
             raise GuardianError(-rc, "setting the guardian's restore action")
+
+    def cancel_restore(self) -> None:
+        """Drop the restore action of :meth:`restore_on_orphan` (the setting was never changed).
+
+        The guardian reads it from the shared session only when it acts, so
+        clearing it here takes effect after :meth:`arm` too.
+        """
+        s = self._raw()
+        s.restore_len = 0
+        s.restore_fd = -1
 
     def freeze(self) -> None:
         """FIFREEZE every filesystem in order; on failure the frozen ones are thawed."""
