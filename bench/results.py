@@ -33,7 +33,7 @@ from quiesce.bench.stats import median, summarize
 DEFAULT_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 
 #: The order of the sections in the file, one per script.
-ORDER = ("compare_window", "supervise", "scaling", "pgbench")
+ORDER = ("compare_window", "supervise", "scaling", "stall", "pgbench", "release", "rcu_cost")
 
 HEADER = """\
 # Benchmark results
