@@ -54,6 +54,7 @@ from typing import Any
 import results
 from compare_window import Bench, Contender, Sample, interleaved
 from floorprog import compile_command, compile_floor
+from qga import GuestAgent, agent_binary
 from results import Check
 from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_targets, sigterm_exits
 
@@ -81,7 +82,10 @@ LABELS = {
     "engine_rcu": "engine, sequential + rcu_expedited",
     "engine_par_rcu": "engine, parallel + rcu_expedited",
     "default": "quiesce defaults (Freeze path)",
+    "qemu_ga": "qemu-ga freeze-list + thaw",
 }
+#: Cold, at the largest N: the default path's window at most this times qemu-ga's.
+DEFAULT_QEMU_GA_GOAL = 0.05
 
 
 def contenders_for(bench: Bench, rcu: bool) -> list[tuple[str, Callable[[], Sample]]]:
@@ -98,6 +102,8 @@ def contenders_for(bench: Bench, rcu: bool) -> list[tuple[str, Callable[[], Samp
             ("engine_rcu", lambda: bench.engine(rcu=True)),
             ("engine_par_rcu", lambda: bench.engine(parallel=True, rcu=True)),
         ]
+    if rcu and bench.agent is not None:  # cold only: a cold peer is what a backup meets
+        out.append(("qemu_ga", bench.qemu_ga))
     return out
 
 
@@ -210,6 +216,16 @@ def goal_checks(phase: str, summary: dict[str, dict[str, Any]], ns: Sequence[int
                 f"{d['label']}: median / {f['label']} median",
                 d["per_n"][top]["median_ns"] / f["per_n"][top]["median_ns"],
                 DEFAULT_FLOOR_RCU_GOAL,
+            )
+        )
+    if "default" in summary and "qemu_ga" in summary:
+        d, q = summary["default"], summary["qemu_ga"]
+        checks.append(
+            Check(
+                f"default window at N={top} <= {DEFAULT_QEMU_GA_GOAL}x qemu-ga's, {phase}",
+                f"{d['label']}: median / {q['label']} median",
+                d["per_n"][top]["median_ns"] / q["per_n"][top]["median_ns"],
+                DEFAULT_QEMU_GA_GOAL,
             )
         )
     if ns[0] != 1 or len(ns) < 2:
@@ -329,6 +345,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--cold-pause", type=float, default=0.5, help="idle seconds before a cold measurement")
     p.add_argument("--image-mb", type=int, default=16, help="sparse image size per filesystem (16)")
     p.add_argument("--no-rcu", action="store_true", help="leave out the expedited-RCU cold contenders")
+    p.add_argument("--no-qemu-ga", action="store_true", help="leave the QEMU guest agent out (cold)")
     results.add_output_arguments(p)
     args = p.parse_args(argv)
     if args.reps < 1 or args.warmup < 0 or args.cold_reps < 0 or args.cold_pause < 0:
@@ -385,6 +402,17 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             benches[n] = bench
             if set(bench.groups) != {0}:
                 raise RuntimeError(f"independent filesystems planned in several groups: {bench.groups}")
+        binary = None if args.no_qemu_ga else agent_binary()
+        if binary is not None:
+            # One agent for every N, allowed every sandbox mount; stopped before the sandbox goes.
+            sandbox_mounts = {t.mount.mount_point: t.mount.source for t in targets}
+            agent = stack.enter_context(GuestAgent(binary, work, sandbox_mounts))
+            agent.start()
+            doc["qemu_ga_argv"] = agent.argv
+            for bench in benches.values():
+                bench.agent = agent
+        else:
+            print("qemu-ga: not installed or left out (apt-get install qemu-guest-agent)")
         for bench in benches.values():
             bench.settle()
         benches[ns[-1]].first_freezes()  # the first freeze after mkfs is not measured
