@@ -39,6 +39,13 @@ from pathlib import Path
 from typing import Any
 
 RCU = Path("/sys/kernel/rcu_expedited")
+#: The fleet window after the last FIFREEZE, step by step (coordinator's and nodes' moments).
+STEPS = {
+    "to_cut": "last frozen → cut committed",
+    "to_snapshotted": "cut → all snapshotted seen",
+    "to_thaw": "→ thaw committed",
+    "to_thawed": "thaw → last FITHAW end",
+}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -62,11 +69,25 @@ def fleet_cycle(lab: Any) -> dict[str, float]:
         raise RuntimeError(f"fleet run failed: {out.get('error') or out.get('abort')}")
     d = _dones(lab, out["run_id"])
     first = min(x["freeze_start_mono_ns"] for x in d)
+    last_frozen = max(x["freeze_end_mono_ns"] for x in d)
+    last_thaw = max(x["thaw_end_mono_ns"] for x in d)
+    # The coordinator's moments, on the same clock (one machine): where the window's time goes.
+    t0, ph = out.get("started_mono_ns"), out.get("phases_ns", {})
+    steps = {}
+    if t0 and all(k in ph for k in ("cut", "all_snapshotted", "thaw")):
+        cut, snapped, thaw = (t0 + ph[k] for k in ("cut", "all_snapshotted", "thaw"))
+        steps = {
+            "to_cut": (cut - last_frozen) / 1e6,
+            "to_snapshotted": (snapped - cut) / 1e6,
+            "to_thaw": (thaw - snapped) / 1e6,
+            "to_thawed": (last_thaw - thaw) / 1e6,
+        }
     return {
-        "skew": (max(x["freeze_end_mono_ns"] for x in d) - first) / 1e6,
-        "window": (max(x["thaw_end_mono_ns"] for x in d) - first) / 1e6,
-        "overhead": (max(x["freeze_end_mono_ns"] for x in d) - max(x["ready_mono_ns"] for x in d)) / 1e6,
+        "skew": (last_frozen - first) / 1e6,
+        "window": (last_thaw - first) / 1e6,
+        "overhead": (last_frozen - max(x["ready_mono_ns"] for x in d)) / 1e6,
         "nodes": [x["window_ns"] / 1e6 for x in d],
+        **steps,
     }
 
 
@@ -121,9 +142,13 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     for key in ("skew", "window", "overhead"):
         vals = [c[key] for c in cycles]
         row[key] = {"p50": pct(vals, 50), "p99": pct(vals, 99), "max": max(vals)}
+    for key in STEPS:
+        vals = [c[key] for c in cycles if key in c]
+        if vals:
+            row[key] = {"p50": pct(vals, 50), "p99": pct(vals, 99), "max": max(vals)}
     row["node_window"] = {"p50": pct(nodes, 50), "p99": pct(nodes, 99), "max": max(nodes)}
     row["single_window"] = {"p50": pct(singles, 50), "p99": pct(singles, 99), "max": max(singles)}
-    row["sequential_span"] = {"p50": pct(seq, 50), "max": max(seq)}
+    row["sequential_span"] = {"p50": pct(seq, 50), "max": max(seq)} if seq else None
     row["node_vs_single_p50"] = row["node_window"]["p50"] / row["single_window"]["p50"]
     return row
 
@@ -156,12 +181,26 @@ def render(doc: dict[str, Any]) -> str:
             def pp(k: str, row: dict[str, Any] = r) -> str:
                 return f"{row[k]['p50']:.1f} / {row[k]['p99']:.1f}"
 
+            seq = r["sequential_span"]
             out.append(
                 f"| {r['agents']} | {pp('skew')} | {pp('window')} | {pp('overhead')} | {pp('node_window')} "
                 f"| {pp('single_window')} | {r['node_vs_single_p50']:.1f}x "
-                f"| {r['sequential_span']['p50']:.0f} |"
+                f"| {'-' if seq is None else format(seq['p50'], '.0f')} |"
             )
         out.append("")
+        if all(k in r for r in variant["rows"] for k in STEPS):
+            out += [
+                "Where the window goes after the last FIFREEZE (p50 / p99, ms): "
+                + "; ".join(STEPS.values())
+                + ".",
+                "",
+                "| agents | " + " | ".join(STEPS.values()) + " |",
+                "|---:|" + "---:|" * len(STEPS),
+            ]
+            for r in variant["rows"]:
+                cells = " | ".join(f"{r[k]['p50']:.1f} / {r[k]['p99']:.1f}" for k in STEPS)
+                out.append(f"| {r['agents']} | {cells} |")
+            out.append("")
         big = next(r for r in variant["rows"] if r["agents"] == max(x["agents"] for x in variant["rows"]))
         out += [
             f"Goals at {big['agents']} agents (ms, p99 over {big['cycles']} runs): fleet window "

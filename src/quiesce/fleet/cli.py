@@ -36,11 +36,11 @@ def _security(args: argparse.Namespace) -> Any:
     return Security(args.cacert, args.cert, args.key, args.user, password)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, lean: bool = False) -> Any:
     from quiesce.fleet.store import Store
 
     try:
-        return Store([u for u in args.etcd.split(",") if u], _security(args))
+        return Store([u for u in args.etcd.split(",") if u], _security(args), lean=lean)
     except ImportError as err:
         raise FleetError(f"the fleet needs the extra: pip install 'quiesce[fleet]' ({err})") from err
 
@@ -115,7 +115,8 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        with _store(args) as store:
+        # Lean: the transactions that commit freeze, cut and thaw are on every node's window.
+        with _store(args, lean=True) as store:
             result = fleet_run(store, args.group, opts, say)
     finally:
         signal.signal(signal.SIGTERM, previous)
