@@ -55,7 +55,9 @@ class Agent:
         check_name("group", options.group)
         check_name("node", options.node)
         self.keys = Keys(options.group)
-        self.store = Store(options.endpoints, options.security)
+        # Lean (see quiesce.fleet.lean): on one machine of a lab, one node's reports and
+        # registration right after its thaw take CPU from the nodes still thawing.
+        self.store = Store(options.endpoints, options.security, lean=True)
         # A second connection for the liveness probe while frozen, so a probe
         # stuck on a dead etcd never delays the main thread's watch.
         # Lean: its requests come every 250 ms of every node's window.

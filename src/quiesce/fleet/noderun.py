@@ -187,6 +187,7 @@ class NodeRun:
         freeze = self._freeze
         assert freeze is not None
         now = time.monotonic_ns()
+        cpu_start = time.process_time_ns()  # what the node's window costs this machine, all threads
         left = freeze.remaining_ns() or 0
         deadline = now + left
         # Stop waiting a little before the guardian's deadline: the node thaws itself, in
@@ -215,6 +216,7 @@ class NodeRun:
         except quiesce.QuiesceError:
             self.ending = ETCD_LOST
         ending = self.wait_for("thaw", wait_until)
+        self.times["window_cpu_ns"] = time.process_time_ns() - cpu_start
         self.thawed_by = THAW if ending is None else ending
         if ending is None:
             self.thaw_revision = self.seen["thaw"]
