@@ -214,6 +214,33 @@ def render(doc: dict[str, Any]) -> str:
             f"{'met' if big['node_vs_single_p50'] <= 2 else 'NOT met'}).",
             "",
         ]
+    base = doc.get("baseline")
+    if base:
+        out += [
+            f"## Against the baseline ({base['label']})",
+            "",
+            f"Baseline: `{base['command']}`, load average at start {base['load_start']}, at end "
+            f"{base['load_end']}. Ratios now / baseline of the p50 (p99), below 1 is faster:",
+            "",
+            "| rcu_expedited | agents | fleet window | skew | ready→frozen | node window |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for variant in doc["variants"]:
+            old = next((v for v in base["variants"] if v["rcu"] == variant["rcu"]), None)
+            for r in variant["rows"]:
+                rows = [] if old is None else old["rows"]
+                o = next((x for x in rows if x["agents"] == r["agents"]), None)
+                if o is None:
+                    continue
+
+                def ratio(k: str, r: dict[str, Any] = r, o: dict[str, Any] = o) -> str:
+                    return f"{r[k]['p50'] / o[k]['p50']:.2f} ({r[k]['p99'] / o[k]['p99']:.2f})"
+
+                out.append(
+                    f"| {variant['rcu']} | {r['agents']} | {ratio('window')} | {ratio('skew')} "
+                    f"| {ratio('overhead')} | {ratio('node_window')} |"
+                )
+        out.append("")
     out.append(
         "All times in ms, CLOCK_MONOTONIC of this one machine (the agents share it here; on real "
         "machines the verdict uses etcd revisions, never clocks)."
@@ -232,6 +259,10 @@ def main() -> int:
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--out", default=str(Path(__file__).with_name("FLEET.md")), metavar="PATH")
     p.add_argument("--no-out", action="store_true")
+    p.add_argument(
+        "--baseline", metavar="JSON", help="an earlier run's --json: its ratios to this one are reported"
+    )
+    p.add_argument("--baseline-label", default="the code before", metavar="TEXT")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench/fleet.py: must run as root (namespaces, loop devices, FIFREEZE)", file=sys.stderr)
@@ -260,6 +291,9 @@ def main() -> int:
         "duration_s": time.monotonic() - started,
         "variants": variants,
     }
+    if args.baseline:
+        doc["baseline"] = {**json.loads(Path(args.baseline).read_text()), "label": args.baseline_label}
+        doc["baseline"].pop("baseline", None)
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1))
     text = render(doc)
