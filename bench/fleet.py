@@ -35,6 +35,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,18 @@ STEPS = {
     "to_thaw": "→ thaw committed",
     "to_thawed": "thaw → last FITHAW end",
 }
+
+
+def rcu_now() -> str:
+    """``/sys/kernel/rcu_expedited`` now ("-" without it)."""
+    try:
+        return RCU.read_text().strip()
+    except OSError:
+        return "-"
+
+
+def _reads(seen: dict[str, int]) -> str:
+    return ", ".join(f"{value} in {count} reads" for value, count in sorted(seen.items()))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -132,14 +145,25 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """All figures for one fleet size."""
     from quiesce.fleet.lab import Lab
 
+    # /sys/kernel/rcu_expedited is the machine's: other people's tests may change it meanwhile.
+    # It is read before and after every measurement, and the table says what was seen.
+    seen: list[str] = []
+
+    def sampled(fn: Any, *a: Any) -> Any:
+        seen.append(rcu_now())
+        try:
+            return fn(*a)
+        finally:
+            seen.append(rcu_now())
+
     with Lab(n, deadline_s=10.0, snapshot_command=False, writer=False) as lab:
         for _ in range(2):  # warm-up: imports, connections, first freezes
             fleet_cycle(lab)
-        cycles = [fleet_cycle(lab) for _ in range(args.cycles)]
-        singles = [single_window(lab, lab.nodes[k % n]) for k in range(args.single)]
+        cycles = [sampled(fleet_cycle, lab) for _ in range(args.cycles)]
+        singles = [sampled(single_window, lab, lab.nodes[k % n]) for k in range(args.single)]
         seq = [sequential(lab)["span"] for _ in range(args.sequential)]
     nodes = [w for c in cycles for w in c["nodes"]]
-    row: dict[str, Any] = {"agents": n, "cycles": len(cycles)}
+    row: dict[str, Any] = {"agents": n, "cycles": len(cycles), "rcu_seen": dict(Counter(seen))}
     for key in ("skew", "window", "overhead"):
         vals = [c[key] for c in cycles]
         row[key] = {"p50": pct(vals, 50), "p99": pct(vals, 99), "max": max(vals)}
@@ -192,6 +216,14 @@ def render(doc: dict[str, Any]) -> str:
                 f"| {'-' if seq is None else format(seq['p50'], '.0f')} |"
             )
         out.append("")
+        seen = [f"{r['agents']} agents: " + _reads(r["rcu_seen"]) for r in variant["rows"] if "rcu_seen" in r]
+        if seen:
+            out += [
+                "`/sys/kernel/rcu_expedited` as read before and after each fleet run and single-node "
+                "run (other people's tests on this machine change it; the table is only as clean as "
+                f"this): {'; '.join(seen)}.",
+                "",
+            ]
         steps = {**STEPS, "node_cpu": "one node's CPU while frozen (its agent, all threads)"}
         if all(k in r for r in variant["rows"] for k in steps):
             out += [
