@@ -55,15 +55,12 @@ class Agent:
         check_name("group", options.group)
         check_name("node", options.node)
         self.keys = Keys(options.group)
-        # Lean (see quiesce.fleet.lean): on one machine of a lab, one node's reports and
-        # registration right after its thaw take CPU from the nodes still thawing.
-        self.store = Store(options.endpoints, options.security, lean=True)
+        self.store = Store(options.endpoints, options.security)
         # A second connection for the liveness probe while frozen, so a probe
         # stuck on a dead etcd never delays the main thread's watch.
-        # Lean: its requests come every 250 ms of every node's window.
-        self._probe_store = Store(options.endpoints, options.security, timeout_s=0.5, lean=True)
-        # The writes inside the window, on their own lean connection with a short timeout.
-        self._window_store = Store(options.endpoints, options.security, timeout_s=1.0, lean=True)
+        self._probe_store = Store(options.endpoints, options.security, timeout_s=0.5)
+        # The writes inside the window, on their own kept-open session with a short timeout.
+        self._window_store = Store(options.endpoints, options.security, timeout_s=1.0)
         self.log = log or (lambda _line: None)
         self.lease: int | None = None
         self._stop_keepalive: Callable[[], None] | None = None

@@ -36,11 +36,11 @@ def _security(args: argparse.Namespace) -> Any:
     return Security(args.cacert, args.cert, args.key, args.user, password)
 
 
-def _store(args: argparse.Namespace, lean: bool = False) -> Any:
+def _store(args: argparse.Namespace) -> Any:
     from quiesce.fleet.store import Store
 
     try:
-        return Store([u for u in args.etcd.split(",") if u], _security(args), lean=lean)
+        return Store([u for u in args.etcd.split(",") if u], _security(args))
     except ImportError as err:
         raise FleetError(f"the fleet needs the extra: pip install 'quiesce[fleet]' ({err})") from err
 
@@ -115,8 +115,7 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        # Lean: the transactions that commit freeze, cut and thaw are on every node's window.
-        with _store(args, lean=True) as store:
+        with _store(args) as store:
             result = fleet_run(store, args.group, opts, say)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -7,8 +7,7 @@ by a thread, user/password authentication (a token sent with every request
 and renewed when etcd says it expired), and a watch that *reports its own
 end*: etcd3gw's watcher stops silently when the stream breaks, so the
 stream of the same gateway call is read here and its end is an event
-(:mod:`quiesce.fleet.watch`). A lean store sends its requests first over
-one kept-open plain connection (:mod:`quiesce.fleet.lean`).
+(:mod:`quiesce.fleet.watch`).
 
 Values are JSON objects. Keys are ASCII (checked names).
 """
@@ -23,7 +22,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from quiesce.fleet import FleetError
-from quiesce.fleet.lean import Lean, NotSent
 from quiesce.fleet.protocol import Record
 from quiesce.fleet.watch import Event, Watch
 from quiesce.fleet.wire import RELOGIN, b64, decode_value, range_end, revision, unb64
@@ -53,7 +51,6 @@ class Store:
         endpoints: Sequence[str],
         security: Security | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
-        lean: bool = False,
     ) -> None:
         import etcd3gw  # the optional extra: quiesce[fleet]
         import requests
@@ -85,8 +82,6 @@ class Store:
                 )
             )
         self._current = 0
-        #: With ``lean``, requests go first through one kept-open plain HTTP connection (see Lean).
-        self._lean = Lean(lambda: self.client, self.security, timeout_s) if lean else None
         self._lock = threading.Lock()
         self._exceptions = etcd3gw.exceptions
         self._requests = requests
@@ -125,15 +120,6 @@ class Store:
         exc = self._exceptions
         last: Exception | None = None
         attempts = len(self._clients)
-        if self._lean is not None:
-            try:
-                answer = self._lean.post(path, payload)
-            except NotSent as err:
-                # This endpoint does not answer: the others, through etcd3gw, as below.
-                answer, last, attempts = None, err, attempts - 1
-                self._next_endpoint()
-            if answer is not None:
-                return answer
         for _ in range(attempts):
             client = self.client
             try:
@@ -281,8 +267,6 @@ class Store:
 
     def close(self) -> None:
         """Close the HTTP sessions."""
-        if self._lean is not None:
-            self._lean.close()
         for c in self._clients:
             c.session.close()
 
