@@ -35,10 +35,30 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 RCU = Path("/sys/kernel/rcu_expedited")
+#: The fleet window after the last FIFREEZE, step by step (coordinator's and nodes' moments).
+STEPS = {
+    "to_cut": "last frozen → cut committed",
+    "to_snapshotted": "cut → all snapshotted seen",
+    "to_thaw": "→ thaw committed",
+    "to_thawed": "thaw → last FITHAW end",
+}
+
+
+def rcu_now() -> str:
+    """``/sys/kernel/rcu_expedited`` now ("-" without it)."""
+    try:
+        return RCU.read_text().strip()
+    except OSError:
+        return "-"
+
+
+def _reads(seen: dict[str, int]) -> str:
+    return ", ".join(f"{value} in {count} reads" for value, count in sorted(seen.items()))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -62,11 +82,26 @@ def fleet_cycle(lab: Any) -> dict[str, float]:
         raise RuntimeError(f"fleet run failed: {out.get('error') or out.get('abort')}")
     d = _dones(lab, out["run_id"])
     first = min(x["freeze_start_mono_ns"] for x in d)
+    last_frozen = max(x["freeze_end_mono_ns"] for x in d)
+    last_thaw = max(x["thaw_end_mono_ns"] for x in d)
+    # The coordinator's moments, on the same clock (one machine): where the window's time goes.
+    t0, ph = out.get("started_mono_ns"), out.get("phases_ns", {})
+    steps = {}
+    if t0 and all(k in ph for k in ("cut", "all_snapshotted", "thaw")):
+        cut, snapped, thaw = (t0 + ph[k] for k in ("cut", "all_snapshotted", "thaw"))
+        steps = {
+            "to_cut": (cut - last_frozen) / 1e6,
+            "to_snapshotted": (snapped - cut) / 1e6,
+            "to_thaw": (thaw - snapped) / 1e6,
+            "to_thawed": (last_thaw - thaw) / 1e6,
+        }
     return {
-        "skew": (max(x["freeze_end_mono_ns"] for x in d) - first) / 1e6,
-        "window": (max(x["thaw_end_mono_ns"] for x in d) - first) / 1e6,
-        "overhead": (max(x["freeze_end_mono_ns"] for x in d) - max(x["ready_mono_ns"] for x in d)) / 1e6,
+        "skew": (last_frozen - first) / 1e6,
+        "window": (last_thaw - first) / 1e6,
+        "overhead": (last_frozen - max(x["ready_mono_ns"] for x in d)) / 1e6,
         "nodes": [x["window_ns"] / 1e6 for x in d],
+        "node_cpu": [x["window_cpu_ns"] / 1e6 for x in d if "window_cpu_ns" in x],
+        **steps,
     }
 
 
@@ -110,20 +145,38 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """All figures for one fleet size."""
     from quiesce.fleet.lab import Lab
 
+    # /sys/kernel/rcu_expedited is the machine's: other people's tests may change it meanwhile.
+    # It is read before and after every measurement, and the table says what was seen.
+    seen: list[str] = []
+
+    def sampled(fn: Any, *a: Any) -> Any:
+        seen.append(rcu_now())
+        try:
+            return fn(*a)
+        finally:
+            seen.append(rcu_now())
+
     with Lab(n, deadline_s=10.0, snapshot_command=False, writer=False) as lab:
         for _ in range(2):  # warm-up: imports, connections, first freezes
             fleet_cycle(lab)
-        cycles = [fleet_cycle(lab) for _ in range(args.cycles)]
-        singles = [single_window(lab, lab.nodes[k % n]) for k in range(args.single)]
+        cycles = [sampled(fleet_cycle, lab) for _ in range(args.cycles)]
+        singles = [sampled(single_window, lab, lab.nodes[k % n]) for k in range(args.single)]
         seq = [sequential(lab)["span"] for _ in range(args.sequential)]
     nodes = [w for c in cycles for w in c["nodes"]]
-    row: dict[str, Any] = {"agents": n, "cycles": len(cycles)}
+    row: dict[str, Any] = {"agents": n, "cycles": len(cycles), "rcu_seen": dict(Counter(seen))}
     for key in ("skew", "window", "overhead"):
         vals = [c[key] for c in cycles]
         row[key] = {"p50": pct(vals, 50), "p99": pct(vals, 99), "max": max(vals)}
+    for key in STEPS:
+        vals = [c[key] for c in cycles if key in c]
+        if vals:
+            row[key] = {"p50": pct(vals, 50), "p99": pct(vals, 99), "max": max(vals)}
     row["node_window"] = {"p50": pct(nodes, 50), "p99": pct(nodes, 99), "max": max(nodes)}
+    cpu = [w for c in cycles for w in c["node_cpu"]]
+    if cpu:
+        row["node_cpu"] = {"p50": pct(cpu, 50), "p99": pct(cpu, 99), "max": max(cpu)}
     row["single_window"] = {"p50": pct(singles, 50), "p99": pct(singles, 99), "max": max(singles)}
-    row["sequential_span"] = {"p50": pct(seq, 50), "max": max(seq)}
+    row["sequential_span"] = {"p50": pct(seq, 50), "max": max(seq)} if seq else None
     row["node_vs_single_p50"] = row["node_window"]["p50"] / row["single_window"]["p50"]
     return row
 
@@ -156,12 +209,34 @@ def render(doc: dict[str, Any]) -> str:
             def pp(k: str, row: dict[str, Any] = r) -> str:
                 return f"{row[k]['p50']:.1f} / {row[k]['p99']:.1f}"
 
+            seq = r["sequential_span"]
             out.append(
                 f"| {r['agents']} | {pp('skew')} | {pp('window')} | {pp('overhead')} | {pp('node_window')} "
                 f"| {pp('single_window')} | {r['node_vs_single_p50']:.1f}x "
-                f"| {r['sequential_span']['p50']:.0f} |"
+                f"| {'-' if seq is None else format(seq['p50'], '.0f')} |"
             )
         out.append("")
+        seen = [f"{r['agents']} agents: " + _reads(r["rcu_seen"]) for r in variant["rows"] if "rcu_seen" in r]
+        if seen:
+            out += [
+                "`/sys/kernel/rcu_expedited` as read before and after each fleet run and single-node "
+                "run (other people's tests on this machine change it; the table is only as clean as "
+                f"this): {'; '.join(seen)}.",
+                "",
+            ]
+        steps = {**STEPS, "node_cpu": "one node's CPU while frozen (its agent, all threads)"}
+        if all(k in r for r in variant["rows"] for k in steps):
+            out += [
+                "Where the window goes after the last FIFREEZE (p50 / p99, ms), and what one "
+                "node's part of it costs the machine:",
+                "",
+                "| agents | " + " | ".join(steps.values()) + " |",
+                "|---:|" + "---:|" * len(steps),
+            ]
+            for r in variant["rows"]:
+                cells = " | ".join(f"{r[k]['p50']:.1f} / {r[k]['p99']:.1f}" for k in steps)
+                out.append(f"| {r['agents']} | {cells} |")
+            out.append("")
         big = next(r for r in variant["rows"] if r["agents"] == max(x["agents"] for x in variant["rows"]))
         out += [
             f"Goals at {big['agents']} agents (ms, p99 over {big['cycles']} runs): fleet window "
@@ -171,6 +246,33 @@ def render(doc: dict[str, Any]) -> str:
             f"{'met' if big['node_vs_single_p50'] <= 2 else 'NOT met'}).",
             "",
         ]
+    base = doc.get("baseline")
+    if base:
+        out += [
+            f"## Against the baseline ({base['label']})",
+            "",
+            f"Baseline: `{base['command']}`, load average at start {base['load_start']}, at end "
+            f"{base['load_end']}. Ratios now / baseline of the p50 (p99), below 1 is faster:",
+            "",
+            "| rcu_expedited | agents | fleet window | skew | ready→frozen | node window |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for variant in doc["variants"]:
+            old = next((v for v in base["variants"] if v["rcu"] == variant["rcu"]), None)
+            for r in variant["rows"]:
+                rows = [] if old is None else old["rows"]
+                o = next((x for x in rows if x["agents"] == r["agents"]), None)
+                if o is None:
+                    continue
+
+                def ratio(k: str, r: dict[str, Any] = r, o: dict[str, Any] = o) -> str:
+                    return f"{r[k]['p50'] / o[k]['p50']:.2f} ({r[k]['p99'] / o[k]['p99']:.2f})"
+
+                out.append(
+                    f"| {variant['rcu']} | {r['agents']} | {ratio('window')} | {ratio('skew')} "
+                    f"| {ratio('overhead')} | {ratio('node_window')} |"
+                )
+        out.append("")
     out.append(
         "All times in ms, CLOCK_MONOTONIC of this one machine (the agents share it here; on real "
         "machines the verdict uses etcd revisions, never clocks)."
@@ -189,6 +291,10 @@ def main() -> int:
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--out", default=str(Path(__file__).with_name("FLEET.md")), metavar="PATH")
     p.add_argument("--no-out", action="store_true")
+    p.add_argument(
+        "--baseline", metavar="JSON", help="an earlier run's --json: its ratios to this one are reported"
+    )
+    p.add_argument("--baseline-label", default="the code before", metavar="TEXT")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench/fleet.py: must run as root (namespaces, loop devices, FIFREEZE)", file=sys.stderr)
@@ -217,6 +323,9 @@ def main() -> int:
         "duration_s": time.monotonic() - started,
         "variants": variants,
     }
+    if args.baseline:
+        doc["baseline"] = {**json.loads(Path(args.baseline).read_text()), "label": args.baseline_label}
+        doc["baseline"].pop("baseline", None)
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1))
     text = render(doc)

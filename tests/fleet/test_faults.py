@@ -63,8 +63,8 @@ def faultlab(lab_namespace):
 
 
 def _watch_for(lab, pattern: str, start_rev: int, timeout_s: float):
-    """Wait (in the client namespace) for a key under the runs matching ``pattern``; its run id or None."""
-    watch = lab.client_call(lambda s: s.watch(KEYS.runs, start_rev))
+    """Wait (in the client namespace) for a run's key or report matching ``pattern``; its run id or None."""
+    watch = lab.client_call(lambda s: s.watch([KEYS.runs, KEYS.reports], start_rev))
     deadline = time.monotonic() + timeout_s
     rx = re.compile(pattern)
     try:

@@ -41,6 +41,29 @@ def test_run_is_consistent_and_ordered_by_revision(lab3):
     assert all(p.exists() for p in lab3.snapshots(out["run_id"]))
 
 
+def test_an_agents_watch_carries_only_the_runs_own_keys(lab3):
+    """What every agent watches (``runs/``) gets the run's keys only: no node's report wakes another node."""
+    from quiesce.fleet.protocol import Keys
+
+    keys = Keys("lab")
+    start_rev, _ = lab3.client_call(lambda s: s.get_prefix(keys.runs))
+    watch = lab3.client_call(lambda s: s.watch(keys.runs, start_rev + 1))
+    try:
+        code, out = lab3.fleet_run()
+        assert code == 0, out
+        seen = []
+        while (ev := watch.get(1.0)) is not None and ev.kind != "lost":
+            seen.append(ev.key)
+    finally:
+        watch.close()
+    run = keys.run(out["run_id"])
+    mine = {k[len(run) :] for k in seen if k.startswith(run)}
+    assert mine == {"spec", "alive", "freeze", "cut", "thaw", "verdict"}
+    # The reports are all there, under the run's own reports prefix.
+    reports = [r for r in out["timeline"] if r["node"] is not None]
+    assert len(reports) == 4 * len(lab3.nodes)
+
+
 def test_cut_proof_and_negative_control(lab3):
     """Fleet cuts under the distributed writer restore consistent; per-VM one-by-one backups do not."""
     chain = Chain(lab3)
@@ -170,7 +193,7 @@ def test_sigterm_to_the_coordinator_aborts_the_run(lab3):
     try:
         start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
         proc = subprocess.Popen(lab3.fleet_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/runs/", start_rev + 1))
+        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/reports/", start_rev + 1))
         run_id = None
         try:
             while run_id is None:
@@ -239,7 +262,7 @@ def test_agents_serve_again_after_etcd_was_killed_inside_a_run(lab3):
     try:
         start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
         proc = subprocess.Popen(lab3.fleet_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/runs/", start_rev + 1))
+        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/reports/", start_rev + 1))
         try:
             while True:  # n2 and n3 are ready and waiting at the barrier once n2's ready is in
                 ev = watch.get(20)

@@ -110,6 +110,19 @@ def test_worst_and_names():
     assert k.parse(k.key("r", "ready", "n1")) == ("r", "ready", "n1")
     assert k.parse(k.key("r", "cut")) == ("r", "cut", None)
     assert k.parse("/quiesce/other/runs/r/cut") is None
+    assert k.parse("/quiesce/g/runs/r/ready/n1") is None
+    assert k.parse("/quiesce/g/reports/r/cut") is None
+
+
+def test_reports_lie_outside_what_agents_watch():
+    """A node's reports are not under ``runs/`` (every agent's watch): a report wakes the coordinator only."""
+    k = Keys("g")
+    for what in ("ready", "frozen", "snapshotted", "done"):
+        key = k.key("r", what, "n1")
+        assert not key.startswith(k.runs) and key.startswith(k.reports_of("r"))
+        assert key.startswith(k.prefix)  # still within the group's role
+    for what in ("spec", "alive", "freeze", "cut", "thaw", "abort", "verdict"):
+        assert k.key("r", what).startswith(k.run("r"))
 
 
 def test_cut_violations():

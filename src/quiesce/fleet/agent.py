@@ -59,7 +59,7 @@ class Agent:
         # A second connection for the liveness probe while frozen, so a probe
         # stuck on a dead etcd never delays the main thread's watch.
         self._probe_store = Store(options.endpoints, options.security, timeout_s=0.5)
-        # The writes inside the window, on their own connection with a short timeout.
+        # The writes inside the window, on their own kept-open session with a short timeout.
         self._window_store = Store(options.endpoints, options.security, timeout_s=1.0)
         self.log = log or (lambda _line: None)
         self.lease: int | None = None
@@ -130,7 +130,9 @@ class Agent:
         self._window_store.close()
 
     def _watch_runs(self, stop: threading.Event, max_runs: int | None) -> None:
-        revision, records = self.store.get_prefix(self.keys.runs)
+        # The nodes' reports are read (for this node's own ``done``) but not watched: the
+        # agent is woken only by the runs' own keys, never by the other nodes' reports.
+        revision, records = self.store.get_prefixes([self.keys.runs, self.keys.reports])
         watch = self.store.watch(self.keys.runs, revision + 1)
         try:
             for run_id, spec in self._catch_up(records):

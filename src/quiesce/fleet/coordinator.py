@@ -53,6 +53,8 @@ class FleetResult:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     phases_ns: dict[str, int] = field(default_factory=dict)
     aborted_by_coordinator: str | None = None
+    #: The coordinator's CLOCK_MONOTONIC at the start of the run: ``phases_ns`` count from it.
+    started_mono_ns: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -62,6 +64,7 @@ class FleetResult:
             **self.verdict.to_dict(),
             "timeline": self.timeline,
             "phases_ns": self.phases_ns,
+            "started_mono_ns": self.started_mono_ns,
         }
 
 
@@ -197,7 +200,8 @@ def fleet_run(
         if not committed:
             raise FleetError(f"run {run.run_id} already exists")
         say(f"run {run.run_id}: members {', '.join(members)}")
-        run.watch = store.watch(keys.run(run.run_id), revision + 1)
+        # The run's own keys and the nodes' reports: both, from the spec's revision on.
+        run.watch = store.watch([keys.run(run.run_id), keys.reports_of(run.run_id)], revision + 1)
         for what, after, timeout in (
             ("freeze", "ready", opts.timeout_s),
             ("cut", "frozen", opts.deadline_s),
@@ -249,7 +253,7 @@ def _thaw_when_snapshotted(run: _Run, opts: FleetOptions) -> str | None:
 
 def read_run(store: Store, keys: Keys, run_id: str) -> RunView:
     """Every key of one run, as etcd has it now."""
-    _, records = store.get_prefix(keys.run(run_id))
+    _, records = store.get_prefixes([keys.run(run_id), keys.reports_of(run_id)])
     return view_of(keys, run_id, records)
 
 
@@ -281,6 +285,7 @@ def _conclude(store: Store, keys: Keys, run: _Run) -> FleetResult:
         verdict,
         timeline_of(view),
         {k: v - start for k, v in run.phases.items() if k != "start"},
+        started_mono_ns=start,
     )
     store.put(run.key("verdict"), verdict.to_dict())
     _prune(store, keys)
@@ -292,4 +297,4 @@ def _prune(store: Store, keys: Keys) -> None:
     _, records = store.get_prefix(keys.runs)
     judged = sorted({p[0] for k in records if (p := keys.parse(k)) is not None and p[1] == "verdict"})
     for run_id in judged[:-KEEP_RUNS]:
-        store.delete_prefix(keys.run(run_id))
+        store.delete_prefixes([keys.run(run_id), keys.reports_of(run_id)])

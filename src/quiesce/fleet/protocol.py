@@ -2,18 +2,24 @@
 
 Everything of a group lives under ``/quiesce/<group>/``::
 
-    members/<node>             an agent, attached to its own lease (gone when it dies)
-    runs/<run>/spec            the run: members, deadlines (written by the coordinator)
-    runs/<run>/alive           attached to the coordinator's lease: its loss ends the run
-    runs/<run>/ready/<node>    the node ran its pre steps, pre-flushed, armed its guardian
-    runs/<run>/freeze          one transaction: only if every ready exists and no abort
-    runs/<run>/frozen/<node>   the node is frozen
-    runs/<run>/cut             one transaction: only if every frozen exists and no abort
-    runs/<run>/snapshotted/<node>
-    runs/<run>/thaw            once every snapshot succeeded
-    runs/<run>/abort           anyone may write it; every node thaws on it
-    runs/<run>/done/<node>     after the node's post steps: why it thawed, its local result
-    runs/<run>/verdict         the coordinator's verdict, kept for ``fleet status``
+    members/<node>                 an agent, attached to its own lease (gone when it dies)
+    runs/<run>/spec                the run: members, deadlines (written by the coordinator)
+    runs/<run>/alive               attached to the coordinator's lease: its loss ends the run
+    runs/<run>/freeze              one transaction: only if every ready exists and no abort
+    runs/<run>/cut                 one transaction: only if every frozen exists and no abort
+    runs/<run>/thaw                once every snapshot succeeded
+    runs/<run>/abort               anyone may write it; every node thaws on it
+    runs/<run>/verdict             the coordinator's verdict, kept for ``fleet status``
+    reports/<run>/ready/<node>     the node ran its pre steps, pre-flushed, armed its guardian
+    reports/<run>/frozen/<node>    the node is frozen
+    reports/<run>/snapshotted/<node>
+    reports/<run>/done/<node>      after the node's post steps: why it thawed, its local result
+
+The run's own keys (``runs/``) are what every agent watches; the nodes'
+reports lie apart (``reports/``), watched by the coordinator alone, so a
+node is woken only by what concerns it: with N nodes, a report wakes one
+process, not N (each agent's watch would otherwise carry every other
+node's ``ready``, ``frozen`` and ``snapshotted``, N² wake-ups a step).
 
 A node is part of the cut when, by etcd revision, ``frozen < cut <
 snapshotted``, its freeze held through its snapshot, and it thawed because it
@@ -79,22 +85,32 @@ class Keys:
         return f"{self.prefix}runs/"
 
     def run(self, run_id: str) -> str:
-        """One run's prefix."""
+        """One run's own keys (spec, the coordinator's decisions, abort, verdict)."""
         return f"{self.runs}{run_id}/"
 
+    @property
+    def reports(self) -> str:
+        """Where the nodes report, per run."""
+        return f"{self.prefix}reports/"
+
+    def reports_of(self, run_id: str) -> str:
+        """One run's node reports (``ready``, ``frozen``, ``snapshotted``, ``done``)."""
+        return f"{self.reports}{run_id}/"
+
     def key(self, run_id: str, what: str, node: str | None = None) -> str:
-        """A run's key: ``what`` alone (``freeze``) or per node (``ready``, ``node``)."""
-        return f"{self.run(run_id)}{what}" + ("" if node is None else f"/{node}")
+        """A run's key: ``what`` alone (``freeze``, in ``runs/``) or a node's report (in ``reports/``)."""
+        if node is None:
+            return f"{self.run(run_id)}{what}"
+        return f"{self.reports_of(run_id)}{what}/{node}"
 
     def parse(self, key: str) -> tuple[str, str, str | None] | None:
-        """``(run, what, node)`` for a key under ``runs/``, else None."""
-        if not key.startswith(self.runs):
-            return None
-        parts = key[len(self.runs) :].split("/")
-        if len(parts) == 2:
-            return parts[0], parts[1], None
-        if len(parts) == 3:
-            return parts[0], parts[1], parts[2]
+        """``(run, what, node)`` for a run's key or a node's report, else None."""
+        if key.startswith(self.runs):
+            parts = key[len(self.runs) :].split("/")
+            return (parts[0], parts[1], None) if len(parts) == 2 else None
+        if key.startswith(self.reports):
+            parts = key[len(self.reports) :].split("/")
+            return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
         return None
 
 

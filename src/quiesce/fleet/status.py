@@ -14,7 +14,7 @@ def group_status(store: Store, group: str, last: int = 5) -> dict[str, Any]:
     """Members with their health, and the last runs with each node's part."""
     keys = Keys(check_name("group", group))
     _, members = store.get_prefix(keys.members)
-    _, records = store.get_prefix(keys.runs)
+    _, records = store.get_prefixes([keys.runs, keys.reports])
     run_ids = sorted({p[0] for k in records if (p := keys.parse(k)) is not None}, reverse=True)[:last]
     runs = []
     for run_id in run_ids:
