@@ -79,7 +79,14 @@ import results
 from floorprog import compile_command, compile_floor, run_floor
 from qga import GuestAgent, agent_binary, agent_version
 from results import Check
-from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_targets, sigterm_exits
+from safety import (
+    claim_knob,
+    enter_private_namespace,
+    rcu_left_as_found,
+    refusal,
+    sandbox_targets,
+    sigterm_exits,
+)
 
 from quiesce.bench.stats import median
 from quiesce.engine.freeze import Freeze, FreezeOptions
@@ -87,7 +94,7 @@ from quiesce.engine.mountfd import open_target
 from quiesce.engine.native import FsRecord, Session, now_ns
 from quiesce.engine.order import parallel_groups
 from quiesce.engine.plan import Target
-from quiesce.engine.rcu import RCU_EXPEDITED, ExpeditedRcu
+from quiesce.engine.rcu import RCU_EXPEDITED
 from quiesce.sandbox import Sandbox
 
 FSTYPES = ("ext4", "xfs", "btrfs")
@@ -179,7 +186,7 @@ class Bench:
         guardian restores it should this process die in between.
         """
         order = self.parallel_order if parallel else list(range(len(self.fds)))
-        knob = ExpeditedRcu() if rcu else None
+        knob = claim_knob() if rcu else None
         try:
             s = Session([self.fds[i] for i in order], [self.mounts[i] for i in order])
             try:
@@ -232,7 +239,7 @@ class Bench:
 
     def floor_rcu(self) -> Sample:
         """The floor with /sys/kernel/rcu_expedited set around its process, then restored."""
-        knob = ExpeditedRcu()
+        knob = claim_knob()
         try:
             knob.enable()
             return self.floor()

@@ -27,6 +27,7 @@ one machine); ``off`` leaves it as found.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -38,6 +39,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from safety import knob_claimed
 
 RCU = Path("/sys/kernel/rcu_expedited")
 #: The fleet window after the last FIFREEZE, step by step (coordinator's and nodes' moments).
@@ -308,10 +311,15 @@ def main() -> int:
     variants = []
     try:
         for rcu in ["off", "on"] if args.rcu == "both" else [args.rcu]:
-            if original is not None:
-                RCU.write_text("1" if rcu == "on" else original)
-            rows = [measure(int(n), args) for n in args.agents.split(",")]
-            variants.append({"rcu": rcu, "rows": rows})
+            # "on": the agents' own freezes find the knob held (the lock every freeze takes)
+            # and leave it alone, instead of reading this 1 as the machine's value.
+            with knob_claimed() if rcu == "on" else contextlib.nullcontext():
+                if original is not None:
+                    RCU.write_text("1" if rcu == "on" else original)
+                rows = [measure(int(n), args) for n in args.agents.split(",")]
+                variants.append({"rcu": rcu, "rows": rows})
+                if original is not None:
+                    RCU.write_text(original)
     finally:
         if original is not None:
             RCU.write_text(original)

@@ -53,7 +53,14 @@ from typing import Any
 
 import results
 from floorprog import compile_command, compile_program
-from safety import enter_private_namespace, rcu_left_as_found, refusal, sandbox_targets, sigterm_exits
+from safety import (
+    claim_knob,
+    enter_private_namespace,
+    rcu_left_as_found,
+    refusal,
+    sandbox_targets,
+    sigterm_exits,
+)
 
 from quiesce.bench.stats import median
 from quiesce.engine.freeze import Freeze, FreezeOptions
@@ -133,6 +140,7 @@ def one(
     spinner = Spinner(spinner_bin, spin_cpu, args.pause + AFTER_PAUSE_S, args.threshold_us * 1000)
     try:
         time.sleep(args.pause)
+        knob = claim_knob()  # no freeze may read this window's value as the machine's
         set_rcu(MODES[mode])
         try:
             options = FreezeOptions(timeout_s=10.0, preflush=False, run_dir=run_dir, expedite_rcu=False)
@@ -145,6 +153,7 @@ def one(
                 b = time.monotonic_ns()
         finally:
             set_rcu(found)
+            knob.close()
     finally:
         spinner.finish()
     if not f.report.ok:

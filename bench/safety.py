@@ -10,6 +10,10 @@
   them: same mount point, mounted from the loop device the sandbox attached.
 - :func:`rcu_left_as_found`: whatever happens, ``/sys/kernel/rcu_expedited``
   holds at the end the value it held at the start.
+- :func:`claim_knob`: a script that sets ``rcu_expedited`` itself first takes
+  the lock every quiesce freeze takes on it, so a freeze running meanwhile
+  (another user's, or a contender's) never reads the script's 1 as the
+  machine's value and puts it back after the script restored the knob.
 - :func:`sigterm_exits`: SIGTERM unwinds like an exception (``SystemExit``), so
   the sandbox is thawed, unmounted and detached and the RCU knob restored
   even when a CI timeout stops the script.
@@ -26,7 +30,7 @@ from types import FrameType
 
 from quiesce.azure.planning import make_plan
 from quiesce.engine.plan import Target
-from quiesce.engine.rcu import RCU_EXPEDITED
+from quiesce.engine.rcu import RCU_EXPEDITED, ExpeditedRcu
 from quiesce.engine.targets import check_explicit
 from quiesce.sandbox import LoopFs, enter_private_mount_namespace
 
@@ -82,6 +86,32 @@ def _read_rcu() -> bytes | None:
             return f.read().strip()
     except OSError:
         return None
+
+
+def claim_knob() -> ExpeditedRcu:
+    """``rcu_expedited`` open and claimed from every quiesce freeze; close it to restore and release.
+
+    Raises RuntimeError while a freeze holds it (its value is then that
+    freeze's, not the machine's).
+    """
+    knob = ExpeditedRcu()
+    if not knob.claim():
+        knob.close()
+        raise RuntimeError(f"{RCU_EXPEDITED} is held by a freeze under way: try again when it ends")
+    return knob
+
+
+@contextlib.contextmanager
+def knob_claimed() -> Iterator[None]:
+    """Within the block the script may write ``rcu_expedited``: it holds the freezes' lock on it."""
+    if not os.path.exists(RCU_EXPEDITED):
+        yield
+        return
+    knob = claim_knob()
+    try:
+        yield
+    finally:
+        knob.close()
 
 
 @contextlib.contextmanager
