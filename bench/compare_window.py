@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import json
 import os
 import shutil
 import subprocess
@@ -942,14 +941,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plots is not None:
         doc["plots"] = draw_plots(plots, doc)
         print(f"\npictures written to {plots}: {', '.join(doc['plots'])}")
-    if not args.no_results:
-        results.write_section(args.results, "compare_window", results_section(args, doc))
-        print(f"\nresults written to {args.results} (section compare_window)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**doc, "checks": [c.to_dict() for c in doc["checks"]]}, f, indent=1)
-            f.write("\n")
-        print(f"\nJSON written to {args.json}")
+    results.write_outputs(
+        args, "compare_window", None if args.no_results else results_section(args, doc), doc
+    )
     return 0
 
 

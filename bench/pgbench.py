@@ -721,14 +721,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with sigterm_exits(), rcu_left_as_found():
         doc = run_bench(args, argv)
     print_summary(doc)
-    if not args.no_results:
-        results.write_section(args.results, "pgbench", results_section(args, doc))
-        print(f"\nresults written to {args.results} (section pgbench)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**doc, "checks": [c.to_dict() for c in doc["checks"]]}, f, indent=1)
-            f.write("\n")
-        print(f"JSON written to {args.json}")
+    body = None if args.no_results else results_section(args, doc)
+    results.write_outputs(args, "pgbench", body, doc)
     return 0
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -309,14 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with sigterm_exits(), rcu_left_as_found():
         doc = run(args, argv)
-    if not args.no_results:
-        results.write_section(args.results, "rcu_cost", results_section(args, doc))
-        print(f"\nresults written to {args.results} (section rcu_cost)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        print(f"\nJSON written to {args.json}")
+    body = None if args.no_results else results_section(args, doc)
+    results.write_outputs(args, "rcu_cost", body, doc)
     return 0
 
 

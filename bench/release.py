@@ -384,14 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with sigterm_exits(), rcu_left_as_found():
         doc = run(args, argv)
-    if not args.no_results:
-        results.write_section(args.results, "release", results_section(args, doc))
-        print(f"\nresults written to {args.results} (section release)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**doc, "checks": [c.to_dict() for c in doc["checks"]]}, f, indent=1)
-            f.write("\n")
-        print(f"\nJSON written to {args.json}")
+    results.write_outputs(args, "release", None if args.no_results else results_section(args, doc), doc)
     return 0
 
 

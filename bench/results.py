@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import platform
 import re
@@ -221,6 +222,22 @@ def write_section(path: str | os.PathLike[str], name: str, body: str) -> None:
         f.seek(0)
         f.write(new)
         f.truncate()
+
+
+def write_outputs(args: argparse.Namespace, name: str, body: str | None, doc: Mapping[str, Any]) -> None:
+    """The end of every script: section ``name`` of the results file (unless ``--no-results``)
+    and the whole document as JSON (with ``--json``), its goal checks as plain data."""
+    if not args.no_results and body is not None:
+        write_section(args.results, name, body)
+        print(f"\nresults written to {args.results} (section {name})")
+    if args.json:
+        out = dict(doc)
+        if "checks" in out:
+            out["checks"] = [c.to_dict() if isinstance(c, Check) else c for c in out["checks"]]
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+            f.write("\n")
+        print(f"\nJSON written to {args.json}")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -469,14 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plots is not None:
         doc["plots"] = draw_plots(plots, doc)
         print(f"\npictures written to {plots}: {', '.join(doc['plots'])}")
-    if not args.no_results:
-        results.write_section(args.results, "scaling", results_section(args, doc, doc["checks"]))
-        print(f"\nresults written to {args.results} (section scaling)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**doc, "checks": [c.to_dict() for c in doc["checks"]]}, f, indent=1)
-            f.write("\n")
-        print(f"\nJSON written to {args.json}")
+    body = None if args.no_results else results_section(args, doc, doc["checks"])
+    results.write_outputs(args, "scaling", body, doc)
     return 0
 
 

@@ -183,17 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(part)
     for c in checks:
         print(c.line())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**doc, "checks": [c.to_dict() for c in checks]}, f, indent=1)
-    if not args.no_results:
-        body = results.section(
-            "stall.py: what a writing application sees of a default cold freeze",
-            doc=doc,
-            parts=[part],
-            checks=checks,
-        )
-        results.write_section(args.results, "stall", body)
+    title = "stall.py: what a writing application sees of a default cold freeze"
+    body = results.section(title, doc=doc, parts=[part], checks=checks)
+    results.write_outputs(args, "stall", body, {**doc, "checks": checks})
     return 0
 
 
