@@ -41,6 +41,27 @@ print(json.dumps({"n": len(gaps), "max_ms": gaps[-1] * 1e3, "median_ms": gaps[le
 """
 
 
+def sync_delimited(c: Client, ident: int, settle_s: float) -> bool:
+    """One 0xFF + ``guest-sync-delimited`` with ``ident``: True once the agent echoed it (within 3 s).
+
+    What the agent had queued before is read and dropped; after the answer,
+    ``settle_s`` of quiet drops any late output too.
+    """
+    c.send(
+        b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": ident}}).encode() + b"\n"
+    )
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        try:
+            line = c.line(max(0.05, end - time.monotonic()))
+        except TimeoutError:
+            return False
+        if line.startswith(b"\xff") and json.loads(line[1:]).get("return") == ident:
+            c.quiet(settle_s)
+            return True
+    return False
+
+
 class Guest:
     """The guest's QEMU process, its console log, and its agent socket."""
 
@@ -84,20 +105,8 @@ class Guest:
         while True:
             self._alive()
             ident += 1
-            c.send(
-                b"\xff"
-                + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": ident}}).encode()
-                + b"\n"
-            )
-            end = time.monotonic() + 3
-            while time.monotonic() < end:
-                try:
-                    line = c.line(max(0.05, end - time.monotonic()))
-                except TimeoutError:
-                    break
-                if line.startswith(b"\xff") and json.loads(line[1:]).get("return") == ident:
-                    c.quiet(0.1)
-                    return
+            if sync_delimited(c, ident, settle_s=0.1):
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError("no agent answered on the port")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.qga.agents import Client
-from tests.vm.guest import WRITER
+from tests.vm.guest import WRITER, sync_delimited
 
 PORT = "/dev/virtio-ports/org.quiesce.measure.0"
 AGENTS = {
@@ -38,20 +38,8 @@ def resync(c: Client, timeout: float = 120) -> None:
     ident = 7000
     while time.monotonic() < deadline:
         ident += 1
-        c.send(
-            b"\xff"
-            + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": ident}}).encode()
-            + b"\n"
-        )
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
-            try:
-                line = c.line(max(0.05, end - time.monotonic()))
-            except TimeoutError:
-                break
-            if line.startswith(b"\xff") and json.loads(line[1:]).get("return") == ident:
-                c.quiet(0.2)
-                return
+        if sync_delimited(c, ident, settle_s=0.2):
+            return
     raise TimeoutError("no agent on the measure port")
 
 
