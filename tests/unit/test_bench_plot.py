@@ -21,26 +21,9 @@ from quiesce.bench.results import BenchResult, FsTiming, RepSample
 from quiesce.bench.runner import DEFAULT_IDLE_S, Bench, BenchOptions
 from quiesce.cli import main
 from quiesce.cli.exits import Exit
-from quiesce.cli.parser import build_parents
-from quiesce.engine.mountinfo import Mount
-from quiesce.engine.plan import Target
+from tests.unit.test_benchmark_unit import a_target, parse
 
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-def parse(*argv):
-    """Parse ``bench ARGV`` with the parser :func:`quiesce.bench.command.add_parser` registers."""
-    shared = build_parents()
-    parser = argparse.ArgumentParser(prog="quiesce")
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench_command.add_parser(sub, [shared.common, shared.freeze_tuning])
-    return parser.parse_args(["bench", *argv])
-
-
-def a_target(mount_point="/srv/db"):
-    """A planned target, made up (nothing here is frozen)."""
-    m = Mount(1, 0, 8, 1, "/", mount_point, ("rw",), (), "ext4", "/dev/sda1", ("rw",))
-    return Target(m, None, None)
 
 
 def a_result(windows, mounts=("/srv/a", "/srv/b"), preflush_at_ns=-2_000_000):
