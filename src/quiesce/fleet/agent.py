@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import quiesce
-from quiesce.fleet.noderun import FleetAbort, NodeRun, with_deadline
-from quiesce.fleet.protocol import NOT_FROZEN, Keys, Record, check_name
+from quiesce.fleet.noderun import FleetAbort, NodeRun
+from quiesce.fleet.nodestep import with_deadline
+from quiesce.fleet.protocol import NOT_FROZEN, Keys, Record, check_name, write_abort
 from quiesce.fleet.store import Event, Security, Store, Watch
 
 #: The agent's registration lease; etcd's minimum is about 2 s.
@@ -196,7 +197,7 @@ class Agent:
 
     def _abort(self, run_id: str, reason: str) -> None:
         try:
-            self.store.put(self.keys.key(run_id, "abort"), {"reason": reason, "by": self.options.node})
+            write_abort(self.store, self.keys, run_id, reason, self.options.node)
         except quiesce.QuiesceError as err:
             self.log(f"cannot write abort for {run_id}: {err}")
 

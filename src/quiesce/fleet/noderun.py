@@ -4,13 +4,17 @@ The node's own ``quiesce.run`` does everything local (its config, scripts,
 hooks, targets, guardian). Two callbacks tie it to the fleet:
 
 - ``before_freeze`` (after the pre steps, pre-flush and guardian arming):
-  write ``ready/<node>``, wait for ``freeze``. Anything else (``abort``, the
+  report ``ready/<node>``, wait for ``freeze``. Anything else (``abort``, the
   coordinator's lease gone, etcd lost, the wait timing out) raises: nothing
   gets frozen, the post steps still run.
-- the snapshot step (inside the window): write ``frozen/<node>``, wait for
-  ``cut``, take the node's snapshot, write ``snapshotted/<node>``, wait for
+- the snapshot step (inside the window): report ``frozen/<node>``, wait for
+  ``cut``, take the node's snapshot, report ``snapshotted/<node>``, wait for
   ``thaw``. It returns at the latest at the node's own deadline, when its
   guardian thaws anyway. Whatever ends the wait is recorded.
+
+Each report is one transaction that also commits the step when this node's
+report is the last one missing (:mod:`quiesce.fleet.protocol`); the node
+that commits a step needs no event to learn it.
 
 Nothing here writes to a file while frozen: the only I/O is to etcd.
 """
@@ -18,16 +22,13 @@ Nothing here writes to a file while frozen: the only I/O is to etcd.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import quiesce
+from quiesce.fleet.nodestep import run_command
 from quiesce.fleet.protocol import (
     ABORT,
     AGENT_STOPPED,
@@ -35,12 +36,13 @@ from quiesce.fleet.protocol import (
     DEADLINE,
     ETCD_LOST,
     NOT_FROZEN,
+    STEP_OF,
     THAW,
     Keys,
 )
 from quiesce.fleet.store import Event, Store, Watch
 
-#: How often, while waiting in a run, the node checks that etcd still answers.
+#: How long, while waiting in a run, the node goes without a word from etcd before it asks.
 PROBE_INTERVAL_S = 0.25
 #: How long before its guardian's deadline a node stops waiting and thaws itself.
 EARLY_NS = 200_000_000
@@ -83,6 +85,8 @@ class NodeRun:
         self._freeze: quiesce.Freeze | None = None
         self._probe_stop = threading.Event()
         self._probe_failed = threading.Event()
+        #: When etcd last answered this node (an event, a report's transaction): CLOCK_MONOTONIC.
+        self._heard_at = time.monotonic()
 
     # -- waiting ---------------------------------------------------------------
 
@@ -90,6 +94,7 @@ class NodeRun:
         if ev.kind == "lost":
             self.ending = self.ending or ETCD_LOST
             return
+        self._heard_at = time.monotonic()
         parsed = self.keys.parse(ev.key)
         if parsed is None:
             return
@@ -120,6 +125,7 @@ class NodeRun:
             if self.ending is not None:
                 return self.ending
             if what in self.seen:
+                self.times.setdefault(f"{what}_seen_mono_ns", time.monotonic_ns())
                 return None
             if self._probe_failed.is_set():
                 self.ending = ETCD_LOST
@@ -135,10 +141,24 @@ class NodeRun:
                 self._handle(ev)
 
     def _probe_loop(self) -> None:
+        """Ask etcd whether it still answers whenever it has been silent for PROBE_INTERVAL_S.
+
+        Events and the node's own transactions already prove it answers: the
+        probe (a lease keepalive, which needs etcd's leader) is made only in
+        a silence, so a run that is moving adds no request to the window.
+        """
         failures = 0
-        while not self._probe_stop.wait(PROBE_INTERVAL_S):
+        while True:
+            wait = PROBE_INTERVAL_S
+            if failures == 0:  # after a failure, ask again a full interval later, whatever was heard
+                wait -= time.monotonic() - self._heard_at
+            if self._probe_stop.wait(max(0.0, wait)):
+                return
+            if failures == 0 and time.monotonic() - self._heard_at < PROBE_INTERVAL_S:
+                continue
             if self._probe():
                 failures = 0
+                self._heard_at = time.monotonic()
             else:
                 failures += 1
                 if failures >= 2:
@@ -157,9 +177,30 @@ class NodeRun:
         with contextlib.suppress(quiesce.QuiesceError):
             self.window_store.get_prefix(self.keys.key(self.run_id, "freeze"))
 
-    def _put(self, what: str, value: dict[str, Any], store: Store | None = None) -> int:
+    def _report(self, what: str, value: dict[str, Any], store: Store | None = None) -> None:
+        """Write ``what/<node>``, committing its step in the same transaction if every other report is in.
+
+        ``ready`` commits ``freeze`` and ``frozen`` commits ``cut`` only while
+        the coordinator's ``alive`` is there; ``thaw`` needs only the reports
+        (after the cut, the snapshots are what the run is waiting for).
+        """
         value = {**value, "node": self.node, "t_unix": time.time(), "t_mono_ns": time.monotonic_ns()}
-        return (store or self.store).put(self.keys.key(self.run_id, what, self.node), value)
+        step = STEP_OF[what]
+        others = [str(m) for m in self.spec.get("members", []) if m != self.node]
+        present = [self.keys.key(self.run_id, what, m) for m in others]
+        if step != "thaw":
+            present.append(self.keys.key(self.run_id, "alive"))
+        mine = {self.keys.key(self.run_id, what, self.node): value}
+        committed, revision = (store or self.store).put_if(
+            {**mine, self.keys.key(self.run_id, step): {"by": self.node, "t_unix": value["t_unix"]}},
+            present=present,
+            absent=[self.keys.key(self.run_id, "abort"), self.keys.key(self.run_id, step)],
+            otherwise=mine,
+        )
+        self._heard_at = time.monotonic()
+        if committed:
+            self.seen[step] = revision
+            self.times[f"{step}_committed_mono_ns"] = time.monotonic_ns()
 
     # -- the two callbacks -------------------------------------------------------
 
@@ -173,7 +214,7 @@ class NodeRun:
         targets = [t.mount.mount_point for t in freeze.targets]
         self._warm_window_store()
         self.times["ready_mono_ns"] = time.monotonic_ns()
-        self._put("ready", {"targets": targets})
+        self._report("ready", {"targets": targets})
         timeout_ns = int(float(self.spec.get("ready_timeout_s", 60)) * 1e9)
         ending = self.wait_for("freeze", time.monotonic_ns() + timeout_ns)
         if ending is not None:
@@ -197,7 +238,7 @@ class NodeRun:
         self.times["deadline_mono_ns"] = deadline
         self.thawed_by = DEADLINE  # until something better ends the window
         try:
-            self._put("frozen", {"deadline_in_ns": left}, self.window_store)
+            self._report("frozen", {"deadline_in_ns": left}, self.window_store)
         except quiesce.QuiesceError as err:
             self.ending = ETCD_LOST
             self.thawed_by = ETCD_LOST
@@ -207,12 +248,12 @@ class NodeRun:
             self.thawed_by = ending
             raise FleetAbort(self._why(ending))
         self._take_snapshot(freeze, wait_until)
+        if not self.snapshot_ok:
+            self._snapshot_failed()
+            raise FleetAbort(f"snapshot step failed: {self.snapshot_detail}")
         try:
-            self._put(
-                "snapshotted",
-                {"ok": self.snapshot_ok, "detail": self.snapshot_detail, "held": self.held},
-                self.window_store,
-            )
+            report = {"ok": True, "detail": self.snapshot_detail, "held": True}
+            self._report("snapshotted", report, self.window_store)
         except quiesce.QuiesceError:
             self.ending = ETCD_LOST
         ending = self.wait_for("thaw", wait_until)
@@ -221,8 +262,32 @@ class NodeRun:
         if ending is None:
             self.thaw_revision = self.seen["thaw"]
         self._probe_stop.set()
-        if not self.snapshot_ok:
-            raise FleetAbort(f"snapshot step failed: {self.snapshot_detail}")
+
+    def _snapshot_failed(self) -> None:
+        """Report the failed snapshot with the run's ``abort``, in one transaction: no thaw can follow."""
+        report = {
+            "ok": False,
+            "detail": self.snapshot_detail,
+            "held": self.held,
+            "node": self.node,
+            "t_unix": time.time(),
+            "t_mono_ns": time.monotonic_ns(),
+        }
+        reason = f"{self.node}: snapshot step failed: {self.snapshot_detail}"
+        abort = {"reason": reason, "by": self.node, "t_unix": report["t_unix"]}
+        store = self.window_store or self.store
+        try:
+            key = self.keys.key
+            store.put_if(
+                {key(self.run_id, "snapshotted", self.node): report, key(self.run_id, "abort"): abort},
+                absent=[key(self.run_id, "thaw")],
+            )
+        except quiesce.QuiesceError:
+            self.ending = ETCD_LOST
+        self.ending = self.ending or ABORT
+        self.abort_reason = self.abort_reason or reason
+        self.thawed_by = self.ending
+        self._probe_stop.set()
 
     def stop(self) -> None:
         """Stop the etcd probe (the run is over)."""
@@ -244,7 +309,7 @@ class NodeRun:
         argv = self.spec_argv
         if argv:
             timeout_s = min(self.snapshot_timeout_s, max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9))
-            self.snapshot_ok, self.snapshot_detail = _run_command(argv, timeout_s, self._command_env(freeze))
+            self.snapshot_ok, self.snapshot_detail = run_command(argv, timeout_s, self._command_env(freeze))
         else:
             self.snapshot_ok, self.snapshot_detail = True, "mode none: taken by the caller while frozen"
         self.times["snapshot_end_mono_ns"] = time.monotonic_ns()
@@ -312,40 +377,3 @@ class NodeRun:
                 result.started_unix + (out["freeze_start_mono_ns"] - result.started_ns) / 1e9
             )
         return out
-
-
-def _run_command(argv: tuple[str, ...], timeout_s: float, env: dict[str, str]) -> tuple[bool, str]:
-    """Run the node's snapshot command in its own session; killed with its group at the timeout."""
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as err:
-        return False, f"cannot start {argv[0]}: {err.strerror}"
-    try:
-        _, err_text = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return False, f"snapshot command timed out after {timeout_s:.1f} s"
-    if proc.returncode != 0:
-        tail = err_text.decode(errors="replace").strip()[-300:]
-        return False, f"snapshot command exited {proc.returncode}: {tail}"
-    return True, "snapshot command ok"
-
-
-def with_deadline(config: quiesce.LoadedConfig, deadline_s: float) -> quiesce.LoadedConfig:
-    """The node's config with its freeze deadline capped at the fleet's.
-
-    The node's snapshot command is run by :class:`NodeRun` inside the window
-    (after the cut): the engine gets a callable, so its own mode is unused.
-    """
-    ext = config.config.quiesce
-    timeout = min(ext.freeze_timeout_s, deadline_s)
-    cfg = dataclasses.replace(config.config, quiesce=dataclasses.replace(ext, freeze_timeout_s=timeout))
-    return dataclasses.replace(config, config=cfg)
