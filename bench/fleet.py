@@ -43,12 +43,12 @@ from typing import Any
 from safety import knob_claimed
 
 RCU = Path("/sys/kernel/rcu_expedited")
-#: The fleet window after the last FIFREEZE, step by step (coordinator's and nodes' moments).
+#: The fleet window after the last FIFREEZE, step by step (the nodes' own moments).
 STEPS = {
-    "to_cut": "last frozen → cut committed",
-    "to_snapshotted": "cut → all snapshotted seen",
-    "to_thaw": "→ thaw committed",
-    "to_thawed": "thaw → last FITHAW end",
+    "to_cut": "last FIFREEZE end → cut committed",
+    "cut_known": "cut committed → the last node knows it",
+    "to_thaw": "cut committed → thaw committed",
+    "to_thawed": "thaw committed → last FITHAW end",
 }
 
 
@@ -87,15 +87,19 @@ def fleet_cycle(lab: Any) -> dict[str, float]:
     first = min(x["freeze_start_mono_ns"] for x in d)
     last_frozen = max(x["freeze_end_mono_ns"] for x in d)
     last_thaw = max(x["thaw_end_mono_ns"] for x in d)
-    # The coordinator's moments, on the same clock (one machine): where the window's time goes.
-    t0, ph = out.get("started_mono_ns"), out.get("phases_ns", {})
+
+    # The nodes' moments, on the same clock (one machine): where the window's time goes. A step is
+    # committed by the node whose report completed it, which records when its transaction returned.
+    def committed(step: str) -> int | None:
+        return next((x[f"{step}_committed_mono_ns"] for x in d if f"{step}_committed_mono_ns" in x), None)
+
+    cut, thaw = committed("cut"), committed("thaw")
     steps = {}
-    if t0 and all(k in ph for k in ("cut", "all_snapshotted", "thaw")):
-        cut, snapped, thaw = (t0 + ph[k] for k in ("cut", "all_snapshotted", "thaw"))
+    if cut is not None and thaw is not None:
         steps = {
             "to_cut": (cut - last_frozen) / 1e6,
-            "to_snapshotted": (snapped - cut) / 1e6,
-            "to_thaw": (thaw - snapped) / 1e6,
+            "cut_known": (max(x.get("cut_seen_mono_ns", cut) for x in d) - cut) / 1e6,
+            "to_thaw": (thaw - cut) / 1e6,
             "to_thawed": (last_thaw - thaw) / 1e6,
         }
     return {

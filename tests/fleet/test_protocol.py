@@ -76,6 +76,20 @@ def test_frozen_after_cut_is_failed():
     assert all("not frozen before the cut" in p.why for p in verdict.nodes)
 
 
+def test_the_report_that_committed_the_cut_shares_its_revision():
+    """The last ``frozen`` commits the cut in its own transaction: equal revisions are in the cut."""
+    v = _view()
+    cut = v.single["cut"].mod_revision
+    last = v.per_node["frozen"]["b"]
+    v.per_node["frozen"]["b"] = Record(last.value, cut)
+    verdict = judge(v)
+    assert verdict.consistency == APPLICATION
+    assert verdict.nodes[1].revisions["frozen"] == verdict.nodes[1].revisions["cut"]
+    # One revision later it would not be: the cut cannot hold a freeze reported after it.
+    v.per_node["frozen"]["b"] = Record(last.value, cut + 1)
+    assert judge(v).nodes[1].why == "not frozen before the cut"
+
+
 def test_freeze_not_held_is_crash():
     """The guardian thawed during the snapshot: that node's part is crash-consistent."""
     assert judge(_view(held=False)).consistency == CRASH

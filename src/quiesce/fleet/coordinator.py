@@ -1,11 +1,16 @@
-"""``quiesce fleet run``: drive one run across the members of a group, and judge it.
+"""``quiesce fleet run``: start one run across the members of a group, watch it, and judge it.
 
 The run is created in one transaction (``spec``, and ``alive`` under a lease
-this process keeps alive). Then, each step a transaction that commits only
-if every member's previous key exists and no ``abort`` does: ``freeze``
-once all are ready, ``cut`` once all are frozen, ``thaw`` once every
-snapshot succeeded. Anything else (a timeout, a failed member, a lost
-lease) writes ``abort``. The verdict comes from the keys' revisions
+this process keeps alive). The steps (``freeze``, ``cut``, ``thaw``) are
+committed by the nodes themselves, each in the transaction of the report
+that completes it (:mod:`quiesce.fleet.protocol`): the coordinator is not a
+hop inside the window. It watches the run's own keys, the nodes' ``done``
+reports and the group's registrations, and writes ``abort`` when a step does
+not come in time, a member ended its part early, or, once the nodes are
+frozen, a member's agent is gone (its registration lease expired). A watch
+that breaks is opened again from the last revision seen if etcd answers
+within a few seconds (longer, the coordinator's lease has ended the run).
+The verdict comes from the keys' revisions
 (:func:`quiesce.fleet.protocol.judge`) once every member reported or the
 wait for them ran out, and is stored as ``verdict``.
 """
@@ -21,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quiesce.fleet import FleetError
-from quiesce.fleet.protocol import Keys, Record, RunView, Verdict, check_name, judge
+from quiesce.fleet.protocol import Keys, Record, RunView, Verdict, check_name, judge, write_abort
 from quiesce.fleet.store import Store, Watch
 
 #: The coordinator's lease: etcd's minimum is about 2 s; agents also thaw at their own deadline.
 DEFAULT_TTL_S = 2
+#: How long a broken watch is retried: longer than the lease, etcd has ended the run anyway.
+REOPEN_S = 3.0
 #: How many finished runs a group keeps for ``fleet status``.
 KEEP_RUNS = 50
 
@@ -109,10 +116,33 @@ class _Run:
         self.view = RunView(run_id)
         self.lease_lost = threading.Event()
         self.watch: Watch | None = None
+        self.revision = 0  # the last revision the watch delivered: a new watch goes on from there
+        self.gone: list[str] = []  # members whose registration was deleted during the run
         self.phases: dict[str, int] = {"start": time.monotonic_ns()}
 
     def key(self, what: str, node: str | None = None) -> str:
         return self.keys.key(self.run_id, what, node)
+
+    @property
+    def prefixes(self) -> list[str]:
+        """What the coordinator watches: the run's keys, the ``done`` reports, the registrations."""
+        return [self.keys.run(self.run_id), f"{self.keys.reports_of(self.run_id)}done/", self.keys.members]
+
+    def open_watch(self, start_revision: int) -> None:
+        self.revision = start_revision - 1
+        self.watch = self.store.watch(self.prefixes, start_revision)
+
+    def _reopen(self, deadline: float) -> bool:
+        """A new watch from the last revision seen; False if etcd did not answer before ``deadline``."""
+        assert self.watch is not None
+        self.watch.close()
+        while time.monotonic() < deadline:
+            try:
+                self.watch = self.store.watch(self.prefixes, self.revision + 1)
+                return True
+            except FleetError:
+                time.sleep(0.2)
+        return False
 
     def pump(self, done: Callable[[], bool], timeout_s: float, until_done: bool = False) -> str | None:
         """Take events until ``done()``; the reason when the wait ends otherwise.
@@ -135,43 +165,51 @@ class _Run:
             if ev is None:
                 continue
             if ev.kind == "lost":
-                raise FleetError(f"lost the watch on the run: {ev.why}")
+                if not self._reopen(min(deadline, time.monotonic() + REOPEN_S)):
+                    raise FleetError(f"lost the watch on the run: {ev.why}; etcd did not answer again")
+                continue
+            self.revision = max(self.revision, ev.revision)
+            if ev.key.startswith(self.keys.members):
+                node = ev.key[len(self.keys.members) :]
+                if node in self.members and node not in self.gone and ev.kind == "delete":
+                    self.gone.append(node)
+                elif node in self.gone and ev.kind == "put":
+                    self.gone.remove(node)  # back (a restarted agent): it may still join before the freeze
+                continue
             parsed = self.keys.parse(ev.key)
             if parsed is None or parsed[0] != self.run_id or ev.kind != "put":
                 continue
+            if parsed[2] is None and parsed[1] not in self.view.single:
+                self.phases[parsed[1]] = time.monotonic_ns()
             self.view.add(parsed[1], parsed[2], Record(ev.value or {}, ev.revision))
 
-    def all_have(self, what: str) -> bool:
-        return all(self.view.node(what, m) is not None for m in self.members)
-
-    def failed_before(self, what: str) -> str | None:
-        """A member that reported done without reaching ``what``: it cannot go on."""
+    def ended_early(self) -> str | None:
+        """A member that can no longer take part: it reported done, or its agent is gone."""
         for m in self.members:
-            if self.view.node("done", m) is not None and self.view.node(what, m) is None:
-                return m
+            if self.view.node("done", m) is not None:
+                return f"{m} ended its part"
+        if self.gone and "freeze" in self.view.single:
+            # Once frozen, the others wait for it: end the run now, not at their deadlines. Before
+            # the freeze a restarted agent joins the run, so its absence is only the ready timeout.
+            return f"the agent of {self.gone[0]} is gone (its registration lease expired)"
         return None
 
-    def step(self, what: str, after: str, timeout_s: float) -> str | None:
-        """Wait for every member's ``after`` key, then commit ``what``; the reason if it could not."""
-        why = self.pump(lambda: self.all_have(after) or self.failed_before(after) is not None, timeout_s)
-        if why is None and (failed := self.failed_before(after)) is not None:
-            why = f"{failed} ended before {after}"
-        if why is not None:
-            return f"waiting for {after}: {why}"
-        self.phases[f"all_{after}"] = time.monotonic_ns()
-        present = [self.key("alive")] + [self.key(after, m) for m in self.members]
-        committed, _ = self.store.put_if(
-            {self.key(what): {"by": "coordinator", "t_unix": time.time()}},
-            present=present,
-            absent=[self.key("abort"), self.key(what)],
-        )
-        self.phases[what] = time.monotonic_ns()
-        return None if committed else f"{what} not committed (an abort came first, or the lease was lost)"
+    def step(self, what: str, timeout_s: float) -> str | None:
+        """Wait until a node commits ``what``; the reason if it did not."""
+        why = self.pump(lambda: what in self.view.single or self.ended_early() is not None, timeout_s)
+        if what in self.view.single:
+            return None
+        return f"waiting for {what}: {why or self.ended_early()}"
 
-    def abort(self, reason: str) -> None:
-        # etcd gone: the nodes thaw on their own (lease, watch, deadline).
-        with contextlib.suppress(FleetError):
-            self.store.put(self.key("abort"), {"reason": reason, "by": "coordinator", "t_unix": time.time()})
+    def all_done(self) -> bool:
+        return all(self.view.node("done", m) is not None for m in self.members)
+
+    def abort(self, reason: str) -> bool:
+        """Write ``abort``; False only if ``thaw`` was committed first (then nothing is written)."""
+        try:
+            return write_abort(self.store, self.keys, self.run_id, reason, "coordinator")
+        except FleetError:  # etcd gone: the nodes thaw on their own (lease, watch, deadline)
+            return True
 
 
 def fleet_run(
@@ -200,22 +238,18 @@ def fleet_run(
         if not committed:
             raise FleetError(f"run {run.run_id} already exists")
         say(f"run {run.run_id}: members {', '.join(members)}")
-        # The run's own keys and the nodes' reports: both, from the spec's revision on.
-        run.watch = store.watch([keys.run(run.run_id), keys.reports_of(run.run_id)], revision + 1)
-        for what, after, timeout in (
-            ("freeze", "ready", opts.timeout_s),
-            ("cut", "frozen", opts.deadline_s),
-        ):
-            aborted = run.step(what, after, timeout)
+        run.open_watch(revision + 1)
+        steps = (("freeze", opts.timeout_s), ("cut", opts.deadline_s), ("thaw", opts.deadline_s))
+        for what, timeout in steps:
+            aborted = run.step(what, timeout)
             if aborted is not None:
                 break
             say(f"run {run.run_id}: {what} committed")
-        if aborted is None:
-            aborted = _thaw_when_snapshotted(run, opts)
+        if aborted is not None and not run.abort(aborted):
+            aborted = None  # the thaw came first: the verdict says what each node got
         if aborted is not None:
             say(f"run {run.run_id}: abort: {aborted}")
-            run.abort(aborted)
-        run.pump(lambda: run.all_have("done"), opts.timeout_s + opts.deadline_s, until_done=True)
+        run.pump(run.all_done, opts.timeout_s + opts.deadline_s, until_done=True)
         run.phases["all_done"] = time.monotonic_ns()
         result = _conclude(store, keys, run)
         result.aborted_by_coordinator = aborted
@@ -230,25 +264,6 @@ def fleet_run(
             run.watch.close()
         with contextlib.suppress(FleetError):  # else it expires on its own
             store.revoke(lease)
-
-
-def _thaw_when_snapshotted(run: _Run, opts: FleetOptions) -> str | None:
-    why = run.pump(
-        lambda: run.all_have("snapshotted") or run.failed_before("snapshotted") is not None, opts.deadline_s
-    )
-    if why is not None:
-        return f"waiting for snapshotted: {why}"
-    run.phases["all_snapshotted"] = time.monotonic_ns()
-    bad = [m for m in run.members if not (run.view.node("snapshotted", m) or Record({}, 0)).value.get("ok")]
-    if bad:
-        return f"snapshot failed on {', '.join(bad)}"
-    committed, _ = run.store.put_if(
-        {run.key("thaw"): {"by": "coordinator", "t_unix": time.time()}},
-        present=[run.key("snapshotted", m) for m in run.members],
-        absent=[run.key("abort"), run.key("thaw")],
-    )
-    run.phases["thaw"] = time.monotonic_ns()
-    return None if committed else "thaw not committed: an abort came first"
 
 
 def read_run(store: Store, keys: Keys, run_id: str) -> RunView:

@@ -5,34 +5,49 @@ Everything of a group lives under ``/quiesce/<group>/``::
     members/<node>                 an agent, attached to its own lease (gone when it dies)
     runs/<run>/spec                the run: members, deadlines (written by the coordinator)
     runs/<run>/alive               attached to the coordinator's lease: its loss ends the run
-    runs/<run>/freeze              one transaction: only if every ready exists and no abort
-    runs/<run>/cut                 one transaction: only if every frozen exists and no abort
-    runs/<run>/thaw                once every snapshot succeeded
-    runs/<run>/abort               anyone may write it; every node thaws on it
+    runs/<run>/freeze              only if every ready exists and no abort (see below)
+    runs/<run>/cut                 only if every frozen exists and no abort
+    runs/<run>/thaw                only if every snapshotted exists (each one ok) and no abort
+    runs/<run>/abort               anyone may write it, until ``thaw``; every node thaws on it
     runs/<run>/verdict             the coordinator's verdict, kept for ``fleet status``
     reports/<run>/ready/<node>     the node ran its pre steps, pre-flushed, armed its guardian
     reports/<run>/frozen/<node>    the node is frozen
     reports/<run>/snapshotted/<node>
     reports/<run>/done/<node>      after the node's post steps: why it thawed, its local result
 
-The run's own keys (``runs/``) are what every agent watches; the nodes'
-reports lie apart (``reports/``), watched by the coordinator alone, so a
-node is woken only by what concerns it: with N nodes, a report wakes one
-process, not N (each agent's watch would otherwise carry every other
-node's ``ready``, ``frozen`` and ``snapshotted``, N² wake-ups a step).
+Each step is committed by the node whose report completes it, in the
+transaction that writes the report: ``ready/<node>``, and ``freeze`` with it
+if every other member's ``ready`` and the coordinator's ``alive`` exist and
+neither ``abort`` nor ``freeze`` does (else the report alone). The same for
+``frozen`` and ``cut``, and for ``snapshotted`` and ``thaw``. etcd orders
+transactions, so whichever report comes last sees all the others and commits
+the step: one round trip, not a report to the coordinator and a second
+transaction from it. A failed snapshot writes its report with ``abort`` in
+one transaction, so "every ``snapshotted`` and no ``abort``" means every
+snapshot succeeded. An ``abort`` is written only while there is no ``thaw``:
+a node sees at most one of them.
 
-A node is part of the cut when, by etcd revision, ``frozen < cut <
-snapshotted``, its freeze held through its snapshot, and it thawed because it
-saw ``thaw`` (``thaw < done``, with the thaw revision it names). The
-revisions come from one etcd cluster, so the order needs no clock.
+The run's own keys (``runs/``) are what every agent watches; the nodes'
+reports lie apart (``reports/``), so a node is woken only by the steps (with
+N nodes, a report wakes nobody; each agent's watch would otherwise carry
+every other node's ``ready``, ``frozen`` and ``snapshotted``, N² wake-ups a
+step). The coordinator watches the run's keys and the ``done`` reports.
+
+A node is part of the cut when, by etcd revision, ``frozen <= cut <
+snapshotted`` (equal when its own report committed the cut: it wrote
+``frozen`` after its FIFREEZE returned, in the transaction that commits the
+cut), its freeze held through its snapshot, and it thawed because it saw
+``thaw`` (``thaw < done``, with the thaw revision it names). The revisions
+come from one etcd cluster, so the order needs no clock.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from quiesce import APPLICATION, CRASH, FAILED, FILESYSTEM
 
@@ -47,6 +62,9 @@ ETCD_LOST = "etcd-lost"  # the watch ended or etcd stopped answering
 DEADLINE = "deadline"  # its own guardian's deadline
 NOT_FROZEN = "not-frozen"  # the run ended before this node froze
 AGENT_STOPPED = "agent-stopped"  # SIGTERM to the agent (systemd stop)
+
+#: The step a node's report completes: the last report of a kind commits it (see the module doc).
+STEP_OF = {"ready": "freeze", "frozen": "cut", "snapshotted": "thaw"}
 
 #: Worst first, for combining nodes into the fleet's verdict.
 _RANK = {FAILED: 0, CRASH: 1, FILESYSTEM: 2, APPLICATION: 3}
@@ -112,6 +130,25 @@ class Keys:
             parts = key[len(self.reports) :].split("/")
             return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
         return None
+
+
+class PutIf(Protocol):
+    """What :func:`write_abort` needs of a store (:class:`quiesce.fleet.store.Store` has it)."""
+
+    def put_if(
+        self, puts: Mapping[str, Mapping[str, Any]], *, absent: Sequence[str] = ...
+    ) -> tuple[bool, int]: ...
+
+
+def write_abort(store: PutIf, keys: Keys, run_id: str, reason: str, by: str) -> bool:
+    """Write the run's ``abort`` unless its ``thaw`` was committed; whether it was written.
+
+    After ``thaw`` an abort changes nothing (the nodes are thawing) and would
+    only race the thaw in a node's wait; before it, every node thaws on it.
+    """
+    value = {"reason": reason, "by": by, "t_unix": time.time()}
+    written, _ = store.put_if({keys.key(run_id, "abort"): value}, absent=[keys.key(run_id, "thaw")])
+    return written
 
 
 @dataclass(frozen=True)
@@ -235,7 +272,7 @@ def _node_part(view: RunView, node: str, cut: Record | None, thaw: Record | None
         part.why = "no cut was committed: no snapshot was taken"
         return part
     frozen = view.node("frozen", node)
-    if frozen is None or frozen.mod_revision >= cut.mod_revision:
+    if frozen is None or frozen.mod_revision > cut.mod_revision:
         part.why = "not frozen before the cut"  # cannot happen with the transaction; said if it did
         return part
     if snap is None or not snap.value.get("ok") or snap.mod_revision <= cut.mod_revision:

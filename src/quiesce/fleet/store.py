@@ -1,7 +1,8 @@
 """etcd through its HTTP/JSON gateway, with the client etcd3gw.
 
 :class:`Store` wraps one etcd3gw client per endpoint (the next endpoint is
-tried when one does not answer) and adds what the fleet needs on top:
+tried when one does not answer), each on a kept-open
+:class:`~quiesce.fleet.transport.LeanSession`, and adds what the fleet needs on top:
 revisions in every answer, compare-and-put transactions, leases kept alive
 by a thread, user/password authentication (a token sent with every request
 and renewed when etcd says it expired), and a watch that *reports its own
@@ -18,7 +19,7 @@ import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from quiesce.fleet import FleetError
@@ -43,6 +44,17 @@ class Security:
     password: str | None = None
 
 
+def _puts(puts: Mapping[str, Mapping[str, Any]], lease: Mapping[str, int] | None) -> list[dict[str, Any]]:
+    """A transaction's put operations (JSON values; some keys attached to a lease)."""
+    out = []
+    for key, value in puts.items():
+        put: dict[str, Any] = {"key": b64(key), "value": b64(json.dumps(value, sort_keys=True))}
+        if lease and key in lease:
+            put["lease"] = lease[key]
+        out.append({"request_put": put})
+    return out
+
+
 class Store:
     """The etcd cluster a fleet uses."""
 
@@ -55,6 +67,8 @@ class Store:
         import etcd3gw  # the optional extra: quiesce[fleet]
         import requests
 
+        from quiesce.fleet.transport import LeanSession
+
         if not endpoints:
             raise ValueError("no etcd endpoint given")
         self.security = security or Security()
@@ -64,13 +78,10 @@ class Store:
             parts = urlsplit(url if "://" in url else f"http://{url}")
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"invalid etcd endpoint {url!r}: use http(s)://HOST:PORT")
-            session = requests.Session()
-            session.trust_env = False  # no proxy or netrc lookups: etcd is reached directly
             sec = self.security
-            if sec.cacert:
-                session.verify = sec.cacert
-            if sec.cert and sec.key:
-                session.cert = (sec.cert, sec.key)
+            session = LeanSession(
+                verify=sec.cacert or True, cert=(sec.cert, sec.key) if sec.cert and sec.key else None
+            )
             self._clients.append(
                 etcd3gw.client(
                     host=parts.hostname,
@@ -78,7 +89,7 @@ class Store:
                     protocol=parts.scheme,
                     timeout=timeout_s,
                     api_path="/v3/",
-                    session=session,
+                    session=cast(Any, session),  # what etcd3gw calls of a session (see transport)
                 )
             )
         self._current = 0
@@ -127,12 +138,17 @@ class Store:
                     return dict(client.post(client.get_url(path), json=dict(payload)))
                 except exc.Etcd3Exception as err:
                     detail = str(getattr(err, "detail_text", "")).lower()
-                    if self.security.user and any(m in detail for m in RELOGIN):
+                    # Log in (again) when the token expired, or when etcd refuses a session that
+                    # has none yet: auth was enabled after it was made.
+                    tokenless = "Authorization" not in client.session.headers
+                    if self.security.user and (any(m in detail for m in RELOGIN) or tokenless):
                         self._authenticate(client)  # the token expired: once more with a new one
                         return dict(client.post(client.get_url(path), json=dict(payload)))
                     raise
             except (exc.ConnectionFailedError, exc.ConnectionTimeoutError) as err:
-                last = self._next_endpoint() or err
+                last = self._next_endpoint() or Exception(
+                    getattr(err, "detail_text", None) or type(err).__name__
+                )
             except exc.Etcd3Exception as err:
                 raise FleetError(f"etcd refused {path}: {getattr(err, 'detail_text', '') or err}") from err
             except (ValueError, OSError, self._requests.RequestException) as err:
@@ -187,10 +203,13 @@ class Store:
         present: Sequence[str] = (),
         absent: Sequence[str] = (),
         lease: Mapping[str, int] | None = None,
+        otherwise: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> tuple[bool, int]:
         """One transaction: the puts happen only if every ``present`` key exists and no ``absent`` one.
 
-        Returns (committed, revision). ``lease`` attaches some keys to a lease.
+        Returns (committed, revision). ``lease`` attaches some keys to a lease;
+        ``otherwise`` are the puts made, in the same transaction, when the
+        condition does not hold.
         """
         compare = [
             {"key": b64(k), "result": "GREATER", "target": "CREATE", "create_revision": 0} for k in present
@@ -198,13 +217,8 @@ class Store:
         compare += [
             {"key": b64(k), "result": "EQUAL", "target": "CREATE", "create_revision": 0} for k in absent
         ]
-        success = []
-        for key, value in puts.items():
-            put: dict[str, Any] = {"key": b64(key), "value": b64(json.dumps(value, sort_keys=True))}
-            if lease and key in lease:
-                put["lease"] = lease[key]
-            success.append({"request_put": put})
-        answer = self.call("/kv/txn", {"compare": compare, "success": success, "failure": []})
+        success, failure = _puts(puts, lease), _puts(otherwise or {}, lease)
+        answer = self.call("/kv/txn", {"compare": compare, "success": success, "failure": failure})
         return bool(answer.get("succeeded", False)), revision(answer)
 
     def delete_prefix(self, prefix: str) -> None:
