@@ -1,0 +1,163 @@
+"""The session under etcd3gw: requests on a kept-open connection, answers and errors as etcd3gw expects.
+
+A small HTTP server on 127.0.0.1 stands in for etcd's gateway; etcd3gw's own
+client is what calls the session, as in the fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+etcd3gw = pytest.importorskip("etcd3gw")
+requests = pytest.importorskip("requests")
+
+from quiesce.fleet.transport import LeanSession  # noqa: E402
+
+
+class _Gateway(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Any
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.seen.append((self.path, body, dict(self.headers), self.client_address[1]))
+        if self.path.endswith("/slow"):
+            time.sleep(0.5)
+        if self.path.endswith("/watch"):
+            self._stream()
+            return
+        status = 404 if self.path.endswith("/missing") else 200
+        answer = json.dumps({"header": {"revision": "7"}, "echo": body}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        if self.path.endswith("/close"):
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def _stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for n in (1, 2):
+            line = json.dumps({"result": {"n": n}}).encode() + b"\n"
+            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway() -> Iterator[Any]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gateway)
+    server.seen = []
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def sessions() -> Iterator[list[LeanSession]]:
+    made: list[LeanSession] = []
+    yield made
+    for s in made:
+        s.close()
+
+
+def _client(port: int, session: LeanSession, timeout: float = 2.0) -> Any:
+    return etcd3gw.client(host="127.0.0.1", port=port, timeout=timeout, api_path="/v3/", session=session)
+
+
+def test_requests_share_one_kept_open_connection_and_answers_read_as_etcd3gw_expects(
+    gateway: Any, sessions: list[LeanSession]
+) -> None:
+    session = LeanSession()
+    sessions.append(session)
+    session.headers["Authorization"] = "token-1"
+    client = _client(gateway.server_address[1], session)
+    answers = [client.post(client.get_url("/kv/put"), json={"key": f"k{i}"}) for i in range(3)]
+    assert [a["echo"]["key"] for a in answers] == ["k0", "k1", "k2"]
+    assert answers[0]["header"]["revision"] == "7"
+    ports = {port for _, _, _, port in gateway.seen}
+    assert len(ports) == 1, "each request opened a new connection"
+    path, body, headers, _ = gateway.seen[0]
+    assert path == "/v3/kv/put" and body == {"key": "k0"}
+    assert headers["Authorization"] == "token-1" and headers["Content-Type"] == "application/json"
+
+
+def test_each_thread_has_its_own_connection(gateway: Any, sessions: list[LeanSession]) -> None:
+    session = LeanSession()
+    sessions.append(session)
+    client = _client(gateway.server_address[1], session)
+    client.post(client.get_url("/kv/range"), json={})
+    other = threading.Thread(target=lambda: client.post(client.get_url("/kv/range"), json={}))
+    other.start()
+    other.join()
+    assert len({port for _, _, _, port in gateway.seen}) == 2
+    # The ended thread's connection is closed when the next connection is made.
+    client.post(client.get_url("/close"), json={})
+    time.sleep(0.05)
+    client.post(client.get_url("/kv/range"), json={})
+    assert len(session._conns) == 1
+
+
+def test_a_connection_the_server_closed_is_opened_again(gateway: Any, sessions: list[LeanSession]) -> None:
+    session = LeanSession()
+    sessions.append(session)
+    client = _client(gateway.server_address[1], session)
+    client.post(client.get_url("/close"), json={})
+    time.sleep(0.05)
+    assert client.post(client.get_url("/kv/put"), json={"key": "after"})["echo"] == {"key": "after"}
+    assert len({port for _, _, _, port in gateway.seen}) == 2
+
+
+def test_errors_are_etcd3gws_own(gateway: Any, sessions: list[LeanSession]) -> None:
+    session = LeanSession()
+    sessions.append(session)
+    client = _client(gateway.server_address[1], session, timeout=0.2)
+    with pytest.raises(etcd3gw.exceptions.Etcd3Exception):  # a 404 from the gateway
+        client.post(client.get_url("/missing"), json={})
+    with pytest.raises(etcd3gw.exceptions.ConnectionTimeoutError):
+        client.post(client.get_url("/slow"), json={})
+    # After a timeout the connection is not reused: the next answer is the next request's.
+    time.sleep(0.5)
+    client.timeout = 2.0
+    assert client.post(client.get_url("/kv/put"), json={"key": "next"})["echo"] == {"key": "next"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    sessions.append(LeanSession())
+    nobody = _client(free, sessions[-1])
+    with pytest.raises(etcd3gw.exceptions.ConnectionFailedError):
+        nobody.post(nobody.get_url("/kv/put"), json={})
+
+
+def test_streamed_requests_go_through_requests(gateway: Any, sessions: list[LeanSession]) -> None:
+    session = LeanSession()
+    sessions.append(session)
+    session.headers["Authorization"] = "token-2"
+    url = f"http://127.0.0.1:{gateway.server_address[1]}/v3/watch"
+    response = session.post(url, json={"create_request": {}}, stream=True, timeout=(2, None))
+    try:
+        lines = [json.loads(x) for x in response.iter_lines() if x]
+    finally:
+        response.close()
+    assert [x["result"]["n"] for x in lines] == [1, 2]
+    assert gateway.seen[0][2]["Authorization"] == "token-2"
