@@ -1077,3 +1077,25 @@ def test_mounts_to_skip_unreadable_file(tmp_path: Path) -> None:
     bad.write_bytes(b"[SnapshotThread]\nMountsToSkip=/\xff\n")
     with pytest.raises(ConfigError, match=str(bad)):
         read_mounts_to_skip(str(bad))
+
+
+def test_parsing_one_type_skips_the_others() -> None:
+    """``fstype`` parses only that type's lines, in order, with their line numbers in errors."""
+    text = "\n".join(
+        [
+            "1 0 8:1 / / rw - ext4 /dev/sda rw",
+            "2 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw",
+            "not a mountinfo line at all",
+            r"3 1 0:27 / /odd\040-\040cgroup2\040dir rw - tmpfs tmpfs rw",
+            "4 1 0:28 / /other/cgroup rw - cgroup2 cgroup2 rw",
+        ]
+    )
+    assert [m.mount_point for m in parse_mountinfo(text, fstype="cgroup2")] == [
+        "/sys/fs/cgroup",
+        "/other/cgroup",
+    ]
+    with pytest.raises(MountinfoError, match="line 3"):
+        parse_mountinfo(text)
+    with pytest.raises(MountinfoError, match="line 2"):
+        bad = "1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 0:26 / /x rw - cgroup2 cgroup2"
+        parse_mountinfo(bad, fstype="cgroup2")

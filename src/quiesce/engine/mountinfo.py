@@ -82,20 +82,26 @@ class Mount:
         }
 
 
-def parse_mountinfo(text: str) -> list[Mount]:
+def parse_mountinfo(text: str, fstype: str | None = None) -> list[Mount]:
     """Parse mountinfo text into mounts, in file order; blank lines are ignored.
 
-    Raises :class:`MountinfoError` naming the 1-based line number and the fault.
+    With ``fstype``, only the mounts of that type are parsed (and checked):
+    the kernel escapes spaces in paths, so `` - <fstype> `` appears on a line
+    only as its separator and type. Raises :class:`MountinfoError` naming the
+    1-based line number and the fault.
     """
+    marker = None if fstype is None else f" - {fstype} "
     # split("\n"), not splitlines(): the kernel escapes only space, tab, newline
     # and backslash, so a path may hold \r, \f or U+2028 verbatim.
     return [
-        _parse_line(line, number) for number, line in enumerate(text.split("\n"), start=1) if line.strip()
+        _parse_line(line, number)
+        for number, line in enumerate(text.split("\n"), start=1)
+        if line.strip() and (marker is None or marker in line)
     ]
 
 
-def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[Mount]:
-    """Read and parse a mountinfo file (see :func:`parse_mountinfo`).
+def read_mountinfo(path: str = "/proc/self/mountinfo", fstype: str | None = None) -> list[Mount]:
+    """Read and parse a mountinfo file (see :func:`parse_mountinfo`; ``fstype`` as there).
 
     An unreadable file raises :class:`QuiesceOSError`; a malformed one
     :class:`MountinfoError` naming the file and the line.
@@ -106,7 +112,7 @@ def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[Mount]:
     except OSError as err:
         raise QuiesceOSError(err.errno or errno.EIO, "read mountinfo", path) from err
     try:
-        return parse_mountinfo(os.fsdecode(raw))
+        return parse_mountinfo(os.fsdecode(raw), fstype)
     except MountinfoError as err:
         raise MountinfoError(f"{path}: {err}") from err
 

@@ -33,9 +33,10 @@ DELEGATE_XATTR = "trusted.delegate"
 
 def cgroup2_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """Mount point of the cgroup v2 hierarchy (``/sys/fs/cgroup``, or ``.../unified`` on hybrid)."""
-    for m in read_mountinfo(mountinfo):
-        if m.fstype == "cgroup2":
-            return m.mount_point
+    # Only the cgroup2 lines are parsed: this runs before every script, and a machine
+    # with many mounts would otherwise parse them all each time.
+    for m in read_mountinfo(mountinfo, fstype="cgroup2"):
+        return m.mount_point
     return None
 
 
