@@ -289,3 +289,77 @@ def test_agents_serve_again_after_etcd_was_killed_inside_a_run(lab3):
     code, out = lab3.fleet_run("--timeout", "20")
     assert code == 0, out
     assert out["consistency"] == APPLICATION
+
+
+def test_the_coordinator_reopens_its_watch_when_etcd_comes_back(lab3):
+    """etcd killed and restarted at once inside a run: the coordinator goes on and gives a verdict."""
+    n1 = lab3.nodes[0]
+    lab3.set_config(n1, {}, pre_extra="sleep 1")
+    try:
+        start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
+        proc = subprocess.Popen(lab3.fleet_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/reports/", start_rev + 1))
+        try:
+            while True:
+                ev = watch.get(20)
+                assert ev is not None and ev.kind == "put"
+                if ev.key.endswith("/ready/n2"):
+                    break
+        finally:
+            watch.close()
+        lab3.etcd.kill()
+        lab3.etcd.wait()
+        lab3.start_etcd()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        lab3.set_config(n1, {}, pre_extra="")
+    result = json.loads(out)
+    # A verdict from the nodes' own reports, not "lost the watch": the run failed (etcd went away
+    # at the barrier), every node says why, and nothing was judged consistent.
+    assert proc.returncode == 9, (result, err)
+    assert result["consistency"] == FAILED and not result["cut_committed"]
+    assert {n["node"] for n in result["nodes"]} == {"n1", "n2", "n3"}
+    assert all(n["thawed_by"] is not None for n in result["nodes"]), result["nodes"]
+    lab3.wait_registered()
+
+
+def test_a_member_whose_agent_is_gone_ends_the_run_before_the_deadlines(lab3):
+    """An agent SIGKILLed while the others are frozen: its lease expires and the run is aborted then.
+
+    Every node's deadline is 30 s; the agent's registration lease is 5 s: the
+    others thaw on the coordinator's ``abort`` long before their deadline.
+    """
+    n3 = lab3.nodes[2]
+    saved = {node.name: node.config.read_text() for node in lab3.nodes}
+    for node in lab3.nodes:
+        lab3.set_config(node, {"quiesce": {"freezeTimeoutSeconds": 30}})
+    slow = {"mode": "command", "argv": ["/bin/sh", "-c", "sleep 8"], "timeoutSeconds": 20}
+    lab3.set_config(n3, {"quiesce": {"freezeTimeoutSeconds": 30, "snapshot": slow}})
+    try:
+        start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
+        proc = subprocess.Popen(
+            lab3.fleet_argv("--deadline", "30"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/runs/", start_rev + 1))
+        try:
+            while (ev := watch.get(30)) is not None and not ev.key.endswith("/cut"):
+                pass
+        finally:
+            watch.close()
+        assert ev is not None, "no cut"
+        killed_at = time.monotonic()
+        n3.agent.kill()  # in its 8 s snapshot step: it never reports snapshotted
+        n3.agent.wait()
+        out, err = proc.communicate(timeout=120)
+        ended_after = time.monotonic() - killed_at
+    finally:
+        lab3.start_agent(n3)
+        for node in lab3.nodes:
+            node.config.write_text(saved[node.name])
+    result = json.loads(out)
+    assert proc.returncode == 9, (result, err)
+    assert "n3 is gone" in (result["abort"] or ""), result["abort"]
+    parts = {n["node"]: n for n in result["nodes"]}
+    assert parts["n1"]["thawed_by"] == parts["n2"]["thawed_by"] == "abort"
+    assert ended_after < 20, f"the run ended {ended_after:.1f} s after the kill: at the deadlines"
+    lab3.wait_registered()

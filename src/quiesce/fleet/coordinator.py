@@ -32,7 +32,7 @@ from quiesce.fleet.store import Store, Watch
 #: The coordinator's lease: etcd's minimum is about 2 s; agents also thaw at their own deadline.
 DEFAULT_TTL_S = 2
 #: How long a broken watch is retried: longer than the lease, etcd has ended the run anyway.
-REOPEN_S = 3.0
+REOPEN_S = 5.0
 #: How many finished runs a group keeps for ``fleet status``.
 KEEP_RUNS = 50
 
@@ -202,7 +202,8 @@ class _Run:
         return f"waiting for {what}: {why or self.ended_early()}"
 
     def all_done(self) -> bool:
-        return all(self.view.node("done", m) is not None for m in self.members)
+        """Every member reported ``done``, or cannot: its agent is gone (a restarted one reports)."""
+        return all(self.view.node("done", m) is not None or m in self.gone for m in self.members)
 
     def abort(self, reason: str) -> bool:
         """Write ``abort``; False only if ``thaw`` was committed first (then nothing is written)."""
