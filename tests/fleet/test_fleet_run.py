@@ -263,8 +263,9 @@ def test_an_agent_that_comes_back_joins_a_run_waiting_for_it(lab3):
     lab3.wait_registered()
 
 
-def test_agents_serve_again_after_etcd_was_killed_inside_a_run(lab3):
-    """etcd killed while the nodes wait in a run, then restarted: the next run is served and consistent."""
+def _run_with_etcd_killed_at_the_barrier(lab3, restart_at_once: bool) -> tuple[int, str, str]:
+    """A fleet run whose etcd is SIGKILLed while n2 and n3 wait at the barrier (n1's pre step
+    sleeps), restarted at once or after the coordinator ended; its exit code, stdout, stderr."""
     n1 = lab3.nodes[0]
     lab3.set_config(n1, {}, pre_extra="sleep 1")
     try:
@@ -281,10 +282,19 @@ def test_agents_serve_again_after_etcd_was_killed_inside_a_run(lab3):
             watch.close()
         lab3.etcd.kill()
         lab3.etcd.wait()
-        proc.communicate(timeout=120)
-        lab3.start_etcd()
+        if restart_at_once:
+            lab3.start_etcd()
+        out, err = proc.communicate(timeout=120)
+        if not restart_at_once:
+            lab3.start_etcd()
     finally:
         lab3.set_config(n1, {}, pre_extra="")
+    return proc.returncode, out, err
+
+
+def test_agents_serve_again_after_etcd_was_killed_inside_a_run(lab3):
+    """etcd killed while the nodes wait in a run, then restarted: the next run is served and consistent."""
+    _run_with_etcd_killed_at_the_barrier(lab3, restart_at_once=False)
     time.sleep(3)  # the nodes' parts in the broken run end (etcd lost), their results go in
     code, out = lab3.fleet_run("--timeout", "20")
     assert code == 0, out
@@ -293,34 +303,69 @@ def test_agents_serve_again_after_etcd_was_killed_inside_a_run(lab3):
 
 def test_the_coordinator_reopens_its_watch_when_etcd_comes_back(lab3):
     """etcd killed and restarted at once inside a run: the coordinator goes on and gives a verdict."""
-    n1 = lab3.nodes[0]
-    lab3.set_config(n1, {}, pre_extra="sleep 1")
-    try:
-        start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
-        proc = subprocess.Popen(lab3.fleet_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/reports/", start_rev + 1))
-        try:
-            while True:
-                ev = watch.get(20)
-                assert ev is not None and ev.kind == "put"
-                if ev.key.endswith("/ready/n2"):
-                    break
-        finally:
-            watch.close()
-        lab3.etcd.kill()
-        lab3.etcd.wait()
-        lab3.start_etcd()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        lab3.set_config(n1, {}, pre_extra="")
+    code, out, err = _run_with_etcd_killed_at_the_barrier(lab3, restart_at_once=True)
     result = json.loads(out)
     # A verdict from the nodes' own reports, not "lost the watch": the run failed (etcd went away
     # at the barrier), every node says why, and nothing was judged consistent.
-    assert proc.returncode == 9, (result, err)
+    assert code == 9, (result, err)
     assert result["consistency"] == FAILED and not result["cut_committed"]
     assert {n["node"] for n in result["nodes"]} == {"n1", "n2", "n3"}
     assert all(n["thawed_by"] is not None for n in result["nodes"]), result["nodes"]
     lab3.wait_registered()
+
+
+def _slow_snapshot_on_n3(lab3, seconds: int) -> dict[str, str]:
+    """Every node's deadline 30 s, n3's snapshot step a sleep; returns the configs to put back."""
+    saved = {node.name: node.config.read_text() for node in lab3.nodes}
+    for node in lab3.nodes:
+        lab3.set_config(node, {"quiesce": {"freezeTimeoutSeconds": 30}})
+    slow = {"mode": "command", "argv": ["/bin/sh", "-c", f"sleep {seconds}"], "timeoutSeconds": 20}
+    lab3.set_config(lab3.nodes[2], {"quiesce": {"freezeTimeoutSeconds": 30, "snapshot": slow}})
+    return saved
+
+
+def _wait_for_cut(lab3, start_rev: int) -> str:
+    """The run id, once its ``cut`` is committed."""
+    watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/runs/", start_rev + 1))
+    try:
+        while (ev := watch.get(30)) is not None and not ev.key.endswith("/cut"):
+            pass
+    finally:
+        watch.close()
+    assert ev is not None, "no cut"
+    return ev.key.split("/")[-2]
+
+
+def test_nodes_thaw_when_the_coordinator_is_gone_before_their_thaw(lab3):
+    """Coordinator SIGKILLed after the cut while n3's snapshot outlasts its 2 s lease: no thaw can
+    come; every node thaws on losing the coordinator, long before its deadline, and the keys say
+    the run was not application-consistent."""
+    from quiesce.fleet.coordinator import read_run
+    from quiesce.fleet.protocol import COORDINATOR_LOST, Keys, judge
+
+    saved = _slow_snapshot_on_n3(lab3, 5)
+    try:
+        start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
+        proc = subprocess.Popen(lab3.fleet_argv("--deadline", "30"), stdout=subprocess.DEVNULL)
+        run_id = _wait_for_cut(lab3, start_rev)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            view = lab3.client_call(lambda s: read_run(s, Keys("lab"), run_id))
+            if all(view.node("done", n.name) is not None for n in lab3.nodes):
+                break
+            time.sleep(0.2)
+    finally:
+        for node in lab3.nodes:
+            node.config.write_text(saved[node.name])
+    verdict = judge(view)
+    assert verdict.cut_committed and "thaw" not in view.single
+    assert verdict.consistency != APPLICATION
+    for node in ("n1", "n2"):
+        done = view.node("done", node).value
+        assert done["thawed_by"] == COORDINATOR_LOST, done
+        assert done["thaw_end_mono_ns"] - done["freeze_start_mono_ns"] < 15e9
 
 
 def test_a_member_whose_agent_is_gone_ends_the_run_before_the_deadlines(lab3):
@@ -330,23 +375,13 @@ def test_a_member_whose_agent_is_gone_ends_the_run_before_the_deadlines(lab3):
     others thaw on the coordinator's ``abort`` long before their deadline.
     """
     n3 = lab3.nodes[2]
-    saved = {node.name: node.config.read_text() for node in lab3.nodes}
-    for node in lab3.nodes:
-        lab3.set_config(node, {"quiesce": {"freezeTimeoutSeconds": 30}})
-    slow = {"mode": "command", "argv": ["/bin/sh", "-c", "sleep 8"], "timeoutSeconds": 20}
-    lab3.set_config(n3, {"quiesce": {"freezeTimeoutSeconds": 30, "snapshot": slow}})
+    saved = _slow_snapshot_on_n3(lab3, 8)
     try:
         start_rev, _ = lab3.client_call(lambda s: s.get_prefix("/quiesce/lab/runs/"))
         proc = subprocess.Popen(
             lab3.fleet_argv("--deadline", "30"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        watch = lab3.client_call(lambda s: s.watch("/quiesce/lab/runs/", start_rev + 1))
-        try:
-            while (ev := watch.get(30)) is not None and not ev.key.endswith("/cut"):
-                pass
-        finally:
-            watch.close()
-        assert ev is not None, "no cut"
+        _wait_for_cut(lab3, start_rev)
         killed_at = time.monotonic()
         n3.agent.kill()  # in its 8 s snapshot step: it never reports snapshotted
         n3.agent.wait()

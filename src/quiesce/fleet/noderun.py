@@ -180,16 +180,14 @@ class NodeRun:
     def _report(self, what: str, value: dict[str, Any], store: Store | None = None) -> None:
         """Write ``what/<node>``, committing its step in the same transaction if every other report is in.
 
-        ``ready`` commits ``freeze`` and ``frozen`` commits ``cut`` only while
-        the coordinator's ``alive`` is there; ``thaw`` needs only the reports
-        (after the cut, the snapshots are what the run is waiting for).
+        Only while the coordinator's ``alive`` is there: once its lease is
+        gone the nodes are thawing on their own, and no step commits after.
         """
         value = {**value, "node": self.node, "t_unix": time.time(), "t_mono_ns": time.monotonic_ns()}
         step = STEP_OF[what]
         others = [str(m) for m in self.spec.get("members", []) if m != self.node]
         present = [self.keys.key(self.run_id, what, m) for m in others]
-        if step != "thaw":
-            present.append(self.keys.key(self.run_id, "alive"))
+        present.append(self.keys.key(self.run_id, "alive"))
         mine = {self.keys.key(self.run_id, what, self.node): value}
         committed, revision = (store or self.store).put_if(
             {**mine, self.keys.key(self.run_id, step): {"by": self.node, "t_unix": value["t_unix"]}},

@@ -5,9 +5,9 @@ Everything of a group lives under ``/quiesce/<group>/``::
     members/<node>                 an agent, attached to its own lease (gone when it dies)
     runs/<run>/spec                the run: members, deadlines (written by the coordinator)
     runs/<run>/alive               attached to the coordinator's lease: its loss ends the run
-    runs/<run>/freeze              only if every ready exists and no abort (see below)
-    runs/<run>/cut                 only if every frozen exists and no abort
-    runs/<run>/thaw                only if every snapshotted exists (each one ok) and no abort
+    runs/<run>/freeze              only if every ready exists, and alive, and no abort (see below)
+    runs/<run>/cut                 only if every frozen exists, and alive, and no abort
+    runs/<run>/thaw                only if every snapshotted exists (each one ok), and alive, and no abort
     runs/<run>/abort               anyone may write it, until ``thaw``; every node thaws on it
     runs/<run>/verdict             the coordinator's verdict, kept for ``fleet status``
     reports/<run>/ready/<node>     the node ran its pre steps, pre-flushed, armed its guardian
@@ -19,7 +19,8 @@ Each step is committed by the node whose report completes it, in the
 transaction that writes the report: ``ready/<node>``, and ``freeze`` with it
 if every other member's ``ready`` and the coordinator's ``alive`` exist and
 neither ``abort`` nor ``freeze`` does (else the report alone). The same for
-``frozen`` and ``cut``, and for ``snapshotted`` and ``thaw``. etcd orders
+``frozen`` and ``cut``, and for ``snapshotted`` and ``thaw``: no step commits
+once the coordinator's lease is gone (the nodes are thawing then). etcd orders
 transactions, so whichever report comes last sees all the others and commits
 the step: one round trip, not a report to the coordinator and a second
 transaction from it. A failed snapshot writes its report with ``abort`` in
