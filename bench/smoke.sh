@@ -96,6 +96,9 @@ step pgbench "${loop_tools[@]}" mkfs.xfs fsfreeze pgbench runuser /usr/lib/postg
 step fleet "${loop_tools[@]}" etcd nsenter mkfs.xfs -- \
     "$PYTHON" bench/fleet.py --agents 2 --cycles 1 --single 1 --sequential 1 --rcu off --no-out
 
+step etcd_request etcd -- \
+    "$PYTHON" bench/etcd_request.py --requests 20
+
 step stall "${loop_tools[@]}" mkfs.xfs mkfs.btrfs -- \
     "$PYTHON" bench/stall.py --reps 1 --image-mb 300 --no-results
 step release "${loop_tools[@]}" -- \
