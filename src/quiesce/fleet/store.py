@@ -99,8 +99,12 @@ class Store:
         if self.security.user:
             try:
                 self._authenticate(self._clients[0])
-            except (self._exceptions.ConnectionFailedError, self._exceptions.ConnectionTimeoutError) as err:
-                raise FleetError(f"etcd does not answer: {err}") from err
+            except BaseException as err:
+                self.close()  # the connection the refused login opened: nobody else will close it
+                exc = self._exceptions
+                if isinstance(err, (exc.ConnectionFailedError, exc.ConnectionTimeoutError)):
+                    raise FleetError(f"etcd does not answer: {err}") from err
+                raise
 
     # -- requests --------------------------------------------------------------
 
