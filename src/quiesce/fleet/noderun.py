@@ -39,6 +39,7 @@ from quiesce.fleet.protocol import (
     STEP_OF,
     THAW,
     Keys,
+    write_abort,
 )
 from quiesce.fleet.store import Event, Store, Watch
 
@@ -177,13 +178,17 @@ class NodeRun:
         with contextlib.suppress(quiesce.QuiesceError):
             self.window_store.get_prefix(self.keys.key(self.run_id, "freeze"))
 
+    def _stamped(self, value: dict[str, Any]) -> dict[str, Any]:
+        """A report's value with who wrote it and when (wall clock, and this machine's monotonic)."""
+        return {**value, "node": self.node, "t_unix": time.time(), "t_mono_ns": time.monotonic_ns()}
+
     def _report(self, what: str, value: dict[str, Any], store: Store | None = None) -> None:
         """Write ``what/<node>``, committing its step in the same transaction if every other report is in.
 
         Only while the coordinator's ``alive`` is there: once its lease is
         gone the nodes are thawing on their own, and no step commits after.
         """
-        value = {**value, "node": self.node, "t_unix": time.time(), "t_mono_ns": time.monotonic_ns()}
+        value = self._stamped(value)
         step = STEP_OF[what]
         others = [str(m) for m in self.spec.get("members", []) if m != self.node]
         present = [self.keys.key(self.run_id, what, m) for m in others]
@@ -263,23 +268,11 @@ class NodeRun:
 
     def _snapshot_failed(self) -> None:
         """Report the failed snapshot with the run's ``abort``, in one transaction: no thaw can follow."""
-        report = {
-            "ok": False,
-            "detail": self.snapshot_detail,
-            "held": self.held,
-            "node": self.node,
-            "t_unix": time.time(),
-            "t_mono_ns": time.monotonic_ns(),
-        }
+        report = self._stamped({"ok": False, "detail": self.snapshot_detail, "held": self.held})
         reason = f"{self.node}: snapshot step failed: {self.snapshot_detail}"
-        abort = {"reason": reason, "by": self.node, "t_unix": report["t_unix"]}
-        store = self.window_store or self.store
+        mine = {self.keys.key(self.run_id, "snapshotted", self.node): report}
         try:
-            key = self.keys.key
-            store.put_if(
-                {key(self.run_id, "snapshotted", self.node): report, key(self.run_id, "abort"): abort},
-                absent=[key(self.run_id, "thaw")],
-            )
+            write_abort(self.window_store or self.store, self.keys, self.run_id, reason, self.node, also=mine)
         except quiesce.QuiesceError:
             self.ending = ETCD_LOST
         self.ending = self.ending or ABORT

@@ -141,14 +141,22 @@ class PutIf(Protocol):
     ) -> tuple[bool, int]: ...
 
 
-def write_abort(store: PutIf, keys: Keys, run_id: str, reason: str, by: str) -> bool:
-    """Write the run's ``abort`` unless its ``thaw`` was committed; whether it was written.
+def write_abort(
+    store: PutIf,
+    keys: Keys,
+    run_id: str,
+    reason: str,
+    by: str,
+    also: Mapping[str, Mapping[str, Any]] | None = None,
+) -> bool:
+    """Write the run's ``abort`` (and ``also``, in the same transaction) unless its ``thaw`` was
+    committed; whether it was written.
 
     After ``thaw`` an abort changes nothing (the nodes are thawing) and would
     only race the thaw in a node's wait; before it, every node thaws on it.
     """
-    value = {"reason": reason, "by": by, "t_unix": time.time()}
-    written, _ = store.put_if({keys.key(run_id, "abort"): value}, absent=[keys.key(run_id, "thaw")])
+    puts = {keys.key(run_id, "abort"): {"reason": reason, "by": by, "t_unix": time.time()}, **(also or {})}
+    written, _ = store.put_if(puts, absent=[keys.key(run_id, "thaw")])
     return written
 
 
