@@ -398,3 +398,24 @@ def test_a_member_whose_agent_is_gone_ends_the_run_before_the_deadlines(lab3):
     assert parts["n1"]["thawed_by"] == parts["n2"]["thawed_by"] == "abort"
     assert ended_after < 20, f"the run ended {ended_after:.1f} s after the kill: at the deadlines"
     lab3.wait_registered()
+
+
+def test_a_failed_snapshot_aborts_the_run_in_its_own_report(lab3):
+    """n2's snapshot command fails: its report and the ``abort`` share one transaction; no thaw."""
+    n2 = lab3.nodes[1]
+    saved = n2.config.read_text()
+    failing = {"mode": "command", "argv": ["/bin/sh", "-c", "echo no room >&2; exit 3"], "timeoutSeconds": 2}
+    lab3.set_config(n2, {"quiesce": {"snapshot": failing}})
+    try:
+        code, out = lab3.fleet_run()
+    finally:
+        n2.config.write_text(saved)
+    assert code == 9, out
+    assert out["cut_committed"] and "n2: snapshot step failed" in out["abort"], out["abort"]
+    tl = out["timeline"]
+    assert not [r for r in tl if r["key"] == "thaw"]
+    (abort,) = [r["revision"] for r in tl if r["key"] == "abort"]
+    assert [r["revision"] for r in tl if r["key"] == "snapshotted" and r["node"] == "n2"] == [abort]
+    parts = {n["node"]: n for n in out["nodes"]}
+    assert parts["n2"]["verdict"] == FAILED and "no room" in parts["n2"]["why"]
+    assert parts["n1"]["thawed_by"] == parts["n3"]["thawed_by"] == "abort"

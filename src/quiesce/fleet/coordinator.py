@@ -206,7 +206,12 @@ class _Run:
         return all(self.view.node("done", m) is not None or m in self.gone for m in self.members)
 
     def abort(self, reason: str) -> bool:
-        """Write ``abort``; False only if ``thaw`` was committed first (then nothing is written)."""
+        """Write ``abort``; False only if ``thaw`` was committed first (then nothing is written).
+
+        An ``abort`` already written (by a node) stays as it is: its reason is the run's.
+        """
+        if "abort" in self.view.single:
+            return True
         try:
             return write_abort(self.store, self.keys, self.run_id, reason, "coordinator")
         except FleetError:  # etcd gone: the nodes thaw on their own (lease, watch, deadline)
