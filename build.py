@@ -14,8 +14,12 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = "csrc"
-HEADERS = ("session.h", "freeze.h", "guardian.h", "watchdog.h", "spawn.h", "window.h")
-SOURCES = ("session.c", "freeze.c", "detach.c", "guardian.c", "watchdog.c", "spawn.c", "window.c")
+HEADERS = ("session.h", "freeze.h", "guardian.h", "watchdog.h", "spawn.h", "window.h", "launch.h")
+SOURCES = ("session.c", "freeze.c", "detach.c", "guardian.c", "watchdog.c", "spawn.c", "window.c", "launch.c")
+#: The guardian's and the watchdog's own program (csrc/launch.h), installed next to the module.
+HELPER = "quiesce-helper"
+HELPER_SOURCES = ("helper.c", "launch.c", "guardian.c", "watchdog.c", "detach.c", "session.c", "freeze.c")
+CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"]
 _CDEF = re.compile(r"/\* cdef-begin \*/\n(.*?)/\* cdef-end \*/", re.DOTALL)
 
 
@@ -39,7 +43,7 @@ def make_ffibuilder() -> FFI:
         # absolute source paths in an sdist build.
         sources=[f"{CSRC}/{c}" for c in SOURCES],
         include_dirs=[CSRC],
-        extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        extra_compile_args=CFLAGS,
         libraries=["pthread"],
     )
     return builder

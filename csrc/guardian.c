@@ -1,14 +1,16 @@
 /*
  * guardian.c: see guardian.h.
  *
- * The guardian is forked, not exec'd, from a process that may have many
- * threads (Python). Between fork and _exit it therefore uses only raw system
- * calls and stack memory: no malloc, no stdio, no locale.
+ * The guardian runs as quiesce-helper (launch.h), a program of its own that
+ * maps the caller's session from its memfd: the caller's memory is never
+ * copied. Its loop uses only system calls and stack memory: no malloc, no
+ * stdio, no locale.
  */
 #define _GNU_SOURCE
 #include "guardian.h"
 #include "detach.h"
 #include "freeze.h"
+#include "launch.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +19,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -316,14 +321,31 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
     _exit(qz_load(&s->guard_reason) == QZ_FIRED_NONE ? 0 : 1);
 }
 
-/* ---- the orchestrator's side ------------------------------------------- */
+/* ---- the helper's side -------------------------------------------------- */
 
-static int cmp_int(const void *a, const void *b)
+/*
+ * In quiesce-helper: map the caller's session from its memfd and guard it.
+ * Returns only if the memfd is not a session (the caller then sees no READY).
+ */
+int qz_guardian_serve(int mem_fd, int sock)
 {
-    int x = *(const int *)a, y = *(const int *)b;
+    struct qz_session *s;
+    struct stat st;
+    char ready = QZ_MSG_READY;
 
-    return (x > y) - (x < y);
+    if (fstat(mem_fd, &st) != 0 || (size_t)st.st_size < sizeof(*s))
+        return -EINVAL;
+    s = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, mem_fd, 0);
+    if (s == MAP_FAILED)
+        return -errno;
+    if (s->n == 0 || s->n > QZ_MAX_FILESYSTEMS || qz_session_size(s->n) != (size_t)st.st_size)
+        return -EINVAL;
+    close(mem_fd);
+    send(sock, &ready, 1, MSG_NOSIGNAL);
+    guardian_main(s, sock);
 }
+
+/* ---- the orchestrator's side ------------------------------------------- */
 
 int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
                     int64_t step_timeout_ns, int report_fd, int keep_fd,
@@ -331,7 +353,8 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
 {
     int sv[2], devnull, *keep;
     size_t nkeep = 0, i;
-    sigset_t all, old;
+    char mem_arg[16], sock_arg[16];
+    char *const argv[] = { "quiesce-guard", "guardian", mem_arg, sock_arg, NULL };
     pid_t pid;
     int err;
 
@@ -350,7 +373,7 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
     if (ledger_name != NULL)
         strcpy(s->ledger_name, ledger_name);
 
-    keep = malloc((s->n + 6) * sizeof(*keep));
+    keep = malloc((s->n + 7) * sizeof(*keep));
     if (keep == NULL)
         return -ENOMEM;
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -365,8 +388,9 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
         free(keep);
         return -err;
     }
-    /* The fds the guardian keeps, sorted: the rest are closed in ranges. */
+    /* The fds the guardian keeps (under their numbers): the rest are closed. */
     keep[nkeep++] = sv[1];
+    keep[nkeep++] = s->mem_fd;
     if (report_fd >= 0)
         keep[nkeep++] = report_fd;
     if (keep_fd >= 0)
@@ -379,30 +403,20 @@ int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
         keep[nkeep++] = s->restore_fd;
     for (i = 0; i < s->n; i++)
         keep[nkeep++] = s->fs[i].fd;
-    qsort(keep, nkeep, sizeof(*keep), cmp_int);
-
+    snprintf(mem_arg, sizeof(mem_arg), "%d", (int)s->mem_fd);
+    snprintf(sock_arg, sizeof(sock_arg), "%d", sv[1]);
     /*
-     * Signals stay blocked from fork until the guardian has ignored them: a
-     * Ctrl-C or SIGTERM to the caller's group right after fork cannot kill it.
+     * Signals stay blocked from the start until the guardian has ignored
+     * them (qz_launch_helper): a Ctrl-C or SIGTERM to the caller's group
+     * right then cannot kill it.
      */
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = fork();
-    if (pid == 0) {
-        char ready = QZ_MSG_READY;
-
-        qz_detach(devnull, keep, nkeep, "quiesce-guard");
-        send(sv[1], &ready, 1, MSG_NOSIGNAL);
-        guardian_main(s, sv[1]);
-    }
-    err = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pid = qz_launch_helper(argv, devnull, keep, nkeep);
     free(keep);
     close(devnull);
     close(sv[1]);
     if (pid < 0) {
         close(sv[0]);
-        return -err;
+        return pid;
     }
     s->guardian_pid = pid;
     s->guardian_sock = sv[0];

@@ -31,29 +31,44 @@ int qz_no_pidfd(void)
     return no_pidfd;
 }
 
-static size_t session_size(uint32_t n)
+size_t qz_session_size(uint32_t n)
 {
     return sizeof(struct qz_session) + (size_t)n * sizeof(struct qz_fs);
 }
 
 /*
- * The mapping is shared so that a forked guardian sees the same states; it is
- * anonymous so that nothing of it lives on a filesystem that may be frozen.
+ * The session lives in a shared mapping of a memfd: the guardian (its own
+ * program, see launch.h) maps the same memfd and sees the same states. A
+ * memfd is memory, so nothing of it lives on a filesystem that may be frozen.
  */
 struct qz_session *qz_session_new(const int *fds, uint32_t n)
 {
     struct qz_session *s;
     uint32_t i;
+    int fd, err;
 
     if (n == 0 || n > QZ_MAX_FILESYSTEMS) {
         errno = EINVAL;
         return NULL;
     }
-    s = mmap(NULL, session_size(n), PROT_READ | PROT_WRITE,
-             MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (s == MAP_FAILED)
+    fd = memfd_create("quiesce-session", MFD_CLOEXEC);
+    if (fd < 0)
         return NULL;
-    memset(s, 0, session_size(n));
+    if (ftruncate(fd, (off_t)qz_session_size(n)) != 0) {
+        err = errno;
+        close(fd);
+        errno = err;
+        return NULL;
+    }
+    s = mmap(NULL, qz_session_size(n), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (s == MAP_FAILED) {
+        err = errno;
+        close(fd);
+        errno = err;
+        return NULL;
+    }
+    memset(s, 0, qz_session_size(n));
+    s->mem_fd = fd;
     s->n = n;
     s->failed_index = -1;
     s->guardian_pid = -1;
@@ -75,7 +90,8 @@ void qz_session_free(struct qz_session *s)
     if (s == NULL)
         return;
     qz_pool_stop(s);
-    munmap(s, session_size(s->n));
+    close(s->mem_fd);
+    munmap(s, qz_session_size(s->n));
 }
 
 int32_t qz_fs_state(struct qz_session *s, uint32_t i)

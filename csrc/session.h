@@ -77,6 +77,8 @@ struct qz_session {
     int32_t ledger_dirfd;      /* the run directory; the ledger is a name in it */
     int32_t restore_fd;        /* written with restore_value if orphaned; -1: none */
     int32_t restore_len;
+    int32_t mem_fd;            /* the memfd this mapping is of: the guardian maps it too */
+    int32_t pad2;
     char restore_value[16];
     char ledger_name[256];
     void *pool;                /* this process's threads of a parallel session (freeze.c) */
@@ -95,6 +97,9 @@ struct qz_session *qz_session_new(const int *fds, uint32_t n);
 void qz_session_free(struct qz_session *s);
 int32_t qz_fs_state(struct qz_session *s, uint32_t i);
 /* cdef-end */
+
+/* The size of the mapping of a session of `n` filesystems. */
+size_t qz_session_size(uint32_t n);
 
 struct pollfd;
 

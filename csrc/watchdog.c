@@ -1,12 +1,13 @@
 /*
  * watchdog.c: see watchdog.h.
  *
- * Like the guardian, the watchdog is forked from a process that may have
- * many threads: between fork and _exit it makes only raw system calls.
+ * Like the guardian, the watchdog runs as quiesce-helper (launch.h): the
+ * caller's side starts it, the helper's side is watchdog_main().
  */
 #define _GNU_SOURCE
 #include "watchdog.h"
 #include "detach.h"
+#include "launch.h"
 #include "session.h"
 
 #include <errno.h>
@@ -14,6 +15,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -44,10 +46,17 @@ static __attribute__((noreturn)) void watchdog_main(int sock, int kill_fd)
     _exit(1);
 }
 
+/* In quiesce-helper: watch the caller's end of `sock`. */
+int qz_watchdog_serve(int sock, int kill_fd)
+{
+    watchdog_main(sock, kill_fd);
+}
+
 int qz_watchdog_arm(int kill_fd, int *sock)
 {
     int sv[2], devnull, keep[2], err;
-    sigset_t all, old;
+    char sock_arg[16], kill_arg[16];
+    char *const argv[] = { "quiesce-watch", "watchdog", sock_arg, kill_arg, NULL };
     pid_t pid;
 
     devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -60,20 +69,14 @@ int qz_watchdog_arm(int kill_fd, int *sock)
     }
     keep[0] = sv[1] < kill_fd ? sv[1] : kill_fd;
     keep[1] = sv[1] < kill_fd ? kill_fd : sv[1];
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid = fork();
-    if (pid == 0) {
-        qz_detach(devnull, keep, 2, "quiesce-watch");
-        watchdog_main(sv[1], kill_fd);
-    }
-    err = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    snprintf(sock_arg, sizeof(sock_arg), "%d", sv[1]);
+    snprintf(kill_arg, sizeof(kill_arg), "%d", kill_fd);
+    pid = qz_launch_helper(argv, devnull, keep, 2);
     close(devnull);
     close(sv[1]);
     if (pid < 0) {
         close(sv[0]);
-        return -err;
+        return pid;
     }
     err = qz_wait_ready(sv[0]);
     if (err != 0) {

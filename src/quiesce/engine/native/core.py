@@ -14,6 +14,7 @@ import errno
 import os
 
 # The one import of the C extension; the package's other modules take ffi and lib from here.
+import quiesce._native as _module
 from quiesce._native import ffi as ffi
 from quiesce._native import lib as lib
 from quiesce.errors import (
@@ -22,6 +23,7 @@ from quiesce.errors import (
     FreezeTimeoutError,
     FrozenByOtherError,
     NotFrozenError,
+    QuiesceOSError,
     ThawError,
 )
 
@@ -75,6 +77,31 @@ def no_pidfd() -> bool:
 
 
 set_no_pidfd("no-pidfd" in fallbacks())
+
+
+#: The program the guardian and the watchdog run as (``csrc/launch.h``), built next to the extension.
+HELPER_PATH = os.path.join(os.path.dirname(str(_module.__file__)), "quiesce-helper")
+
+
+def _open_helper() -> tuple[int, str | None]:
+    """Open quiesce-helper once, for every guardian and watchdog of this process: its fd, or why not."""
+    try:
+        fd = os.open(HELPER_PATH, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        return -1, f"cannot open {HELPER_PATH}: {err.strerror}; reinstall quiesce"
+    lib.qz_set_helper_fd(fd)
+    return fd, None
+
+
+#: The open helper (-1: none), and why there is none.
+HELPER_FD, HELPER_PROBLEM = _open_helper()
+
+
+def start_error(cls: type[QuiesceOSError], rc: int, what: str) -> QuiesceOSError:
+    """The error for a guardian or watchdog that did not start (``rc`` is ``-errno``)."""
+    if rc == -errno.ENOEXEC and HELPER_PROBLEM is not None:
+        return cls(errno.ENOEXEC, f"{what} ({HELPER_PROBLEM})")
+    return cls(-rc, what)
 
 
 def now_ns() -> int:

@@ -16,6 +16,7 @@ from quiesce.engine.native.core import (
     ffi,
     freeze_error,
     lib,
+    start_error,
     thaw_error,
 )
 from quiesce.engine.native.spawn import Child, Supervision, spawn_request, wait_request
@@ -117,7 +118,7 @@ class Session:
         ledger_dirfd: int = -1,
         ledger_name: str | None = None,
     ) -> int:
-        """Fork the guardian; returns its pid.
+        """Start the guardian (its own program, ``quiesce-helper``); returns its pid.
 
         ``timeout_ns`` bounds the window from the first FIFREEZE,
         ``step_timeout_ns`` (0 = none) each FIFREEZE call. The guardian writes
@@ -137,7 +138,7 @@ class Session:
             )
         )
         if rc != 0:
-            raise GuardianError(-rc, "arming the guardian")
+            raise start_error(GuardianError, rc, "arming the guardian")
         return int(self._raw().guardian_pid)
 
     def set_parallel(self, groups: Sequence[int]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from quiesce.engine.native.core import ffi, lib
+from quiesce.engine.native.core import ffi, lib, start_error
 from quiesce.errors import QuiesceOSError
 
 
@@ -273,7 +273,7 @@ class Watchdog:
         sock = ffi.new("int *")
         pid = int(lib.qz_watchdog_arm(kill_fd, sock))
         if pid < 0:
-            raise QuiesceOSError(-pid, "starting the run's watchdog")
+            raise start_error(QuiesceOSError, pid, "starting the run's watchdog")
         self.pid = pid
         self._sock = int(sock[0])
 
