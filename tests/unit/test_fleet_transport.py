@@ -36,6 +36,9 @@ class _Gateway(BaseHTTPRequestHandler):
             return
         status = 404 if self.path.endswith("/missing") else 200
         answer = json.dumps({"header": {"revision": "7"}, "echo": body}).encode()
+        if self.path.endswith(("/chunked", "/to-close")):
+            self._unsized(answer)
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
@@ -43,6 +46,23 @@ class _Gateway(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(answer)
+
+    def _unsized(self, answer: bytes) -> None:
+        """The answer without a Content-Length: chunked (in two chunks, with a trailer), or to the end."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.path.endswith("/chunked"):
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = len(answer) // 2
+            for part in (answer[:half], answer[half:]):
+                self.wfile.write(f"{len(part):x};ext=1\r\n".encode() + part + b"\r\n")
+            self.wfile.write(b"0\r\nX-Trailer: 1\r\n\r\n")
+        else:
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(answer)
+            self.close_connection = True
 
     def _stream(self) -> None:
         self.send_response(200)
@@ -161,3 +181,17 @@ def test_streamed_requests_go_through_requests(gateway: Any, sessions: list[Lean
         response.close()
     assert [x["result"]["n"] for x in lines] == [1, 2]
     assert gateway.seen[0][2]["Authorization"] == "token-2"
+
+
+def test_answers_without_a_length_are_read_whole(gateway: Any, sessions: list[LeanSession]) -> None:
+    """A chunked answer (extensions, trailer) and one that ends with the connection read whole."""
+    session = LeanSession()
+    sessions.append(session)
+    client = _client(gateway.server_address[1], session)
+    assert client.post(client.get_url("/chunked"), json={"key": "c"})["echo"] == {"key": "c"}
+    # A chunked answer keeps the connection: the next request goes on it.
+    assert client.post(client.get_url("/kv/put"), json={"key": "d"})["echo"] == {"key": "d"}
+    assert len({port for _, _, _, port in gateway.seen}) == 1
+    assert client.post(client.get_url("/to-close"), json={"key": "e"})["echo"] == {"key": "e"}
+    assert client.post(client.get_url("/kv/put"), json={"key": "f"})["echo"] == {"key": "f"}
+    assert len({port for _, _, _, port in gateway.seen}) == 2

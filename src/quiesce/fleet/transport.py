@@ -10,8 +10,10 @@ lab sixteen nodes share two CPUs, so that cost is window time.
 
 :class:`LeanSession` is what the fleet hands etcd3gw instead: etcd3gw still
 builds every request and reads every answer (its URLs, its error classes,
-its JSON); the session carries a plain request on a ``http.client``
-connection kept open per thread (an agent's main thread, its lease keeper
+its JSON); the session carries a plain HTTP/1.1 request on a
+connection kept open per thread (:class:`Connection`: ``http.client`` parses
+every answer's headers through the ``email`` package, another 0.2 ms a
+request) (an agent's main thread, its lease keeper
 and its probe each have their own; a thread's is closed once it ended), with the same TLS files, and raises
 ``requests``' own exceptions, which etcd3gw maps to its own. A streamed
 request (a watch: one long response, read by its own thread) and anything
@@ -20,9 +22,11 @@ else go to a ``requests.Session`` with the same settings and headers.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json as jsonlib
 import select
+import socket
 import ssl
 import threading
 from typing import Any
@@ -39,16 +43,82 @@ def _timeout(timeout: Any) -> float | None:
     return None if timeout is None else float(timeout)
 
 
-def _dropped(conn: http.client.HTTPConnection) -> bool:
-    """The server closed a kept-open connection (readable while no request is out means EOF)."""
-    sock = conn.sock
-    if sock is None:
-        return True
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
+class Connection:
+    """One kept-open HTTP/1.1 connection: a request out, its whole answer in.
+
+    The answer's body is read by its ``Content-Length``, chunked, or to the
+    connection's end; nothing else of HTTP is needed to talk to etcd's gateway.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+
+    def close(self) -> None:
+        """Close the socket (again is harmless)."""
+        self.sock.close()
+
+    def dropped(self) -> bool:
+        """The server closed it, or it was closed (readable while no request is out means EOF)."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def _more(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise http.client.RemoteDisconnected("the server closed the connection")
+        self._buf += data
+
+    def _line(self) -> bytes:
+        while (end := self._buf.find(b"\r\n")) < 0:
+            if len(self._buf) > 65536:
+                raise http.client.LineTooLong("an answer's header line")
+            self._more()
+        line = bytes(self._buf[:end])
+        del self._buf[: end + 2]
+        return line
+
+    def _take(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            self._more()
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def exchange(self, request: bytes) -> tuple[int, str, bytes, bool]:
+        """Send ``request``; the answer's status, reason, body, and whether the server closes now."""
+        self._buf.clear()
+        self.sock.sendall(request)
+        status = self._line()
+        version, _, rest = status.partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if not version.startswith(b"HTTP/") or not code.isdigit():
+            raise http.client.BadStatusLine(repr(status))
+        headers: dict[bytes, bytes] = {}
+        while line := self._line():
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        closes = version == b"HTTP/1.0" or headers.get(b"connection", b"").lower() == b"close"
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            parts = []
+            while size := int(self._line().split(b";", 1)[0], 16):
+                parts.append(self._take(size))
+                self._take(2)
+            while self._line():  # trailers
+                pass
+            body = b"".join(parts)
+        elif b"content-length" in headers:
+            body = self._take(int(headers[b"content-length"]))
+        else:
+            with contextlib.suppress(http.client.RemoteDisconnected):
+                while True:
+                    self._more()
+            body, closes = bytes(self._buf), True
+            self._buf.clear()
+        return int(code), reason.decode("latin-1"), body, closes
 
 
 class LeanResponse:
@@ -79,7 +149,7 @@ class LeanSession:
         self._streams.cert = cert
         #: Sent with every request, streamed or not (the auth token goes here).
         self.headers = self._streams.headers
-        self._conns: dict[tuple[int | None, str, str, int], http.client.HTTPConnection] = {}
+        self._conns: dict[tuple[int | None, str, str, int], Connection] = {}
         self._context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self.verify, self.cert = verify, cert
@@ -97,22 +167,24 @@ class LeanSession:
                 self._context = ctx
             return self._context
 
-    def _connection(
-        self, scheme: str, host: str, port: int, timeout: float | None
-    ) -> http.client.HTTPConnection:
+    def _connection(self, scheme: str, host: str, port: int, timeout: float | None) -> Connection:
         """This thread's connection to the endpoint: the kept-open one, or a new one if it was closed."""
         key = (threading.get_ident(), scheme, host, port)
         conn = self._conns.get(key)
-        if conn is not None and not _dropped(conn):
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
+        if conn is not None and not conn.dropped():
+            conn.sock.settimeout(timeout)
             return conn
         if conn is not None:
             conn.close()
-        if scheme == "https":
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl())
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                sock = self._ssl().wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        conn = Connection(sock)
         with self._lock:
             # The connections of threads that ended (a run's probe thread) are closed here,
             # so a long-running agent does not gather one per run.
@@ -130,26 +202,32 @@ class LeanSession:
         scheme = parts.scheme or "http"
         port = parts.port or (443 if scheme == "https" else 80)
         body = jsonlib.dumps(json).encode()
-        headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        head = [
+            f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
+            f"Host: {parts.netloc}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+        ]
         if "Authorization" in self.headers:
-            headers["Authorization"] = str(self.headers["Authorization"])
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn = self._connection(scheme, parts.hostname or "", port, _timeout(timeout))
+            head.append(f"Authorization: {self.headers['Authorization']}")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        conn: Connection | None = None
         try:
-            conn.request("POST", path, body=body, headers=headers)
-            answer = conn.getresponse()
-            content = answer.read()
+            conn = self._connection(scheme, parts.hostname or "", port, _timeout(timeout))
+            status, reason, content, closes = conn.exchange(request)
         except TimeoutError as err:
-            conn.close()
+            if conn is not None:
+                conn.close()
             raise requests.exceptions.Timeout(str(err)) from err
-        except (OSError, http.client.HTTPException) as err:
+        except (OSError, http.client.HTTPException, ValueError) as err:
             # Not sent again: a transaction that reached etcd before the connection broke must
             # not be applied twice (requests' own adapter does not retry either).
-            conn.close()
+            if conn is not None:
+                conn.close()
             raise requests.exceptions.ConnectionError(str(err) or type(err).__name__) from err
-        if answer.will_close:
+        if closes:
             conn.close()
-        return LeanResponse(url, answer.status, answer.reason, content)
+        return LeanResponse(url, status, reason, content)
 
     def get(self, url: str, *args: Any, **kwargs: Any) -> Any:
         """What etcd3gw gets (its version and health calls): through requests."""
