@@ -9,7 +9,8 @@ Without ``--etcd`` it starts a throwaway etcd on 127.0.0.1 (a free port, a
 temporary data directory, removed at the end). For each session it makes
 the same requests through etcd3gw, as the fleet does (a put, and a
 transaction with 16 compares like a node's report), and reports the CPU
-time of this process and the wall time per request, median of five rounds.
+time of this process and the wall time per request, median of five rounds,
+and with the throwaway etcd, etcd's own CPU per request.
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: The throwaway etcd's pid, to read its CPU time (None with --etcd).
+ETCD_PID: list[int] = []
+
+
+def etcd_cpu_s() -> float | None:
+    """The throwaway etcd's CPU time so far (user + system), or None."""
+    if not ETCD_PID:
+        return None
+    with open(f"/proc/{ETCD_PID[0]}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def throwaway_etcd() -> Iterator[str]:
     """An etcd of its own on 127.0.0.1; its URL."""
@@ -50,20 +64,25 @@ def throwaway_etcd() -> Iterator[str]:
         "--log-level=error",
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ETCD_PID[:] = [proc.pid]
     try:
         yield url
     finally:
+        ETCD_PID.clear()
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(data, ignore_errors=True)
 
 
-def per_request(fn: Callable[[], Any], n: int) -> tuple[float, float]:
-    """(CPU µs, wall µs) per call of ``fn``, over ``n`` calls."""
+def per_request(fn: Callable[[], Any], n: int) -> tuple[float, float, float]:
+    """(CPU µs, wall µs, etcd's CPU µs or NaN) per call of ``fn``, over ``n`` calls."""
+    server = etcd_cpu_s()
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(n):
         fn()
-    return (time.process_time() - cpu) / n * 1e6, (time.perf_counter() - wall) / n * 1e6
+    cpu, wall = (time.process_time() - cpu) / n * 1e6, (time.perf_counter() - wall) / n * 1e6
+    after = etcd_cpu_s()
+    return cpu, wall, float("nan") if server is None or after is None else (after - server) / n * 1e6
 
 
 def store_with(url: str, lean: bool) -> Any:
@@ -82,10 +101,10 @@ def store_with(url: str, lean: bool) -> Any:
     return store
 
 
-def measure(url: str, n: int) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per session and request kind: the median (CPU µs, wall µs) of five rounds."""
+def measure(url: str, n: int) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Per session and request kind: the median (CPU µs, wall µs, etcd's CPU µs) of five rounds."""
     others = [f"/bench/frozen/n{i}" for i in range(16)]
-    out: dict[str, dict[str, tuple[float, float]]] = {}
+    out: dict[str, dict[str, tuple[float, float, float]]] = {}
     for name, lean in (("requests.Session (etcd3gw's default)", False), ("LeanSession (quiesce)", True)):
         store = store_with(url, lean)
         for k in others:
@@ -103,6 +122,7 @@ def measure(url: str, n: int) -> dict[str, dict[str, tuple[float, float]]]:
             out[name][kind] = (
                 statistics.median(r[0] for r in rounds),
                 statistics.median(r[1] for r in rounds),
+                statistics.median(r[2] for r in rounds),
             )
         store.close()
     return out
@@ -125,10 +145,10 @@ def main() -> None:
                 time.sleep(0.1)
         results = measure(url, args.requests)
     print(f"load average {os.getloadavg()[0]:.2f}; {args.requests} requests a round, median of 5 rounds")
-    print(f"{'session':<38} {'request':<18} {'CPU µs':>8} {'wall µs':>8}")
+    print(f"{'session':<38} {'request':<18} {'CPU µs':>8} {'wall µs':>8} {'etcd CPU µs':>12}")
     for name, kinds in results.items():
-        for kind, (cpu, wall) in kinds.items():
-            print(f"{name:<38} {kind:<18} {cpu:8.0f} {wall:8.0f}")
+        for kind, (cpu, wall, server) in kinds.items():
+            print(f"{name:<38} {kind:<18} {cpu:8.0f} {wall:8.0f} {server:12.0f}")
 
 
 if __name__ == "__main__":

@@ -419,3 +419,56 @@ def test_a_failed_snapshot_aborts_the_run_in_its_own_report(lab3):
     parts = {n["node"]: n for n in out["nodes"]}
     assert parts["n2"]["verdict"] == FAILED and "no room" in parts["n2"]["why"]
     assert parts["n1"]["thawed_by"] == parts["n3"]["thawed_by"] == "abort"
+
+
+def test_the_last_report_of_a_kind_commits_its_step(lab3):
+    """Whatever the order, only the report that completes its kind commits the step; none while
+    ``abort`` is there, nor once the coordinator's ``alive`` is gone (the report is written all the same)."""
+    from quiesce.fleet.noderun import NodeRun
+    from quiesce.fleet.protocol import Keys
+
+    keys = Keys("lab")
+
+    def parts(store, run, members):
+        spec = {"members": list(members)}
+        return {m: NodeRun(store, keys, m, run, spec, None, lambda: True, lambda _ev: None) for m in members}
+
+    def steps(store, run):
+        _, records = store.get_prefix(keys.run(run))
+        return {k[len(keys.run(run)) :] for k in records}
+
+    def go(store):
+        out = {}
+        for order in (("a", "b", "c"), ("c", "a", "b")):
+            run = f"step-{''.join(order)}"
+            store.put(keys.key(run, "alive"), {})
+            nodes = parts(store, run, ("a", "b", "c"))
+            committed = []
+            for m in order:
+                nodes[m]._report("frozen", {})
+                committed.append("cut" in nodes[m].seen)
+            out[order] = (committed, steps(store, run))
+        run = "step-aborted"
+        store.put(keys.key(run, "alive"), {})
+        store.put(keys.key(run, "abort"), {"reason": "test"})
+        nodes = parts(store, run, ("a", "b"))
+        for m in ("a", "b"):
+            nodes[m]._report("snapshotted", {})
+        out["aborted"] = steps(store, run)
+        run = "step-orphaned"  # no alive: the coordinator is gone
+        nodes = parts(store, run, ("a",))
+        nodes["a"]._report("ready", {})
+        out["orphaned"] = steps(store, run)
+        _, reports = store.get_prefix(keys.reports_of(run))
+        out["orphaned_reports"] = set(reports)
+        for r in ("step-abc", "step-cab", "step-aborted", "step-orphaned"):
+            store.delete_prefixes([keys.run(r), keys.reports_of(r)])
+        return out
+
+    out = lab3.client_call(go)
+    assert out[("a", "b", "c")] == ([False, False, True], {"alive", "cut"})
+    assert out[("c", "a", "b")] == ([False, False, True], {"alive", "cut"})
+    assert out["aborted"] == {"alive", "abort"}
+    assert out["orphaned"] == set()
+    # The report is written all the same: the node's part is on record.
+    assert keys.key("step-orphaned", "ready", "a") in out["orphaned_reports"]
