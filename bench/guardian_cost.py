@@ -56,69 +56,55 @@ def _rewrite(buf: bytearray) -> tuple[int, int]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, took
 
 
-def _row(started: int, faults: int, rewrite: int, ended: int, child_cpu: int) -> dict[str, int]:
+def _measure(start: Callable[[], object], end: Callable[[], object], buf: bytearray) -> dict[str, int]:
+    """Time ``start()``, rewrite ``buf`` while the child lives, time ``end()`` with the child's CPU."""
+    t0 = time.perf_counter_ns()
+    start()
+    started = time.perf_counter_ns() - t0
+    faults, rewrite = _rewrite(buf)
+    cpu = _children_cpu_ns()
+    t0 = time.perf_counter_ns()
+    end()
+    ended = time.perf_counter_ns() - t0
     return {
         "start_ns": started,
         "faults": faults,
         "rewrite_ns": rewrite,
         "end_ns": ended,
-        "child_cpu_ns": child_cpu,
+        "child_cpu_ns": _children_cpu_ns() - cpu,
     }
 
 
 def helper_once(fds: list[int], labels: list[str], buf: bytearray) -> dict[str, int]:
     """One guardian of quiesce's own: arm, rewrite, disarm."""
     with native.Session(fds, labels) as s:
-        t0 = time.perf_counter_ns()
-        s.arm(60_000_000_000)
-        started = time.perf_counter_ns() - t0
-        faults, rewrite = _rewrite(buf)
-        cpu = _children_cpu_ns()
-        t0 = time.perf_counter_ns()
-        s.disarm()
-        ended = time.perf_counter_ns() - t0
-        child_cpu = _children_cpu_ns() - cpu
-    return {
-        "start_ns": started,
-        "faults": faults,
-        "rewrite_ns": rewrite,
-        "end_ns": ended,
-        "child_cpu_ns": child_cpu,
-    }
+        return _measure(lambda: s.arm(60_000_000_000), s.disarm, buf)
 
 
 def fork_once(buf: bytearray) -> dict[str, int]:
     """One forked child as the guardian was: start, rewrite, end."""
     ready_r, ready_w = os.pipe()
     end_r, end_w = os.pipe()
-    t0 = time.perf_counter_ns()
-    pid = os.fork()
-    if pid == 0:  # the child: say ready, wait to be told, exit without Python's cleanup
-        os.close(ready_r)
-        os.close(end_w)
-        os.write(ready_w, b"R")
-        os.read(end_r, 1)
-        os._exit(0)
-    os.close(ready_w)
-    os.close(end_r)
-    os.read(ready_r, 1)
-    started = time.perf_counter_ns() - t0
-    faults, rewrite = _rewrite(buf)
-    cpu = _children_cpu_ns()
-    t0 = time.perf_counter_ns()
-    os.write(end_w, b"E")
-    os.waitpid(pid, 0)
-    ended = time.perf_counter_ns() - t0
-    child_cpu = _children_cpu_ns() - cpu
-    os.close(ready_r)
-    os.close(end_w)
-    return {
-        "start_ns": started,
-        "faults": faults,
-        "rewrite_ns": rewrite,
-        "end_ns": ended,
-        "child_cpu_ns": child_cpu,
-    }
+    pid = 0
+
+    def start() -> None:
+        nonlocal pid
+        pid = os.fork()
+        if pid == 0:  # the child: say ready, wait to be told, exit without Python's cleanup
+            os.write(ready_w, b"R")
+            os.read(end_r, 1)
+            os._exit(0)
+        os.read(ready_r, 1)
+
+    def end() -> None:
+        os.write(end_w, b"E")
+        os.waitpid(pid, 0)
+
+    try:
+        return _measure(start, end, buf)
+    finally:
+        for fd in (ready_r, ready_w, end_r, end_w):
+            os.close(fd)
 
 
 def measure(extra_mib: int, reps: int, fds: list[int], labels: list[str]) -> dict[str, Any]:
