@@ -98,6 +98,8 @@ step fleet "${loop_tools[@]}" etcd nsenter mkfs.xfs -- \
 
 step etcd_request etcd -- \
     "$PYTHON" bench/etcd_request.py --requests 20
+step guardian_cost -- \
+    "$PYTHON" bench/guardian_cost.py --reps 2 --extra-mib 0,8
 
 step stall "${loop_tools[@]}" mkfs.xfs mkfs.btrfs -- \
     "$PYTHON" bench/stall.py --reps 1 --image-mb 300 --no-results
