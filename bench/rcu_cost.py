@@ -22,7 +22,10 @@ threads and guardian) to the first CPU it may use, and for every repetition:
      for the window, alternating and rotating;
   4. counts the spinner's lost time (the gaps) within the window (just
      before the freeze to just after the thaw), and within a control
-     interval of the same length that ends 5 ms before the window starts.
+     interval of the same length that ends 5 ms before the window starts;
+     when the spinner had not run that long yet (a slow window after a
+     short ``--pause``), the control starts 5 ms after the thaw instead,
+     and the spinner runs on until it has ended.
 
 Reported per mode (medians over the repetitions): the window, the lost
 time in the window and in its control, the excess (window minus control),
@@ -71,26 +74,34 @@ SOURCE = Path(__file__).resolve().parent / "spinner.c"
 TOOLS = ("cc", "losetup", "mount", "umount")
 MKFS = {"ext4": "mkfs.ext4", "xfs": "mkfs.xfs", "btrfs": "mkfs.btrfs"}
 MODES = {"expedited": b"1", "normal": b"0"}
-#: The control interval ends this long before the window starts.
+#: The control interval ends this long before the window starts (or starts this long after it).
 CONTROL_GAP_NS = 5_000_000
-#: How long the spinner runs after the pause: the freeze and thaw fit well within it.
-AFTER_PAUSE_S = 0.4
+#: The longest a spinner runs if nothing stops it (its caller died).
+SPINNER_MAX_S = 120.0
 
 
 class Spinner:
-    """One run of bench/spinner.c on one CPU, and the gaps it saw."""
+    """One run of bench/spinner.c on one CPU until stopped, and the gaps it saw."""
 
-    def __init__(self, binary: Path, cpu: int, duration_s: float, threshold_ns: int) -> None:
-        argv = [str(binary), str(cpu), str(int(duration_s * 1000)), str(threshold_ns)]
+    def __init__(self, binary: Path, cpu: int, threshold_ns: int) -> None:
+        argv = [str(binary), str(cpu), str(int(SPINNER_MAX_S * 1000)), str(threshold_ns)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
+        word, _, started = self.proc.stdout.readline().partition(" ")
+        if word != "ready":
+            self.proc.kill()
+            self.proc.wait()
             raise RuntimeError("the spinner did not start")
+        #: No later than the spinning's start (CLOCK_MONOTONIC ns).
+        self.started = int(started)
         self.gaps: list[tuple[int, int]] = []
         self.first = self.last = 0
 
-    def finish(self) -> None:
-        """Wait for the spinner's end and read its gaps."""
+    def finish(self, not_before_ns: int = 0) -> None:
+        """Stop the spinner once CLOCK_MONOTONIC has passed ``not_before_ns``; read its gaps."""
+        while (left := not_before_ns - time.monotonic_ns()) > 0:
+            time.sleep(left / 1e9)
+        self.proc.terminate()
         out, _ = self.proc.communicate(timeout=60)
         if self.proc.returncode != 0:
             raise RuntimeError(f"the spinner exited {self.proc.returncode}")
@@ -104,7 +115,7 @@ class Spinner:
     def lost(self, a: int, b: int) -> tuple[int, int]:
         """The time taken from the spinner within [a, b] and its longest gap there (ns)."""
         if a < self.first or b > self.last:
-            raise RuntimeError("an interval outside the spinner's run: raise AFTER_PAUSE_S")
+            raise RuntimeError(f"[{a}, {b}] is outside the spinner's run [{self.first}, {self.last}]")
         total = longest = 0
         for start, length in self.gaps:
             overlap = min(b, start + length) - max(a, start)
@@ -112,6 +123,14 @@ class Spinner:
                 total += overlap
                 longest = max(longest, length)
         return total, longest
+
+
+def control_interval(started: int, a: int, b: int) -> tuple[int, int]:
+    """A control as long as the window [a, b]: before it if the spinner ran by then, else after."""
+    start = a - CONTROL_GAP_NS - (b - a)
+    if start > started + CONTROL_GAP_NS:
+        return start, a - CONTROL_GAP_NS
+    return b + CONTROL_GAP_NS, b + CONTROL_GAP_NS + (b - a)
 
 
 def set_rcu(value: bytes) -> None:
@@ -136,7 +155,8 @@ def one(
 ) -> dict[str, int]:
     """One cold window in ``mode`` beside a spinner; the window and what the spinner lost."""
     found = read_rcu()
-    spinner = Spinner(spinner_bin, spin_cpu, args.pause + AFTER_PAUSE_S, args.threshold_us * 1000)
+    spinner = Spinner(spinner_bin, spin_cpu, args.threshold_us * 1000)
+    until = 0  # the spinner runs until then, past the control interval
     try:
         time.sleep(args.pause)
         knob = claim_knob()  # no freeze may read this window's value as the machine's
@@ -153,12 +173,14 @@ def one(
         finally:
             set_rcu(found)
             knob.close()
+        control = control_interval(spinner.started, a, b)
+        until = control[1] + CONTROL_GAP_NS
     finally:
-        spinner.finish()
+        spinner.finish(until)
     if not f.report.ok:
         raise RuntimeError(f"the freeze did not end cleanly: {f.report}")
     lost, longest = spinner.lost(a, b)
-    control_lost, control_longest = spinner.lost(a - CONTROL_GAP_NS - (b - a), a - CONTROL_GAP_NS)
+    control_lost, control_longest = spinner.lost(*control)
     return {
         "interval_ns": b - a,
         "window_ns": int(f.report.window_ns or 0),
@@ -166,6 +188,7 @@ def one(
         "longest_gap_ns": longest,
         "control_lost_ns": control_lost,
         "control_longest_gap_ns": control_longest,
+        "control_after": int(control[0] > b),
     }
 
 
@@ -182,6 +205,7 @@ def summarize_mode(samples: list[dict[str, int]]) -> dict[str, Any]:
         "longest_gap_ns": max(s["longest_gap_ns"] for s in samples),
         "median_longest_gap_ns": median(s["longest_gap_ns"] for s in samples),
         "control_longest_gap_ns": max(s["control_longest_gap_ns"] for s in samples),
+        "controls_after": sum(s["control_after"] for s in samples),
     }
 
 
@@ -285,7 +309,8 @@ def results_section(args: argparse.Namespace, doc: dict[str, Any]) -> str:
         f"{c['freeze_cpu']}; `Freeze`, no pre-flush), {args.pause:g} s idle before each, with "
         "/sys/kernel/rcu_expedited at 1 (`expedited`) or 0 (`normal`) for the window, alternating. "
         f"Lost time: the spinner's gaps over {args.threshold_us} us within the window (freeze start to "
-        "thaw end) and within a control interval of the same length just before it (ticks and other "
+        "thaw end) and within a control interval of the same length just before it (or just after it, "
+        "when the spinner had not run that long yet: `controls_after` in the JSON; ticks and other "
         "processes of this shared machine take the CPU there too); excess: window minus control; medians "
         f"over {args.reps} windows per mode. Spinner: `{doc['spinner_compile']}`.",
         results.table(HEADERS, table_rows(doc["summary"])),
