@@ -353,7 +353,7 @@ int qz_freeze(struct qz_session *s)
             }
         if (err != 0)
             break;
-        if (qz_load(&s->guard_reason) != QZ_FIRED_NONE) {
+        if (qz_load(&s->guard_claim) != QZ_FIRED_NONE) {
             s->failed_index = (int32_t)last;
             err = ETIMEDOUT;
             break;

@@ -158,12 +158,17 @@ static void restore_setting(struct qz_session *s)
     while (rc < 0 && errno == EINTR);
 }
 
+/*
+ * Act once: claim the session (the freeze loop stops at the claim), thaw,
+ * restore, log, and only then publish the reason. Whoever reads a reason
+ * (Python's `guardian_fired`) may rely on everything firing does being done.
+ */
 static void fire(struct qz_session *s, int32_t reason)
 {
     struct line l;
     int32_t none = QZ_FIRED_NONE;
 
-    if (!__atomic_compare_exchange_n(&s->guard_reason, &none, reason, 0,
+    if (!__atomic_compare_exchange_n(&s->guard_claim, &none, reason, 0,
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return;
     s->guard_fired_ns = qz_now_ns();
@@ -176,6 +181,7 @@ static void fire(struct qz_session *s, int32_t reason)
     put_int(&l, s->guard_fired_ns);
     emit(s, &l);
     log_thaws(s);
+    qz_store(&s->guard_reason, reason);
 }
 
 /* The orchestrator is gone: thaw everything, and drop its ledger if clean. */
@@ -284,9 +290,9 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
         int64_t wake = -1;
         int rc;
 
-        if (begun && qz_load(&s->guard_reason) == QZ_FIRED_NONE) {
+        if (begun && qz_load(&s->guard_claim) == QZ_FIRED_NONE) {
             check_deadlines(s, now);
-            if (qz_load(&s->guard_reason) == QZ_FIRED_NONE)
+            if (qz_load(&s->guard_claim) == QZ_FIRED_NONE)
                 wake = next_wake(s, anchor);
         }
         pfd.revents = 0;
@@ -318,7 +324,7 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
         orphaned(s);
         break;
     }
-    _exit(qz_load(&s->guard_reason) == QZ_FIRED_NONE ? 0 : 1);
+    _exit(qz_load(&s->guard_claim) == QZ_FIRED_NONE ? 0 : 1);
 }
 
 /* ---- the helper's side -------------------------------------------------- */

@@ -28,7 +28,7 @@
 #define QZ_GUARD_THAWING 6  /* the guardian is thawing it */
 #define QZ_GUARD_THAWED 7   /* the guardian thawed it */
 
-/* Why the guardian acted (qz_session.guard_reason). */
+/* Why the guardian acted (qz_session.guard_claim, then .guard_reason). */
 #define QZ_FIRED_NONE 0
 #define QZ_FIRED_DEADLINE 1      /* the freeze deadline passed */
 #define QZ_FIRED_ORPHANED 2      /* the orchestrator died */
@@ -61,8 +61,8 @@ struct qz_session {
     int32_t failed_index;      /* the FIFREEZE that failed, or -1 */
     int32_t freeze_done;       /* set once the freeze loop has ended */
     int32_t parallel;          /* freeze each group's filesystems concurrently */
-    int32_t pad;
-    int32_t guard_reason;      /* QZ_FIRED_*, set once when the guardian acts */
+    int32_t guard_claim;       /* QZ_FIRED_*, set once when the guardian starts to act */
+    int32_t guard_reason;      /* the same, set once it has thawed and restored */
     int64_t guard_fired_ns;
     int64_t timeout_ns;        /* window limit from the first FIFREEZE; 0 = none */
     int64_t deadline_ns;       /* absolute CLOCK_MONOTONIC, set when freezing begins */

@@ -104,6 +104,26 @@ def test_guardian_deadline_restores_it_while_quiesce_still_lives(fs, run_dir, rc
     assert _value() == rcu_knob
 
 
+def test_guardian_fired_is_seen_only_once_it_has_thawed_and_restored(fs, run_dir, rcu_knob):
+    """Polled without pause: the first True of guardian_fired already finds everything done."""
+    for _ in range(5):
+        f = Freeze(targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=0.2, run_dir=run_dir))
+        with f:
+            f.prepare()
+            f.freeze()
+            session = f._session
+            assert session is not None
+            deadline = time.monotonic() + 10
+            while not f.guardian_fired and time.monotonic() < deadline:
+                pass
+            knob = _value()
+            states = [r.state for r in session.records()]
+            assert f.guardian_fired
+            assert knob == rcu_knob
+            assert states == ["thawed-by-guardian"] * 2
+        assert f.report.guardian_reason == "deadline"
+
+
 HOLDER = """
 import sys, time
 from quiesce.engine.freeze import FreezeOptions

@@ -210,9 +210,12 @@ class Freeze:
 
     @property
     def guardian_fired(self) -> bool:
-        """True once the guardian has thawed on its own."""
+        """True once the guardian has thawed on its own (and put back what it restores)."""
         s = self._session
-        return s is not None and s.guardian().reason is not None
+        if s is None:
+            return False
+        g = s.guardian()
+        return g.reason is not None and g.done
 
     def remaining_ns(self) -> int | None:
         """Time left before the guardian's deadline, once freezing began."""

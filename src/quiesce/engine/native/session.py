@@ -42,12 +42,17 @@ class FsRecord:
 
 @dataclass(frozen=True)
 class GuardianRecord:
-    """What the guardian did: ``reason`` is None when it never had to act."""
+    """What the guardian did: ``reason`` is None when it never had to act.
+
+    ``reason`` is set as soon as the guardian starts to act; ``done`` once it
+    has thawed everything it held and restored what it restores.
+    """
 
     reason: str | None
     fired_ns: int
     deadline_ns: int
     exit_status: int | None
+    done: bool = True
 
 
 class Session:
@@ -287,11 +292,14 @@ class Session:
         """What the guardian did."""
         s = self._raw()
         status = int(s.guardian_status)
+        claim = int(s.guard_claim)  # first: the reason is published only after the claim
+        published = int(s.guard_reason)
         return GuardianRecord(
-            reason=GUARD_REASONS.get(int(s.guard_reason), "unknown"),
+            reason=GUARD_REASONS.get(published or claim, "unknown"),
             fired_ns=int(s.guard_fired_ns),
             deadline_ns=int(s.deadline_ns),
             exit_status=None if status < 0 else status,
+            done=published != 0 or claim == 0,
         )
 
     def _freeze_failure(self, err: int) -> FreezeError:
