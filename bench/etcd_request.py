@@ -11,18 +11,30 @@ the same requests through etcd3gw, as the fleet does (a put, and a
 transaction with 16 compares like a node's report), and reports the CPU
 time of this process and the wall time per request, median of five rounds,
 and with the throwaway etcd, etcd's own CPU per request.
+
+Then what one watch event costs its receiver: another process puts a key
+every ``--event-gap-ms`` (so each event wakes the receiver on its own, as
+the freeze, cut and thaw keys wake a node), and this process takes the
+events, in turns, through the fleet's :class:`~quiesce.fleet.watch.Watch`
+(read in the caller's thread) and through a reader thread handing them
+over a ``queue.Queue`` (how the watch was read before): this process's
+CPU per event, median of the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import queue
 import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -128,11 +140,119 @@ def measure(url: str, n: int) -> dict[str, dict[str, tuple[float, float, float]]
     return out
 
 
+#: The other process: puts a key every gap once told to start (a line on stdin).
+PUTTER = """
+import sys, time
+from quiesce.fleet.store import Store
+url, n, gap = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+with Store([url]) as store:
+    store.put("/bench/watched", {"i": -1})
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for i in range(n):
+        store.put("/bench/watched", {"i": i})
+        time.sleep(gap)
+"""
+
+
+class ThreadedWatch:
+    """The baseline: the watch's stream read by a thread of its own, events handed over a queue."""
+
+    def __init__(self, url: str, prefix: str, start_revision: int) -> None:
+        import requests
+
+        from quiesce.fleet.wire import b64, decode_value, range_end
+
+        self.events: queue.Queue[Any] = queue.Queue()
+        self._session = requests.Session()
+        create: dict[str, Any] = {
+            "key": b64(prefix),
+            "range_end": b64(range_end(prefix)),
+            "start_revision": start_revision,
+        }
+        self._response = self._session.post(
+            f"{url}/v3/watch", json={"create_request": create}, stream=True, timeout=(2, None)
+        )
+
+        def read() -> None:
+            pending = b""
+            for chunk in self._response.iter_content(chunk_size=None):
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    for ev in json.loads(line).get("result", {}).get("events", []):
+                        self.events.put(decode_value(ev["kv"].get("value")))
+
+        self._thread = threading.Thread(target=read, daemon=True)
+        self._thread.start()
+
+    def get(self, timeout_s: float) -> Any:
+        return self.events.get(timeout=timeout_s)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            socket.socket(fileno=os.dup(self._response.raw.fileno())).shutdown(socket.SHUT_RDWR)
+        self._response.close()
+        self._session.close()
+
+
+def per_event(url: str, reader: str, n: int, gap_s: float) -> float:
+    """This process's CPU µs per watch event taken through ``reader`` (``Watch`` or ``thread``)."""
+    from quiesce.fleet.store import Store
+
+    putter = subprocess.Popen(
+        [sys.executable, "-c", PUTTER, url, str(n), str(gap_s)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert putter.stdin is not None and putter.stdout is not None
+    store = Store([url])
+    try:
+        if putter.stdout.readline().strip() != "ready":
+            raise RuntimeError("the putting process did not start")
+        start = store.get_prefix("/bench/watched")[0] + 1
+        watch: Any = (
+            store.watch("/bench/", start) if reader == "Watch" else ThreadedWatch(url, "/bench/", start)
+        )
+        try:
+            putter.stdin.write("go\n")
+            putter.stdin.flush()
+            first = watch.get(10.0)  # the clock starts once the first event is in
+            if first is None:
+                raise RuntimeError("no watch event arrived")
+            cpu = time.process_time()
+            for _ in range(n - 1):
+                if watch.get(10.0) is None:
+                    raise RuntimeError("a watch event did not arrive")
+            return (time.process_time() - cpu) / (n - 1) * 1e6
+        finally:
+            watch.close()
+    finally:
+        store.close()
+        putter.stdin.close()
+        putter.wait(30)
+
+
+def measure_events(url: str, n: int, gap_s: float, rounds: int) -> dict[str, float]:
+    """Per reader: the median CPU µs per event, the readers taking turns round by round."""
+    samples: dict[str, list[float]] = {"Watch": [], "thread": []}
+    for _ in range(rounds):
+        for reader, got in samples.items():
+            got.append(per_event(url, reader, n, gap_s))
+    return {reader: statistics.median(got) for reader, got in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per round (default 300)")
     parser.add_argument("--etcd", help="an etcd to use (default: start a throwaway one)")
+    parser.add_argument("--events", type=int, default=200, help="watch events a round (default 200)")
+    parser.add_argument("--event-gap-ms", type=float, default=3.0, help="between two events (default 3)")
+    parser.add_argument("--event-rounds", type=int, default=5, help="rounds per reader (default 5)")
     args = parser.parse_args()
+    if args.events < 2 or args.event_rounds < 1 or args.event_gap_ms < 0:
+        parser.error("--events must be >= 2, --event-rounds >= 1, --event-gap-ms >= 0")
     with contextlib.ExitStack() as stack:
         url = args.etcd or stack.enter_context(throwaway_etcd())
         from quiesce.fleet.store import Store
@@ -144,11 +264,21 @@ def main() -> None:
                     break
                 time.sleep(0.1)
         results = measure(url, args.requests)
+        events = measure_events(url, args.events, args.event_gap_ms / 1000, args.event_rounds)
     print(f"load average {os.getloadavg()[0]:.2f}; {args.requests} requests a round, median of 5 rounds")
     print(f"{'session':<38} {'request':<18} {'CPU µs':>8} {'wall µs':>8} {'etcd CPU µs':>12}")
     for name, kinds in results.items():
         for kind, (cpu, wall, server) in kinds.items():
             print(f"{name:<38} {kind:<18} {cpu:8.0f} {wall:8.0f} {server:12.0f}")
+    print()
+    print(
+        f"watch events: {args.events} a round, one every {args.event_gap_ms:g} ms, "
+        f"median of {args.event_rounds} rounds per reader, in turns"
+    )
+    print(f"{'reader':<38} {'CPU µs per event':>17}")
+    print(f"{'Watch (the caller reads the stream)':<38} {events['Watch']:17.0f}")
+    print(f"{'a reader thread and a queue.Queue':<38} {events['thread']:17.0f}")
+    print(f"{'ratio':<38} {events['Watch'] / events['thread']:17.2f}")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ step fleet "${loop_tools[@]}" etcd nsenter mkfs.xfs -- \
     "$PYTHON" bench/fleet.py --agents 2 --cycles 1 --single 1 --sequential 1 --rcu off --no-out
 
 step etcd_request etcd -- \
-    "$PYTHON" bench/etcd_request.py --requests 20
+    "$PYTHON" bench/etcd_request.py --requests 20 --events 20 --event-rounds 1
 step guardian_cost -- \
     "$PYTHON" bench/guardian_cost.py --reps 2 --extra-mib 0,8
 

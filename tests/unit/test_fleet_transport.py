@@ -6,6 +6,7 @@ client is what calls the session, as in the fleet.
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -19,7 +20,10 @@ import pytest
 etcd3gw = pytest.importorskip("etcd3gw")
 requests = pytest.importorskip("requests")
 
+from quiesce.fleet import FleetError  # noqa: E402
 from quiesce.fleet.transport import LeanSession  # noqa: E402
+from quiesce.fleet.watch import Watch  # noqa: E402
+from quiesce.fleet.wire import b64  # noqa: E402
 
 
 class _Gateway(BaseHTTPRequestHandler):
@@ -31,7 +35,7 @@ class _Gateway(BaseHTTPRequestHandler):
         self.server.seen.append((self.path, body, dict(self.headers), self.client_address[1]))
         if self.path.endswith("/slow"):
             time.sleep(0.5)
-        if self.path.endswith("/watch"):
+        if self.path.endswith(("/watch", "/watch-hold")):
             self._stream()
             return
         status = 404 if self.path.endswith("/missing") else 200
@@ -65,13 +69,25 @@ class _Gateway(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _stream(self) -> None:
+        """A watch's answer, etcd-shaped, cut so that chunks split lines and chunk sizes stand apart."""
         self.send_response(200)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        messages: list[dict[str, Any]] = [{"result": {"created": True}}]
         for n in (1, 2):
-            line = json.dumps({"result": {"n": n}}).encode() + b"\n"
-            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+            kv = {"key": b64(f"/k{n}"), "value": b64(json.dumps({"n": n})), "mod_revision": str(10 + n)}
+            messages.append({"result": {"events": [{"kv": kv}]}})
+        data = b"".join(json.dumps(m).encode() + b"\n" for m in messages)
+        cuts = [0, 5, len(data) // 2, len(data) - 3, len(data)]
+        for a, b in itertools.pairwise(cuts):
+            self.wfile.write(f"{b - a:x}\r\n".encode())
             self.wfile.flush()
+            time.sleep(0.02)
+            self.wfile.write(data[a:b] + b"\r\n")
+            self.wfile.flush()
+            time.sleep(0.02)
+        if self.path.endswith("/watch-hold"):
+            time.sleep(1.0)  # open, and silent
         self.wfile.write(b"0\r\n\r\n")
         self.close_connection = True
 
@@ -179,8 +195,74 @@ def test_streamed_requests_go_through_requests(gateway: Any, sessions: list[Lean
         lines = [json.loads(x) for x in response.iter_lines() if x]
     finally:
         response.close()
-    assert [x["result"]["n"] for x in lines] == [1, 2]
+    assert [x["result"].get("created") for x in lines] == [True, None, None]
     assert gateway.seen[0][2]["Authorization"] == "token-2"
+
+
+class _Client:
+    """What a watch uses of etcd3gw's client: its session and its URLs."""
+
+    def __init__(self, port: int, session: LeanSession, watch_path: str) -> None:
+        self.session, self.port, self.watch_path = session, port, watch_path
+
+    def get_url(self, path: str) -> str:
+        assert path == "/watch"
+        return f"http://127.0.0.1:{self.port}/v3{self.watch_path}"
+
+
+def test_a_watch_reads_events_across_chunks_then_reports_the_streams_end(
+    gateway: Any, sessions: list[LeanSession]
+) -> None:
+    """Lines split across chunks and reads come out whole; the stream's end is a lost event, every time."""
+    session = LeanSession()
+    sessions.append(session)
+    session.headers["Authorization"] = "token-3"
+    watch = Watch(_Client(gateway.server_address[1], session, "/watch"), 2.0, ["/k"], 5)
+    try:
+        events = [watch.get(5.0) for _ in range(4)]
+        assert [(e.kind, e.key, e.value, e.revision) for e in events[:2] if e] == [
+            ("put", "/k1", {"n": 1}, 11),
+            ("put", "/k2", {"n": 2}, 12),
+        ]
+        assert events[2] is not None and events[2].kind == "lost"
+        assert events[2].why == "the watch stream ended" and events[3] is events[2]
+        assert watch.get(0) is events[2]
+    finally:
+        watch.close()
+    path, body, headers, _ = gateway.seen[0]
+    assert path == "/v3/watch" and headers["Authorization"] == "token-3"
+    assert body["create_request"]["start_revision"] == 5 and body["create_request"]["key"] == b64("/k")
+
+
+def test_a_silent_watch_times_out_and_a_closed_one_returns_at_once(
+    gateway: Any, sessions: list[LeanSession]
+) -> None:
+    session = LeanSession()
+    sessions.append(session)
+    watch = Watch(_Client(gateway.server_address[1], session, "/watch-hold"), 2.0, ["/k"], 1)
+    try:
+        assert [e.key for e in (watch.get(5.0), watch.get(5.0)) if e] == ["/k1", "/k2"]
+        started = time.monotonic()
+        assert watch.get(0.3) is None
+        assert time.monotonic() - started >= 0.3
+        assert watch.get(0) is None
+    finally:
+        watch.close()
+    started = time.monotonic()
+    assert watch.get(5.0) is None, "a closed watch reported an event"
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_refused_watch_is_an_error_naming_the_status(gateway: Any, sessions: list[LeanSession]) -> None:
+    session = LeanSession()
+    sessions.append(session)
+    with pytest.raises(FleetError, match="etcd refused the watch: 404"):
+        Watch(_Client(gateway.server_address[1], session, "/missing"), 2.0, ["/k"], 1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    with pytest.raises(FleetError, match="etcd watch failed"):
+        Watch(_Client(free, session, "/watch"), 2.0, ["/k"], 1)
 
 
 def test_answers_without_a_length_are_read_whole(gateway: Any, sessions: list[LeanSession]) -> None:

@@ -15,9 +15,13 @@ connection kept open per thread (:class:`Connection`: ``http.client`` parses
 every answer's headers through the ``email`` package, another 0.2 ms a
 request) (an agent's main thread, its lease keeper
 and its probe each have their own; a thread's is closed once it ended), with the same TLS files, and raises
-``requests``' own exceptions, which etcd3gw maps to its own. A streamed
-request (a watch: one long response, read by its own thread) and anything
-else go to a ``requests.Session`` with the same settings and headers.
+``requests``' own exceptions, which etcd3gw maps to its own. Anything
+else etcd3gw asks (``stream=True``, ``get``) goes to a ``requests.Session``
+with the same settings and headers.
+
+A watch is one long answer: :meth:`LeanSession.stream` opens it on a
+connection of its own and returns a :class:`Stream`, which the watch reads
+in its caller's thread as lines arrive (:mod:`quiesce.fleet.watch`).
 """
 
 from __future__ import annotations
@@ -88,8 +92,8 @@ class Connection:
         del self._buf[:n]
         return data
 
-    def exchange(self, request: bytes) -> tuple[int, str, bytes, bool]:
-        """Send ``request``; the answer's status, reason, body, and whether the server closes now."""
+    def head(self, request: bytes) -> tuple[int, str, dict[bytes, bytes], bool]:
+        """Send ``request``; the answer's status, reason, headers, and whether the server closes after it."""
         self._buf.clear()
         self.sock.sendall(request)
         status = self._line()
@@ -102,6 +106,11 @@ class Connection:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip()
         closes = version == b"HTTP/1.0" or headers.get(b"connection", b"").lower() == b"close"
+        return int(code), reason.decode("latin-1"), headers, closes
+
+    def exchange(self, request: bytes) -> tuple[int, str, bytes, bool]:
+        """Send ``request``; the answer's status, reason, body, and whether the server closes now."""
+        code, reason, headers, closes = self.head(request)
         if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
             parts = []
             while size := int(self._line().split(b";", 1)[0], 16):
@@ -118,7 +127,84 @@ class Connection:
                     self._more()
             body, closes = bytes(self._buf), True
             self._buf.clear()
-        return int(code), reason.decode("latin-1"), body, closes
+        return code, reason, body, closes
+
+
+class Stream:
+    """A streamed answer (a watch's) read in its caller's thread, line by line as it arrives.
+
+    Opened by :meth:`LeanSession.stream`. :meth:`lines` never blocks: the
+    caller waits until :meth:`fileno` is readable, or :meth:`buffered` says
+    TLS already holds decrypted bytes (which no ``select`` would see).
+    """
+
+    def __init__(self, conn: Connection, status: int, reason: str, chunked: bool) -> None:
+        self.status, self.reason = status, reason
+        #: True once the answer ended (its last chunk, or the connection closed).
+        self.ended = False
+        self._sock = conn.sock
+        self._raw = bytearray(conn._buf)  # what came with the headers
+        self._body = bytearray()
+        self._chunked = chunked
+        self._sock.setblocking(False)
+
+    def fileno(self) -> int:
+        """The socket's fd, to wait on."""
+        return self._sock.fileno()
+
+    def buffered(self) -> bool:
+        """True if TLS holds bytes already received: read them without waiting."""
+        pending = getattr(self._sock, "pending", None)
+        return bool(pending is not None and pending())
+
+    def text(self) -> str:
+        """What has arrived of the body so far, as text (an error answer's message)."""
+        self.lines()
+        return (bytes(self._body) or bytes(self._raw)).decode("utf-8", errors="replace")
+
+    def lines(self) -> list[bytes]:
+        """The whole non-empty lines received since the last call (``ended`` tells the answer's end)."""
+        if not self.ended:
+            try:
+                data = self._sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":
+                self.ended = True
+            elif data:
+                self._raw += data
+        self._unframe()
+        out = []
+        while (end := self._body.find(b"\n")) >= 0:
+            line = bytes(self._body[:end]).strip()
+            del self._body[: end + 1]
+            if line:
+                out.append(line)
+        return out
+
+    def _unframe(self) -> None:
+        if not self._chunked:
+            self._body += self._raw
+            self._raw.clear()
+            return
+        while (end := self._raw.find(b"\r\n")) >= 0:
+            size = int(bytes(self._raw[:end]).split(b";", 1)[0] or b"0", 16)
+            if size == 0:
+                self.ended = True
+                self._raw.clear()
+                return
+            if len(self._raw) < end + 2 + size + 2:
+                return
+            self._body += self._raw[end + 2 : end + 2 + size]
+            del self._raw[: end + 2 + size + 2]
+
+    def close(self) -> None:
+        """Close the connection (again is harmless)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
 
 
 class LeanResponse:
@@ -167,6 +253,18 @@ class LeanSession:
                 self._context = ctx
             return self._context
 
+    def _connect(self, scheme: str, host: str, port: int, timeout: float | None) -> Connection:
+        """A new connection to the endpoint (TLS for https)."""
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                sock = self._ssl().wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        return Connection(sock)
+
     def _connection(self, scheme: str, host: str, port: int, timeout: float | None) -> Connection:
         """This thread's connection to the endpoint: the kept-open one, or a new one if it was closed."""
         key = (threading.get_ident(), scheme, host, port)
@@ -176,15 +274,7 @@ class LeanSession:
             return conn
         if conn is not None:
             conn.close()
-        sock = socket.create_connection((host, port), timeout=timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if scheme == "https":
-                sock = self._ssl().wrap_socket(sock, server_hostname=host)
-        except BaseException:
-            sock.close()
-            raise
-        conn = Connection(sock)
+        conn = self._connect(scheme, host, port, timeout)
         with self._lock:
             # The connections of threads that ended (a run's probe thread) are closed here,
             # so a long-running agent does not gather one per run.
@@ -194,10 +284,8 @@ class LeanSession:
             self._conns[key] = conn
         return conn
 
-    def post(self, url: str, json: Any = None, timeout: Any = None, **kwargs: Any) -> Any:
-        """POST a JSON body; a streamed request (a watch), or one with other options, goes to requests."""
-        if kwargs:
-            return self._streams.post(url, json=json, timeout=timeout, **kwargs)
+    def _request(self, url: str, json: Any) -> tuple[str, str, int, bytes]:
+        """The endpoint (scheme, host, port) of ``url`` and the bytes of a POST of ``json`` to it."""
         parts = urlsplit(url)
         scheme = parts.scheme or "http"
         port = parts.port or (443 if scheme == "https" else 80)
@@ -210,10 +298,38 @@ class LeanSession:
         ]
         if "Authorization" in self.headers:
             head.append(f"Authorization: {self.headers['Authorization']}")
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        return scheme, parts.hostname or "", port, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+    def stream(self, url: str, json: Any, timeout: float | None) -> Stream:
+        """POST ``json`` on a connection of its own and return the answer as a :class:`Stream`.
+
+        ``timeout`` bounds the connect and the answer's headers; the stream
+        itself is read without blocking. Errors are requests' exceptions.
+        """
+        scheme, host, port, request = self._request(url, json)
         conn: Connection | None = None
         try:
-            conn = self._connection(scheme, parts.hostname or "", port, _timeout(timeout))
+            conn = self._connect(scheme, host, port, timeout)
+            status, reason, headers, _ = conn.head(request)
+        except TimeoutError as err:
+            if conn is not None:
+                conn.close()
+            raise requests.exceptions.Timeout(str(err)) from err
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            if conn is not None:
+                conn.close()
+            raise requests.exceptions.ConnectionError(str(err) or type(err).__name__) from err
+        chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
+        return Stream(conn, status, reason, chunked)
+
+    def post(self, url: str, json: Any = None, timeout: Any = None, **kwargs: Any) -> Any:
+        """POST a JSON body; a request with other options (``stream=True``...) goes to requests."""
+        if kwargs:
+            return self._streams.post(url, json=json, timeout=timeout, **kwargs)
+        scheme, host, port, request = self._request(url, json)
+        conn: Connection | None = None
+        try:
+            conn = self._connection(scheme, host, port, _timeout(timeout))
             status, reason, content, closes = conn.exchange(request)
         except TimeoutError as err:
             if conn is not None:

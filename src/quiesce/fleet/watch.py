@@ -6,12 +6,11 @@ of the same gateway call is read here, and its end is reported.
 
 from __future__ import annotations
 
+import collections
 import json
-import os
-import queue
-import socket
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+import select
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,21 +30,21 @@ class Event:
 
 
 class Watch:
-    """A watch on one or more prefixes: events arrive in :attr:`events`; its end is an event too.
+    """A watch on one or more prefixes, read by whoever calls :meth:`get`; its end is an event too.
 
-    The gateway's watch is one long HTTP response of JSON lines per prefix,
-    each read by a thread into one queue. When any ends for a reason other
-    than :meth:`close` (etcd killed, the connection reset, a compaction), a
-    ``lost`` event is queued.
+    The gateway's watch is one long HTTP response of JSON lines per prefix.
+    :meth:`get` waits on all of them at once, in the caller's thread: an
+    event costs no hand-off between threads. When any stream ends for a
+    reason other than :meth:`close` (etcd killed, the connection reset, a
+    compaction), a ``lost`` event follows the events read before it.
     """
 
     def __init__(self, client: Any, timeout_s: float, prefixes: Sequence[str], start_revision: int) -> None:
-        self.events: queue.Queue[Event] = queue.Queue()
-        #: Set (and queued) when a stream ended by itself.
+        #: Set (and returned) once a stream ended by itself.
         self.lost: Event | None = None
-        self._closed = threading.Event()
-        self._responses: list[Any] = []
-        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._ready: collections.deque[Event] = collections.deque()
+        self._streams: list[Any] = []
         try:
             for prefix in prefixes:
                 request = {
@@ -56,38 +55,21 @@ class Watch:
                     }
                 }
                 try:
-                    response = client.session.post(
-                        client.get_url("/watch"), json=request, stream=True, timeout=(timeout_s, None)
-                    )
-                except OSError as err:
+                    stream = client.session.stream(client.get_url("/watch"), request, timeout_s)
+                except OSError as err:  # requests' exceptions are OSErrors
                     raise FleetError(f"etcd watch failed: {err}") from err
-                if response.status_code != 200:
-                    text = response.text
-                    response.close()
-                    raise FleetError(f"etcd refused the watch: {response.status_code} {text}")
-                self._responses.append(response)
+                self._streams.append(stream)
+                if stream.status != 200:
+                    raise FleetError(f"etcd refused the watch: {stream.status} {stream.text()[:200]}")
         except BaseException:
             self.close()
             raise
-        for response in self._responses:
-            thread = threading.Thread(target=self._read, args=(response,), name="etcd-watch", daemon=True)
-            self._threads.append(thread)
-            thread.start()
 
-    @staticmethod
-    def _lines(response: Any) -> Iterator[bytes]:
-        pending = b""
-        for chunk in response.iter_content(chunk_size=None):
-            pending += chunk
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                if line.strip():
-                    yield line
-
-    def _read(self, response: Any) -> None:
+    def _read(self, stream: Any) -> None:
+        """Queue the events of what ``stream`` received; a ``lost`` event if it ended."""
         why = "the watch stream ended"
         try:
-            for line in self._lines(response):
+            for line in stream.lines():
                 message = json.loads(line)
                 if "error" in message:
                     why = f"etcd ended the watch: {message['error']}"
@@ -100,36 +82,45 @@ class Watch:
                     kv = ev["kv"]
                     kind = "delete" if ev.get("type") == "DELETE" else "put"
                     value = None if kind == "delete" else decode_value(kv.get("value"))
-                    self.events.put(Event(kind, unb64(kv["key"]), value, int(kv["mod_revision"])))
+                    self._ready.append(Event(kind, unb64(kv["key"]), value, int(kv["mod_revision"])))
+            else:
+                if not stream.ended:
+                    return
         except Exception as err:  # the stream broke: any error ends the watch the same way
             why = f"the watch stream broke: {type(err).__name__}"
-        if not self._closed.is_set():
-            self.lost = Event("lost", why=why)
-            self.events.put(self.lost)
+        self.lost = Event("lost", why=why)
 
     def get(self, timeout_s: float | None) -> Event | None:
-        """The next event, or None after ``timeout_s``.
+        """The next event, or None after ``timeout_s`` (None: no limit).
 
-        Once the watch is lost, every call after the queued events returns the
-        ``lost`` event again: whoever reads next learns it too.
+        Once the watch is lost, every call after the events read before it
+        returns the ``lost`` event again: whoever reads next learns it too.
         """
-        try:
-            return self.events.get(timeout=0 if self.lost is not None else timeout_s)
-        except queue.Empty:
-            return self.lost
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._ready and self.lost is None and not self._closed:
+            waiting = [s for s in self._streams if s.buffered()]
+            if not waiting:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                try:
+                    waiting, _, _ = select.select(self._streams, [], [], left)
+                except (OSError, ValueError) as err:  # a closed fd: the same as a broken stream
+                    if not self._closed:
+                        self.lost = Event("lost", why=f"the watch stream broke: {type(err).__name__}")
+                    break
+            for stream in waiting:
+                self._read(stream)
+                if self.lost is not None:
+                    break
+            if not waiting and deadline is not None and time.monotonic() >= deadline:
+                return None
+        if self._ready:
+            return self._ready.popleft()
+        return self.lost
 
     def close(self) -> None:
         """Stop the watch (no ``lost`` event for this end)."""
-        if self._closed.is_set():
+        if self._closed:
             return
-        self._closed.set()
-        for response in self._responses:
-            try:
-                fd = response.raw.fileno()
-                with socket.socket(fileno=os.dup(fd)) as sock:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except (OSError, ValueError, AttributeError):
-                pass  # already closed
-            response.close()
-        for thread in self._threads:
-            thread.join(timeout=2.0)
+        self._closed = True
+        for stream in self._streams:
+            stream.close()
