@@ -176,12 +176,13 @@ class ThreadedWatch:
 
         def read() -> None:
             pending = b""
-            for chunk in self._response.iter_content(chunk_size=None):
-                pending += chunk
-                while b"\n" in pending:
-                    line, pending = pending.split(b"\n", 1)
-                    for ev in json.loads(line).get("result", {}).get("events", []):
-                        self.events.put(decode_value(ev["kv"].get("value")))
+            with contextlib.suppress(requests.RequestException, OSError):  # close() ends the stream
+                for chunk in self._response.iter_content(chunk_size=None):
+                    pending += chunk
+                    while b"\n" in pending:
+                        line, pending = pending.split(b"\n", 1)
+                        for ev in json.loads(line).get("result", {}).get("events", []):
+                            self.events.put(decode_value(ev["kv"].get("value")))
 
         self._thread = threading.Thread(target=read, daemon=True)
         self._thread.start()

@@ -20,7 +20,7 @@ import pytest
 etcd3gw = pytest.importorskip("etcd3gw")
 requests = pytest.importorskip("requests")
 
-from quiesce.fleet import FleetError  # noqa: E402
+from quiesce.fleet import FleetError, transport  # noqa: E402
 from quiesce.fleet.transport import LeanSession  # noqa: E402
 from quiesce.fleet.watch import Watch  # noqa: E402
 from quiesce.fleet.wire import b64  # noqa: E402
@@ -37,6 +37,17 @@ class _Gateway(BaseHTTPRequestHandler):
             time.sleep(0.5)
         if self.path.endswith(("/watch", "/watch-hold")):
             self._stream()
+            return
+        if self.path.endswith(("/watch-garbage", "/watch-at-once")):
+            # The headers and the whole body in one write, then silence: nothing more to wake a reader.
+            kv = {"key": b64("/k1"), "value": b64("{}"), "mod_revision": "3"}
+            line = json.dumps({"result": {"events": [{"kv": kv}]}}).encode() + b"\n"
+            chunk = b"zz\r\n{}\r\n" if self.path.endswith("garbage") else b"%x\r\n%s\r\n" % (len(line), line)
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            self.wfile.write(head + chunk)
+            self.wfile.flush()
+            time.sleep(1.0)
+            self.close_connection = True
             return
         status = 404 if self.path.endswith("/missing") else 200
         answer = json.dumps({"header": {"revision": "7"}, "echo": body}).encode()
@@ -277,3 +288,36 @@ def test_answers_without_a_length_are_read_whole(gateway: Any, sessions: list[Le
     assert client.post(client.get_url("/to-close"), json={"key": "e"})["echo"] == {"key": "e"}
     assert client.post(client.get_url("/kv/put"), json={"key": "f"})["echo"] == {"key": "f"}
     assert len({port for _, _, _, port in gateway.seen}) == 2
+
+
+def test_events_that_came_with_the_headers_are_read_without_more_data(
+    gateway: Any, sessions: list[LeanSession]
+) -> None:
+    session = LeanSession()
+    sessions.append(session)
+    watch = Watch(_Client(gateway.server_address[1], session, "/watch-at-once"), 2.0, ["/k"], 1)
+    try:
+        ev = watch.get(0.5)
+        assert ev is not None and (ev.kind, ev.key, ev.revision) == ("put", "/k1", 3)
+    finally:
+        watch.close()
+
+
+def test_a_malformed_or_oversized_stream_is_a_lost_watch(
+    gateway: Any, sessions: list[LeanSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = LeanSession()
+    sessions.append(session)
+    watch = Watch(_Client(gateway.server_address[1], session, "/watch-garbage"), 2.0, ["/k"], 1)
+    try:
+        ev = watch.get(5.0)
+        assert ev is not None and ev.kind == "lost" and ev.why == "the watch stream broke: ValueError"
+    finally:
+        watch.close()
+    monkeypatch.setattr(transport, "STREAM_LINE_MAX", 40)  # every line of /watch is longer
+    watch = Watch(_Client(gateway.server_address[1], session, "/watch"), 2.0, ["/k"], 1)
+    try:
+        ev = watch.get(5.0)
+        assert ev is not None and ev.kind == "lost" and "ValueError" in ev.why
+    finally:
+        watch.close()

@@ -130,6 +130,10 @@ class Connection:
         return code, reason, body, closes
 
 
+#: The most a stream may hold of one line (a watch message): more is a broken stream.
+STREAM_LINE_MAX = 64 * 1024 * 1024
+
+
 class Stream:
     """A streamed answer (a watch's) read in its caller's thread, line by line as it arrives.
 
@@ -146,6 +150,8 @@ class Stream:
         self._raw = bytearray(conn._buf)  # what came with the headers
         self._body = bytearray()
         self._chunked = chunked
+        #: Bytes came with the headers: read them before waiting on the socket.
+        self._unread = bool(self._raw)
         self._sock.setblocking(False)
 
     def fileno(self) -> int:
@@ -153,17 +159,25 @@ class Stream:
         return self._sock.fileno()
 
     def buffered(self) -> bool:
-        """True if TLS holds bytes already received: read them without waiting."""
+        """True if bytes were received that no ``select`` would see (with the headers, or held by TLS)."""
+        if self._unread:
+            return True
         pending = getattr(self._sock, "pending", None)
         return bool(pending is not None and pending())
 
     def text(self) -> str:
         """What has arrived of the body so far, as text (an error answer's message)."""
-        self.lines()
+        with contextlib.suppress(ValueError):
+            self.lines()
         return (bytes(self._body) or bytes(self._raw)).decode("utf-8", errors="replace")
 
     def lines(self) -> list[bytes]:
-        """The whole non-empty lines received since the last call (``ended`` tells the answer's end)."""
+        """The whole non-empty lines received since the last call (``ended`` tells the answer's end).
+
+        A ValueError: the stream is malformed (a chunk size that is not one),
+        or holds a line longer than :data:`STREAM_LINE_MAX`.
+        """
+        self._unread = False
         if not self.ended:
             try:
                 data = self._sock.recv(65536)
@@ -182,6 +196,8 @@ class Stream:
             del self._body[: end + 1]
             if line:
                 out.append(line)
+        if len(self._raw) + len(self._body) > STREAM_LINE_MAX:
+            raise ValueError(f"a streamed line over {STREAM_LINE_MAX} bytes")
         return out
 
     def _unframe(self) -> None:
