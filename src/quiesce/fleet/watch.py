@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import select
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,7 @@ class Watch:
         self._closed = False
         self._ready: collections.deque[Event] = collections.deque()
         self._streams: list[Any] = []
+        self._by_fd: dict[int, Any] = {}
         try:
             for prefix in prefixes:
                 request = {
@@ -64,6 +66,11 @@ class Watch:
         except BaseException:
             self.close()
             raise
+        # poll, not select: an fd above 1023 (a process with many files open) is fine.
+        self._poll = select.poll()
+        for stream in self._streams:
+            self._by_fd[stream.fileno()] = stream
+            self._poll.register(stream.fileno(), select.POLLIN)
 
     def _read(self, stream: Any) -> None:
         """Queue the events of what ``stream`` received; a ``lost`` event if it ended."""
@@ -100,12 +107,12 @@ class Watch:
         while not self._ready and self.lost is None and not self._closed:
             waiting = [s for s in self._streams if s.buffered()]
             if not waiting:
-                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                left_ms = None if deadline is None else max(math.ceil((deadline - time.monotonic()) * 1e3), 0)
                 try:
-                    waiting, _, _ = select.select(self._streams, [], [], left)
-                except (OSError, ValueError) as err:  # a closed fd: the same as a broken stream
-                    if not self._closed:
-                        self.lost = Event("lost", why=f"the watch stream broke: {type(err).__name__}")
+                    # Readable, hung up or failed: reading tells which.
+                    waiting = [self._by_fd[fd] for fd, _ in self._poll.poll(left_ms) if fd in self._by_fd]
+                except OSError as err:
+                    self.lost = Event("lost", why=f"the watch stream broke: {type(err).__name__}")
                     break
             for stream in waiting:
                 self._read(stream)
