@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 import threading
 import time
@@ -321,3 +322,30 @@ def test_a_malformed_or_oversized_stream_is_a_lost_watch(
         assert ev is not None and ev.kind == "lost" and "ValueError" in ev.why
     finally:
         watch.close()
+
+
+def test_a_watch_works_when_its_socket_is_above_fd_1023(gateway: Any, sessions: list[LeanSession]) -> None:
+    """An agent with many files open: the watch's fd is past select's limit, and events still come."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+        session = LeanSession()
+        sessions.append(session)
+        watch = Watch(_Client(gateway.server_address[1], session, "/watch"), 2.0, ["/k"], 1)
+        try:
+            assert watch._streams[0].fileno() > 1023
+            ev = watch.get(5.0)
+            assert ev is not None and (ev.kind, ev.key) == ("put", "/k1")
+        finally:
+            watch.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
