@@ -72,24 +72,6 @@ def test_an_agents_watch_carries_only_the_runs_own_keys(lab3):
     assert len(reports) == 4 * len(lab3.nodes)
 
 
-def test_each_node_reports_done_and_its_registration_in_one_write(lab3):
-    """``done/<node>`` and the node's registration (idle, this run) share one revision: one request."""
-    from quiesce.fleet.protocol import Keys
-
-    keys = Keys("lab")
-    code, out = lab3.fleet_run()
-    assert code == 0, out
-    run_id = out["run_id"]
-    names = [n["node"] for n in out["nodes"]]
-    wanted = [keys.key(run_id, "done", n) for n in names] + [keys.member(n) for n in names]
-    _, records = lab3.client_call(lambda s: s.get_prefixes(wanted))
-    for n in names:
-        done, member = records[keys.key(run_id, "done", n)], records[keys.member(n)]
-        assert done.mod_revision == member.mod_revision, (n, done, member)
-        assert member.value["state"] == "idle" and member.value["last_run"] == run_id
-        assert member.value["last_thawed_by"] == done.value["thawed_by"] == "thaw"
-
-
 def test_cut_proof_and_negative_control(lab3):
     """Fleet cuts under the distributed writer restore consistent; per-VM one-by-one backups do not."""
     chain = Chain(lab3)

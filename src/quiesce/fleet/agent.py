@@ -86,9 +86,8 @@ class Agent:
         )
         self.log(f"registered as {self.options.node} in group {self.options.group}")
 
-    def _info(self) -> dict[str, Any]:
-        """What the registration says of this agent."""
-        return {
+    def _publish(self) -> None:
+        info = {
             "node": self.options.node,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -97,9 +96,7 @@ class Agent:
             "runs_served": self.runs_served,
             **self.state,
         }
-
-    def _publish(self) -> None:
-        self.store.put(self.keys.member(self.options.node), self._info(), lease=self.lease)
+        self.store.put(self.keys.member(self.options.node), info, lease=self.lease)
 
     # -- the loop ----------------------------------------------------------------
 
@@ -273,6 +270,7 @@ class Agent:
         ):
             # This node cannot go on: tell the others now instead of letting them wait.
             self._abort(run_id, f"{node}: {record.get('error') or record.get('snapshot_detail') or 'failed'}")
+        self._report(run_id, record)
         self.runs_served += 1
         self.state = {
             "state": "idle",
@@ -280,35 +278,16 @@ class Agent:
             "last_local": record.get("local"),
             "last_thawed_by": record.get("thawed_by"),
         }
-        self._report(run_id, record)
+        self._publish_quietly()
         self.log(f"run {run_id}: {record.get('local')}, thawed by {record.get('thawed_by')}")
         return record
 
     def _report(self, run_id: str, record: dict[str, Any]) -> None:
-        """Write ``done/<node>`` and the registration's new state in one transaction.
-
-        One request instead of two, and one event for the coordinator, at the
-        moment other nodes may still be waiting for their thaw. If that fails
-        (etcd away, the registration's lease gone), ``done`` is written on its
-        own, retrying for a while: the verdict needs it (etcd may be back soon);
-        the registration follows when it can.
-        """
-        done = self.keys.key(run_id, "done", self.options.node)
-        member = self.keys.member(self.options.node)
-        if self.lease is not None and not self._lease_lost.is_set():
-            try:
-                self.store.put_if({done: record, member: self._info()}, lease={member: self.lease})
-                return
-            except quiesce.QuiesceError:
-                pass  # written apart below
-        self._report_done(done, run_id, record)
-        self._publish_quietly()
-
-    def _report_done(self, done: str, run_id: str, record: dict[str, Any]) -> None:
+        """Write ``done/<node>``, retrying for a while: the verdict needs it (etcd may be back soon)."""
         deadline = time.monotonic() + REPORT_RETRY_S
         while True:
             try:
-                self.store.put(done, record)
+                self.store.put(self.keys.key(run_id, "done", self.options.node), record)
                 return
             except quiesce.QuiesceError as err:
                 if time.monotonic() >= deadline or self.stopping.is_set():
