@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -222,59 +222,64 @@ class _Client:
         return f"http://127.0.0.1:{self.port}/v3{self.watch_path}"
 
 
+@pytest.fixture
+def open_watch(gateway: Any, sessions: list[LeanSession]) -> Iterator[Callable[..., Watch]]:
+    """Opens a Watch of "/k" on the stand-in gateway's ``path`` (on a session of its own); closes them all."""
+    made: list[Watch] = []
+
+    def open_one(path: str, start: int = 1, token: str | None = None, port: int | None = None) -> Watch:
+        session = LeanSession()
+        sessions.append(session)
+        if token is not None:
+            session.headers["Authorization"] = token
+        watch = Watch(_Client(port or gateway.server_address[1], session, path), 2.0, ["/k"], start)
+        made.append(watch)
+        return watch
+
+    yield open_one
+    for watch in made:
+        watch.close()
+
+
 def test_a_watch_reads_events_across_chunks_then_reports_the_streams_end(
-    gateway: Any, sessions: list[LeanSession]
+    gateway: Any, open_watch: Callable[..., Watch]
 ) -> None:
     """Lines split across chunks and reads come out whole; the stream's end is a lost event, every time."""
-    session = LeanSession()
-    sessions.append(session)
-    session.headers["Authorization"] = "token-3"
-    watch = Watch(_Client(gateway.server_address[1], session, "/watch"), 2.0, ["/k"], 5)
-    try:
-        events = [watch.get(5.0) for _ in range(4)]
-        assert [(e.kind, e.key, e.value, e.revision) for e in events[:2] if e] == [
-            ("put", "/k1", {"n": 1}, 11),
-            ("put", "/k2", {"n": 2}, 12),
-        ]
-        assert events[2] is not None and events[2].kind == "lost"
-        assert events[2].why == "the watch stream ended" and events[3] is events[2]
-        assert watch.get(0) is events[2]
-    finally:
-        watch.close()
+    watch = open_watch("/watch", start=5, token="token-3")
+    events = [watch.get(5.0) for _ in range(4)]
+    assert [(e.kind, e.key, e.value, e.revision) for e in events[:2] if e] == [
+        ("put", "/k1", {"n": 1}, 11),
+        ("put", "/k2", {"n": 2}, 12),
+    ]
+    assert events[2] is not None and events[2].kind == "lost"
+    assert events[2].why == "the watch stream ended" and events[3] is events[2]
+    assert watch.get(0) is events[2]
     path, body, headers, _ = gateway.seen[0]
     assert path == "/v3/watch" and headers["Authorization"] == "token-3"
     assert body["create_request"]["start_revision"] == 5 and body["create_request"]["key"] == b64("/k")
 
 
-def test_a_silent_watch_times_out_and_a_closed_one_returns_at_once(
-    gateway: Any, sessions: list[LeanSession]
-) -> None:
-    session = LeanSession()
-    sessions.append(session)
-    watch = Watch(_Client(gateway.server_address[1], session, "/watch-hold"), 2.0, ["/k"], 1)
-    try:
-        assert [e.key for e in (watch.get(5.0), watch.get(5.0)) if e] == ["/k1", "/k2"]
-        started = time.monotonic()
-        assert watch.get(0.3) is None
-        assert time.monotonic() - started >= 0.3
-        assert watch.get(0) is None
-    finally:
-        watch.close()
+def test_a_silent_watch_times_out_and_a_closed_one_returns_at_once(open_watch: Callable[..., Watch]) -> None:
+    watch = open_watch("/watch-hold")
+    assert [e.key for e in (watch.get(5.0), watch.get(5.0)) if e] == ["/k1", "/k2"]
+    started = time.monotonic()
+    assert watch.get(0.3) is None
+    assert time.monotonic() - started >= 0.3
+    assert watch.get(0) is None
+    watch.close()
     started = time.monotonic()
     assert watch.get(5.0) is None, "a closed watch reported an event"
     assert time.monotonic() - started < 1.0
 
 
-def test_a_refused_watch_is_an_error_naming_the_status(gateway: Any, sessions: list[LeanSession]) -> None:
-    session = LeanSession()
-    sessions.append(session)
+def test_a_refused_watch_is_an_error_naming_the_status(open_watch: Callable[..., Watch]) -> None:
     with pytest.raises(FleetError, match="etcd refused the watch: 404"):
-        Watch(_Client(gateway.server_address[1], session, "/missing"), 2.0, ["/k"], 1)
+        open_watch("/missing")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     with pytest.raises(FleetError, match="etcd watch failed"):
-        Watch(_Client(free, session, "/watch"), 2.0, ["/k"], 1)
+        open_watch("/watch", port=free)
 
 
 def test_answers_without_a_length_are_read_whole(gateway: Any, sessions: list[LeanSession]) -> None:
@@ -292,39 +297,23 @@ def test_answers_without_a_length_are_read_whole(gateway: Any, sessions: list[Le
 
 
 def test_events_that_came_with_the_headers_are_read_without_more_data(
-    gateway: Any, sessions: list[LeanSession]
+    open_watch: Callable[..., Watch],
 ) -> None:
-    session = LeanSession()
-    sessions.append(session)
-    watch = Watch(_Client(gateway.server_address[1], session, "/watch-at-once"), 2.0, ["/k"], 1)
-    try:
-        ev = watch.get(0.5)
-        assert ev is not None and (ev.kind, ev.key, ev.revision) == ("put", "/k1", 3)
-    finally:
-        watch.close()
+    ev = open_watch("/watch-at-once").get(0.5)
+    assert ev is not None and (ev.kind, ev.key, ev.revision) == ("put", "/k1", 3)
 
 
 def test_a_malformed_or_oversized_stream_is_a_lost_watch(
-    gateway: Any, sessions: list[LeanSession], monkeypatch: pytest.MonkeyPatch
+    open_watch: Callable[..., Watch], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    session = LeanSession()
-    sessions.append(session)
-    watch = Watch(_Client(gateway.server_address[1], session, "/watch-garbage"), 2.0, ["/k"], 1)
-    try:
-        ev = watch.get(5.0)
-        assert ev is not None and ev.kind == "lost" and ev.why == "the watch stream broke: ValueError"
-    finally:
-        watch.close()
+    ev = open_watch("/watch-garbage").get(5.0)
+    assert ev is not None and ev.kind == "lost" and ev.why == "the watch stream broke: ValueError"
     monkeypatch.setattr(transport, "STREAM_LINE_MAX", 40)  # every line of /watch is longer
-    watch = Watch(_Client(gateway.server_address[1], session, "/watch"), 2.0, ["/k"], 1)
-    try:
-        ev = watch.get(5.0)
-        assert ev is not None and ev.kind == "lost" and "ValueError" in ev.why
-    finally:
-        watch.close()
+    ev = open_watch("/watch").get(5.0)
+    assert ev is not None and ev.kind == "lost" and "ValueError" in ev.why
 
 
-def test_a_watch_works_when_its_socket_is_above_fd_1023(gateway: Any, sessions: list[LeanSession]) -> None:
+def test_a_watch_works_when_its_socket_is_above_fd_1023(open_watch: Callable[..., Watch]) -> None:
     """An agent with many files open: the watch's fd is past select's limit, and events still come."""
     import resource
 
@@ -336,15 +325,10 @@ def test_a_watch_works_when_its_socket_is_above_fd_1023(gateway: Any, sessions: 
     try:
         while not held or held[-1] < 1100:
             held.append(os.open("/dev/null", os.O_RDONLY))
-        session = LeanSession()
-        sessions.append(session)
-        watch = Watch(_Client(gateway.server_address[1], session, "/watch"), 2.0, ["/k"], 1)
-        try:
-            assert watch._streams[0].fileno() > 1023
-            ev = watch.get(5.0)
-            assert ev is not None and (ev.kind, ev.key) == ("put", "/k1")
-        finally:
-            watch.close()
+        watch = open_watch("/watch")
+        assert watch._streams[0].fileno() > 1023
+        ev = watch.get(5.0)
+        assert ev is not None and (ev.kind, ev.key) == ("put", "/k1")
     finally:
         for fd in held:
             os.close(fd)

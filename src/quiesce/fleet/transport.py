@@ -33,7 +33,8 @@ import select
 import socket
 import ssl
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -45,6 +46,25 @@ def _timeout(timeout: Any) -> float | None:
         known = [t for t in timeout if t is not None]
         return max(known) if known else None
     return None if timeout is None else float(timeout)
+
+
+_T = TypeVar("_T")
+
+
+def _attempt(connect: Callable[[], Connection], act: Callable[[Connection], _T]) -> tuple[Connection, _T]:
+    """``act`` on the connection ``connect`` gives; errors as requests' exceptions, the connection closed."""
+    conn: Connection | None = None
+    try:
+        conn = connect()
+        return conn, act(conn)
+    except TimeoutError as err:
+        if conn is not None:
+            conn.close()
+        raise requests.exceptions.Timeout(str(err)) from err
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        if conn is not None:
+            conn.close()
+        raise requests.exceptions.ConnectionError(str(err) or type(err).__name__) from err
 
 
 class Connection:
@@ -323,18 +343,9 @@ class LeanSession:
         itself is read without blocking. Errors are requests' exceptions.
         """
         scheme, host, port, request = self._request(url, json)
-        conn: Connection | None = None
-        try:
-            conn = self._connect(scheme, host, port, timeout)
-            status, reason, headers, _ = conn.head(request)
-        except TimeoutError as err:
-            if conn is not None:
-                conn.close()
-            raise requests.exceptions.Timeout(str(err)) from err
-        except (OSError, http.client.HTTPException, ValueError) as err:
-            if conn is not None:
-                conn.close()
-            raise requests.exceptions.ConnectionError(str(err) or type(err).__name__) from err
+        conn, (status, reason, headers, _) = _attempt(
+            lambda: self._connect(scheme, host, port, timeout), lambda c: c.head(request)
+        )
         chunked = headers.get(b"transfer-encoding", b"").lower() == b"chunked"
         return Stream(conn, status, reason, chunked)
 
@@ -343,20 +354,11 @@ class LeanSession:
         if kwargs:
             return self._streams.post(url, json=json, timeout=timeout, **kwargs)
         scheme, host, port, request = self._request(url, json)
-        conn: Connection | None = None
-        try:
-            conn = self._connection(scheme, host, port, _timeout(timeout))
-            status, reason, content, closes = conn.exchange(request)
-        except TimeoutError as err:
-            if conn is not None:
-                conn.close()
-            raise requests.exceptions.Timeout(str(err)) from err
-        except (OSError, http.client.HTTPException, ValueError) as err:
-            # Not sent again: a transaction that reached etcd before the connection broke must
-            # not be applied twice (requests' own adapter does not retry either).
-            if conn is not None:
-                conn.close()
-            raise requests.exceptions.ConnectionError(str(err) or type(err).__name__) from err
+        # Not sent again if it fails: a transaction that reached etcd before the connection broke
+        # must not be applied twice (requests' own adapter does not retry either).
+        conn, (status, reason, content, closes) = _attempt(
+            lambda: self._connection(scheme, host, port, _timeout(timeout)), lambda c: c.exchange(request)
+        )
         if closes:
             conn.close()
         return LeanResponse(url, status, reason, content)
