@@ -147,6 +147,11 @@ def test_human_durations(ns, text):
         ["bench", "-n", "99999999999999999999", "/x"],
         ["bench", "--dirty", "1e9", "/x"],
         ["bench", "--interval", "inf", "/x"],
+        ["fleet", "run", "--etcd", "http://127.0.0.1:9", "--group", "g", "--deadline", "nan"],
+        ["fleet", "run", "--etcd", "http://127.0.0.1:9", "--group", "g", "--expect", "0"],
+        ["fleet", "status", "--etcd", "http://127.0.0.1:9", "--group", "g", "--last", "-1"],
+        ["agent", "--etcd", "http://127.0.0.1:9", "--group", "g", "--ttl", "0"],
+        ["qga", "--hook-timeout", "inf"],
     ],
 )
 def test_every_numeric_option_is_range_checked(argv, tmp_path):
@@ -155,6 +160,44 @@ def test_every_numeric_option_is_range_checked(argv, tmp_path):
     assert r.returncode == Exit.USAGE, r.stderr
     assert "Traceback" not in r.stderr
     assert "expected a " in r.stderr and ("at most" in r.stderr or " to " in r.stderr)
+
+
+def _numeric_options(parser, path=()):
+    """Every option of every command whose type turns "5" into a number: (command path, option, type)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _numeric_options(sub, (*path, name))
+        elif action.type is not None:
+            try:
+                five = action.type("5")
+            except (argparse.ArgumentTypeError, ValueError, TypeError):
+                continue
+            if isinstance(five, int | float):
+                option = action.option_strings[0] if action.option_strings else action.dest
+                yield " ".join(path), option, action.type
+
+
+def test_every_numeric_option_of_every_command_is_bounded():
+    """Walk the whole parser: no number option takes inf, nan, a negative or 1e12 (the class, not a list)."""
+    import argparse
+
+    from quiesce.cli import build_parser
+
+    found = list(_numeric_options(build_parser()))
+    commands = {command.split(" ")[0] for command, _, _ in found}
+    assert {"freeze", "bench", "agent", "fleet", "qga"} <= commands, commands  # the walk reaches them
+    unbounded = []
+    for command, option, parse in found:
+        for text in ("inf", "nan", "-1", "1e12", "0x10"):
+            try:
+                parse(text)
+            except (argparse.ArgumentTypeError, ValueError):
+                continue
+            unbounded.append(f"{command} {option} {text}")
+    assert not unbounded
 
 
 @pytest.mark.parametrize(

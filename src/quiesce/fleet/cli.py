@@ -18,10 +18,17 @@ import threading
 from typing import Any
 
 from quiesce import APPLICATION, CRASH, FILESYSTEM
+from quiesce.cli.argtypes import MAX_SECONDS, count, seconds
 from quiesce.fleet import FleetError
+from quiesce.fleet.protocol import KEEP_RUNS
 
 #: Exit codes as ``quiesce run``'s.
 EXIT_OK, EXIT_DEGRADED, EXIT_FAILED, EXIT_CONFIG = 0, 8, 9, 10
+
+#: The numeric options' ranges (a value outside is a usage error, exit 2).
+_seconds = seconds(0, MAX_SECONDS, low_open=True)
+_ttl = count(1, 3600, "seconds")
+_nodes = count(1, 10_000, "agents")
 
 
 def _security(args: argparse.Namespace) -> Any:
@@ -192,8 +199,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pluginhost", action="store_true", help="ignore the plugin host INI")
     p.add_argument("--vmbackup-conf", default="/etc/azure/vmbackup.conf", metavar="PATH")
     p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
-    p.add_argument("--ttl", type=int, default=5, metavar="S", help="registration lease TTL (default 5)")
-    p.add_argument("--max-runs", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--ttl", type=_ttl, default=5, metavar="S", help="registration lease TTL, 1 to 3600 (default 5)"
+    )
+    p.add_argument("--max-runs", type=count(1, 1_000_000), default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_agent)
 
     fleet = sub.add_parser(
@@ -213,17 +222,17 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     _etcd_options(p)
     p.add_argument("--members", metavar="A,B,C", help="the nodes that must take part")
-    p.add_argument("--expect", type=int, metavar="N", help="take the N registered agents (waits for them)")
+    p.add_argument("--expect", type=_nodes, metavar="N", help="take the N registered agents (waits for them)")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=60.0,
         metavar="S",
         help="longest wait for the members' pre steps, and for their post steps (default 60)",
     )
     p.add_argument(
         "--deadline",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="S",
         help="caps each node's freeze deadline, its guardian's (default 10)",
@@ -232,7 +241,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = fsub.add_parser("status", parents=[common], help="members, their health, the last runs")
     _etcd_options(p)
-    p.add_argument("--last", type=int, default=5, metavar="N", help="how many runs to show (default 5)")
+    p.add_argument(
+        "--last",
+        type=count(0, KEEP_RUNS),
+        default=5,
+        metavar="N",
+        help=f"how many runs to show, 0 to {KEEP_RUNS} (a group keeps the last {KEEP_RUNS}; default 5)",
+    )
     p.set_defaults(func=cmd_fleet_status)
 
     p = fsub.add_parser(
@@ -244,6 +259,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "fleet cut, restore every node's snapshot and check that they form a consistent cut. "
         "Needs root, etcd-server, xfsprogs, e2fsprogs and quiesce[fleet].",
     )
-    p.add_argument("--agents", type=int, default=3, metavar="N", help="how many agents (default 3)")
-    p.add_argument("--deadline", type=float, default=5.0, metavar="S", help="each node's freeze deadline")
+    p.add_argument(
+        "--agents", type=count(1, 32), default=3, metavar="N", help="how many agents, 1 to 32 (default 3)"
+    )
+    p.add_argument(
+        "--deadline", type=_seconds, default=5.0, metavar="S", help="each node's freeze deadline (default 5)"
+    )
     p.set_defaults(func=cmd_fleet_demo)

@@ -26,15 +26,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quiesce.fleet import FleetError
-from quiesce.fleet.protocol import Keys, Record, RunView, Verdict, check_name, judge, write_abort
+from quiesce.fleet.protocol import (
+    KEEP_RUNS,
+    Keys,
+    Record,
+    RunView,
+    Verdict,
+    check_name,
+    judge,
+    write_abort,
+)
 from quiesce.fleet.store import Store, Watch
 
 #: The coordinator's lease: etcd's minimum is about 2 s; agents also thaw at their own deadline.
 DEFAULT_TTL_S = 2
 #: How long a broken watch is retried: longer than the lease, etcd has ended the run anyway.
 REOPEN_S = 5.0
-#: How many finished runs a group keeps for ``fleet status``.
-KEEP_RUNS = 50
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from quiesce.cli.argtypes import count
 from quiesce.fleet.writer import PORT, serve
 from quiesce.sandbox import thaw_quietly
 
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("device")
     p.add_argument("fstype")
     p.add_argument("mount_point")
-    p.add_argument("--port", type=int, default=PORT)
+    p.add_argument("--port", type=count(1, 65535), default=PORT)
     p.add_argument("--no-writer", action="store_true")
     args = p.parse_args(argv)
     subprocess.run(["mount", "-t", args.fstype, args.device, args.mount_point], check=True)

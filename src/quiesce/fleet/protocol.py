@@ -53,6 +53,8 @@ from typing import Any, Protocol
 from quiesce import APPLICATION, CRASH, FAILED, FILESYSTEM
 
 ROOT = "/quiesce"
+#: How many finished runs a group keeps for ``fleet status``.
+KEEP_RUNS = 50
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 #: Why a node thawed, as ``done/<node>`` names it.

@@ -10,6 +10,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import quiesce
+from quiesce.cli.argtypes import MAX_SECONDS, seconds
 from quiesce.qga.fshook import DEFAULT_HOOK, DEFAULT_HOOK_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from quiesce.qga.freezer import FreezerSettings
 
 DEFAULT_DEVICE = "/dev/virtio-ports/org.qemu.guest_agent.0"
+#: --timeout and --hook-timeout: more than 0, at most an hour (a usage error otherwise).
+_positive_seconds = seconds(0, MAX_SECONDS, low_open=True)
 
 DESCRIPTION = """\
 Speak the QEMU guest agent protocol on the virtio-serial port (or a unix
@@ -79,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
     p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=_positive_seconds,
         metavar="S",
         help="longest time frozen: the guardian thaws at this deadline if no thaw came, and the late thaw "
         "is an error (default: the config's freezeTimeoutSeconds, else 60)",
@@ -93,20 +96,13 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
     p.add_argument("--no-fsfreeze-hook", action="store_true", help="run no fsfreeze hook")
     p.add_argument(
         "--hook-timeout",
-        type=_positive,
+        type=_positive_seconds,
         default=DEFAULT_HOOK_TIMEOUT_S,
         metavar="S",
         help=f"the fsfreeze hook's limit per call; then SIGTERM, 5 s, SIGKILL "
         f"(default {DEFAULT_HOOK_TIMEOUT_S:g})",
     )
     p.set_defaults(func=cmd_qga)
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
 
 
 def cmd_qga(args: argparse.Namespace) -> int:
