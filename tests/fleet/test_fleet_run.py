@@ -169,6 +169,36 @@ def test_agents_act_only_on_their_group(lab3):
     assert code == 0, out
 
 
+def test_a_malformed_spec_is_declined_with_its_reason(lab3):
+    """A spec naming n1 with a deadline that is not a number: n1 aborts that run saying why and
+    freezes nothing; a spec whose members are a string names nobody; both agents serve on."""
+    bad = {"members": ["n1"], "deadline_s": "soon", "ready_timeout_s": 5}
+    stray = {"members": "n1n2n3", "deadline_s": 5}  # a string: "n1" in it is true, yet it names nobody
+    prefixes = [f"/quiesce/lab/{where}/{run}/" for where in ("runs", "reports") for run in ("bad1", "bad2")]
+    try:
+        lab3.client_call(lambda s: s.put("/quiesce/lab/runs/bad1/spec", bad))
+        lab3.client_call(lambda s: s.put("/quiesce/lab/runs/bad2/spec", stray))
+        deadline = time.monotonic() + 15
+        while True:
+            _, keys = lab3.client_call(lambda s: s.get_prefixes(prefixes))
+            if "/quiesce/lab/reports/bad1/done/n1" in keys or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        done = keys["/quiesce/lab/reports/bad1/done/n1"].value
+        assert done["thawed_by"] == "not-frozen" and "deadline_s" in done["error"], done
+        assert "deadline_s" in keys["/quiesce/lab/runs/bad1/abort"].value["reason"]
+        assert sorted(keys) == [
+            "/quiesce/lab/reports/bad1/done/n1",
+            "/quiesce/lab/runs/bad1/abort",
+            "/quiesce/lab/runs/bad1/spec",
+            "/quiesce/lab/runs/bad2/spec",
+        ]
+        code, out = lab3.fleet_run()
+        assert code == 0, out
+    finally:
+        lab3.client_call(lambda s: s.delete_prefixes(prefixes))
+
+
 def test_invalid_node_config_exits_10(lab3):
     """A node whose own config is invalid: the run aborts, nothing freezes, exit 10 naming the node."""
     n3 = lab3.nodes[2]
@@ -425,12 +455,12 @@ def test_the_last_report_of_a_kind_commits_its_step(lab3):
     """Whatever the order, only the report that completes its kind commits the step; none while
     ``abort`` is there, nor once the coordinator's ``alive`` is gone (the report is written all the same)."""
     from quiesce.fleet.noderun import NodeRun
-    from quiesce.fleet.protocol import Keys
+    from quiesce.fleet.protocol import Keys, RunSpec
 
     keys = Keys("lab")
 
     def parts(store, run, members):
-        spec = {"members": list(members)}
+        spec = RunSpec(tuple(members))
         return {m: NodeRun(store, keys, m, run, spec, None, lambda: True, lambda _ev: None) for m in members}
 
     def steps(store, run):

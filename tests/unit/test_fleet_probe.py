@@ -8,7 +8,7 @@ import time
 import pytest
 
 from quiesce.fleet import noderun
-from quiesce.fleet.protocol import Keys
+from quiesce.fleet.protocol import Keys, RunSpec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,7 +29,8 @@ class _QuietWatch:
 
 
 def _node(probe: _Probe) -> noderun.NodeRun:
-    return noderun.NodeRun(None, Keys("g"), "n1", "r1", {}, _QuietWatch(), probe, lambda ev: None)  # type: ignore[arg-type]
+    spec = RunSpec(("n1",))
+    return noderun.NodeRun(None, Keys("g"), "n1", "r1", spec, _QuietWatch(), probe, lambda ev: None)  # type: ignore[arg-type]
 
 
 def _run_probe(node: noderun.NodeRun, seconds: float, heard_every: float | None) -> None:

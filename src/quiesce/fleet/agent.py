@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import quiesce
+from quiesce.fleet import FleetError
 from quiesce.fleet.noderun import FleetAbort, NodeRun
 from quiesce.fleet.nodestep import with_deadline
-from quiesce.fleet.protocol import NOT_FROZEN, Keys, Record, check_name, write_abort
+from quiesce.fleet.protocol import NOT_FROZEN, Keys, Record, RunSpec, check_name, spec_members, write_abort
 from quiesce.fleet.store import Event, Security, Store, Watch
 
 #: The agent's registration lease; etcd's minimum is about 2 s.
@@ -150,7 +151,7 @@ class Agent:
                 parsed = self.keys.parse(ev.key)
                 if parsed is None or parsed[1] != "spec" or ev.kind != "put" or ev.value is None:
                     continue
-                if self.options.node not in ev.value.get("members", []):
+                if self.options.node not in spec_members(ev.value):
                     continue
                 self.serve_run(parsed[0], ev.value, watch)
                 if max_runs is not None and self.runs_served >= max_runs:
@@ -171,7 +172,7 @@ class Agent:
         join = []
         for key, rec in sorted(records.items()):
             parsed = self.keys.parse(key)
-            if parsed is None or parsed[1] != "spec" or node not in rec.value.get("members", []):
+            if parsed is None or parsed[1] != "spec" or node not in spec_members(rec.value):
                 continue
             run_id = parsed[0]
 
@@ -203,14 +204,18 @@ class Agent:
 
     def _busy(self, ev: Event) -> None:
         parsed = self.keys.parse(ev.key)
+        if parsed is not None and ev.value and self.options.node in spec_members(ev.value):
+            self._decline(parsed[0], f"{self.options.node} is busy with another run")
+
+    def _decline(self, run_id: str, why: str) -> dict[str, Any]:
+        """Abort a run this node will not take part in, and write its ``done``: nobody waits for it."""
+        self.log(f"run {run_id}: declined: {why}")
+        self._abort(run_id, why)
         node = self.options.node
-        if parsed is not None and ev.value and node in ev.value.get("members", []):
-            why = f"{node} is busy with another run"
-            self._abort(parsed[0], why)
-            # Its part in that run is over before it began: say so, so nobody waits for it.
-            record = {"node": node, "thawed_by": NOT_FROZEN, "local": quiesce.FAILED, "error": why}
-            with contextlib.suppress(quiesce.QuiesceError):
-                self.store.put(self.keys.key(parsed[0], "done", node), record)
+        record = {"node": node, "thawed_by": NOT_FROZEN, "local": quiesce.FAILED, "error": why}
+        with contextlib.suppress(quiesce.QuiesceError):
+            self.store.put(self.keys.key(run_id, "done", node), record)
+        return record
 
     def _probe(self) -> bool:
         if self.lease is None:
@@ -225,11 +230,15 @@ class Agent:
     def serve_run(self, run_id: str, spec: Mapping[str, Any], watch: Watch) -> dict[str, Any]:
         """Take part in one run; returns the ``done/<node>`` record it wrote."""
         node = self.options.node
+        try:
+            run_spec = RunSpec.parse(spec)
+        except FleetError as err:
+            return self._decline(run_id, f"{node}: cannot serve this run: {err}")
         self.log(f"run {run_id}: starting")
         self.state = {"state": "running", "run": run_id}
         self._publish_quietly()
         part = NodeRun(
-            self.store, self.keys, node, run_id, spec, watch, self._probe, self._busy, self.stopping
+            self.store, self.keys, node, run_id, run_spec, watch, self._probe, self._busy, self.stopping
         )
         result: quiesce.RunResult | None = None
         error: str | None = None
@@ -245,7 +254,8 @@ class Agent:
             part.spec_argv = tuple(snap.argv)
             part.window_store = self._window_store
             part.snapshot_timeout_s = float(snap.timeout_s or cfg.quiesce.freeze_timeout_s)
-            loaded = with_deadline(loaded, float(spec.get("deadline_s", cfg.quiesce.freeze_timeout_s)))
+            if run_spec.deadline_s is not None:
+                loaded = with_deadline(loaded, run_spec.deadline_s)
             options = quiesce.RunOptions(
                 config_path=self.options.config_path,
                 pluginhost_path=self.options.pluginhost_path,

@@ -64,12 +64,13 @@ def exit_for(consistency: str) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     """``quiesce agent``."""
     from quiesce.fleet.agent import Agent, AgentOptions
+    from quiesce.fleet.status import shown
 
     def log(line: str) -> None:
         if args.json:
             print(json.dumps({"agent": args.name, "event": line}), file=sys.stderr, flush=True)
-        else:
-            print(f"quiesce-agent {args.name}: {line}", file=sys.stderr, flush=True)
+        else:  # a line may quote etcd's values (an abort's reason): one line, no control characters
+            print(f"quiesce-agent {args.name}: {shown(line, 2000)}", file=sys.stderr, flush=True)
 
     options = AgentOptions(
         endpoints=tuple(u for u in args.etcd.split(",") if u),
@@ -105,7 +106,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_fleet_run(args: argparse.Namespace) -> int:
     """``quiesce fleet run``."""
     from quiesce.fleet.coordinator import FleetOptions, fleet_run
-    from quiesce.fleet.status import print_result
+    from quiesce.fleet.status import print_result, shown
 
     if args.members and args.expect is not None:
         raise ValueError("give --members or --expect, not both")
@@ -115,7 +116,7 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         deadline_s=args.deadline,
     )
-    say = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    say = None if args.json else (lambda line: print(shown(line, 2000), file=sys.stderr, flush=True))
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # the run writes abort and revokes its lease on the way out

@@ -94,7 +94,7 @@ def resolve_members(store: Store, keys: Keys, opts: FleetOptions) -> list[str]:
     deadline = time.monotonic() + opts.timeout_s
     while True:
         _, records = store.get_prefix(keys.members)
-        registered = sorted(k[len(keys.members) :] for k in records)
+        registered = sorted(n for k in records if (n := keys.member_name(k)) is not None)
         if opts.members:
             missing = [m for m in opts.members if m not in registered]
             if not missing:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import quiesce
@@ -39,6 +39,7 @@ from quiesce.fleet.protocol import (
     STEP_OF,
     THAW,
     Keys,
+    RunSpec,
     write_abort,
 )
 from quiesce.fleet.store import Event, Store, Watch
@@ -62,7 +63,7 @@ class NodeRun:
         keys: Keys,
         node: str,
         run_id: str,
-        spec: Mapping[str, Any],
+        spec: RunSpec,
         watch: Watch,
         probe: Callable[[], bool],
         on_other_spec: Callable[[Event], None],
@@ -190,7 +191,7 @@ class NodeRun:
         """
         value = self._stamped(value)
         step = STEP_OF[what]
-        others = [str(m) for m in self.spec.get("members", []) if m != self.node]
+        others = [m for m in self.spec.members if m != self.node]
         present = [self.keys.key(self.run_id, what, m) for m in others]
         present.append(self.keys.key(self.run_id, "alive"))
         mine = {self.keys.key(self.run_id, what, self.node): value}
@@ -218,7 +219,7 @@ class NodeRun:
         self._warm_window_store()
         self.times["ready_mono_ns"] = time.monotonic_ns()
         self._report("ready", {"targets": targets})
-        timeout_ns = int(float(self.spec.get("ready_timeout_s", 60)) * 1e9)
+        timeout_ns = int(self.spec.ready_timeout_s * 1e9)
         ending = self.wait_for("freeze", time.monotonic_ns() + timeout_ns)
         if ending is not None:
             raise FleetAbort(self._why(ending))

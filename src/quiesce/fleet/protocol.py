@@ -51,10 +51,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from quiesce import APPLICATION, CRASH, FAILED, FILESYSTEM
+from quiesce.fleet import FleetError
 
 ROOT = "/quiesce"
 #: How many finished runs a group keeps for ``fleet status``.
 KEEP_RUNS = 50
+#: The longest deadline or wait a run's spec may ask for (each node's own config caps its freeze).
+SPEC_MAX_S = 3600.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 #: Why a node thawed, as ``done/<node>`` names it.
@@ -100,6 +103,11 @@ class Keys:
         """One agent's registration."""
         return f"{self.members}{node}"
 
+    def member_name(self, key: str) -> str | None:
+        """The node a registration key names; None for any other key, or a name no agent can have."""
+        name = key[len(self.members) :] if key.startswith(self.members) else ""
+        return name if _NAME.fullmatch(name) else None
+
     @property
     def runs(self) -> str:
         """Where runs live."""
@@ -125,14 +133,20 @@ class Keys:
         return f"{self.reports_of(run_id)}{what}/{node}"
 
     def parse(self, key: str) -> tuple[str, str, str | None] | None:
-        """``(run, what, node)`` for a run's key or a node's report, else None."""
+        """``(run, what, node)`` for a run's key or a node's report, else None.
+
+        Every part must be a valid name (:func:`check_name`): a key anyone
+        else wrote in the group's prefix is not taken for part of a run.
+        """
         if key.startswith(self.runs):
             parts = key[len(self.runs) :].split("/")
-            return (parts[0], parts[1], None) if len(parts) == 2 else None
-        if key.startswith(self.reports):
+            if len(parts) == 2 and all(_NAME.fullmatch(part) for part in parts):
+                return parts[0], parts[1], None
+        elif key.startswith(self.reports):
             parts = key[len(self.reports) :].split("/")
-            return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
-        return None
+            if len(parts) == 3 and all(_NAME.fullmatch(part) for part in parts):
+                return parts[0], parts[1], parts[2]
+        return None  # not a key of this layout, or a run or node name quiesce never writes
 
 
 class PutIf(Protocol):
@@ -160,6 +174,53 @@ def write_abort(
     puts = {keys.key(run_id, "abort"): {"reason": reason, "by": by, "t_unix": time.time()}, **(also or {})}
     written, _ = store.put_if(puts, absent=[keys.key(run_id, "thaw")])
     return written
+
+
+def spec_members(value: Mapping[str, Any]) -> tuple[str, ...]:
+    """The nodes a run's spec names: () unless ``members`` is a list of distinct valid names."""
+    members = value.get("members")
+    if not isinstance(members, list) or not all(isinstance(m, str) and _NAME.fullmatch(m) for m in members):
+        return ()
+    return tuple(members) if len(set(members)) == len(members) else ()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run's ``spec`` as a node acts on it.
+
+    The spec is read from etcd, where whoever holds the group's role may
+    write: a value of the wrong type or out of range is refused whole (the
+    node declines the run, saying why), never half used.
+    """
+
+    members: tuple[str, ...]
+    #: Caps each node's freeze deadline; None: the node's own freezeTimeoutSeconds.
+    deadline_s: float | None = None
+    ready_timeout_s: float = 60.0
+
+    @classmethod
+    def parse(cls, value: Mapping[str, Any]) -> RunSpec:
+        """The spec from its stored value; :class:`FleetError` naming the first bad field."""
+        members = spec_members(value)
+        if not members:
+            raw = value.get("members")
+            raise FleetError(f"the run's members must be a list of distinct node names, not {raw!r:.100}")
+        deadline = _spec_seconds(value, "deadline_s")
+        ready = _spec_seconds(value, "ready_timeout_s")
+        return cls(members, deadline, cls.ready_timeout_s if ready is None else ready)
+
+
+def _spec_seconds(value: Mapping[str, Any], key: str) -> float | None:
+    """A spec's number of seconds, if given: more than 0, at most SPEC_MAX_S (nan and inf fail both)."""
+    if key not in value:
+        return None
+    raw = value[key]
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= SPEC_MAX_S:
+        raise FleetError(
+            f"the run's {key} must be a number of seconds, more than 0 and at most {SPEC_MAX_S:g}, "
+            f"not {raw!r:.50}"
+        )
+    return float(raw)
 
 
 @dataclass(frozen=True)
@@ -194,7 +255,7 @@ class RunView:
     def members(self) -> list[str]:
         """The members the spec names."""
         spec = self.single.get("spec")
-        return [] if spec is None else [str(m) for m in spec.value.get("members", [])]
+        return [] if spec is None else list(spec_members(spec.value))
 
 
 @dataclass
@@ -277,7 +338,7 @@ def _node_part(view: RunView, node: str, cut: Record | None, thaw: Record | None
         part.thawed_by = _opt_str(done.value.get("thawed_by"))
         part.local = _opt_str(done.value.get("local"))
         window = done.value.get("window_ns")
-        part.window_ns = int(window) if isinstance(window, int) else None
+        part.window_ns = window if type(window) is int and 0 <= window < 2**63 else None
         part.config_error = bool(done.value.get("config_error"))
     if cut is None:
         part.why = "no cut was committed: no snapshot was taken"

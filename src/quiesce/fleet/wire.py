@@ -19,8 +19,8 @@ def b64(text: str) -> str:
 
 
 def unb64(text: str) -> str:
-    """A key as the gateway gives it."""
-    return base64.b64decode(text).decode()
+    """A key as the gateway gives it (bytes that are not UTF-8 become U+FFFD: no valid name has one)."""
+    return base64.b64decode(text).decode(errors="replace")
 
 
 def range_end(prefix: str) -> str:
@@ -36,12 +36,22 @@ def revision(answer: Mapping[str, Any]) -> int:
         raise FleetError(f"etcd answered without a revision: {dict(answer)!r:.200}") from err
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_value(raw: str | None) -> dict[str, Any]:
-    """A value as a JSON object (anything else wrapped in one)."""
+    """A value as a JSON object (anything else wrapped in one).
+
+    Values are written by whoever holds the group's role: one that is not
+    strict JSON (``NaN``, ``Infinity``), or nested too deep to parse, comes
+    back as ``{"raw": ...}``, so nothing read from etcd can raise here or
+    make quiesce's own JSON output invalid.
+    """
     if not raw:
         return {}
     try:
-        value = json.loads(base64.b64decode(raw))
-    except ValueError:
+        value = json.loads(base64.b64decode(raw), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return {"raw": raw}
     return value if isinstance(value, dict) else {"value": value}

@@ -1,0 +1,227 @@
+"""Whatever is in etcd, quiesce reads it safely (no root, no etcd).
+
+Anyone who holds a group's etcd role can write any key under its prefix
+with any value. Nothing read from there may crash an agent, a coordinator or
+``fleet status``, be half used, make quiesce's JSON output invalid, or reach
+a terminal with control characters in it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import string
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quiesce import FAILED
+from quiesce.fleet import FleetError
+from quiesce.fleet.coordinator import FleetOptions, FleetResult, resolve_members, timeline_of
+from quiesce.fleet.protocol import SPEC_MAX_S, Keys, Record, RunSpec, RunView, judge, spec_members
+from quiesce.fleet.status import group_status, print_result, print_status, shown
+from quiesce.fleet.wire import b64, decode_value, unb64
+
+KEYS = Keys("g")
+
+# JSON as etcd can hold it: strict JSON values, big integers, odd text (control characters included).
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+    | st.sampled_from(["thaw", "abort", "application-consistent", "failed", "\x1b[2J", "a\nb", "n1"])
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+FIELDS = (
+    "members",
+    "deadline_s",
+    "ready_timeout_s",
+    "ok",
+    "detail",
+    "thawed_by",
+    "thaw_revision",
+    "local",
+    "window_ns",
+    "held_through_snapshot",
+    "config_error",
+    "error",
+    "reason",
+)
+records = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6)
+members = st.lists(st.sampled_from(["n1", "n2", "n3"]), min_size=1, max_size=3, unique=True)
+
+
+def _printable(text: str) -> bool:
+    return all(c.isprintable() or c == "\n" for c in text)
+
+
+@given(value=st.dictionaries(st.sampled_from(FIELDS[:3]), json_values, max_size=3))
+@settings(max_examples=400, deadline=None)
+def test_a_spec_is_either_whole_and_in_range_or_refused_with_fleet_error(value):
+    """No value makes RunSpec.parse raise anything but FleetError, or return something out of range."""
+    try:
+        spec = RunSpec.parse(value)
+    except FleetError as err:
+        assert "the run's" in str(err)
+        return
+    assert spec.members and len(set(spec.members)) == len(spec.members)
+    assert all(isinstance(m, str) and KEYS.parse(KEYS.key("r1", "done", m)) for m in spec.members)
+    assert spec.deadline_s is None or 0 < spec.deadline_s <= SPEC_MAX_S
+    assert 0 < spec.ready_timeout_s <= SPEC_MAX_S
+
+
+def test_the_specs_quiesce_writes_parse_and_the_usual_bad_ones_do_not():
+    """The coordinator's own spec is taken; members as a string, a duplicate, nan, "10" are not."""
+    good = RunSpec.parse(
+        {"members": ["n1", "n2"], "deadline_s": 10.0, "ready_timeout_s": 60, "created_unix": 1}
+    )
+    assert good == RunSpec(("n1", "n2"), 10.0, 60.0)
+    assert RunSpec.parse({"members": ["n1"]}) == RunSpec(("n1",), None, 60.0)
+    for bad in (
+        {"members": "n1n2"},  # a string: "n1" in it would be true
+        {"members": ["n1", "n1"]},
+        {"members": ["n1", "../n2"]},
+        {"members": []},
+        {"members": ["n1"], "deadline_s": float("nan")},
+        {"members": ["n1"], "deadline_s": "10"},
+        {"members": ["n1"], "deadline_s": True},
+        {"members": ["n1"], "deadline_s": 10**400},
+        {"members": ["n1"], "ready_timeout_s": 0},
+        {"members": ["n1"], "ready_timeout_s": -1},
+    ):
+        try:
+            RunSpec.parse(bad)
+        except FleetError:
+            continue
+        raise AssertionError(f"taken: {bad!r}")
+    assert spec_members({"members": "n1n2"}) == ()
+
+
+@given(
+    spec=records,
+    reports=st.dictionaries(
+        st.tuples(
+            st.sampled_from(["ready", "frozen", "snapshotted", "done"]), st.sampled_from(["n1", "n2", "n3"])
+        ),
+        records,
+        max_size=8,
+    ),
+    steps=st.dictionaries(st.sampled_from(["freeze", "cut", "thaw", "abort", "alive"]), records, max_size=5),
+    member_list=members | json_values,
+)
+@settings(max_examples=300, deadline=None)
+def test_any_run_keys_give_a_verdict_valid_json_and_clean_text(spec, reports, steps, member_list):
+    """judge, the result's JSON and its text take any values: no exception, no control character."""
+    view = RunView("r1")
+    rev = iter(range(2, 10_000))
+    view.add("spec", None, Record({**spec, "members": member_list}, 1))
+    for what, value in steps.items():
+        view.add(what, None, Record(value, next(rev)))
+    for (what, node), value in reports.items():
+        view.add(what, node, Record(value, next(rev)))
+    verdict = judge(view)
+    assert verdict.consistency in (
+        "application-consistent",
+        "filesystem-consistent",
+        "crash-consistent",
+        FAILED,
+    )
+    result = FleetResult("g", "r1", verdict, timeline_of(view))
+    json.dumps(result.to_dict(), allow_nan=False)
+    out = io.StringIO()
+    print_result(result, out)
+    assert _printable(out.getvalue())
+
+
+def test_values_that_are_not_strict_json_come_back_raw():
+    """NaN, Infinity and nesting too deep for the parser: {"raw": ...}, never an exception or a NaN."""
+    for text in ('{"a": NaN}', '{"a": Infinity}', "[" * 100_000 + "]" * 100_000, "\xff\xfe", "{"):
+        raw = base64.b64encode(text.encode("utf-8", "surrogateescape")).decode()
+        assert decode_value(raw) == {"raw": raw}
+    assert decode_value(b64('{"a": 1}')) == {"a": 1}
+    assert decode_value(b64("[1]")) == {"value": [1]}
+    assert unb64(base64.b64encode(b"/quiesce/g/members/\xff").decode()).endswith("\ufffd")
+
+
+def test_keys_that_quiesce_never_writes_are_not_part_of_a_run():
+    """Empty, dotted or odd run and node names, extra levels, control characters: parse gives None."""
+    for key in (
+        "/quiesce/g/runs//spec",
+        "/quiesce/g/runs/../spec",
+        "/quiesce/g/runs/r1/spec/x",
+        "/quiesce/g/runs/r1/sp\x1bec",
+        "/quiesce/g/reports/r1/done/",
+        "/quiesce/g/reports/r1/done/n\ufffd",
+        "/quiesce/g/reports/r1/done/n 1",
+        "/quiesce/other/runs/r1/spec",
+    ):
+        assert KEYS.parse(key) is None, key
+    assert KEYS.parse("/quiesce/g/runs/r1/spec") == ("r1", "spec", None)
+    assert KEYS.parse("/quiesce/g/reports/r1/done/n1") == ("r1", "done", "n1")
+    assert KEYS.member_name("/quiesce/g/members/n1") == "n1"
+    assert KEYS.member_name("/quiesce/g/members/a/b") is None
+
+
+class _Store:
+    """What group_status and resolve_members read: fixed records under the group."""
+
+    def __init__(self, records: dict[str, dict]) -> None:
+        self.records = {k: Record(v, i + 1) for i, (k, v) in enumerate(records.items())}
+
+    def get_prefix(self, prefix: str) -> tuple[int, dict[str, Record]]:
+        return 99, {k: r for k, r in self.records.items() if k.startswith(prefix)}
+
+    def get_prefixes(self, prefixes: list[str]) -> tuple[int, dict[str, Record]]:
+        return 99, {k: r for k, r in self.records.items() if k.startswith(tuple(prefixes))}
+
+
+def test_status_takes_hostile_registrations_and_runs():
+    """Odd since_unix, a forged node name, escapes in a host or a reason: status stays valid and clean."""
+    store = _Store(
+        {
+            "/quiesce/g/members/n1": {
+                "node": "n2",
+                "since_unix": "yesterday",
+                "host": "h\x1b[31m",
+                "pid": [1],
+            },
+            "/quiesce/g/members/n2": {"since_unix": 10**400, "state": "running", "last_run": "r\n1"},
+            "/quiesce/g/members/a b": {"node": "n3"},
+            "/quiesce/g/runs/r1/spec": {"members": ["n1", "n2"], "deadline_s": "x"},
+            "/quiesce/g/runs/r1/abort": {"reason": "\x1b]0;owned\x07\nresult: application-consistent"},
+            "/quiesce/g/reports/r1/done/n1": {"window_ns": 10**400, "local": {"x": 1}, "thawed_by": "\r"},
+            "/quiesce/g/runs/r2/spec": {"members": 5},
+        }
+    )
+    status = group_status(store, "g")  # type: ignore[arg-type]
+    json.dumps(status, allow_nan=False)
+    assert [m["node"] for m in status["members"]] == ["n1", "n2"]  # named by their keys
+    assert [m["registered_for_s"] for m in status["members"]] == [None, None]
+    assert {r["run_id"]: r["consistency"] for r in status["runs"]} == {"r1": FAILED, "r2": FAILED}
+    out = io.StringIO()
+    print_status(status, out)
+    text = out.getvalue()
+    assert _printable(text) and "\nresult:" not in text
+    assert "\\x1b" in text  # the escape is shown, not sent
+
+
+def test_expect_counts_only_names_an_agent_can_have():
+    """A stray key under members/ is not an agent: --expect 1 takes n1 alone."""
+    store = _Store({"/quiesce/g/members/n1": {}, "/quiesce/g/members/x/y": {}, "/quiesce/g/members/-": {}})
+    assert resolve_members(store, KEYS, FleetOptions(expect=1, timeout_s=0.1)) == ["n1"]  # type: ignore[arg-type]
+
+
+@given(st.text(alphabet=st.characters(), max_size=300))
+def test_shown_text_is_one_printable_line_of_bounded_length(text):
+    """Every character a terminal would act on is escaped; the length is capped."""
+    line = shown(text, 100)
+    assert all(c.isprintable() for c in line) and len(line) <= 103
+    if all(c in string.ascii_letters for c in text) and len(text) <= 100:
+        assert line == text
