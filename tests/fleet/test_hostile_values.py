@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from quiesce import FAILED
 from quiesce.fleet import FleetError
-from quiesce.fleet.coordinator import FleetOptions, FleetResult, resolve_members, timeline_of
+from quiesce.fleet.coordinator import FleetOptions, FleetResult, fleet_run, resolve_members, timeline_of
 from quiesce.fleet.protocol import SPEC_MAX_S, Keys, Record, RunSpec, RunView, judge, spec_members
 from quiesce.fleet.status import group_status, print_result, print_status, shown
 from quiesce.fleet.wire import b64, decode_value, unb64
@@ -181,6 +181,18 @@ class _Store:
     def get_prefixes(self, prefixes: list[str]) -> tuple[int, dict[str, Record]]:
         return 99, {k: r for k, r in self.records.items() if k.startswith(tuple(prefixes))}
 
+    def grant(self, ttl_s: int) -> int:
+        return 7
+
+    def keep_alive(self, lease: int, ttl_s: int, on_lost: object) -> object:
+        return lambda: None
+
+    def revoke(self, lease: int) -> None:
+        self.revoked = lease
+
+    def put_if(self, *args: object, **kwargs: object) -> tuple[bool, int]:
+        raise AssertionError("nothing may be written")
+
 
 def test_status_takes_hostile_registrations_and_runs():
     """Odd since_unix, a forged node name, escapes in a host or a reason: status stays valid and clean."""
@@ -225,3 +237,16 @@ def test_shown_text_is_one_printable_line_of_bounded_length(text):
     assert all(c.isprintable() for c in line) and len(line) <= 103
     if all(c in string.ascii_letters for c in text) and len(text) <= 100:
         assert line == text
+
+
+def test_a_coordinator_refuses_options_its_nodes_would_decline():
+    """Through the Python API, a deadline of 2 hours or nan: FleetError before the run is written."""
+    store = _Store({"/quiesce/g/members/n1": {}})
+    for deadline in (7200.0, float("nan"), 0.0):
+        try:
+            fleet_run(store, "g", FleetOptions(deadline_s=deadline, timeout_s=0.1))  # type: ignore[arg-type]
+        except FleetError as err:
+            assert "deadline_s" in str(err)
+        else:
+            raise AssertionError(f"deadline {deadline} taken")
+    assert store.revoked == 7

@@ -30,6 +30,7 @@ from quiesce.fleet.protocol import (
     KEEP_RUNS,
     Keys,
     Record,
+    RunSpec,
     RunView,
     Verdict,
     check_name,
@@ -243,6 +244,7 @@ def fleet_run(
             "ready_timeout_s": opts.timeout_s,
             "created_unix": time.time(),
         }
+        RunSpec.parse(spec)  # what the nodes will check: a bad option fails here, before anything is written
         committed, revision = store.put_if(
             {run.key("spec"): spec, run.key("alive"): {"lease": lease}},
             absent=[run.key("spec")],
