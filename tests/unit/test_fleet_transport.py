@@ -52,7 +52,7 @@ class _Gateway(BaseHTTPRequestHandler):
             return
         status = 404 if self.path.endswith("/missing") else 200
         answer = json.dumps({"header": {"revision": "7"}, "echo": body}).encode()
-        if self.path.endswith(("/chunked", "/to-close")):
+        if self.path.endswith(("/chunked", "/to-close", "/bad-chunk")):
             self._unsized(answer)
             return
         self.send_response(status)
@@ -67,7 +67,11 @@ class _Gateway(BaseHTTPRequestHandler):
         """The answer without a Content-Length: chunked (in two chunks, with a trailer), or to the end."""
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        if self.path.endswith("/chunked"):
+        if self.path.endswith("/bad-chunk"):  # a negative size: int(.., 16) alone would take it
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"-5\r\n" + answer + b"\r\n0\r\n\r\n")
+        elif self.path.endswith("/chunked"):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             half = len(answer) // 2
@@ -294,6 +298,19 @@ def test_answers_without_a_length_are_read_whole(gateway: Any, sessions: list[Le
     assert client.post(client.get_url("/to-close"), json={"key": "e"})["echo"] == {"key": "e"}
     assert client.post(client.get_url("/kv/put"), json={"key": "f"})["echo"] == {"key": "f"}
     assert len({port for _, _, _, port in gateway.seen}) == 2
+
+
+def test_a_chunk_size_is_hex_digits_and_nothing_else(gateway: Any, sessions: list[LeanSession]) -> None:
+    """Extensions and blanks around it are fine; a sign, 0x, an underscore or nothing is a broken answer."""
+    assert [transport.chunk_size(x) for x in (b"1a", b"1A;ext=1", b" 5 ", b"0")] == [26, 26, 5, 0]
+    for bad in (b"-5", b"+5", b"0x5", b"1_0", b"", b"zz", b"1" * 16):
+        with pytest.raises(ValueError, match="malformed chunk size"):
+            transport.chunk_size(bad)
+    session = LeanSession()
+    sessions.append(session)
+    client = _client(gateway.server_address[1], session)
+    with pytest.raises(etcd3gw.exceptions.ConnectionFailedError):
+        client.post(client.get_url("/bad-chunk"), json={"key": "c"})
 
 
 def test_events_that_came_with_the_headers_are_read_without_more_data(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json as jsonlib
+import re
 import select
 import socket
 import ssl
@@ -49,6 +50,20 @@ def _timeout(timeout: Any) -> float | None:
 
 
 _T = TypeVar("_T")
+
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+
+
+def chunk_size(line: bytes | bytearray) -> int:
+    """The size a chunk's header line gives (extensions after ``;`` ignored).
+
+    ValueError for anything but hex digits (``int(..., 16)`` alone would take
+    ``-5``, ``0x5`` or ``1_0``).
+    """
+    size = line.split(b";", 1)[0].strip()
+    if not _HEX.fullmatch(size):
+        raise ValueError(f"a malformed chunk size: {bytes(line[:40])!r}")
+    return int(size, 16)
 
 
 def _attempt(connect: Callable[[], Connection], act: Callable[[Connection], _T]) -> tuple[Connection, _T]:
@@ -133,7 +148,7 @@ class Connection:
         code, reason, headers, closes = self.head(request)
         if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
             parts = []
-            while size := int(self._line().split(b";", 1)[0], 16):
+            while size := chunk_size(self._line()):
                 parts.append(self._take(size))
                 self._take(2)
             while self._line():  # trailers
@@ -226,7 +241,7 @@ class Stream:
             self._raw.clear()
             return
         while (end := self._raw.find(b"\r\n")) >= 0:
-            size = int(bytes(self._raw[:end]).split(b";", 1)[0] or b"0", 16)
+            size = chunk_size(self._raw[:end])
             if size == 0:
                 self.ended = True
                 self._raw.clear()
