@@ -67,6 +67,19 @@ def test_bad_group_name_and_both_member_options_are_usage_errors(capsys):
     )
 
 
+@pytest.mark.parametrize(
+    "endpoint", ["http://", "ftp://x:1", "http://[::1", "http://h:99999", "http://h:port", ",,"]
+)
+def test_a_malformed_endpoint_is_a_usage_error_naming_it(endpoint, capsys):
+    """Exit 2 with the endpoint named, before anything is contacted; never a bare parser message."""
+    pytest.importorskip("etcd3gw")
+    assert main(["fleet", "status", "--etcd", endpoint, "--group", "g"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "no etcd endpoint given" in err if endpoint == ",," else f"invalid etcd endpoint {endpoint!r}" in err
+    )
+
+
 def test_unreachable_etcd_is_an_error(capsys):
     """Nothing listens: exit 1 with a message naming etcd; the caller's SIGTERM handler is left as it was."""
     import signal

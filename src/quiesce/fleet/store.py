@@ -75,7 +75,11 @@ class Store:
         self.timeout_s = timeout_s
         self._clients = []
         for url in endpoints:
-            parts = urlsplit(url if "://" in url else f"http://{url}")
+            try:
+                parts = urlsplit(url if "://" in url else f"http://{url}")
+                port = parts.port  # raises for a port out of range or not a number
+            except ValueError as err:
+                raise ValueError(f"invalid etcd endpoint {url!r}: {err}") from err
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"invalid etcd endpoint {url!r}: use http(s)://HOST:PORT")
             sec = self.security
@@ -85,7 +89,7 @@ class Store:
             self._clients.append(
                 etcd3gw.client(
                     host=parts.hostname,
-                    port=parts.port or 2379,
+                    port=port or 2379,
                     protocol=parts.scheme,
                     timeout=timeout_s,
                     api_path="/v3/",
