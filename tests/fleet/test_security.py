@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -104,12 +106,14 @@ def setup_auth(lab) -> None:
 
 
 @pytest.fixture(scope="module")
-def tlslab(lab_namespace, tmp_path_factory):
+def tlslab(lab_namespace, request):
     """Two agents talking to etcd over TLS (client certificates) as a user limited to their prefix."""
     from quiesce.fleet.lab import Lab
     from quiesce.fleet.network import Network
 
-    d = tmp_path_factory.mktemp("tls")
+    # As root, an agent takes TLS files only from directories only root can write (not /tmp).
+    d = Path(tempfile.mkdtemp(dir="/run", prefix="quiesce-tls-test-"))
+    request.addfinalizer(lambda: shutil.rmtree(d, ignore_errors=True))
     lab = Lab(
         2,
         deadline_s=5.0,

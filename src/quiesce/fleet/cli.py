@@ -31,16 +31,34 @@ _ttl = count(1, 3600, "seconds")
 _nodes = count(1, 10_000, "agents")
 
 
+#: The most of a password file read: a password is short.
+PASSWORD_MAX_BYTES = 4096
+
+
 def _security(args: argparse.Namespace) -> Any:
+    """The TLS files and the password, each file checked (:mod:`quiesce.fleet.credentials`)."""
+    from quiesce.fleet.credentials import CredentialFileError, checked
     from quiesce.fleet.store import Security
 
+    if bool(args.cert) != bool(args.key):
+        raise ValueError("--cert and --key go together: give both or neither")
+    cacert = args.cacert and checked("--cacert", args.cacert, secret=False)
+    cert = args.cert and checked("--cert", args.cert, secret=False)
+    key = args.key and checked("--key", args.key, secret=True)
     password = os.environ.get("QUIESCE_ETCD_PASSWORD")
     if args.password_file:
-        with open(args.password_file, encoding="utf-8") as f:
-            password = f.read().strip()
+        path = checked("--password-file", args.password_file, secret=True)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(PASSWORD_MAX_BYTES + 1)
+            if len(raw) > PASSWORD_MAX_BYTES:
+                raise ValueError(f"longer than {PASSWORD_MAX_BYTES} bytes")
+            password = raw.decode("utf-8").strip()
+        except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+            raise CredentialFileError(f"--password-file {path} cannot be read: {err}") from err
     if args.user and password is None:
         raise FleetError("--user needs a password: --password-file or $QUIESCE_ETCD_PASSWORD")
-    return Security(args.cacert, args.cert, args.key, args.user, password)
+    return Security(cacert, cert, key, args.user, password)
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -164,11 +182,21 @@ def _etcd_options(p: argparse.ArgumentParser) -> None:
         "--etcd", required=True, metavar="URL[,URL...]", help="etcd endpoints (http(s)://HOST:PORT)"
     )
     p.add_argument("--group", required=True, help="the fleet group (its keys live under /quiesce/GROUP/)")
-    p.add_argument("--cacert", metavar="PATH", help="CA certificate to verify etcd (TLS)")
-    p.add_argument("--cert", metavar="PATH", help="client certificate (TLS)")
-    p.add_argument("--key", metavar="PATH", help="client key (TLS)")
+    p.add_argument(
+        "--cacert",
+        metavar="PATH",
+        help="CA certificate to verify etcd (TLS); as root: owned by root, writable by nobody else",
+    )
+    p.add_argument("--cert", metavar="PATH", help="client certificate (TLS; with --key), as --cacert")
+    p.add_argument(
+        "--key", metavar="PATH", help="client key (TLS; with --cert); as root: owned by root, mode 600"
+    )
     p.add_argument("--user", help="etcd user (password from --password-file or $QUIESCE_ETCD_PASSWORD)")
-    p.add_argument("--password-file", metavar="PATH", help="file holding the etcd user's password")
+    p.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="file holding the etcd user's password; as root: owned by root, mode 600",
+    )
 
 
 FLEET_EXIT_HELP = """exit status:
