@@ -239,6 +239,17 @@ def test_shown_text_is_one_printable_line_of_bounded_length(text):
         assert line == text
 
 
+def test_members_named_twice_is_a_usage_error():
+    """--members n1,n1: a ValueError (exit 2) naming n1, not a spec the nodes would decline."""
+    store = _Store({"/quiesce/g/members/n1": {}})
+    try:
+        resolve_members(store, KEYS, FleetOptions(members=("n1", "n1"), timeout_s=0.1))  # type: ignore[arg-type]
+    except ValueError as err:
+        assert "n1 more than once" in str(err)
+    else:
+        raise AssertionError("taken")
+
+
 def test_a_coordinator_refuses_options_its_nodes_would_decline():
     """Through the Python API, a deadline of 2 hours or nan: FleetError before the run is written."""
     store = _Store({"/quiesce/g/members/n1": {}})

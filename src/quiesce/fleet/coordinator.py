@@ -92,6 +92,9 @@ def resolve_members(store: Store, keys: Keys, opts: FleetOptions) -> list[str]:
     """The members of this run: the named ones, or the N registered; waits for them up to the timeout."""
     for m in opts.members:
         check_name("node", m)
+    if len(set(opts.members)) != len(opts.members):
+        twice = sorted({m for m in opts.members if opts.members.count(m) > 1})
+        raise ValueError(f"--members names {', '.join(twice)} more than once")
     deadline = time.monotonic() + opts.timeout_s
     while True:
         _, records = store.get_prefix(keys.members)
