@@ -24,16 +24,7 @@ from __future__ import annotations
 import os
 import stat
 
-from quiesce.engine.trust import (
-    UnsafeDirectoryError,
-    file_type,
-    os_reason,
-    owner_problems,
-    quote,
-    refusal_message,
-    walk,
-    writable_by,
-)
+from quiesce.engine import trust
 from quiesce.fleet import FleetError
 
 #: The mode bits a key or password file may have: the owner's read and write.
@@ -50,29 +41,29 @@ def checked(option: str, path: str, *, secret: bool) -> str:
     try:
         st = os.stat(path)
     except (OSError, ValueError) as err:  # ValueError: a NUL in the path
-        why = os_reason(err) if isinstance(err, OSError) else str(err)
+        why = trust.os_reason(err) if isinstance(err, OSError) else str(err)
         raise CredentialFileError(f"{subject} cannot be used: {why}") from err
     if not stat.S_ISREG(st.st_mode):
-        raise CredentialFileError(f"{subject} is {file_type(st.st_mode)}, not a regular file")
+        raise CredentialFileError(f"{subject} is {trust.file_type(st.st_mode)}, not a regular file")
     if os.geteuid() != 0:
         return path
     try:
-        _, lst = walk(os.path.abspath(path))
+        _, lst = trust.walk(os.path.abspath(path))
         if stat.S_ISLNK(lst.st_mode):  # its own directories passed; now the target's
-            _, lst = walk(os.path.realpath(path))
-    except UnsafeDirectoryError as err:
+            _, lst = trust.walk(os.path.realpath(path))
+    except trust.UnsafeDirectoryError as err:
         raise CredentialFileError(f"{subject} is in a directory others can write: {err}") from err
     except OSError as err:
-        raise CredentialFileError(f"{subject} cannot be checked: {os_reason(err)}") from err
-    problems = owner_problems(lst)
+        raise CredentialFileError(f"{subject} cannot be checked: {trust.os_reason(err)}") from err
+    problems = trust.owner_problems(lst)
     mode = stat.S_IMODE(lst.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        problems.append(f"can be written by {writable_by(mode)}")
+        problems.append(f"can be written by {trust.writable_by(mode)}")
     if secret and mode & ~SECRET_BITS:
         problems.append(f"has mode bits {mode & ~SECRET_BITS:04o} set: a secret is for root only (600)")
     if problems:
-        p = quote(os.path.realpath(path))
+        p = trust.quote(os.path.realpath(path))
         chmod = "chmod 600" if secret else "chmod go-w"
         fix = f"chown root:root {p} && {chmod} {p}" if lst.st_uid != 0 else f"{chmod} {p}"
-        raise CredentialFileError(refusal_message(subject, "; ".join(problems), lst, fix))
+        raise CredentialFileError(trust.refusal_message(subject, "; ".join(problems), lst, fix))
     return path
