@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -108,6 +111,24 @@ def test_a_run_dir_under_tmp_is_refused(tmp_path):
     with pytest.raises(UnsafeRunDirError, match=r"/tmp.*writable by"):
         RunDir.open(str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a directory chain only root can write (/run)")
+def test_a_shared_sticky_run_dir_is_never_to_be_locked_down(request):
+    """--run-dir /tmp: the fix names a directory of quiesce's own, never chmod of the shared one."""
+    tmp_path = Path(tempfile.mkdtemp(dir="/run", prefix="quiesce-trust-test-"))
+    request.addfinalizer(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(UnsafeRunDirError) as err:
+        RunDir.open(str(shared))
+    assert "is shared: do not change it" in str(err.value) and "chmod" not in str(err.value)
+    private = tmp_path / "private"
+    private.mkdir()
+    private.chmod(0o777)
+    with pytest.raises(UnsafeRunDirError, match=r"chmod 700"):  # not sticky: it may be fixed in place
+        RunDir.open(str(private))
 
 
 def test_escape_path_is_mountinfo_escaping():

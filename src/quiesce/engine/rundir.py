@@ -109,7 +109,10 @@ def _open_existing(path: str) -> int:
 
 def _unsafe(what: str, path: str, err: UnsafeDirectoryError) -> UnsafeRunDirError:
     where = "it" if err.path == path else f"directory {err.path} above it"
-    if err.path == path:
+    shared = err.mode & stat.S_ISVTX and err.mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if err.path == path and shared:  # /tmp and its kind: never tell anyone to lock it down
+        fix = f"use a directory of quiesce's own, such as {DEFAULT_HINT} ({path} is shared: do not change it)"
+    elif err.path == path:
         fix = f"chown root:root {shlex.quote(path)} && chmod 700 {shlex.quote(path)}"
     else:
         fix = f"use a directory only root can write, on a path only root can change (such as {DEFAULT_HINT})"
