@@ -7,8 +7,11 @@ Run from the repository root with ``quiesce[fleet]`` and etcd (Debian's
 
 Without ``--etcd`` it starts a throwaway etcd on 127.0.0.1 (a free port, a
 temporary data directory, removed at the end). For each session it makes
-the same requests through etcd3gw, as the fleet does (a put, and a
-transaction with 16 compares like a node's report), and reports the CPU
+the same requests through etcd3gw, as the fleet does (a put; a
+transaction with one compare per other node, like a node's ``ready`` report
+with 16 others; and the same check as two key-range compares over the
+others' ``progress`` keys, like its ``frozen`` and ``snapshotted`` reports
+inside the window), and reports the CPU
 time of this process and the wall time per request, median of five rounds,
 and with the throwaway etcd, etcd's own CPU per request.
 
@@ -115,16 +118,32 @@ def store_with(url: str, lean: bool) -> Any:
 
 def measure(url: str, n: int) -> dict[str, dict[str, tuple[float, float, float]]]:
     """Per session and request kind: the median (CPU µs, wall µs, etcd's CPU µs) of five rounds."""
-    others = [f"/bench/frozen/n{i}" for i in range(16)]
+    others = [f"/bench/frozen/n{i:02d}" for i in range(16)]
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
     for name, lean in (("requests.Session (etcd3gw's default)", False), ("LeanSession (quiesce)", True)):
         store = store_with(url, lean)
+        store.put("/bench/alive", {})
         for k in others:
             store.put(k, {"ok": True})
+        since, _ = store.get_prefix("/bench/none/")
+        for k in others:
+            store.put(k.replace("frozen", "progress"), {"ok": True})
         kinds: dict[str, Callable[[], Any]] = {
             "put": lambda s=store: s.put("/bench/a", {"a": 1}),
-            "txn, 16 compares": lambda s=store: s.put_if(
-                {"/bench/mine": {"a": 1}}, present=others, absent=["/bench/abort"], otherwise={}
+            # Both report transactions commit their step here: etcd evaluates every compare.
+            "txn, 16 key compares": lambda s=store: s.put_if(
+                {"/bench/mine": {"a": 1}, "/bench/step": {"by": 1}},
+                present=[*others, "/bench/alive"],
+                absent=["/bench/abort", "/bench/none"],
+            ),
+            "txn, 2 range compares": lambda s=store, after=since: s.put_if(
+                {"/bench/mine": {"a": 1}, "/bench/progress/n07x": {"last": "x"}, "/bench/step": {"by": 1}},
+                present=["/bench/alive"],
+                absent=["/bench/abort", "/bench/none"],
+                newer=[
+                    ("/bench/progress/", "/bench/progress/n07x", after),
+                    ("/bench/progress/n07x\0", "/bench/progress0", after),
+                ],
             ),
         }
         out[name] = {}
@@ -267,10 +286,10 @@ def main() -> None:
         results = measure(url, args.requests)
         events = measure_events(url, args.events, args.event_gap_ms / 1000, args.event_rounds)
     print(f"load average {os.getloadavg()[0]:.2f}; {args.requests} requests a round, median of 5 rounds")
-    print(f"{'session':<38} {'request':<18} {'CPU µs':>8} {'wall µs':>8} {'etcd CPU µs':>12}")
+    print(f"{'session':<38} {'request':<22} {'CPU µs':>8} {'wall µs':>8} {'etcd CPU µs':>12}")
     for name, kinds in results.items():
         for kind, (cpu, wall, server) in kinds.items():
-            print(f"{name:<38} {kind:<18} {cpu:8.0f} {wall:8.0f} {server:12.0f}")
+            print(f"{name:<38} {kind:<22} {cpu:8.0f} {wall:8.0f} {server:12.0f}")
     print()
     print(
         f"watch events: {args.events} a round, one every {args.event_gap_ms:g} ms, "

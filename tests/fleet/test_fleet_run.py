@@ -455,7 +455,7 @@ def test_the_last_report_of_a_kind_commits_its_step(lab3):
     """Whatever the order, only the report that completes its kind commits the step; none while
     ``abort`` is there, nor once the coordinator's ``alive`` is gone (the report is written all the same)."""
     from quiesce.fleet.noderun import NodeRun
-    from quiesce.fleet.protocol import Keys, RunSpec
+    from quiesce.fleet.protocol import STEP_OF, Keys, RunSpec
 
     keys = Keys("lab")
 
@@ -469,20 +469,27 @@ def test_the_last_report_of_a_kind_commits_its_step(lab3):
 
     def go(store):
         out = {}
-        for order in (("a", "b", "c"), ("c", "a", "b")):
+        for order in (("a", "b", "c"), ("c", "a", "b"), ("b", "c", "a")):  # the last: highest, middle, lowest
             run = f"step-{''.join(order)}"
             store.put(keys.key(run, "alive"), {})
             nodes = parts(store, run, ("a", "b", "c"))
-            committed = []
-            for m in order:
-                nodes[m]._report("frozen", {})
-                committed.append("cut" in nodes[m].seen)
+            committed = {}
+            for what, step in STEP_OF.items():
+                committed[what] = []
+                for m in order:
+                    nodes[m]._report(what, {})
+                    committed[what].append(step in nodes[m].seen)
+                # Every node learns the step (as its watch tells it) before its next report.
+                (revision,) = {n.seen[step] for n in nodes.values() if step in n.seen}
+                for n in nodes.values():
+                    n.seen.setdefault(step, revision)
             out[order] = (committed, steps(store, run))
         run = "step-aborted"
         store.put(keys.key(run, "alive"), {})
         store.put(keys.key(run, "abort"), {"reason": "test"})
         nodes = parts(store, run, ("a", "b"))
         for m in ("a", "b"):
+            nodes[m].seen["cut"] = 1
             nodes[m]._report("snapshotted", {})
         out["aborted"] = steps(store, run)
         run = "step-orphaned"  # no alive: the coordinator is gone
@@ -491,13 +498,15 @@ def test_the_last_report_of_a_kind_commits_its_step(lab3):
         out["orphaned"] = steps(store, run)
         _, reports = store.get_prefix(keys.reports_of(run))
         out["orphaned_reports"] = set(reports)
-        for r in ("step-abc", "step-cab", "step-aborted", "step-orphaned"):
+        for r in ("step-abc", "step-cab", "step-bca", "step-aborted", "step-orphaned"):
             store.delete_prefixes([keys.run(r), keys.reports_of(r)])
         return out
 
     out = lab3.client_call(go)
-    assert out[("a", "b", "c")] == ([False, False, True], {"alive", "cut"})
-    assert out[("c", "a", "b")] == ([False, False, True], {"alive", "cut"})
+    last_only = {what: [False, False, True] for what in STEP_OF}
+    assert out[("a", "b", "c")] == (last_only, {"alive", "freeze", "cut", "thaw"})
+    assert out[("c", "a", "b")] == (last_only, {"alive", "freeze", "cut", "thaw"})
+    assert out[("b", "c", "a")] == (last_only, {"alive", "freeze", "cut", "thaw"})
     assert out["aborted"] == {"alive", "abort"}
     assert out["orphaned"] == set()
     # The report is written all the same: the node's part is on record.

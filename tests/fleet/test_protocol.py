@@ -148,3 +148,20 @@ def test_cut_violations():
     assert "node 1 holds write 4" in cut_violations([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2]])[0]
     assert "gap" in cut_violations([[1, 3], [1]])[0]
     assert parse_seq(b"1\n2\n3") == [1, 2]
+
+
+def test_the_other_members_progress_ranges_hold_only_sides_with_a_member():
+    """etcd fails a "modified after" compare on an empty range: a side with no member is left out."""
+    k = Keys("g")
+    p = "/quiesce/g/reports/r1/progress/"
+    assert k.others_progress("r1", "b", ("a", "b", "c")) == [
+        (p, p + "b"),
+        (p + "b\0", "/quiesce/g/reports/r1/progress0"),
+    ]
+    assert k.others_progress("r1", "a", ("a", "b")) == [(p + "a\0", "/quiesce/g/reports/r1/progress0")]
+    assert k.others_progress("r1", "b", ("a", "b")) == [(p, p + "b")]
+    assert k.others_progress("r1", "a", ("a",)) == []  # alone: its own report commits the step
+    assert RunView("r1").per_node == {}
+    v = RunView("r1")
+    v.add("progress", "a", Record({"last": "frozen"}, 5))
+    assert v.per_node == {}  # bookkeeping, not a report: not in the verdict or the timeline

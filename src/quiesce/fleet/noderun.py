@@ -31,11 +31,13 @@ import quiesce
 from quiesce.fleet.nodestep import run_command
 from quiesce.fleet.protocol import (
     ABORT,
+    AFTER_STEP,
     AGENT_STOPPED,
     COORDINATOR_LOST,
     DEADLINE,
     ETCD_LOST,
     NOT_FROZEN,
+    PROGRESS,
     STEP_OF,
     THAW,
     Keys,
@@ -191,14 +193,23 @@ class NodeRun:
         """
         value = self._stamped(value)
         step = STEP_OF[what]
-        others = [m for m in self.spec.members if m != self.node]
-        present = [self.keys.key(self.run_id, what, m) for m in others]
-        present.append(self.keys.key(self.run_id, "alive"))
-        mine = {self.keys.key(self.run_id, what, self.node): value}
+        present = [self.keys.key(self.run_id, "alive")]
+        newer: list[tuple[str, str, int]] = []
+        if what in AFTER_STEP:  # every other node's progress written since the step before: theirs is in
+            since = self.seen[AFTER_STEP[what]]
+            ranges = self.keys.others_progress(self.run_id, self.node, self.spec.members)
+            newer = [(start, end, since) for start, end in ranges]
+        else:  # ready: one compare per other member (their progress keys may not exist yet)
+            present += [self.keys.key(self.run_id, what, m) for m in self.spec.members if m != self.node]
+        mine = {
+            self.keys.key(self.run_id, what, self.node): value,
+            self.keys.key(self.run_id, PROGRESS, self.node): {"last": what},
+        }
         committed, revision = (store or self.store).put_if(
             {**mine, self.keys.key(self.run_id, step): {"by": self.node, "t_unix": value["t_unix"]}},
             present=present,
             absent=[self.keys.key(self.run_id, "abort"), self.keys.key(self.run_id, step)],
+            newer=newer,
             otherwise=mine,
         )
         self._heard_at = time.monotonic()

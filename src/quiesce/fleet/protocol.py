@@ -14,6 +14,7 @@ Everything of a group lives under ``/quiesce/<group>/``::
     reports/<run>/frozen/<node>    the node is frozen
     reports/<run>/snapshotted/<node>
     reports/<run>/done/<node>      after the node's post steps: why it thawed, its local result
+    reports/<run>/progress/<node>  written with each of the node's reports (see below)
 
 Each step is committed by the node whose report completes it, in the
 transaction that writes the report: ``ready/<node>``, and ``freeze`` with it
@@ -23,7 +24,15 @@ neither ``abort`` nor ``freeze`` does (else the report alone). The same for
 once the coordinator's lease is gone (the nodes are thawing then). etcd orders
 transactions, so whichever report comes last sees all the others and commits
 the step: one round trip, not a report to the coordinator and a second
-transaction from it. A failed snapshot writes its report with ``abort`` in
+transaction from it. The check costs the same however many nodes there
+are: each report also writes the node's own ``progress/<node>`` (created
+by its ``ready``), and ``frozen`` commits ``cut`` only if every other
+node's ``progress`` was modified after ``freeze``, which only its
+``frozen`` report does (``snapshotted`` and ``thaw`` the same, after
+``cut``): two range compares either side of the node's own key, not one
+compare per member. ``ready`` commits ``freeze`` with one compare per
+other member's ``ready`` (before the window; ``progress`` keys do not all
+exist yet). A failed snapshot writes its report with ``abort`` in
 one transaction, so "every ``snapshotted`` and no ``abort``" means every
 snapshot succeeded. An ``abort`` is written only while there is no ``thaw``:
 a node sees at most one of them.
@@ -52,6 +61,7 @@ from typing import Any, Protocol
 
 from quiesce import APPLICATION, CRASH, FAILED, FILESYSTEM
 from quiesce.fleet import FleetError
+from quiesce.fleet.wire import range_end
 
 ROOT = "/quiesce"
 #: How many finished runs a group keeps for ``fleet status``.
@@ -71,6 +81,10 @@ AGENT_STOPPED = "agent-stopped"  # SIGTERM to the agent (systemd stop)
 
 #: The step a node's report completes: the last report of a kind commits it (see the module doc).
 STEP_OF = {"ready": "freeze", "frozen": "cut", "snapshotted": "thaw"}
+#: The step a report is written after: the node saw it committed first.
+AFTER_STEP = {"frozen": "freeze", "snapshotted": "cut"}
+#: Each node's own key, which each of its reports also writes (see the module doc).
+PROGRESS = "progress"
 
 #: Worst first, for combining nodes into the fleet's verdict.
 _RANK = {FAILED: 0, CRASH: 1, FILESYSTEM: 2, APPLICATION: 3}
@@ -125,6 +139,21 @@ class Keys:
     def reports_of(self, run_id: str) -> str:
         """One run's node reports (``ready``, ``frozen``, ``snapshotted``, ``done``)."""
         return f"{self.reports}{run_id}/"
+
+    def others_progress(self, run_id: str, node: str, members: Sequence[str]) -> list[tuple[str, str]]:
+        """The other members' ``progress`` keys of a run: the key ranges either side of ``node``'s own.
+
+        Only a side that holds a member: etcd compares an empty range as one
+        missing key (its revisions 0), which no "modified after" holds.
+        """
+        prefix = f"{self.reports_of(run_id)}{PROGRESS}/"
+        mine = f"{prefix}{node}"
+        ranges = []
+        if any(m < node for m in members):
+            ranges.append((prefix, mine))
+        if any(m > node for m in members):
+            ranges.append((f"{mine}\0", range_end(prefix)))
+        return ranges
 
     def key(self, run_id: str, what: str, node: str | None = None) -> str:
         """A run's key: ``what`` alone (``freeze``, in ``runs/``) or a node's report (in ``reports/``)."""
@@ -241,7 +270,9 @@ class RunView:
     per_node: dict[str, dict[str, Record]] = field(default_factory=dict)
 
     def add(self, what: str, node: str | None, record: Record) -> None:
-        """File one key."""
+        """File one key (a node's ``progress`` is only the steps' bookkeeping: not filed)."""
+        if what == PROGRESS:
+            return
         if node is None:
             self.single[what] = record
         else:

@@ -210,20 +210,33 @@ class Store:
         *,
         present: Sequence[str] = (),
         absent: Sequence[str] = (),
+        newer: Sequence[tuple[str, str, int]] = (),
         lease: Mapping[str, int] | None = None,
         otherwise: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> tuple[bool, int]:
-        """One transaction: the puts happen only if every ``present`` key exists and no ``absent`` one.
+        """One transaction: the puts happen only if every ``present`` key exists, no ``absent`` one
+        does, and every key in each ``newer`` range ``[start, end)`` was modified after its revision.
 
-        Returns (committed, revision). ``lease`` attaches some keys to a lease;
-        ``otherwise`` are the puts made, in the same transaction, when the
-        condition does not hold.
+        A ``newer`` range is one compare however many keys it holds (a range
+        with no key passes). Returns (committed, revision). ``lease``
+        attaches some keys to a lease; ``otherwise`` are the puts made, in
+        the same transaction, when the condition does not hold.
         """
         compare = [
             {"key": b64(k), "result": "GREATER", "target": "CREATE", "create_revision": 0} for k in present
         ]
         compare += [
             {"key": b64(k), "result": "EQUAL", "target": "CREATE", "create_revision": 0} for k in absent
+        ]
+        compare += [
+            {
+                "key": b64(start),
+                "range_end": b64(end),
+                "result": "GREATER",
+                "target": "MOD",
+                "mod_revision": rev,
+            }
+            for start, end, rev in newer
         ]
         success, failure = _puts(puts, lease), _puts(otherwise or {}, lease)
         answer = self.call("/kv/txn", {"compare": compare, "success": success, "failure": failure})
