@@ -32,7 +32,8 @@ import pytest
 
 from quiesce import APPLICATION
 from quiesce.fleet.coordinator import read_run
-from quiesce.fleet.protocol import Keys, judge
+from quiesce.fleet.protocol import Keys
+from quiesce.fleet.verdict import judge
 
 DEADLINE_S = 3.0
 SLACK_NS = 50_000_000

@@ -11,6 +11,7 @@ import pytest
 
 from quiesce import APPLICATION, FAILED
 from quiesce.fleet.demo import Chain, restored_sequences
+from quiesce.fleet.protocol import PROTOCOL_VERSION
 from quiesce.fleet.writer import cut_violations
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
@@ -160,7 +161,7 @@ def test_unregistered_member_is_an_error(lab3):
 
 def test_agents_act_only_on_their_group(lab3):
     """A run written under another group's prefix naming our nodes gets no answer from them."""
-    spec = {"members": ["n1", "n2", "n3"], "deadline_s": 5, "ready_timeout_s": 5}
+    spec = {"protocol": PROTOCOL_VERSION, "members": ["n1", "n2", "n3"], "deadline_s": 5}
     lab3.client_call(lambda s: s.put("/quiesce/other/runs/r1/spec", spec))
     time.sleep(1.5)
     _, keys = lab3.client_call(lambda s: s.get_prefix("/quiesce/other/"))
@@ -171,27 +172,35 @@ def test_agents_act_only_on_their_group(lab3):
 
 def test_a_malformed_spec_is_declined_with_its_reason(lab3):
     """A spec naming n1 with a deadline that is not a number: n1 aborts that run saying why and
-    freezes nothing; a spec whose members are a string names nobody; both agents serve on."""
-    bad = {"members": ["n1"], "deadline_s": "soon", "ready_timeout_s": 5}
-    stray = {"members": "n1n2n3", "deadline_s": 5}  # a string: "n1" in it is true, yet it names nobody
-    prefixes = [f"/quiesce/lab/{where}/{run}/" for where in ("runs", "reports") for run in ("bad1", "bad2")]
+    freezes nothing; so does n2 with a spec of another protocol version; a spec whose members
+    are a string names nobody; the agents serve on."""
+    bad = {"protocol": PROTOCOL_VERSION, "members": ["n1"], "deadline_s": "soon", "ready_timeout_s": 5}
+    stray = {"protocol": PROTOCOL_VERSION, "members": "n1n2n3"}  # "n1" is in it, yet it names nobody
+    old = {"members": ["n2"], "deadline_s": 5}  # an older coordinator's: no protocol version
+    runs = ("bad1", "bad2", "bad3")
+    prefixes = [f"/quiesce/lab/{where}/{run}/" for where in ("runs", "reports") for run in runs]
     try:
-        lab3.client_call(lambda s: s.put("/quiesce/lab/runs/bad1/spec", bad))
-        lab3.client_call(lambda s: s.put("/quiesce/lab/runs/bad2/spec", stray))
+        for run, spec in zip(runs, (bad, stray, old), strict=True):
+            lab3.client_call(lambda s, r=run, v=spec: s.put(f"/quiesce/lab/runs/{r}/spec", v))
         deadline = time.monotonic() + 15
+        dones = ["/quiesce/lab/reports/bad1/done/n1", "/quiesce/lab/reports/bad3/done/n2"]
         while True:
             _, keys = lab3.client_call(lambda s: s.get_prefixes(prefixes))
-            if "/quiesce/lab/reports/bad1/done/n1" in keys or time.monotonic() > deadline:
+            if all(d in keys for d in dones) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         done = keys["/quiesce/lab/reports/bad1/done/n1"].value
         assert done["thawed_by"] == "not-frozen" and "deadline_s" in done["error"], done
         assert "deadline_s" in keys["/quiesce/lab/runs/bad1/abort"].value["reason"]
+        assert "protocol version is None" in keys["/quiesce/lab/reports/bad3/done/n2"].value["error"]
         assert sorted(keys) == [
             "/quiesce/lab/reports/bad1/done/n1",
+            "/quiesce/lab/reports/bad3/done/n2",
             "/quiesce/lab/runs/bad1/abort",
             "/quiesce/lab/runs/bad1/spec",
             "/quiesce/lab/runs/bad2/spec",
+            "/quiesce/lab/runs/bad3/abort",
+            "/quiesce/lab/runs/bad3/spec",
         ]
         code, out = lab3.fleet_run()
         assert code == 0, out
@@ -371,7 +380,8 @@ def test_nodes_thaw_when_the_coordinator_is_gone_before_their_thaw(lab3):
     come; every node thaws on losing the coordinator, long before its deadline, and the keys say
     the run was not application-consistent."""
     from quiesce.fleet.coordinator import read_run
-    from quiesce.fleet.protocol import COORDINATOR_LOST, Keys, judge
+    from quiesce.fleet.protocol import COORDINATOR_LOST, Keys
+    from quiesce.fleet.verdict import judge
 
     saved = _slow_snapshot_on_n3(lab3, 5)
     try:

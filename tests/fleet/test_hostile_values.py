@@ -19,11 +19,22 @@ from hypothesis import strategies as st
 from quiesce import FAILED
 from quiesce.fleet import FleetError
 from quiesce.fleet.coordinator import FleetOptions, FleetResult, fleet_run, resolve_members, timeline_of
-from quiesce.fleet.protocol import SPEC_MAX_S, Keys, Record, RunSpec, RunView, judge, spec_members
+from quiesce.fleet.protocol import (
+    PROTOCOL_VERSION,
+    SPEC_MAX_S,
+    Keys,
+    Record,
+    RunSpec,
+    RunView,
+    spec_members,
+)
 from quiesce.fleet.status import group_status, print_result, print_status, shown
+from quiesce.fleet.verdict import judge
 from quiesce.fleet.wire import b64, decode_value, unb64
 
 KEYS = Keys("g")
+#: A registration of this version's agent.
+V = {"protocol": PROTOCOL_VERSION}
 
 # JSON as etcd can hold it: strict JSON values, big integers, odd text (control characters included).
 scalars = (
@@ -62,10 +73,16 @@ def _printable(text: str) -> bool:
     return all(c.isprintable() or c == "\n" for c in text)
 
 
-@given(value=st.dictionaries(st.sampled_from(FIELDS[:3]), json_values, max_size=3))
+@given(
+    value=st.dictionaries(st.sampled_from(FIELDS[:3]), json_values, max_size=3),
+    versioned=st.booleans(),
+    members=members,
+)
 @settings(max_examples=400, deadline=None)
-def test_a_spec_is_either_whole_and_in_range_or_refused_with_fleet_error(value):
+def test_a_spec_is_either_whole_and_in_range_or_refused_with_fleet_error(value, versioned, members):
     """No value makes RunSpec.parse raise anything but FleetError, or return something out of range."""
+    if versioned:  # past the version check, with valid members unless the value has its own
+        value = {"members": list(members), **value, "protocol": PROTOCOL_VERSION}
     try:
         spec = RunSpec.parse(value)
     except FleetError as err:
@@ -80,10 +97,10 @@ def test_a_spec_is_either_whole_and_in_range_or_refused_with_fleet_error(value):
 def test_the_specs_quiesce_writes_parse_and_the_usual_bad_ones_do_not():
     """The coordinator's own spec is taken; members as a string, a duplicate, nan, "10" are not."""
     good = RunSpec.parse(
-        {"members": ["n1", "n2"], "deadline_s": 10.0, "ready_timeout_s": 60, "created_unix": 1}
+        {"protocol": 2, "members": ["n1", "n2"], "deadline_s": 10.0, "ready_timeout_s": 60, "created_unix": 1}
     )
     assert good == RunSpec(("n1", "n2"), 10.0, 60.0)
-    assert RunSpec.parse({"members": ["n1"]}) == RunSpec(("n1",), None, 60.0)
+    assert RunSpec.parse({"protocol": 2, "members": ["n1"]}) == RunSpec(("n1",), None, 60.0)
     for bad in (
         {"members": "n1n2"},  # a string: "n1" in it would be true
         {"members": ["n1", "n1"]},
@@ -97,11 +114,18 @@ def test_the_specs_quiesce_writes_parse_and_the_usual_bad_ones_do_not():
         {"members": ["n1"], "ready_timeout_s": -1},
     ):
         try:
-            RunSpec.parse(bad)
+            RunSpec.parse({"protocol": 2, **bad})
         except FleetError:
             continue
         raise AssertionError(f"taken: {bad!r}")
     assert spec_members({"members": "n1n2"}) == ()
+    for version in (None, 1, 3, "2"):  # another coordinator's layout and rules: declined, whatever else
+        try:
+            RunSpec.parse({"protocol": version, "members": ["n1"]})
+        except FleetError as err:
+            assert "upgrade a group's coordinator and agents together" in str(err)
+        else:
+            raise AssertionError(f"protocol {version!r} taken")
 
 
 @given(
@@ -226,7 +250,7 @@ def test_status_takes_hostile_registrations_and_runs():
 
 def test_expect_counts_only_names_an_agent_can_have():
     """A stray key under members/ is not an agent: --expect 1 takes n1 alone."""
-    store = _Store({"/quiesce/g/members/n1": {}, "/quiesce/g/members/x/y": {}, "/quiesce/g/members/-": {}})
+    store = _Store({"/quiesce/g/members/n1": V, "/quiesce/g/members/x/y": {}, "/quiesce/g/members/-": {}})
     assert resolve_members(store, KEYS, FleetOptions(expect=1, timeout_s=0.1)) == ["n1"]  # type: ignore[arg-type]
 
 
@@ -241,7 +265,7 @@ def test_shown_text_is_one_printable_line_of_bounded_length(text):
 
 def test_members_named_twice_is_a_usage_error():
     """--members n1,n1: a ValueError (exit 2) naming n1, not a spec the nodes would decline."""
-    store = _Store({"/quiesce/g/members/n1": {}})
+    store = _Store({"/quiesce/g/members/n1": V})
     try:
         resolve_members(store, KEYS, FleetOptions(members=("n1", "n1"), timeout_s=0.1))  # type: ignore[arg-type]
     except ValueError as err:
@@ -252,7 +276,7 @@ def test_members_named_twice_is_a_usage_error():
 
 def test_a_coordinator_refuses_options_its_nodes_would_decline():
     """Through the Python API, a deadline of 2 hours or nan: FleetError before the run is written."""
-    store = _Store({"/quiesce/g/members/n1": {}})
+    store = _Store({"/quiesce/g/members/n1": V})
     for deadline in (7200.0, float("nan"), 0.0):
         try:
             fleet_run(store, "g", FleetOptions(deadline_s=deadline, timeout_s=0.1))  # type: ignore[arg-type]
@@ -261,3 +285,16 @@ def test_a_coordinator_refuses_options_its_nodes_would_decline():
         else:
             raise AssertionError(f"deadline {deadline} taken")
     assert store.revoked == 7
+
+
+def test_a_coordinator_refuses_members_whose_agents_speak_another_protocol():
+    """An agent registered without this version (an older one) is named; nothing is written."""
+    store = _Store({"/quiesce/g/members/n1": V, "/quiesce/g/members/n2": {"node": "n2"}})
+    for opts in (FleetOptions(expect=2, timeout_s=0.1), FleetOptions(members=("n1", "n2"), timeout_s=0.1)):
+        try:
+            resolve_members(store, KEYS, opts)  # type: ignore[arg-type]
+        except FleetError as err:
+            assert "n2 (None)" in str(err) and "n1" not in str(err).split(":", 1)[1]
+        else:
+            raise AssertionError("taken")
+    assert resolve_members(store, KEYS, FleetOptions(members=("n1",), timeout_s=0.1)) == ["n1"]  # type: ignore[arg-type]

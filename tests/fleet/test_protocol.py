@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from quiesce import APPLICATION, CRASH, FAILED, FILESYSTEM
-from quiesce.fleet.protocol import Keys, Record, RunView, check_name, judge, worst
+from quiesce.fleet.protocol import Keys, Record, RunView, check_name
+from quiesce.fleet.verdict import judge, worst
 from quiesce.fleet.writer import cut_violations, parse_seq
 
 

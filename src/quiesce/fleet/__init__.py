@@ -2,7 +2,7 @@
 
 Each machine runs ``quiesce agent``; ``quiesce fleet run`` drives one run
 through etcd keys, leases, transactions and watches (``protocol`` has the key
-layout and the verdict; ``store`` is the etcd access through etcd3gw;
+layout and the step rules, ``verdict`` the verdict; ``store`` is the etcd access through etcd3gw;
 ``agent`` and ``coordinator`` the two sides). Each node's own guardian
 deadline is the primary safety; the verdict is proved from etcd revisions,
 never from clocks across machines.

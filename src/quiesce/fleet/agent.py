@@ -25,7 +25,16 @@ import quiesce
 from quiesce.fleet import FleetError
 from quiesce.fleet.noderun import FleetAbort, NodeRun
 from quiesce.fleet.nodestep import with_deadline
-from quiesce.fleet.protocol import NOT_FROZEN, Keys, Record, RunSpec, check_name, spec_members, write_abort
+from quiesce.fleet.protocol import (
+    NOT_FROZEN,
+    PROTOCOL_VERSION,
+    Keys,
+    Record,
+    RunSpec,
+    check_name,
+    spec_members,
+    write_abort,
+)
 from quiesce.fleet.store import Event, Security, Store, Watch
 
 #: The agent's registration lease; etcd's minimum is about 2 s.
@@ -93,6 +102,7 @@ class Agent:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "since_unix": self._since,
+            "protocol": PROTOCOL_VERSION,
             "config": self.options.config_path,
             "runs_served": self.runs_served,
             **self.state,

@@ -11,7 +11,7 @@ frozen, a member's agent is gone (its registration lease expired). A watch
 that breaks is opened again from the last revision seen if etcd answers
 within a few seconds (longer, the coordinator's lease has ended the run).
 The verdict comes from the keys' revisions
-(:func:`quiesce.fleet.protocol.judge`) once every member reported or the
+(:func:`quiesce.fleet.verdict.judge`) once every member reported or the
 wait for them ran out, and is stored as ``verdict``.
 """
 
@@ -28,16 +28,16 @@ from typing import Any
 from quiesce.fleet import FleetError
 from quiesce.fleet.protocol import (
     KEEP_RUNS,
+    PROTOCOL_VERSION,
     Keys,
     Record,
     RunSpec,
     RunView,
-    Verdict,
     check_name,
-    judge,
     write_abort,
 )
 from quiesce.fleet.store import Store, Watch
+from quiesce.fleet.verdict import Verdict, judge
 
 #: The coordinator's lease: etcd's minimum is about 2 s; agents also thaw at their own deadline.
 DEFAULT_TTL_S = 2
@@ -98,25 +98,37 @@ def resolve_members(store: Store, keys: Keys, opts: FleetOptions) -> list[str]:
     deadline = time.monotonic() + opts.timeout_s
     while True:
         _, records = store.get_prefix(keys.members)
-        registered = sorted(n for k in records if (n := keys.member_name(k)) is not None)
+        versions = {n: r.value.get("protocol") for k, r in records.items() if (n := keys.member_name(k))}
+        registered = sorted(versions)
         if opts.members:
             missing = [m for m in opts.members if m not in registered]
             if not missing:
-                return list(opts.members)
+                return _same_protocol(list(opts.members), versions)
             what = f"not registered: {', '.join(missing)}"
         elif opts.expect is not None:
             if len(registered) == opts.expect:
-                return registered
+                return _same_protocol(registered, versions)
             if len(registered) > opts.expect:
                 raise FleetError(f"{len(registered)} agents registered in the group, --expect {opts.expect}")
             what = f"{len(registered)} of {opts.expect} agents registered"
         else:
             if registered:
-                return registered
+                return _same_protocol(registered, versions)
             what = "no agent registered"
         if time.monotonic() >= deadline:
             raise FleetError(f"group {keys.group}: {what}")
         time.sleep(0.2)
+
+
+def _same_protocol(members: list[str], versions: dict[str, Any]) -> list[str]:
+    """``members``, if every one registered this coordinator's protocol version; else FleetError."""
+    other = [f"{m} ({versions[m]!r:.20})" for m in members if versions[m] != PROTOCOL_VERSION]
+    if other:
+        raise FleetError(
+            f"agents of another protocol version than this coordinator's ({PROTOCOL_VERSION}): "
+            f"{', '.join(other)}; upgrade a group's coordinator and agents together"
+        )
+    return members
 
 
 class _Run:
@@ -242,6 +254,7 @@ def fleet_run(
     aborted: str | None = None
     try:
         spec = {
+            "protocol": PROTOCOL_VERSION,
             "members": members,
             "deadline_s": opts.deadline_s,
             "ready_timeout_s": opts.timeout_s,

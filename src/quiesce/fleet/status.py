@@ -6,8 +6,9 @@ import time
 from typing import Any, TextIO
 
 from quiesce.fleet.coordinator import FleetResult, timeline_of, view_of
-from quiesce.fleet.protocol import Keys, check_name, judge
+from quiesce.fleet.protocol import Keys, check_name
 from quiesce.fleet.store import Store
+from quiesce.fleet.verdict import judge
 
 
 def group_status(store: Store, group: str, last: int = 5) -> dict[str, Any]:
