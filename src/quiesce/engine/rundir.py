@@ -32,7 +32,7 @@ import shlex
 import stat
 from types import TracebackType
 
-from quiesce.engine.trust import UnsafeDirectoryError, check_directory, owner_and_mode
+from quiesce.engine.trust import WRITABLE_BY_OTHERS, UnsafeDirectoryError, check_directory, owner_and_mode
 from quiesce.errors import UnsafeRunDirError, UntrustedFileError
 
 #: Where the lock, the ledger and the guardian's log live. tmpfs on a normal
@@ -109,7 +109,7 @@ def _open_existing(path: str) -> int:
 
 def _unsafe(what: str, path: str, err: UnsafeDirectoryError) -> UnsafeRunDirError:
     where = "it" if err.path == path else f"directory {err.path} above it"
-    shared = err.mode & stat.S_ISVTX and err.mode & (stat.S_IWGRP | stat.S_IWOTH)
+    shared = err.mode & stat.S_ISVTX and err.mode & WRITABLE_BY_OTHERS
     if err.path == path and shared:  # /tmp and its kind: never tell anyone to lock it down
         fix = f"use a directory of quiesce's own, such as {DEFAULT_HINT} ({path} is shared: do not change it)"
     elif err.path == path:

@@ -57,7 +57,7 @@ def checked(option: str, path: str, *, secret: bool) -> str:
         raise CredentialFileError(f"{subject} cannot be checked: {trust.os_reason(err)}") from err
     problems = trust.owner_problems(lst)
     mode = stat.S_IMODE(lst.st_mode)
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if mode & trust.WRITABLE_BY_OTHERS:
         problems.append(f"can be written by {trust.writable_by(mode)}")
     if secret and mode & ~SECRET_BITS:
         problems.append(f"has mode bits {mode & ~SECRET_BITS:04o} set: a secret is for root only (600)")

@@ -24,8 +24,8 @@ neither ``abort`` nor ``freeze`` does (else the report alone). The same for
 once the coordinator's lease is gone (the nodes are thawing then). etcd orders
 transactions, so whichever report comes last sees all the others and commits
 the step: one round trip, not a report to the coordinator and a second
-transaction from it. The check costs the same however many nodes there
-are: each report also writes the node's own ``progress/<node>`` (created
+transaction from it. The check does not grow with the number of nodes:
+each report also writes the node's own ``progress/<node>`` (created
 by its ``ready``), and ``frozen`` commits ``cut`` only if every other
 node's ``progress`` was modified after ``freeze``, which only its
 ``frozen`` report does (``snapshotted`` and ``thaw`` the same, after

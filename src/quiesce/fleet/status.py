@@ -46,7 +46,7 @@ def group_status(store: Store, group: str, last: int = 5) -> dict[str, Any]:
         v["health"] = "running a run" if v.get("state") == "running" else "idle"
         out_members.append(v)
     named = {m for r in runs for m in r["members"]}
-    registered = {str(m.get("node")) for m in out_members}
+    registered = {m["node"] for m in out_members}
     missing = sorted(named - registered)
     return {"group": group, "members": out_members, "missing": missing, "runs": runs}
 

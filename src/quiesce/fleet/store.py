@@ -217,8 +217,9 @@ class Store:
         """One transaction: the puts happen only if every ``present`` key exists, no ``absent`` one
         does, and every key in each ``newer`` range ``[start, end)`` was modified after its revision.
 
-        A ``newer`` range is one compare however many keys it holds (a range
-        with no key passes). Returns (committed, revision). ``lease``
+        A ``newer`` range is one compare however many keys it holds; etcd
+        compares an empty range as one missing key, which fails it. Returns
+        (committed, revision). ``lease``
         attaches some keys to a lease; ``otherwise`` are the puts made, in
         the same transaction, when the condition does not hold.
         """
