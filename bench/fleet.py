@@ -4,7 +4,7 @@ Run as root from the repository root (etcd-server, xfsprogs, e2fsprogs and
 ``quiesce[fleet]`` installed)::
 
     python bench/fleet.py [--agents 4,8,16] [--cycles 20] [--single 10] [--sequential 2]
-                          [--rcu off|on|both] [--json out.json] [--out bench/FLEET.md]
+                          [--perf-cycles 10] [--rcu off|on|both] [--json out.json] [--out bench/FLEET.md]
 
 Each size builds a lab (``quiesce.fleet.lab``: etcd and N agents, each in its
 own network and mount namespace with its own ext4 loop filesystem; snapshot
@@ -19,9 +19,12 @@ run, from the nodes' own records (all on this machine's CLOCK_MONOTONIC):
 and, for comparison, a node's single-node window (``quiesce run`` with the
 same config, no fleet), and the per-VM sequential pattern (one node after
 another, each its own one-node run): its span from the first freeze to the
-last thaw. ``--rcu on`` sets ``/sys/kernel/rcu_expedited`` for the whole
-measurement and restores it (the agents' own ``expediteRcu`` would race on
-one machine); ``off`` leaves it as found.
+last thaw. With ``perf`` installed, ``--perf-cycles`` more runs are sampled
+(``window_cpu.py``): whose CPU each fleet window took (etcd, the agents,
+the rest), against what the machine's CPUs could give in that time.
+``--rcu on`` sets ``/sys/kernel/rcu_expedited`` for the whole measurement
+and restores it (the agents' own ``expediteRcu`` would race on one
+machine); ``off`` leaves it as found.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import window_cpu
 from safety import knob_claimed
 
 RCU = Path("/sys/kernel/rcu_expedited")
@@ -103,6 +108,7 @@ def fleet_cycle(lab: Any) -> dict[str, float]:
             "to_thawed": (last_thaw - thaw) / 1e6,
         }
     return {
+        "span_ns": (first, last_thaw),
         "skew": (last_frozen - first) / 1e6,
         "window": (last_thaw - first) / 1e6,
         "overhead": (last_frozen - max(x["ready_mono_ns"] for x in d)) / 1e6,
@@ -167,6 +173,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(2):  # warm-up: imports, connections, first freezes
             fleet_cycle(lab)
         cycles = [sampled(fleet_cycle, lab) for _ in range(args.cycles)]
+        cpu_split = window_cpu_split(lab, args.perf_cycles)
         singles = [sampled(single_window, lab, lab.nodes[k % n]) for k in range(args.single)]
         seq = [sequential(lab)["span"] for _ in range(args.sequential)]
     nodes = [w for c in cycles for w in c["nodes"]]
@@ -185,7 +192,26 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     row["single_window"] = {"p50": pct(singles, 50), "p99": pct(singles, 99), "max": max(singles)}
     row["sequential_span"] = {"p50": pct(seq, 50), "max": max(seq)} if seq else None
     row["node_vs_single_p50"] = row["node_window"]["p50"] / row["single_window"]["p50"]
+    row["window_cpu"] = cpu_split
     return row
+
+
+def window_cpu_split(lab: Any, runs: int) -> dict[str, Any]:
+    """``runs`` more fleet runs under ``perf``: the mean CPU per window by process, or why not."""
+    why = window_cpu.available() if runs > 0 else "not asked for (--perf-cycles 0)"
+    if why is not None:
+        return {"skipped": why}
+    pids = {
+        "etcd": window_cpu.process_tree(lab.etcd.pid),
+        "agents": set().union(*(window_cpu.process_tree(n.agent.pid) for n in lab.nodes)),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        sampler = window_cpu.Sampler(Path(tmp) / "perf.data")
+        with sampler:
+            spans = [fleet_cycle(lab)["span_ns"] for _ in range(runs)]
+        rows = window_cpu.attribute(sampler.samples(), spans, pids, sampler.hz)
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    return {"runs": len(rows), "hz": sampler.hz, "cpus": os.cpu_count() or 1, **mean}
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -244,6 +270,7 @@ def render(doc: dict[str, Any]) -> str:
                 cells = " | ".join(f"{r[k]['p50']:.1f} / {r[k]['p99']:.1f}" for k in steps)
                 out.append(f"| {r['agents']} | {cells} |")
             out.append("")
+        out += _cpu_table(variant["rows"])
         big = next(r for r in variant["rows"] if r["agents"] == max(x["agents"] for x in variant["rows"]))
         out += [
             f"Goals at {big['agents']} agents (ms, p99 over {big['cycles']} runs): fleet window "
@@ -287,6 +314,29 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _cpu_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Whose CPU the fleet window took, when perf sampled it."""
+    split = {r["agents"]: r.get("window_cpu") or {"skipped": "not measured"} for r in rows}
+    skipped = [f"{n} agents: {c['skipped']}" for n, c in split.items() if "skipped" in c]
+    if skipped:
+        return [f"CPU inside the fleet window: not sampled ({'; '.join(skipped)}).", ""]
+    out = [
+        "Whose CPU each fleet window took (`perf record -a`, mean ms per window over runs sampled "
+        "after the timed ones; perf's own cost makes these windows a little longer). On one machine "
+        "the window cannot be shorter than the busy CPU time inside it divided by the CPUs:",
+        "",
+        "| agents | runs sampled | window | etcd | agents | everything else | idle | busy ÷ CPUs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, c in split.items():
+        busy = c["etcd"] + c["agents"] + c["other"]
+        out.append(
+            f"| {n} | {c['runs']} | {c['window']:.1f} | {c['etcd']:.1f} | {c['agents']:.1f} "
+            f"| {c['other']:.1f} | {c['idle']:.1f} | {busy / c['cpus']:.1f} |"
+        )
+    return [*out, ""]
+
+
 def main() -> int:
     """Measure and write the report."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -294,6 +344,13 @@ def main() -> int:
     p.add_argument("--cycles", type=int, default=20)
     p.add_argument("--single", type=int, default=10)
     p.add_argument("--sequential", type=int, default=2)
+    p.add_argument(
+        "--perf-cycles",
+        type=int,
+        default=10,
+        metavar="N",
+        help="runs per size sampled by perf for whose CPU the window takes (0: none)",
+    )
     p.add_argument("--rcu", choices=("off", "on", "both"), default="both")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--out", default=str(Path(__file__).with_name("FLEET.md")), metavar="PATH")

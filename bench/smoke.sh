@@ -94,7 +94,7 @@ step pgbench "${loop_tools[@]}" mkfs.xfs fsfreeze pgbench runuser /usr/lib/postg
     "$PYTHON" bench/pgbench.py --scale 1 --freezes 1 --spacing 1.5 --warmup 1 --no-results
 
 step fleet "${loop_tools[@]}" etcd nsenter mkfs.xfs -- \
-    "$PYTHON" bench/fleet.py --agents 2 --cycles 1 --single 1 --sequential 1 --rcu off --no-out
+    "$PYTHON" bench/fleet.py --agents 2 --cycles 1 --single 1 --sequential 1 --perf-cycles 1 --rcu off --no-out
 
 step etcd_request etcd -- \
     "$PYTHON" bench/etcd_request.py --requests 20 --events 20 --event-rounds 1
