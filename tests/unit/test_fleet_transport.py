@@ -21,7 +21,7 @@ import pytest
 etcd3gw = pytest.importorskip("etcd3gw")
 requests = pytest.importorskip("requests")
 
-from quiesce.fleet import FleetError, transport  # noqa: E402
+from quiesce.fleet import FleetError, http1  # noqa: E402
 from quiesce.fleet.transport import LeanSession  # noqa: E402
 from quiesce.fleet.watch import Watch  # noqa: E402
 from quiesce.fleet.wire import b64  # noqa: E402
@@ -302,10 +302,10 @@ def test_answers_without_a_length_are_read_whole(gateway: Any, sessions: list[Le
 
 def test_a_chunk_size_is_hex_digits_and_nothing_else(gateway: Any, sessions: list[LeanSession]) -> None:
     """Extensions and blanks around it are fine; a sign, 0x, an underscore or nothing is a broken answer."""
-    assert [transport.chunk_size(x) for x in (b"1a", b"1A;ext=1", b" 5 ", b"0")] == [26, 26, 5, 0]
+    assert [http1.chunk_size(x) for x in (b"1a", b"1A;ext=1", b" 5 ", b"0")] == [26, 26, 5, 0]
     for bad in (b"-5", b"+5", b"0x5", b"1_0", b"", b"zz", b"1" * 16):
         with pytest.raises(ValueError, match="malformed chunk size"):
-            transport.chunk_size(bad)
+            http1.chunk_size(bad)
     session = LeanSession()
     sessions.append(session)
     client = _client(gateway.server_address[1], session)
@@ -325,7 +325,7 @@ def test_a_malformed_or_oversized_stream_is_a_lost_watch(
 ) -> None:
     ev = open_watch("/watch-garbage").get(5.0)
     assert ev is not None and ev.kind == "lost" and ev.why == "the watch stream broke: ValueError"
-    monkeypatch.setattr(transport, "STREAM_LINE_MAX", 40)  # every line of /watch is longer
+    monkeypatch.setattr(http1, "STREAM_LINE_MAX", 40)  # every line of /watch is longer
     ev = open_watch("/watch").get(5.0)
     assert ev is not None and ev.kind == "lost" and "ValueError" in ev.why
 

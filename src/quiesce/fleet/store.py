@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from quiesce.fleet import FleetError
 from quiesce.fleet.protocol import Record
 from quiesce.fleet.watch import Event, Watch
-from quiesce.fleet.wire import RELOGIN, b64, decode_value, range_end, revision, unb64
+from quiesce.fleet.wire import RELOGIN, b64, kv_record, listed, number, range_end, revision
 
 __all__ = ["REQUEST_TIMEOUT_S", "Event", "Security", "Store", "Watch"]
 
@@ -52,6 +52,15 @@ def _puts(puts: Mapping[str, Mapping[str, Any]], lease: Mapping[str, int] | None
         if lease and key in lease:
             put["lease"] = lease[key]
         out.append({"request_put": put})
+    return out
+
+
+def _records(kvs: Sequence[Any]) -> dict[str, Record]:
+    """etcd's key-values as records by key."""
+    out = {}
+    for kv in kvs:
+        key, value, mod, create = kv_record(kv)
+        out[key] = Record(value, mod, create)
     return out
 
 
@@ -159,8 +168,9 @@ class Store:
                 )
             except exc.Etcd3Exception as err:
                 raise FleetError(f"etcd refused {path}: {getattr(err, 'detail_text', '') or err}") from err
-            except (ValueError, OSError, self._requests.RequestException) as err:
-                # A torn or non-JSON answer (etcd starting or stopping): as if it did not answer.
+            except (ValueError, TypeError, OSError, self._requests.RequestException) as err:
+                # A torn or non-JSON answer, or JSON but not an object (etcd starting or
+                # stopping, or not etcd): as if it did not answer.
                 last = err
         raise FleetError(f"etcd does not answer: {last}")
 
@@ -178,23 +188,18 @@ class Store:
     def get_prefix(self, prefix: str) -> tuple[int, dict[str, Record]]:
         """Every key under ``prefix`` with its value and revisions, and the store's revision."""
         answer = self.call("/kv/range", {"key": b64(prefix), "range_end": b64(range_end(prefix))})
-        out: dict[str, Record] = {}
-        for kv in answer.get("kvs", []):
-            out[unb64(kv["key"])] = Record(
-                decode_value(kv.get("value")), int(kv["mod_revision"]), int(kv.get("create_revision", 0))
-            )
-        return revision(answer), out
+        return revision(answer), _records(listed(answer, "kvs"))
 
     def get_prefixes(self, prefixes: Sequence[str]) -> tuple[int, dict[str, Record]]:
         """Every key under several prefixes, read in one transaction (at one revision), and that revision."""
         ranges = [{"request_range": {"key": b64(p), "range_end": b64(range_end(p))}} for p in prefixes]
         answer = self.call("/kv/txn", {"compare": [], "success": ranges, "failure": []})
         out: dict[str, Record] = {}
-        for response in answer.get("responses", []):
-            for kv in response.get("response_range", {}).get("kvs", []):
-                out[unb64(kv["key"])] = Record(
-                    decode_value(kv.get("value")), int(kv["mod_revision"]), int(kv.get("create_revision", 0))
-                )
+        for response in listed(answer, "responses"):
+            found = response.get("response_range") if isinstance(response, dict) else None
+            if not isinstance(found, dict):
+                raise FleetError(f"etcd answered a malformed range response: {response!r:.100}")
+            out.update(_records(listed(found, "kvs")))
         return revision(answer), out
 
     def put(self, key: str, value: Mapping[str, Any], lease: int | None = None) -> int:
@@ -241,7 +246,8 @@ class Store:
         ]
         success, failure = _puts(puts, lease), _puts(otherwise or {}, lease)
         answer = self.call("/kv/txn", {"compare": compare, "success": success, "failure": failure})
-        return bool(answer.get("succeeded", False)), revision(answer)
+        # etcd leaves out a false "succeeded": anything but true is not committed.
+        return answer.get("succeeded") is True, revision(answer)
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every key under ``prefix``."""
@@ -258,12 +264,14 @@ class Store:
 
     def grant(self, ttl_s: int) -> int:
         """A new lease of ``ttl_s`` seconds (etcd raises very short ones to its minimum)."""
-        return int(self.call("/lease/grant", {"TTL": ttl_s, "ID": 0})["ID"])
+        return number(self.call("/lease/grant", {"TTL": ttl_s, "ID": 0}).get("ID"), "lease ID", minimum=1)
 
     def keepalive(self, lease: int) -> int:
         """Renew a lease; returns its TTL, or -1 when it has already expired."""
-        answer = self.call("/lease/keepalive", {"ID": lease})
-        return int(answer.get("result", {}).get("TTL", -1))
+        result = self.call("/lease/keepalive", {"ID": lease}).get("result", {})
+        if not isinstance(result, dict):
+            raise FleetError(f"etcd answered a malformed keepalive: {result!r:.100}")
+        return number(result.get("TTL", -1), "lease TTL", minimum=-1)
 
     def revoke(self, lease: int) -> None:
         """End a lease now: the keys attached to it are deleted."""

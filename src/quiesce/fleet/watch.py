@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quiesce.fleet import FleetError
-from quiesce.fleet.wire import b64, decode_value, range_end, unb64
+from quiesce.fleet.wire import b64, kv_record, listed, range_end
 
 
 @dataclass(frozen=True)
@@ -78,21 +78,24 @@ class Watch:
         try:
             for line in stream.lines():
                 message = json.loads(line)
+                result = message.get("result", {}) if isinstance(message, dict) else None
+                if not isinstance(result, dict):
+                    raise FleetError(f"etcd answered a malformed watch message: {line[:100]!r}")
                 if "error" in message:
                     why = f"etcd ended the watch: {message['error']}"
                     break
-                result = message.get("result", {})
                 if result.get("canceled"):
                     why = f"etcd canceled the watch: {result.get('cancel_reason') or 'compacted'}"
                     break
-                for ev in result.get("events", []):
-                    kv = ev["kv"]
+                for ev in listed(result, "events"):
+                    key, value, mod, _ = kv_record(ev.get("kv") if isinstance(ev, dict) else None)
                     kind = "delete" if ev.get("type") == "DELETE" else "put"
-                    value = None if kind == "delete" else decode_value(kv.get("value"))
-                    self._ready.append(Event(kind, unb64(kv["key"]), value, int(kv["mod_revision"])))
+                    self._ready.append(Event(kind, key, None if kind == "delete" else value, mod))
             else:
                 if not stream.ended:
                     return
+        except FleetError as err:
+            why = f"the watch stream broke: {err}"
         except Exception as err:  # the stream broke: any error ends the watch the same way
             why = f"the watch stream broke: {type(err).__name__}"
         self.lost = Event("lost", why=why)

@@ -1,9 +1,16 @@
-"""The gateway's encoding: base64 keys and values, prefix ranges, JSON values, revisions."""
+"""The gateway's encoding: base64 keys and values, prefix ranges, JSON values, revisions.
+
+etcd's answers are read strictly: a number that is not one, a key that is
+not base64, a list where an object belongs is a :class:`FleetError` naming
+what was malformed, never another exception and never a guess.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +27,7 @@ def b64(text: str) -> str:
 
 def unb64(text: str) -> str:
     """A key as the gateway gives it (bytes that are not UTF-8 become U+FFFD: no valid name has one)."""
-    return base64.b64decode(text).decode(errors="replace")
+    return base64.b64decode(text, validate=True).decode(errors="replace")
 
 
 def range_end(prefix: str) -> str:
@@ -28,12 +35,55 @@ def range_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
+#: An int64 as the gateway writes one (a JSON string of decimal digits; a number is taken too).
+_INT64 = re.compile(r"-?[0-9]{1,19}")
+
+
+def number(value: Any, what: str, minimum: int = 0) -> int:
+    """An integer of etcd's answer, at least ``minimum``: FleetError for anything else.
+
+    ``int()`` alone would take ``"1_0"``, ``" 5"``, ``True`` or ``5.9``.
+    """
+    if isinstance(value, str) and _INT64.fullmatch(value):
+        found = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        found = value
+    else:
+        raise FleetError(f"etcd answered a malformed {what}: {value!r:.60}")
+    if not minimum <= found < 2**63:
+        raise FleetError(f"etcd answered a {what} out of range: {found}")
+    return found
+
+
 def revision(answer: Mapping[str, Any]) -> int:
     """The store's revision in an answer's header."""
+    header = answer.get("header")
+    if not isinstance(header, Mapping) or "revision" not in header:
+        raise FleetError(f"etcd answered without a revision: {dict(answer)!r:.200}")
+    return number(header["revision"], "revision")
+
+
+def kv_record(kv: Any) -> tuple[str, dict[str, Any], int, int]:
+    """One of etcd's key-values: (key, value as in :func:`decode_value`, mod revision, create revision)."""
+    if not isinstance(kv, Mapping) or not isinstance(kv.get("key"), str):
+        raise FleetError(f"etcd answered a malformed key-value: {kv!r:.100}")
+    raw = kv.get("value")
+    if raw is not None and not isinstance(raw, str):
+        raise FleetError(f"etcd answered a malformed value: {raw!r:.60}")
     try:
-        return int(answer["header"]["revision"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise FleetError(f"etcd answered without a revision: {dict(answer)!r:.200}") from err
+        key = unb64(kv["key"])
+    except (binascii.Error, ValueError) as err:
+        raise FleetError(f"etcd answered a key that is not base64: {kv['key']!r:.60}") from err
+    mod = number(kv.get("mod_revision"), "mod_revision")
+    return key, decode_value(raw), mod, number(kv.get("create_revision", 0), "create_revision")
+
+
+def listed(answer: Mapping[str, Any], field: str) -> list[Any]:
+    """``answer[field]``, a list (etcd leaves an empty one out)."""
+    found = answer.get(field, [])
+    if not isinstance(found, list):
+        raise FleetError(f"etcd answered a malformed {field}: {found!r:.60}")
+    return found
 
 
 def _no_constant(name: str) -> Any:
@@ -51,7 +101,7 @@ def decode_value(raw: str | None) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        value = json.loads(base64.b64decode(raw), parse_constant=_no_constant)
+        value = json.loads(base64.b64decode(raw, validate=True), parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return {"raw": raw}
     return value if isinstance(value, dict) else {"value": value}
