@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 pytest.importorskip("etcd3gw")
 
 from quiesce.fleet import FleetError, http1, wire
-from quiesce.fleet.store import Store
+from quiesce.fleet.store import Security, Store
+from quiesce.fleet.transport import LeanSession
 from quiesce.fleet.wire import b64
 
 
@@ -194,6 +195,24 @@ def test_a_malformed_event_ends_the_watch_saying_what_was_wrong(gateway: RawGate
         watch.close()
     assert ev is not None and ev.kind == "lost"
     assert ev.why == "the watch stream broke: etcd answered a malformed mod_revision: 'x'"
+
+
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "", "a b", 5, None, "\u00e9t\u00e9"])
+def test_a_login_answer_without_a_well_formed_token_is_refused(gateway: RawGateway, token: Any) -> None:
+    """The token goes into every later request's header lines: a line break would add a header."""
+    gateway.json({"header": {"revision": "1"}} if token is None else {"token": token})
+    with pytest.raises(FleetError, match="without a well-formed token"):
+        Store([f"http://127.0.0.1:{gateway.port}"], Security(user="agent", password="pw"), timeout_s=1.0)
+
+
+def test_a_header_value_with_a_line_break_is_never_sent(gateway: RawGateway) -> None:
+    session = LeanSession()
+    session.headers["Authorization"] = "t\r\nX-Injected: 1"
+    try:
+        with pytest.raises(ValueError, match="cannot go in a header line"):
+            session.post(f"http://127.0.0.1:{gateway.port}/v3/kv/put", json={})
+    finally:
+        session.close()
 
 
 def test_a_well_formed_range_answer_is_read(gateway: RawGateway, store: Store) -> None:

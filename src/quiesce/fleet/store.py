@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from quiesce.fleet import FleetError
 from quiesce.fleet.protocol import Record
 from quiesce.fleet.watch import Event, Watch
-from quiesce.fleet.wire import RELOGIN, b64, kv_record, listed, number, range_end, revision
+from quiesce.fleet.wire import RELOGIN, b64, kv_record, listed, number, range_end, revision, token
 
 __all__ = ["REQUEST_TIMEOUT_S", "Event", "Security", "Store", "Watch"]
 
@@ -141,7 +141,7 @@ class Store:
             if "not enabled" in detail:
                 return  # a cluster without auth accepts requests without a token
             raise FleetError(f"etcd refused the user {sec.user!r}: {detail}") from err
-        client.session.headers["Authorization"] = answer["token"]
+        client.session.headers["Authorization"] = token(answer)
 
     def call(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         """POST one gateway request, trying the other endpoints and renewing the token."""

@@ -157,7 +157,10 @@ class LeanSession:
             f"Content-Length: {len(body)}",
         ]
         if "Authorization" in self.headers:
-            head.append(f"Authorization: {self.headers['Authorization']}")
+            auth = str(self.headers["Authorization"])
+            if not auth.isprintable() or not auth.isascii():  # a line break would start a header of its own
+                raise ValueError("an Authorization value that cannot go in a header line")
+            head.append(f"Authorization: {auth}")
         return scheme, parts.hostname or "", port, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
     def stream(self, url: str, json: Any, timeout: float | None) -> Stream:

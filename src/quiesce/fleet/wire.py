@@ -78,6 +78,18 @@ def kv_record(kv: Any) -> tuple[str, dict[str, Any], int, int]:
     return key, decode_value(raw), mod, number(kv.get("create_revision", 0), "create_revision")
 
 
+#: An auth token: printable ASCII without blanks (etcd's simple tokens and JWTs are): it goes in a header.
+_TOKEN = re.compile(r"[!-~]{1,4096}")
+
+
+def token(answer: Any) -> str:
+    """The token of etcd's answer to a login: FleetError for anything that could not go in a header line."""
+    found = answer.get("token") if isinstance(answer, Mapping) else None
+    if not isinstance(found, str) or not _TOKEN.fullmatch(found):
+        raise FleetError(f"etcd answered a login without a well-formed token: {found!r:.60}")
+    return found
+
+
 def listed(answer: Mapping[str, Any], field: str) -> list[Any]:
     """``answer[field]``, a list (etcd leaves an empty one out)."""
     found = answer.get(field, [])
