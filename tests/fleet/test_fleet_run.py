@@ -521,3 +521,29 @@ def test_the_last_report_of_a_kind_commits_its_step(lab3):
     assert out["orphaned"] == set()
     # The report is written all the same: the node's part is on record.
     assert keys.key("step-orphaned", "ready", "a") in out["orphaned_reports"]
+
+
+def test_a_ready_report_of_the_largest_run_fits_in_one_etcd_transaction(lab3):
+    """MAX_MEMBERS is etcd's limit: the ready of a run of MAX_MEMBERS nodes is taken, one more is refused."""
+    from quiesce.fleet import FleetError
+    from quiesce.fleet.noderun import NodeRun
+    from quiesce.fleet.protocol import MAX_MEMBERS, Keys, RunSpec
+
+    keys = Keys("lab")
+
+    def ready(store, size):
+        run = f"size-{size}"
+        members = tuple(f"m{i:03d}" for i in range(size))
+        store.put(keys.key(run, "alive"), {})
+        node = NodeRun(store, keys, members[0], run, RunSpec(members), None, lambda: True, lambda _ev: None)
+        try:
+            node._report("ready", {})
+            return "taken"
+        except FleetError as err:
+            return str(err)
+        finally:
+            store.delete_prefixes([keys.run(run), keys.reports_of(run)])
+
+    assert lab3.client_call(lambda s: ready(s, MAX_MEMBERS)) == "taken"
+    refused = lab3.client_call(lambda s: ready(s, MAX_MEMBERS + 1))
+    assert "too many operations" in refused

@@ -13,13 +13,16 @@ import io
 import json
 import string
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quiesce import FAILED
+from quiesce.cli.parser import UsageError, build_parser
 from quiesce.fleet import FleetError
 from quiesce.fleet.coordinator import FleetOptions, FleetResult, fleet_run, resolve_members, timeline_of
 from quiesce.fleet.protocol import (
+    MAX_MEMBERS,
     PROTOCOL_VERSION,
     SPEC_MAX_S,
     Keys,
@@ -272,6 +275,33 @@ def test_members_named_twice_is_a_usage_error():
         assert "n1 more than once" in str(err)
     else:
         raise AssertionError("taken")
+
+
+def test_a_run_has_at_most_max_members():
+    """More members than one etcd transaction can check: the nodes decline the spec, the coordinator
+    refuses them as a usage error, and --expect stops at the same number."""
+    names = [f"m{i:03d}" for i in range(MAX_MEMBERS + 1)]
+    spec = {"protocol": PROTOCOL_VERSION}
+    assert RunSpec.parse({**spec, "members": names[:MAX_MEMBERS]}).members == tuple(names[:MAX_MEMBERS])
+    try:
+        RunSpec.parse({**spec, "members": names})
+    except FleetError as err:
+        assert f"at most {MAX_MEMBERS} members, not {MAX_MEMBERS + 1}" in str(err)
+    else:
+        raise AssertionError("taken")
+    store = _Store({f"/quiesce/g/members/{n}": V for n in names})
+    try:
+        resolve_members(store, KEYS, FleetOptions(members=tuple(names), timeout_s=0.1))  # type: ignore[arg-type]
+    except ValueError as err:
+        assert f"a run has at most {MAX_MEMBERS}" in str(err)
+    else:
+        raise AssertionError("taken")
+    parser = build_parser()
+    argv = ["fleet", "run", "--etcd", "http://e:2379", "--group", "g", "--expect"]
+    assert parser.parse_args([*argv, str(MAX_MEMBERS)]).expect == MAX_MEMBERS
+    refused = f"--expect: expected a whole number of agents from 1 to {MAX_MEMBERS}, not '{MAX_MEMBERS + 1}'"
+    with pytest.raises(UsageError, match=refused):
+        parser.parse_args([*argv, str(MAX_MEMBERS + 1)])
 
 
 def test_a_coordinator_refuses_options_its_nodes_would_decline():

@@ -20,7 +20,7 @@ from typing import Any
 from quiesce import APPLICATION, CRASH, FILESYSTEM
 from quiesce.cli.argtypes import MAX_SECONDS, count, seconds
 from quiesce.fleet import FleetError
-from quiesce.fleet.protocol import KEEP_RUNS
+from quiesce.fleet.protocol import KEEP_RUNS, MAX_MEMBERS
 
 #: Exit codes as ``quiesce run``'s.
 EXIT_OK, EXIT_DEGRADED, EXIT_FAILED, EXIT_CONFIG = 0, 8, 9, 10
@@ -28,7 +28,7 @@ EXIT_OK, EXIT_DEGRADED, EXIT_FAILED, EXIT_CONFIG = 0, 8, 9, 10
 #: The numeric options' ranges (a value outside is a usage error, exit 2).
 _seconds = seconds(0, MAX_SECONDS, low_open=True)
 _ttl = count(1, 3600, "seconds")
-_nodes = count(1, 10_000, "agents")
+_nodes = count(1, MAX_MEMBERS, "agents")
 
 
 #: The most of a password file read: a password is short.

@@ -28,6 +28,7 @@ from typing import Any
 from quiesce.fleet import FleetError
 from quiesce.fleet.protocol import (
     KEEP_RUNS,
+    MAX_MEMBERS,
     PROTOCOL_VERSION,
     Keys,
     Record,
@@ -95,6 +96,11 @@ def resolve_members(store: Store, keys: Keys, opts: FleetOptions) -> list[str]:
     if len(set(opts.members)) != len(opts.members):
         twice = sorted({m for m in opts.members if opts.members.count(m) > 1})
         raise ValueError(f"--members names {', '.join(twice)} more than once")
+    if len(opts.members) > MAX_MEMBERS:
+        raise ValueError(
+            f"--members names {len(opts.members)} nodes; a run has at most {MAX_MEMBERS} (each node's "
+            "ready report checks every other one in one etcd transaction, and etcd takes 128 compares)"
+        )
     deadline = time.monotonic() + opts.timeout_s
     while True:
         _, records = store.get_prefix(keys.members)

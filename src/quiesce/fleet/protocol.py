@@ -62,6 +62,11 @@ KEEP_RUNS = 50
 #: The key layout and step rules below, as a spec and a registration name them: an agent
 #: declines a run of another version, and a coordinator refuses members that register one.
 PROTOCOL_VERSION = 2
+#: The most members a run can have: a node's ``ready`` checks every other member's report
+#: in one transaction (their ``progress`` keys do not exist yet), with ``alive``, ``abort``
+#: and the step: members + 2 compares, and etcd refuses a transaction with more than 128
+#: (its ``--max-txn-ops`` default).
+MAX_MEMBERS = 126
 #: The longest deadline or wait a run's spec may ask for (each node's own config caps its freeze).
 SPEC_MAX_S = 3600.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -232,6 +237,8 @@ class RunSpec:
         if not members:
             raw = value.get("members")
             raise FleetError(f"the run's members must be a list of distinct node names, not {raw!r:.100}")
+        if len(members) > MAX_MEMBERS:
+            raise FleetError(f"a run has at most {MAX_MEMBERS} members, not {len(members)}")
         deadline = _spec_seconds(value, "deadline_s")
         ready = _spec_seconds(value, "ready_timeout_s")
         return cls(members, deadline, cls.ready_timeout_s if ready is None else ready)
