@@ -345,8 +345,17 @@ def _conclude(store: Store, keys: Keys, run: _Run) -> FleetResult:
 
 
 def _prune(store: Store, keys: Keys) -> None:
-    """Keep the last KEEP_RUNS runs that have a verdict."""
+    """Keep the last KEEP_RUNS runs: an older one goes once it is over.
+
+    Over: it has a verdict, or its coordinator's ``alive`` is gone (a
+    coordinator killed before its verdict leaves a run that no one will
+    judge: without this it would be kept for ever).
+    """
     _, records = store.get_prefix(keys.runs)
-    judged = sorted({p[0] for k in records if (p := keys.parse(k)) is not None and p[1] == "verdict"})
-    for run_id in judged[:-KEEP_RUNS]:
-        store.delete_prefixes([keys.run(run_id), keys.reports_of(run_id)])
+    runs: dict[str, set[str]] = {}
+    for key in records:
+        if (parsed := keys.parse(key)) is not None and parsed[2] is None:
+            runs.setdefault(parsed[0], set()).add(parsed[1])
+    for run_id in sorted(runs)[:-KEEP_RUNS]:
+        if "verdict" in runs[run_id] or "alive" not in runs[run_id]:
+            store.delete_prefixes([keys.run(run_id), keys.reports_of(run_id)])
