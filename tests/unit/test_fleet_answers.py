@@ -236,6 +236,20 @@ def test_malformed_lease_answers_are_fleet_errors(gateway: RawGateway, store: St
     assert store.keepalive(1) == -1
 
 
+@pytest.mark.parametrize("result", [{}, {"TTL": "0"}, {"TTL": "-1"}])
+def test_a_lease_answered_with_no_time_left_is_lost(gateway: RawGateway, store: Store, result: Any) -> None:
+    """TTL 0 (written out, or left out as the gateway does) or -1: the lease expired."""
+    gateway.json({"result": result})
+    lost = threading.Event()
+    stop = store.keep_alive(1, 1, lambda why: lost.set())
+    try:
+        assert lost.wait(5.0)
+    finally:
+        stop()
+    gateway.json({"result": {"TTL": "1"}})
+    assert store.keepalive(1) == 1
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["7", "-1", b64("/k")]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4),

@@ -267,7 +267,11 @@ class Store:
         return number(self.call("/lease/grant", {"TTL": ttl_s, "ID": 0}).get("ID"), "lease ID", minimum=1)
 
     def keepalive(self, lease: int) -> int:
-        """Renew a lease; returns its TTL, or -1 when it has already expired."""
+        """Renew a lease; returns its TTL: 0 or less when it has already expired.
+
+        etcd answers an expired lease with a TTL of 0, which its gateway leaves
+        out: read as -1. (etcd's own client takes any TTL <= 0 as expired.)
+        """
         result = self.call("/lease/keepalive", {"ID": lease}).get("result", {})
         if not isinstance(result, dict):
             raise FleetError(f"etcd answered a malformed keepalive: {result!r:.100}")
@@ -289,7 +293,7 @@ class Store:
             failures = 0
             while not stop.wait(ttl_s / 3):
                 try:
-                    if self.keepalive(lease) < 0:
+                    if self.keepalive(lease) <= 0:
                         on_lost("the lease expired")
                         return
                     failures = 0
