@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import quiesce
+from quiesce.engine.mountinfo import escape_path
 from quiesce.fleet.nodestep import run_command
 from quiesce.fleet.protocol import (
     ABORT,
@@ -312,7 +313,9 @@ class NodeRun:
         argv = self.spec_argv
         if argv:
             timeout_s = min(self.snapshot_timeout_s, max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9))
-            self.snapshot_ok, self.snapshot_detail = run_command(argv, timeout_s, self._command_env(freeze))
+            env = self._command_env(freeze)
+            # Its cgroup's name: an agent serves one run at a time.
+            self.snapshot_ok, self.snapshot_detail = run_command(argv, timeout_s, env, f"fleet-{self.run_id}")
         else:
             self.snapshot_ok, self.snapshot_detail = True, "mode none: taken by the caller while frozen"
         self.times["snapshot_end_mono_ns"] = time.monotonic_ns()
@@ -328,10 +331,13 @@ class NodeRun:
     window_store: Store | None = None
 
     def _command_env(self, freeze: quiesce.Freeze) -> dict[str, str]:
+        """What the snapshot command gets besides every supervised process's environment.
+
+        ``QUIESCE_TARGETS`` is escaped as in mountinfo, as in a single-node
+        run: a mount point's name cannot forge a line.
+        """
         return {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-            "QUIESCE_TARGETS": "\n".join(t.mount.mount_point for t in freeze.targets),
+            "QUIESCE_TARGETS": "\n".join(escape_path(t.mount.mount_point) for t in freeze.targets),
             "QUIESCE_FLEET_RUN": self.run_id,
             "QUIESCE_FLEET_GROUP": self.keys.group,
             "QUIESCE_NODE": self.node,

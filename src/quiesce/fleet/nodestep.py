@@ -1,43 +1,42 @@
 """A fleet node's own snapshot step: its config's command, run inside the window, and its deadline.
 
-The node's snapshot command runs after the cut, inside the node's window, in
-its own session (killed with its process group at its timeout). The node's
-freeze deadline is its config's, capped at the fleet run's.
+The node's snapshot command runs after the cut, inside the node's window,
+under the same supervision as a single-node run's (:mod:`quiesce.supervise`):
+its own cgroup (or process group), the tails of its output kept, anything
+it leaves running killed. The node's freeze deadline is its config's,
+capped at the fleet run's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
+from collections.abc import Mapping
 
 import quiesce
+from quiesce.supervise.snapshot_command import run_command as supervised
+
+#: How much of the command's stderr a node's report quotes.
+DETAIL_TAIL = 300
 
 
-def run_command(argv: tuple[str, ...], timeout_s: float, env: dict[str, str]) -> tuple[bool, str]:
-    """Run the node's snapshot command in its own session; killed with its group at the timeout."""
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as err:
-        return False, f"cannot start {argv[0]}: {err.strerror}"
-    try:
-        _, err_text = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+def run_command(
+    argv: tuple[str, ...], timeout_s: float, env: Mapping[str, str], name: str
+) -> tuple[bool, str]:
+    """Run the node's snapshot command to its timeout (then SIGKILL): (succeeded, what it did).
+
+    ``name`` names its cgroup; ``env`` is added to the environment every
+    supervised process gets (``PATH``, ``LANG``, ``QUIESCE_PHASE``...).
+    """
+    attempt = supervised(argv, timeout_s=timeout_s, grace_s=0.0, env=env, run_id=name)
+    if attempt.outcome == "ok":
+        return True, "snapshot command ok"
+    if attempt.error is not None:
+        return False, f"snapshot command {attempt.outcome}: {attempt.error}"
+    if attempt.timed_out:
         return False, f"snapshot command timed out after {timeout_s:.1f} s"
-    if proc.returncode != 0:
-        tail = err_text.decode(errors="replace").strip()[-300:]
-        return False, f"snapshot command exited {proc.returncode}: {tail}"
-    return True, "snapshot command ok"
+    tail = attempt.stderr.strip()[-DETAIL_TAIL:]
+    how = f"exited {attempt.exit_code}" if attempt.signal is None else f"killed by {attempt.signal}"
+    return False, f"snapshot command {how}: {tail}"
 
 
 def with_deadline(config: quiesce.LoadedConfig, deadline_s: float) -> quiesce.LoadedConfig:

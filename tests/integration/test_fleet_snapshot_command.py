@@ -1,0 +1,53 @@
+"""A fleet node's snapshot command runs under the same supervision as a single-node run's.
+
+Its own cgroup, the tail of its output, its timeout, and nothing it started
+left running; and ``QUIESCE_TARGETS`` escaped as in mountinfo.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from quiesce.fleet.noderun import NodeRun
+from quiesce.fleet.nodestep import DETAIL_TAIL, run_command
+from quiesce.fleet.protocol import Keys, RunSpec
+from tests.processes import alive_with, unique_sleep
+
+
+def _sh(script: str, timeout_s: float = 5.0, env: dict[str, str] | None = None) -> tuple[bool, str]:
+    return run_command(("/bin/sh", "-c", script), timeout_s, env or {}, "fleet-test")
+
+
+def test_what_the_command_did_is_said():
+    assert _sh("exit 0") == (True, "snapshot command ok")
+    assert _sh("echo no room >&2; exit 3") == (False, "snapshot command exited 3: no room")
+    ok, detail = _sh("kill -9 $$")
+    assert not ok and detail.startswith("snapshot command killed by SIGKILL")
+    assert _sh(f"sleep {unique_sleep()}", timeout_s=0.3) == (False, "snapshot command timed out after 0.3 s")
+    ok, detail = _sh("head -c 10000000 /dev/zero | tr '\\0' x >&2; exit 1")
+    assert not ok and detail == f"snapshot command exited 1: {'x' * DETAIL_TAIL}"
+    ok, detail = run_command(("/nonexistent/snap",), 1.0, {}, "fleet-test")
+    assert not ok and detail.startswith("snapshot command spawn-failed: ") and "/nonexistent/snap" in detail
+
+
+def test_nothing_the_command_started_is_left_running():
+    """A daemon in a session of its own (which a process-group kill misses) ends with the command."""
+    marker = unique_sleep()
+    assert _sh(f"setsid sleep {marker} >/dev/null 2>&1 &\nexit 0") == (True, "snapshot command ok")
+    assert alive_with(marker) == []
+
+
+def test_the_environment_names_the_run_and_escapes_the_targets(tmp_path):
+    part = NodeRun(None, Keys("g"), "n1", "r1", RunSpec(("n1",)), None, lambda: True, lambda _ev: None)  # type: ignore[arg-type]
+    freeze: Any = SimpleNamespace(
+        targets=[SimpleNamespace(mount=SimpleNamespace(mount_point=p)) for p in ("/data", "/odd\nname")]
+    )
+    env = part._command_env(freeze)
+    assert env["QUIESCE_TARGETS"] == "/data\n/odd\\012name"
+    out = tmp_path / "env"
+    assert _sh(f'env > "{out}"', env=env)[0]
+    seen = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    want = {"QUIESCE_FLEET_RUN": "r1", "QUIESCE_FLEET_GROUP": "g", "QUIESCE_NODE": "n1"}
+    want["QUIESCE_PHASE"] = "snapshot"
+    assert {k: seen.get(k) for k in want} == want
