@@ -10,13 +10,23 @@ from types import SimpleNamespace
 from typing import Any
 
 from quiesce.fleet.noderun import NodeRun
-from quiesce.fleet.nodestep import DETAIL_TAIL, run_command
+from quiesce.fleet.nodestep import DETAIL_TAIL, prepare, run_command
 from quiesce.fleet.protocol import Keys, RunSpec
 from tests.processes import alive_with, unique_sleep
 
 
+def _run(
+    argv: tuple[str, ...],
+    timeout_s: float = 5.0,
+    env: dict[str, str] | None = None,
+) -> tuple[bool, str]:
+    """As a node runs it: the cgroup and pipes made first (before its freeze), then the command."""
+    with prepare("test") as launch:
+        return run_command(launch, argv, timeout_s, env or {}, "test")
+
+
 def _sh(script: str, timeout_s: float = 5.0, env: dict[str, str] | None = None) -> tuple[bool, str]:
-    return run_command(("/bin/sh", "-c", script), timeout_s, env or {}, "fleet-test")
+    return _run(("/bin/sh", "-c", script), timeout_s, env)
 
 
 def test_what_the_command_did_is_said():
@@ -27,7 +37,7 @@ def test_what_the_command_did_is_said():
     assert _sh(f"sleep {unique_sleep()}", timeout_s=0.3) == (False, "snapshot command timed out after 0.3 s")
     ok, detail = _sh("head -c 10000000 /dev/zero | tr '\\0' x >&2; exit 1")
     assert not ok and detail == f"snapshot command exited 1: {'x' * DETAIL_TAIL}"
-    ok, detail = run_command(("/nonexistent/snap",), 1.0, {}, "fleet-test")
+    ok, detail = _run(("/nonexistent/snap",), 1.0)
     assert not ok and detail.startswith("snapshot command spawn-failed: ") and "/nonexistent/snap" in detail
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import quiesce
 from quiesce.engine.mountinfo import escape_path
-from quiesce.fleet.nodestep import run_command
+from quiesce.fleet.nodestep import prepare, run_command
 from quiesce.fleet.protocol import (
     ABORT,
     AFTER_STEP,
@@ -46,6 +46,7 @@ from quiesce.fleet.protocol import (
     write_abort,
 )
 from quiesce.fleet.store import Event, Store, Watch
+from quiesce.supervise.launch import Launch
 
 #: How long, while waiting in a run, the node goes without a word from etcd before it asks.
 PROBE_INTERVAL_S = 0.25
@@ -89,6 +90,7 @@ class NodeRun:
         self.held = False
         self._freeze: quiesce.Freeze | None = None
         self._probe_stop = threading.Event()
+        self._launch: Launch | None = None
         self._probe_failed = threading.Event()
         #: When etcd last answered this node (an event, a report's transaction): CLOCK_MONOTONIC.
         self._heard_at = time.monotonic()
@@ -227,6 +229,8 @@ class NodeRun:
         if self.ending is not None:
             raise FleetAbort(self._why(self.ending))
         threading.Thread(target=self._probe_loop, name="etcd-probe", daemon=True).start()
+        if self.spec_argv:  # the snapshot command's cgroup and pipes: made now, not while frozen
+            self._launch = prepare(self.run_id)
         targets = [t.mount.mount_point for t in freeze.targets]
         self._warm_window_store()
         self.times["ready_mono_ns"] = time.monotonic_ns()
@@ -294,8 +298,11 @@ class NodeRun:
         self._probe_stop.set()
 
     def stop(self) -> None:
-        """Stop the etcd probe (the run is over)."""
+        """Stop the etcd probe and remove the snapshot command's cgroup (the run is over)."""
         self._probe_stop.set()
+        if self._launch is not None:
+            self._launch.close()
+            self._launch = None
 
     def _why(self, ending: str) -> str:
         if ending == ABORT:
@@ -313,9 +320,11 @@ class NodeRun:
         argv = self.spec_argv
         if argv:
             timeout_s = min(self.snapshot_timeout_s, max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9))
+            assert self._launch is not None  # made by before_freeze
             env = self._command_env(freeze)
-            # Its cgroup's name: an agent serves one run at a time.
-            self.snapshot_ok, self.snapshot_detail = run_command(argv, timeout_s, env, f"fleet-{self.run_id}")
+            self.snapshot_ok, self.snapshot_detail = run_command(
+                self._launch, argv, timeout_s, env, self.run_id
+            )
         else:
             self.snapshot_ok, self.snapshot_detail = True, "mode none: taken by the caller while frozen"
         self.times["snapshot_end_mono_ns"] = time.monotonic_ns()

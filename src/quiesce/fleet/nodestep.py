@@ -3,8 +3,9 @@
 The node's snapshot command runs after the cut, inside the node's window,
 under the same supervision as a single-node run's (:mod:`quiesce.supervise`):
 its own cgroup (or process group), the tails of its output kept, anything
-it leaves running killed. The node's freeze deadline is its config's,
-capped at the fleet run's.
+it leaves running killed. Its cgroup and pipes are made before the freeze
+(:func:`prepare`): only its start and the wait for it are in the window.
+The node's freeze deadline is its config's, capped at the fleet run's.
 """
 
 from __future__ import annotations
@@ -13,21 +14,27 @@ import dataclasses
 from collections.abc import Mapping
 
 import quiesce
-from quiesce.supervise.snapshot_command import run_command as supervised
+from quiesce.supervise.launch import Launch
+from quiesce.supervise.snapshot_command import run_in
 
 #: How much of the command's stderr a node's report quotes.
 DETAIL_TAIL = 300
 
 
-def run_command(
-    argv: tuple[str, ...], timeout_s: float, env: Mapping[str, str], name: str
-) -> tuple[bool, str]:
-    """Run the node's snapshot command to its timeout (then SIGKILL): (succeeded, what it did).
+def prepare(run_id: str) -> Launch:
+    """The snapshot command's cgroup and pipes, made before the freeze (close it after the run)."""
+    return Launch(f"fleet-{run_id}-snapshot", None)
 
-    ``name`` names its cgroup; ``env`` is added to the environment every
-    supervised process gets (``PATH``, ``LANG``, ``QUIESCE_PHASE``...).
+
+def run_command(
+    launch: Launch, argv: tuple[str, ...], timeout_s: float, env: Mapping[str, str], run_id: str
+) -> tuple[bool, str]:
+    """Run the node's snapshot command in ``launch`` to its timeout (then SIGKILL): (succeeded, what it did).
+
+    ``env`` is added to the environment every supervised process gets
+    (``PATH``, ``LANG``, ``QUIESCE_PHASE``...).
     """
-    attempt = supervised(argv, timeout_s=timeout_s, grace_s=0.0, env=env, run_id=name)
+    attempt = run_in(launch, argv, timeout_s=timeout_s, grace_s=0.0, env=env, run_id=f"fleet-{run_id}")
     if attempt.outcome == "ok":
         return True, "snapshot command ok"
     if attempt.error is not None:

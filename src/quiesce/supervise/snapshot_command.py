@@ -96,15 +96,41 @@ def run_command(
     cgroup_parent: str | None = None,
 ) -> Attempt:
     """Run the snapshot command without a freeze, under a script's supervision."""
-    environ = environment("snapshot", timeout_s, {"QUIESCE_RUN_ID": run_id, **env})
     with Launch(f"{run_id}-snapshot", cgroup_parent) as launch:
-        try:
-            child = launch.spawn(argv, environ, path=argv[0])
-        except QuiesceOSError as err:
-            return launch.failed(1, _start_error(argv[0], err))
-        sup = launch.supervision(child.start_ns + int(timeout_s * 1e9), int(grace_s * 1e9), output_tail)
-        # Like the frozen window, nothing interrupts the snapshot step: a
-        # signal takes effect after it.
-        while not sup.step():
-            pass
-        return launch.finish(1, sup)
+        return run_in(
+            launch,
+            argv,
+            timeout_s=timeout_s,
+            grace_s=grace_s,
+            env=env,
+            run_id=run_id,
+            output_tail=output_tail,
+        )
+
+
+def run_in(
+    launch: Launch,
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    grace_s: float,
+    env: Mapping[str, str],
+    run_id: str,
+    output_tail: int = OUTPUT_TAIL,
+) -> Attempt:
+    """Run the snapshot command in ``launch``, whose cgroup and pipes were made beforehand.
+
+    A fleet node makes them before its freeze and runs the command inside
+    its window, after the cut: only the start and the wait are in the window.
+    """
+    environ = environment("snapshot", timeout_s, {"QUIESCE_RUN_ID": run_id, **env})
+    try:
+        child = launch.spawn(argv, environ, path=argv[0])
+    except QuiesceOSError as err:
+        return launch.failed(1, _start_error(argv[0], err))
+    sup = launch.supervision(child.start_ns + int(timeout_s * 1e9), int(grace_s * 1e9), output_tail)
+    # Like the frozen window, nothing interrupts the snapshot step: a
+    # signal takes effect after it.
+    while not sup.step():
+        pass
+    return launch.finish(1, sup)
