@@ -162,6 +162,38 @@ def test_every_numeric_option_is_range_checked(argv, tmp_path):
     assert "expected a " in r.stderr and ("at most" in r.stderr or " to " in r.stderr)
 
 
+@pytest.mark.parametrize(
+    ("members", "said"),
+    [
+        ("", "names no node"),
+        (",", "names no node"),
+        ("a,,b", "empty name"),
+        ("a,", "empty name"),
+        ("a,a", "names a more than once"),
+        ("a b", "invalid node name"),
+        ("a/../b", "invalid node name"),
+        (",".join(f"n{i}" for i in range(127)), "at most 126"),
+    ],
+)
+def test_members_is_checked_before_etcd_is_asked(members, said, tmp_path):
+    """A --members list naming no node is a usage error, never "every registered agent"; etcd is not asked.
+
+    The endpoint is a closed port: had the command gone on to etcd, it would say so (exit 1).
+    """
+    argv = ["fleet", "run", "--etcd", "http://127.0.0.1:9", "--group", "g", "--members", members]
+    r = run(*argv, run_dir=tmp_path)
+    assert r.returncode == Exit.USAGE, r.stderr
+    assert "argument --members" in r.stderr and said in r.stderr, r.stderr
+    assert "etcd does not answer" not in r.stderr
+
+
+def test_members_names_are_stripped():
+    """Spaces after the commas are not part of a node's name."""
+    from quiesce.fleet.cli import _members
+
+    assert _members("a, b ,c") == ("a", "b", "c")
+
+
 def _numeric_options(parser, path=()):
     """Every option of every command whose type turns "5" into a number: (command path, option, type)."""
     import argparse

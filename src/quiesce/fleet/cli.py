@@ -20,7 +20,7 @@ from typing import Any
 from quiesce import APPLICATION, CRASH, FILESYSTEM
 from quiesce.cli.argtypes import MAX_SECONDS, count, seconds
 from quiesce.fleet import FleetError
-from quiesce.fleet.protocol import KEEP_RUNS, MAX_MEMBERS
+from quiesce.fleet.protocol import KEEP_RUNS, MAX_MEMBERS, check_name
 
 #: Exit codes as ``quiesce run``'s.
 EXIT_OK, EXIT_DEGRADED, EXIT_FAILED, EXIT_CONFIG = 0, 8, 9, 10
@@ -29,6 +29,26 @@ EXIT_OK, EXIT_DEGRADED, EXIT_FAILED, EXIT_CONFIG = 0, 8, 9, 10
 _seconds = seconds(0, MAX_SECONDS, low_open=True)
 _ttl = count(1, 3600, "seconds")
 _nodes = count(1, MAX_MEMBERS, "agents")
+
+
+def _members(text: str) -> tuple[str, ...]:
+    """``--members A,B,C``: node names, each once; an empty list or name is a usage error, not "all"."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not any(names):
+        raise argparse.ArgumentTypeError("names no node (leave --members out to take every registered agent)")
+    if "" in names:
+        raise argparse.ArgumentTypeError(f"has an empty name in {text!r}")
+    try:
+        for name in names:
+            check_name("node", name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"names {', '.join(twice)} more than once")
+    if len(names) > MAX_MEMBERS:
+        raise argparse.ArgumentTypeError(f"names {len(names)} nodes; a run has at most {MAX_MEMBERS}")
+    return names
 
 
 #: The most of a password file read: a password is short.
@@ -129,7 +149,7 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
     if args.members and args.expect is not None:
         raise ValueError("give --members or --expect, not both")
     opts = FleetOptions(
-        members=tuple(m for m in (args.members or "").split(",") if m),
+        members=args.members or (),
         expect=args.expect,
         timeout_s=args.timeout,
         deadline_s=args.deadline,
@@ -250,7 +270,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _etcd_options(p)
-    p.add_argument("--members", metavar="A,B,C", help="the nodes that must take part")
+    p.add_argument("--members", type=_members, metavar="A,B,C", help="the nodes that must take part")
     p.add_argument("--expect", type=_nodes, metavar="N", help="take the N registered agents (waits for them)")
     p.add_argument(
         "--timeout",
