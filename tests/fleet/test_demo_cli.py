@@ -68,16 +68,46 @@ def test_bad_group_name_and_both_member_options_are_usage_errors(capsys):
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["http://", "ftp://x:1", "http://[::1", "http://h:99999", "http://h:port", ",,"]
+    "endpoint",
+    [
+        "http://",
+        "ftp://x:1",
+        "http://[::1",
+        "http://h:99999",
+        "http://h:port",
+        "http://h:1/v3",
+        "http://h:1?x=1",
+        "http://h:1?",
+        "http://h:1#f",
+        "http://ho st:1",
+        "http://-h:1",
+    ],
 )
 def test_a_malformed_endpoint_is_a_usage_error_naming_it(endpoint, capsys):
     """Exit 2 with the endpoint named, before anything is contacted; never a bare parser message."""
     pytest.importorskip("etcd3gw")
     assert main(["fleet", "status", "--etcd", endpoint, "--group", "g"]) == 2
+    assert f"invalid etcd endpoint {endpoint!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "said"),
+    [(",,", "no etcd endpoint given"), ("http://h:1,,http://h:2", "an empty etcd endpoint in")],
+)
+def test_an_empty_endpoint_in_the_list_is_a_usage_error(endpoints, said, capsys):
+    """A list with a hole is a mistyped list: said, not skipped."""
+    pytest.importorskip("etcd3gw")
+    for argv in (["fleet", "status"], ["agent", "--name", "n1"]):
+        assert main([*argv, "--etcd", endpoints, "--group", "g"]) == 2
+        assert said in capsys.readouterr().err
+
+
+def test_a_password_in_the_endpoint_is_refused_and_not_repeated(capsys):
+    """``user:password@`` would not be sent (the login is --user): refused, and the password not echoed."""
+    pytest.importorskip("etcd3gw")
+    assert main(["fleet", "status", "--etcd", "http://root:s3cret@127.0.0.1:9", "--group", "g"]) == 2
     err = capsys.readouterr().err
-    assert (
-        "no etcd endpoint given" in err if endpoint == ",," else f"invalid etcd endpoint {endpoint!r}" in err
-    )
+    assert "--user" in err and "s3cret" not in err and "root" not in err
 
 
 def test_unreachable_etcd_is_an_error(capsys):

@@ -81,11 +81,21 @@ def _security(args: argparse.Namespace) -> Any:
     return Security(cacert, cert, key, args.user, password)
 
 
+def _endpoints(text: str) -> tuple[str, ...]:
+    """``--etcd URL[,URL...]``: an empty entry is an error, as a mistyped list should be."""
+    urls = tuple(url.strip() for url in text.split(","))
+    if not any(urls):
+        raise ValueError("no etcd endpoint given")
+    if "" in urls:
+        raise ValueError(f"an empty etcd endpoint in {text!r}")
+    return urls
+
+
 def _store(args: argparse.Namespace) -> Any:
     from quiesce.fleet.store import Store
 
     try:
-        return Store([u for u in args.etcd.split(",") if u], _security(args))
+        return Store(_endpoints(args.etcd), _security(args))
     except ImportError as err:
         raise FleetError(f"the fleet needs the extra: pip install 'quiesce[fleet]' ({err})") from err
 
@@ -111,7 +121,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             print(f"quiesce-agent {args.name}: {shown(line, 2000)}", file=sys.stderr, flush=True)
 
     options = AgentOptions(
-        endpoints=tuple(u for u in args.etcd.split(",") if u),
+        endpoints=_endpoints(args.etcd),
         group=args.group,
         node=args.name,
         config_path=args.config,

@@ -16,11 +16,12 @@ Values are JSON objects. Keys are ASCII (checked names).
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from quiesce.fleet import FleetError
 from quiesce.fleet.protocol import Record
@@ -31,6 +32,8 @@ __all__ = ["REQUEST_TIMEOUT_S", "Event", "Security", "Store", "Watch"]
 
 #: Seconds one request may take before the endpoint counts as not answering.
 REQUEST_TIMEOUT_S = 2.0
+#: An endpoint's host: a DNS name, an IPv4 address, or an IPv6 one (its brackets already taken off).
+_HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9._-]{0,252})|[0-9A-Fa-f:.]{2,45}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,14 @@ class Store:
                 raise ValueError(f"invalid etcd endpoint {url!r}: {err}") from err
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"invalid etcd endpoint {url!r}: use http(s)://HOST:PORT")
+            if parts.username is not None or parts.password is not None:
+                # Never sent: the login is --user with --password-file (a URL shows in ps and logs).
+                shown = urlunsplit(parts._replace(netloc="...@" + parts.netloc.rpartition("@")[2]))
+                raise ValueError(f"invalid etcd endpoint {shown!r}: give the user with --user, not in a URL")
+            if not _HOST.fullmatch(parts.hostname):
+                raise ValueError(f"invalid etcd endpoint {url!r}: {parts.hostname!r} is not a host name")
+            if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+                raise ValueError(f"invalid etcd endpoint {url!r}: use http(s)://HOST:PORT, without a path")
             sec = self.security
             session = LeanSession(
                 verify=sec.cacert or True, cert=(sec.cert, sec.key) if sec.cert and sec.key else None
