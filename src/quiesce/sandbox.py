@@ -20,7 +20,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+
+from quiesce.closeable import Closeable
 
 # Defined with the other errors so the command line catches it without importing this module.
 from quiesce.errors import SandboxError as SandboxError
@@ -103,7 +104,7 @@ class LoopFs:
         return str(self.mount_point)
 
 
-class Sandbox:
+class Sandbox(Closeable):
     """A set of loop filesystems under a private temporary directory.
 
     Use as a context manager; :meth:`close` tears everything down even after
@@ -176,14 +177,3 @@ class Sandbox:
         shutil.rmtree(self.base, ignore_errors=True)
         if errors:
             raise SandboxError("; ".join(errors))
-
-    def __enter__(self) -> Sandbox:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -30,8 +30,8 @@ import errno
 import os
 import shlex
 import stat
-from types import TracebackType
 
+from quiesce.closeable import Closeable
 from quiesce.engine.trust import WRITABLE_BY_OTHERS, UnsafeDirectoryError, check_directory, owner_and_mode
 from quiesce.errors import UnsafeRunDirError, UntrustedFileError
 
@@ -156,7 +156,7 @@ def atomic_write(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None
         raise
 
 
-class RunDir:
+class RunDir(Closeable):
     """An open, checked run directory; files in it are reached only through its fd.
 
     :meth:`open` checks (and if asked, creates) it; close it with
@@ -267,17 +267,6 @@ class RunDir:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> RunDir:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _check_own_file(path: str, st: os.stat_result, *, private: bool) -> None:

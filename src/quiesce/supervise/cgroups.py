@@ -20,8 +20,8 @@ import os
 import re
 import select
 import time
-from types import TracebackType
 
+from quiesce.closeable import Closeable
 from quiesce.engine import native
 from quiesce.engine.mountinfo import read_mountinfo
 from quiesce.supervise.procs import cgroup_of
@@ -64,7 +64,7 @@ def run_parent(root: str) -> str:
     return os.path.join(delegated_cgroup(root) or root, PARENT)
 
 
-class ScriptCgroup:
+class ScriptCgroup(Closeable):
     """One cgroup for one script attempt; remove it with :meth:`close`."""
 
     def __init__(self, root: str, name: str, parent: str | None = None) -> None:
@@ -158,19 +158,8 @@ class ScriptCgroup:
         with contextlib.suppress(OSError):
             os.rmdir(self.path)
 
-    def __enter__(self) -> ScriptCgroup:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RunCgroup:
+class RunCgroup(Closeable):
     """The parent cgroup of one run's scripts, with a watchdog that kills it if the run dies.
 
     ``<cgroup2>/quiesce/<run_id>`` (under the service's own cgroup when
@@ -207,12 +196,6 @@ class RunCgroup:
         if self.path is not None:
             _remove_tree(self.path)
             self.path = None
-
-    def __enter__(self) -> RunCgroup:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _remove_tree(path: str) -> None:

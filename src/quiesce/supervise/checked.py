@@ -36,8 +36,8 @@ import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 
+from quiesce.closeable import Closeable
 from quiesce.engine.trust import (
     NOT_FOUND_ERRNOS,
     OPEN_FLAGS,
@@ -62,7 +62,7 @@ _PHASES = ("pre", "post")
 
 
 @dataclass(eq=False)
-class CheckedScript:
+class CheckedScript(Closeable):
     """A pre- or post-script that passed every check, held open.
 
     ``fd`` is the checked file itself (``O_RDONLY``, ``O_CLOEXEC`` set): the
@@ -107,17 +107,6 @@ class CheckedScript:
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
-
-    def __enter__(self) -> CheckedScript:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "fd", -1) >= 0:

@@ -18,8 +18,8 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
+from quiesce.closeable import Closeable
 from quiesce.engine import native
 from quiesce.errors import QuiesceOSError
 from quiesce.supervise.cgroups import ScriptCgroup
@@ -89,7 +89,7 @@ def environment(
     return [f"{k}={v}" for k, v in env.items()]
 
 
-class Launch:
+class Launch(Closeable):
     """One process's cgroup, stdin and output pipes; :meth:`close` (or ``with``) tears them down.
 
     With ``stdin_pipe`` the process reads a pipe whose write end is
@@ -202,17 +202,6 @@ class Launch:
     def close(self) -> None:
         """Kill what is left, close every fd, remove the cgroup (idempotent)."""
         self._always.close()
-
-    def __enter__(self) -> Launch:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _close_child_ends(self) -> None:
         ends, self._child_ends = self._child_ends, []

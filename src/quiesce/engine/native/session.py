@@ -6,9 +6,9 @@ import errno
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
+from quiesce.closeable import Closeable
 from quiesce.engine.native.core import (
     GUARD_REASONS,
     MAX_FILESYSTEMS,
@@ -55,7 +55,7 @@ class GuardianRecord:
     done: bool = True
 
 
-class Session:
+class Session(Closeable):
     """One freeze of a fixed, ordered set of open filesystems.
 
     The fds stay owned by the caller and must stay open until :meth:`close`.
@@ -81,17 +81,6 @@ class Session:
         if self._s is not None:
             lib.qz_session_free(self._s)
             self._s = None
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_s", None) is not None:
