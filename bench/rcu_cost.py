@@ -133,6 +133,11 @@ def control_interval(started: int, a: int, b: int) -> tuple[int, int]:
     return b + CONTROL_GAP_NS, b + CONTROL_GAP_NS + (b - a)
 
 
+def spin_until(control: tuple[int, int], b: int) -> int:
+    """When the spinner may stop: past the window's end ``b`` and the control's (which may come first)."""
+    return max(b, control[1]) + CONTROL_GAP_NS
+
+
 def set_rcu(value: bytes) -> None:
     """Write /sys/kernel/rcu_expedited."""
     with open(RCU_EXPEDITED, "wb") as f:
@@ -174,7 +179,7 @@ def one(
             set_rcu(found)
             knob.close()
         control = control_interval(spinner.started, a, b)
-        until = control[1] + CONTROL_GAP_NS
+        until = spin_until(control, b)
     finally:
         spinner.finish(until)
     if not f.report.ok:
