@@ -3,7 +3,7 @@
 Run from the repository root with ``quiesce[fleet]`` and etcd (Debian's
 ``etcd-server``) installed; no root needed::
 
-    python bench/etcd_request.py [--requests 300] [--etcd URL]
+    python bench/etcd_request.py [--requests 300] [--etcd URL] [--grpc]
 
 Without ``--etcd`` it starts a throwaway etcd on 127.0.0.1 (a free port, a
 temporary data directory, removed at the end). For each session it makes
@@ -22,6 +22,11 @@ events, in turns, through the fleet's :class:`~quiesce.fleet.watch.Watch`
 (read in the caller's thread) and through a reader thread handing them
 over a ``queue.Queue`` (how the watch was read before): this process's
 CPU per event, median of the rounds.
+
+With ``--grpc`` (the throwaway etcd, and ``etcdctl`` from Debian's
+``etcd-client``), last: etcd's own CPU per write when the writes come
+through gRPC, not the JSON gateway (``etcdctl check perf --load s``, 60 s):
+how much of a request's cost in etcd is the gateway's.
 """
 
 from __future__ import annotations
@@ -263,6 +268,35 @@ def measure_events(url: str, n: int, gap_s: float, rounds: int) -> dict[str, flo
     return {reader: statistics.median(got) for reader, got in samples.items()}
 
 
+def grpc_write_cost(url: str) -> tuple[int, float] | str:
+    """etcd's own CPU per write without the gateway: ``etcdctl check perf`` (gRPC, 60 s) against it.
+
+    Returns (writes, etcd CPU µs per write), or why it was not measured.
+    """
+    from quiesce.fleet.store import Store
+
+    if shutil.which("etcdctl") is None:
+        return "etcdctl is not installed (Debian: etcd-client)"
+    with Store([url]) as store:
+        before_rev, _ = store.get_prefix("/bench/none/")
+        before_cpu = etcd_cpu_s()
+        done = subprocess.run(
+            ["etcdctl", "--endpoints", url, "check", "perf", "--load", "s"],
+            env={**os.environ, "ETCDCTL_API": "3"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        after_cpu = etcd_cpu_s()
+        after_rev, _ = store.get_prefix("/bench/none/")
+    if before_cpu is None or after_cpu is None:
+        return "needs the throwaway etcd (its CPU time is read from /proc)"
+    writes = after_rev - before_rev - 1  # check perf deletes its keys at the end: one revision
+    if done.returncode not in (0, 1) or writes <= 0:  # 1: a check that did not pass still wrote
+        return f"etcdctl check perf exited {done.returncode}: {done.stderr.strip()[-200:]}"
+    return writes, (after_cpu - before_cpu) / writes * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per round (default 300)")
@@ -270,6 +304,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200, help="watch events a round (default 200)")
     parser.add_argument("--event-gap-ms", type=float, default=3.0, help="between two events (default 3)")
     parser.add_argument("--event-rounds", type=int, default=5, help="rounds per reader (default 5)")
+    parser.add_argument(
+        "--grpc",
+        action="store_true",
+        help="also etcd's CPU per write through gRPC, without the gateway (etcdctl check perf, 60 s)",
+    )
     args = parser.parse_args()
     if args.events < 2 or args.event_rounds < 1 or args.event_gap_ms < 0:
         parser.error("--events must be >= 2, --event-rounds >= 1, --event-gap-ms >= 0")
@@ -285,6 +324,7 @@ def main() -> None:
                 time.sleep(0.1)
         results = measure(url, args.requests)
         events = measure_events(url, args.events, args.event_gap_ms / 1000, args.event_rounds)
+        grpc = grpc_write_cost(url) if args.grpc else None
     print(f"load average {os.getloadavg()[0]:.2f}; {args.requests} requests a round, median of 5 rounds")
     print(f"{'session':<38} {'request':<22} {'CPU µs':>8} {'wall µs':>8} {'etcd CPU µs':>12}")
     for name, kinds in results.items():
@@ -299,6 +339,12 @@ def main() -> None:
     print(f"{'Watch (the caller reads the stream)':<38} {events['Watch']:17.0f}")
     print(f"{'a reader thread and a queue.Queue':<38} {events['thread']:17.0f}")
     print(f"{'ratio':<38} {events['Watch'] / events['thread']:17.2f}")
+    if isinstance(grpc, str):
+        print(f"\netcd's CPU per write through gRPC: not measured: {grpc}")
+    elif grpc is not None:
+        writes, per_write = grpc
+        what = f"etcd's CPU per write through gRPC (etcdctl check perf, {writes} writes)"
+        print(f"\n{what}: {per_write:.0f} µs")
 
 
 if __name__ == "__main__":
