@@ -328,3 +328,108 @@ def test_a_coordinator_refuses_members_whose_agents_speak_another_protocol():
         else:
             raise AssertionError("taken")
     assert resolve_members(store, KEYS, FleetOptions(members=("n1",), timeout_s=0.1)) == ["n1"]  # type: ignore[arg-type]
+
+
+def _clean_run(done_extra=None, snap_extra=None):
+    """A run of n1 and n2 in the protocol's order, each value as an agent writes it (then changed)."""
+    view = RunView("r1")
+    view.add("spec", None, Record({"members": ["n1", "n2"]}, 2))
+    view.add("freeze", None, Record({}, 5))
+    view.add("frozen", "n1", Record({}, 6))
+    view.add("frozen", "n2", Record({}, 7))
+    view.add("cut", None, Record({}, 7))
+    for rev, node in ((8, "n1"), (9, "n2")):
+        view.add("snapshotted", node, Record({"ok": True, **(snap_extra or {})}, rev))
+    view.add("thaw", None, Record({}, 9))
+    for rev, node in ((10, "n1"), (11, "n2")):
+        done = {
+            "thawed_by": "thaw",
+            "thaw_revision": 9,
+            "local": "application-consistent",
+            "held_through_snapshot": True,
+            **(done_extra or {}),
+        }
+        view.add("done", node, Record(done, rev))
+    return view
+
+
+def test_the_clean_run_is_application_consistent():
+    """The baseline of the cases below: as the agents write it, the run is consistent."""
+    assert judge(_clean_run()).consistency == "application-consistent"
+
+
+@pytest.mark.parametrize(
+    ("done_extra", "snap_extra"),
+    [
+        (None, {"ok": "false"}),
+        (None, {"ok": 1}),
+        (None, {"ok": "true"}),
+        ({"held_through_snapshot": "false"}, None),
+        ({"held_through_snapshot": 1}, None),
+        ({"held_through_snapshot": [0]}, None),
+        ({"thaw_revision": 9.0}, None),
+        ({"thaw_revision": "9"}, None),
+        ({"thaw_revision": True}, None),
+    ],
+)
+def test_a_fact_written_in_another_form_never_makes_the_run_consistent(done_extra, snap_extra):
+    """``"false"``, 1, 9.0: what no agent writes does not count as the agent's true or revision."""
+    verdict = judge(_clean_run(done_extra, snap_extra))
+    assert verdict.consistency != "application-consistent", verdict
+
+
+def test_a_revision_of_true_is_not_revision_one():
+    """JSON ``true`` equals 1 in Python: a thaw at revision 1 still needs the integer 1."""
+    view = _clean_run({"thaw_revision": True})
+    view.add("thaw", None, Record({}, 1))
+    assert judge(view).consistency != "application-consistent"
+
+
+facts = st.sampled_from([True, False, "true", "false", 1, 0, 9, 9.0, None, "thaw", "abort", [True]])
+changes = st.lists(
+    st.one_of(
+        # a field of a node's report set to another value
+        st.tuples(
+            st.sampled_from(["snapshotted", "done"]),
+            st.sampled_from(["n1", "n2"]),
+            st.sampled_from(["ok", "held_through_snapshot", "thaw_revision", "thawed_by"]),
+            facts,
+        ),
+        # a key moved to another revision
+        st.tuples(
+            st.sampled_from(["frozen", "snapshotted", "done", "cut", "thaw"]),
+            st.sampled_from(["n1", "n2"]),
+            st.just("revision"),
+            st.integers(min_value=1, max_value=14),
+        ),
+    ),
+    max_size=3,
+)
+
+
+@given(changes=changes)
+@settings(max_examples=600, deadline=None)
+def test_application_consistent_only_when_every_node_proves_the_cut(changes):
+    """A clean run with any keys changed: consistent only if, for every member, frozen <= cut <
+    snapshotted (ok: true), its freeze held (true), it thawed by the thaw whose integer revision it
+    names, and thaw < done."""
+    view = _clean_run()
+    for what, node, name, value in changes:
+        single = what in ("cut", "thaw")
+        old = view.single[what] if single else view.node(what, node)
+        assert old is not None
+        if name == "revision":
+            new = Record(old.value, value)
+        else:
+            new = Record({**old.value, name: value}, old.mod_revision)
+        view.add(what, None if single else node, new)
+    if judge(view).consistency != "application-consistent":
+        return
+    cut, thaw = view.single["cut"].mod_revision, view.single["thaw"].mod_revision
+    for node in ("n1", "n2"):
+        frozen, snap, done = (view.node(w, node) for w in ("frozen", "snapshotted", "done"))
+        assert frozen is not None and snap is not None and done is not None
+        assert frozen.mod_revision <= cut < snap.mod_revision
+        assert snap.value["ok"] is True and done.value["held_through_snapshot"] is True
+        assert done.value["thawed_by"] == "thaw" and type(done.value["thaw_revision"]) is int
+        assert done.value["thaw_revision"] == thaw < done.mod_revision

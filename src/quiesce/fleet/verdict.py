@@ -102,7 +102,7 @@ def _node_part(view: RunView, node: str, cut: Record | None, thaw: Record | None
         part.local = _opt_str(done.value.get("local"))
         window = done.value.get("window_ns")
         part.window_ns = window if type(window) is int and 0 <= window < 2**63 else None
-        part.config_error = bool(done.value.get("config_error"))
+        part.config_error = done.value.get("config_error") is True
     if cut is None:
         part.why = "no cut was committed: no snapshot was taken"
         return part
@@ -110,7 +110,7 @@ def _node_part(view: RunView, node: str, cut: Record | None, thaw: Record | None
     if frozen is None or frozen.mod_revision > cut.mod_revision:
         part.why = "not frozen before the cut"  # cannot happen with the transaction; said if it did
         return part
-    if snap is None or not snap.value.get("ok") or snap.mod_revision <= cut.mod_revision:
+    if snap is None or snap.value.get("ok") is not True or snap.mod_revision <= cut.mod_revision:
         detail = "" if snap is None else f": {snap.value.get('detail') or 'failed'}"
         part.why = f"no snapshot after the cut{detail}"
         return part
@@ -120,14 +120,15 @@ def _node_part(view: RunView, node: str, cut: Record | None, thaw: Record | None
     if part.local == FAILED:
         part.why = f"its own run failed: {done.value.get('error') or 'see its result'}"
         return part
-    held = bool(done.value.get("held_through_snapshot"))
-    if not held:
+    # Each fact counts only as the agent writes it (JSON true, an integer revision): a value
+    # anyone else planted, "false" or 1.0, never makes a verdict stronger.
+    if done.value.get("held_through_snapshot") is not True:
         part.verdict, part.why = CRASH, "its freeze did not hold through its snapshot"
         return part
     clean = (
         thaw is not None
         and part.thawed_by == THAW
-        and done.value.get("thaw_revision") == thaw.mod_revision
+        and _revision(done.value.get("thaw_revision")) == thaw.mod_revision
         and thaw.mod_revision < done.mod_revision
     )
     if not clean:
@@ -140,6 +141,11 @@ def _node_part(view: RunView, node: str, cut: Record | None, thaw: Record | None
         return part
     part.verdict, part.why = APPLICATION, "frozen < cut < snapshotted < thaw < done"
     return part
+
+
+def _revision(v: object) -> int | None:
+    """An etcd revision as a node reports it: a JSON integer (not a bool, a float or a string)."""
+    return v if type(v) is int else None
 
 
 def _opt_str(v: object) -> str | None:
