@@ -137,10 +137,21 @@ def test_own_commands():
 def test_parse_errors_and_bad_requests():
     """A lexer/parser error and a non-request get GenericError replies."""
     d = Dispatcher(FakeFreezer(), None)  # type: ignore[arg-type]
-    assert [json.loads(r) for r in d.handle(Parsed(error="invalid keyword 'x'"))] == [
+    assert [json.loads(r) for r in d.handle(Parsed(error="JSON parse error, invalid keyword 'x'"))] == [
         {"error": {"class": "GenericError", "desc": "JSON parse error, invalid keyword 'x'"}}
     ]
     assert handle(d, [1]) == [{"error": {"class": "GenericError", "desc": "QMP input must be a JSON object"}}]
+
+
+def test_a_limit_error_is_worded_as_qemu_ga_words_it():
+    """Too deep a value: "JSON nesting depth limit exceeded", with no "JSON parse error, " before it."""
+    from quiesce.qga.jsonstream import MAX_NESTING, JsonStream
+
+    d = Dispatcher(FakeFreezer(), None)  # type: ignore[arg-type]
+    (parsed,) = JsonStream().feed(b"[" * (MAX_NESTING + 1))
+    assert [json.loads(r) for r in d.handle(parsed)] == [
+        {"error": {"class": "GenericError", "desc": "JSON nesting depth limit exceeded"}}
+    ]
 
 
 def test_guest_info_merges_own_commands_into_the_agents():

@@ -1,7 +1,8 @@
 """The wire format: values and errors split out of a byte stream as qemu-ga 7.2 splits them.
 
 The expected results are what Debian's qemu-ga 7.2.22 answered to the same
-bytes (its reply for each error is ``JSON parse error, <message>``;
+bytes (its reply's ``desc`` for each error: ``JSON parse error, <message>``, or a limit's
+message alone, ``JSON nesting depth limit exceeded``;
 ``tests/qga/test_parity.py`` replays several of them against it live).
 """
 
@@ -13,7 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quiesce.qga.jsonstream import MAX_NESTING, JsonStream, Parsed
+from quiesce.qga.jsonstream import MAX_NESTING, PARSE_ERROR, JsonStream, Parsed
+
+E = PARSE_ERROR  # before a lexer's or a parser's message; a limit's stands alone
 
 
 def results(data: bytes) -> list[tuple[object, str | None]]:
@@ -29,33 +32,33 @@ def results(data: bytes) -> list[tuple[object, str | None]]:
         (b'{"a":1}{"b":2}\n', [({"a": 1}, None), ({"b": 2}, None)]),
         (b'{"a":1,\n"id":7}\n', [({"a": 1, "id": 7}, None)]),
         # A bare word is a complete (wrong) value; each word is one error.
-        (b"garbage\n", [(None, "invalid keyword 'garbage'")]),
-        (b"foo bar\n", [(None, "invalid keyword 'foo'"), (None, "invalid keyword 'bar'")]),
-        (b"12abc\n", [(12, None), (None, "invalid keyword 'abc'")]),
-        (b'x{"a":1}\n', [(None, "invalid keyword 'x'"), ({"a": 1}, None)]),
+        (b"garbage\n", [(None, E + "invalid keyword 'garbage'")]),
+        (b"foo bar\n", [(None, E + "invalid keyword 'foo'"), (None, E + "invalid keyword 'bar'")]),
+        (b"12abc\n", [(12, None), (None, E + "invalid keyword 'abc'")]),
+        (b'x{"a":1}\n', [(None, E + "invalid keyword 'x'"), ({"a": 1}, None)]),
         # A stray character is one error; recovery skips to the next line or bracket.
-        (b"GARBAGE\n", [(None, "stray 'G'")]),
-        (b"-\n", [(None, "stray '-\n'")]),
-        (b'"a\x01b"\n', [(None, "stray '\"a\x01'")]),
-        (b'"unterminated\n', [(None, "stray '\"unterminated\n'")]),
-        (b"\xff", [(None, "stray '\ufffd'")]),
-        (b"\xc3\xa9\n", [(None, "stray '\ufffd'")]),
-        (b"1.5e3 1e 0.x\n", [(1500.0, None), (None, "stray '1e '")]),
+        (b"GARBAGE\n", [(None, E + "stray 'G'")]),
+        (b"-\n", [(None, E + "stray '-\n'")]),
+        (b'"a\x01b"\n', [(None, E + "stray '\"a\x01'")]),
+        (b'"unterminated\n', [(None, E + "stray '\"unterminated\n'")]),
+        (b"\xff", [(None, E + "stray '\ufffd'")]),
+        (b"\xc3\xa9\n", [(None, E + "stray '\ufffd'")]),
+        (b"1.5e3 1e 0.x\n", [(1500.0, None), (None, E + "stray '1e '")]),
         # Parser errors.
-        (b'{"a": }\n', [(None, "expecting value")]),
-        (b"}\n", [(None, "expecting value")]),
-        (b'{"execute":"a","execute":"b"}\n', [(None, "duplicate key")]),
-        (b'"\\q"\n', [(None, "invalid escape sequence in string")]),
-        (b'"\xc3"\n', [(None, "invalid UTF-8 sequence in string")]),
+        (b'{"a": }\n', [(None, E + "expecting value")]),
+        (b"}\n", [(None, E + "expecting value")]),
+        (b'{"execute":"a","execute":"b"}\n', [(None, E + "duplicate key")]),
+        (b'"\\q"\n', [(None, E + "invalid escape sequence in string")]),
+        (b'"\xc3"\n', [(None, E + "invalid UTF-8 sequence in string")]),
         # QEMU's JSON extensions and escapes.
         (b"{'execute':'guest-ping'}\n", [({"execute": "guest-ping"}, None)]),
         (b'{"x":"\\u00e9\\ud83d\\ude00\\n"}\n', [({"x": "\u00e9\U0001f600\n"}, None)]),
         (b'"\xc3\xa9"\n', [("\u00e9", None)]),
         (b"true null [1,2]\n", [(True, None), (None, None), ([1, 2], None)]),
         (b'[{}, "a", {"b": [{}]}]\n', [([{}, "a", {"b": [{}]}], None)]),
-        (b"[1 2]\n", [(None, "expected separator in list")]),
-        (b'{"a" 1}\n', [(None, "missing : in object pair")]),
-        (b"{1: 2}\n", [(None, "key is not a string in object")]),
+        (b"[1 2]\n", [(None, E + "expected separator in list")]),
+        (b'{"a" 1}\n', [(None, E + "missing : in object pair")]),
+        (b"{1: 2}\n", [(None, E + "key is not a string in object")]),
         # Too long for a 64-bit integer: a double (so never a valid "int" argument).
         (b"123456789012345678901234567890\n", [(1.2345678901234568e29, None)]),
         (b"\n  \r\n\t", []),
@@ -76,7 +79,7 @@ def test_sentinel_discards_a_partial_request():
     assert s.feed(b'{"execute":"guest-ping", "id": 1') == []
     out = s.feed(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":5}}\n')
     assert out == [
-        Parsed(error="stray '\ufffd'"),
+        Parsed(error=E + "stray '\ufffd'"),
         Parsed(value={"execute": "guest-sync-delimited", "arguments": {"id": 5}}),
     ]
 
@@ -133,7 +136,7 @@ def test_a_long_token_in_small_chunks_costs_linear_time(token):
     assert time.monotonic() - start < 10
     assert len(out) == 1
     if token[:1] == b"a":
-        assert out[0].error == f"invalid keyword '{token.decode()}'"
+        assert out[0].error == f"{E}invalid keyword '{token.decode()}'"
     else:
         value = out[0].value["arguments"]["buf-b64"]  # type: ignore[index]
         assert value == ("x" * (4 << 20) if token[:1] == b'"' else float("inf"))

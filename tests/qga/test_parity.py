@@ -82,6 +82,9 @@ def exchange(c: Client, a: str, b: str) -> list[tuple[str, list[bytes]]]:
         ("bad-member", b'{"execute":"guest-ping","control":{}}\n', 1),
         ("single-quotes", b"{'execute':'guest-ping'}\n", 1),
         ("list-type", b'{"execute":"guest-fsfreeze-freeze-list","arguments":{"mountpoints":[1]}}\n', 1),
+        # Deeper than qemu's nesting limit: a limit's error (worded without "JSON parse error").
+        ("too-deep", b"[" * 1025 + b"\n", 1),
+        ("after-too-deep", b'\xff{"execute":"guest-sync-delimited", "arguments":{"id":43}}\n', 2),
     ]
     out = []
     for label, raw, lines in steps:

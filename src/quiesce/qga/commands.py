@@ -85,7 +85,7 @@ class Dispatcher:
 
     def _handle(self, parsed: Parsed) -> list[bytes]:
         if parsed.error is not None:
-            return [reply_error(QgaError(f"JSON parse error, {parsed.error}"))]
+            return [reply_error(QgaError(parsed.error))]
         try:
             request = parse_request(parsed.value)
         except BadRequest as err:

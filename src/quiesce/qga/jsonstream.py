@@ -40,8 +40,12 @@ _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
 _KEYWORDS: dict[str, object] = {"true": True, "false": False, "null": None}
 
 
+#: What qemu-ga puts before a lexer's or a parser's message (not before a limit's).
+PARSE_ERROR = "JSON parse error, "
+
+
 class JsonError(Exception):
-    """A value that cannot be parsed; the message is what follows "JSON parse error, "."""
+    """A value that cannot be parsed; the message is what follows :data:`PARSE_ERROR`."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Parsed:
     """One complete top-level value, or the error that replaced it."""
 
     value: object = None
+    #: The reply's ``desc`` as qemu-ga words it: a lexer's or a parser's error after
+    #: :data:`PARSE_ERROR`, a limit's ("JSON nesting depth limit exceeded") alone.
     error: str | None = None
 
 
@@ -196,7 +202,7 @@ class JsonStream:
             try:
                 out.append(Parsed(value=_Parser(tokens).parse()))
             except JsonError as err:
-                out.append(Parsed(error=str(err)))
+                out.append(Parsed(error=f"{PARSE_ERROR}{err}"))
 
     def _string(self, body: bytes, size: int, out: list[Parsed]) -> None:
         try:
@@ -210,7 +216,7 @@ class JsonStream:
 
     def _error(self, raw: bytes | bytearray, out: list[Parsed]) -> None:
         self._recovering = True
-        self._drop(out, f"stray '{quote_token(bytes(raw))}'")
+        self._drop(out, f"{PARSE_ERROR}stray '{quote_token(bytes(raw))}'")
 
     def _drop(self, out: list[Parsed], message: str) -> None:
         self._tokens, self._size, self._braces, self._brackets = [], 0, 0, 0
