@@ -173,12 +173,19 @@ def test_guest_info_merges_own_commands_into_the_agents():
     assert {n for n, on in frozen.items() if on} == FROZEN_ALLOWLIST
 
 
-def test_a_request_that_cannot_be_encoded_back_gets_an_error_not_a_crash():
-    """An id nested deeper than the encoder goes still gets a reply (GenericError)."""
+def test_an_id_as_deep_as_the_reader_takes_is_echoed_whole():
+    """An id nested 1020 deep comes back whole, as qemu-ga sends it back (the writer has its own stack)."""
     d = Dispatcher(FakeFreezer(), None)  # type: ignore[arg-type]
     deep: object = 1
     for _ in range(1020):
         deep = [deep]
-    reply = handle(d, {"execute": "guest-ping", "id": deep})
+    (reply,) = d.handle(Parsed(value={"execute": "guest-ping", "id": deep}))
+    assert reply == b'{"return": {}, "id": ' + b"[" * 1020 + b"1" + b"]" * 1020 + b"}\n"
+
+
+def test_a_request_that_cannot_be_handled_gets_an_error_not_a_crash():
+    """Whatever goes wrong inside a command, the host gets a GenericError and the agent goes on."""
+    d = Dispatcher(FakeFreezer(), None)  # type: ignore[arg-type]
+    reply = handle(d, {"execute": "guest-ping", "id": {"not json": object()}})
     assert reply[0]["error"]["class"] == "GenericError"
     assert handle(d, {"execute": "guest-ping"}) == [{"return": {}}]

@@ -170,3 +170,78 @@ def test_plain_freeze_and_freeze_list_without_mountpoints_follow_the_config(node
                 reap()
         finally:
             reap()
+
+
+#: Replayed after each input: the reply to it marks the end of the input's replies (0xFF resyncs first).
+_END = b'\n\xff{"execute":"guest-sync-delimited","arguments":{"id":987654}}\n'
+#: Inputs where the JSON reader and writer must answer as qemu-ga 7.2's (none can freeze anything).
+HOSTILE = [
+    b'{"execute":"guest-ping","id":{"a":1,"b":2,"c":3,"zz":4,"id":5,"return":6}}',
+    b'{"id":{"b":1,"a":2}, "execute":"guest-nosuch"}',
+    b'{"execute":"guest-ping","id":' + b"[" * 1023 + b"]" * 1023 + b"}",
+    b'{"execute":"guest-ping","id":[0.1, 1E5, -0.0, 1e400, -1e400, 2.5e-324, 123456789.123456789]}',
+    b'{"execute":"guest-ping","id":[18446744073709551615, 18446744073709551616, -9223372036854775809]}',
+    b'{"execute":"guest-ping","id":["\\ud83d\\ude00", "a\xc0\x80b", "\\u0000", "\xe2\x82\xac"]}',
+    b'{"execute":"guest-ping","id":"\\ud83d"}',
+    b'{"execute":"guest-ping","id":"\\ude00\\ud83d"}',
+    b'{"execute":"guest-ping","id":"\\u12"}',
+    b"{'execute':'guest-ping','id':'\\u12zz'}",
+    b'{"execute":"guest-ping","id":00012}',
+    b'{"execute":"guest-ping","id":0e5}',
+    b'{"execute":"guest-ping","id":0.5e1}',
+    b'{"a":1,}',
+    b"{,}",
+    b'{"execute":"guest-ping","id":{[1]:1}}',
+    b'{"execute":"guest-ping","id":{{"a":}:1}}',
+    b'{"execute":"guest-ping","id":{true:1}}',
+    b'{"execute":"guest-ping","id":{foo:1}}',
+    b"ab\x00cd",
+    b"'x\\",
+    b'-u"arguments"true:xe',
+    b'.true:"guest-sync"',
+    b"[" * 1025,
+]
+_PIECES = [b"{", b"}", b"[", b"]", b'"', b"'", b":", b",", b'"execute"', b'"guest-ping"', b'"id"']
+_PIECES += [b"0", b"00", b"1.5", b"-", b"e", b"E5", b"true", b"nul", b" ", b"\\", b"\\u", b"\\ud800"]
+_PIECES += [b"\xff", b"\x01", b"\n", b"\xc0\x80", b"\x00", b"\xe2\x82\xac", b"x", b'{"id":1}']
+
+
+def _replies(sock_path: str, data: bytes) -> bytes:
+    """Everything the agent answers to ``data``, up to its answer to :data:`_END`."""
+    import socket
+    import time
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(sock_path)
+        s.sendall(data + _END)
+        out = b""
+        deadline = time.monotonic() + 10
+        while b'{"return": 987654}' not in out and time.monotonic() < deadline:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def test_hostile_json_gets_the_same_bytes_as_from_qemu_ga(node, lfs):
+    """Malformed and odd JSON, fixed and random (seeded): every reply byte-identical to qemu-ga's.
+
+    Covers the lexer's recovery points, its error tokens (NUL-ended, modified UTF-8), the
+    parser's first error, surrogates, integers past 64 bits, and the writer's member order
+    (qemu's hash table), doubles (``%.17g``) and depth.
+    """
+    import random
+
+    rnd = random.Random(20261202)
+    cases = HOSTILE + [b"".join(rnd.choice(_PIECES) for _ in range(rnd.randint(1, 12))) for _ in range(300)]
+    work = mkdir(Path(node.base) / "agents")
+    with qemu_ga(mkdir(work / "stock"), block=FORWARD_BLOCK) as stock:
+        stock.client().close()  # listening
+        want = [_replies(stock.sock, case) for case in cases]
+    with quiesce_qga(work, node.run_dir) as q:
+        q.client().close()
+        have = [_replies(q.sock, case) for case in cases]
+    assert all(w.endswith(b'\xff{"return": 987654}\n') for w in want)  # every exchange ran to its end
+    assert [(c, h) for c, h, w in zip(cases, have, want, strict=True) if h != w] == []

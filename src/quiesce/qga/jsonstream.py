@@ -25,9 +25,10 @@ MAX_NESTING = 1024
 
 _STRUCTURAL = frozenset(b"{}[]:,")
 _SPACE = frozenset(b" \t\r\n")
-#: Where error recovery resumes: a structural bracket, a control byte other
-#: than tab, or an impossible UTF-8 byte (0xFE, 0xFF). Not consumed.
-_RESYNC = re.compile(rb"[\x00-\x08\x0a-\x1f\xfe\xff\[\]{}]")
+#: Where error recovery resumes: a structural character (brackets, ``:`` and ``,``, as
+#: qemu's lexer has it), a control byte other than tab, or an impossible UTF-8 byte
+#: (0xFE, 0xFF). Not consumed.
+_RESYNC = re.compile(rb"[\x00-\x08\x0a-\x1f\xfe\xff\[\]{}:,]")
 #: A string's body as the lexer takes it: escapes are checked later, by the parser.
 _STRING_BODY = {
     ord('"'): re.compile(rb'(?:[^"\\\x00-\x1f\xfe\xff]|\\[^\x00-\x1f\xfe\xff])*'),
@@ -59,8 +60,9 @@ class Parsed:
 
 
 def quote_token(raw: bytes) -> str:
-    """A token as qemu's error messages show it: its text, invalid UTF-8 as U+FFFD."""
-    return raw.decode("utf-8", "replace")
+    """A token as qemu's messages show it: its text up to a NUL (a C string), read as modified UTF-8
+    (C0 80 is U+0000), anything invalid as U+FFFD."""
+    return raw.split(b"\0", 1)[0].replace(b"\xc0\x80", b"\0").decode("utf-8", "replace")
 
 
 def _number_end(buf: bytes | bytearray, i: int) -> int | None:
@@ -73,8 +75,15 @@ def _number_end(buf: bytes | bytearray, i: int) -> int | None:
     j = i + (buf[i] == 0x2D)  # '-'
     if j >= n:
         return None
-    if buf[j] == 0x30:  # a leading '0' takes no more digits
+    # A bare "0" takes no more digits ("00" is an error token) and no exponent ("0e5" is 0, then
+    # the keyword "e5"): qemu's lexer. "0.5e3" is a number.
+    exponent_allowed = buf[j] != 0x30
+    if buf[j] == 0x30:
         j += 1
+        if j >= n:
+            return None
+        if 0x30 <= buf[j] <= 0x39:
+            return -(j + 2)
     elif 0x31 <= buf[j] <= 0x39:
         while j < n and 0x30 <= buf[j] <= 0x39:
             j += 1
@@ -83,7 +92,10 @@ def _number_end(buf: bytes | bytearray, i: int) -> int | None:
     for intro, signed in ((0x2E, False), (0x65, True)):  # '.' fraction, then 'e' exponent
         if j >= n:
             return None
+        if signed and not exponent_allowed:
+            break
         if buf[j] == intro or (signed and buf[j] == 0x45):
+            exponent_allowed = True
             j += 1
             if signed and j < n and buf[j] in b"+-":
                 j += 1
@@ -137,14 +149,17 @@ class JsonStream:
             elif c in _STRING_BODY:
                 j = _STRING_BODY[c].match(buf, i + max(1, resume)).end()  # type: ignore[union-attr]
                 if j < n and buf[j] == c:
-                    self._string(bytes(buf[i + 1 : j]), j + 1 - i, out)
+                    self._string(bytes(buf[i + 1 : j]), chr(c), j + 1 - i, out)
                     i = j + 1
                 elif j == n or (j == n - 1 and buf[j] == 0x5C):
                     self._resume = j - i  # j ends a whole character or escape
                     break  # the string goes on in data still to come
                 else:
-                    self._error(buf[i : j + 1], out)
-                    i = j + 1
+                    # The byte that broke the string ends the error token; after a backslash,
+                    # the byte it failed to escape does (qemu's lexer takes both).
+                    stop = j + 2 if buf[j] == 0x5C else j + 1
+                    self._error(buf[i:stop], out)
+                    i = stop
             elif c == 0x2D or 0x30 <= c <= 0x39:
                 k = _NUMBER_CHARS.match(buf, i + resume).end()  # type: ignore[union-attr]
                 if k == n:
@@ -204,9 +219,10 @@ class JsonStream:
             except JsonError as err:
                 out.append(Parsed(error=f"{PARSE_ERROR}{err}"))
 
-    def _string(self, body: bytes, size: int, out: list[Parsed]) -> None:
+    def _string(self, body: bytes, quote: str, size: int, out: list[Parsed]) -> None:
         try:
-            text = _unescape(body.decode("utf-8"))
+            # qemu reads strings as modified UTF-8: C0 80 is U+0000 (any other C0 stays invalid).
+            text = _unescape(body.replace(b"\xc0\x80", b"\0").decode("utf-8"), quote)
         except UnicodeDecodeError:
             self._token("bad", "invalid UTF-8 sequence in string", size, out)
         except JsonError as err:
@@ -223,21 +239,36 @@ class JsonStream:
         out.append(Parsed(error=message))
 
 
-def _unescape(text: str) -> str:
+def _unescape(text: str, quote: str = '"') -> str:
     if "\\" not in text:
         return text
-
-    def one(m: re.Match[str]) -> str:
+    out: list[str] = []
+    at = 0
+    while (m := _ESCAPE.search(text, at)) is not None:
+        out.append(text[at : m.start()])
+        at = m.end()
         esc = m.group(1)
-        if len(esc) == 5:
-            return chr(int(esc[1:], 16))
-        if esc not in _ESCAPES:
-            raise JsonError("invalid escape sequence in string")
-        return _ESCAPES[esc]
-
-    raw = _ESCAPE.sub(one, text)
-    # \uD83D\uDE00 pairs make one character, as in any JSON reader.
-    return raw.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        if esc == "u":  # not four hex digits: qemu names the six characters from the backslash
+            named = (text[m.start() : m.start() + 6] + quote)[:6]
+            raise JsonError(f"{named} is not a valid Unicode character")
+        if len(esc) != 5:
+            if esc not in _ESCAPES:
+                raise JsonError("invalid escape sequence in string")
+            out.append(_ESCAPES[esc])
+            continue
+        cp = int(esc[1:], 16)
+        if 0xD800 <= cp <= 0xDBFF:  # a leading surrogate: one character with the trailing one after it
+            pair = _ESCAPE.match(text, at)
+            low = int(pair.group(1)[1:], 16) if pair and len(pair.group(1)) == 5 else -1
+            if 0xDC00 <= low <= 0xDFFF:
+                out.append(chr(0x10000 + ((cp & 0x3FF) << 10) + (low & 0x3FF)))
+                at = pair.end()  # type: ignore[union-attr]
+                continue
+        if 0xD800 <= cp <= 0xDFFF:  # alone, or a trailing one first: no character (as qemu says)
+            raise JsonError(f"{m.group(0)} is not a valid Unicode character")
+        out.append(chr(cp))
+    out.append(text[at:])
+    return "".join(out)
 
 
 class _Parser:
@@ -257,24 +288,16 @@ class _Parser:
     def _peek_is(self, kind: str) -> bool:
         return self.i < len(self.tokens) and self.tokens[self.i][0] == kind
 
-    def _key(self) -> str:
-        kind, key = self._next()
-        if kind == "bad":
-            raise JsonError(str(key))
-        if kind != "str":
-            raise JsonError("key is not a string in object")
-        if self._next()[0] != ":":
-            raise JsonError("missing : in object pair")
-        return str(key)
-
     def parse(self) -> object:
-        # Open containers: a list being filled, or an object and the key of its next value.
+        # Open containers: a list being filled, or an object and the key of its next value
+        # (None while that key is itself being parsed: any value may stand there, as in qemu,
+        # which parses it whole before it finds it is not a string).
         stack: list[list[object] | _OpenObject] = []
         while True:
             kind, value = self._next()
             if kind == "{":
                 if not self._peek_is("}"):
-                    stack.append(_OpenObject(self._key()))
+                    stack.append(_OpenObject())
                     continue
                 self.i += 1
                 value = {}
@@ -290,12 +313,19 @@ class _Parser:
             while stack:
                 top = stack[-1]
                 if isinstance(top, _OpenObject):
+                    if top.key is None:  # the value was this member's key
+                        if not isinstance(value, str):
+                            raise JsonError("key is not a string in object")
+                        if self._next()[0] != ":":
+                            raise JsonError("missing : in object pair")
+                        top.key = value
+                        break
                     if top.key in top.members:
                         raise JsonError("duplicate key")
                     top.members[top.key] = value
                     sep = self._next()[0]
                     if sep == ",":
-                        top.key = self._key()
+                        top.key = None
                         break
                     if sep != "}":
                         raise JsonError("expected separator in dict")
@@ -320,9 +350,9 @@ class _OpenObject:
 
     __slots__ = ("key", "members")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self) -> None:
         self.members: dict[str, object] = {}
-        self.key = key
+        self.key: str | None = None
 
 
 def _scalar(kind: str, value: object) -> object:
@@ -345,4 +375,8 @@ def _number(raw: bytes) -> int | float:
         # Too long for a 64-bit integer: a double, as in qemu (and Python's
         # int() refuses very long digit strings).
         return float(text)
-    return int(text)
+    value = int(text)
+    # qemu keeps an integer that fits int64, or uint64 when not negative; any other is a double.
+    if -(1 << 63) <= value < (1 << 64):
+        return value
+    return float(text)

@@ -10,10 +10,10 @@ against Debian's ``qemu-guest-agent`` (tests/qga/test_parity.py).
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from quiesce.qga import qjson
 
 GENERIC_ERROR = "GenericError"
 COMMAND_NOT_FOUND = "CommandNotFound"
@@ -60,7 +60,7 @@ class Request:
             obj["arguments"] = dict(self.arguments)
         if self.has_id:
             obj["id"] = self.id
-        return json.dumps(obj).encode() + b"\n"
+        return qjson.dumps(obj).encode() + b"\n"
 
 
 class BadRequest(QgaError):
@@ -94,16 +94,9 @@ def parse_request(value: object) -> Request:
     return Request(name, arguments, None if ident is _ABSENT else ident, ident is not _ABSENT)
 
 
-#: A \\uXXXX escape (not an escaped backslash followed by "u").
-_UNICODE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([0-9a-f]{4})")
-
-
 def _encode(obj: object) -> bytes:
-    """One JSON line as qemu writes it: ", " and ": " separators, ASCII, upper-case \\u escapes."""
-    text = json.dumps(obj)
-    if "\\u" in text:
-        text = _UNICODE_ESCAPE.sub(lambda m: f"{m.group(1)}\\u{m.group(2).upper()}", text)
-    return text.encode() + b"\n"
+    """One JSON line as qemu writes it (:mod:`quiesce.qga.qjson`)."""
+    return qjson.dumps(obj).encode() + b"\n"
 
 
 def reply_ok(value: object, request: Request, *, delimited: bool = False) -> bytes:
