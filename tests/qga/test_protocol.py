@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from quiesce.qga.jsonstream import JsonStream
 from quiesce.qga.protocol import (
     BadRequest,
     QgaError,
@@ -116,3 +120,35 @@ def test_forwarded_request_keeps_arguments_and_id():
     req = parse_request({"execute": "guest-exec", "arguments": {"path": "/bin/true"}, "id": 9})
     assert json.loads(req.to_json()) == {"execute": "guest-exec", "arguments": {"path": "/bin/true"}, "id": 9}
     assert req.to_json().endswith(b"\n")
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, and of the same JSON types: 1 is not 1.0, and -0.0 is not 0.0."""
+    if isinstance(a, float) or isinstance(b, float):
+        return type(a) is type(b) is float and (a == b and math.copysign(1, a) == math.copysign(1, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+ids = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.sampled_from([-0.0, 1e5, float("inf"), float("-inf"), 5e-324])
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(ids)
+def test_a_forwarded_request_reads_back_as_the_same_request(ident):
+    """The other agent reads the id it is passed as the host sent it: -0.0, 1e5 and infinities included."""
+    request = Request("guest-get-osinfo", {}, ident, True)
+    (parsed,) = JsonStream().feed(request.to_json())
+    assert parsed.error is None
+    assert _same(parsed.value, {"execute": "guest-get-osinfo", "id": ident})

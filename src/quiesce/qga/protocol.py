@@ -60,7 +60,8 @@ class Request:
             obj["arguments"] = dict(self.arguments)
         if self.has_id:
             obj["id"] = self.id
-        return qjson.dumps(obj).encode() + b"\n"
+        # Doubles as the other agent reads them back unchanged (-0.0, 1e5, an infinity).
+        return qjson.dumps(obj, qjson.readable_double).encode() + b"\n"
 
 
 class BadRequest(QgaError):

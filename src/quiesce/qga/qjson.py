@@ -14,7 +14,9 @@ the writer keeps its own stack, not Python's.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
 
 #: How many buckets a QDict has.
 QDICT_BUCKETS = 512
@@ -50,7 +52,24 @@ def string(text: str) -> str:
     return out
 
 
-def _scalar(value: object) -> str:
+def qemu_double(value: float) -> str:
+    """A double as qemu writes it in a reply: ``%.17g`` (``inf`` for an infinity, which JSON has not)."""
+    return "%.17g" % value  # noqa: UP031 - C's %g, which f-strings do not spell the same way
+
+
+def readable_double(value: float) -> str:
+    """A double that qemu reads back as the same double (a request passed on to another agent).
+
+    ``%.17g`` would not do there: ``-0`` reads back as the integer 0, ``100000``
+    as an integer, and ``inf`` not at all. An infinity is written as a literal
+    that overflows to it (``1e400``), as the host may have sent it.
+    """
+    if math.isinf(value):
+        return "1e400" if value > 0 else "-1e400"
+    return repr(value)
+
+
+def _scalar(value: object, double: Callable[[float], str]) -> str:
     if value is None:
         return "null"
     if value is True:
@@ -60,14 +79,18 @@ def _scalar(value: object) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "%.17g" % value  # noqa: UP031 - C's %g, which f-strings do not spell the same way
+        return double(value)
     if isinstance(value, str):
         return string(value)
     raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
-def dumps(obj: object) -> str:
-    """``obj`` (dicts with string keys, lists, strings, numbers, booleans, None) as qemu writes it."""
+def dumps(obj: object, double: Callable[[float], str] = qemu_double) -> str:
+    """``obj`` (dicts with string keys, lists, strings, numbers, booleans, None) as qemu writes it.
+
+    ``double`` writes a float: :func:`qemu_double` in a reply, :func:`readable_double`
+    in a request that another agent will read.
+    """
     parts: list[str] = []
     todo: list[object] = [obj]
     while todo:
@@ -93,5 +116,5 @@ def dumps(obj: object) -> str:
                 todo.append(item[n])
                 todo.append(_Text("[" if n == 0 else ", "))
         else:
-            parts.append(_scalar(item))
+            parts.append(_scalar(item, double))
     return "".join(parts)
