@@ -20,7 +20,7 @@ from typing import Any
 from quiesce import APPLICATION, CRASH, FILESYSTEM
 from quiesce.cli.argtypes import MAX_SECONDS, count, seconds
 from quiesce.fleet import FleetError
-from quiesce.fleet.protocol import KEEP_RUNS, MAX_MEMBERS, check_name
+from quiesce.fleet.protocol import KEEP_RUNS, MAX_MEMBERS, check_members
 
 #: Exit codes as ``quiesce run``'s.
 EXIT_OK, EXIT_DEGRADED, EXIT_FAILED, EXIT_CONFIG = 0, 8, 9, 10
@@ -33,22 +33,13 @@ _nodes = count(1, MAX_MEMBERS, "agents")
 
 def _members(text: str) -> tuple[str, ...]:
     """``--members A,B,C``: node names, each once; an empty list or name is a usage error, not "all"."""
-    names = tuple(name.strip() for name in text.split(","))
+    names = [name.strip() for name in text.split(",")]
     if not any(names):
         raise argparse.ArgumentTypeError("names no node (leave --members out to take every registered agent)")
-    if "" in names:
-        raise argparse.ArgumentTypeError(f"has an empty name in {text!r}")
     try:
-        for name in names:
-            check_name("node", name)
+        return check_members(names, repr(text))
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise argparse.ArgumentTypeError(f"names {', '.join(twice)} more than once")
-    if len(names) > MAX_MEMBERS:
-        raise argparse.ArgumentTypeError(f"names {len(names)} nodes; a run has at most {MAX_MEMBERS}")
-    return names
 
 
 #: The most of a password file read: a password is short.

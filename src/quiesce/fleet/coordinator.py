@@ -28,12 +28,12 @@ from typing import Any
 from quiesce.fleet import FleetError
 from quiesce.fleet.protocol import (
     KEEP_RUNS,
-    MAX_MEMBERS,
     PROTOCOL_VERSION,
     Keys,
     Record,
     RunSpec,
     RunView,
+    check_members,
     check_name,
     write_abort,
 )
@@ -91,16 +91,7 @@ def new_run_id() -> str:
 
 def resolve_members(store: Store, keys: Keys, opts: FleetOptions) -> list[str]:
     """The members of this run: the named ones, or the N registered; waits for them up to the timeout."""
-    for m in opts.members:
-        check_name("node", m)
-    if len(set(opts.members)) != len(opts.members):
-        twice = sorted({m for m in opts.members if opts.members.count(m) > 1})
-        raise ValueError(f"--members names {', '.join(twice)} more than once")
-    if len(opts.members) > MAX_MEMBERS:
-        raise ValueError(
-            f"--members names {len(opts.members)} nodes; a run has at most {MAX_MEMBERS} (each node's "
-            "ready report checks every other one in one etcd transaction, and etcd takes 128 compares)"
-        )
+    check_members(opts.members, "--members")
     deadline = time.monotonic() + opts.timeout_s
     while True:
         _, records = store.get_prefix(keys.members)

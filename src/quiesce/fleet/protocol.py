@@ -95,6 +95,26 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def check_members(names: Sequence[str], what: str = "the member list") -> tuple[str, ...]:
+    """A run's member list as a caller names it: valid names, each once, at most MAX_MEMBERS.
+
+    A ValueError says what is wrong, ``what`` naming the list (``--members``).
+    """
+    if "" in names:
+        raise ValueError(f"{what} has an empty name")
+    for name in names:
+        check_name("node", name)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"{what} names {', '.join(twice)} more than once")
+    if len(names) > MAX_MEMBERS:
+        raise ValueError(
+            f"{what} names {len(names)} nodes; a run has at most {MAX_MEMBERS} (each node's ready "
+            "report checks every other one in one etcd transaction, and etcd takes 128 compares)"
+        )
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key names for one group (and one run within it)."""
