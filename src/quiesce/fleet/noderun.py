@@ -91,6 +91,7 @@ class NodeRun:
         self._freeze: quiesce.Freeze | None = None
         self._probe_stop = threading.Event()
         self._launch: Launch | None = None
+        self._command_vars: dict[str, str] = {}
         self._probe_failed = threading.Event()
         #: When etcd last answered this node (an event, a report's transaction): CLOCK_MONOTONIC.
         self._heard_at = time.monotonic()
@@ -229,8 +230,9 @@ class NodeRun:
         if self.ending is not None:
             raise FleetAbort(self._why(self.ending))
         threading.Thread(target=self._probe_loop, name="etcd-probe", daemon=True).start()
-        if self.spec_argv:  # the snapshot command's cgroup and pipes: made now, not while frozen
+        if self.spec_argv:  # the snapshot command's cgroup, pipes and variables: made now, not while frozen
             self._launch = prepare(self.run_id)
+            self._command_vars = self._command_env(freeze)
         targets = [t.mount.mount_point for t in freeze.targets]
         self._warm_window_store()
         self.times["ready_mono_ns"] = time.monotonic_ns()
@@ -320,10 +322,9 @@ class NodeRun:
         argv = self.spec_argv
         if argv:
             timeout_s = min(self.snapshot_timeout_s, max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9))
-            assert self._launch is not None  # made by before_freeze
-            env = self._command_env(freeze)
+            assert self._launch is not None  # made by before_freeze, with the variables
             self.snapshot_ok, self.snapshot_detail = run_command(
-                self._launch, argv, timeout_s, env, self.run_id
+                self._launch, argv, timeout_s, self._command_vars, self.run_id
             )
         else:
             self.snapshot_ok, self.snapshot_detail = True, "mode none: taken by the caller while frozen"
