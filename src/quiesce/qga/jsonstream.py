@@ -59,10 +59,15 @@ class Parsed:
     error: str | None = None
 
 
+def _unmodified(raw: bytes) -> bytes:
+    """Modified UTF-8, as qemu reads text, made UTF-8: C0 80 is U+0000 (any other C0 stays invalid)."""
+    return raw.replace(b"\xc0\x80", b"\0")
+
+
 def quote_token(raw: bytes) -> str:
-    """A token as qemu's messages show it: its text up to a NUL (a C string), read as modified UTF-8
-    (C0 80 is U+0000), anything invalid as U+FFFD."""
-    return raw.split(b"\0", 1)[0].replace(b"\xc0\x80", b"\0").decode("utf-8", "replace")
+    """A token as qemu's messages show it: its text up to a NUL (a C string), read as modified UTF-8,
+    anything invalid as U+FFFD."""
+    return _unmodified(raw.split(b"\0", 1)[0]).decode("utf-8", "replace")
 
 
 def _number_end(buf: bytes | bytearray, i: int) -> int | None:
@@ -221,8 +226,7 @@ class JsonStream:
 
     def _string(self, body: bytes, quote: str, size: int, out: list[Parsed]) -> None:
         try:
-            # qemu reads strings as modified UTF-8: C0 80 is U+0000 (any other C0 stays invalid).
-            text = _unescape(body.replace(b"\xc0\x80", b"\0").decode("utf-8"), quote)
+            text = _unescape(_unmodified(body).decode("utf-8"), quote)
         except UnicodeDecodeError:
             self._token("bad", "invalid UTF-8 sequence in string", size, out)
         except JsonError as err:
@@ -239,7 +243,7 @@ class JsonStream:
         out.append(Parsed(error=message))
 
 
-def _unescape(text: str, quote: str = '"') -> str:
+def _unescape(text: str, quote: str) -> str:
     if "\\" not in text:
         return text
     out: list[str] = []
