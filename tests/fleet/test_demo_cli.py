@@ -163,3 +163,46 @@ def test_teardown_never_kills_in_the_labs_own_mount_namespace(tmp_path):
     with pytest.raises(RuntimeError, match="own"):
         kill_namespace_leftovers(node)
     assert node.mount_ns_fd is None
+
+
+def test_demo_printout_names_every_step_and_the_check():
+    """The terminal printout: the keys by revision, each step's time, each node, the verdict, the check."""
+    import io
+
+    from quiesce.fleet.demo import print_demo
+
+    outcome = {
+        "agents": 2,
+        "etcd": "http://10.213.7.1:2379",
+        "run_id": "R1",
+        "timeline": [
+            {"revision": 5, "key": "spec", "node": None},
+            {"revision": 9, "key": "frozen", "node": "n1"},
+        ],
+        "phases_ns": {"freeze": 2_500_000, "thaw": 40_000_000},
+        "nodes": [
+            {"node": "n1", "window_ns": 12_300_000, "thawed_by": "thaw", "verdict": APPLICATION},
+            {"node": "n2", "window_ns": None, "thawed_by": "not-frozen", "verdict": "failed"},
+        ],
+        "verdict": APPLICATION,
+        "exit": 0,
+        "writer_rounds": 7,
+        "restored_tops": [3, 3],
+        "violations": [],
+        "cut_consistent": True,
+    }
+    out = io.StringIO()
+    print_demo(outcome, out)
+    lines = out.getvalue().splitlines()
+    assert "  rev      5  spec" in lines and "  rev      9  frozen n1" in lines
+    assert "when the coordinator saw each step, from the start of the run:" in lines
+    assert "  freeze           +     2.5 ms" in lines and "  thaw             +    40.0 ms" in lines
+    assert not any(line.strip().startswith("cut") for line in lines)  # a step it never saw is not shown
+    assert f"  n1     frozen 12.3 ms, thawed by thaw: {APPLICATION}" in lines
+    assert "  n2     thawed by not-frozen: failed" in lines
+    assert lines[-3:] == [
+        f"verdict: {APPLICATION} (exit 0)",
+        "writer: 7 rounds; restored snapshots hold up to [3, 3]",
+        "restored snapshots: a consistent cut (no node holds a write that follows a missing one)",
+    ]
+    assert all(line.count("(") == line.count(")") for line in lines)

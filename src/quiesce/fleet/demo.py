@@ -119,9 +119,11 @@ def print_demo(outcome: dict[str, Any], out: TextIO) -> None:
         who = f" {row['node']}" if row["node"] else ""
         out.write(f"  rev {row['revision']:>6}  {row['key']}{who}\n")
     phases = outcome["phases_ns"]
+    if phases:
+        out.write("when the coordinator saw each step, from the start of the run:\n")
     for name in ("freeze", "cut", "thaw", "all_done"):
         if name in phases:
-            out.write(f"  {name:<16} +{phases[name] / 1e6:8.1f} ms seen by the coordinator)\n")
+            out.write(f"  {name:<16} +{phases[name] / 1e6:8.1f} ms\n")
     for node in outcome["nodes"]:
         window = "" if node.get("window_ns") is None else f"frozen {node['window_ns'] / 1e6:.1f} ms, "
         out.write(f"  {node['node']:<6} {window}thawed by {node.get('thawed_by')}: {node['verdict']}\n")
