@@ -338,3 +338,22 @@ def test_progress_lines_are_paced_and_name_their_step():
         "hook 10-db pre: attempt 1, 1.00 s of 30.00 s",
         "session hook 20-db.session: waiting for READY: attempt 1, 1.00 s of 30.00 s",
     ]
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """``--help`` answers for every option: none is listed without a help text (hidden ones aside)."""
+    import argparse
+
+    from quiesce.cli import build_parser
+
+    def options(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from options(sub, f"{path} {name}")
+            elif action.help != argparse.SUPPRESS:
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}", action.help
+
+    seen = dict(options(build_parser(), "quiesce"))
+    assert "quiesce agent --config" in seen and "quiesce fleet run --members" in seen
+    assert [name for name, text in seen.items() if not (text or "").strip()] == []

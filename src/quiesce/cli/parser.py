@@ -389,5 +389,5 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if only is None:
         from quiesce.fleet import cli as fleet_cli
 
-        fleet_cli.add_parsers(sub, shared.common)
+        fleet_cli.add_parsers(sub, shared.common, shared.config_files)
     return parser

@@ -229,11 +229,11 @@ FLEET_EXIT_HELP = """exit status:
 """
 
 
-def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Register ``agent`` and ``fleet`` on the ``quiesce`` command."""
+def add_parsers(sub: Any, common: argparse.ArgumentParser, config_files: argparse.ArgumentParser) -> None:
+    """Register ``agent`` and ``fleet`` on ``quiesce``; the agent takes ``run``'s config file options."""
     p = sub.add_parser(
         "agent",
-        parents=[common],
+        parents=[common, config_files],
         help="serve fleet runs on this node (long-running; needs quiesce[fleet])",
         description="Register this node in a fleet group on etcd and serve fleet runs with the "
         "node's own Azure config: its scripts, hooks, targets and snapshot command. Each run is "
@@ -244,11 +244,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--name", default=socket.gethostname().split(".")[0], help="this node's name (default: hostname)"
     )
-    p.add_argument("--config", default="/etc/azure/VMSnapshotScriptPluginConfig.json", metavar="PATH")
-    p.add_argument("--pluginhost", default="/etc/azure/VMSnapshotPluginHost.conf", metavar="PATH")
-    p.add_argument("--no-pluginhost", action="store_true", help="ignore the plugin host INI")
-    p.add_argument("--vmbackup-conf", default="/etc/azure/vmbackup.conf", metavar="PATH")
-    p.add_argument("--no-vmbackup-conf", action="store_true", help="ignore vmbackup.conf")
     p.add_argument(
         "--ttl", type=_ttl, default=5, metavar="S", help="registration lease TTL, 1 to 3600 (default 5)"
     )
