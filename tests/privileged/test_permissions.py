@@ -266,7 +266,7 @@ def test_fifo_instead_of_script_is_not_found_without_blocking(secure_dir):
 
 @pytest.mark.parametrize("tail", ["/", "/.", "//", "/./"])
 def test_script_path_with_a_slash_after_the_file_is_not_found(secure_dir, tail):
-    """"pre.sh/" names no file (the kernel says ENOTDIR): not the script pre.sh, which must not run."""
+    """A path "pre.sh/" names no file (the kernel says ENOTDIR): pre.sh must not run for it."""
     path = make_script(secure_dir)
     message = not_found(f"{path}{tail}")
     assert "ENOTDIR" in message
