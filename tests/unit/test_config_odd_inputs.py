@@ -132,7 +132,7 @@ def test_freeze_options_never_give_the_guardian_a_zero_deadline(seconds):
     """A positive timeout is at least 1 ns for the guardian: 0 would mean no deadline at all."""
     options = FreezeOptions(timeout_s=seconds)
     assert options.timeout_ns >= 1 and options.step_timeout_ns >= 1
-    assert options.timeout_ns >= seconds * 1e9
+    assert options.timeout_ns >= int(seconds * 1e9)
 
 
 @pytest.mark.parametrize("seconds", [float("inf"), float("nan"), 0.0, -1.0])

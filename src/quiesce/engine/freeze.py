@@ -79,12 +79,12 @@ class FreezeOptions:
 
 
 def _positive_ns(seconds: float) -> int:
-    """``seconds`` (> 0) in whole nanoseconds, rounded up.
+    """``seconds`` (> 0) in whole nanoseconds, at least 1.
 
-    Rounding down would turn a timeout under a nanosecond into 0, and the
+    Plain truncation would turn a timeout under a nanosecond into 0, and the
     native side reads a 0 deadline as no deadline at all.
     """
-    return max(1, math.ceil(seconds * 1e9))
+    return max(1, round(seconds * 1e9))
 
 
 class Freeze:
