@@ -176,3 +176,26 @@ def test_snapshot_argv_has_the_same_limits():
     snapshot = {"mode": "command", "argv": ["/bin/true", "x" * (MAX_ARG_BYTES + 1)], "timeoutSeconds": 5}
     message = rejected(json.dumps({**json.loads(BASE + "}"), EXTENSION_KEY: {"snapshot": snapshot}}))
     assert f"{EXTENSION_KEY}.snapshot.argv[1] = " in message
+
+
+# ---------------------------------------------------------------------------
+# what a message shows
+
+
+@pytest.mark.parametrize(
+    ("char", "escape"),
+    [("\x9b", "\\u009b"), ("\x7f", "\\u007f"), ("\u2028", "\\u2028"), ("\x1b", "\\u001b"), ("\n", "\\n")],
+    ids=["C1-CSI", "DEL", "line-separator", "ESC", "newline"],
+)
+def test_messages_show_unprintable_characters_escaped(char, escape):
+    """A value with a terminal control or a line break is named with its JSON escape, never raw."""
+    message = rejected(json.dumps({**json.loads(BASE + "}"), "timeoutInSeconds": f"3{char}0"}))
+    assert f'timeoutInSeconds = "3{escape}0"' in message
+    assert all(c.isprintable() for c in message)
+
+
+def test_unknown_key_warning_shows_unprintable_characters_escaped():
+    """An unknown key holding a C1 control is warned about escaped, so the warning cannot drive a terminal."""
+    loaded = parse_config(json.dumps({**json.loads(BASE + "}"), "x\x9by": 1}), source=SOURCE)
+    [warning] = loaded.warnings
+    assert '["x\\u009by"]' in warning and all(c.isprintable() for c in warning)
