@@ -199,3 +199,32 @@ def test_unknown_key_warning_shows_unprintable_characters_escaped():
     loaded = parse_config(json.dumps({**json.loads(BASE + "}"), "x\x9by": 1}), source=SOURCE)
     [warning] = loaded.warnings
     assert '["x\\u009by"]' in warning and all(c.isprintable() for c in warning)
+
+
+# ---------------------------------------------------------------------------
+# keys as Azure reads them
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        '"pre\\u0053criptLocation": "/x"',
+        '"\\u0070reScriptLocation": "/x"',
+        '"preScriptLocation": "/opt/pre.sh"',
+    ],
+    ids=["escaped-letter", "escaped-first", "same-value"],
+)
+def test_a_key_spelled_twice_with_escapes_is_a_duplicate(second):
+    """Keys compare after their escapes are decoded, as Azure's json reads them: refused, not last-wins."""
+    assert "duplicate key preScriptLocation" in rejected(f"{BASE}, {second}}}")
+
+
+@pytest.mark.parametrize(
+    "key", ["PreScriptLocation", "prescriptlocation", "preScriptLocation ", "preScriptlocation"]
+)
+def test_a_required_key_in_another_spelling_is_missing_with_a_hint(key):
+    """Azure's keys are case-sensitive: another spelling leaves the real key missing, and says which."""
+    text = json.dumps({key: "/opt/pre.sh", "postScriptLocation": "/opt/post.sh"})
+    assert "preScriptLocation is missing" in rejected(text)
+    loaded = parse_config(json.dumps({key: "/x", **json.loads(BASE + "}")}), source=SOURCE)
+    assert "did you mean preScriptLocation?" in loaded.warnings[0]
