@@ -232,21 +232,55 @@ def test_dangling_symlink_refused_as_symlink(secure_dir):
     assert "is a symlink" in message and "ENOENT" in message
 
 
-def test_directory_instead_of_script_refused(secure_dir):
-    """A directory at the script's location is refused."""
-    path = make_dir(secure_dir, "pre.sh", mode=0o700)
-    message = refused(path)
-    assert "is a directory, not a regular file (owner uid 0 (root), mode 0700)" in message
+def not_found(path: Path | str, phase: str = "pre") -> str:
+    """Open the script, expect ScriptNotFound with the phase's Azure name, return the message."""
+    with pytest.raises(ScriptNotFound) as info:
+        open_script(str(path), phase)
+    assert info.value.phase == phase
+    assert (info.value.azure_name, info.value.azure_code) == (
+        NOT_FOUND_NAMES[phase],
+        302 if phase == "pre" else 303,
+    )
+    message = str(info.value)
+    assert f"{phase}-script {path}" in message
+    return message
+
+
+@pytest.mark.parametrize("slash", ["", "/", "/."])
+def test_directory_instead_of_script_is_not_found(secure_dir, slash):
+    """A directory at the script's location is no script there: ScriptNotFound, as Azure's isfile says."""
+    path = f"{make_dir(secure_dir, 'pre.sh', mode=0o700)}{slash}"
+    message = not_found(path)
+    assert "is a directory, not a regular file: no script there" in message
     assert message.endswith("fix: point preScriptLocation at the script file itself")
 
 
 @pytest.mark.timeout(10)
-def test_fifo_instead_of_script_refused_without_blocking(secure_dir):
-    """A FIFO at the script's location is refused at once (opening it must not wait for a writer)."""
+def test_fifo_instead_of_script_is_not_found_without_blocking(secure_dir):
+    """A FIFO at the script's location is no script, said at once (opening it must not wait for a writer)."""
     path = secure_dir / "pre.sh"
     os.mkfifo(path, 0o700)
-    message = refused(path, "post")
+    message = not_found(path, "post")
     assert "is a FIFO, not a regular file" in message
+
+
+@pytest.mark.parametrize("tail", ["/", "/.", "//", "/./"])
+def test_script_path_with_a_slash_after_the_file_is_not_found(secure_dir, tail):
+    """A path "pre.sh/" names no file (the kernel says ENOTDIR): pre.sh must not run for it."""
+    path = make_script(secure_dir)
+    message = not_found(f"{path}{tail}")
+    assert "ENOTDIR" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("a" * 256, "ENAMETOOLONG"), ("a" * 5000, "ENAMETOOLONG"), ("a/" * 2100 + "pre.sh", "ENOENT")],
+    ids=["over-NAME_MAX", "over-PATH_MAX", "long-missing-path"],
+)
+def test_script_name_too_long_for_the_kernel_is_not_found(secure_dir, name, reason):
+    """A name no file can have (over NAME_MAX or PATH_MAX) is ScriptNotFound, not an unchecked error."""
+    message = not_found(secure_dir / name)
+    assert reason in message
 
 
 def test_hard_linked_script_refused(secure_dir):
@@ -348,12 +382,12 @@ def test_symlink_leading_into_unsafe_directory_refused(secure_dir):
     assert f"directory {unsafe} is writable by group and others" in message
 
 
-def test_symlink_loop_refused(secure_dir):
-    """A symlink loop on the way is refused with ELOOP named, not a traceback."""
+def test_symlink_loop_is_not_found(secure_dir):
+    """A symlink loop on the way leaves no file to find: ScriptNotFound naming ELOOP, not a traceback."""
     (secure_dir / "a").symlink_to("b")
     (secure_dir / "b").symlink_to("a")
-    message = refused(f"{secure_dir}/a/pre.sh")
-    assert "cannot be checked" in message and "(ELOOP)" in message
+    message = not_found(f"{secure_dir}/a/pre.sh")
+    assert "does not exist" in message and "(ELOOP)" in message
 
 
 # ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from quiesce.azure.config import (
     MAX_RETRIES,
     MAX_RETRY_BACKOFF_S,
     MAX_TIMEOUT_S,
+    MIN_FREEZE_TIMEOUT_S,
     MIN_POLL_S,
     MIN_TIMEOUT_S,
     SNAPSHOT_KEYS,
@@ -321,14 +322,14 @@ BAD_VALUES = [
     (("preScriptNoOfRetries",), -1, ["preScriptNoOfRetries = -1", f"an integer from 0 to {MAX_RETRIES}"]),
     (("preScriptNoOfRetries",), MAX_RETRIES + 1, ["preScriptNoOfRetries", "an integer from 0"]),
     (("preScriptNoOfRetries",), True, ["preScriptNoOfRetries = true", "an integer"]),
-    (("preScriptNoOfRetries",), 1.0, ["preScriptNoOfRetries = 1.0", "an integer"]),
+    (("preScriptNoOfRetries",), 1.5, ["preScriptNoOfRetries = 1.5", "an integer", "not a fraction"]),
     (("postScriptNoOfRetries",), "1", ['postScriptNoOfRetries = "1"', "an integer"]),
     (("postScriptNoOfRetries",), None, ["postScriptNoOfRetries = null", "an integer"]),
     (("timeoutInSeconds",), 3600, ["timeoutInSeconds = 3600: expected an integer from 1 to 1800"]),
     (("timeoutInSeconds",), 0, ["timeoutInSeconds = 0", "an integer from 1 to 1800"]),
     (("timeoutInSeconds",), MAX_TIMEOUT_S + 1, ["timeoutInSeconds", "an integer from"]),
-    (("timeoutInSeconds",), 30.0, ["timeoutInSeconds = 30.0", "an integer"]),
-    (("timeoutInSeconds",), 30.5, ["timeoutInSeconds = 30.5", "an integer"]),
+    (("timeoutInSeconds",), 30.5, ["timeoutInSeconds = 30.5", "an integer", "not a fraction"]),
+    (("timeoutInSeconds",), 3600.0, ["timeoutInSeconds = 3600.0", "an integer from 1 to 1800"]),
     (("timeoutInSeconds",), False, ["timeoutInSeconds = false", "an integer"]),
     (("timeoutInSeconds",), "30", ['timeoutInSeconds = "30"', "an integer"]),
     (("timeoutInSeconds",), -30, ["timeoutInSeconds = -30", "an integer"]),
@@ -344,7 +345,7 @@ BAD_VALUES = [
         MAX_POLL_S + 1,
         ["ScriptsExecutionPollTimeSeconds", "from 1 to 5"],
     ),
-    (("ScriptsExecutionPollTimeSeconds",), 3.0, ["ScriptsExecutionPollTimeSeconds = 3.0", "an integer"]),
+    (("ScriptsExecutionPollTimeSeconds",), 2.5, ["ScriptsExecutionPollTimeSeconds = 2.5", "not a fraction"]),
     (("ScriptsExecutionPollTimeSeconds",), True, ["ScriptsExecutionPollTimeSeconds = true", "an integer"]),
     (("appName",), 5, ["appName = 5", "a string"]),
     # the extension object
@@ -364,17 +365,18 @@ BAD_VALUES = [
     ((Q, "excludeFstypes"), [""], ['quiesce.excludeFstypes[0] = ""', "not blank"]),
     ((Q, "excludeFstypes"), [" "], ["quiesce.excludeFstypes[0]", "not blank"]),
     ((Q, "excludeFstypes"), [1], ["quiesce.excludeFstypes[0] = 1", "filesystem type"]),
-    ((Q, "freezeTimeoutSeconds"), 0, ["quiesce.freezeTimeoutSeconds = 0", "greater than 0", "at most 3600"]),
-    ((Q, "freezeTimeoutSeconds"), -1, ["quiesce.freezeTimeoutSeconds = -1", "greater than 0"]),
+    ((Q, "freezeTimeoutSeconds"), 0, ["quiesce.freezeTimeoutSeconds = 0", "from 0.001 to 3600"]),
+    ((Q, "freezeTimeoutSeconds"), -1, ["quiesce.freezeTimeoutSeconds = -1", "from 0.001"]),
+    ((Q, "freezeTimeoutSeconds"), 5e-324, ["quiesce.freezeTimeoutSeconds = 5e-324", "from 0.001"]),
     (
         (Q, "freezeTimeoutSeconds"),
         MAX_FREEZE_TIMEOUT_S + 0.5,
-        ["quiesce.freezeTimeoutSeconds", "at most 3600"],
+        ["quiesce.freezeTimeoutSeconds", "to 3600"],
     ),
     ((Q, "freezeTimeoutSeconds"), True, ["quiesce.freezeTimeoutSeconds = true", "a number of seconds"]),
     ((Q, "freezeTimeoutSeconds"), "60", ['quiesce.freezeTimeoutSeconds = "60"', "a number"]),
     ((Q, "freezeTimeoutSeconds"), None, ["quiesce.freezeTimeoutSeconds = null", "a number"]),
-    ((Q, "freezeTimeoutSeconds"), 10**400, ["quiesce.freezeTimeoutSeconds = 1000", "at most 3600"]),
+    ((Q, "freezeTimeoutSeconds"), 10**400, ["quiesce.freezeTimeoutSeconds = 1000", "to 3600"]),
     ((Q, "graceSeconds"), -0.1, ["quiesce.graceSeconds = -0.1", "from 0 to 60"]),
     ((Q, "graceSeconds"), MAX_GRACE_S + 1, ["quiesce.graceSeconds", "from 0 to"]),
     ((Q, "graceSeconds"), False, ["quiesce.graceSeconds = false", "a number"]),
@@ -416,12 +418,17 @@ BAD_VALUES = [
     (
         (Q, "snapshot"),
         {**CMD, "timeoutSeconds": 0},
-        ["quiesce.snapshot.timeoutSeconds = 0", "greater than 0"],
+        ["quiesce.snapshot.timeoutSeconds = 0", "from 0.001"],
     ),
     (
         (Q, "snapshot"),
         {**CMD, "timeoutSeconds": -2},
-        ["quiesce.snapshot.timeoutSeconds = -2", "greater than 0"],
+        ["quiesce.snapshot.timeoutSeconds = -2", "from 0.001"],
+    ),
+    (
+        (Q, "snapshot"),
+        {**CMD, "timeoutSeconds": 1e-10},
+        ["quiesce.snapshot.timeoutSeconds = 1e-10", "from 0.001"],
     ),
     (
         (Q, "snapshot"),
@@ -958,19 +965,19 @@ ABSOLUTE = TEXT.map(lambda s: "/" + s)
 def snapshots(draw: st.DrawFn, freeze_timeout_s: float) -> SnapshotSpec:
     """Any valid SnapshotSpec for a given freeze timeout."""
     mode = draw(st.sampled_from(SnapshotMode))
-    # A command needs a timeout strictly between 0 and the freeze timeout:
-    # with the freeze timeout at the smallest float there is none.
-    if mode is not SnapshotMode.COMMAND or freeze_timeout_s <= math.ulp(0.0):
+    # A command needs a timeout from the minimum to below the freeze timeout:
+    # with the freeze timeout at the minimum there is none.
+    if mode is not SnapshotMode.COMMAND or freeze_timeout_s <= MIN_FREEZE_TIMEOUT_S:
         return SnapshotSpec(mode if mode is not SnapshotMode.COMMAND else SnapshotMode.HOLD)
     argv = (draw(ABSOLUTE), *draw(st.lists(TEXT, max_size=4)))
-    timeout = draw(st.floats(min_value=0, max_value=freeze_timeout_s, exclude_min=True, exclude_max=True))
+    timeout = draw(st.floats(min_value=MIN_FREEZE_TIMEOUT_S, max_value=freeze_timeout_s, exclude_max=True))
     return SnapshotSpec(mode, argv, timeout)
 
 
 @st.composite
 def extensions(draw: st.DrawFn) -> Extensions:
     """Any valid Extensions, ranges taken from config's constants."""
-    freeze = draw(st.floats(min_value=0, max_value=MAX_FREEZE_TIMEOUT_S, exclude_min=True))
+    freeze = draw(st.floats(min_value=MIN_FREEZE_TIMEOUT_S, max_value=MAX_FREEZE_TIMEOUT_S))
     return Extensions(
         targets=tuple(draw(st.lists(ABSOLUTE, max_size=3))),
         exclude=tuple(draw(st.lists(ABSOLUTE, max_size=3))),

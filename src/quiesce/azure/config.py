@@ -38,6 +38,15 @@ DEFAULT_SCRIPT_TIMEOUT_S = 10
 #: 1800 s script is already more than five hours per phase.
 MAX_RETRIES = 10
 
+#: The kernel's limits on what ``execve`` takes, for ``preScriptParams``,
+#: ``postScriptParams`` and ``quiesce.snapshot.argv``: one argument is at most
+#: MAX_ARG_STRLEN (32 pages, its NUL included), and all of them together,
+#: each with its NUL and its 8-byte pointer, must fit a quarter of the
+#: stack limit (2 MiB with the usual 8 MiB). A list past these could never
+#: start: the script would fail at backup time with E2BIG, retries and all.
+MAX_ARG_BYTES = 32 * 4096 - 1
+MAX_ARGV_BYTES = 1024 * 1024
+
 #: ``ScriptsExecutionPollTimeSeconds``: documented as an integer from 1 to 5,
 #: default 3. quiesce sees a script's exit at once (pidfd); this only paces
 #: progress reports.
@@ -49,6 +58,10 @@ DEFAULT_POLL_S = 3
 #: default (:data:`quiesce.engine.freeze.DEFAULT_FREEZE_TIMEOUT_S`, 60 s) is
 #: Azure's own auto-thaw (``[SnapshotThread] timeout`` in vmbackup.conf).
 MAX_FREEZE_TIMEOUT_S = 3600.0
+#: The shortest ``quiesce.freezeTimeoutSeconds`` and ``quiesce.snapshot.timeoutSeconds``:
+#: a millisecond. A shorter one is a typo, and one under a nanosecond would
+#: vanish in the conversion to the guardian's nanoseconds.
+MIN_FREEZE_TIMEOUT_S = 0.001
 #: ``quiesce.graceSeconds``: SIGTERM to SIGKILL. A longer grace would be a
 #: second timeout in disguise.
 DEFAULT_GRACE_S = 5.0

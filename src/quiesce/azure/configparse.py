@@ -28,12 +28,15 @@ from quiesce.azure.config import (
     DEFAULT_SCRIPT_TIMEOUT_S,
     EXTENSION_KEY,
     EXTENSION_KEYS,
+    MAX_ARG_BYTES,
+    MAX_ARGV_BYTES,
     MAX_FREEZE_TIMEOUT_S,
     MAX_GRACE_S,
     MAX_POLL_S,
     MAX_RETRIES,
     MAX_RETRY_BACKOFF_S,
     MAX_TIMEOUT_S,
+    MIN_FREEZE_TIMEOUT_S,
     MIN_POLL_S,
     MIN_TIMEOUT_S,
     SNAPSHOT_KEYS,
@@ -104,23 +107,32 @@ _ABSENT = object()
 
 
 def _integer(value: object, path: str, low: int, high: int) -> int:
+    """A whole number in ``[low, high]``, however JSON spells it.
+
+    JSON has one number type: ``30``, ``30.0`` and ``3e1`` are the same
+    number (JSON Schema's "integer" accepts all three), and Azure's Python
+    code uses any of them unchanged. A fraction (``30.5``) is no count of
+    retries or whole seconds: refused, not rounded.
+    """
+    expected = f"an integer from {low} to {high}"
     # bool is an int subclass: true must not count as 1.
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        bad(path, value, f"an integer from {low} to {high}")
-    return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        bad(path, value, expected)
+    if isinstance(value, float) and not value.is_integer():
+        bad(path, value, f"{expected} (a whole number, not a fraction)")
+    number = int(value)
+    if not low <= number <= high:
+        bad(path, value, expected)
+    return number
 
 
-def _seconds(value: object, path: str, low: float, high: float, *, low_open: bool = False) -> float:
-    """A number of seconds in ``[low, high]``, or ``(low, high]`` with ``low_open``."""
-    if low_open:
-        expected = f"a number of seconds greater than {low:g} and at most {high:g}"
-    else:
-        expected = f"a number of seconds from {low:g} to {high:g}"
+def _seconds(value: object, path: str, low: float, high: float) -> float:
+    """A number of seconds in ``[low, high]``."""
+    expected = f"a number of seconds from {low:g} to {high:g}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         bad(path, value, expected)
     # Compare before float(): a huge JSON integer would overflow the conversion.
-    above_low = value > low if low_open else value >= low
-    if not (above_low and value <= high):
+    if not low <= value <= high:
         bad(path, value, expected)
     return float(value)
 
@@ -181,7 +193,23 @@ def _object(value: object, path: str, allowed: tuple[str, ...]) -> Mapping[str, 
 
 
 def _param(value: object, path: str) -> str:
-    return _text(value, path, "a string")
+    text = _text(value, path, "a string")
+    if len(text.encode("utf-8")) > MAX_ARG_BYTES:
+        bad(path, value, f"a string of at most {MAX_ARG_BYTES} bytes (the kernel's limit for one argument)")
+    return text
+
+
+def _argv(value: object, path: str, expected: str) -> tuple[str, ...]:
+    """A list of arguments for one ``execve``: each, and all together, within the kernel's limits."""
+    args = _strings(value, path, expected, _param)
+    # What execve counts: each string with its NUL, and a pointer to it.
+    size = sum(len(arg.encode("utf-8")) + 1 + 8 for arg in args)
+    if size > MAX_ARGV_BYTES:
+        raise Rejected(
+            f"{path} = {show(value)}: expected arguments that fit one execve: {len(args)} of them take"
+            f" {size} bytes with their NULs and pointers, more than {MAX_ARGV_BYTES}"
+        )
+    return args
 
 
 def _params(document: Mapping[str, object], key: str) -> tuple[str, ...]:
@@ -191,7 +219,7 @@ def _params(document: Mapping[str, object], key: str) -> tuple[str, ...]:
     value = document.get(key, _ABSENT)
     if value is _ABSENT:
         return ()
-    return _strings(value, key, "a list of strings (one argument each)", _param)
+    return _argv(value, key, "a list of strings (one argument each)")
 
 
 def _plugin_config(document: object) -> tuple[PluginConfig, list[str]]:
@@ -269,9 +297,8 @@ def _extensions(value: object) -> Extensions:
     freeze_timeout = _seconds(
         get("freezeTimeoutSeconds", DEFAULT_FREEZE_TIMEOUT_S),
         path("freezeTimeoutSeconds"),
-        0,
+        MIN_FREEZE_TIMEOUT_S,
         MAX_FREEZE_TIMEOUT_S,
-        low_open=True,
     )
     hook_directory = get("hookDirectory", None)
     return Extensions(
@@ -328,18 +355,19 @@ def _snapshot(value: object, freeze_timeout_s: float) -> SnapshotSpec:
     for key, what in (("argv", "a non-empty list of strings"), ("timeoutSeconds", "a number of seconds")):
         if key not in section:
             raise Rejected(f'{where}.{key} is missing: expected {what} (required with mode "command")')
-    argv = _strings(section["argv"], f"{where}.argv", "a non-empty list of strings", _param)
+    argv = _argv(section["argv"], f"{where}.argv", "a non-empty list of strings")
     if not argv:
         bad(f"{where}.argv", section["argv"], "a non-empty list of strings")
     # The command runs as root: no PATH lookup.
     _absolute_path(argv[0], f"{where}.argv[0]", "the command to run")
     timeout = section["timeoutSeconds"]
     expected = (
-        f"a number of seconds greater than 0 and less than {EXTENSION_KEY}.freezeTimeoutSeconds "
-        f"({freeze_timeout_s:g}), so the command is stopped before the guardian thaws"
+        f"a number of seconds from {MIN_FREEZE_TIMEOUT_S:g} and less than "
+        f"{EXTENSION_KEY}.freezeTimeoutSeconds ({freeze_timeout_s:g}), so the command is stopped "
+        "before the guardian thaws"
     )
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         bad(f"{where}.timeoutSeconds", timeout, expected)
-    if not 0 < timeout < freeze_timeout_s:
+    if not MIN_FREEZE_TIMEOUT_S <= timeout < freeze_timeout_s:
         bad(f"{where}.timeoutSeconds", timeout, expected)
     return SnapshotSpec(mode=mode, argv=argv, timeout_s=float(timeout))

@@ -128,8 +128,10 @@ def show(value: object) -> str:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
         text = f"<{type(value).__name__}>"
-    # A lone surrogate (from a "\ud800" escape) cannot be printed as UTF-8.
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    # A lone surrogate (from a "\ud800" escape) cannot be printed as UTF-8, and
+    # DEL, C1 controls (a terminal reads \x9b as an escape) or U+2028 must not
+    # act on a terminal or split a line: each is shown as its JSON escape.
+    text = "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 

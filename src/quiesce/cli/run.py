@@ -168,9 +168,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     for f in report.findings:
         where = f" {f.path}" if f.path else ""
         out = "ok" if f.ok else "PROBLEM"
-        print(f"{f.what}{where}: {out}: {f.message}")
+        print(_one_line(f"{f.what}{where}: {out}: {f.message}"))
     for w in report.warnings:
-        print(f"warning: {w}")
+        print(_one_line(f"warning: {w}"))
     if not report.fs_freeze_enabled:
         print("fsFreezeEnabled is false: nothing would be frozen")
     elif report.plan is not None:
@@ -178,6 +178,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = len(report.problems)
     print("all checks passed" if report.ok else f"{problems} problem{'s' if problems > 1 else ''} found")
     return code
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped (``\\n``, ``\\x1b``, ``\\udc80``).
+
+    A script path may hold a newline or a terminal escape: one finding stays
+    one line, and the terminal shows the name instead of obeying it.
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 # -- demo -------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -59,16 +60,31 @@ class FreezeOptions:
     parallel: bool = True
 
     def __post_init__(self) -> None:
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout must be positive, not {self.timeout_s}")
-        if self.step_timeout_s is not None and not self.step_timeout_s > 0:
-            raise ValueError(f"step timeout must be positive, not {self.step_timeout_s}")
+        # Finite: an infinite deadline is no deadline (and no int of nanoseconds).
+        if not 0 < self.timeout_s < math.inf:
+            raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout_s}")
+        if self.step_timeout_s is not None and not 0 < self.step_timeout_s < math.inf:
+            raise ValueError(f"step timeout must be a positive number of seconds, not {self.step_timeout_s}")
+
+    @property
+    def timeout_ns(self) -> int:
+        """The guardian's deadline in nanoseconds: never 0, which the guardian reads as "none"."""
+        return _positive_ns(self.timeout_s)
 
     @property
     def step_timeout_ns(self) -> int:
-        """Per-FIFREEZE limit: the option, else the default, never past the window's."""
+        """Per-FIFREEZE limit: the option, else the default, never past the window's; never 0."""
         step = self.step_timeout_s or min(DEFAULT_STEP_TIMEOUT_S, self.timeout_s)
-        return int(min(step, self.timeout_s) * 1e9)
+        return _positive_ns(min(step, self.timeout_s))
+
+
+def _positive_ns(seconds: float) -> int:
+    """``seconds`` (> 0) in whole nanoseconds, at least 1.
+
+    Plain truncation would turn a timeout under a nanosecond into 0, and the
+    native side reads a 0 deadline as no deadline at all.
+    """
+    return max(1, round(seconds * 1e9))
 
 
 class Freeze:
@@ -122,7 +138,7 @@ class Freeze:
         # Before the ledger names this process: what proves it is the ledger's holder.
         proof = self._proof = Proof()
         guardian = self._guardian = self._session.arm(
-            int(opts.timeout_s * 1e9),
+            opts.timeout_ns,
             opts.step_timeout_ns,
             report_fd=self._log_fd,
             keep_fd=self._lock.fd,

@@ -115,9 +115,13 @@ def walk(path: str) -> tuple[str, os.stat_result]:
     """Resolve ``path`` like the kernel, checking each directory a name is looked up in.
 
     Returns the resolved path and the ``lstat`` of its last component, which
-    is not followed if it is a symlink.
+    is not followed if it is a symlink. A path ending in "/" or "/." must name
+    a directory (or a symlink), as for the kernel: ``NotADirectoryError``
+    otherwise.
     """
     pending = components(path)
+    # "file/" and "file/." name no file: the kernel fails them with ENOTDIR.
+    directory_only = path.split("/")[-1] in ("", ".")
     current = "/"
     st = os.lstat(current)
     _check_directory(current, st)
@@ -132,6 +136,9 @@ def walk(path: str) -> tuple[str, os.stat_result]:
         candidate = os.path.join(current, name)
         st = os.lstat(candidate)
         if not pending:
+            # A symlink is left to the caller (as without the slash): none follows one blindly.
+            if directory_only and not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
             return candidate, st
         if stat.S_ISLNK(st.st_mode):
             followed += 1

@@ -59,6 +59,10 @@ from quiesce.errors import ScriptNotFound, ScriptPermissionError
 from quiesce.supervise import shebang
 
 _PHASES = ("pre", "post")
+#: Errors that mean no file can be at the path: missing, a file where a
+#: directory must be, a name longer than the kernel takes, a symlink loop on
+#: the way. Azure's os.path.isfile says False for each: "ScriptNotFound".
+_NO_FILE_ERRNOS = NOT_FOUND_ERRNOS | {errno.ENAMETOOLONG, errno.ELOOP}
 
 
 @dataclass(eq=False)
@@ -123,8 +127,9 @@ def open_script(path: str, phase: str) -> CheckedScript:
     """Check the ``phase`` ("pre" or "post") script at ``path`` and return it open.
 
     ``path`` must be absolute. Raises :class:`ScriptNotFound` when there is no
-    file there, and :class:`ScriptPermissionError` when the path is relative,
-    the file is a symlink, not a regular file, not owned by root, writable by
+    file there (nothing, or a directory, FIFO, socket or device, or a name
+    no file can have), and :class:`ScriptPermissionError` when the path is
+    relative, the file is a symlink, not owned by root, writable by
     group or others, not executable by its owner, setuid or setgid,
     hard-linked, sits in a directory that anyone but root can write, or cannot
     be examined. Both carry the phase's Azure name.
@@ -145,11 +150,12 @@ def open_script(path: str, phase: str) -> CheckedScript:
         if stat.S_ISLNK(lst.st_mode):
             raise _script_symlink_error(path, phase)
         if not stat.S_ISREG(lst.st_mode):
-            # Refused before opening: opening a device can have side effects.
-            raise refuse(
-                f"is {file_type(lst.st_mode)}, not a regular file",
-                lst,
-                f"point {phase}ScriptLocation at the script file itself",
+            # Not opened: opening a device can have side effects. No script is
+            # there, as Azure says of anything but a file (os.path.isfile).
+            raise ScriptNotFound(
+                f"{phase}-script {path} is {file_type(lst.st_mode)}, not a regular file: no script"
+                f" there; fix: point {phase}ScriptLocation at the script file itself",
+                phase,
             )
         try:
             fd = os.open(real, OPEN_FLAGS)
@@ -241,7 +247,7 @@ def _script_errors(path: str, phase: str) -> Iterator[None]:
     except UnsafeDirectoryError as err:
         raise ScriptPermissionError(f"{phase}-script {path} is in an unsafe directory: {err}", phase) from err
     except OSError as err:
-        if err.errno in NOT_FOUND_ERRNOS:
+        if err.errno in _NO_FILE_ERRNOS:
             raise ScriptNotFound(
                 f"{phase}-script {path} does not exist ({os_reason(err)}); fix: install the script"
                 f" there (owner root, mode 700) or correct {phase}ScriptLocation",

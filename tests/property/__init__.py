@@ -1,0 +1,1 @@
+"""Property tests (hypothesis): invariants over generated inputs, no root needed."""
