@@ -173,18 +173,27 @@ def test_unsafe_config_mode_is_refused(setup):
     assert setup.events() == []
 
 
-def test_missing_pre_script_counts_as_its_failure(setup):
-    """No file at preScriptLocation: Pre-ScriptNotFound; the run continues as configured."""
+@pytest.mark.parametrize(
+    ("key", "error", "statuses"),
+    [
+        ("preScriptLocation", ("Pre-ScriptNotFound", 302), ("not-found", "skipped")),
+        ("postScriptLocation", ("Post-ScriptNotFound", 303), ("skipped", "not-found")),
+    ],
+)
+def test_a_script_that_fails_its_check_runs_neither_script(setup, key, error, statuses):
+    """No file at one script's location: its NotFound; neither script runs; the snapshot still goes
+    (continueBackupOnFailure), file-system-consistent, as Azure does on a failed check."""
     setup.config()
     with open(setup.config_path) as f:
         cfg = json.load(f)
-    cfg["preScriptLocation"] = os.path.join(setup.base, "missing.sh")
+    cfg[key] = os.path.join(setup.base, "missing.sh")
     with open(setup.config_path, "w") as f:
         json.dump(cfg, f)
     r = run(setup.options())
-    assert (r.error_name, r.error_code) == ("Pre-ScriptNotFound", 302)
-    assert r.consistency == FILESYSTEM
-    assert setup.events() == ["post.sh 1 ok not-found"]
+    assert (r.error_name, r.error_code) == error
+    assert (r.pre.status, r.post.status) == statuses
+    assert r.snapshot == "ok" and r.snapshot_frozen and r.consistency == FILESYSTEM
+    assert setup.events() == []  # neither the pre-script nor the post-script ran
 
 
 def test_snapshot_step_runs_while_frozen(setup, fs):

@@ -196,8 +196,19 @@ def model(case: Case) -> Expected:
             e.scripts_ok = False
         return status
 
-    # Pre steps: the pre-script, then the hooks in name order up to the first failure.
-    e.pre_status = script(PRE, case.pre, "pre", "pre", case.pre_retries)
+    # The checks: if either script fails its own, neither script runs (the first failure is the
+    # error, a failed pre step); the hooks still pair their own pre and post steps.
+    failed_check = next(
+        ((p, s) for p, s in (("pre", case.pre), ("post", case.post)) if s.check != "ok"), None
+    )
+    if failed_check is not None:
+        e.errors.append(NAMES[(failed_check[0], failed_check[1].check)])
+        e.scripts_ok = False
+        e.calls += [(PRE, "pre", 0), (POST, "post", 0)]
+        e.pre_status = case.pre.check if case.pre.check != "ok" else "skipped"
+    else:
+        # Pre steps: the pre-script, then the hooks in name order up to the first failure.
+        e.pre_status = script(PRE, case.pre, "pre", "pre", case.pre_retries)
     go = e.pre_status == "ok" or (case.continue_on_failure and not e.interrupted)
     started = []
     if go and not e.interrupted:
@@ -215,7 +226,8 @@ def model(case: Case) -> Expected:
     # Post steps: always; hooks whose pre step succeeded in reverse, then the post-script.
     for i in reversed(started):
         script(f"{HOOK_DIR}/{i:02}-hook", case.hooks[i], "post", "post", case.post_retries)
-    script(POST, case.post, "post", "post", case.post_retries)
+    if failed_check is None:
+        script(POST, case.post, "post", "post", case.post_retries)
     # The result table.
     held = case.freeze_enabled and e.froze
     if e.interrupted or e.snapshot != "ok":
@@ -527,8 +539,14 @@ def test_the_run_follows_the_documented_rules(run_dir, case):
     # (mode none has nothing to run).
     due = e.snapshot_ran and case.mode != "none"
     assert world.snapshot_calls == ([e.snapshot_frozen_step] if due else [])
-    # The post-script always runs (when its check passed), and is told the truth.
-    if case.post.check == "ok":
+    # The post-script always runs once both checks passed, and is told the truth; else it never runs.
+    if case.pre.check != "ok" or case.post.check != "ok":
+        assert world.post_env is None and result.pre is not None and result.post is not None
+        assert (result.pre.status, result.post.status) == (
+            case.pre.check if case.pre.check != "ok" else "skipped",
+            case.post.check if case.post.check != "ok" else "skipped",
+        )
+    else:
         assert world.post_env is not None
         assert world.post_env["QUIESCE_SNAPSHOT"] == e.snapshot == result.snapshot
         assert world.post_env["QUIESCE_PRE_STATUS"] == e.pre_status

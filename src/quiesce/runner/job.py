@@ -3,16 +3,20 @@
 Order and decisions (Azure Backup's documented rules, REFERENCE.md 1.3):
 
 - Both scripts are checked (owner, mode, directory chain) before anything
-  runs. A script that fails its check counts as that script failing.
+  runs. If either fails its check, neither script runs (as in Azure: a
+  pre-script whose post-script cannot run would leave the application
+  quiesced, a post-script would undo a pre-script that never ran); the
+  first failed check is the run's error and counts as a failed pre step.
 - The pre-script runs (with its retries), then the pre hooks. If a pre step
   failed and ``continueBackupOnFailure`` is false, no snapshot is taken.
 - Otherwise the snapshot step runs (:mod:`quiesce.runner.window`): inside the
   window with ``fsFreezeEnabled``, without a freeze when it is false or when
   the freeze failed and failures may continue.
 - The post steps (post hooks, then the post-script) run whenever the config
-  was valid, whatever happened before them: a failed pre step, a signal, a
-  broken output, an error of quiesce's own. They get the truth in
-  ``QUIESCE_SNAPSHOT`` and ``QUIESCE_PRE_STATUS``.
+  was valid and the scripts passed their checks, whatever happened before
+  them: a failed pre step, a signal, a broken output, an error of quiesce's
+  own. They get the truth in ``QUIESCE_SNAPSHOT`` and ``QUIESCE_PRE_STATUS``.
+  A hook's post step runs whenever its pre step started.
 """
 
 from __future__ import annotations
@@ -80,9 +84,15 @@ class Job:
 
     def execute(self) -> None:
         """Checks, pre steps and window, then the post steps whatever happened."""
-        with self.timeline.phase("checks"):
+        with self.timeline.phase("checks") as entry:
             pre_checked = self._check(self.cfg.pre_script, "pre")
             post_checked = self._check(self.cfg.post_script, "post")
+            failed = [c for c in (pre_checked, post_checked) if isinstance(c, ScriptResult)]
+            if failed:
+                entry.status = "failed"
+                self.result.set_error(failed[0].error_name, failed[0].error_code, failed[0].message)
+                why = f"not run: the {failed[0].phase}-script failed its check, so neither script runs"
+                pre_checked, post_checked = (_skipped(c, why) for c in (pre_checked, post_checked))
         pending: BaseException | None = None
         try:
             try:
@@ -293,3 +303,11 @@ class Job:
             entry.status = res.status
             entry.detail = f"{len(res.attempts)} attempt(s)"
         return res
+
+
+def _skipped(checked: CheckedScript | ScriptResult, why: str) -> ScriptResult:
+    """A script that passed its check but will not run (the other one failed its own): ``skipped``."""
+    if isinstance(checked, ScriptResult):
+        return checked
+    checked.close()
+    return ScriptResult(checked.phase, checked.path, (), "skipped", (), None, None, why)

@@ -60,7 +60,8 @@ class ScriptResult:
     phase: str
     path: str
     params: tuple[str, ...]
-    status: str  # ok | failed | timeout | not-found | permission
+    #: ok | failed | timeout | not-found | permission | skipped (the other script failed its check)
+    status: str
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
     error_name: str | None = None
     error_code: int | None = None
