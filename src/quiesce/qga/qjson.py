@@ -18,6 +18,8 @@ import math
 import re
 from collections.abc import Callable
 
+from quiesce.qga import ghash
+
 #: How many buckets a QDict has.
 QDICT_BUCKETS = 512
 #: A \\uXXXX escape (not an escaped backslash followed by "u").
@@ -29,8 +31,11 @@ class _Text(str):
 
 
 def qdict_bucket(key: str) -> int:
-    """The bucket of ``key`` in a QDict (qemu's ``tdb_hash`` of its UTF-8 bytes, modulo 512)."""
-    data = key.encode("utf-8", "surrogatepass")
+    """The bucket of ``key`` in a QDict (qemu's ``tdb_hash`` of its bytes, modulo 512).
+
+    The bytes are the key as qemu holds it, modified UTF-8: U+0000 is C0 80 (:func:`ghash.c_bytes`).
+    """
+    data = ghash.c_bytes(key)
     value = (0x238F13AF * len(data)) & 0xFFFFFFFF
     for i, byte in enumerate(data):
         value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
