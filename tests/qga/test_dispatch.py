@@ -250,3 +250,19 @@ def test_of_several_bad_members_the_one_qemu_ga_names_is_named():
             want = {"id": ident, **want}
         assert handle(d, request) == [want], request
 
+
+def test_guest_info_alone_lists_own_commands_in_qemu_gas_order():
+    """Without forwarding: quiesce's eight commands, in the order qemu-ga 7.2's guest-info has them."""
+    d = Dispatcher(FakeFreezer(), None)  # type: ignore[arg-type]
+    info = handle(d, {"execute": "guest-info"})[0]["return"]
+    assert [c["name"] for c in info["supported_commands"]] == [
+        "guest-fsfreeze-thaw",
+        "guest-fsfreeze-freeze-list",
+        "guest-fsfreeze-freeze",
+        "guest-fsfreeze-status",
+        "guest-info",
+        "guest-ping",
+        "guest-sync",
+        "guest-sync-delimited",
+    ]
+    assert all(c["enabled"] and c["success-response"] for c in info["supported_commands"])
