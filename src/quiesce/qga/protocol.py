@@ -60,8 +60,9 @@ class Request:
             obj["arguments"] = dict(self.arguments)
         if self.has_id:
             obj["id"] = self.id
-        # Doubles as the other agent reads them back unchanged (-0.0, 1e5, an infinity).
-        return qjson.dumps(obj, qjson.readable_double).encode() + b"\n"
+        # Doubles as the other agent reads them back unchanged (-0.0, 1e5, an infinity), and
+        # members in the order the host sent them (which orders the other agent's reply).
+        return qjson.dumps(obj, qjson.readable_double, sent_order=True).encode() + b"\n"
 
 
 class BadRequest(QgaError):

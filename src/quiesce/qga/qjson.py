@@ -90,11 +90,14 @@ def _scalar(value: object, double: Callable[[float], str]) -> str:
     raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
-def dumps(obj: object, double: Callable[[float], str] = qemu_double) -> str:
+def dumps(obj: object, double: Callable[[float], str] = qemu_double, *, sent_order: bool = False) -> str:
     """``obj`` (dicts with string keys, lists, strings, numbers, booleans, None) as qemu writes it.
 
     ``double`` writes a float: :func:`qemu_double` in a reply, :func:`readable_double`
-    in a request that another agent will read.
+    in a request that another agent will read. ``sent_order`` writes an object's
+    members in the order they were added (the order the host sent them), not
+    qemu's: a request passed on must reach the other agent as the host sent it,
+    since the order members reach qemu decides its own (two keys in one bucket).
     """
     parts: list[str] = []
     todo: list[object] = [obj]
@@ -103,7 +106,7 @@ def dumps(obj: object, double: Callable[[float], str] = qemu_double) -> str:
         if isinstance(item, _Text):
             parts.append(item)
         elif isinstance(item, dict):
-            members = qdict_order(item)
+            members = list(item.items()) if sent_order else qdict_order(item)
             if not members:
                 parts.append("{}")
                 continue
