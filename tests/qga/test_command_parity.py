@@ -52,7 +52,8 @@ def fixed_cases() -> list[bytes]:
     for v in VALUES:
         for c in ("guest-sync", "guest-sync-delimited"):
             out.append(f'{{"execute":"{c}","arguments":{{"id":{v}}}}}')
-        out.append(f'{{"execute":"guest-fsfreeze-freeze-list","arguments":{{"mountpoints":{v}}}}}')
+        if v != "[]":  # an empty list is no error: only faults and paths that do not exist are sent
+            out.append(f'{{"execute":"guest-fsfreeze-freeze-list","arguments":{{"mountpoints":{v}}}}}')
         out.append(
             f'{{"execute":"guest-fsfreeze-freeze-list","arguments":{{"mountpoints":[{NOWHERE},{v}]}}}}'
         )
@@ -143,7 +144,7 @@ def _is_info(reply: bytes) -> bool:
 def test_served_commands_check_arguments_as_qemu_ga_does(node, lfs):
     """Every fault in a request to a served command gets qemu-ga 7.2's reply, byte for byte."""
     cases = fixed_cases() + random_cases(20261202, 400)
-    assert not [c for c in cases if any(u.encode() in c for u in UNSAFE)]
+    assert not [c for c in cases if any(u.encode() in c for u in UNSAFE) or b'"mountpoints":[]' in c]
     work = mkdir(Path(node.base) / "agents")
     # freeze-list and thaw are allowed here: never without mount points, and those never exist.
     with qemu_ga(mkdir(work / "stock"), block=("guest-fsfreeze-freeze", *FORWARD_BLOCK[3:])) as stock:
