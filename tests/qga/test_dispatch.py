@@ -205,6 +205,10 @@ UNEXPECTED_RECORDED = [
     ("guest-sync", ["id"] + [f"m{i}" for i in range(30)], "m15"),
     ("guest-ping", ["\u00e9", "\u20ac", "a", "\U0001f600"], "\u00e9"),
     ("guest-ping", ["\0a", "\0b", "\0c"], "\0b"),
+    # Bytes past 0x7F hash as negative (signed chars): read as unsigned, these would name "b" and "é".
+    ("guest-ping", ["b\u20ac", "a", "\u20ac", "b"], "b\u20ac"),
+    ("guest-ping", ["b", "\u00e9", "bb"], "b"),
+    ("guest-ping", [f"p{i}" for i in range(200)], "p26"),
     ("guest-fsfreeze-freeze-list", ["mountpoints", "b", "a", "zz"], "b"),
 ]
 
