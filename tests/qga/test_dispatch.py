@@ -189,3 +189,84 @@ def test_a_request_that_cannot_be_handled_gets_an_error_not_a_crash():
     reply = handle(d, {"execute": "guest-ping", "id": {"not json": object()}})
     assert reply[0]["error"]["class"] == "GenericError"
     assert handle(d, {"execute": "guest-ping"}) == [{"return": {}}]
+
+
+#: (command, argument names in the order sent, the one qemu-ga 7.2 names as unexpected), recorded
+#: from Debian's qemu-ga: GLib's hash table decides, across resizes, signed chars and C0 80.
+UNEXPECTED_RECORDED = [
+    ("guest-ping", ["a", "b", "c", "id", "mountpoints"], "b"),
+    ("guest-ping", ["zz", "aa"], "aa"),
+    ("guest-info", ["a", "b", "c", "id", "mountpoints"], "b"),
+    ("guest-fsfreeze-status", ["zz", "aa"], "aa"),
+    ("guest-sync", ["x", "id"], "x"),
+    ("guest-sync-delimited", ["id", "b", "a", "zz"], "b"),
+    ("guest-ping", [f"k{i}" for i in range(9)], "k6"),
+    ("guest-ping", [f"k{i}" for i in range(40)], "k4"),
+    ("guest-sync", ["id"] + [f"m{i}" for i in range(30)], "m15"),
+    ("guest-ping", ["\u00e9", "\u20ac", "a", "\U0001f600"], "\u00e9"),
+    ("guest-ping", ["\0a", "\0b", "\0c"], "\0b"),
+    # Bytes past 0x7F hash as negative (signed chars): read as unsigned, these would name "b" and "é".
+    ("guest-ping", ["b\u20ac", "a", "\u20ac", "b"], "b\u20ac"),
+    ("guest-ping", ["b", "\u00e9", "bb"], "b"),
+    ("guest-ping", [f"p{i}" for i in range(200)], "p26"),
+    ("guest-fsfreeze-freeze-list", ["mountpoints", "b", "a", "zz"], "b"),
+]
+
+
+def test_of_several_unexpected_arguments_the_one_qemu_ga_names_is_named():
+    """Several unknown arguments: the reply names the one qemu-ga 7.2 names, not the first sent."""
+    fz = FakeFreezer()
+    d = Dispatcher(fz, None)  # type: ignore[arg-type]
+    for name, keys, named in UNEXPECTED_RECORDED:
+        args: dict[str, object] = {k: 1 for k in keys}
+        if "id" in keys and name.startswith("guest-sync"):
+            args["id"] = 5
+        if "mountpoints" in args and name == "guest-fsfreeze-freeze-list":
+            args["mountpoints"] = ["/nonexistent"]
+        assert handle(d, {"execute": name, "arguments": args}) == [
+            {"error": {"class": "GenericError", "desc": f"Parameter '{named}' is unexpected"}}
+        ], (name, keys)
+    assert fz.calls == []
+
+
+#: Requests with more than one fault, and qemu-ga 7.2's reply: it checks the members in its
+#: hash table's order, not in the order they were sent.
+BAD_MEMBERS_RECORDED = [
+    ({"b": 1, "a": 2, "id": 3}, 3, "QMP input member 'a' is unexpected"),
+    ({"zz": 1, "execute": "guest-ping", "aa": 2}, None, "QMP input member 'aa' is unexpected"),
+    ({"arguments": [], "execute": 1}, None, "QMP input member 'execute' must be a string"),
+    ({"execute": 1, "exec-oob": "x"}, None, "QMP input member 'exec-oob' is unexpected"),
+    (
+        {"execute": "guest-ping", "control": 1, "arguments": []},
+        None,
+        "QMP input member 'control' is unexpected",
+    ),
+    ({"arguments": 5, "id": 1, "x": 2}, 1, "QMP input member 'x' is unexpected"),
+]
+
+
+def test_of_several_bad_members_the_one_qemu_ga_names_is_named():
+    """A request with two faulty members gets qemu-ga's error for the one its table holds first."""
+    d = Dispatcher(FakeFreezer(), None)  # type: ignore[arg-type]
+    for request, ident, desc in BAD_MEMBERS_RECORDED:
+        want: dict[str, object] = {"error": {"class": "GenericError", "desc": desc}}
+        if ident is not None:
+            want = {"id": ident, **want}
+        assert handle(d, request) == [want], request
+
+
+def test_guest_info_alone_lists_own_commands_in_qemu_gas_order():
+    """Without forwarding: quiesce's eight commands, in the order qemu-ga 7.2's guest-info has them."""
+    d = Dispatcher(FakeFreezer(), None)  # type: ignore[arg-type]
+    info = handle(d, {"execute": "guest-info"})[0]["return"]
+    assert [c["name"] for c in info["supported_commands"]] == [
+        "guest-fsfreeze-thaw",
+        "guest-fsfreeze-freeze-list",
+        "guest-fsfreeze-freeze",
+        "guest-fsfreeze-status",
+        "guest-info",
+        "guest-ping",
+        "guest-sync",
+        "guest-sync-delimited",
+    ]
+    assert all(c["enabled"] and c["success-response"] for c in info["supported_commands"])

@@ -72,6 +72,11 @@ def test_forwarded_commands_give_what_qemu_ga_gives(node):
         c.send('{"execute":"guest-exec","arguments":{"path":"/nonexistent/x"},"id":"e1"}\n')
         d.send('{"execute":"guest-exec","arguments":{"path":"/nonexistent/x"},"id":"e1"}\n')
         assert c.line() == d.line()
+        # Two id members in one of qemu's buckets: their order in the reply is the order sent.
+        for raw in ('{"execute":"guest-get-osinfo","id":{"k10":1,"k11":[{"k11":2,"k10":3}]}}\n',):
+            c.send(raw)
+            d.send(raw)
+            assert c.line() == d.line()
 
 
 def test_silent_commands_errors_still_come_back(node):

@@ -122,6 +122,24 @@ def test_forwarded_request_keeps_arguments_and_id():
     assert req.to_json().endswith(b"\n")
 
 
+def test_a_forwarded_request_keeps_the_order_the_host_sent():
+    """Members reach the other agent in the host's order: in one of qemu's buckets, that orders the reply."""
+    from quiesce.qga.qjson import qdict_bucket
+
+    assert qdict_bucket("k10") == qdict_bucket("k11")  # the later one is written first in a reply
+    request = parse_request(
+        {
+            "execute": "guest-get-osinfo",
+            "arguments": {"k10": 1, "k11": 2},
+            "id": {"k10": [{"k10": 1, "k11": 2}], "k11": 3},
+        }
+    )
+    assert request.to_json() == (
+        b'{"execute": "guest-get-osinfo", "arguments": {"k10": 1, "k11": 2}, '
+        b'"id": {"k10": [{"k10": 1, "k11": 2}], "k11": 3}}\n'
+    )
+
+
 def _same(a: object, b: object) -> bool:
     """Equal, and of the same JSON types: 1 is not 1.0, and -0.0 is not 0.0."""
     if isinstance(a, float) or isinstance(b, float):

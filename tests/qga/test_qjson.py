@@ -69,3 +69,11 @@ json_values = st.recursive(
 def test_what_is_written_reads_back_as_the_same_value(value):
     """Whatever the member order, the text is JSON that holds the same value."""
     assert json.loads(dumps(value)) == value
+
+
+def test_a_key_holding_u0000_is_hashed_as_qemu_holds_it():
+    """U+0000 in a key is C0 80 to qemu (modified UTF-8): its bucket, hence the order, follows that."""
+    ident = {"\0": 1, "a": 2, "b": 3, "c": 4, "x\0y": 5, "\u00e9": 6}
+    # Recorded from Debian's qemu-ga 7.2 echoing this id.
+    want = '{"\\u00E9": 6, "\\u0000": 1, "a": 2, "x\\u0000y": 5, "b": 3, "c": 4}'
+    assert dumps(ident) == want

@@ -42,16 +42,17 @@ FROZEN_ALLOWLIST = frozenset(
     }
 )
 
-#: The commands served here, with their arguments (qga/qapi-schema.json).
+#: The commands served here, with their arguments (qga/qapi-schema.json), in the order
+#: qemu-ga's ``guest-info`` lists them (the last one registered first).
 OWN_COMMANDS: dict[str, dict[str, str]] = {
-    "guest-sync-delimited": {"id": "int"},
-    "guest-sync": {"id": "int"},
-    "guest-ping": {},
-    "guest-info": {},
-    "guest-fsfreeze-status": {},
-    "guest-fsfreeze-freeze": {},
-    "guest-fsfreeze-freeze-list": {"*mountpoints": "[str]"},
     "guest-fsfreeze-thaw": {},
+    "guest-fsfreeze-freeze-list": {"*mountpoints": "[str]"},
+    "guest-fsfreeze-freeze": {},
+    "guest-fsfreeze-status": {},
+    "guest-info": {},
+    "guest-ping": {},
+    "guest-sync": {"id": "int"},
+    "guest-sync-delimited": {"id": "int"},
 }
 
 
@@ -125,7 +126,11 @@ class Dispatcher:
         return fwd.call(request)
 
     def info(self) -> dict[str, Any]:
-        """``guest-info``: the forwarded agent's commands with quiesce's own in their place."""
+        """``guest-info``: the forwarded agent's commands with quiesce's own in their place.
+
+        Without an agent to forward to, quiesce's own commands alone, in qemu-ga's order, and
+        quiesce's version: a command that would only be "not found" is not advertised.
+        """
         fwd = self.forwarder
         base: dict[str, Any] | None = None
         if fwd is not None:

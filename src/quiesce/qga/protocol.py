@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from quiesce.qga import qjson
+from quiesce.qga import ghash, qjson
 
 GENERIC_ERROR = "GenericError"
 COMMAND_NOT_FOUND = "CommandNotFound"
@@ -60,8 +60,9 @@ class Request:
             obj["arguments"] = dict(self.arguments)
         if self.has_id:
             obj["id"] = self.id
-        # Doubles as the other agent reads them back unchanged (-0.0, 1e5, an infinity).
-        return qjson.dumps(obj, qjson.readable_double).encode() + b"\n"
+        # Doubles as the other agent reads them back unchanged (-0.0, 1e5, an infinity), and
+        # members in the order the host sent them (which orders the other agent's reply).
+        return qjson.dumps(obj, qjson.readable_double, sent_order=True).encode() + b"\n"
 
 
 class BadRequest(QgaError):
@@ -79,7 +80,8 @@ def parse_request(value: object) -> Request:
     ident = value.get("id", _ABSENT)
     name: str | None = None
     arguments: dict[str, object] = {}
-    for key, item in value.items():
+    # qemu walks the members in its hash table's order: with two faults, that decides which is named.
+    for key, item in qjson.qdict_order(value):
         if key == "execute":
             if not isinstance(item, str):
                 raise BadRequest("QMP input member 'execute' must be a string", ident)
@@ -149,8 +151,9 @@ def _check_type(name: str, value: object, kind: str) -> None:
 def check_arguments(arguments: Mapping[str, object], spec: Mapping[str, str]) -> dict[str, object]:
     """Validate ``arguments`` against ``spec`` (name -> ``int``/``str``/``[str]``, ``*name`` optional).
 
-    Members are checked in the spec's order (missing, then type), then any
-    member the spec does not know is refused, as qemu-ga does.
+    Members are checked in the spec's order (missing, then type), then a
+    member the spec does not know is refused, as qemu-ga does; of several,
+    the one qemu-ga names (:mod:`quiesce.qga.ghash`).
     """
     out: dict[str, object] = {}
     for key, kind in spec.items():
@@ -161,7 +164,7 @@ def check_arguments(arguments: Mapping[str, object], spec: Mapping[str, str]) ->
             continue
         _check_type(name, arguments[name], kind)
         out[name] = arguments[name]
-    for name in arguments:
-        if name not in out:
-            raise QgaError(f"Parameter '{name}' is unexpected")
+    if len(out) < len(arguments):
+        left = ghash.first_left([key for key, _ in qjson.qdict_order(dict(arguments))], out)
+        raise QgaError(f"Parameter '{left}' is unexpected")
     return out

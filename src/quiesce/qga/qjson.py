@@ -18,6 +18,8 @@ import math
 import re
 from collections.abc import Callable
 
+from quiesce.qga import ghash
+
 #: How many buckets a QDict has.
 QDICT_BUCKETS = 512
 #: A \\uXXXX escape (not an escaped backslash followed by "u").
@@ -29,8 +31,11 @@ class _Text(str):
 
 
 def qdict_bucket(key: str) -> int:
-    """The bucket of ``key`` in a QDict (qemu's ``tdb_hash`` of its UTF-8 bytes, modulo 512)."""
-    data = key.encode("utf-8", "surrogatepass")
+    """The bucket of ``key`` in a QDict (qemu's ``tdb_hash`` of its bytes, modulo 512).
+
+    The bytes are the key as qemu holds it, modified UTF-8: U+0000 is C0 80 (:func:`ghash.c_bytes`).
+    """
+    data = ghash.c_bytes(key)
     value = (0x238F13AF * len(data)) & 0xFFFFFFFF
     for i, byte in enumerate(data):
         value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
@@ -85,11 +90,14 @@ def _scalar(value: object, double: Callable[[float], str]) -> str:
     raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
-def dumps(obj: object, double: Callable[[float], str] = qemu_double) -> str:
+def dumps(obj: object, double: Callable[[float], str] = qemu_double, *, sent_order: bool = False) -> str:
     """``obj`` (dicts with string keys, lists, strings, numbers, booleans, None) as qemu writes it.
 
     ``double`` writes a float: :func:`qemu_double` in a reply, :func:`readable_double`
-    in a request that another agent will read.
+    in a request that another agent will read. ``sent_order`` writes an object's
+    members in the order they were added (the order the host sent them), not
+    qemu's: a request passed on must reach the other agent as the host sent it,
+    since the order members reach qemu decides its own (two keys in one bucket).
     """
     parts: list[str] = []
     todo: list[object] = [obj]
@@ -98,7 +106,7 @@ def dumps(obj: object, double: Callable[[float], str] = qemu_double) -> str:
         if isinstance(item, _Text):
             parts.append(item)
         elif isinstance(item, dict):
-            members = qdict_order(item)
+            members = list(item.items()) if sent_order else qdict_order(item)
             if not members:
                 parts.append("{}")
                 continue
