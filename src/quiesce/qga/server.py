@@ -25,6 +25,7 @@ import socket
 import stat
 from collections.abc import Callable
 
+from quiesce.engine.trust import UnsafeDirectoryError, check_directory
 from quiesce.qga.commands import Dispatcher
 from quiesce.qga.events import EventLog
 from quiesce.qga.jsonstream import JsonStream
@@ -163,7 +164,20 @@ def serve_device(path: str, dispatcher: Dispatcher, stop: Stopper, log: EventLog
 def serve_unix(
     path: str, dispatcher: Dispatcher, stop: Stopper, log: EventLog, ready: Callable[[], None]
 ) -> None:
-    """Listen on the unix socket ``path`` and serve one client at a time until stopped."""
+    """Listen on the unix socket ``path`` and serve one client at a time until stopped.
+
+    Run by root, the socket's directory must be root's alone
+    (:func:`quiesce.engine.trust.check_directory`, every directory above it
+    too): whoever else could write it could swap the socket (and so choose
+    who freezes this machine) or, through a planted link, make the unlinks
+    here remove a file of root's. Raises ``OSError`` (``EPERM``) naming it.
+    """
+    path = os.path.abspath(path)
+    if os.geteuid() == 0:
+        try:
+            check_directory(os.path.dirname(path))
+        except UnsafeDirectoryError as err:
+            raise PermissionError(errno.EPERM, f"unsafe directory for the socket: {err}", path) from err
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
