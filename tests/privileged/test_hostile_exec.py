@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from quiesce.errors import ScriptPermissionError
 from quiesce.fleet.credentials import CredentialFileError, checked
 from quiesce.qga.forward import Forwarder, ForwardError
 from quiesce.qga.fshook import FsfreezeHook
 from quiesce.qga.server import serve_unix
 from quiesce.runner.check import check_setup
 from quiesce.supervise import snapshot_command
+from quiesce.supervise.checked import open_script
 from quiesce.supervise.snapshot_command import run_command
 from tests.privileged.conftest import Setup
 
@@ -240,3 +242,43 @@ def test_credential_file_through_a_users_link_is_refused(base, user_dir):
     assert checked("--key", str(key), secret=True) == str(key)
     with pytest.raises(CredentialFileError, match="directory others can write"):
         checked("--key", str(base / "agent.key"), secret=True)
+
+
+# -- the interpreter on a #! line ---------------------------------------------------
+
+
+@pytest.fixture(params=["in a user's directory", "owned by the user"])
+def user_interpreter(request, base: Path, user_dir: Path) -> str:
+    """A working shell the user could change: in the user's directory, or the user's own file."""
+    where = user_dir if request.param == "in a user's directory" else base
+    path = where / "sh"
+    shutil.copy("/bin/sh", path)
+    os.chmod(path, 0o755)
+    if request.param == "owned by the user":
+        os.chown(path, NOBODY, NOBODY)
+    return str(path)
+
+
+def test_script_with_a_users_interpreter_is_refused(base, user_interpreter):
+    """A root script whose #! interpreter another user could change is refused before it runs."""
+    script = base / "pre.sh"
+    script.write_text(f"#!{user_interpreter}\nexit 0\n")
+    os.chmod(script, 0o700)
+    with pytest.raises(ScriptPermissionError, match="interpreter") as err:
+        open_script(str(script), "pre")
+    assert user_interpreter in str(err.value)
+    assert err.value.azure_name == "InsufficientPermissionforPre-Script"
+
+
+def test_snapshot_command_and_fsfreeze_hook_with_a_users_interpreter_are_not_run(base, user_interpreter):
+    """The same for the programs run by path: the command and qemu-ga's hook never start."""
+    marker = base / "ran"
+    program = base / "prog"
+    program.write_text(f"#!{user_interpreter}\ntouch {marker}\n")
+    os.chmod(program, 0o755)
+    attempt = run_snapshot([str(program)])
+    assert attempt.outcome == "spawn-failed"
+    assert "interpreter" in (attempt.error or "") and user_interpreter in (attempt.error or "")
+    outcome = FsfreezeHook(str(program), required=True).run("freeze")
+    assert outcome.error is not None and "interpreter" in outcome.error
+    assert not marker.exists()

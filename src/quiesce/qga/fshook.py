@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 from quiesce.engine.trust import UnsafeDirectoryError, UnsafeProgramError, check_program
+from quiesce.supervise import shebang
 from quiesce.supervise.launch import SCRIPT_PATH
 
 #: qemu-ga's default hook path.
@@ -79,7 +80,7 @@ def unsafe_reason(path: str) -> str | None:
         return "not an absolute path"
     except OSError as err:
         return f"{os.strerror(err.errno or 0)} at {err.filename or path}"
-    return None
+    return shebang.untrusted_interpreter(shebang.read_head(path))
 
 
 class FsfreezeHook:

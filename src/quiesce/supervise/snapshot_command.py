@@ -50,7 +50,8 @@ def unsafe_command(program: str) -> str | None:
         if err.errno in NOT_FOUND_ERRNOS:
             return f"does not exist ({os.strerror(err.errno or 0)})"
         return f"cannot be checked: {os.strerror(err.errno or 0)}"
-    return None
+    untrusted = shebang.untrusted_interpreter(shebang.read_head(program))
+    return None if untrusted is None else f"is not safe to run as root: {untrusted}"
 
 
 def run_snapshot_command(
