@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from quiesce.azure.verdict import FAILED
 from quiesce.errors import ScriptPermissionError
 from quiesce.fleet.credentials import CredentialFileError, checked
 from quiesce.qga.forward import Forwarder, ForwardError
 from quiesce.qga.fshook import FsfreezeHook
 from quiesce.qga.server import serve_unix
 from quiesce.runner.check import check_setup
+from quiesce.runner.run import run
 from quiesce.supervise import snapshot_command
 from quiesce.supervise.checked import open_script
 from quiesce.supervise.snapshot_command import run_command
@@ -282,3 +284,20 @@ def test_snapshot_command_and_fsfreeze_hook_with_a_users_interpreter_are_not_run
     outcome = FsfreezeHook(str(program), required=True).run("freeze")
     assert outcome.error is not None and "interpreter" in outcome.error
     assert not marker.exists()
+
+
+def test_run_with_an_unsafe_snapshot_command_freezes_nothing_and_fails(setup, fs):
+    """`quiesce run`: the command another user could swap is refused before the freeze; post steps run."""
+    user = Path(setup.base) / "home"
+    user.mkdir(mode=0o755)
+    os.chown(user, NOBODY, NOBODY)
+    marker = Path(setup.base) / "ran"
+    program = root_program(user / "snap", f"touch {marker}\n")
+    setup.config(quiesce={"snapshot": {"mode": "command", "argv": [program], "timeoutSeconds": 5}})
+    r = run(setup.options())
+    assert r.consistency == FAILED and r.error_name == "SnapshotFailed"
+    assert r.snapshot_command is not None and r.snapshot_command.outcome == "spawn-failed"
+    assert "is not safe to run as root" in (r.snapshot_command.error or "")
+    assert r.freeze is None or r.freeze.window_ns is None, "something was frozen for a command refused"
+    assert not marker.exists()
+    assert setup.events()[-1] == "post.sh 1 failed ok"
