@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from quiesce.azure.verdict import FAILED
+from quiesce.bench.helpers import Probe
 from quiesce.errors import ScriptPermissionError
 from quiesce.fleet.credentials import CredentialFileError, checked
 from quiesce.qga.forward import Forwarder, ForwardError
@@ -301,3 +302,20 @@ def test_run_with_an_unsafe_snapshot_command_freezes_nothing_and_fails(setup, fs
     assert r.freeze is None or r.freeze.window_ns is None, "something was frozen for a command refused"
     assert not marker.exists()
     assert setup.events()[-1] == "post.sh 1 failed ok"
+
+
+# -- Python children ------------------------------------------------------------------
+
+
+def test_bench_helpers_import_nothing_from_the_current_directory(base, user_dir, monkeypatch):
+    """bench --probe/--dirty started from a user's directory: a planted module never runs as root."""
+    marker = base / "imported"
+    for name in ("quiesce", "json"):  # the package itself, and a module the helper imports
+        planted = user_dir / name
+        planted.mkdir()
+        (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(user_dir)
+    probe = Probe(str(base))
+    probe.wait_ready(lambda: False)
+    probe.finish(10)
+    assert not marker.exists(), "a module from the current directory was imported by the helper"
