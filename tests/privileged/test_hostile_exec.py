@@ -319,3 +319,23 @@ def test_bench_helpers_import_nothing_from_the_current_directory(base, user_dir,
     probe.wait_ready(lambda: False)
     probe.finish(10)
     assert not marker.exists(), "a module from the current directory was imported by the helper"
+
+
+def test_no_fd_of_quiesce_reaches_a_child(base):
+    """Even an fd quiesce holds without close-on-exec (one it inherited) stays out of a child and a hook."""
+    fd = os.open(str(base), os.O_RDONLY | os.O_DIRECTORY)
+    os.set_inheritable(fd, True)
+    try:
+        # What each of the shell's fds is (the glob's own fd is gone by the time readlink runs).
+        listing = "readlink /proc/$$/fd/* 2>/dev/null; true\n"
+        attempt = run_snapshot(["/bin/sh", "-c", listing])
+        assert attempt.outcome == "ok"
+        assert str(base) not in attempt.stdout.splitlines()
+        assert len(attempt.stdout.splitlines()) == 3  # stdin, stdout, stderr
+        hook = root_program(base / "fsfreeze-hook", listing)
+        outcome = FsfreezeHook(hook, required=True).run("freeze")
+        assert outcome.ok, outcome.error
+        # The shell holds its script open; nothing else of quiesce's.
+        assert str(base) not in outcome.output.splitlines()
+    finally:
+        os.close(fd)
