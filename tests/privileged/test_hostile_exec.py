@@ -25,7 +25,7 @@ from quiesce.errors import ScriptPermissionError
 from quiesce.fleet.credentials import CredentialFileError, checked
 from quiesce.qga.forward import Forwarder, ForwardError
 from quiesce.qga.fshook import FsfreezeHook
-from quiesce.qga.server import serve_unix
+from quiesce.qga.server import serve_device, serve_unix
 from quiesce.runner.check import check_setup
 from quiesce.runner.run import run
 from quiesce.supervise import snapshot_command
@@ -339,3 +339,23 @@ def test_no_fd_of_quiesce_reaches_a_child(base):
         assert str(base) not in outcome.output.splitlines()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["a user's terminal", "a link in a user's directory"])
+def test_qga_port_another_user_could_hold_is_refused(base, user_dir, how):
+    """`quiesce qga --device`: a path a user could point at their own terminal (the user'd be the host)."""
+    leader, follower = os.openpty()
+    try:
+        tty = os.ttyname(follower)
+        if how == "a user's terminal":
+            os.chown(tty, NOBODY, -1)  # as a user's own terminal is
+            os.symlink(tty, base / "port")
+            port, why = str(base / "port"), "owned by uid 65534, not root"
+        else:
+            os.symlink(tty, user_dir / "port")
+            port, why = str(user_dir / "port"), "unsafe path to the port"
+        with pytest.raises(PermissionError, match=why):
+            serve_device(port, None, None, None)  # type: ignore[arg-type]
+    finally:
+        os.close(follower)
+        os.close(leader)
