@@ -6,7 +6,9 @@ root could have set it: every directory on the way to it is owned by root
 and writable by no one else, sticky bit or not (so nothing under ``/tmp``
 is accepted). :func:`walk` resolves a path the way the kernel will
 (following symlinks in the middle) and checks every directory it looks a
-name up in; :func:`check_directory` checks a directory and its chain.
+name up in; :func:`resolve` follows a symlink at the end the same way (only
+from a checked directory); :func:`check_directory` checks a directory and
+its chain, :func:`check_program` a program root executes by its path.
 
 Every refusal names what is wrong, the path, its owner and mode, and the
 command that fixes it (:func:`fix_for`, :func:`refusal_message`): the
