@@ -162,17 +162,21 @@ def test_fsfreeze_hook_through_a_users_link_is_not_run(base, user_dir):
 
 def test_fsfreeze_hook_gets_a_clean_environment_in_root(base, monkeypatch):
     """Nothing of the agent's environment or current directory reaches the hook; $0 is its path."""
-    hook = root_program(base / "fsfreeze-hook", 'echo "$0 $1"; pwd; env | sort\n')
+    hook = root_program(base / "fsfreeze-hook", 'echo "$0 $1"; pwd; umask; env | sort\n')
     monkeypatch.setenv("LD_PRELOAD", "/nonexistent/evil.so")
     monkeypatch.setenv("QUIESCE_AUDIT_LEAK", "1")
     monkeypatch.setenv("PATH", f"{base}:/usr/bin:/bin")
     monkeypatch.chdir(base)
-    outcome = FsfreezeHook(hook, required=True).run("freeze")
+    old_umask = os.umask(0)
+    try:
+        outcome = FsfreezeHook(hook, required=True).run("freeze")
+    finally:
+        os.umask(old_umask)
     assert outcome.ok, outcome.error
     lines = outcome.output.splitlines()
     assert lines[0] == f"{hook} freeze"
-    assert lines[1] == "/"
-    env = dict(line.split("=", 1) for line in lines[2:] if "=" in line)
+    assert lines[1:3] == ["/", "0022"]
+    env = dict(line.split("=", 1) for line in lines[3:] if "=" in line)
     assert "LD_PRELOAD" not in env and "QUIESCE_AUDIT_LEAK" not in env
     assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -14,7 +14,7 @@ place in the sequence, but:
 - it is refused unless root owns it and every directory and link on the way
   to it, and none of them can be written by anyone else (it runs as root);
 - it gets a clean environment (``PATH``, ``HOME=/root``, ``LANG=C.UTF-8``),
-  ``/`` as its current directory, and no fd of the agent's.
+  ``/`` as its current directory, umask 022, and no fd of the agent's.
 
 Processes the hook leaves running after a successful exit are left alone,
 as qemu-ga leaves them: a hook may hold a database lock until ``thaw``.
@@ -121,7 +121,7 @@ class FsfreezeHook:
             try:
                 # The path just checked (only root can re-point it), as qemu-ga runs it ($0 is
                 # the hook's path: Debian's finds fsfreeze-hook.d next to it); nothing of
-                # quiesce's environment, current directory or fds leaks in.
+                # quiesce's environment, current directory, umask or fds leaks in.
                 proc = subprocess.Popen(
                     [path, arg],
                     stdin=subprocess.DEVNULL,
@@ -131,6 +131,7 @@ class FsfreezeHook:
                     close_fds=True,
                     cwd="/",
                     env=HOOK_ENV,
+                    umask=0o022,
                 )
             except OSError as err:
                 return self._failed(arg, start, f"can't execute fsfreeze hook '{self.path}': {err.strerror}")
