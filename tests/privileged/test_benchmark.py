@@ -531,12 +531,13 @@ def test_plot_draws_the_run(fs, run_dir, plot_dir):
 def test_plot_into_a_directory_others_can_write_is_refused_before_freezing(fs, run_dir, plot_dir, where):
     """``--plot`` where another user could plant a link: a usage error, nothing frozen, nothing written."""
     pytest.importorskip("matplotlib")
-    directory = Path(tempfile.mkdtemp(prefix="quiesce-test-plot-", dir="/tmp"))
+    if where == "/tmp":
+        directory = Path(tempfile.mkdtemp(prefix="quiesce-test-plot-", dir="/tmp"))
+    else:
+        directory = plot_dir / "user"
+        directory.mkdir()
+        os.chown(directory, 65534, 65534)
     try:
-        if where != "/tmp":
-            directory = plot_dir / "user"
-            directory.mkdir()
-            os.chown(directory, 65534, 65534)
         path = directory / "bench.svg"
         done = bench(run_dir, "-n", "1", "--warm", "--plot", str(path), str(fs["ext4"].mount_point))
         assert done.returncode == Exit.USAGE, done.stderr
