@@ -20,6 +20,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <sys/syscall.h>
@@ -71,6 +72,15 @@ static __attribute__((noreturn)) void child_main(const struct qz_spawn_req *req,
 
     if (setsid() < 0)
         child_fail(errpipe, errno);
+    /*
+     * A fixed place and file mode creation mask, whoever started quiesce and
+     * from where: a relative path in a script must never land in a directory
+     * another user controls, and what it creates is not writable by others.
+     * (No CLONE_FS: the caller keeps its own.)
+     */
+    if (chdir("/") != 0)
+        child_fail(errpipe, errno);
+    umask(022);
     /* Python ignores SIGPIPE and may block signals: a script gets defaults. */
     memset(&dfl, 0, sizeof(dfl));
     dfl.sa_handler = SIG_DFL;

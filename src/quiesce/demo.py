@@ -199,8 +199,9 @@ def run_demo(timeout_s: float = 10.0) -> tuple[DemoResult, RunResult]:
             logs = sb.add("xfs", 300, on=host, name="logs")
             db_file, log_file = db.mount_point / "journal", logs.mount_point / "log"
             pidfile = base / "app.pid"
+            # -P: nothing imported from the current directory, as root.
             app = subprocess.Popen(
-                [sys.executable, "-c", APP, str(db_file), str(log_file), str(base / "paused")]
+                [sys.executable, "-P", "-c", APP, str(db_file), str(log_file), str(base / "paused")]
             )
             pidfile.write_text(str(app.pid))
             try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from quiesce.fleet.noderun import NodeRun
+import pytest
+
+from quiesce.fleet.noderun import FleetAbort, NodeRun
 from quiesce.fleet.nodestep import DETAIL_TAIL, prepare, run_command
 from quiesce.fleet.protocol import Keys, RunSpec
 from tests.processes import alive_with, unique_sleep
@@ -61,3 +63,20 @@ def test_the_environment_names_the_run_and_escapes_the_targets(tmp_path):
     want = {"QUIESCE_FLEET_RUN": "r1", "QUIESCE_FLEET_GROUP": "g", "QUIESCE_NODE": "n1"}
     want["QUIESCE_PHASE"] = "snapshot"
     assert {k: seen.get(k) for k in want} == want
+
+
+def test_a_command_others_could_change_aborts_the_node_before_it_is_ready(tmp_path):
+    """A snapshot command in a directory others can write (here /tmp) is refused before the freeze."""
+    program = tmp_path / "snap"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    reports: list[str] = []
+    watch: Any = SimpleNamespace(get=lambda _timeout: None)
+    part = NodeRun(None, Keys("g"), "n1", "r1", RunSpec(("n1",)), watch, lambda: True, lambda _ev: None)  # type: ignore[arg-type]
+    part.spec_argv = (str(program),)
+    part._report = lambda step, extra=None: reports.append(step)  # type: ignore[method-assign]
+    freeze: Any = SimpleNamespace(targets=[])
+    with pytest.raises(FleetAbort, match="is not safe to run as root") as err:
+        part.before_freeze(freeze)
+    assert str(tmp_path) in str(err.value)
+    assert reports == [] and part._launch is None

@@ -5,11 +5,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -479,11 +484,23 @@ def test_warm_runs_back_to_back_and_says_so(fs, run_dir):
     assert_clean(run_dir, x)
 
 
-def test_plot_draws_the_run(fs, run_dir, tmp_path):
+@pytest.fixture
+def plot_dir() -> Iterator[Path]:
+    """A directory only root can change (the plot is written there as root)."""
+    d = Path(tempfile.mkdtemp(prefix="quiesce-test-plot-", dir="/run"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_plot_draws_the_run(fs, run_dir, plot_dir):
     """``--plot F.svg``: the window and each filesystem's FIFREEZE/FITHAW, and the median rep's timeline."""
     pytest.importorskip("matplotlib")
     a, b = fs["ext4"], fs["btrfs"]
-    path = tmp_path / "bench.svg"
+    path = plot_dir / "bench.svg"
+    # A link planted at the name is replaced, never followed: root's file stays as it was.
+    victim = plot_dir / "victim"
+    victim.write_text("root's\n")
+    os.symlink(victim, path)
     done, doc = bench_json(
         run_dir,
         "-n",
@@ -505,4 +522,28 @@ def test_plot_draws_the_run(fs, run_dir, tmp_path):
         assert len([i for i in ids if i.startswith(f"span-{kind}-") and not i.endswith("-zoom")]) == 2
     texts = {t.text for t in root.iter("{http://www.w3.org/2000/svg}text")}
     assert {str(a.mount_point), str(b.mount_point), f"FIFREEZE {a.mount_point}"} <= texts
+    assert victim.read_text() == "root's\n" and not path.is_symlink()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert_clean(run_dir, a, b)
+
+
+@pytest.mark.parametrize("where", ["/tmp", "a directory another user owns"])
+def test_plot_into_a_directory_others_can_write_is_refused_before_freezing(fs, run_dir, plot_dir, where):
+    """``--plot`` where another user could plant a link: a usage error, nothing frozen, nothing written."""
+    pytest.importorskip("matplotlib")
+    if where == "/tmp":
+        directory = Path(tempfile.mkdtemp(prefix="quiesce-test-plot-", dir="/tmp"))
+    else:
+        directory = plot_dir / "user"
+        directory.mkdir()
+        os.chown(directory, 65534, 65534)
+    try:
+        path = directory / "bench.svg"
+        done = bench(run_dir, "-n", "1", "--warm", "--plot", str(path), str(fs["ext4"].mount_point))
+        assert done.returncode == Exit.USAGE, done.stderr
+        assert "--plot directory" in done.stderr
+        assert ("writable by" in done.stderr) or ("owned by uid 65534" in done.stderr)
+        assert not path.exists()
+        assert "frozen" not in done.stdout
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -247,6 +247,25 @@ def test_thaw_force_thaws_a_named_mount(fs, run_dir):
     assert again["forced"][0]["outcome"] == "not-frozen"
 
 
+def test_thaw_force_through_a_link_another_user_planted_thaws_nothing(fs, run_dir):
+    """``thaw --force`` through a link in a user's directory: refused; the other tool's freeze stands."""
+    external_freeze(fs["xfs"])
+    user = os.path.join(run_dir, "home")
+    os.mkdir(user, 0o755)
+    os.chown(user, 65534, 65534)
+    link = os.path.join(user, "db")
+    os.symlink(str(fs["xfs"].mount_point), link)  # as the user could point it at any mount
+    try:
+        r = quiesce(run_dir, "thaw", "--json", "--force", link)
+        assert r.returncode == Exit.ERROR, r.stderr
+        outcome = json.loads(r.stdout)["forced"][0]["outcome"]
+        assert outcome.startswith("error: ") and "owned by uid 65534" in outcome
+        assert is_frozen(fs["xfs"])
+    finally:
+        quiesce(run_dir, "thaw", "--force", str(fs["xfs"].mount_point))
+    assert not is_frozen(fs["xfs"])
+
+
 def test_targets_that_cannot_be_frozen_are_named(fs, run_dir, tmp_path):
     """A directory that is not a mount point, or a pseudo filesystem, is refused with exit 7."""
     not_mount = fs["ext4"].mount_point / "subdir"

@@ -37,3 +37,24 @@ def test_demo_snapshots_end_at_the_same_checkpoint(private_namespace):
     assert snaps[0]["last_line"].startswith("checkpoint ")
     assert result["records_after"] > result["records_before"], "the application did not resume"
     assert not [d for d in os.listdir("/run") if d.startswith("quiesce-demo-")]
+
+
+def test_demo_finds_its_tools_on_a_fixed_path(private_namespace, tmp_path):
+    """A PATH naming a directory others can write (or the current one) does not choose the demo's tools."""
+    marker = tmp_path / "planted-ran"
+    for tool in ("cp", "mount", "umount", "mkfs.xfs", "mkfs.ext4", "losetup", "e2fsck", "xfs_repair"):
+        fake = tmp_path / tool
+        fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+        fake.chmod(0o755)
+    done = subprocess.run(
+        [sys.executable, "-m", "quiesce", "demo", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=dict(os.environ, PATH=f"{tmp_path}::{os.environ['PATH']}"),
+    )
+    assert not marker.exists(), "a tool was taken from the caller's PATH"
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["consistent"] is True

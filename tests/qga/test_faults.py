@@ -256,10 +256,18 @@ def test_agent_whose_log_and_socket_are_on_the_frozen_filesystem_still_thaws(nod
     """The agent writes nothing while frozen: its stderr on the frozen filesystem cannot stall it."""
     a, b = lfs["a"], lfs["b"]
     node.config([str(a.mount_point), str(b.mount_point)])
-    work = mkdir(b.mount_point / f"agent-{time.monotonic_ns()}")
-    with quiesce_qga(work, node.run_dir, config=node.config_path) as q, q.client() as c:
-        assert freeze_list(c, a, b) == {"return": 2}
-        c.send(b"garbage\n")
-        assert c.reply()["error"]["class"] == "GenericError"
-        assert c.cmd("guest-fsfreeze-thaw", timeout=10) == {"return": 2}
-        assert wait_for(lambda: "window " in q.log_text(), 10)
+    # b's filesystem, reached through a root-only path (the sandbox lives under /tmp, where
+    # quiesce qga, as root, refuses a socket): a bind mount in this private namespace.
+    on_b = Path(node.base) / "on-b"
+    on_b.mkdir(mode=0o700)
+    subprocess.run(["mount", "--bind", str(b.mount_point), str(on_b)], check=True)
+    try:
+        work = mkdir(on_b / f"agent-{time.monotonic_ns()}")
+        with quiesce_qga(work, node.run_dir, config=node.config_path) as q, q.client() as c:
+            assert freeze_list(c, a, b) == {"return": 2}
+            c.send(b"garbage\n")
+            assert c.reply()["error"]["class"] == "GenericError"
+            assert c.cmd("guest-fsfreeze-thaw", timeout=10) == {"return": 2}
+            assert wait_for(lambda: "window " in q.log_text(), 10)
+    finally:
+        subprocess.run(["umount", str(on_b)], check=False)

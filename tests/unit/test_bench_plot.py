@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -240,8 +244,20 @@ def test_png_is_a_png_of_the_expected_size(tmp_path):
     assert len(data) > 10_000
 
 
-def test_a_picture_that_cannot_be_written_is_an_error_not_a_crash(tmp_path):
+@pytest.fixture
+def out_dir(tmp_path):
+    """Where a plot may be written: root writes only into a directory only root can change."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    d = tempfile.mkdtemp(prefix="quiesce-test-plot-", dir="/run")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_picture_that_cannot_be_written_is_an_error_not_a_crash(out_dir):
     """Writing fails after the run (here the name is a directory): the reason, for exit 1."""
+    tmp_path = out_dir
     (tmp_path / "taken.svg").mkdir()
     why = bench_command.write_plot(a_result([1_000_000]), str(tmp_path / "taken.svg"))
     assert why is not None and "taken.svg" in why

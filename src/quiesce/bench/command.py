@@ -7,13 +7,15 @@ errors are the command line's (:mod:`quiesce.cli.exits`).
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from quiesce.azure.planning import make_plan
-from quiesce.bench.plot import INSTALL_HINT, check_plot_path, draw_bench
+from quiesce.bench.plot import INSTALL_HINT, check_plot_path, draw_bench, plot_directory
 from quiesce.bench.results import BenchAborted, BenchResult, RepSample
 from quiesce.bench.runner import DEFAULT_IDLE_S, DEFAULT_REPS, Bench, BenchOptions
 from quiesce.bench.stats import PERCENTILE_METHOD, Summary, histogram, render_histogram
@@ -22,6 +24,7 @@ from quiesce.cli.exits import Exit, exit_code_for, exit_help
 from quiesce.cli.freeze import freeze_options
 from quiesce.cli.render import emit_json, human_ns, print_plan
 from quiesce.engine.plan import Plan
+from quiesce.engine.rundir import atomic_write
 from quiesce.engine.targets import check_explicit
 from quiesce.errors import ThawError
 from quiesce.runner.signals import stop_on_signals
@@ -255,9 +258,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def write_plot(result: BenchResult, path: str) -> str | None:
     """Draw the result to ``path``; None when written, else why not (the run's figures still print)."""
     try:
-        draw_bench(result, path, mode_text(result.options))
+        name, dir_fd = plot_directory(path)
+    except ValueError as err:
+        return str(err)
+    try:
+        picture = io.BytesIO()
+        draw_bench(result, path, mode_text(result.options), into=picture)
+        # Through the checked directory's fd, never through a link: as the metrics file.
+        atomic_write(dir_fd, name, picture.getvalue(), 0o644)
     except (OSError, ValueError) as err:
         return str(err)
+    finally:
+        os.close(dir_fd)
     return None
 
 

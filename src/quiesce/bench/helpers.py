@@ -203,8 +203,10 @@ class Helper:
 
     def __init__(self, name: str, argv: Sequence[str]) -> None:
         self.name = name
+        # -P: "-c" would put the current directory first on sys.path, and a
+        # helper runs as root: a module planted there would be imported.
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _HELPER_BOOT, *argv],
+            [sys.executable, "-P", "-c", _HELPER_BOOT, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

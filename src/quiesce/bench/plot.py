@@ -20,9 +20,11 @@ import os
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from quiesce.bench.results import BenchResult
+from quiesce.engine.rundir import open_safe_dir
+from quiesce.errors import UnsafeRunDirError
 
 #: The file formats ``--plot`` writes, by file name suffix.
 FORMATS = {".svg": "svg", ".png": "png"}
@@ -74,7 +76,25 @@ def check_plot_path(path: str | os.PathLike[str]) -> str:
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     if not os.path.isdir(directory):
         raise ValueError(f"--plot {os.fspath(path)}: the directory {directory} does not exist")
+    os.close(plot_directory(path)[1])
     return fmt
+
+
+def plot_directory(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """The file name of ``--plot PATH`` and an fd of its directory, if only root can change it.
+
+    The plot is written through that fd (a random temp name, renamed), like
+    the ``--metrics`` file: run by root, a directory another user can write,
+    or a link there, could otherwise turn the write onto any file. Raises
+    ValueError (a usage error) naming the directory otherwise.
+    """
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    try:
+        if os.geteuid() != 0:  # another user's plot is that user's business (and cannot be root's file)
+            return name, os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return name, open_safe_dir(directory, create=False, what="--plot directory")[1]
+    except (UnsafeRunDirError, OSError) as err:
+        raise ValueError(f"--plot {os.fspath(path)}: {err}") from err
 
 
 class FsStamps(Protocol):
@@ -226,8 +246,11 @@ def draw(
     title: str,
     timeline: Timeline | None = None,
     xlabel: str = "window (ms)",
+    into: BinaryIO | None = None,
 ) -> None:
     """Write the picture to ``path`` (.svg or .png): the distributions, then the timeline if any.
+
+    With ``into``, the picture goes there instead (``path`` names only the format).
 
     ``series`` maps a label (a contender, an option set) to its windows in ns;
     empty series are left out. Raises :class:`PlotUnavailable` without matplotlib.
@@ -259,7 +282,8 @@ def draw(
             _timeline(axes[i], timeline)
             if zoom is not None:
                 _timeline(axes[i + 1], timeline, zoom)
-        fig.savefig(os.fspath(path), format=fmt, dpi=100, metadata=_metadata(fmt))
+        target = into if into is not None else os.fspath(path)
+        fig.savefig(target, format=fmt, dpi=100, metadata=_metadata(fmt))
 
 
 def _metadata(fmt: str) -> dict[str, Any]:
@@ -292,8 +316,10 @@ def bench_series(result: BenchResult, mode: str) -> dict[str, list[int]]:
     return series
 
 
-def draw_bench(result: BenchResult, path: str | os.PathLike[str], mode: str) -> None:
-    """``quiesce bench --plot``: the distributions and the median repetition's timeline."""
+def draw_bench(
+    result: BenchResult, path: str | os.PathLike[str], mode: str, into: BinaryIO | None = None
+) -> None:
+    """``quiesce bench --plot``: the distributions and the median repetition's timeline (to ``into``)."""
     if not result.samples:
         raise ValueError("nothing to draw: no repetition completed")
     windows = [s.window_ns for s in result.samples]
@@ -309,4 +335,5 @@ def draw_bench(result: BenchResult, path: str | os.PathLike[str], mode: str) -> 
         title=f"quiesce bench: {len(windows)} freezes of {what}",
         timeline=timeline,
         xlabel="duration (ms)",
+        into=into,
     )

@@ -196,7 +196,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``quiesce demo``."""
     # Imported here: the sandbox's machinery (subprocess, ctypes) is no part of `quiesce run`'s start.
     from quiesce.demo import run_demo
+    from quiesce.supervise.launch import SCRIPT_PATH
 
+    # The demo runs mount, cp, mkfs... as root: found on a fixed PATH, never on the caller's
+    # (an empty or relative entry there would be the current directory).
+    os.environ["PATH"] = SCRIPT_PATH
     result, outcome = run_demo(timeout_s=args.timeout)
     if args.json:
         emit_json(result.to_dict(), sys.stdout)

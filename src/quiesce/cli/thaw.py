@@ -49,10 +49,12 @@ def thaw_mount(path: str, expect_mount_id: int | None = None, expect_dev: str | 
     """
     # Only recovery and --force thaw here: releasing a live holder (the usual case) signals it,
     # and need not load the C extension or the mount table's parser.
-    from quiesce.engine.mountfd import mount_id_of_fd
+    from quiesce.engine.mountfd import mount_id_of_fd, open_no_symlinks
     from quiesce.engine.native import thaw_fd
 
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    # A mount point as the mount table names it has no symlink in it: one found on the
+    # way was planted, and could lead to a filesystem someone else froze.
+    fd = open_no_symlinks(path)
     try:
         if expect_mount_id is not None:
             mnt = mount_id_of_fd(fd)
@@ -116,10 +118,17 @@ def cmd_thaw(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {}
     code: int = Exit.OK
     if args.force:
+        from quiesce.engine.targets import resolve_target
+
         forced = []
         for path in args.force:
+            # Resolved as a named target is: a link another user could plant is refused.
+            resolved = resolve_target(path)
             try:
-                outcome = thaw_mount(path)
+                if resolved.path is None:
+                    outcome, code = f"error: {resolved.problem}", max(code, Exit.ERROR)
+                else:
+                    outcome = thaw_mount(resolved.path)
             except OSError as err:
                 outcome, code = f"error: {err}", Exit.THAW_FAILED
             forced.append({"mount_point": path, "outcome": outcome})

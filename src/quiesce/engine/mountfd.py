@@ -40,7 +40,7 @@ def open_target(target: Target, current: Mapping[int, Mount] | None = None) -> i
     """
     path = target.mount.mount_point
     try:
-        fd = _open_no_symlinks(path)
+        fd = open_no_symlinks(path)
     except OSError as err:
         raise QuiesceOSError(err.errno or 0, "opening the mount point", path) from err
     mnt_id = mount_id_of_fd(fd)
@@ -60,7 +60,7 @@ def open_target(target: Target, current: Mapping[int, Mount] | None = None) -> i
     return fd
 
 
-def _open_no_symlinks(path: str) -> int:
+def open_no_symlinks(path: str) -> int:
     """``open(path, O_RDONLY | O_DIRECTORY)`` refusing a symlink in any component (ELOOP/ENOTDIR)."""
     names = [part for part in path.split("/") if part]
     fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

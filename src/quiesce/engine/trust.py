@@ -6,7 +6,9 @@ root could have set it: every directory on the way to it is owned by root
 and writable by no one else, sticky bit or not (so nothing under ``/tmp``
 is accepted). :func:`walk` resolves a path the way the kernel will
 (following symlinks in the middle) and checks every directory it looks a
-name up in; :func:`check_directory` checks a directory and its chain.
+name up in; :func:`resolve` follows a symlink at the end the same way (only
+from a checked directory); :func:`check_directory` checks a directory and
+its chain, :func:`check_program` a program root executes by its path.
 
 Every refusal names what is wrong, the path, its owner and mode, and the
 command that fixes it (:func:`fix_for`, :func:`refusal_message`): the
@@ -97,18 +99,11 @@ def check_directory(path: str) -> tuple[str, os.stat_result]:
     Raises :class:`UnsafeDirectoryError`, ``ValueError`` for a relative
     path, and lets ``OSError`` through (ENOENT, ENOTDIR, ELOOP, ...).
     """
-    if not os.path.isabs(path):
-        raise ValueError(f"not an absolute path: {path!r}")
-    for _ in range(MAX_SYMLINKS + 1):
-        real, st = walk(path)
-        if not stat.S_ISLNK(st.st_mode):
-            if not stat.S_ISDIR(st.st_mode):
-                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), real)
-            _check_directory(real, st)
-            return real, st
-        # The directory holding the link was checked by the walk.
-        path = os.path.join(os.path.dirname(real), os.readlink(real))
-    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+    real, st = resolve(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), real)
+    _check_directory(real, st)
+    return real, st
 
 
 def walk(path: str) -> tuple[str, os.stat_result]:
@@ -154,6 +149,81 @@ def walk(path: str) -> tuple[str, os.stat_result]:
         _check_directory(candidate, st)
         current = candidate
     return current, st
+
+
+def check_program(path: str) -> tuple[str, os.stat_result]:
+    """Check a program root will execute by path: ``path``, every directory on the way, its links.
+
+    For a program that is executed by its path rather than through a held
+    fd (the snapshot command, qemu-ga's fsfreeze hook, whose ``$0`` must
+    stay its path). Every directory a name is looked up in must be root's
+    alone (:func:`walk`); a symlink, also the last one, is followed only
+    from such a directory, so only root can re-point it. The file must be
+    a regular file owned by root, writable by neither group nor others, and
+    executable by its owner. Executing the same absolute path afterwards
+    reaches the same file: changing which file a name leads to, or the
+    file itself, needs write access only root has.
+
+    Returns the resolved path and its ``stat``. Raises
+    :class:`UnsafeProgramError` naming what is wrong, ``ValueError`` for a
+    relative path, and lets ``OSError`` through (ENOENT, ENOTDIR, ELOOP...).
+    """
+    real, st = resolve(path)
+    problems = program_problems(st)
+    if problems:
+        raise UnsafeProgramError(real, st, problems)
+    return real, st
+
+
+def resolve(path: str) -> tuple[str, os.stat_result]:
+    """Resolve the absolute ``path`` to the file it leads to, following links only root can change.
+
+    Like :func:`walk`, and a symlink at the end is followed too, each only
+    from a directory the walk checked (owned by root, writable by no one
+    else), hop after hop: a link planted in a directory another user can
+    write, anywhere on the way, is refused (:class:`UnsafeDirectoryError`).
+    Returns the resolved path and its ``lstat`` (not a symlink).
+
+    Raises ``ValueError`` for a relative path, and lets ``OSError`` through
+    (ENOENT, ENOTDIR, ELOOP...).
+    """
+    if not os.path.isabs(path):
+        raise ValueError(f"not an absolute path: {path!r}")
+    here = path
+    for _ in range(MAX_SYMLINKS + 1):
+        real, st = walk(here)
+        if not stat.S_ISLNK(st.st_mode):
+            return real, st
+        # The directory holding the link was checked by the walk.
+        here = os.path.join(os.path.dirname(real), os.readlink(real))
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+
+
+def program_problems(st: os.stat_result) -> list[str]:
+    """What makes the file ``st`` describes unfit to run as root ([] when nothing)."""
+    if not stat.S_ISREG(st.st_mode):
+        return [f"is {file_type(st.st_mode)}, not a regular file"]
+    problems = owner_problems(st)
+    writable = writable_by(st.st_mode)
+    if writable:
+        problems.append(f"is writable by {writable}")
+    if not st.st_mode & stat.S_IXUSR:
+        problems.append("is not executable by its owner")
+    return problems
+
+
+class UnsafeProgramError(QuiesceError):
+    """A program root would execute by path is not root's alone (:func:`check_program`)."""
+
+    def __init__(self, path: str, st: os.stat_result, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        fix = ""
+        if stat.S_ISREG(st.st_mode):
+            p = quote(path)
+            chown = f"chown root:root {p} && " if st.st_uid != 0 else ""
+            fix = f"{chown}chmod go-w,u+x {p}"
+        super().__init__(refusal_message(path, "; ".join(problems), st, fix))
 
 
 def components(path: str) -> list[str]:

@@ -189,7 +189,10 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 def cmd_fleet_demo(args: argparse.Namespace) -> int:
     """``quiesce fleet demo``."""
     from quiesce.fleet.demo import print_demo, run_demo
+    from quiesce.supervise.launch import SCRIPT_PATH
 
+    # The lab runs etcd, ip, nsenter, mount... as root: found on a fixed PATH, not the caller's.
+    os.environ["PATH"] = SCRIPT_PATH
     outcome = run_demo(agents=args.agents, deadline_s=args.deadline)
     if args.json:
         print(json.dumps(outcome, indent=2, sort_keys=True))

@@ -8,8 +8,9 @@ someone but root could replace would let them put a server of their own in
 etcd's place and start or abort runs at will; a key or password others can
 read lets them act as the agent. So, when run by root, each file given must
 be a regular file owned by root that nobody else can write, in directories
-only root can write (:func:`quiesce.engine.trust.walk`, as for the config);
-a symlink is followed and its target checked the same way. The key and the
+only root can write (:func:`quiesce.engine.trust.resolve`, as for the config);
+a symlink is followed only from such a directory, and its target checked
+the same way, link after link. The key and the
 password file must also be readable by nobody else (mode 600 or 400).
 
 Run by another user (``fleet status`` from a workstation), the files are
@@ -48,9 +49,9 @@ def checked(option: str, path: str, *, secret: bool) -> str:
     if os.geteuid() != 0:
         return path
     try:
-        _, lst = trust.walk(os.path.abspath(path))
-        if stat.S_ISLNK(lst.st_mode):  # its own directories passed; now the target's
-            _, lst = trust.walk(os.path.realpath(path))
+        # Every link on the way, the last ones too, is followed only from a root-only
+        # directory: the file opened later by this path is the one checked now.
+        _, lst = trust.resolve(os.path.abspath(path))
     except trust.UnsafeDirectoryError as err:
         raise CredentialFileError(f"{subject} is in a directory others can write: {err}") from err
     except OSError as err:

@@ -217,6 +217,7 @@ class Lab:
             "private",
             "--",
             sys.executable,
+            "-P",  # never import from the current directory (as root)
             "-m",
             "quiesce.fleet.nodehost",
             device,
@@ -250,6 +251,7 @@ class Lab:
         argv = [
             *ns_argv(node.netns, node.host.pid),
             sys.executable,
+            "-P",  # never import from the current directory (as root)
             "-m",
             "quiesce",
             "agent",
@@ -303,6 +305,7 @@ class Lab:
         return [
             *self.client_argv(),
             sys.executable,
+            "-P",  # never import from the current directory (as root)
             "-m",
             "quiesce",
             "fleet",
@@ -352,6 +355,7 @@ class Lab:
         return [
             *self.client_argv(),
             sys.executable,
+            "-P",  # never import from the current directory (as root)
             "-m",
             "quiesce.fleet.writer",
             *(f"{n.address}:7000" for n in self.nodes),

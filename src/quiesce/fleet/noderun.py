@@ -47,6 +47,7 @@ from quiesce.fleet.protocol import (
 )
 from quiesce.fleet.store import Event, Store, Watch
 from quiesce.supervise.launch import Launch
+from quiesce.supervise.snapshot_command import unsafe_command
 
 #: How long, while waiting in a run, the node goes without a word from etcd before it asks.
 PROBE_INTERVAL_S = 0.25
@@ -229,6 +230,11 @@ class NodeRun:
         self._drain()
         if self.ending is not None:
             raise FleetAbort(self._why(self.ending))
+        # The snapshot command is checked now (root's alone, as in a single-node run), not
+        # inside the window: refused, this node is never ready and nothing freezes.
+        unsafe = unsafe_command(self.spec_argv[0]) if self.spec_argv else None
+        if unsafe is not None:
+            raise FleetAbort(f"snapshot command {self.spec_argv[0]} {unsafe}")
         threading.Thread(target=self._probe_loop, name="etcd-probe", daemon=True).start()
         if self.spec_argv:  # the snapshot command's cgroup, pipes and variables: made now, not while frozen
             self._launch = prepare(self.run_id)

@@ -34,7 +34,10 @@ def run_command(
     ``env`` is added to the environment every supervised process gets
     (``PATH``, ``LANG``, ``QUIESCE_PHASE``...).
     """
-    attempt = run_in(launch, argv, timeout_s=timeout_s, grace_s=0.0, env=env, run_id=f"fleet-{run_id}")
+    # Checked before the freeze (NodeRun.before_freeze): nothing but the start inside the window.
+    attempt = run_in(
+        launch, argv, timeout_s=timeout_s, grace_s=0.0, env=env, run_id=f"fleet-{run_id}", checked=True
+    )
     if attempt.outcome == "ok":
         return True, "snapshot command ok"
     if attempt.error is not None:

@@ -15,9 +15,11 @@ came).
 from __future__ import annotations
 
 import json
+import os
 import random
 import select
 import socket
+import struct
 import time
 from typing import Any
 
@@ -108,11 +110,13 @@ class Forwarder:
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(self.path)
             sock.settimeout(None)
+            _peer_is_root(sock)
             self._sock, self._buf = sock, bytearray()
             self._handshake()
             self.info = self._own_call("guest-info")
         except (OSError, ValueError, ForwardError) as err:
             self.close()
+            sock.close()  # not yet ours when the connect or the peer check failed
             raise ForwardError(f"the forwarded agent at {self.path} cannot be reached: {err}") from err
         return sock
 
@@ -172,6 +176,21 @@ class Forwarder:
             self._sock.close()
             self._sock = None
         self._buf = bytearray()
+
+
+def _peer_is_root(sock: socket.socket) -> None:
+    """Refuse a forwarded agent another user runs, when we are root.
+
+    The host's other commands (``guest-exec``, ``guest-set-user-password``,
+    files) go to whoever listens at the path: a socket another user planted
+    there, or bound after the real agent stopped, must not receive them.
+    """
+    if os.geteuid() != 0:
+        return
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid != 0:
+        raise ForwardError(f"it is run by uid {uid}, not root: refusing to forward the host's commands to it")
 
 
 def _is_return(line: bytes, ident: int) -> bool:

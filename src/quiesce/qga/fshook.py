@@ -11,8 +11,10 @@ place in the sequence, but:
   hanging the agent;
 - its output (stdout and stderr, interleaved, the last 64 KiB) is kept and
   logged, in memory until then (a file that outlives the hook is not read);
-- it is refused unless root owns it and every directory above it and none of
-  them can be written by anyone else (it runs as root).
+- it is refused unless root owns it and every directory and link on the way
+  to it, and none of them can be written by anyone else (it runs as root);
+- it gets a clean environment (``PATH``, ``HOME=/root``, ``LANG=C.UTF-8``),
+  ``/`` as its current directory, umask 022, and no fd of the agent's.
 
 Processes the hook leaves running after a successful exit are left alone,
 as qemu-ga leaves them: a hook may hold a database lock until ``thaw``.
@@ -25,16 +27,21 @@ import errno
 import os
 import select
 import signal
-import stat
 import subprocess
 import time
 from dataclasses import dataclass
+
+from quiesce.engine.trust import UnsafeDirectoryError, UnsafeProgramError, check_program
+from quiesce.supervise import shebang
+from quiesce.supervise.launch import SCRIPT_PATH
 
 #: qemu-ga's default hook path.
 DEFAULT_HOOK = "/etc/qemu/fsfreeze-hook"
 DEFAULT_HOOK_TIMEOUT_S = 30.0
 DEFAULT_HOOK_GRACE_S = 5.0
 OUTPUT_LIMIT = 64 * 1024
+#: The hook's whole environment (qemu-ga's own, under systemd): nothing of the caller's.
+HOOK_ENV = {"PATH": SCRIPT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
 
 
 @dataclass(frozen=True)
@@ -57,24 +64,23 @@ class HookOutcome:
 
 
 def unsafe_reason(path: str) -> str | None:
-    """Why root must not run ``path`` (a file or directory writable by others), or None."""
-    real = os.path.realpath(path)
+    """Why root must not run ``path``, or None.
+
+    The checks of :func:`quiesce.engine.trust.check_program`: a regular file
+    owned by root, writable by no one else and executable, reached only
+    through directories and links only root can change (a symlink planted
+    in a directory a user can write is never followed). Then the path run
+    right after it leads to the same file.
+    """
     try:
-        st = os.stat(real)
+        check_program(path)
+    except (UnsafeProgramError, UnsafeDirectoryError) as err:
+        return str(err)
+    except ValueError:
+        return "not an absolute path"
     except OSError as err:
-        return err.strerror
-    if not stat.S_ISREG(st.st_mode):
-        return f"{real} is not a regular file"
-    here = real
-    while True:
-        st = os.stat(here)
-        if st.st_uid != 0:
-            return f"{here} is owned by uid {st.st_uid}, not root"
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return f"{here} can be written by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-        if here == "/":
-            return None
-        here = os.path.dirname(here)
+        return f"{os.strerror(err.errno or 0)} at {err.filename or path}"
+    return shebang.untrusted_interpreter(shebang.read_head(path))
 
 
 class FsfreezeHook:
@@ -100,10 +106,12 @@ class FsfreezeHook:
     def run(self, arg: str) -> HookOutcome:
         """Run the hook with ``arg`` (``freeze`` or ``thaw``) to completion or its deadline."""
         start = time.monotonic_ns()
-        if not os.access(self.path, os.X_OK):
+        # Absolute from here on: a relative hook path would depend on the current directory.
+        path = os.path.abspath(self.path)
+        if not os.access(path, os.X_OK):
             why = os.strerror(errno.ENOENT if not os.path.lexists(self.path) else errno.EACCES)
             return self._failed(arg, start, f"can't access fsfreeze hook '{self.path}': {why}")
-        unsafe = unsafe_reason(self.path)
+        unsafe = unsafe_reason(path)
         if unsafe is not None:
             return self._failed(
                 arg, start, f"fsfreeze hook '{self.path}' is not safe to run as root: {unsafe}"
@@ -111,13 +119,19 @@ class FsfreezeHook:
         out = os.memfd_create("quiesce-fsfreeze-hook", os.MFD_CLOEXEC)
         try:
             try:
+                # The path just checked (only root can re-point it), as qemu-ga runs it ($0 is
+                # the hook's path: Debian's finds fsfreeze-hook.d next to it); nothing of
+                # quiesce's environment, current directory, umask or fds leaks in.
                 proc = subprocess.Popen(
-                    [self.path, arg],
+                    [path, arg],
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
                     start_new_session=True,
                     close_fds=True,
+                    cwd="/",
+                    env=HOOK_ENV,
+                    umask=0o022,
                 )
             except OSError as err:
                 return self._failed(arg, start, f"can't execute fsfreeze hook '{self.path}': {err.strerror}")

@@ -25,6 +25,7 @@ import socket
 import stat
 from collections.abc import Callable
 
+from quiesce.engine.trust import UnsafeDirectoryError, check_directory, resolve
 from quiesce.qga.commands import Dispatcher
 from quiesce.qga.events import EventLog
 from quiesce.qga.jsonstream import JsonStream
@@ -149,11 +150,29 @@ def serve_channel(channel: Channel, dispatcher: Dispatcher, stop: Stopper, *, re
 
 
 def serve_device(path: str, dispatcher: Dispatcher, stop: Stopper, log: EventLog) -> None:
-    """Serve the virtio-serial port at ``path`` until stopped."""
+    """Serve the virtio-serial port at ``path`` until stopped.
+
+    Whoever holds the other end is the host: it freezes this machine and
+    its forwarded commands run as root. So, run by root, the port is
+    reached only through directories and links only root can change
+    (udev's ``/dev/virtio-ports/...`` link is), and is a character device
+    owned by root: never a user's terminal a planted link points at.
+    """
+    trusted: os.stat_result | None = None
+    if os.geteuid() == 0:
+        try:
+            _, trusted = resolve(os.path.abspath(path))
+        except UnsafeDirectoryError as err:
+            raise PermissionError(errno.EPERM, f"unsafe path to the port: {err}", path) from err
+        if stat.S_ISCHR(trusted.st_mode) and trusted.st_uid != 0:
+            raise PermissionError(errno.EPERM, f"the port is owned by uid {trusted.st_uid}, not root", path)
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISCHR(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISCHR(st.st_mode):
             raise OSError(errno.ENODEV, "not a character device", path)
+        if trusted is not None and st.st_rdev != trusted.st_rdev:
+            raise OSError(errno.EAGAIN, "the port changed while it was being checked", path)
         log(f"serving the port {path}")
         serve_channel(Channel(fd, log), dispatcher, stop, retry_on_eof=True)
     finally:
@@ -163,7 +182,20 @@ def serve_device(path: str, dispatcher: Dispatcher, stop: Stopper, log: EventLog
 def serve_unix(
     path: str, dispatcher: Dispatcher, stop: Stopper, log: EventLog, ready: Callable[[], None]
 ) -> None:
-    """Listen on the unix socket ``path`` and serve one client at a time until stopped."""
+    """Listen on the unix socket ``path`` and serve one client at a time until stopped.
+
+    Run by root, the socket's directory must be root's alone
+    (:func:`quiesce.engine.trust.check_directory`, every directory above it
+    too): whoever else could write it could swap the socket (and so choose
+    who freezes this machine) or, through a planted link, make the unlinks
+    here remove a file of root's. Raises ``OSError`` (``EPERM``) naming it.
+    """
+    path = os.path.abspath(path)
+    if os.geteuid() == 0:
+        try:
+            check_directory(os.path.dirname(path))
+        except UnsafeDirectoryError as err:
+            raise PermissionError(errno.EPERM, f"unsafe directory for the socket: {err}", path) from err
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)

@@ -14,7 +14,6 @@ run, nothing is frozen, no lock is taken.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from quiesce.runner.run import load_checked_config, load_checked_pluginhost
 from quiesce.supervise import shebang
 from quiesce.supervise.checked import open_script
 from quiesce.supervise.hookdir import DEFAULT_HOOK_DIR, discover
+from quiesce.supervise.snapshot_command import unsafe_command
 
 
 @dataclass(frozen=True)
@@ -173,12 +173,9 @@ def _check_hooks(report: CheckReport, directory: str) -> None:
 
 def _check_command(path: str) -> Finding:
     what = "snapshot command"
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        return Finding(what, path, False, f"{path}: {os.strerror(err.errno or 0)}", "SnapshotFailed")
-    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
-        return Finding(what, path, False, f"{path} is not an executable file", "SnapshotFailed")
+    unsafe = unsafe_command(path)
+    if unsafe is not None:
+        return Finding(what, path, False, f"{path} {unsafe}", "SnapshotFailed")
     problem = shebang.interpreter_problem(shebang.read_head(path), path)
     if problem is not None:
         return Finding(what, path, False, f"{path} cannot start: {problem}", "SnapshotFailed")

@@ -8,6 +8,9 @@ while filesystems are about to freeze:
   one else, sticky bit or not (:mod:`quiesce.engine.trust`);
 - the script is not a symlink, not hard-linked, a regular file, executable by
   its owner, and has no setuid or setgid bit;
+- the interpreter on its ``#!`` line, which runs as root too, is owned by
+  root, writable by no one else, and reached only through directories and
+  links only root can change;
 - the file checked is the file used. Azure checks a path and then executes the
   path, so whoever can swap the file in between chooses what runs as root.
 
@@ -171,7 +174,16 @@ def open_script(path: str, phase: str) -> CheckedScript:
             if problems:
                 raise refuse("; ".join(problems), st, fix_for("script", path, st))
             os.set_blocking(fd, True)
-            has_shebang, interpreter = parse_shebang(os.pread(fd, shebang.SHEBANG_BYTES, 0))
+            head = os.pread(fd, shebang.SHEBANG_BYTES, 0)
+            has_shebang, interpreter = parse_shebang(head)
+            untrusted = shebang.untrusted_interpreter(head)
+            if untrusted is not None:
+                # The interpreter runs as root with the script: it must be root's alone too.
+                raise refuse(
+                    f"cannot run as root: {untrusted}",
+                    None,
+                    "name an interpreter only root can change on the #! line",
+                )
             script = CheckedScript(
                 path=path,
                 real_path=real,

@@ -21,6 +21,8 @@ import re
 import shlex
 import stat
 
+from quiesce.engine import trust
+
 #: The kernel reads at most this much of a "#!" line (BINPRM_BUF_SIZE).
 SHEBANG_BYTES = 256
 
@@ -100,3 +102,35 @@ def explain_exec_error(err: OSError, head: bytes, script: str) -> str | None:
             f"({os.strerror(errno.ENOEXEC)})"
         )
     return problem
+
+
+def untrusted_interpreter(head: bytes) -> str | None:
+    """Why the interpreter on ``head``'s ``#!`` line could be changed by someone but root, or None.
+
+    A root script runs its interpreter as root: an interpreter another user
+    owns or can write, or reached through a directory or link another user
+    can change, would let that user choose what runs. An interpreter that
+    cannot start at all is not judged here (:func:`interpreter_problem` says
+    why it cannot start).
+    """
+    name = interpreter(head)
+    if name is None or not name.startswith(b"/"):
+        return None
+    shown = shlex.quote(os.fsdecode(name))
+    try:
+        real, st = trust.resolve(os.fsdecode(name))
+    except trust.UnsafeDirectoryError as err:
+        return f"its interpreter {shown} (on the #! line) is reached through an unsafe directory: {err}"
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    problems = trust.owner_problems(st)
+    if st.st_mode & trust.WRITABLE_BY_OTHERS:
+        problems.append(f"is writable by {trust.writable_by(st.st_mode)}")
+    if not problems:
+        return None
+    where = "" if real == os.fsdecode(name) else f" ({real})"
+    return trust.refusal_message(
+        f"its interpreter {shown}{where} (on the #! line)", "; ".join(problems), st, ""
+    )

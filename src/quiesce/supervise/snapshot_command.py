@@ -14,9 +14,11 @@ the caller's ``env``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 from quiesce.engine.freeze import Freeze
+from quiesce.engine.trust import NOT_FOUND_ERRNOS, UnsafeDirectoryError, UnsafeProgramError, check_program
 from quiesce.errors import FreezeError, QuiesceOSError
 from quiesce.supervise import shebang
 from quiesce.supervise.launch import KILL_WAIT_S, OUTPUT_TAIL, Attempt, Launch, environment
@@ -27,6 +29,29 @@ def _start_error(program: str, err: OSError) -> str:
     """Why the command did not start: its ``#!`` interpreter when that is the cause, else ``err``."""
     problem = shebang.explain_exec_error(err, shebang.read_head(program), program)
     return str(err) if problem is None else f"did not start: {problem}"
+
+
+def unsafe_command(program: str) -> str | None:
+    """Why root must not execute ``program`` (the command's ``argv[0]``), or None when it may.
+
+    It runs as root inside the window, so it passes the checks of
+    :func:`quiesce.engine.trust.check_program`: a root-owned file nobody
+    else can write, reached only through directories and links only root
+    can change. Checked just before it is started (and before the freeze),
+    and executed by the same absolute path, which only root can re-point.
+    """
+    try:
+        check_program(program)
+    except (UnsafeProgramError, UnsafeDirectoryError) as err:
+        return f"is not safe to run as root: {err}"
+    except ValueError:
+        return "is not an absolute path"
+    except OSError as err:
+        if err.errno in NOT_FOUND_ERRNOS:
+            return f"does not exist ({os.strerror(err.errno or 0)})"
+        return f"cannot be checked: {os.strerror(err.errno or 0)}"
+    untrusted = shebang.untrusted_interpreter(shebang.read_head(program))
+    return None if untrusted is None else f"is not safe to run as root: {untrusted}"
 
 
 def run_snapshot_command(
@@ -53,6 +78,10 @@ def run_snapshot_command(
     environ = environment("snapshot", timeout_s, {"QUIESCE_RUN_ID": run_id, **env})
     # The window starts the command itself: the pipes are ready, non-blocking on our side.
     with Launch(f"{run_id}-snapshot", cgroup_parent, nonblocking=True) as launch:
+        unsafe = unsafe_command(argv[0])
+        if unsafe is not None:
+            # Refused before the freeze: nothing is frozen for a command that cannot run.
+            return launch.failed(1, f"snapshot command {argv[0]} {unsafe}")
         try:
             child, sup = freeze.command_window(
                 argv,
@@ -117,13 +146,19 @@ def run_in(
     env: Mapping[str, str],
     run_id: str,
     output_tail: int = OUTPUT_TAIL,
+    checked: bool = False,
 ) -> Attempt:
     """Run the snapshot command in ``launch``, whose cgroup and pipes were made beforehand.
 
     A fleet node makes them before its freeze and runs the command inside
     its window, after the cut: only the start and the wait are in the window.
+    ``checked``: :func:`unsafe_command` passed it already (before the freeze;
+    only root could change it since), so it is not checked again here.
     """
     environ = environment("snapshot", timeout_s, {"QUIESCE_RUN_ID": run_id, **env})
+    unsafe = None if checked else unsafe_command(argv[0])
+    if unsafe is not None:
+        return launch.failed(1, f"snapshot command {argv[0]} {unsafe}")
     try:
         child = launch.spawn(argv, environ, path=argv[0])
     except QuiesceOSError as err:
