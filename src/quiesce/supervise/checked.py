@@ -50,13 +50,12 @@ from quiesce.engine.trust import (
     file_type,
     fix_for,
     os_reason,
-    owner_problems,
+    program_problems,
     refusal_message,
     refuse_nul,
     same_file_or_raise,
     target_state,
     walk,
-    writable_by,
 )
 from quiesce.errors import ScriptNotFound, ScriptPermissionError
 from quiesce.supervise import shebang
@@ -216,17 +215,13 @@ def parse_shebang(head: bytes) -> tuple[bool, str | None]:
 
 
 def _script_problems(st: os.stat_result) -> list[str]:
+    # A program's rules (a regular file, root's, writable by no one else, executable), and more.
+    problems = program_problems(st)
     if not stat.S_ISREG(st.st_mode):
-        return [f"is {file_type(st.st_mode)}, not a regular file"]
-    problems = owner_problems(st)
-    writable = writable_by(st.st_mode)
-    if writable:
-        problems.append(f"is writable by {writable}")
+        return problems
     set_id = [name for bit, name in ((stat.S_ISUID, "setuid"), (stat.S_ISGID, "setgid")) if st.st_mode & bit]
     if set_id:
         problems.append(f"has the {' and '.join(set_id)} bit{'s' if len(set_id) > 1 else ''}")
-    if not st.st_mode & stat.S_IXUSR:
-        problems.append("is not executable by its owner")
     if st.st_nlink > 1:
         problems.append(
             f"has {st.st_nlink} hard links: another name for this file can keep a stale or"
