@@ -64,7 +64,8 @@ def run(reps: int) -> None:
     """Build the filesystems, run the three benches, check them."""
     enter_private_namespace()
     run_dir = tempfile.mkdtemp(prefix="quiesce-smoke-run-", dir="/run")
-    work = tempfile.mkdtemp(prefix="quiesce-smoke-plot-")
+    # Run as root, --plot writes only into a directory no one else can change: not under /tmp.
+    work = tempfile.mkdtemp(prefix="quiesce-smoke-plot-", dir="/run")
     try:
         with Sandbox() as sb:
             mounts = [str(sb.add("ext4", 32, name=f"ext4-{i}").mount_point) for i in range(2)]
