@@ -109,7 +109,7 @@ class FsfreezeHook:
         # Absolute from here on: a relative hook path would depend on the current directory.
         path = os.path.abspath(self.path)
         if not os.access(path, os.X_OK):
-            why = os.strerror(errno.ENOENT if not os.path.lexists(self.path) else errno.EACCES)
+            why = os.strerror(_access_errno(path))
             return self._failed(arg, start, f"can't access fsfreeze hook '{self.path}': {why}")
         unsafe = unsafe_reason(path)
         if unsafe is not None:
@@ -153,6 +153,15 @@ class FsfreezeHook:
 
     def _failed(self, arg: str, start: int, error: str) -> HookOutcome:
         return HookOutcome(self.path, arg, None, None, False, time.monotonic_ns() - start, "", error)
+
+
+def _access_errno(path: str) -> int:
+    """The errno access(2) gave for ``path``: why the lookup failed, else EACCES (not executable)."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno or errno.EACCES
+    return errno.EACCES
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes], timeout_s: float, grace_s: float) -> bool:
