@@ -67,7 +67,8 @@ class Mounts:
 def mounts(private_ns: None) -> Iterator[Mounts]:
     """ext4 ``a``, ``b``, xfs ``c``; a bind of ``a``; a filesystem mounted inside ``a``; two
     filesystems moved to names with a space, and with a newline and a backslash; ``broken``, an
-    ext4 shut down (its FIFREEZE fails with EIO); ``ro``, an ext4 remounted read-only. All in this
+    ext4 shut down (its FIFREEZE fails with EIO); binds of ``sp`` at names with a tab and not
+    ASCII; ``ro``, an ext4 remounted read-only. All in this
     process's mount namespace."""
     with Sandbox() as sb, contextlib.ExitStack() as undo:
         fs = {name: sb.add("ext4", name=name) for name in ("a", "b", "inner", "sp", "nl", "ro", "broken")}
@@ -82,14 +83,16 @@ def mounts(private_ns: None) -> Iterator[Mounts]:
             _run("mount", "--move", str(fs[name].mount_point), str(where))
             undo.callback(_run, "mount", "--move", str(where), str(fs[name].mount_point))
         bind = base / "a-bind"
-        bind.mkdir()
-        _run("mount", "--bind", str(a), str(bind))
-        undo.callback(_run, "umount", str(bind))
+        binds = {"bind": (a, bind), "utf8": (moved["sp"], base / "ünï"), "tab": (moved["sp"], base / "t\tab")}
+        for source, where in binds.values():
+            where.mkdir()
+            _run("mount", "--bind", str(source), str(where))
+            undo.callback(_run, "umount", str(where))
         _run("mount", "-o", "remount,ro", str(fs["ro"].mount_point))
         _run("xfs_io", "-x", "-c", "shutdown", str(fs["broken"].mount_point))
         paths = {name: str(f.mount_point) for name, f in fs.items()}
         paths.update({name: str(where) for name, where in moved.items()})
-        paths["bind"] = str(bind)
+        paths.update({name: str(where) for name, (_, where) in binds.items()})
         result = Mounts(paths, [paths[n] for n in ("a", "b", "c", "inner", "sp", "nl", "ro")])
         undo.callback(result.thaw_all)
         yield result
@@ -190,7 +193,7 @@ def both(node, m, steps, **quiesce_kwargs) -> tuple[list, list]:
             want = play(stock, hook, steps)
         finally:
             for role, path in m.items():
-                if role not in ("broken", "bind"):
+                if role not in ("broken", "bind", "tab", "utf8"):
                     thaw_quietly(path)
     hook.fail("")
     hook.calls()
@@ -219,6 +222,8 @@ def test_freeze_list_counts_states_and_hook_calls_match_qemu_ga(node, m):
         *cycle("inner only", [m["inner"]]),
         *cycle("a space", [m["sp"]]),
         *cycle("a newline and a backslash", [m["nl"]]),
+        *cycle("a tab, bound", [m["tab"]]),
+        *cycle("not ASCII, bound", [m["utf8"]]),
         *cycle("empty list", []),
         ("frozen", freeze_list([a, m["b"]])),
         ("freeze-list while frozen", freeze_list([m["c"]])),
