@@ -279,20 +279,31 @@ def test_failing_hooks_match_qemu_ga(node, m):
     assert have == want
 
 
-def test_missing_hook_named_with_dash_f_fails_every_freeze_as_in_qemu_ga(node, m):
-    """``-F`` naming a hook that is not there: each freeze fails with qemu-ga's "can't access"; a
-    thaw too."""
+@pytest.mark.parametrize(
+    ("name", "make", "why"),
+    [
+        ("no-such-hook", None, "No such file or directory"),
+        ("not-executable", 0o644, "Permission denied"),
+        ("no-such-dir/hook", None, "No such file or directory"),
+        ("a-file/hook", 0o755, "Not a directory"),
+    ],
+)
+def test_hook_it_cannot_run_fails_every_freeze_and_thaw_as_in_qemu_ga(node, m, name, make, why):
+    """``-F`` naming a hook that is missing, not executable or under a file: each freeze and each
+    thaw fails with qemu-ga's "can't access" and the errno's words."""
     work = mkdir(Path(node.base) / "agents")
-    missing = str(Path(node.base) / "no-such-hook")
-    steps = [*cycle("missing hook", [m["a"]])]
-    with qemu_ga(mkdir(work / "stock"), hook=missing, block=STOCK_BLOCK) as stock:
+    path = Path(node.base) / name
+    if make is not None:
+        target = path.parent if name.startswith("a-file/") else path
+        target.write_text("#!/bin/sh\nexit 0\n")
+        target.chmod(make)
+    steps = [*cycle("unusable hook", [m["a"]])]
+    with qemu_ga(mkdir(work / "stock"), hook=str(path), block=STOCK_BLOCK) as stock:
         want = play(stock, Hook(Path(node.base)), steps)
-    with quiesce_qga(mkdir(work / "ours"), node.run_dir, hook_option=f"-F{missing}") as q:
+    with quiesce_qga(mkdir(work / "ours"), node.run_dir, hook_option=f"-F{path}") as q:
         have = play(q, Hook(Path(node.base)), steps)
-    assert want[0][1] == (
-        b'{"error": {"class": "GenericError", "desc": "can\'t access fsfreeze hook \'%s\': '
-        b'No such file or directory"}}\n' % missing.encode()
-    )
+    desc = f"can't access fsfreeze hook '{path}': {why}"
+    assert want[0][1] == json.dumps({"error": {"class": "GenericError", "desc": desc}}).encode() + b"\n"
     assert have == want
 
 
