@@ -307,6 +307,35 @@ def test_hook_it_cannot_run_fails_every_freeze_and_thaw_as_in_qemu_ga(node, m, n
     assert have == want
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"#!/nonexistent/interpreter\nexit 0\n",
+        b"echo no interpreter line\n",
+        b"\x7fELF\x00garbage",
+        b"#!/bin/sh\r\n",
+    ],
+    ids=["missing-interpreter", "no-hashbang", "not-a-program", "crlf"],
+)
+def test_hook_that_cannot_be_executed_fails_with_status_1_as_in_qemu_ga(node, m, body):
+    """A hook whose exec fails (its interpreter missing, no ``#!``, not a program): qemu-ga's child
+    exits 1, so the freeze and the thaw fail with "status 1"; nothing is frozen."""
+    work = mkdir(Path(node.base) / "agents")
+    path = Path(node.base) / "unexecutable-hook"
+    path.write_bytes(body)
+    path.chmod(0o755)
+    steps = [*cycle("unexecutable hook", [m["a"]])]
+    with qemu_ga(mkdir(work / "stock"), hook=str(path), block=STOCK_BLOCK) as stock:
+        want = play(stock, Hook(Path(node.base)), steps)
+    with quiesce_qga(mkdir(work / "ours"), node.run_dir, hook_option=f"-F{path}") as q:
+        have = play(q, Hook(Path(node.base)), steps)
+    assert (
+        want[0][1]
+        == b'{"error": {"class": "GenericError", "desc": "fsfreeze hook has failed with status 1"}}\n'
+    )
+    assert have == want
+
+
 #: qemu-ga commands without side effects (never a shutdown, suspend, set-*, exec or trim here,
 #: even though all are disabled while frozen); file commands get no arguments.
 HARMLESS = (
