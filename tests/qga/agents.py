@@ -159,14 +159,21 @@ def quiesce_qga(
     config: str | None = None,
     forward: str | None = None,
     hook: str | None = None,
+    hook_option: str | None = None,
     timeout: float | None = None,
     extra: tuple[str, ...] = (),
 ) -> Agent:
-    """``quiesce qga --unix-listen workdir/quiesce-qga.sock`` with no file outside the test's own."""
+    """``quiesce qga --unix-listen workdir/quiesce-qga.sock`` with no file outside the test's own.
+
+    ``hook_option`` is the hook's option as written (qemu-ga's ``-FPATH``), instead of ``hook``.
+    """
     sock = str(workdir / "quiesce-qga.sock")
     argv = [sys.executable, "-m", "quiesce", "qga", "--unix-listen", sock, "--run-dir", run_dir]
     argv += ["--config", config] if config else ["--no-config"]
-    argv += ["--fsfreeze-hook", hook] if hook else ["--no-fsfreeze-hook"]
+    if hook_option is not None:
+        argv.append(hook_option)
+    else:
+        argv += ["--fsfreeze-hook", hook] if hook else ["--no-fsfreeze-hook"]
     argv += ["--no-pluginhost", "--no-vmbackup-conf"]
     if forward:
         argv += ["--forward", f"unix:{forward}"]

@@ -357,3 +357,21 @@ def test_every_option_of_every_command_says_what_it_does():
     seen = dict(options(build_parser(), "quiesce"))
     assert "quiesce agent --config" in seen and "quiesce fleet run --members" in seen
     assert [name for name, text in seen.items() if not (text or "").strip()] == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "hook"),
+    [
+        (["-F"], "/etc/qemu/fsfreeze-hook"),
+        (["-F/srv/hook"], "/srv/hook"),
+        (["--fsfreeze-hook=/srv/hook"], "/srv/hook"),
+        (["--fsfreeze-hook", "/srv/hook"], "/srv/hook"),
+        ([], None),
+    ],
+)
+def test_qga_takes_qemu_ga_hook_option(argv, hook):
+    """``quiesce qga`` takes qemu-ga's ``-F[PATH]``: alone it names qemu-ga's default hook."""
+    from quiesce.cli import build_parser
+
+    args = build_parser().parse_args(["qga", *argv])
+    assert args.fsfreeze_hook == hook

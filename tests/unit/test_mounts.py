@@ -437,6 +437,19 @@ def test_read_only_superblock_is_skipped_but_not_a_read_only_bind() -> None:
     assert "/robind" in order(plan)
 
 
+def test_read_only_option_selects_read_only_superblocks_of_freezable_types_only() -> None:
+    """read_only=True (the guest agent's, as qemu-ga): a read-only ext4 is a target; squashfs is not."""
+    rows = (
+        ROOT,
+        row(2, 1, "8:2", "/ro", super_options="ro,relatime"),
+        row(3, 1, "7:3", "/snap", "squashfs", super_options="ro"),
+    )
+    plan = plan_of(*rows, read_only=True)
+    assert order(plan) == ["/ro", "/"]
+    assert reason(plan, 3) is SkipReason.UNSUPPORTED
+    assert reason(plan_of(*rows), 2) is SkipReason.READ_ONLY
+
+
 def test_ocfs2_is_freezable_not_network() -> None:
     """ocfs2 is a cluster block filesystem and is selected."""
     assert order(plan_of(ROOT, row(2, 1, "8:2", "/cluster", "ocfs2"))) == ["/cluster", "/"]

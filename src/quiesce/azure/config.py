@@ -181,6 +181,9 @@ class Extensions:
         filesystem whose image lives on FUSE or a network filesystem is
         skipped unless its type is listed here (the FUSE daemon or the
         network could block its FIFREEZE).
+    ``freeze_read_only``
+        Freeze read-only filesystems too. Not a key of the JSON: ``quiesce
+        qga`` sets it, since qemu-ga freezes (and counts) them.
     """
 
     targets: tuple[str, ...] = ()
@@ -195,6 +198,7 @@ class Extensions:
     expedite_rcu: bool = True
     parallel_freeze: bool = True
     loop_backing_fstypes: tuple[str, ...] = ()
+    freeze_read_only: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """The ``"quiesce"`` object with every key spelled out."""

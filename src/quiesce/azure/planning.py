@@ -31,6 +31,7 @@ def make_plan(
     loop_backing_fstypes: Sequence[str] = (),
     vmbackup_conf: str | None = VMBACKUP_CONF,
     mountinfo: str = "/proc/self/mountinfo",
+    read_only: bool = False,
 ) -> Plan:
     """Plan a freeze of ``targets`` (all freezable filesystems when empty), honouring ``MountsToSkip``.
 
@@ -39,6 +40,7 @@ def make_plan(
     targets are resolved and checked as
     :func:`~quiesce.engine.targets.plan_targets` does; nothing is raised for
     a bad target here (see :func:`~quiesce.engine.targets.check_explicit`).
+    ``read_only``: read-only filesystems are frozen too (``quiesce qga``, as qemu-ga).
     """
     skip = read_mounts_to_skip(vmbackup_conf, read=read_vmbackup_conf) if vmbackup_conf else ()
     return plan_targets(
@@ -48,6 +50,7 @@ def make_plan(
         extra_fstypes=extra_fstypes,
         loop_backing_fstypes=loop_backing_fstypes,
         mountinfo=mountinfo,
+        read_only=read_only,
     )
 
 
@@ -59,6 +62,7 @@ def plan_config(ext: Extensions, vmbackup_conf: str | None = VMBACKUP_CONF) -> P
         exclude_fstypes=ext.exclude_fstypes,
         loop_backing_fstypes=ext.loop_backing_fstypes,
         vmbackup_conf=vmbackup_conf,
+        read_only=ext.freeze_read_only,
     )
     problems = target_problems(plan, ext.targets)
     if problems:

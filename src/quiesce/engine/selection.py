@@ -72,6 +72,7 @@ class _Rules:
     exclude_fstypes: tuple[str, ...]
     extra_fstypes: frozenset[str]
     loop_backing_fstypes: tuple[str, ...] = ()
+    read_only: bool = False
 
 
 def select(
@@ -84,6 +85,7 @@ def select(
     loop_backing_fstypes: Iterable[str] = (),
     loop_backing: LoopBacking = read_loop_backing,
     source_device: SourceDevice = block_device_number,
+    read_only: bool = False,
 ) -> Plan:
     """Choose the filesystems to freeze among ``mounts`` and order them.
 
@@ -94,7 +96,9 @@ def select(
     non-empty ``include``, when none of its mounts matches ``include``. These
     are checked in that order, so an included pseudo filesystem is reported as
     pseudo. ``extra_fstypes`` adds types that freeze; it does not override the
-    FUSE, network, pseudo or stacking lists.
+    FUSE, network, pseudo or stacking lists. ``read_only`` selects read-only
+    superblocks of a freezable type too (FIFREEZE succeeds on them and
+    blocks a remount read-write until the thaw; qemu-ga freezes them).
 
     A filesystem on a loop device whose image lives on a FUSE or network
     filesystem (directly, or through further loop devices) is skipped as
@@ -125,6 +129,7 @@ def select(
         exclude_fstypes=_pattern_tuple(exclude_fstypes, "exclude_fstypes"),
         extra_fstypes=frozenset(_pattern_tuple(extra_fstypes, "extra_fstypes")),
         loop_backing_fstypes=_pattern_tuple(loop_backing_fstypes, "loop_backing_fstypes"),
+        read_only=read_only,
     )
     hidden = hidden_mounts(mounts)
     skipped: dict[int, Skipped] = {}
@@ -203,7 +208,7 @@ def _judge_filesystem(
 ) -> tuple[int | None, dict[int, Skipped]]:
     """Return the representative mount (or None) and the skipped mounts of one filesystem."""
     group = [mounts[index] for index in members]
-    verdict = _kind_verdict(group, rules.extra_fstypes) or _fstype_exclusion(group[0], rules)
+    verdict = _kind_verdict(group, rules.extra_fstypes, rules.read_only) or _fstype_exclusion(group[0], rules)
     if verdict is not None:
         return None, {index: Skipped(mounts[index], *verdict) for index in members}
     per_mount = _path_exclusion(group, rules.exclude) or _inclusion(group, rules.include)
@@ -219,7 +224,7 @@ def _judge_filesystem(
     return representative, _duplicates(mounts, members, representative, hidden)
 
 
-def _kind_verdict(group: list[Mount], extra: frozenset[str]) -> _Verdict | None:
+def _kind_verdict(group: list[Mount], extra: frozenset[str], read_only: bool = False) -> _Verdict | None:
     mount = group[0]
     fstype = mount.fstype
     if _is_fuse(fstype):
@@ -240,7 +245,7 @@ def _kind_verdict(group: list[Mount], extra: frozenset[str]) -> _Verdict | None:
         )
     # Super options are per superblock; requiring every line to agree errs
     # towards freezing, which is harmless on a read-only superblock.
-    if all(member.read_only for member in group):
+    if not read_only and all(member.read_only for member in group):
         return SkipReason.READ_ONLY, f"filesystem {mount.dev} is read-only"
     if fstype not in FREEZABLE_FSTYPES and fstype not in extra:
         return (

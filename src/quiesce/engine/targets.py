@@ -130,8 +130,11 @@ def plan_targets(
     extra_fstypes: Sequence[str] = (),
     loop_backing_fstypes: Sequence[str] = (),
     mountinfo: str = "/proc/self/mountinfo",
+    read_only: bool = False,
 ) -> Plan:
     """Plan a freeze of ``targets`` (all freezable filesystems when empty).
+
+    ``read_only``: read-only filesystems are frozen too (see :func:`select`).
 
     Named targets are resolved with :func:`resolve_target`; the plan's
     ``named`` and ``problems`` say what each became. Nothing is raised for a
@@ -164,6 +167,7 @@ def plan_targets(
         exclude_fstypes=exclude_fstypes,
         extra_fstypes=extra_fstypes,
         loop_backing_fstypes=loop_backing_fstypes,
+        read_only=read_only,
     )
     return replace(plan, named=tuple(named), problems=tuple(problems))
 

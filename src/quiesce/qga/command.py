@@ -88,10 +88,14 @@ def add_parser(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentPa
         "is an error (default: the config's freezeTimeoutSeconds, else 60)",
     )
     p.add_argument(
+        "-F",
         "--fsfreeze-hook",
+        nargs="?",
+        const=DEFAULT_HOOK,
         metavar="PATH",
-        help=f"qemu-ga's hook, run with 'freeze' before and 'thaw' after "
-        f"(default {DEFAULT_HOOK}, if it exists)",
+        help=f"qemu-ga's hook, run with 'freeze' before every freeze and 'thaw' after every thaw; "
+        f"as in qemu-ga, -F alone names {DEFAULT_HOOK}, and a named hook that is missing fails "
+        f"the freeze (default {DEFAULT_HOOK}, if it exists)",
     )
     p.add_argument("--no-fsfreeze-hook", action="store_true", help="run no fsfreeze hook")
     p.add_argument(

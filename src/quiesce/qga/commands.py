@@ -42,6 +42,25 @@ FROZEN_ALLOWLIST = frozenset(
     }
 )
 
+#: Every command Debian's qemu-ga 7.2 has (qga/qapi-schema.json): while frozen, without an
+#: agent to forward to, these are "disabled" as qemu-ga says, not "not found".
+QEMU_GA_COMMANDS = frozenset(
+    {
+        "guest-sync-delimited", "guest-sync", "guest-ping", "guest-get-time", "guest-set-time",
+        "guest-info", "guest-shutdown", "guest-file-open", "guest-file-close", "guest-file-read",
+        "guest-file-write", "guest-file-seek", "guest-file-flush", "guest-fsfreeze-status",
+        "guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list", "guest-fsfreeze-thaw",
+        "guest-fstrim", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid",
+        "guest-network-get-interfaces", "guest-get-vcpus", "guest-set-vcpus", "guest-get-disks",
+        "guest-get-fsinfo", "guest-set-user-password", "guest-get-memory-blocks",
+        "guest-set-memory-blocks", "guest-get-memory-block-info", "guest-exec-status",
+        "guest-exec", "guest-get-host-name", "guest-get-users", "guest-get-timezone",
+        "guest-get-osinfo", "guest-get-devices", "guest-ssh-get-authorized-keys",
+        "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys",
+        "guest-get-diskstats", "guest-get-cpustats",
+    }
+)  # fmt: skip
+
 #: The commands served here, with their arguments (qga/qapi-schema.json), in the order
 #: qemu-ga's ``guest-info`` lists them (the last one registered first).
 OWN_COMMANDS: dict[str, dict[str, str]] = {
@@ -119,7 +138,9 @@ class Dispatcher:
     def _forward(self, request: Request) -> list[bytes]:
         fwd = self.forwarder
         if fwd is None:
-            raise not_found(request.name)
+            # While frozen qemu-ga refuses every command it has as "disabled", before anything else.
+            frozen_known = self.freezer.frozen and request.name in QEMU_GA_COMMANDS
+            raise disabled_while_frozen(request.name) if frozen_known else not_found(request.name)
         if self.freezer.frozen:
             # Never talk to the other agent while frozen: refuse as qemu-ga would.
             raise disabled_while_frozen(request.name) if fwd.knows(request.name) else not_found(request.name)

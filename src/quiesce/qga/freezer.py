@@ -2,7 +2,9 @@
 
 ``guest-fsfreeze-freeze`` / ``-freeze-list`` answer the number of
 filesystems frozen, ``guest-fsfreeze-thaw`` the number thawed,
-``guest-fsfreeze-status`` ``"frozen"`` or ``"thawed"``, as qemu-ga does.
+``guest-fsfreeze-status`` ``"frozen"`` or ``"thawed"``, as qemu-ga does,
+read-only filesystems included; a FIFREEZE that fails gets qemu-ga's error
+("failed to freeze MOUNT: strerror") and nothing stays frozen.
 What differs, on purpose:
 
 - **What may be frozen** is the node's quiesce config's selection
@@ -14,7 +16,8 @@ What differs, on purpose:
   directory (session hooks included) before, post steps after the thaw, by
   the Azure rules (``continueBackupOnFailure`` decides whether a failed pre
   step still freezes). qemu-ga's fsfreeze hook runs first (``freeze``) and
-  last (``thaw``), bounded (see :mod:`quiesce.qga.fshook`).
+  last (``thaw``), bounded (see :mod:`quiesce.qga.fshook`); as in qemu-ga,
+  on every freeze and every thaw, also when nothing is (or was) frozen.
 - **A deadline**: the guardian thaws at ``--timeout`` if no thaw came;
   the status then says ``"thawed"``, and the late thaw is an error.
 - **Only what it froze is thawed**: a filesystem someone else froze makes the
@@ -27,6 +30,7 @@ What differs, on purpose:
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from collections.abc import Callable, Sequence
@@ -37,6 +41,11 @@ from quiesce.qga.events import EventLog
 from quiesce.qga.fshook import FsfreezeHook, HookOutcome
 from quiesce.qga.protocol import QgaError, disabled_while_frozen
 from quiesce.qga.window import Window, WindowSpec
+
+#: FIFREEZE failures that are quiesce's own refusals, worded as such: someone else's
+#: freeze (qemu-ga skips it), no freeze support (qemu-ga skips it), the guardian's
+#: deadline while freezing (qemu-ga has none). Any other errno gets qemu-ga's words.
+OWN_FREEZE_ERRNOS = frozenset({errno.EBUSY, errno.EOPNOTSUPP, errno.ETIMEDOUT})
 
 #: Azure's auto-thaw default, and qemu-ga has none.
 DEFAULT_FREEZE_TIMEOUT_S = 60.0
@@ -82,15 +91,17 @@ class Freezer:
         self._forget_finished()
         loaded = self._load_config()
         targets = self._select(loaded, mountpoints)
-        if not targets:
-            self.log("freeze: nothing to freeze (no selected filesystem named); 0 frozen")
-            return 0
-        # The thaw call goes to a hook whose freeze call ran, as in qemu-ga, whatever happens between.
-        hook = self.settings.hook if self.settings.hook is not None and self.settings.hook.present() else None
+        # qemu-ga calls the hook with "freeze" on every freeze, before it looks at the
+        # mounts: also when nothing listed can be frozen (then no "thaw" call follows
+        # until the host's thaw, as there).
+        hook = self._hook()
         if hook is not None:
             outcome = self._run_hook(hook, "freeze")
             if not outcome.ok:
                 raise QgaError(outcome.error or "fsfreeze hook failed")
+        if not targets:
+            self.log("freeze: nothing to freeze (no selected filesystem named); 0 frozen")
+            return 0
         ext_timeout = (
             loaded.config.quiesce.freeze_timeout_s if loaded is not None else DEFAULT_FREEZE_TIMEOUT_S
         )
@@ -117,8 +128,17 @@ class Freezer:
         window.join()
         self._window = None
         self.log.release()
-        why = "the agent is stopping" if stopping() else window.failure()
-        raise QgaError(f"freeze failed, nothing is frozen: {why}")
+        if stopping():
+            raise QgaError("freeze failed, nothing is frozen: the agent is stopping")
+        failed = window.failed_fifreeze()
+        if failed is not None and failed[1] not in OWN_FREEZE_ERRNOS:
+            # qemu-ga's words for a FIFREEZE it does not skip; it too thaws what it froze.
+            raise QgaError(f"failed to freeze {failed[0]}: {os.strerror(failed[1])}")
+        raise QgaError(f"freeze failed, nothing is frozen: {window.failure()}")
+
+    def _hook(self) -> FsfreezeHook | None:
+        hook = self.settings.hook
+        return hook if hook is not None and hook.present() else None
 
     def _load_config(self) -> quiesce.LoadedConfig | None:
         path = self.settings.config_path
@@ -141,6 +161,7 @@ class Freezer:
                 exclude=ext.exclude if ext is not None else (),
                 exclude_fstypes=ext.exclude_fstypes if ext is not None else (),
                 vmbackup_conf=self.settings.vmbackup_conf,
+                read_only=True,  # qemu-ga freezes (and counts) read-only filesystems too
             )
         except quiesce.QuiesceError as err:
             raise QgaError(f"cannot list the filesystems: {err}") from err
@@ -190,7 +211,15 @@ class Freezer:
         """Release the freeze, run the post steps; the number thawed (raises when untrustworthy)."""
         window = self._window
         if window is None:
-            return 0  # nothing frozen by quiesce: touch nothing (qemu-ga would thaw everyone's)
+            # Nothing frozen by quiesce: touch nothing (qemu-ga would thaw everyone's). The
+            # hook's "thaw" call still comes, as qemu-ga makes it on every thaw, and its
+            # failure is the thaw's error.
+            hook = self._hook()
+            if hook is not None:
+                outcome = self._run_hook(hook, "thaw")
+                if not outcome.ok:
+                    raise QgaError(outcome.error or "fsfreeze hook failed")
+            return 0
         window.release()
         window.join()
         self._window = None

@@ -40,6 +40,8 @@ DEFAULT_HOOK = "/etc/qemu/fsfreeze-hook"
 DEFAULT_HOOK_TIMEOUT_S = 30.0
 DEFAULT_HOOK_GRACE_S = 5.0
 OUTPUT_LIMIT = 64 * 1024
+#: The status qemu-ga reports for a hook it cannot exec (its child's EXIT_FAILURE).
+EXEC_FAILED_STATUS = 1
 #: The hook's whole environment (qemu-ga's own, under systemd): nothing of the caller's.
 HOOK_ENV = {"PATH": SCRIPT_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
 
@@ -109,7 +111,7 @@ class FsfreezeHook:
         # Absolute from here on: a relative hook path would depend on the current directory.
         path = os.path.abspath(self.path)
         if not os.access(path, os.X_OK):
-            why = os.strerror(errno.ENOENT if not os.path.lexists(self.path) else errno.EACCES)
+            why = os.strerror(_access_errno(path))
             return self._failed(arg, start, f"can't access fsfreeze hook '{self.path}': {why}")
         unsafe = unsafe_reason(path)
         if unsafe is not None:
@@ -134,7 +136,18 @@ class FsfreezeHook:
                     umask=0o022,
                 )
             except OSError as err:
-                return self._failed(arg, start, f"can't execute fsfreeze hook '{self.path}': {err.strerror}")
+                # qemu-ga's child exits 1 when its exec fails, and qemu-ga says so; the reason
+                # goes to the log as the hook's output.
+                return HookOutcome(
+                    self.path,
+                    arg,
+                    EXEC_FAILED_STATUS,
+                    None,
+                    False,
+                    time.monotonic_ns() - start,
+                    f"can't execute fsfreeze hook '{self.path}': {err.strerror}",
+                    f"fsfreeze hook has failed with status {EXEC_FAILED_STATUS}",
+                )
             timed_out = _wait_or_kill(proc, self.timeout_s, self.grace_s)
             output = _tail(out)
         finally:
@@ -153,6 +166,15 @@ class FsfreezeHook:
 
     def _failed(self, arg: str, start: int, error: str) -> HookOutcome:
         return HookOutcome(self.path, arg, None, None, False, time.monotonic_ns() - start, "", error)
+
+
+def _access_errno(path: str) -> int:
+    """The errno access(2) gave for ``path``: why the lookup failed, else EACCES (not executable)."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno or errno.EACCES
+    return errno.EACCES
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes], timeout_s: float, grace_s: float) -> bool:

@@ -139,6 +139,13 @@ class Window:
             out.append(self.error)
         return out
 
+    def failed_fifreeze(self) -> tuple[str, int] | None:
+        """The mount point whose FIFREEZE failed and its errno, when that ended the freeze."""
+        report = self.report
+        if report is None:
+            return None
+        return next(((t.mount_point, t.freeze_errno) for t in report.targets if t.freeze_errno), None)
+
     def failure(self) -> str:
         """Why nothing was frozen, for the freeze's reply."""
         if self.error is not None:
@@ -169,7 +176,10 @@ class Window:
     def _run_config(self, loaded: quiesce.LoadedConfig) -> None:
         cfg = loaded.config
         ext = dataclasses.replace(
-            cfg.quiesce, targets=self.spec.targets, freeze_timeout_s=self.spec.timeout_s
+            cfg.quiesce,
+            targets=self.spec.targets,
+            freeze_timeout_s=self.spec.timeout_s,
+            freeze_read_only=True,
         )
         # The host asked for a freeze: fsFreezeEnabled false cannot turn it into none.
         cfg = dataclasses.replace(cfg, fs_freeze_enabled=True, quiesce=ext)
@@ -185,7 +195,7 @@ class Window:
         self.report = self.result.freeze
 
     def _run_bare(self) -> None:
-        plan = quiesce.plan(self.spec.targets, vmbackup_conf=None)
+        plan = quiesce.plan(self.spec.targets, vmbackup_conf=None, read_only=True)
         freeze = quiesce.Freeze(
             plan.targets, quiesce.FreezeOptions(self.spec.timeout_s, run_dir=self.spec.run_dir)
         )
