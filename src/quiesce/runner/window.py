@@ -76,6 +76,10 @@ class Window:
         self.interrupts = job.interrupts
         self.froze = False
         self.snapshot = FAILED
+        #: Why the step gave no trusted snapshot, when nothing else names it.
+        self.why_failed: str | None = None
+        #: The run directory's last report names this run's freeze (see _mark_holding).
+        self._marked = False
 
     def run(self) -> None:
         """Freeze (if enabled), run the snapshot step, thaw."""
@@ -139,6 +143,10 @@ class Window:
                 entry.detail = entry.detail or f"window {freeze.report.window_ns} ns"
         if error is None and freeze is not None and state is not None:
             self._check_held(freeze)
+            if state == FAILED:
+                # Whatever ended the step says why (a hold past its deadline that
+                # quiesce thawed itself, before the guardian acted, has no other word).
+                self.result.set_error(*SNAPSHOT_FAILED, self.why_failed or "the snapshot step failed")
             self.froze, self.snapshot = freeze.report.ok, state
             return
         name, code = FREEZE_TIMEOUT if isinstance(error, FreezeTimeoutError) else FREEZE_FAILED
@@ -318,8 +326,12 @@ class Window:
             # No release before the deadline (with a freeze, the guardian thawed
             # first and says so): the snapshot is not trusted.
             entry.status = FAILED
+            why = f"the hold ended without a release ({released_by}): the snapshot is not trusted"
             if freeze is None or released_by != "deadline":
-                self.result.set_error(*SNAPSHOT_FAILED, f"the hold ended without a release ({released_by})")
+                self.result.set_error(*SNAPSHOT_FAILED, why)
+            else:
+                # The guardian's reason, when it thawed first, is the better word (see _frozen).
+                self.why_failed = why
             return FAILED
         return OK
 
