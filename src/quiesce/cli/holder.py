@@ -5,7 +5,7 @@ it keeps the freeze until ``quiesce thaw`` or the deadline, and tells the
 command, over a pipe, once frozen (or why not), so the command can return.
 
 A ``quiesce freeze`` saves its outcome as the last report in the run
-directory before it drops its ledger (:mod:`quiesce.cli.lastreport`).
+directory before it drops its ledger (:mod:`quiesce.engine.lastreport`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from quiesce.cli.exits import Exit, exit_code_for
-from quiesce.cli.lastreport import DETACHED, FOREGROUND, mark_holding, save_last_report
 from quiesce.cli.output import describe
 from quiesce.cli.render import emit_json, human_ns
 from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.lastreport import DETACHED, FOREGROUND, mark_holding, save_last_report
 from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Plan
 from quiesce.engine.report import FreezeReport
 from quiesce.engine.rundir import RunDir
-from quiesce.errors import FreezeError, QuiesceError, ThawError
+from quiesce.errors import FreezeError, FreezeTimeoutError, QuiesceError, ThawError
 from quiesce.runner.hold import Release
 
 
@@ -85,9 +85,10 @@ def hold(
     try:
         with f:
             f.prepare()
-            if mode == DETACHED and f.run_dir is not None:
+            if f.run_dir is not None:
+                # A foreground freeze's caller sees its end (or its death) itself: nothing for a `thaw`.
                 with contextlib.suppress(OSError):
-                    mark_holding(f.run_dir, f.run_id, os.getpid())
+                    mark_holding(f.run_dir, f.run_id, os.getpid(), mode, acknowledged=mode != DETACHED)
             f.freeze()
             try:
                 announce(f)

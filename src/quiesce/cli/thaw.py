@@ -19,10 +19,16 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from quiesce.cli.exits import Exit
-from quiesce.cli.lastreport import acknowledge_last_report, expired_hold, read_last_report
 from quiesce.cli.output import emit_json
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod
+from quiesce.engine.lastreport import (
+    HOLDING,
+    acknowledge_last_report,
+    cut_short,
+    expired_hold,
+    read_last_report,
+)
 from quiesce.engine.proof import open_proven, wait_pidfd
 from quiesce.engine.rcu import restore_value
 from quiesce.engine.rundir import RunDir
@@ -104,6 +110,10 @@ def recover_dead(run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: di
             out["message"] = "the guardian of the dead freeze already thawed it"
             return Exit.OK
         results = thaw_from_ledger(led_now)
+        last = read_last_report(run_dir, led_now.run_id)
+        if last is not None:
+            # This recovery told its caller how the dead freeze ended: nothing left for a later thaw.
+            acknowledge_last_report(run_dir, last)
         if led_now.rcu_expedited_restore is not None:
             out["rcu_expedited_restored"] = restore_value(led_now.rcu_expedited_restore)
         out["recovered"] = results
@@ -183,16 +193,28 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
         os.close(holder)
     out["released"] = led.pid
     report = out["report"] = read_last_report(run_dir, led.run_id)
-    if report is None:
-        return Exit.OK
+    if report is None or report.get("state") == HOLDING:
+        # Nothing vouches that its window held until now (its report was never saved, say on a
+        # full run directory, or it was not a `quiesce freeze` or `run`): never an all-clear.
+        out["message"] = "released, but the holder left no report: whether its window held is unknown"
+        return Exit.ERROR
     acknowledge_last_report(run_dir, report)
-    if report.get("ok") and report.get("released_by") != "deadline":
-        return Exit.OK
-    if report.get("guardian_reason") or report.get("released_by") == "deadline":
+    return _released_exit(report, out)
+
+
+def _released_exit(report: dict[str, Any], out: dict[str, Any]) -> int:
+    """The exit status of a release, from the holder's report: 0 only if its window held until then."""
+    if report.get("error_type") == "ThawError":
+        out["message"] = f"a FITHAW failed: {report.get('error')}: see `quiesce status`"
+        return Exit.THAW_FAILED
+    why = cut_short(report)
+    if why is not None:
         out["message"] = (
-            f"the hold had already ended at its deadline ({report.get('guardian_reason') or 'deadline'}) "
-            "before this release: "
+            f"the hold had already ended before this release ({why}): "
             "a snapshot taken while it was held is not trusted"
         )
         return Exit.GUARDIAN_THAWED
-    return Exit.ERROR
+    if not report.get("ok"):
+        out["message"] = f"the freeze did not hold: {report.get('error') or 'see the report'}"
+        return Exit.ERROR
+    return Exit.OK

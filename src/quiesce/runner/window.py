@@ -19,6 +19,7 @@ failed announcement, or a window ended early by ``quiesce thaw`` is "failed".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -27,8 +28,10 @@ from typing import Protocol
 from quiesce.azure.config import PluginConfig, SnapshotMode
 from quiesce.azure.verdict import FREEZE_ABORTED, FREEZE_FAILED, FREEZE_TIMEOUT, SNAPSHOT_FAILED
 from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.lastreport import RUN, mark_holding, save_last_report
 from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Target
+from quiesce.engine.report import FreezeReport
 from quiesce.errors import FreezeTimeoutError, QuiesceError
 from quiesce.runner.freezer import FreezeLike, Freezer
 from quiesce.runner.signals import THAW_SIGNAL, Interrupts
@@ -124,16 +127,17 @@ class Window:
                     elif not self._cleared_to_freeze(freeze, entry):
                         state = FAILED
                     else:
+                        self._mark_holding(freeze)
                         state = self._step(freeze, targets, entry, None)
                 except BaseException as err:
                     try:
-                        freeze.close()
+                        self._close(freeze)
                     except QuiesceError as thaw_err:  # a thaw failure: never lost, never hiding err
                         self.result.set_error(*FREEZE_FAILED, str(thaw_err))
                     finally:
                         freeze.record_error(err)
                     raise
-                freeze.close()
+                self._close(freeze)
             except QuiesceError as err:
                 entry.status, entry.detail, error = "error", str(err), err
             finally:
@@ -163,6 +167,38 @@ class Window:
         # Failures may continue: the snapshot step runs without a freeze (crash-consistent).
         with self.timeline.phase("snapshot-unfrozen") as entry:
             self.snapshot = self._step(None, targets, entry, f"the freeze failed: {error}")
+
+    def _mark_holding(self, freeze: FreezeLike) -> None:
+        """Before the first FIFREEZE (the freeze lock held): the last report says this run holds.
+
+        So ``quiesce status`` never shows an earlier freeze as the last one,
+        and a run killed while frozen is shown as such.
+        """
+        if isinstance(freeze, Freeze) and freeze.run_dir is not None:
+            with contextlib.suppress(OSError, QuiesceError):
+                told = not self._holds()
+                mark_holding(freeze.run_dir, freeze.run_id, os.getpid(), RUN, acknowledged=told)
+                self._marked = True
+
+    def _holds(self) -> bool:
+        """The step is a hold: its snapshotter may ask ``quiesce thaw`` how the window ended."""
+        return self.step is None and self.cfg.quiesce.snapshot.mode is SnapshotMode.HOLD
+
+    def _close(self, freeze: FreezeLike) -> None:
+        """Thaw and clean up; once marked, the outcome is the last report before the ledger goes."""
+        if not (isinstance(freeze, Freeze) and self._marked):
+            freeze.close()
+            return
+
+        def save(report: FreezeReport) -> None:
+            # The run's own result tells its caller; a hold's snapshotter may also ask `quiesce thaw`.
+            told = not self._holds() or self.result.released_by == "signal SIGUSR1"
+            extra = {"released_by": self.result.released_by, "mode": RUN, "pid": os.getpid()}
+            if freeze.run_dir is not None:
+                with contextlib.suppress(OSError, QuiesceError):
+                    save_last_report(freeze.run_dir, report.to_dict() | extra | {"acknowledged": told})
+
+        freeze.close(on_report=save)
 
     def _check_held(self, freeze: FreezeLike) -> None:
         report = freeze.report
