@@ -15,7 +15,14 @@ from quiesce.cli import status as cli_status
 from quiesce.cli.exits import Exit, exit_code_for
 from quiesce.cli.render import human_ns
 from quiesce.cli.run import ProgressLine
-from quiesce.errors import FrozenByOtherError, LockHeldError, NotFrozenError, TargetError
+from quiesce.errors import (
+    FreezeTimeoutError,
+    FrozenByOtherError,
+    LockHeldError,
+    NotFrozenError,
+    TargetError,
+    ThawError,
+)
 
 
 def run(*args, run_dir=None):
@@ -357,3 +364,24 @@ def test_every_option_of_every_command_says_what_it_does():
     seen = dict(options(build_parser(), "quiesce"))
     assert "quiesce agent --config" in seen and "quiesce fleet run --members" in seen
     assert [name for name, text in seen.items() if not (text or "").strip()] == []
+
+
+@pytest.mark.parametrize(
+    ("guardian", "err", "released_by", "code"),
+    [
+        (None, None, "stdin", Exit.OK),
+        ("deadline", None, "deadline", Exit.GUARDIAN_THAWED),
+        (None, None, "deadline", Exit.GUARDIAN_THAWED),
+        ("blocked-freeze", FreezeTimeoutError(110, "FIFREEZE (blocked)", "/x"), None, Exit.GUARDIAN_THAWED),
+        ("deadline", FreezeTimeoutError(110, "FIFREEZE (deadline)", "/x"), None, Exit.GUARDIAN_THAWED),
+        (None, FrozenByOtherError(16, "FIFREEZE", "/x"), None, Exit.FREEZE_FAILED),
+        (None, ThawError(5, "FITHAW", "/x"), "stdin", Exit.THAW_FAILED),
+    ],
+)
+def test_freeze_exit_follows_how_the_window_ended(guardian, err, released_by, code):
+    """``quiesce freeze``: a FIFREEZE that blocked until the guardian thawed exits 5, as README says."""
+    from quiesce.cli.holder import report_exit
+    from quiesce.engine.report import FreezeReport
+
+    report = FreezeReport(run_id="r", guardian_reason=guardian)
+    assert report_exit(report, err, released_by) == code

@@ -34,6 +34,9 @@ def report_exit(report: FreezeReport, err: BaseException | None, released_by: st
     """The exit status of a ``quiesce freeze``: how its window ended, or its error."""
     if isinstance(err, ThawError):
         return Exit.THAW_FAILED
+    if isinstance(err, FreezeTimeoutError) or (isinstance(err, FreezeError) and report.guardian_reason):
+        # A FIFREEZE blocked (or the deadline passed while freezing): the guardian thawed.
+        return Exit.GUARDIAN_THAWED
     if isinstance(err, FreezeError):
         return Exit.FREEZE_FAILED
     if err is not None:
