@@ -566,6 +566,10 @@ def test_the_run_follows_the_documented_rules(run_dir, case):
         first = INTERRUPTED
     assert (result.error_name, result.error_code) == first
     assert result.snapshot_frozen == (e.snapshot == "ok" and e.froze)
+    # The timeline's window never reads "ok" for a freeze that did not hold.
+    windows = [p.status for p in result.phases if p.name == "freeze-window"]
+    if case.freeze_enabled and result.freeze is not None and not result.freeze.ok:
+        assert "ok" not in windows, (windows, result.freeze)
     assert (result.interrupted_by == "SIGTERM") == (e.interrupted or e.late_stop)
 
 

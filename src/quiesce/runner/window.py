@@ -146,7 +146,7 @@ class Window:
             if freeze is not None and freeze.report.window_ns is not None:
                 entry.detail = entry.detail or f"window {freeze.report.window_ns} ns"
         if error is None and freeze is not None and state is not None:
-            self._check_held(freeze)
+            self._check_held(freeze, entry)
             if state == FAILED:
                 # Whatever ended the step says why (a hold past its deadline that
                 # quiesce thawed itself, before the guardian acted, has no other word).
@@ -200,7 +200,8 @@ class Window:
 
         freeze.close(on_report=save)
 
-    def _check_held(self, freeze: FreezeLike) -> None:
+    def _check_held(self, freeze: FreezeLike, entry: Phase) -> None:
+        """Name a window cut short (someone else's thaw, the guardian); its phase never says "ok"."""
         report = freeze.report
         external = [t.mount_point for t in report.targets if t.state == "thawed-externally"]
         if external:
@@ -209,6 +210,8 @@ class Window:
         if report.guardian_reason is not None:
             why = f"the guardian thawed before the snapshot ended ({report.guardian_reason})"
             self.result.set_error(*FREEZE_TIMEOUT, why)
+        if (external or report.guardian_reason is not None) and entry.status == "ok":
+            entry.status = "cut-short"
 
     def _plan_quietly(self) -> Sequence[Target]:
         """The targets a snapshot without a freeze is about (for QUIESCE_TARGETS and the hold)."""
