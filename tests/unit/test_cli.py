@@ -385,3 +385,23 @@ def test_freeze_exit_follows_how_the_window_ended(guardian, err, released_by, co
 
     report = FreezeReport(run_id="r", guardian_reason=guardian)
     assert report_exit(report, err, released_by) == code
+
+
+def test_human_run_output_never_shows_a_window_that_did_not_hold_as_the_window():
+    """``print_run``: a freeze the guardian cut short (or rolled back) is said not to have held."""
+    import io
+
+    from quiesce.cli.render import print_run
+    from quiesce.engine.report import FilesystemResult, FreezeReport
+    from quiesce.runner.types import RunResult
+
+    def result(state: str, guardian: str | None) -> str:
+        fs = FilesystemResult("/data", "8:1", "xfs", 30, state, None, 0, 0, 10, 0, 500, 20, 0)
+        report = FreezeReport(run_id="f", targets=[fs], window_ns=520, guardian_reason=guardian)
+        out = io.StringIO()
+        print_run(RunResult(run_id="r", freeze=report), out)
+        return out.getvalue()
+
+    assert "frozen window 1 us\n" in result("thawed", None)
+    cut = result("thawed-by-guardian", "deadline")
+    assert "frozen window 1 us (the freeze did not hold" in cut
