@@ -147,3 +147,46 @@ def test_freeze_with_stdout_closed_ends_the_hold_at_once(fs, run_dir):
     assert w.finished_within(5), "left frozen"
     w.finish()
     assert ledger_mod.read(run_dir) is None
+
+
+@pytest.mark.parametrize("json_mode", [True, False], ids=["json", "text"])
+def test_hold_with_stdout_closed_freezes_nothing(fs, run_dir, json_mode):
+    """``quiesce freeze --hold >&-``: nobody could be told it is frozen; nothing frozen, exit 1."""
+    argv = [sys.executable, "-m", "quiesce", "freeze", "--hold", "--run-dir", run_dir, "--timeout", "20"]
+    argv += ["--json"] if json_mode else []
+    script = " ".join(f"'{a}'" for a in [*argv, str(fs["ext4"].mount_point)]) + " >&- </dev/null"
+    done = subprocess.run(["/bin/sh", "-c", f"exec {script}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "stdout is closed" in done.stderr
+    assert ledger_mod.read(run_dir) is None
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()
+
+
+def test_hold_whose_frozen_line_cannot_be_written_is_released_at_once(fs, run_dir):
+    """``quiesce freeze --hold`` whose stdout's reader is gone: the holder is released at once, exit 1.
+
+    Exit 0 means frozen and told; a caller that got no "frozen" takes no
+    snapshot and calls no ``quiesce thaw``, so the window must not stay open.
+    """
+    argv = [sys.executable, "-m", "quiesce", "freeze", "--hold", "--json", "--run-dir", run_dir]
+    proc = subprocess.Popen(
+        [*argv, "--timeout", "20", str(fs["ext4"].mount_point)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before the holder has frozen
+    started = time.monotonic()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    proc.wait(timeout=30)
+    assert time.monotonic() - started < 10, "held until the deadline"
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "released at once" in err
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()
+    assert ledger_mod.read(run_dir) is None

@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO, cast
 
 from quiesce.cli.exits import Exit, exit_code_for
-from quiesce.cli.output import describe
+from quiesce.cli.output import SafeStream, describe
 from quiesce.cli.render import emit_json, human_ns
 from quiesce.engine.freeze import Freeze, FreezeOptions
 from quiesce.engine.lastreport import DETACHED, FOREGROUND, mark_holding, save_last_report
@@ -163,10 +164,20 @@ def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
 
 
 def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
-    """Fork a holder that keeps the freeze; return once it reports frozen (or failed)."""
+    """Fork a holder that keeps the freeze; return once it reports frozen (or failed).
+
+    Exit 0 means frozen and told: a closed stdout freezes nothing, and a
+    "frozen" line that cannot be written (its reader gone, a full disk)
+    releases the holder at once, as a foreground freeze does.
+    """
+    out = SafeStream("stdout", sys.stdout)
+    err = SafeStream("stderr", sys.stderr)
+    if out.failure is not None:
+        err.write("quiesce: stdout is closed: nobody could be told it is frozen; nothing was frozen\n")
+        return Exit.ERROR
     r, w = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    out.flush()
+    err.flush()
     pid = os.fork()
     if pid == 0:  # the holder
         os.close(r)
@@ -179,22 +190,30 @@ def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
     text = b"".join(chunks).decode().strip()
     if not text:
         os.waitpid(pid, 0)
-        print("quiesce: the holder exited before freezing", file=sys.stderr)
+        err.write("quiesce: the holder exited before freezing\n")
         return Exit.ERROR
     event = json.loads(text.splitlines()[0])
     if event["event"] == "frozen":
         if want_json:
-            emit_json(event, sys.stdout)
+            emit_json(event, cast(TextIO, out))
         else:
-            print(
+            out.write(
                 f"frozen: {' '.join(escape_path(t) for t in event['targets'])} (holder pid {event['pid']}); "
                 f"release with `quiesce thaw`; the guardian thaws in "
-                f"{human_ns(event['remaining_ns'])}"
+                f"{human_ns(event['remaining_ns'])}\n"
             )
-        return Exit.OK
+        if out.failure is None:
+            return Exit.OK
+        # Nobody heard "frozen": nothing can be taken in this window; end it now. The holder
+        # is this process's child, not yet reaped: its pid cannot name anyone else.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+        os.waitpid(pid, 0)
+        err.write(f"quiesce: the frozen line could not be written ({out.failure}): released at once\n")
+        return Exit.ERROR
     os.waitpid(pid, 0)
     if want_json:
-        emit_json(event, sys.stdout)
+        emit_json(event, cast(TextIO, out))
     else:
-        print(f"quiesce: {event.get('error')}", file=sys.stderr)
+        err.write(f"quiesce: {event.get('error')}\n")
     return int(event.get("exit", Exit.ERROR))

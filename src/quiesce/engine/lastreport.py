@@ -138,7 +138,7 @@ def expired_hold(data: dict[str, Any] | None) -> str | None:
     if data is None or data.get("mode") not in (DETACHED, RUN) or data.get("acknowledged"):
         return None
     if data.get("state") == HOLDING:
-        return "its holder was killed; the guardian thawed"
+        return "its holder was killed, or could not save how it ended (a full run directory?)"
     why = cut_short(data)
     if why is not None or data.get("mode") == RUN:
         # A run's hold is also released by a line on stdin or a stop signal: only a cut is news.
