@@ -190,3 +190,38 @@ def test_hold_whose_frozen_line_cannot_be_written_is_released_at_once(fs, run_di
     assert w.finished_within(5), "left frozen"
     w.finish()
     assert ledger_mod.read(run_dir) is None
+
+
+@pytest.mark.parametrize("json_mode", [True, False], ids=["json", "text"])
+def test_thaw_exit_status_stands_whatever_happens_to_its_stdout(fs, run_dir, json_mode):
+    """``quiesce thaw >&-`` or into a closed pipe: its exit status (0, or 5 after the deadline) stands."""
+    env = dict(os.environ, QUIESCE_RUN_DIR=run_dir)
+    target = str(fs["ext4"].mount_point)
+    thaw = [sys.executable, "-m", "quiesce", "thaw", *(["--json"] if json_mode else [])]
+    quoted = " ".join(f"'{a}'" for a in thaw)
+
+    def hold(timeout: str) -> None:
+        held = subprocess.run(
+            [sys.executable, "-m", "quiesce", "freeze", "--hold", "--timeout", timeout, target],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert held.returncode == Exit.OK, held.stderr
+
+    hold("20")
+    closed = subprocess.run(["/bin/sh", "-c", f"exec {quoted} >&-"], capture_output=True, text=True, env=env)
+    assert closed.returncode == Exit.OK, closed.stderr
+    assert "Traceback" not in closed.stderr and ledger_mod.read(run_dir) is None
+    hold("0.3")
+    time.sleep(1)
+    piped = subprocess.Popen(thaw, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    piped.stdout.close()  # the reader is gone
+    err = piped.stderr.read()
+    piped.stderr.close()
+    assert piped.wait(timeout=30) == Exit.GUARDIAN_THAWED, err
+    assert "Traceback" not in err
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()

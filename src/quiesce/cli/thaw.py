@@ -15,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 from typing import TYPE_CHECKING, Any
 
 from quiesce.cli.exits import Exit
-from quiesce.cli.output import emit_json
+from quiesce.cli.output import emit_json, guarded_stdout
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod
 from quiesce.engine.lastreport import (
@@ -151,13 +150,15 @@ def cmd_thaw(args: argparse.Namespace) -> int:
     else:
         with run_dir:
             code = max(code, _thaw_in(run_dir, args, out))
-    if args.json:
-        emit_json(out, sys.stdout)
-    else:
-        # Imported once released: text output needs the mount table's escaping (a dataclass module).
-        from quiesce.cli.render import print_thaw
+    # What was done is done: a closed stdout or a reader gone changes no exit status.
+    with guarded_stdout() as stdout:
+        if args.json:
+            emit_json(out, stdout)
+        else:
+            # Imported once released: text output needs the mount table's escaping (a dataclass module).
+            from quiesce.cli.render import print_thaw
 
-        print_thaw(out)
+            print_thaw(out)
     return code
 
 
