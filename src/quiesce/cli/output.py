@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 
 def describe(err: BaseException) -> str:
@@ -115,7 +115,7 @@ def emit_json(data: Any, out: TextIO) -> None:
 
 
 @contextlib.contextmanager
-def guarded_stdout() -> Iterator[SafeStream]:
+def guarded_stdout() -> Iterator[TextIO]:
     """Within the block ``sys.stdout`` is a :class:`SafeStream`: a command's report can never change its exit.
 
     For commands that act before they print (``thaw``, ``recover``): a
@@ -124,6 +124,6 @@ def guarded_stdout() -> Iterator[SafeStream]:
     """
     stream = SafeStream("stdout", sys.stdout)
     with contextlib.redirect_stdout(stream):
-        yield stream
+        yield cast(TextIO, stream)
     if stream.failure is not None and sys.stdout is not None:
         SafeStream("stderr", sys.stderr).write(f"quiesce: output to stdout failed: {stream.failure}\n")
