@@ -518,3 +518,31 @@ def test_status_after_a_foreground_freeze_was_killed_says_so(fs, run_dir):
     assert last["outcome"] == "ended without its holder's report (killed?)"
     # Its caller saw it die: a later `thaw` has nothing to add.
     assert quiesce(run_dir, "thaw").returncode == Exit.OK
+
+
+def test_thaw_of_a_runs_hold_returns_once_thawed_not_after_the_post_steps(setup, fs):
+    """``quiesce thaw`` releasing a run's hold returns (0) once thawed, while a slow post-script runs."""
+    setup.config(post="sleep 6\n", quiesce={"snapshot": {"mode": "hold"}})
+    proc = subprocess.Popen(
+        setup.run_argv("--json", "--no-stdin"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "frozen"
+        started = time.monotonic()
+        thawed = quiesce(setup.run_dir, "thaw", "--json", "--wait", "3")
+        took = time.monotonic() - started
+        assert proc.poll() is None, "the run ended before its post-script did"
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert thawed.returncode == Exit.OK, thawed.stdout + thawed.stderr
+    assert took < 3, f"thaw waited for the post steps ({took:.1f} s)"
+    assert json.loads(thawed.stdout)["report"]["released_by"] == "signal SIGUSR1"
+    assert proc.returncode == Exit.OK, err
+    assert json.loads(out)["released_by"] == "signal SIGUSR1"

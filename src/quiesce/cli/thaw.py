@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 from quiesce.cli.exits import Exit
@@ -187,7 +188,7 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
     try:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(holder, signal.SIGUSR1)
-        if not wait_pidfd(holder, args.wait):
+        if not _wait_released(holder, run_dir, led.run_id, args.wait):
             out["message"] = f"holder pid {led.pid} did not finish within {args.wait} s"
             return Exit.ERROR
     finally:
@@ -201,6 +202,24 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
         return Exit.ERROR
     acknowledge_last_report(run_dir, report)
     return _released_exit(report, out)
+
+
+def _wait_released(holder: int, run_dir: RunDir, run_id: str, wait_s: float) -> bool:
+    """Wait until the holder exits, or has thawed and saved its final report; False after ``wait_s``.
+
+    A ``quiesce run`` goes on to its post steps after its thaw: its release
+    is done once its report is final, not when the run ends.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = deadline - time.monotonic()
+        if wait_pidfd(holder, min(max(left, 0.0), 0.02)):
+            return True
+        last = read_last_report(run_dir, run_id)
+        if last is not None and last.get("state") != HOLDING:
+            return True
+        if left <= 0:
+            return False
 
 
 def _released_exit(report: dict[str, Any], out: dict[str, Any]) -> int:
