@@ -637,3 +637,48 @@ def test_a_hold_that_ran_out_before_the_guardian_acted_says_why(run_dir, freeze_
     assert (result.error_name, result.error_code) == SNAPSHOT_FAILED
     assert result.released_by == "deadline" and "without a release" in (result.message or "")
     assert not result.snapshot_frozen
+
+
+@pytest.mark.parametrize("freeze_enabled", [True, False])
+def test_a_stop_just_before_the_hold_takes_over_stops_the_run(run_dir, freeze_enabled):
+    """SIGTERM after the last check but before the hold's handlers: the run stops, nothing frozen, exit 143.
+
+    The hold installs its own handlers for its release; a stop recorded
+    just before would otherwise be missed for the whole hold.
+    """
+    case = Case(
+        Script("ok", ["ok"] * 4, ["ok"] * 4),
+        Script("ok", ["ok"], ["ok"] * 4),
+        [],
+        pre_retries=0,
+        post_retries=0,
+        continue_on_failure=True,
+        freeze_enabled=freeze_enabled,
+        mode="hold",
+        freeze="ok",
+        step="stdin",
+        late_stop=False,
+    )
+
+    class StopFirst(World):
+        def release(self):
+            signal.raise_signal(signal.SIGTERM)  # the run's own handler records it
+            return super().release()
+
+    world = StopFirst(case)
+    options = RunOptions(
+        pluginhost_path=None,
+        vmbackup_conf=None,
+        run_dir=run_dir,
+        on_hold=world.on_hold,
+        hold_stdin=False,
+        handle_signals=True,
+    )
+    runner = ScriptRunner(check=world.check, attempt=world.attempt, sleep=lambda s: None)
+    with mock.patch.object(run_job, "discover", return_value=HookDirectory(HOOK_DIR, [])):
+        result = run(options, config=config(case), runner=runner, freezer=world)
+    assert world.snapshot_calls == [], "the hold was announced after a stop"
+    assert not any(f.frozen for f in world.freezes)
+    assert result.interrupted_by == "SIGTERM" and run_exit(result) == 128 + signal.SIGTERM
+    assert result.snapshot == "skipped" and result.consistency == FAILED
+    assert world.post_env is not None and world.post_env["QUIESCE_SNAPSHOT"] == "skipped"

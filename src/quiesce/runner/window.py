@@ -330,6 +330,9 @@ class Window:
         # The release's pipe and handlers are set up before the freeze, not inside the window.
         release = self.freezer.release()
         try:
+            # A stop that came before the release's handlers took over stops the run here,
+            # before anything is frozen: the hold would never see it.
+            self.interrupts.check()
             if freeze is not None:
                 freeze.freeze()
                 remaining = freeze.remaining_ns
