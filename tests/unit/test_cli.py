@@ -405,3 +405,16 @@ def test_human_run_output_never_shows_a_window_that_did_not_hold_as_the_window()
     assert "frozen window 1 us\n" in result("thawed", None)
     cut = result("thawed-by-guardian", "deadline")
     assert "frozen window 1 us (the freeze did not hold" in cut
+
+
+@pytest.mark.parametrize("pipe", [False, True], ids=["closed", "reader-gone"])
+def test_status_with_its_stdout_gone_exits_0_without_a_traceback(pipe):
+    """``quiesce status --json >&-`` (or into a pipe whose reader is gone): still exit 0, no traceback."""
+    argv = " ".join(f"'{a}'" for a in [sys.executable, "-m", "quiesce", "status", "--json"])
+    command = f"{argv} --run-dir {MISSING_RUN_DIR}"
+    # With pipefail the pipeline's status is quiesce's: its reader exits at once, true's is 0.
+    script = f"set -o pipefail; {command} | (exec 0<&-; true)" if pipe else f"{command} >&-"
+    done = subprocess.run(
+        ["/bin/bash", "-c", f"{script}; echo rc=$? >&2"], capture_output=True, text=True, timeout=60
+    )
+    assert "rc=0" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
 from quiesce.cli.exits import Exit
+from quiesce.cli.output import guarded_stdout
 from quiesce.cli.render import emit_json, human_ns
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod
@@ -49,13 +49,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         # Its ledger still names it: in progress, or its holder died before it could end it.
         listed = led is not None and last is not None and last.get("run_id") == led.run_id
         status["last_hold"] = _last_hold(last, listed, bool(status.get("holder_alive")))
-    if args.json:
-        emit_json(status, sys.stdout)
-        return Exit.OK
+    # A closed stdout or a reader gone is no error of status's: it still exits 0.
+    with guarded_stdout() as stdout:
+        if args.json:
+            emit_json(status, stdout)
+        else:
+            _print_status(status, led, args.run_dir)
+    return Exit.OK
+
+
+def _print_status(status: dict[str, Any], led: ledger_mod.Ledger | None, run_dir: str) -> None:
+    """``status`` for a terminal."""
     if "ledger_error" in status:
         print(f"quiesce: {status['ledger_error']}")
     if led is None:
-        print(f"no freeze in progress (no ledger in {args.run_dir})")
+        print(f"no freeze in progress (no ledger in {run_dir})")
         if status["lock_held"]:
             print(f"the lock is held by pid {status['lock_holder']}")
     else:
@@ -76,7 +84,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"last freeze {last['run_id']}: {last['outcome']}, window {human_ns(last['window_ns'])}"
             + (f", released by {last['released_by']}" if last["released_by"] else "")
         )
-    return Exit.OK
 
 
 def _proven_alive(pid: int, started: int, led: ledger_mod.Ledger) -> bool:
