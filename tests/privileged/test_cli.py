@@ -225,8 +225,9 @@ def test_thaw_recovers_from_a_ledger_when_holder_and_guardian_are_dead(fs, run_d
     writer = Writer(fs["btrfs"])
     assert not writer.finished_within(0.3), "something thawed although both processes were killed"
     status = json.loads(quiesce(run_dir, "status", "--json").stdout)
-    assert not status["holder_alive"] and not status["guardian_alive"]
     out = quiesce(run_dir, "thaw", "--json")
+    assert not status["holder_alive"] and not status["guardian_alive"]
+    assert status["last_hold"]["outcome"].startswith("its holder died while it held: still frozen")
     assert out.returncode == Exit.OK, out.stderr
     assert json.loads(out.stdout)["recovered"] == [
         {"mount_point": a, "dev": led.filesystems[0].dev, "outcome": "thawed"}
@@ -234,6 +235,9 @@ def test_thaw_recovers_from_a_ledger_when_holder_and_guardian_are_dead(fs, run_d
     assert writer.finished_within(5)
     writer.finish()
     assert ledger_mod.read(run_dir) is None
+    # That recovery was the thaw: a later one does not claim the guardian thawed it.
+    again = quiesce(run_dir, "thaw")
+    assert again.returncode == Exit.OK and "nothing to thaw" in again.stdout
 
 
 def test_thaw_force_thaws_a_named_mount(fs, run_dir):
@@ -323,3 +327,222 @@ def test_recover_removes_notify_dirs_of_dead_runs_only(run_dir):
     out = json.loads(quiesce(run_dir, "recover", "--json").stdout)
     assert out["notify_dirs_removed"] == ["notify-20250101T000000Z-1"]
     assert not os.path.exists(stale)
+
+
+def test_thaw_after_the_holder_was_stopped_by_a_signal_exits_5_once(fs, run_dir):
+    """A ``freeze --hold`` whose holder got SIGTERM thawed before any ``quiesce thaw``: that thaw exits 5.
+
+    The snapshot script's ``quiesce thaw`` is its only word on whether the
+    window held until the release; a holder stopped by someone else's
+    signal thawed first, so its snapshot is not trusted.
+    """
+    a = str(fs["ext4"].mount_point)
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "20", a)
+    assert held.returncode == Exit.OK, held.stderr
+    pid = json.loads(held.stdout)["pid"]
+    os.kill(pid, signal.SIGTERM)
+    _wait_gone(pid)
+    writer = Writer(fs["ext4"])
+    assert writer.finished_within(5), "the stopped holder left its target frozen"
+    writer.finish()
+    last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
+    assert last["released_by"] == "signal SIGTERM" and not last["acknowledged"]
+    thawed = quiesce(run_dir, "thaw", "--json")
+    assert thawed.returncode == Exit.GUARDIAN_THAWED, thawed.stdout + thawed.stderr
+    out = json.loads(thawed.stdout)
+    assert "signal SIGTERM" in out["message"] and "not trusted" in out["message"]
+    again = quiesce(run_dir, "thaw")
+    assert again.returncode == Exit.OK and "nothing to thaw" in again.stdout
+
+
+def test_thaw_of_a_hold_someone_else_thawed_exits_5(fs, run_dir):
+    """``fsfreeze -u`` of a held target: the window ended early; the releasing ``thaw`` says so, exit 5."""
+    a, b = str(fs["ext4"].mount_point), str(fs["xfs"].mount_point)
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "20", a, b)
+    assert held.returncode == Exit.OK, held.stderr
+    try:
+        subprocess.run(["fsfreeze", "-u", b], check=True, timeout=10)
+        thawed = quiesce(run_dir, "thaw", "--json")
+    finally:
+        if ledger_mod.read(run_dir) is not None:
+            quiesce(run_dir, "thaw")
+    assert thawed.returncode == Exit.GUARDIAN_THAWED, thawed.stdout + thawed.stderr
+    out = json.loads(thawed.stdout)
+    assert out["released"] == json.loads(held.stdout)["pid"]
+    assert "thawed by someone else" in out["message"] and b in out["message"]
+    states = {t["mount_point"]: t["state"] for t in out["report"]["targets"]}
+    assert states == {a: "thawed", b: "thawed-externally"}
+    last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
+    assert last["outcome"].startswith("ended before its release") and last["acknowledged"]
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+
+
+def test_status_after_a_run_shows_the_runs_freeze_not_an_earlier_one(setup, fs):
+    """``status`` after ``quiesce run``: the last freeze is the run's (its window), not an earlier hold's."""
+    run_dir = setup.run_dir
+    held = quiesce(run_dir, "freeze", "--hold", "--timeout", "20", str(fs["btrfs"].mount_point))
+    assert held.returncode == Exit.OK, held.stderr
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+    setup.config()
+    done = setup.cli("--json")
+    assert done.returncode == Exit.OK, done.stderr
+    result = json.loads(done.stdout)
+    last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
+    assert last["run_id"] == result["freeze"]["run_id"] and last["mode"] == "run"
+    assert last["ok"] and last["window_ns"] == result["freeze"]["window_ns"]
+    assert last["outcome"] == "thawed by quiesce after the snapshot step"
+    # The run's own result told its caller: a later `thaw` has nothing to add.
+    again = quiesce(run_dir, "thaw")
+    assert again.returncode == Exit.OK and "nothing to thaw" in again.stdout
+
+
+def test_status_after_a_run_killed_while_frozen_says_so(setup, fs):
+    """SIGKILL of ``quiesce run`` in its window: the guardian thaws; ``status`` says the run was killed."""
+    setup.config(quiesce={"snapshot": {"mode": "hold"}})
+    proc = subprocess.Popen(
+        setup.run_argv("--json", "--no-stdin"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "frozen"
+        led = ledger_mod.read(setup.run_dir)
+        assert led is not None
+        during = json.loads(quiesce(setup.run_dir, "status", "--json").stdout)["last_hold"]
+        assert during["run_id"] == led.run_id and during["outcome"] == "holding"
+        proc.kill()
+    finally:
+        proc.communicate(timeout=30)
+    _wait_gone(led.guardian_pid)
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()
+    assert ledger_mod.read(setup.run_dir) is None
+    last = json.loads(quiesce(setup.run_dir, "status", "--json").stdout)["last_hold"]
+    assert last["run_id"] == led.run_id and not last["ok"]
+    assert last["outcome"] == "ended without its holder's report (killed?)"
+    # The hold's snapshotter asks `quiesce thaw`: never an all-clear, once.
+    thawed = quiesce(setup.run_dir, "thaw")
+    assert thawed.returncode == Exit.GUARDIAN_THAWED, thawed.stdout + thawed.stderr
+    assert "killed" in thawed.stdout
+    assert quiesce(setup.run_dir, "thaw").returncode == Exit.OK
+
+
+def test_thaw_after_a_runs_hold_ran_out_exits_5_once(setup, fs):
+    """A ``quiesce run`` hold past its deadline: the run fails (9), and the snapshotter's ``thaw`` exits 5."""
+    setup.config(quiesce={"snapshot": {"mode": "hold"}, "freezeTimeoutSeconds": 0.5})
+    proc = subprocess.Popen(
+        setup.run_argv("--json", "--no-stdin"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "frozen"
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == Exit.BACKUP_FAILED, err
+    result = json.loads(out)
+    assert result["snapshot"] == "failed" and result["released_by"] == "deadline"
+    assert result["error_name"] in ("FsFreezeTimeout", "SnapshotFailed")
+    thawed = quiesce(setup.run_dir, "thaw", "--json")
+    assert thawed.returncode == Exit.GUARDIAN_THAWED, thawed.stdout + thawed.stderr
+    assert "not trusted" in json.loads(thawed.stdout)["message"]
+    assert quiesce(setup.run_dir, "thaw").returncode == Exit.OK
+
+
+HOLDER_WITHOUT_REPORT = """
+import signal, sys, time
+from quiesce.engine.freeze import FreezeOptions
+from quiesce.engine.frozen import frozen
+
+released = []
+signal.signal(signal.SIGUSR1, lambda *_: released.append(1))
+with frozen([sys.argv[1]], FreezeOptions(timeout_s=20, run_dir=sys.argv[2]), allow_expired=True):
+    print("frozen", flush=True)
+    while not released:
+        time.sleep(0.01)
+"""
+
+
+def test_thaw_of_a_holder_that_left_no_report_is_no_all_clear(fs, run_dir):
+    """A holder with no saved outcome (an API freeze, a full run directory): ``thaw`` releases it, exit 1.
+
+    Nothing says its window held until the release, so ``thaw`` never says 0.
+    """
+    target = str(fs["xfs"].mount_point)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_WITHOUT_REPORT, target, run_dir], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "frozen"
+        thawed = quiesce(run_dir, "thaw", "--json")
+    finally:
+        proc.communicate(timeout=30)
+    assert thawed.returncode == Exit.ERROR, thawed.stdout + thawed.stderr
+    out = json.loads(thawed.stdout)
+    assert out["released"] == proc.pid and "unknown" in out["message"]
+    assert proc.returncode == 0
+
+
+def test_status_after_a_foreground_freeze_was_killed_says_so(fs, run_dir):
+    """SIGKILL of a foreground ``quiesce freeze``: thawed by the guardian; ``status`` names it as killed."""
+    env = dict(os.environ, QUIESCE_RUN_DIR=run_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "freeze", "--json", "--no-stdin", str(fs["ext4"].mount_point)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        event = json.loads(proc.stdout.readline())
+        assert event["event"] == "frozen"
+        led = ledger_mod.read(run_dir)
+        assert led is not None and led.run_id == event["run_id"]
+        proc.kill()
+    finally:
+        proc.communicate(timeout=30)
+    _wait_gone(led.guardian_pid)
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()
+    last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
+    assert last["run_id"] == event["run_id"] and not last["ok"]
+    assert last["outcome"] == "ended without its holder's report (killed?)"
+    # Its caller saw it die: a later `thaw` has nothing to add.
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+
+
+def test_thaw_of_a_runs_hold_returns_once_thawed_not_after_the_post_steps(setup, fs):
+    """``quiesce thaw`` releasing a run's hold returns (0) once thawed, while a slow post-script runs."""
+    setup.config(post="sleep 6\n", quiesce={"snapshot": {"mode": "hold"}})
+    proc = subprocess.Popen(
+        setup.run_argv("--json", "--no-stdin"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "frozen"
+        started = time.monotonic()
+        thawed = quiesce(setup.run_dir, "thaw", "--json", "--wait", "3")
+        took = time.monotonic() - started
+        assert proc.poll() is None, "the run ended before its post-script did"
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert thawed.returncode == Exit.OK, thawed.stdout + thawed.stderr
+    assert took < 3, f"thaw waited for the post steps ({took:.1f} s)"
+    assert json.loads(thawed.stdout)["report"]["released_by"] == "signal SIGUSR1"
+    assert proc.returncode == Exit.OK, err
+    assert json.loads(out)["released_by"] == "signal SIGUSR1"

@@ -147,3 +147,81 @@ def test_freeze_with_stdout_closed_ends_the_hold_at_once(fs, run_dir):
     assert w.finished_within(5), "left frozen"
     w.finish()
     assert ledger_mod.read(run_dir) is None
+
+
+@pytest.mark.parametrize("json_mode", [True, False], ids=["json", "text"])
+def test_hold_with_stdout_closed_freezes_nothing(fs, run_dir, json_mode):
+    """``quiesce freeze --hold >&-``: nobody could be told it is frozen; nothing frozen, exit 1."""
+    argv = [sys.executable, "-m", "quiesce", "freeze", "--hold", "--run-dir", run_dir, "--timeout", "20"]
+    argv += ["--json"] if json_mode else []
+    script = " ".join(f"'{a}'" for a in [*argv, str(fs["ext4"].mount_point)]) + " >&- </dev/null"
+    done = subprocess.run(["/bin/sh", "-c", f"exec {script}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "stdout is closed" in done.stderr
+    assert ledger_mod.read(run_dir) is None
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()
+
+
+def test_hold_whose_frozen_line_cannot_be_written_is_released_at_once(fs, run_dir):
+    """``quiesce freeze --hold`` whose stdout's reader is gone: the holder is released at once, exit 1.
+
+    Exit 0 means frozen and told; a caller that got no "frozen" takes no
+    snapshot and calls no ``quiesce thaw``, so the window must not stay open.
+    """
+    argv = [sys.executable, "-m", "quiesce", "freeze", "--hold", "--json", "--run-dir", run_dir]
+    proc = subprocess.Popen(
+        [*argv, "--timeout", "20", str(fs["ext4"].mount_point)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before the holder has frozen
+    started = time.monotonic()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    proc.wait(timeout=30)
+    assert time.monotonic() - started < 10, "held until the deadline"
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "released at once" in err
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()
+    assert ledger_mod.read(run_dir) is None
+
+
+@pytest.mark.parametrize("json_mode", [True, False], ids=["json", "text"])
+def test_thaw_exit_status_stands_whatever_happens_to_its_stdout(fs, run_dir, json_mode):
+    """``quiesce thaw >&-`` or into a closed pipe: its exit status (0, or 5 after the deadline) stands."""
+    env = dict(os.environ, QUIESCE_RUN_DIR=run_dir)
+    target = str(fs["ext4"].mount_point)
+    thaw = [sys.executable, "-m", "quiesce", "thaw", *(["--json"] if json_mode else [])]
+    quoted = " ".join(f"'{a}'" for a in thaw)
+
+    def hold(timeout: str) -> None:
+        held = subprocess.run(
+            [sys.executable, "-m", "quiesce", "freeze", "--hold", "--timeout", timeout, target],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert held.returncode == Exit.OK, held.stderr
+
+    hold("20")
+    closed = subprocess.run(["/bin/sh", "-c", f"exec {quoted} >&-"], capture_output=True, text=True, env=env)
+    assert closed.returncode == Exit.OK, closed.stderr
+    assert "Traceback" not in closed.stderr and ledger_mod.read(run_dir) is None
+    hold("0.3")
+    time.sleep(1)
+    piped = subprocess.Popen(thaw, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    piped.stdout.close()  # the reader is gone
+    err = piped.stderr.read()
+    piped.stderr.close()
+    assert piped.wait(timeout=30) == Exit.GUARDIAN_THAWED, err
+    assert "Traceback" not in err
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()

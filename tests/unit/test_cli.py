@@ -15,7 +15,14 @@ from quiesce.cli import status as cli_status
 from quiesce.cli.exits import Exit, exit_code_for
 from quiesce.cli.render import human_ns
 from quiesce.cli.run import ProgressLine
-from quiesce.errors import FrozenByOtherError, LockHeldError, NotFrozenError, TargetError
+from quiesce.errors import (
+    FreezeTimeoutError,
+    FrozenByOtherError,
+    LockHeldError,
+    NotFrozenError,
+    TargetError,
+    ThawError,
+)
 
 
 def run(*args, run_dir=None):
@@ -375,3 +382,57 @@ def test_qga_takes_qemu_ga_hook_option(argv, hook):
 
     args = build_parser().parse_args(["qga", *argv])
     assert args.fsfreeze_hook == hook
+
+
+@pytest.mark.parametrize(
+    ("guardian", "err", "released_by", "code"),
+    [
+        (None, None, "stdin", Exit.OK),
+        ("deadline", None, "deadline", Exit.GUARDIAN_THAWED),
+        (None, None, "deadline", Exit.GUARDIAN_THAWED),
+        ("blocked-freeze", FreezeTimeoutError(110, "FIFREEZE (blocked)", "/x"), None, Exit.GUARDIAN_THAWED),
+        ("deadline", FreezeTimeoutError(110, "FIFREEZE (deadline)", "/x"), None, Exit.GUARDIAN_THAWED),
+        (None, FrozenByOtherError(16, "FIFREEZE", "/x"), None, Exit.FREEZE_FAILED),
+        (None, ThawError(5, "FITHAW", "/x"), "stdin", Exit.THAW_FAILED),
+    ],
+)
+def test_freeze_exit_follows_how_the_window_ended(guardian, err, released_by, code):
+    """``quiesce freeze``: a FIFREEZE that blocked until the guardian thawed exits 5, as README says."""
+    from quiesce.cli.holder import report_exit
+    from quiesce.engine.report import FreezeReport
+
+    report = FreezeReport(run_id="r", guardian_reason=guardian)
+    assert report_exit(report, err, released_by) == code
+
+
+def test_human_run_output_never_shows_a_window_that_did_not_hold_as_the_window():
+    """``print_run``: a freeze the guardian cut short (or rolled back) is said not to have held."""
+    import io
+
+    from quiesce.cli.render import print_run
+    from quiesce.engine.report import FilesystemResult, FreezeReport
+    from quiesce.runner.types import RunResult
+
+    def result(state: str, guardian: str | None) -> str:
+        fs = FilesystemResult("/data", "8:1", "xfs", 30, state, None, 0, 0, 10, 0, 500, 20, 0)
+        report = FreezeReport(run_id="f", targets=[fs], window_ns=520, guardian_reason=guardian)
+        out = io.StringIO()
+        print_run(RunResult(run_id="r", freeze=report), out)
+        return out.getvalue()
+
+    assert "frozen window 1 us\n" in result("thawed", None)
+    cut = result("thawed-by-guardian", "deadline")
+    assert "frozen window 1 us (the freeze did not hold" in cut
+
+
+@pytest.mark.parametrize("pipe", [False, True], ids=["closed", "reader-gone"])
+def test_status_with_its_stdout_gone_exits_0_without_a_traceback(pipe):
+    """``quiesce status --json >&-`` (or into a pipe whose reader is gone): still exit 0, no traceback."""
+    argv = " ".join(f"'{a}'" for a in [sys.executable, "-m", "quiesce", "status", "--json"])
+    command = f"{argv} --run-dir {MISSING_RUN_DIR}"
+    # With pipefail the pipeline's status is quiesce's: its reader exits at once, true's is 0.
+    script = f"set -o pipefail; {command} | (exec 0<&-; true)" if pipe else f"{command} >&-"
+    done = subprocess.run(
+        ["/bin/bash", "-c", f"{script}; echo rc=$? >&2"], capture_output=True, text=True, timeout=60
+    )
+    assert "rc=0" in done.stderr and "Traceback" not in done.stderr, done.stderr

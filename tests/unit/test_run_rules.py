@@ -106,7 +106,8 @@ class Case:
 STEPS = {
     "none": ["ok"],
     "command": ["ok", "fail", "timeout", "spawn-failed", "released"],
-    "hold": ["stdin", "signal SIGTERM", "deadline", "announce-fails"],
+    # deadline-unfired: the hold's wait ran out and quiesce thawed before the guardian acted.
+    "hold": ["stdin", "signal SIGTERM", "deadline", "deadline-unfired", "announce-fails"],
     "callable": ["ok", "raises", "thaw-request"],
 }
 
@@ -266,7 +267,9 @@ def window(case: Case, e: Expected) -> None:
         "released": not frozen,
         "thaw-request": not frozen,
     }.get(step, False)
-    if not ok and not (step == "deadline" and frozen):
+    # A hold that ran out frozen is named by the freeze's own error first (the guardian's, when it acted).
+    named_after_freeze = step == "deadline-unfired" and frozen
+    if not ok and not (step == "deadline" and frozen) and not named_after_freeze:
         e.errors.append(SNAPSHOT_FAILED)
     e.snapshot = "ok" if ok else "failed"
     if frozen:
@@ -276,6 +279,8 @@ def window(case: Case, e: Expected) -> None:
             e.errors.append(FREEZE_TIMEOUT)
         elif cut in ("external", "thaw-error"):
             e.errors.append(FREEZE_FAILED)
+    if named_after_freeze:
+        e.errors.append(SNAPSHOT_FAILED)
     if case.late_stop:
         e.late_stop = True
         e.errors.append(INTERRUPTED)
@@ -463,7 +468,8 @@ class FakeRelease:
     def wait(self, remaining_ns, use_stdin) -> str:
         if self.world.case.step == "deadline" and self.world.freezes and self.world.freezes[-1].frozen:
             self.world.freezes[-1].cut = "deadline"
-        return self.world.case.step
+        # Run out before the guardian acted: quiesce's own thaw ends the window.
+        return "deadline" if self.world.case.step == "deadline-unfired" else self.world.case.step
 
     def close(self) -> None:
         pass
@@ -552,11 +558,18 @@ def test_the_run_follows_the_documented_rules(run_dir, case):
         assert world.post_env["QUIESCE_PRE_STATUS"] == e.pre_status
     assert result.consistency == e.consistency
     assert run_exit(result) == e.exit_code
+    # A run that gave no trusted snapshot always says why.
+    if result.consistency == FAILED:
+        assert result.error_name is not None, result
     first = e.errors[0] if e.errors else (None, None)
     if e.interrupted:
         first = INTERRUPTED
     assert (result.error_name, result.error_code) == first
     assert result.snapshot_frozen == (e.snapshot == "ok" and e.froze)
+    # The timeline's window never reads "ok" for a freeze that did not hold.
+    windows = [p.status for p in result.phases if p.name == "freeze-window"]
+    if case.freeze_enabled and result.freeze is not None and not result.freeze.ok:
+        assert "ok" not in windows, (windows, result.freeze)
     assert (result.interrupted_by == "SIGTERM") == (e.interrupted or e.late_stop)
 
 
@@ -600,3 +613,72 @@ def test_the_rules_hold_on_the_fakes_alone(run_dir):
     assert world.calls == {(PRE, "pre"): 2, (POST, "post"): 1}
     assert result.consistency == APPLICATION and run_exit(result) == 0
     assert os.path.isdir(run_dir)
+
+
+@pytest.mark.parametrize("freeze_enabled", [True, False])
+def test_a_hold_that_ran_out_before_the_guardian_acted_says_why(run_dir, freeze_enabled):
+    """The hold ran out and quiesce thawed before the guardian acted: failed, SnapshotFailed, exit 9."""
+    case = Case(
+        Script("ok", ["ok"] * 4, ["ok"] * 4),
+        Script("ok", ["ok"], ["ok"] * 4),
+        [],
+        pre_retries=0,
+        post_retries=0,
+        continue_on_failure=True,
+        freeze_enabled=freeze_enabled,
+        mode="hold",
+        freeze="ok",
+        step="deadline-unfired",
+        late_stop=False,
+    )
+    world, result = drive(case, run_dir)
+    assert world.post_env is not None and world.post_env["QUIESCE_SNAPSHOT"] == "failed"
+    assert result.consistency == FAILED and run_exit(result) == 9
+    assert (result.error_name, result.error_code) == SNAPSHOT_FAILED
+    assert result.released_by == "deadline" and "without a release" in (result.message or "")
+    assert not result.snapshot_frozen
+
+
+@pytest.mark.parametrize("freeze_enabled", [True, False])
+def test_a_stop_just_before_the_hold_takes_over_stops_the_run(run_dir, freeze_enabled):
+    """SIGTERM after the last check but before the hold's handlers: the run stops, nothing frozen, exit 143.
+
+    The hold installs its own handlers for its release; a stop recorded
+    just before would otherwise be missed for the whole hold.
+    """
+    case = Case(
+        Script("ok", ["ok"] * 4, ["ok"] * 4),
+        Script("ok", ["ok"], ["ok"] * 4),
+        [],
+        pre_retries=0,
+        post_retries=0,
+        continue_on_failure=True,
+        freeze_enabled=freeze_enabled,
+        mode="hold",
+        freeze="ok",
+        step="stdin",
+        late_stop=False,
+    )
+
+    class StopFirst(World):
+        def release(self):
+            signal.raise_signal(signal.SIGTERM)  # the run's own handler records it
+            return super().release()
+
+    world = StopFirst(case)
+    options = RunOptions(
+        pluginhost_path=None,
+        vmbackup_conf=None,
+        run_dir=run_dir,
+        on_hold=world.on_hold,
+        hold_stdin=False,
+        handle_signals=True,
+    )
+    runner = ScriptRunner(check=world.check, attempt=world.attempt, sleep=lambda s: None)
+    with mock.patch.object(run_job, "discover", return_value=HookDirectory(HOOK_DIR, [])):
+        result = run(options, config=config(case), runner=runner, freezer=world)
+    assert world.snapshot_calls == [], "the hold was announced after a stop"
+    assert not any(f.frozen for f in world.freezes)
+    assert result.interrupted_by == "SIGTERM" and run_exit(result) == 128 + signal.SIGTERM
+    assert result.snapshot == "skipped" and result.consistency == FAILED
+    assert world.post_env is not None and world.post_env["QUIESCE_SNAPSHOT"] == "skipped"

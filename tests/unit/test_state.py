@@ -145,3 +145,27 @@ def test_report_is_not_ok_when_the_guardian_thawed():
     )
     assert not report.ok
     assert report.guardian_reason == "deadline" and report.guardian_fired_at_ns == 3
+
+
+def test_a_fithaw_that_did_not_thaw_never_ends_the_window():
+    """EINVAL (someone else thawed first) or EIO: that FITHAW's time is no end of the window.
+
+    With one target thawed by quiesce, the window ends at its FITHAW; with
+    every target thawed by someone else, when the window ended is unknown.
+    """
+    import errno
+
+    mounts = parse_mountinfo(MOUNTINFO)
+    targets = [Target(m, None, None) for m in mounts]
+    ours = FsRecord(0, "thawed", 0, 0, 0, 0, 100, 110, 0, 300, 320)
+    theirs = FsRecord(1, "thawed", 0, 0, 0, 0, 110, 150, errno.EINVAL, 400, 420)
+    guardian = GuardianRecord(None, 0, 1100, 0)
+    mixed = build_report("r", targets, [ours, theirs], guardian, 77)
+    assert mixed.window_ns == 220 and not mixed.ok
+    assert [t.state for t in mixed.targets] == ["thawed", "thawed-externally"]
+    failed = FsRecord(0, "thawed", 0, 0, 0, 0, 100, 110, errno.EIO, 500, 520)
+    assert build_report("r", targets[:1], [failed], guardian, 77).window_ns is None
+    alone = FsRecord(0, "thawed", 0, 0, 0, 0, 110, 150, errno.EINVAL, 400, 420)
+    report = build_report("r", targets[:1], [alone], guardian, 77)
+    assert report.window_ns is None and report.window_start_ns == 110
+    assert report.targets[0].state == "thawed-externally" and not report.ok

@@ -33,10 +33,12 @@ def _report_error(
     want_json: bool, err: BaseException, code: int, message: str | None = None, prefix: str = "quiesce: "
 ) -> int:
     """Say why a command ended: a line on stderr and, with --json, one JSON object on stdout."""
-    with contextlib.suppress(OSError, ValueError):
-        print(f"{prefix}{message or err}", file=sys.stderr)
-    if want_json:
-        # stdout may be gone (a closed pipe); the exit status still says it.
+    # Either stream may be gone: closed (Python then has None for it) or a closed pipe.
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"{prefix}{message or err}", file=sys.stderr)
+    if want_json and sys.stdout is not None:
+        # The exit status still says it.
         with contextlib.suppress(OSError, ValueError):
             emit_json(_error_json(err, code, message), sys.stdout)
     return code

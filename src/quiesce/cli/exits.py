@@ -34,7 +34,8 @@ EXIT_MEANINGS: dict[str, str] = {
     "2": "usage error (an unknown option, a number out of its range...)",
     "3": "another quiesce freeze (or run) holds the lock",
     "4": "a FIFREEZE failed; everything frozen before it was thawed",
-    "5": "the guardian thawed before the release (deadline passed, or a FIFREEZE blocked)",
+    "5": "the guardian thawed before the release (deadline passed, or a FIFREEZE blocked); thaw: "
+    "the hold's window had ended before it (guardian, someone else's thaw, its holder stopped)",
     "6": "a FITHAW failed: a filesystem may still be frozen (see `quiesce status`)",
     "7": "a named target cannot be frozen (missing, not a mount point, read-only, pseudo...)",
     "8": "a snapshot was taken, but only file-system- or crash-consistent",

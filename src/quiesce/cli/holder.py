@@ -5,7 +5,7 @@ it keeps the freeze until ``quiesce thaw`` or the deadline, and tells the
 command, over a pipe, once frozen (or why not), so the command can return.
 
 A ``quiesce freeze`` saves its outcome as the last report in the run
-directory before it drops its ledger (:mod:`quiesce.cli.lastreport`).
+directory before it drops its ledger (:mod:`quiesce.engine.lastreport`).
 """
 
 from __future__ import annotations
@@ -13,20 +13,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO, cast
 
 from quiesce.cli.exits import Exit, exit_code_for
-from quiesce.cli.lastreport import DETACHED, FOREGROUND, mark_holding, save_last_report
-from quiesce.cli.output import describe
+from quiesce.cli.output import SafeStream, describe
 from quiesce.cli.render import emit_json, human_ns
 from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.lastreport import DETACHED, FOREGROUND, mark_holding, save_last_report
 from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Plan
 from quiesce.engine.report import FreezeReport
 from quiesce.engine.rundir import RunDir
-from quiesce.errors import FreezeError, QuiesceError, ThawError
+from quiesce.errors import FreezeError, FreezeTimeoutError, QuiesceError, ThawError
 from quiesce.runner.hold import Release
 
 
@@ -34,6 +35,9 @@ def report_exit(report: FreezeReport, err: BaseException | None, released_by: st
     """The exit status of a ``quiesce freeze``: how its window ended, or its error."""
     if isinstance(err, ThawError):
         return Exit.THAW_FAILED
+    if isinstance(err, FreezeTimeoutError) or (isinstance(err, FreezeError) and report.guardian_reason):
+        # A FIFREEZE blocked (or the deadline passed while freezing): the guardian thawed.
+        return Exit.GUARDIAN_THAWED
     if isinstance(err, FreezeError):
         return Exit.FREEZE_FAILED
     if err is not None:
@@ -85,9 +89,10 @@ def hold(
     try:
         with f:
             f.prepare()
-            if mode == DETACHED and f.run_dir is not None:
+            if f.run_dir is not None:
+                # A foreground freeze's caller sees its end (or its death) itself: nothing for a `thaw`.
                 with contextlib.suppress(OSError):
-                    mark_holding(f.run_dir, f.run_id, os.getpid())
+                    mark_holding(f.run_dir, f.run_id, os.getpid(), mode, acknowledged=mode != DETACHED)
             f.freeze()
             try:
                 announce(f)
@@ -159,10 +164,20 @@ def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
 
 
 def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
-    """Fork a holder that keeps the freeze; return once it reports frozen (or failed)."""
+    """Fork a holder that keeps the freeze; return once it reports frozen (or failed).
+
+    Exit 0 means frozen and told: a closed stdout freezes nothing, and a
+    "frozen" line that cannot be written (its reader gone, a full disk)
+    releases the holder at once, as a foreground freeze does.
+    """
+    out = SafeStream("stdout", sys.stdout)
+    err = SafeStream("stderr", sys.stderr)
+    if out.failure is not None:
+        err.write("quiesce: stdout is closed: nobody could be told it is frozen; nothing was frozen\n")
+        return Exit.ERROR
     r, w = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    out.flush()
+    err.flush()
     pid = os.fork()
     if pid == 0:  # the holder
         os.close(r)
@@ -175,22 +190,30 @@ def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
     text = b"".join(chunks).decode().strip()
     if not text:
         os.waitpid(pid, 0)
-        print("quiesce: the holder exited before freezing", file=sys.stderr)
+        err.write("quiesce: the holder exited before freezing\n")
         return Exit.ERROR
     event = json.loads(text.splitlines()[0])
     if event["event"] == "frozen":
         if want_json:
-            emit_json(event, sys.stdout)
+            emit_json(event, cast(TextIO, out))
         else:
-            print(
+            out.write(
                 f"frozen: {' '.join(escape_path(t) for t in event['targets'])} (holder pid {event['pid']}); "
                 f"release with `quiesce thaw`; the guardian thaws in "
-                f"{human_ns(event['remaining_ns'])}"
+                f"{human_ns(event['remaining_ns'])}\n"
             )
-        return Exit.OK
+        if out.failure is None:
+            return Exit.OK
+        # Nobody heard "frozen": nothing can be taken in this window; end it now. The holder
+        # is this process's child, not yet reaped: its pid cannot name anyone else.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+        os.waitpid(pid, 0)
+        err.write(f"quiesce: the frozen line could not be written ({out.failure}): released at once\n")
+        return Exit.ERROR
     os.waitpid(pid, 0)
     if want_json:
-        emit_json(event, sys.stdout)
+        emit_json(event, cast(TextIO, out))
     else:
-        print(f"quiesce: {event.get('error')}", file=sys.stderr)
+        err.write(f"quiesce: {event.get('error')}\n")
     return int(event.get("exit", Exit.ERROR))

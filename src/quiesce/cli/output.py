@@ -17,7 +17,9 @@ import errno
 import io
 import json
 import os
-from typing import Any, TextIO
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO, cast
 
 
 def describe(err: BaseException) -> str:
@@ -110,3 +112,18 @@ def emit_json(data: Any, out: TextIO) -> None:
     """One JSON document, one line."""
     out.write(json.dumps(data, sort_keys=True) + "\n")
     out.flush()
+
+
+@contextlib.contextmanager
+def guarded_stdout() -> Iterator[TextIO]:
+    """Within the block ``sys.stdout`` is a :class:`SafeStream`: a command's report can never change its exit.
+
+    For commands that act before they print (``thaw``, ``recover``): a
+    closed stdout or a reader gone must not turn what they did into an
+    error. A failure is said on stderr afterwards, if stderr still works.
+    """
+    stream = SafeStream("stdout", sys.stdout)
+    with contextlib.redirect_stdout(stream):
+        yield cast(TextIO, stream)
+    if stream.failure is not None and sys.stdout is not None:
+        SafeStream("stderr", sys.stderr).write(f"quiesce: output to stdout failed: {stream.failure}\n")

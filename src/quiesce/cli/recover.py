@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from quiesce.cli.exits import Exit
+from quiesce.cli.output import SafeStream, guarded_stdout
 from quiesce.cli.render import emit_json, print_thaw
 from quiesce.cli.thaw import recover_dead
 from quiesce.engine import ledger as ledger_mod
@@ -45,16 +46,18 @@ def cmd_recover(args: argparse.Namespace) -> int:
                 code = Exit.ERROR
             out["notify_dirs_removed"] = _remove_stale_notify_dirs(run_dir)
     out["leftover_cgroups_killed"] = kill_orphaned_run_cgroups()
-    if args.json:
-        emit_json(out, sys.stdout)
-    else:
-        if "error" in out:
-            print(f"quiesce: {out['error']}", file=sys.stderr)
-        print_thaw(out)
-        if out["leftover_cgroups_killed"]:
-            print(f"killed leftover script cgroups: {', '.join(out['leftover_cgroups_killed'])}")
-        if out.get("notify_dirs_removed"):
-            print(f"removed notify directories of dead runs: {', '.join(out['notify_dirs_removed'])}")
+    # What was done is done: a closed stdout or a reader gone changes no exit status.
+    with guarded_stdout() as stdout:
+        if args.json:
+            emit_json(out, stdout)
+        else:
+            if "error" in out:
+                SafeStream("stderr", sys.stderr).write(f"quiesce: {out['error']}\n")
+            print_thaw(out)
+            if out["leftover_cgroups_killed"]:
+                print(f"killed leftover script cgroups: {', '.join(out['leftover_cgroups_killed'])}")
+            if out.get("notify_dirs_removed"):
+                print(f"removed notify directories of dead runs: {', '.join(out['notify_dirs_removed'])}")
     return code
 
 

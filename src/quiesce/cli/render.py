@@ -99,7 +99,9 @@ def print_run(result: RunResult, out: TextIO) -> None:
                 for line in a.stderr.strip().splitlines()[-5:]:
                     out.write(f"    | {line}\n")
     if result.freeze is not None and result.freeze.window_ns is not None:
-        out.write(f"frozen window {human_ns(result.freeze.window_ns)}\n")
+        # A window that did not hold (rolled back, cut short) is never shown as the run's window.
+        held = "" if result.freeze.ok else " (the freeze did not hold: see the result)"
+        out.write(f"frozen window {human_ns(result.freeze.window_ns)}{held}\n")
     # The freeze's own (e.g. expedited RCU unavailable) are in its report: shown with the run's.
     for w in (result.freeze.warnings if result.freeze is not None else []) + result.warnings:
         out.write(f"warning: {w}\n")

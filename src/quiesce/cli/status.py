@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
 from quiesce.cli.exits import Exit
-from quiesce.cli.lastreport import HOLDING, read_last_report
+from quiesce.cli.output import guarded_stdout
 from quiesce.cli.render import emit_json, human_ns
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod
+from quiesce.engine.lastreport import HOLDING, RUN, cut_short, read_last_report
 from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.proof import open_proven
 from quiesce.engine.rundir import RunDir
@@ -29,6 +29,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "last_hold": None,
     }
     led: ledger_mod.Ledger | None = None
+    last: dict[str, Any] | None = None
     run_dir = RunDir.open_existing(args.run_dir)
     if run_dir is not None:
         with run_dir:
@@ -39,20 +40,30 @@ def cmd_status(args: argparse.Namespace) -> int:
             except LedgerError as err:
                 status["ledger_error"] = str(err)
             last = read_last_report(run_dir)
-            in_progress = led is not None and last is not None and last.get("run_id") == led.run_id
-            status["last_hold"] = _last_hold(last, in_progress)
     if led is not None:
         status["ledger"] = led.to_dict()
         status["holder_alive"] = _proven_alive(led.pid, led.pid_start, led)
         status["guardian_alive"] = _proven_alive(led.guardian_pid, led.guardian_start, led)
         status["deadline_in_s"] = round(led.deadline_unix - time.time(), 3)
-    if args.json:
-        emit_json(status, sys.stdout)
-        return Exit.OK
+    if last is not None:
+        # Its ledger still names it: in progress, or its holder died before it could end it.
+        listed = led is not None and last is not None and last.get("run_id") == led.run_id
+        status["last_hold"] = _last_hold(last, listed, bool(status.get("holder_alive")))
+    # A closed stdout or a reader gone is no error of status's: it still exits 0.
+    with guarded_stdout() as stdout:
+        if args.json:
+            emit_json(status, stdout)
+        else:
+            _print_status(status, led, args.run_dir)
+    return Exit.OK
+
+
+def _print_status(status: dict[str, Any], led: ledger_mod.Ledger | None, run_dir: str) -> None:
+    """``status`` for a terminal."""
     if "ledger_error" in status:
         print(f"quiesce: {status['ledger_error']}")
     if led is None:
-        print(f"no freeze in progress (no ledger in {args.run_dir})")
+        print(f"no freeze in progress (no ledger in {run_dir})")
         if status["lock_held"]:
             print(f"the lock is held by pid {status['lock_holder']}")
     else:
@@ -73,7 +84,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"last freeze {last['run_id']}: {last['outcome']}, window {human_ns(last['window_ns'])}"
             + (f", released by {last['released_by']}" if last["released_by"] else "")
         )
-    return Exit.OK
 
 
 def _proven_alive(pid: int, started: int, led: ledger_mod.Ledger) -> bool:
@@ -84,18 +94,26 @@ def _proven_alive(pid: int, started: int, led: ledger_mod.Ledger) -> bool:
     return True
 
 
-def _last_hold(data: dict[str, Any] | None, in_progress: bool) -> dict[str, Any] | None:
-    """The outcome of the last ``quiesce freeze`` (``--hold`` or not), for ``status``."""
+def _last_hold(data: dict[str, Any] | None, listed: bool, holder_alive: bool) -> dict[str, Any] | None:
+    """The outcome of the last freeze (``quiesce freeze`` or ``quiesce run``), for ``status``."""
     if data is None:
         return None
     if data.get("state") == HOLDING:
-        outcome = "holding" if in_progress else "ended without its holder's report (killed?)"
+        if listed and holder_alive:
+            outcome = "holding"
+        elif listed:
+            outcome = "its holder died while it held: still frozen unless its guardian thawed"
+        else:
+            outcome = "ended without its holder's report (killed?)"
     elif data.get("guardian_reason"):
         outcome = f"thawed by the guardian ({data['guardian_reason']}) before its release"
     elif data.get("released_by") == "deadline":
         outcome = "thawed at its deadline, before any release"
+    elif (why := cut_short(data)) is not None:
+        outcome = f"ended before its release: {why}"
     elif data.get("ok"):
-        outcome = "released and thawed"
+        run = data.get("mode") == RUN
+        outcome = "thawed by quiesce after the snapshot step" if run else "released and thawed"
     else:
         outcome = f"failed ({data.get('error') or 'see the report'})"
     return {

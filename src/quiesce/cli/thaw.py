@@ -15,14 +15,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from quiesce.cli.exits import Exit
-from quiesce.cli.lastreport import acknowledge_last_report, expired_hold, read_last_report
-from quiesce.cli.output import emit_json
+from quiesce.cli.output import emit_json, guarded_stdout
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod
+from quiesce.engine.lastreport import (
+    HOLDING,
+    acknowledge_last_report,
+    cut_short,
+    expired_hold,
+    read_last_report,
+)
 from quiesce.engine.proof import open_proven, wait_pidfd
 from quiesce.engine.rcu import restore_value
 from quiesce.engine.rundir import RunDir
@@ -104,6 +110,10 @@ def recover_dead(run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: di
             out["message"] = "the guardian of the dead freeze already thawed it"
             return Exit.OK
         results = thaw_from_ledger(led_now)
+        last = read_last_report(run_dir, led_now.run_id)
+        if last is not None:
+            # This recovery told its caller how the dead freeze ended: nothing left for a later thaw.
+            acknowledge_last_report(run_dir, last)
         if led_now.rcu_expedited_restore is not None:
             out["rcu_expedited_restored"] = restore_value(led_now.rcu_expedited_restore)
         out["recovered"] = results
@@ -141,13 +151,15 @@ def cmd_thaw(args: argparse.Namespace) -> int:
     else:
         with run_dir:
             code = max(code, _thaw_in(run_dir, args, out))
-    if args.json:
-        emit_json(out, sys.stdout)
-    else:
-        # Imported once released: text output needs the mount table's escaping (a dataclass module).
-        from quiesce.cli.render import print_thaw
+    # What was done is done: a closed stdout or a reader gone changes no exit status.
+    with guarded_stdout() as stdout:
+        if args.json:
+            emit_json(out, stdout)
+        else:
+            # Imported once released: text output needs the mount table's escaping (a dataclass module).
+            from quiesce.cli.render import print_thaw
 
-        print_thaw(out)
+            print_thaw(out)
     return code
 
 
@@ -176,23 +188,53 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
     try:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(holder, signal.SIGUSR1)
-        if not wait_pidfd(holder, args.wait):
+        if not _wait_released(holder, run_dir, led.run_id, args.wait):
             out["message"] = f"holder pid {led.pid} did not finish within {args.wait} s"
             return Exit.ERROR
     finally:
         os.close(holder)
     out["released"] = led.pid
     report = out["report"] = read_last_report(run_dir, led.run_id)
-    if report is None:
-        return Exit.OK
+    if report is None or report.get("state") == HOLDING:
+        # Nothing vouches that its window held until now (its report was never saved, say on a
+        # full run directory, or it was not a `quiesce freeze` or `run`): never an all-clear.
+        out["message"] = "released, but the holder left no report: whether its window held is unknown"
+        return Exit.ERROR
     acknowledge_last_report(run_dir, report)
-    if report.get("ok") and report.get("released_by") != "deadline":
-        return Exit.OK
-    if report.get("guardian_reason") or report.get("released_by") == "deadline":
+    return _released_exit(report, out)
+
+
+def _wait_released(holder: int, run_dir: RunDir, run_id: str, wait_s: float) -> bool:
+    """Wait until the holder exits, or has thawed and saved its final report; False after ``wait_s``.
+
+    A ``quiesce run`` goes on to its post steps after its thaw: its release
+    is done once its report is final, not when the run ends.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = deadline - time.monotonic()
+        if wait_pidfd(holder, min(max(left, 0.0), 0.02)):
+            return True
+        last = read_last_report(run_dir, run_id)
+        if last is not None and last.get("state") != HOLDING:
+            return True
+        if left <= 0:
+            return False
+
+
+def _released_exit(report: dict[str, Any], out: dict[str, Any]) -> int:
+    """The exit status of a release, from the holder's report: 0 only if its window held until then."""
+    if report.get("error_type") == "ThawError":
+        out["message"] = f"a FITHAW failed: {report.get('error')}: see `quiesce status`"
+        return Exit.THAW_FAILED
+    why = cut_short(report)
+    if why is not None:
         out["message"] = (
-            f"the hold had already ended at its deadline ({report.get('guardian_reason') or 'deadline'}) "
-            "before this release: "
+            f"the hold had already ended before this release ({why}): "
             "a snapshot taken while it was held is not trusted"
         )
         return Exit.GUARDIAN_THAWED
-    return Exit.ERROR
+    if not report.get("ok"):
+        out["message"] = f"the freeze did not hold: {report.get('error') or 'see the report'}"
+        return Exit.ERROR
+    return Exit.OK

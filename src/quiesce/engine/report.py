@@ -47,6 +47,8 @@ class FreezeReport:
     #: CLOCK_MONOTONIC of the first FIFREEZE (``time.monotonic_ns()`` scale), so a
     #: caller can line its own events up with the window.
     window_start_ns: int | None = None
+    #: First FIFREEZE start to the end of the last FITHAW that thawed (quiesce's or the
+    #: guardian's); None when none did (nothing frozen, or every target thawed by someone else).
     window_ns: int | None = None
     preflush_ns: int | None = None
     guardian_pid: int | None = None
@@ -90,7 +92,9 @@ def build_report(
     """Assemble a report from the native records (after the window)."""
     starts = [r.freeze_start_ns for r in records if r.freeze_start_ns]
     origin = min(starts) if starts else None
-    thaw_ends = [r.thaw_end_ns for r in records if r.thaw_end_ns]
+    # Only a FITHAW that thawed ends the window: one that failed (EINVAL: someone else thawed
+    # first, at a time nobody recorded; EIO: maybe still frozen) says nothing of when it ended.
+    thaw_ends = [r.thaw_end_ns for r in records if r.thaw_end_ns and r.thaw_errno == 0]
     flush = [(r.flush_start_ns, r.flush_end_ns) for r in records if r.flush_start_ns]
     report = FreezeReport(run_id=run_id, guardian_pid=guardian_pid, window_start_ns=origin)
     if origin is not None and thaw_ends:

@@ -19,6 +19,7 @@ failed announcement, or a window ended early by ``quiesce thaw`` is "failed".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -27,8 +28,10 @@ from typing import Protocol
 from quiesce.azure.config import PluginConfig, SnapshotMode
 from quiesce.azure.verdict import FREEZE_ABORTED, FREEZE_FAILED, FREEZE_TIMEOUT, SNAPSHOT_FAILED
 from quiesce.engine.freeze import Freeze, FreezeOptions
+from quiesce.engine.lastreport import RUN, mark_holding, save_last_report
 from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Target
+from quiesce.engine.report import FreezeReport
 from quiesce.errors import FreezeTimeoutError, QuiesceError
 from quiesce.runner.freezer import FreezeLike, Freezer
 from quiesce.runner.signals import THAW_SIGNAL, Interrupts
@@ -76,6 +79,10 @@ class Window:
         self.interrupts = job.interrupts
         self.froze = False
         self.snapshot = FAILED
+        #: Why the step gave no trusted snapshot, when nothing else names it.
+        self.why_failed: str | None = None
+        #: The run directory's last report names this run's freeze (see _mark_holding).
+        self._marked = False
 
     def run(self) -> None:
         """Freeze (if enabled), run the snapshot step, thaw."""
@@ -120,16 +127,17 @@ class Window:
                     elif not self._cleared_to_freeze(freeze, entry):
                         state = FAILED
                     else:
+                        self._mark_holding(freeze)
                         state = self._step(freeze, targets, entry, None)
                 except BaseException as err:
                     try:
-                        freeze.close()
+                        self._close(freeze)
                     except QuiesceError as thaw_err:  # a thaw failure: never lost, never hiding err
                         self.result.set_error(*FREEZE_FAILED, str(thaw_err))
                     finally:
                         freeze.record_error(err)
                     raise
-                freeze.close()
+                self._close(freeze)
             except QuiesceError as err:
                 entry.status, entry.detail, error = "error", str(err), err
             finally:
@@ -138,7 +146,11 @@ class Window:
             if freeze is not None and freeze.report.window_ns is not None:
                 entry.detail = entry.detail or f"window {freeze.report.window_ns} ns"
         if error is None and freeze is not None and state is not None:
-            self._check_held(freeze)
+            self._check_held(freeze, entry)
+            if state == FAILED:
+                # Whatever ended the step says why (a hold past its deadline that
+                # quiesce thawed itself, before the guardian acted, has no other word).
+                self.result.set_error(*SNAPSHOT_FAILED, self.why_failed or "the snapshot step failed")
             self.froze, self.snapshot = freeze.report.ok, state
             return
         name, code = FREEZE_TIMEOUT if isinstance(error, FreezeTimeoutError) else FREEZE_FAILED
@@ -156,7 +168,40 @@ class Window:
         with self.timeline.phase("snapshot-unfrozen") as entry:
             self.snapshot = self._step(None, targets, entry, f"the freeze failed: {error}")
 
-    def _check_held(self, freeze: FreezeLike) -> None:
+    def _mark_holding(self, freeze: FreezeLike) -> None:
+        """Before the first FIFREEZE (the freeze lock held): the last report says this run holds.
+
+        So ``quiesce status`` never shows an earlier freeze as the last one,
+        and a run killed while frozen is shown as such.
+        """
+        if isinstance(freeze, Freeze) and freeze.run_dir is not None:
+            with contextlib.suppress(OSError, QuiesceError):
+                told = not self._holds()
+                mark_holding(freeze.run_dir, freeze.run_id, os.getpid(), RUN, acknowledged=told)
+                self._marked = True
+
+    def _holds(self) -> bool:
+        """The step is a hold: its snapshotter may ask ``quiesce thaw`` how the window ended."""
+        return self.step is None and self.cfg.quiesce.snapshot.mode is SnapshotMode.HOLD
+
+    def _close(self, freeze: FreezeLike) -> None:
+        """Thaw and clean up; once marked, the outcome is the last report before the ledger goes."""
+        if not (isinstance(freeze, Freeze) and self._marked):
+            freeze.close()
+            return
+
+        def save(report: FreezeReport) -> None:
+            # The run's own result tells its caller; a hold's snapshotter may also ask `quiesce thaw`.
+            told = not self._holds() or self.result.released_by == "signal SIGUSR1"
+            extra = {"released_by": self.result.released_by, "mode": RUN, "pid": os.getpid()}
+            if freeze.run_dir is not None:
+                with contextlib.suppress(OSError, QuiesceError):
+                    save_last_report(freeze.run_dir, report.to_dict() | extra | {"acknowledged": told})
+
+        freeze.close(on_report=save)
+
+    def _check_held(self, freeze: FreezeLike, entry: Phase) -> None:
+        """Name a window cut short (someone else's thaw, the guardian); its phase never says "ok"."""
         report = freeze.report
         external = [t.mount_point for t in report.targets if t.state == "thawed-externally"]
         if external:
@@ -165,6 +210,8 @@ class Window:
         if report.guardian_reason is not None:
             why = f"the guardian thawed before the snapshot ended ({report.guardian_reason})"
             self.result.set_error(*FREEZE_TIMEOUT, why)
+        if (external or report.guardian_reason is not None) and entry.status == "ok":
+            entry.status = "cut-short"
 
     def _plan_quietly(self) -> Sequence[Target]:
         """The targets a snapshot without a freeze is about (for QUIESCE_TARGETS and the hold)."""
@@ -283,6 +330,9 @@ class Window:
         # The release's pipe and handlers are set up before the freeze, not inside the window.
         release = self.freezer.release()
         try:
+            # A stop that came before the release's handlers took over stops the run here,
+            # before anything is frozen: the hold would never see it.
+            self.interrupts.check()
             if freeze is not None:
                 freeze.freeze()
                 remaining = freeze.remaining_ns
@@ -318,8 +368,12 @@ class Window:
             # No release before the deadline (with a freeze, the guardian thawed
             # first and says so): the snapshot is not trusted.
             entry.status = FAILED
+            why = f"the hold ended without a release ({released_by}): the snapshot is not trusted"
             if freeze is None or released_by != "deadline":
-                self.result.set_error(*SNAPSHOT_FAILED, f"the hold ended without a release ({released_by})")
+                self.result.set_error(*SNAPSHOT_FAILED, why)
+            else:
+                # The guardian's reason, when it thawed first, is the better word (see _frozen).
+                self.why_failed = why
             return FAILED
         return OK
 
