@@ -150,6 +150,16 @@ class Setup:
             config_path=self.config_path, pluginhost_path=None, vmbackup_conf=None, run_dir=self.run_dir
         )
 
+    def start_json_run(self) -> subprocess.Popen[str]:
+        """``quiesce run --json --no-stdin`` in the background (stdin /dev/null; stdout and stderr piped)."""
+        return subprocess.Popen(
+            self.run_argv("--json", "--no-stdin"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def run_argv(self, *args: str) -> list[str]:
         """``python -m quiesce run`` on this setup's config and run dir, plus ``args``."""
         return [

@@ -399,13 +399,7 @@ def test_status_after_a_run_shows_the_runs_freeze_not_an_earlier_one(setup, fs):
 def test_status_after_a_run_killed_while_frozen_says_so(setup, fs):
     """SIGKILL of ``quiesce run`` in its window: the guardian thaws; ``status`` says the run was killed."""
     setup.config(quiesce={"snapshot": {"mode": "hold"}})
-    proc = subprocess.Popen(
-        setup.run_argv("--json", "--no-stdin"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = setup.start_json_run()
     try:
         assert json.loads(proc.stdout.readline())["event"] == "frozen"
         led = ledger_mod.read(setup.run_dir)
@@ -433,13 +427,7 @@ def test_status_after_a_run_killed_while_frozen_says_so(setup, fs):
 def test_thaw_after_a_runs_hold_ran_out_exits_5_once(setup, fs):
     """A ``quiesce run`` hold past its deadline: the run fails (9), and the snapshotter's ``thaw`` exits 5."""
     setup.config(quiesce={"snapshot": {"mode": "hold"}, "freezeTimeoutSeconds": 0.5})
-    proc = subprocess.Popen(
-        setup.run_argv("--json", "--no-stdin"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = setup.start_json_run()
     try:
         assert json.loads(proc.stdout.readline())["event"] == "frozen"
         out, err = proc.communicate(timeout=30)
@@ -523,13 +511,7 @@ def test_status_after_a_foreground_freeze_was_killed_says_so(fs, run_dir):
 def test_thaw_of_a_runs_hold_returns_once_thawed_not_after_the_post_steps(setup, fs):
     """``quiesce thaw`` releasing a run's hold returns (0) once thawed, while a slow post-script runs."""
     setup.config(post="sleep 6\n", quiesce={"snapshot": {"mode": "hold"}})
-    proc = subprocess.Popen(
-        setup.run_argv("--json", "--no-stdin"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = setup.start_json_run()
     try:
         assert json.loads(proc.stdout.readline())["event"] == "frozen"
         started = time.monotonic()

@@ -327,13 +327,7 @@ def test_hold_snapshot_released_by_stdin(setup, fs):
 def test_hold_snapshot_released_by_quiesce_thaw(fallback, setup):
     """Mode "hold" in the background: `quiesce thaw` releases it."""
     setup.config(quiesce={"snapshot": {"mode": "hold"}})
-    proc = subprocess.Popen(
-        setup.run_argv("--json", "--no-stdin"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = setup.start_json_run()
     try:
         assert json.loads(proc.stdout.readline())["event"] == "frozen"
         thaw = subprocess.run(

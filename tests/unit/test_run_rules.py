@@ -615,10 +615,9 @@ def test_the_rules_hold_on_the_fakes_alone(run_dir):
     assert os.path.isdir(run_dir)
 
 
-@pytest.mark.parametrize("freeze_enabled", [True, False])
-def test_a_hold_that_ran_out_before_the_guardian_acted_says_why(run_dir, freeze_enabled):
-    """The hold ran out and quiesce thawed before the guardian acted: failed, SnapshotFailed, exit 9."""
-    case = Case(
+def clean_hold(freeze_enabled: bool, step: str) -> Case:
+    """A run whose scripts succeed at once and whose snapshot step is a hold released by ``step``."""
+    return Case(
         Script("ok", ["ok"] * 4, ["ok"] * 4),
         Script("ok", ["ok"], ["ok"] * 4),
         [],
@@ -628,9 +627,15 @@ def test_a_hold_that_ran_out_before_the_guardian_acted_says_why(run_dir, freeze_
         freeze_enabled=freeze_enabled,
         mode="hold",
         freeze="ok",
-        step="deadline-unfired",
+        step=step,
         late_stop=False,
     )
+
+
+@pytest.mark.parametrize("freeze_enabled", [True, False])
+def test_a_hold_that_ran_out_before_the_guardian_acted_says_why(run_dir, freeze_enabled):
+    """The hold ran out and quiesce thawed before the guardian acted: failed, SnapshotFailed, exit 9."""
+    case = clean_hold(freeze_enabled, step="deadline-unfired")
     world, result = drive(case, run_dir)
     assert world.post_env is not None and world.post_env["QUIESCE_SNAPSHOT"] == "failed"
     assert result.consistency == FAILED and run_exit(result) == 9
@@ -646,19 +651,7 @@ def test_a_stop_just_before_the_hold_takes_over_stops_the_run(run_dir, freeze_en
     The hold installs its own handlers for its release; a stop recorded
     just before would otherwise be missed for the whole hold.
     """
-    case = Case(
-        Script("ok", ["ok"] * 4, ["ok"] * 4),
-        Script("ok", ["ok"], ["ok"] * 4),
-        [],
-        pre_retries=0,
-        post_retries=0,
-        continue_on_failure=True,
-        freeze_enabled=freeze_enabled,
-        mode="hold",
-        freeze="ok",
-        step="stdin",
-        late_stop=False,
-    )
+    case = clean_hold(freeze_enabled, step="stdin")
 
     class StopFirst(World):
         def release(self):
