@@ -114,6 +114,7 @@ def test_usage_error_exit_code():
         (LockHeldError("held"), Exit.LOCKED),
         (TargetError("bad"), Exit.BAD_TARGET),
         (FrozenByOtherError(16, "FIFREEZE", "/x"), Exit.FREEZE_FAILED),
+        (FreezeTimeoutError(110, "FIFREEZE (blocked)", "/x"), Exit.GUARDIAN_THAWED),
         (NotFrozenError(22, "FITHAW", "/x"), Exit.THAW_FAILED),
         (RuntimeError("?"), Exit.ERROR),
     ],
@@ -306,7 +307,7 @@ def test_version_is_one_source():
         ("run", ["8  a snapshot was taken", "10  a configuration", "128+N"], ["7  a named target"]),
         ("freeze", ["4  a FIFREEZE failed", "7  a named target"], ["backup failed", "128+N"]),
         ("thaw", ["6  a FITHAW failed"], ["backup failed", "7  a named target"]),
-        ("bench", ["130  interrupted"], ["backup failed", "128+N"]),
+        ("bench", ["130  interrupted", "5  the guardian thawed"], ["backup failed", "128+N"]),
         ("check", ["10  a configuration"], ["FIFREEZE failed", "128+N"]),
     ],
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-from quiesce.errors import ConfigError, FreezeError, LockHeldError, TargetError, ThawError
+from quiesce.errors import ConfigError, FreezeError, FreezeTimeoutError, LockHeldError, TargetError, ThawError
 
 
 class Exit(enum.IntEnum):
@@ -56,7 +56,7 @@ COMMAND_EXITS: dict[str, tuple[str, ...]] = {
     "thaw": ("0", "1", "2", "3", "5", "6"),
     "recover": ("0", "1", "2", "3", "6"),
     "status": ("0", "1", "2"),
-    "bench": ("0", "1", "2", "3", "4", "6", "7", "10", "130"),
+    "bench": ("0", "1", "2", "3", "4", "5", "6", "7", "10", "130"),
     "demo": ("0", "1", "2"),
 }
 
@@ -81,6 +81,8 @@ def exit_code_for(err: BaseException) -> Exit:
         (LockHeldError, Exit.LOCKED),
         (TargetError, Exit.BAD_TARGET),
         (ThawError, Exit.THAW_FAILED),
+        # A FIFREEZE that blocked: the guardian thawed the rest (5), not a failed freeze (4).
+        (FreezeTimeoutError, Exit.GUARDIAN_THAWED),
         (FreezeError, Exit.FREEZE_FAILED),
         (ValueError, Exit.USAGE),
     ):
