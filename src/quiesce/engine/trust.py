@@ -199,14 +199,20 @@ def resolve(path: str) -> tuple[str, os.stat_result]:
     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
 
 
-def program_problems(st: os.stat_result) -> list[str]:
-    """What makes the file ``st`` describes unfit to run as root ([] when nothing)."""
-    if not stat.S_ISREG(st.st_mode):
-        return [f"is {file_type(st.st_mode)}, not a regular file"]
+def root_alone_problems(st: os.stat_result) -> list[str]:
+    """Who but root could change the file ``st`` describes: its owner, group or others ([] for nobody)."""
     problems = owner_problems(st)
     writable = writable_by(st.st_mode)
     if writable:
         problems.append(f"is writable by {writable}")
+    return problems
+
+
+def program_problems(st: os.stat_result) -> list[str]:
+    """What makes the file ``st`` describes unfit to run as root ([] when nothing)."""
+    if not stat.S_ISREG(st.st_mode):
+        return [f"is {file_type(st.st_mode)}, not a regular file"]
+    problems = root_alone_problems(st)
     if not st.st_mode & stat.S_IXUSR:
         problems.append("is not executable by its owner")
     return problems

@@ -35,9 +35,7 @@ def run_command(
     (``PATH``, ``LANG``, ``QUIESCE_PHASE``...).
     """
     # Checked before the freeze (NodeRun.before_freeze): nothing but the start inside the window.
-    attempt = run_in(
-        launch, argv, timeout_s=timeout_s, grace_s=0.0, env=env, run_id=f"fleet-{run_id}", checked=True
-    )
+    attempt = run_in(launch, argv, timeout_s=timeout_s, grace_s=0.0, env=env, run_id=f"fleet-{run_id}")
     if attempt.outcome == "ok":
         return True, "snapshot command ok"
     if attempt.error is not None:

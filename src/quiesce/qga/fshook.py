@@ -31,7 +31,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from quiesce.engine.trust import UnsafeDirectoryError, UnsafeProgramError, check_program
 from quiesce.supervise import shebang
 from quiesce.supervise.launch import SCRIPT_PATH
 
@@ -75,14 +74,11 @@ def unsafe_reason(path: str) -> str | None:
     right after it leads to the same file.
     """
     try:
-        check_program(path)
-    except (UnsafeProgramError, UnsafeDirectoryError) as err:
-        return str(err)
+        return shebang.untrusted_program(path)
     except ValueError:
         return "not an absolute path"
     except OSError as err:
         return f"{os.strerror(err.errno or 0)} at {err.filename or path}"
-    return shebang.untrusted_interpreter(shebang.read_head(path))
 
 
 class FsfreezeHook:

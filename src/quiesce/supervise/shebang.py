@@ -125,12 +125,27 @@ def untrusted_interpreter(head: bytes) -> str | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    problems = trust.owner_problems(st)
-    if st.st_mode & trust.WRITABLE_BY_OTHERS:
-        problems.append(f"is writable by {trust.writable_by(st.st_mode)}")
+    problems = trust.root_alone_problems(st)
     if not problems:
         return None
     where = "" if real == os.fsdecode(name) else f" ({real})"
     return trust.refusal_message(
         f"its interpreter {shown}{where} (on the #! line)", "; ".join(problems), st, ""
     )
+
+
+def untrusted_program(path: str) -> str | None:
+    """Why root must not execute ``path`` by its path, or None when it may.
+
+    The file passes :func:`quiesce.engine.trust.check_program` (root's
+    alone, reached only through directories and links only root can
+    change), and so does the interpreter on its ``#!`` line
+    (:func:`untrusted_interpreter`). Raises ``ValueError`` for a relative
+    path and lets ``OSError`` through (the file is missing, say): each
+    caller words those its own way.
+    """
+    try:
+        trust.check_program(path)
+    except (trust.UnsafeProgramError, trust.UnsafeDirectoryError) as err:
+        return str(err)
+    return untrusted_interpreter(read_head(path))

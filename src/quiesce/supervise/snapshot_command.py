@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from quiesce.engine.freeze import Freeze
-from quiesce.engine.trust import NOT_FOUND_ERRNOS, UnsafeDirectoryError, UnsafeProgramError, check_program
+from quiesce.engine.trust import NOT_FOUND_ERRNOS
 from quiesce.errors import FreezeError, QuiesceOSError
 from quiesce.supervise import shebang
 from quiesce.supervise.launch import KILL_WAIT_S, OUTPUT_TAIL, Attempt, Launch, environment
@@ -41,16 +41,13 @@ def unsafe_command(program: str) -> str | None:
     and executed by the same absolute path, which only root can re-point.
     """
     try:
-        check_program(program)
-    except (UnsafeProgramError, UnsafeDirectoryError) as err:
-        return f"is not safe to run as root: {err}"
+        untrusted = shebang.untrusted_program(program)
     except ValueError:
         return "is not an absolute path"
     except OSError as err:
         if err.errno in NOT_FOUND_ERRNOS:
             return f"does not exist ({os.strerror(err.errno or 0)})"
         return f"cannot be checked: {os.strerror(err.errno or 0)}"
-    untrusted = shebang.untrusted_interpreter(shebang.read_head(program))
     return None if untrusted is None else f"is not safe to run as root: {untrusted}"
 
 
@@ -126,6 +123,9 @@ def run_command(
 ) -> Attempt:
     """Run the snapshot command without a freeze, under a script's supervision."""
     with Launch(f"{run_id}-snapshot", cgroup_parent) as launch:
+        unsafe = unsafe_command(argv[0])
+        if unsafe is not None:
+            return launch.failed(1, f"snapshot command {argv[0]} {unsafe}")
         return run_in(
             launch,
             argv,
@@ -146,19 +146,15 @@ def run_in(
     env: Mapping[str, str],
     run_id: str,
     output_tail: int = OUTPUT_TAIL,
-    checked: bool = False,
 ) -> Attempt:
     """Run the snapshot command in ``launch``, whose cgroup and pipes were made beforehand.
 
     A fleet node makes them before its freeze and runs the command inside
     its window, after the cut: only the start and the wait are in the window.
-    ``checked``: :func:`unsafe_command` passed it already (before the freeze;
-    only root could change it since), so it is not checked again here.
+    The caller has checked the command already (:func:`unsafe_command`, before
+    any freeze; only root could change it since).
     """
     environ = environment("snapshot", timeout_s, {"QUIESCE_RUN_ID": run_id, **env})
-    unsafe = None if checked else unsafe_command(argv[0])
-    if unsafe is not None:
-        return launch.failed(1, f"snapshot command {argv[0]} {unsafe}")
     try:
         child = launch.spawn(argv, environ, path=argv[0])
     except QuiesceOSError as err:
