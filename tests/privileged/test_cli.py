@@ -139,6 +139,14 @@ def _wait_gone(pid: int, timeout_s: float = 5) -> None:
     assert not is_alive(pid, None)
 
 
+def _thawed_once_gone(pid: int, fs, why: str = "left frozen") -> None:
+    """Once ``pid`` (a holder, a guardian) is gone, a write to ``fs``'s ext4 goes through."""
+    _wait_gone(pid)
+    writer = Writer(fs["ext4"])
+    assert writer.finished_within(5), why
+    writer.finish()
+
+
 def test_thaw_after_the_guardian_ended_a_hold_exits_5_once(fs, run_dir):
     """``freeze --hold`` past its deadline: the next ``thaw`` says the guardian thawed first and exits 5.
 
@@ -341,10 +349,7 @@ def test_thaw_after_the_holder_was_stopped_by_a_signal_exits_5_once(fs, run_dir)
     assert held.returncode == Exit.OK, held.stderr
     pid = json.loads(held.stdout)["pid"]
     os.kill(pid, signal.SIGTERM)
-    _wait_gone(pid)
-    writer = Writer(fs["ext4"])
-    assert writer.finished_within(5), "the stopped holder left its target frozen"
-    writer.finish()
+    _thawed_once_gone(pid, fs, "the stopped holder left its target frozen")
     last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
     assert last["released_by"] == "signal SIGTERM" and not last["acknowledged"]
     thawed = quiesce(run_dir, "thaw", "--json")
@@ -409,10 +414,7 @@ def test_status_after_a_run_killed_while_frozen_says_so(setup, fs):
         proc.kill()
     finally:
         proc.communicate(timeout=30)
-    _wait_gone(led.guardian_pid)
-    w = Writer(fs["ext4"])
-    assert w.finished_within(5), "left frozen"
-    w.finish()
+    _thawed_once_gone(led.guardian_pid, fs)
     assert ledger_mod.read(setup.run_dir) is None
     last = json.loads(quiesce(setup.run_dir, "status", "--json").stdout)["last_hold"]
     assert last["run_id"] == led.run_id and not last["ok"]
@@ -497,10 +499,7 @@ def test_status_after_a_foreground_freeze_was_killed_says_so(fs, run_dir):
         proc.kill()
     finally:
         proc.communicate(timeout=30)
-    _wait_gone(led.guardian_pid)
-    w = Writer(fs["ext4"])
-    assert w.finished_within(5), "left frozen"
-    w.finish()
+    _thawed_once_gone(led.guardian_pid, fs)
     last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
     assert last["run_id"] == event["run_id"] and not last["ok"]
     assert last["outcome"] == "ended without its holder's report (killed?)"

@@ -506,9 +506,9 @@ def config(case: Case) -> LoadedConfig:
     return LoadedConfig(cfg, (), "<rules>")
 
 
-def drive(case: Case, run_dir: str):
-    """Run the real scheduler on the fakes."""
-    world = World(case)
+def drive(case: Case, run_dir: str, world: World | None = None):
+    """Run the real scheduler on the fakes (``world``: a World of ``case`` that acts differently)."""
+    world = world or World(case)
     hooks = HookDirectory(
         HOOK_DIR, [Hook(f"{i:02}-hook", f"{HOOK_DIR}/{i:02}-hook", False) for i in range(len(case.hooks))]
     )
@@ -658,18 +658,7 @@ def test_a_stop_just_before_the_hold_takes_over_stops_the_run(run_dir, freeze_en
             signal.raise_signal(signal.SIGTERM)  # the run's own handler records it
             return super().release()
 
-    world = StopFirst(case)
-    options = RunOptions(
-        pluginhost_path=None,
-        vmbackup_conf=None,
-        run_dir=run_dir,
-        on_hold=world.on_hold,
-        hold_stdin=False,
-        handle_signals=True,
-    )
-    runner = ScriptRunner(check=world.check, attempt=world.attempt, sleep=lambda s: None)
-    with mock.patch.object(run_job, "discover", return_value=HookDirectory(HOOK_DIR, [])):
-        result = run(options, config=config(case), runner=runner, freezer=world)
+    world, result = drive(case, run_dir, StopFirst(case))
     assert world.snapshot_calls == [], "the hold was announced after a stop"
     assert not any(f.frozen for f in world.freezes)
     assert result.interrupted_by == "SIGTERM" and run_exit(result) == 128 + signal.SIGTERM
