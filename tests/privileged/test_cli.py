@@ -454,7 +454,8 @@ from quiesce.engine.frozen import frozen
 
 released = []
 signal.signal(signal.SIGUSR1, lambda *_: released.append(1))
-with frozen([sys.argv[1]], FreezeOptions(timeout_s=20, run_dir=sys.argv[2]), allow_expired=True):
+options = FreezeOptions(timeout_s=20, run_dir=sys.argv[2], release_on_sigusr1=True)
+with frozen([sys.argv[1]], options, allow_expired=True):
     print("frozen", flush=True)
     while not released:
         time.sleep(0.01)
@@ -462,7 +463,7 @@ with frozen([sys.argv[1]], FreezeOptions(timeout_s=20, run_dir=sys.argv[2]), all
 
 
 def test_thaw_of_a_holder_that_left_no_report_is_no_all_clear(fs, run_dir):
-    """A holder with no saved outcome (an API freeze, a full run directory): ``thaw`` releases it, exit 1.
+    """A holder released by SIGUSR1 that saved no outcome (a full run directory): ``thaw`` exits 1.
 
     Nothing says its window held until the release, so ``thaw`` never says 0.
     """
@@ -474,7 +475,11 @@ def test_thaw_of_a_holder_that_left_no_report_is_no_all_clear(fs, run_dir):
         assert proc.stdout.readline().strip() == "frozen"
         thawed = quiesce(run_dir, "thaw", "--json")
     finally:
-        proc.communicate(timeout=30)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never released: leave no holder behind
+            raise
     assert thawed.returncode == Exit.ERROR, thawed.stdout + thawed.stderr
     out = json.loads(thawed.stdout)
     assert out["released"] == proc.pid and "unknown" in out["message"]

@@ -313,3 +313,37 @@ def test_fsfreeze_hook_in_a_directory_others_can_write_is_refused(node, lfs):
             )
             assert not frozen(a)
             reap()
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_quiesce_thaw_on_the_guest_thaws_and_the_agent_lives_on(node, lfs, with_config):
+    """``quiesce thaw`` on the guest while the host holds a freeze: thawed, the agent not signalled.
+
+    SIGUSR1 (the release of quiesce's own commands) would end the agent; its
+    ledger says to thaw instead. The host's later thaw is told its window was
+    cut short, and the post steps ran.
+    """
+    a = lfs["a"]
+    if with_config:
+        node.config([str(a.mount_point)])
+    config = node.config_path if with_config else None
+    with quiesce_qga(mkdir(Path(node.base) / "w"), node.run_dir, config=config) as q, q.client() as c:
+        assert freeze_list(c, a) == {"return": 1}
+        assert frozen(a)
+        thawed = subprocess.run(
+            [sys.executable, "-m", "quiesce", "thaw", "--json", "--run-dir", node.run_dir],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert thawed.returncode == 0, thawed.stdout + thawed.stderr
+        assert json.loads(thawed.stdout)["holder"] == q.proc.pid
+        assert not frozen(a)
+        assert q.proc.poll() is None, q.log_text()
+        reply = c.cmd("guest-fsfreeze-thaw")
+        assert "thawed by another tool" in reply["error"]["desc"], reply
+        assert c.cmd("guest-fsfreeze-status") == {"return": "thawed"}
+        reap()
+    if with_config:
+        assert node.events()[-1].startswith("post"), node.events()

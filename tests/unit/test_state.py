@@ -51,6 +51,30 @@ def test_ledger_round_trip(root_run_dir):
     assert os.listdir(root_run_dir) == []
 
 
+@pytest.mark.parametrize("release", [ledger_mod.RELEASE_SIGNAL, ledger_mod.RELEASE_THAW])
+def test_ledger_keeps_how_its_holder_is_released(root_run_dir, release):
+    """``release`` round-trips; a ledger written without it (a quiesce command's, before) reads as signal."""
+    ledger_mod.write(root_run_dir, _ledger(release=release))
+    led = ledger_mod.read(root_run_dir)
+    assert led is not None and led.release == release
+    older = _ledger().to_dict()
+    del older["release"]
+    with RunDir.open(root_run_dir) as d:
+        d.write(ledger_mod.LEDGER_NAME, json.dumps(older).encode(), 0o600)
+    led = ledger_mod.read(root_run_dir)
+    assert led is not None and led.release == ledger_mod.RELEASE_SIGNAL
+
+
+@pytest.mark.parametrize("release", ["", "SIGNAL", "kill", 1, None, True])
+def test_ledger_with_an_unknown_release_is_refused(root_run_dir, release):
+    """Anything but "signal" or "thaw" (null included) is a malformed ledger: nothing is signalled."""
+    data = dict(_ledger().to_dict(), release=release)
+    with RunDir.open(root_run_dir) as d:
+        d.write(ledger_mod.LEDGER_NAME, json.dumps(data).encode(), 0o600)
+    with pytest.raises(LedgerError, match="release"):
+        ledger_mod.read(root_run_dir)
+
+
 @pytest.mark.parametrize("content", ["not json", "{}", '{"run_id": 1}', "[]"])
 def test_malformed_ledger_is_a_named_error(root_run_dir, content):
     """A damaged ledger raises LedgerError naming the problem, never a traceback."""

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TextIO, cast
 
 from quiesce.cli.exits import Exit, exit_code_for
@@ -79,7 +80,8 @@ def hold(
     released_by: str | None = None
     err: BaseException | None = None
     announced = saved = False
-    f = Freeze(plan.targets, options)
+    # Release's handler takes SIGUSR1 from now on: the ledger tells `quiesce thaw` to signal.
+    f = Freeze(plan.targets, replace(options, release_on_sigusr1=True))
 
     def save(report: FreezeReport) -> None:
         nonlocal saved

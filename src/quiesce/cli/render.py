@@ -132,5 +132,7 @@ def print_thaw(out: dict[str, Any]) -> None:
         if rep:
             print(f"  window {human_ns(rep.get('window_ns'))}; ", end="")
             print(", ".join(f"{escape_path(t['mount_point'])} {t['state']}" for t in rep["targets"]))
+    for r in out.get("thawed_for", []):
+        print(f"{escape_path(r['mount_point'])} ({r['dev']}): {r['outcome']}")
     for r in out.get("recovered", []):
         print(f"{escape_path(r['mount_point'])} ({r['dev']}): {r['outcome']}")

@@ -29,7 +29,7 @@ from quiesce.engine.lastreport import (
     expired_hold,
     read_last_report,
 )
-from quiesce.engine.proof import open_proven, wait_pidfd
+from quiesce.engine.proof import PROOF_FROZEN, PROOF_THAWED, open_proven, proof_state, wait_pidfd
 from quiesce.engine.rcu import restore_value
 from quiesce.engine.rundir import RunDir
 from quiesce.errors import NotFrozenError
@@ -185,6 +185,9 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
     holder = open_proven(led.pid, led.pid_start, led.token, led.proof_fd)
     if holder is None:
         return recover_dead(run_dir, led, args.wait, out)
+    if led.release != ledger_mod.RELEASE_SIGNAL:
+        os.close(holder)
+        return _thaw_for(led, out)
     try:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(holder, signal.SIGUSR1)
@@ -202,6 +205,51 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
         return Exit.ERROR
     acknowledge_last_report(run_dir, report)
     return _released_exit(report, out)
+
+
+def _thaw_for(led: ledger_mod.Ledger, out: dict[str, Any]) -> int:
+    """Thaw what a live holder that takes no SIGUSR1 froze (see quiesce.engine.ledger); exit code.
+
+    The holder (a program using the Python API, ``quiesce qga``, ``quiesce
+    agent``) keeps running, and finds its filesystems thawed when it ends its
+    window: its own result says the window was cut short.
+    """
+    out["holder"] = led.pid
+    state = proof_state(led.pid, led.proof_fd)
+    if state == PROOF_THAWED:
+        out["message"] = f"nothing to thaw: the holder pid {led.pid} has thawed its filesystems"
+        return Exit.OK
+    if state != PROOF_FROZEN:
+        # Thawing now would come before its FIFREEZE: it would freeze after, and hold.
+        out["message"] = (
+            f"pid {led.pid} holds the freeze lock but has not frozen its filesystems yet (or freezes "
+            "them in one step that ends on its own): nothing thawed; `quiesce thaw --force MOUNT` "
+            "thaws a mount regardless"
+        )
+        return Exit.ERROR
+    results = out["thawed_for"] = thaw_from_ledger(led)
+    outcomes = [r["outcome"] for r in results]
+    if any(o.startswith("error") for o in outcomes):
+        out["message"] = f"a FITHAW failed for the freeze held by pid {led.pid}"
+        return Exit.THAW_FAILED
+    gone = sum(1 for o in outcomes if o != "thawed")
+    if gone and proof_state(led.pid, led.proof_fd) == PROOF_THAWED:
+        out["message"] = f"the holder pid {led.pid} thawed its filesystems itself meanwhile"
+        return Exit.OK
+    if gone:
+        # Not frozen any more (its guardian's deadline, or another thaw), or no longer the
+        # mount it froze: the window had ended for those before this thaw.
+        out["message"] = (
+            f"the freeze held by pid {led.pid} had already ended before this thaw for {gone} of "
+            f"{len(outcomes)} filesystems (thawed, or no longer the mount it froze): "
+            "a snapshot taken while it was held is not trusted"
+        )
+        return Exit.GUARDIAN_THAWED
+    out["message"] = (
+        f"thawed the freeze held by pid {led.pid} (not a quiesce command: it is not signalled, "
+        "and finds its filesystems thawed when it ends its window)"
+    )
+    return Exit.OK
 
 
 def _wait_released(holder: int, run_dir: RunDir, run_id: str, wait_s: float) -> bool:

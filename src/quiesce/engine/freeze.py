@@ -32,7 +32,7 @@ from quiesce.engine.native import Child, FsRecord, Session, Supervision, now_ns,
 from quiesce.engine.order import parallel_groups
 from quiesce.engine.plan import Target
 from quiesce.engine.preflush import DEFAULT_POLICY, PreflushDecision, PreflushPolicy, decide_now
-from quiesce.engine.proof import Proof, start_time
+from quiesce.engine.proof import PROOF_FROZEN, PROOF_THAWED, Proof, start_time
 from quiesce.engine.rcu import ExpeditedRcu
 from quiesce.engine.report import FreezeReport, build_report
 from quiesce.engine.rundir import RUN_DIR, RunDir
@@ -58,6 +58,11 @@ class FreezeOptions:
     #: Freeze and thaw independent filesystems at once, one thread each
     #: (stacked ones still in order): their cold-freeze waits overlap.
     parallel: bool = True
+    #: This process ends its window on SIGUSR1 (quiesce's own commands install that
+    #: handler), so ``quiesce thaw`` signals it. Left False, ``quiesce thaw`` never
+    #: signals the process (SIGUSR1 would kill a program that does not handle it):
+    #: it thaws the filesystems itself, and this freeze finds them thawed.
+    release_on_sigusr1: bool = False
 
     def __post_init__(self) -> None:
         # Finite: an infinite deadline is no deadline (and no int of nanoseconds).
@@ -165,6 +170,7 @@ class Freeze:
                 token=proof.token,
                 proof_fd=proof.fd,
                 boot_id=ledger_mod.current_boot_id(),
+                release=ledger_mod.RELEASE_SIGNAL if opts.release_on_sigusr1 else ledger_mod.RELEASE_THAW,
             ),
         )
         self._ledger_written = True
@@ -204,10 +210,24 @@ class Freeze:
     def freeze(self) -> None:
         """FIFREEZE every target in order; on failure nothing stays frozen."""
         self._require_session().freeze()
+        self._mark(PROOF_FROZEN)
 
     def thaw(self) -> None:
         """FITHAW what is still frozen, last first. A failure is raised, never swallowed."""
-        self._require_session().thaw()
+        try:
+            self._require_session().thaw()
+        finally:
+            self._mark(PROOF_THAWED)
+
+    def _mark(self, state: bytes) -> None:
+        """Say in the proof whether this process holds its filesystems frozen (see quiesce.engine.proof).
+
+        Only a holder that takes no SIGUSR1 needs it: ``quiesce thaw`` thaws
+        for it, and only while it is frozen. A memory write, no filesystem.
+        """
+        proof = self._proof
+        if proof is not None and not self.options.release_on_sigusr1:
+            proof.mark(state)
 
     def cycle(self) -> None:
         """Freeze and thaw in one native call (a window with nothing inside)."""

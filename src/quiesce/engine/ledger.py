@@ -16,6 +16,13 @@ devices, no unknown key). Anything else is a :class:`LedgerError` and
 nothing is done. A ledger from an earlier boot names nothing that can still
 be frozen.
 
+A live holder is released as its ledger's ``release`` says: ``signal``, a
+quiesce command (``run``, ``freeze``), which ends its window on SIGUSR1;
+``thaw``, any other process (a program using the Python API, ``quiesce
+qga``, ``quiesce agent``, ``quiesce bench``), whose signal dispositions are
+its own: SIGUSR1 would kill it, so ``quiesce thaw`` thaws the listed
+filesystems itself and the holder finds them thawed when it ends its window.
+
 The ledger records intent, not outcome: nothing is written while filesystems
 are frozen (the run directory may sit on one of them). A filesystem that
 another tool froze first makes FIFREEZE fail with EBUSY; the freeze then rolls
@@ -49,6 +56,10 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _BOOT = re.compile(r"[0-9a-f-]{36}")
 
+#: How ``quiesce thaw`` releases a live holder (see the module docstring).
+RELEASE_SIGNAL = "signal"
+RELEASE_THAW = "thaw"
+
 
 # NamedTuples, not dataclasses: `quiesce thaw` reads the ledger while filesystems are frozen,
 # and the dataclasses module (with inspect) is the slowest import it would need.
@@ -78,6 +89,9 @@ class Ledger(NamedTuple):
     token: str = ""
     proof_fd: int = -1
     boot_id: str = ""
+    #: RELEASE_SIGNAL or RELEASE_THAW. A ledger written before this field was
+    #: quiesce's own command's (the only holders then): read as RELEASE_SIGNAL.
+    release: str = RELEASE_THAW
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +115,9 @@ class Ledger(NamedTuple):
         fss = _get(d, "filesystems", list)
         if not fss:
             raise LedgerError("malformed ledger: no filesystems")
+        release = d.get("release", RELEASE_SIGNAL)
+        if release not in (RELEASE_SIGNAL, RELEASE_THAW):
+            raise LedgerError(f"malformed ledger: release must be 'signal' or 'thaw', not {release!r}")
         rcu = d.get("rcu_expedited_restore")
         if rcu not in (None, "0", "1"):
             raise LedgerError(f"malformed ledger: rcu_expedited_restore must be '0' or '1', not {rcu!r}")
@@ -117,6 +134,7 @@ class Ledger(NamedTuple):
             token=_text(d, "token", _TOKEN),
             proof_fd=_int(d, "proof_fd", 0, 1 << 30),
             boot_id=_text(d, "boot_id", _BOOT),
+            release=release,
         )
 
     @property

@@ -54,6 +54,10 @@ def current_identity() -> tuple[int, int | None]:
 
 #: The name of a proof's memfd, before the token.
 PROOF_PREFIX = "quiesce-freeze-"
+#: What a holder that takes no SIGUSR1 writes in its proof (see quiesce.engine.ledger):
+#: frozen by :meth:`quiesce.Freeze.freeze`, then thawed. Empty: not frozen yet.
+PROOF_FROZEN = b"F"
+PROOF_THAWED = b"T"
 
 
 class Proof:
@@ -74,6 +78,11 @@ class Proof:
         # into `quiesce thaw`, which imports this module.
         self.token = os.urandom(16).hex()
         self.fd = os.memfd_create(PROOF_PREFIX + self.token, os.MFD_CLOEXEC)
+
+    def mark(self, state: bytes) -> None:
+        """Record the holder's state (PROOF_FROZEN, PROOF_THAWED) in the memfd: see :func:`proof_state`."""
+        if self.fd >= 0:
+            os.pwrite(self.fd, state, 0)
 
     def close(self) -> None:
         """Drop the proof (idempotent): from now on no one proves this ledger."""
@@ -119,3 +128,15 @@ def pidfd_exited(pidfd: int) -> bool:
 def wait_pidfd(pidfd: int, timeout_s: float) -> bool:
     """Wait up to ``timeout_s`` for the process of ``pidfd`` to exit; True if it did."""
     return wait_readable(pidfd, max(0.0, timeout_s))
+
+
+def proof_state(pid: int, fd: int) -> bytes:
+    """The state a holder wrote in its proof (``b""`` if none); read through ``/proc/PID/fd/FD``.
+
+    Call only for a process :func:`open_proven` proved (the fd is its proof).
+    """
+    try:
+        with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
+            return f.read(1)
+    except OSError:
+        return b""

@@ -116,6 +116,8 @@ class Window:
                     run_dir=self.options.run_dir,
                     expedite_rcu=ext.expedite_rcu,
                     parallel=ext.parallel_freeze,
+                    # SIGUSR1 is handled for the whole run only when the run handles signals.
+                    release_on_sigusr1=self.interrupts.enabled,
                 )
                 freeze = self.freezer.open(targets, opts)
                 try:
