@@ -532,3 +532,52 @@ def test_thaw_of_a_runs_hold_returns_once_thawed_not_after_the_post_steps(setup,
     assert json.loads(thawed.stdout)["report"]["released_by"] == "signal SIGUSR1"
     assert proc.returncode == Exit.OK, err
     assert json.loads(out)["released_by"] == "signal SIGUSR1"
+
+
+# `quiesce freeze` with a signal arriving while it prepares (as during a long pre-flush):
+# the signal is sent by the prepare step itself, so it lands there every time.
+STOPPED_WHILE_PREPARING = """
+import os, signal, sys
+from quiesce.cli import main
+from quiesce.engine.freeze import Freeze
+
+prepare = Freeze.prepare
+signum = getattr(signal, sys.argv[1])
+
+def prepare_then_signalled(self):
+    prepare(self)
+    os.kill(os.getpid(), signum)
+
+Freeze.prepare = prepare_then_signalled
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGUSR1"])
+@pytest.mark.parametrize("hold", [False, True])
+def test_freeze_stopped_while_preparing_freezes_nothing(fs, run_dir, sig, hold):
+    """A stop or release during the pre-flush: no FIFREEZE at all, exit 1, and it says why."""
+    target = str(fs["ext4"].mount_point)
+    args = ["freeze", "--json", "--no-stdin", "--timeout", "20", "--run-dir", run_dir, target]
+    if hold:
+        args.insert(1, "--hold")
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_WHILE_PREPARING, sig, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == Exit.ERROR, done.stdout + done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert not any(e.get("event") == "frozen" for e in events), done.stdout
+    if hold:
+        assert "nothing was frozen" in done.stdout + done.stderr
+    else:
+        (report,) = events
+        assert report["released_by"] == f"signal {sig} before the freeze"
+        assert "nothing was frozen" in report["error"]
+        assert all(t["freeze_at_ns"] is None for t in report["targets"]), report["targets"]
+    last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
+    assert not last["ok"] and last["window_ns"] is None
+    assert ledger_mod.read(run_dir) is None

@@ -32,6 +32,10 @@ from quiesce.errors import FreezeError, FreezeTimeoutError, QuiesceError, ThawEr
 from quiesce.runner.hold import Release
 
 
+class StoppedBeforeFreeze(QuiesceError):
+    """A stop or release signal came while the freeze was preparing (its pre-flush): nothing was frozen."""
+
+
 def report_exit(report: FreezeReport, err: BaseException | None, released_by: str | None = None) -> int:
     """The exit status of a ``quiesce freeze``: how its window ended, or its error."""
     if isinstance(err, ThawError):
@@ -95,6 +99,11 @@ def hold(
                 # A foreground freeze's caller sees its end (or its death) itself: nothing for a `thaw`.
                 with contextlib.suppress(OSError):
                     mark_holding(f.run_dir, f.run_id, os.getpid(), mode, acknowledged=mode != DETACHED)
+            if release.received is not None:
+                # The pre-flush can take seconds: a stop during it must not freeze, then release.
+                name = signal.Signals(release.received).name
+                released_by = f"signal {name} before the freeze"
+                raise StoppedBeforeFreeze(f"stopped by {name} while preparing: nothing was frozen")
             f.freeze()
             try:
                 announce(f)
@@ -105,7 +114,7 @@ def hold(
                 announced = True
                 released_by = release.wait(f.remaining_ns, use_stdin)
             f.close(on_report=save)
-    except (FreezeError, ThawError) as e:
+    except (FreezeError, ThawError, StoppedBeforeFreeze) as e:
         err = e
     finally:
         release.close()
