@@ -547,3 +547,21 @@ def test_a_ready_report_of_the_largest_run_fits_in_one_etcd_transaction(lab3):
     assert lab3.client_call(lambda s: ready(s, MAX_MEMBERS)) == "taken"
     refused = lab3.client_call(lambda s: ready(s, MAX_MEMBERS + 1))
     assert "too many operations" in refused
+
+
+def test_a_node_thawed_by_someone_else_in_the_window_is_not_consistent(lab3):
+    """n2's filesystem thawed by another tool in the window: its freeze did not hold; not APPLICATION."""
+    n2 = lab3.nodes[1]
+    saved = n2.config.read_text()
+    thaw_own = 'for t in $QUIESCE_TARGETS; do /sbin/fsfreeze -u "$(printf %b "$t")"; done'
+    command = {"mode": "command", "argv": ["/bin/sh", "-c", thaw_own], "timeoutSeconds": 1}
+    lab3.set_config(n2, {"quiesce": {"snapshot": command}})
+    try:
+        code, out = lab3.fleet_run()
+    finally:
+        n2.config.write_text(saved)
+    assert code != 0 and out["consistency"] != APPLICATION, out
+    parts = {n["node"]: n for n in out["nodes"]}
+    assert parts["n2"]["verdict"] != APPLICATION
+    assert parts["n2"]["why"] == "its freeze did not hold through its snapshot", (parts["n2"], out)
+    assert parts["n1"]["verdict"] == parts["n3"]["verdict"] == APPLICATION

@@ -397,6 +397,10 @@ class NodeRun:
                 out["thaw_start_mono_ns"] = min(thaws)
             out["guardian_reason"] = rep.guardian_reason
             out["fs_states"] = [t.state for t in rep.targets]
+            if "thawed-externally" in out["fs_states"]:
+                # Someone else thawed one while it was held: when is not known, so nothing
+                # says the snapshot was taken before it.
+                out["held_through_snapshot"] = False
             # Wall-clock equivalents, for a reader on another machine (indicative only).
             out["freeze_start_unix"] = (
                 result.started_unix + (out["freeze_start_mono_ns"] - result.started_ns) / 1e9
