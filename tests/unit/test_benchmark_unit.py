@@ -442,6 +442,23 @@ def test_dirty_writer_files_are_removed_even_if_the_writer_dies(tmp_path):
     assert w.remove_leftovers() == [] and bench_files(tmp_path) == []
 
 
+def test_dirty_writer_names_cannot_be_foreseen(tmp_path):
+    """Files planted where a pid-based name would go do not stop the writer (it makes its own)."""
+    for number in range(1, 4):
+        for pid in (os.getpid(), os.getpid() + 1):
+            (tmp_path / f"{helpers.FILE_PREFIX}{pid}-dirty-{number}").write_text("planted")
+    planted = set(bench_files(tmp_path))
+    w = helpers.DirtyWriter(str(tmp_path), 1)
+    try:
+        for _ in range(3):
+            w.send("write")
+            assert w.wait_written(30, never) > 0
+    finally:
+        w.finish(30)
+    assert w.proc.returncode == 0, w.stderr
+    assert set(bench_files(tmp_path)) == planted, "a planted file was touched"
+
+
 def test_probe_reports_its_iterations_and_leaves_no_file(tmp_path):
     """The probe writes until told to stop, then reports every iteration; its file never had a name."""
     p = helpers.Probe(str(tmp_path))

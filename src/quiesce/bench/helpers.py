@@ -97,7 +97,7 @@ def open_unnamed(directory: str) -> int:
     except OSError as err:
         if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise
-    path = os.path.join(directory, f"{FILE_PREFIX}{os.getpid()}-probe")
+    path = os.path.join(directory, f"{FILE_PREFIX}{os.getpid()}-{os.urandom(8).hex()}-probe")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     os.unlink(path)
     return fd
@@ -310,7 +310,9 @@ class DirtyWriter(Helper):
     """The dirty-data writer on one target, seen from the bench."""
 
     def __init__(self, mount_point: str, mib: int) -> None:
-        self.prefix = f"{FILE_PREFIX}{os.getpid()}-dirty-"
+        # A random part: on a target other users can write, a name they could foresee
+        # (a pid is public) would let them make the writer fail by creating it first.
+        self.prefix = f"{FILE_PREFIX}{os.getpid()}-{os.urandom(8).hex()}-dirty-"
         super().__init__(f"the dirty writer on {mount_point}", ["dirty", mount_point, self.prefix, str(mib)])
         self.mount_point = mount_point
 
