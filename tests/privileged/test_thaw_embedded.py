@@ -9,7 +9,6 @@ holder lives on and finds them thawed when it ends its window.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ import pytest
 from quiesce.cli.exits import Exit
 from quiesce.engine import ledger as ledger_mod
 from tests.privileged.conftest import Writer
+from tests.privileged.test_cli import quiesce
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
 
@@ -62,6 +62,11 @@ class Holder:
         assert self.proc.stdout is not None
         return self.proc.stdout.readline().strip()
 
+    def freeze(self) -> None:
+        """Let it freeze; back once it says so."""
+        self.step()
+        assert self.said() == "frozen"
+
     def step(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write("\n")
@@ -76,15 +81,7 @@ class Holder:
 
 
 def quiesce_thaw(run_dir: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, QUIESCE_RUN_DIR=run_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "quiesce", "thaw", "--json"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    return quiesce(run_dir, "thaw", "--json")
 
 
 def test_thaw_of_an_api_freeze_thaws_it_and_leaves_the_program_running(fs, run_dir):
@@ -92,8 +89,7 @@ def test_thaw_of_an_api_freeze_thaws_it_and_leaves_the_program_running(fs, run_d
     mount = str(fs["ext4"].mount_point)
     holder = Holder(mount, run_dir)
     try:
-        holder.step()
-        assert holder.said() == "frozen"
+        holder.freeze()
         led = ledger_mod.read(run_dir)
         assert led is not None and led.release == ledger_mod.RELEASE_THAW
         writer = Writer(fs["ext4"])
@@ -124,8 +120,7 @@ def test_thaw_before_the_program_froze_thaws_nothing_and_says_so(fs, run_dir):
         out = json.loads(early.stdout)
         assert "not frozen" in out["message"] and "thawed_for" not in out
         assert holder.proc.poll() is None
-        holder.step()
-        assert holder.said() == "frozen"
+        holder.freeze()
         writer = Writer(fs["xfs"])
         assert not writer.finished_within(0.2), "the freeze after the early thaw does not hold"
     finally:
@@ -140,8 +135,7 @@ def test_thaw_after_the_guardian_ended_an_api_freeze_exits_5(fs, run_dir):
     mount = str(fs["btrfs"].mount_point)
     holder = Holder(mount, run_dir, timeout_s=0.3)
     try:
-        holder.step()
-        assert holder.said() == "frozen"
+        holder.freeze()
         writer = Writer(fs["btrfs"])
         assert writer.finished_within(5), "the guardian did not thaw"
         writer.finish()
@@ -160,8 +154,7 @@ def test_thaw_after_the_program_thawed_has_nothing_to_do(fs, run_dir):
     mount = str(fs["ext4"].mount_point)
     holder = Holder(mount, run_dir)
     try:
-        holder.step()
-        assert holder.said() == "frozen"
+        holder.freeze()
         led = ledger_mod.read(run_dir)
         assert led is not None
         # What the program's proof says once it has thawed (its ledger goes right after).
