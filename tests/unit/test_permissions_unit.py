@@ -212,16 +212,20 @@ def test_path_through_a_file_is_not_found():
 
 def test_other_os_errors_become_permission_errors(monkeypatch):
     """An OSError other than ENOENT/ENOTDIR is a ScriptPermissionError naming the errno and path."""
-    real_lstat = os.lstat
     blocked = f"{MISSING_TOP}-eacces"
 
-    def lstat(path, *args, **kwargs):
-        # As the kernel does: a directory that cannot be searched hides everything below it.
-        if os.fspath(path) == blocked or os.fspath(path).startswith(blocked + "/"):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
-        return real_lstat(path, *args, **kwargs)
+    def blocking(real):
+        def look_up(path, *args, **kwargs):
+            # As the kernel does: a directory that cannot be searched hides everything below it.
+            if os.fspath(path) == blocked or os.fspath(path).startswith(blocked + "/"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+            return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "lstat", lstat)
+        return look_up
+
+    # The walk looks each name up by opening it (O_PATH), the config check by lstat first.
+    monkeypatch.setattr(os, "lstat", blocking(os.lstat))
+    monkeypatch.setattr(os, "open", blocking(os.open))
     with pytest.raises(ScriptPermissionError) as info:
         open_script(f"{blocked}/post.sh", "post")
     message = str(info.value)

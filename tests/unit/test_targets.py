@@ -11,11 +11,12 @@ import pytest
 from quiesce.azure.config import Extensions
 from quiesce.azure.planning import check_config_targets, make_plan, plan_config
 from quiesce.engine import targets as targets_mod
-from quiesce.engine.mountfd import mount_id_of_fd, open_target
+from quiesce.engine.mountfd import open_target
 from quiesce.engine.mountinfo import Mount, parse_mountinfo
 from quiesce.engine.plan import SkipReason, Target
 from quiesce.engine.selection import select
 from quiesce.engine.targets import check_explicit, resolve_target
+from quiesce.engine.usermounts import mount_id_of_fd
 from quiesce.errors import IncorrectJSONConfigFile, QuiesceOSError, TargetError
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a trusted directory")

@@ -55,8 +55,9 @@ def thaw_mount(path: str, expect_mount_id: int | None = None, expect_dev: str | 
     """
     # Only recovery and --force thaw here: releasing a live holder (the usual case) signals it,
     # and need not load the C extension or the mount table's parser.
-    from quiesce.engine.mountfd import mount_id_of_fd, open_no_symlinks
+    from quiesce.engine.mountfd import open_no_symlinks
     from quiesce.engine.native import thaw_fd
+    from quiesce.engine.usermounts import mount_id_of_fd
 
     # A mount point as the mount table names it has no symlink in it: one found on the
     # way was planted, and could lead to a filesystem someone else froze.

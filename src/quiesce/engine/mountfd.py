@@ -14,19 +14,8 @@ from collections.abc import Mapping
 
 from quiesce.engine.mountinfo import Mount
 from quiesce.engine.plan import Target
+from quiesce.engine.usermounts import mount_id_of_fd
 from quiesce.errors import QuiesceOSError, TargetError
-
-
-def mount_id_of_fd(fd: int) -> int | None:
-    """The mount ID an open fd lives on (``mnt_id`` in ``/proc/self/fdinfo``)."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("mnt_id:"):
-                    return int(line.split()[1])
-    except FileNotFoundError:
-        return None
-    return None
 
 
 def open_target(target: Target, current: Mapping[int, Mount] | None = None) -> int:

@@ -112,7 +112,7 @@ def _unsafe(what: str, path: str, err: UnsafeDirectoryError) -> UnsafeRunDirErro
     shared = err.mode & stat.S_ISVTX and err.mode & WRITABLE_BY_OTHERS
     if err.path == path and shared:  # /tmp and its kind: never tell anyone to lock it down
         fix = f"use a directory of quiesce's own, such as {DEFAULT_HINT} ({path} is shared: do not change it)"
-    elif err.path == path:
+    elif err.path == path and err.mount_problem is None:
         fix = f"chown root:root {shlex.quote(path)} && chmod 700 {shlex.quote(path)}"
     else:
         fix = f"use a directory only root can write, on a path only root can change (such as {DEFAULT_HINT})"

@@ -10,7 +10,9 @@ in a directory that only root can write. A link planted by another user (say
 in ``/srv/u/app``, when the target is ``/srv/u/app/data``) could otherwise
 point root's freeze at any filesystem, ``/`` included. A path that reaches
 ``/`` through a link is refused too: ``/`` is frozen only when named as
-``/``. A directory that is not itself a mount point is refused, naming the
+``/``. A link in a directory on a FUSE filesystem a user mounted is not
+followed either: that user's server can show it as root's and re-point it.
+A directory that is not itself a mount point is refused, naming the
 filesystem it lives on: freezing a whole filesystem because a directory on
 it was named would freeze more than asked (often ``/``).
 """
@@ -29,6 +31,7 @@ from quiesce.engine.mountinfo import Mount, holding_mount, read_mountinfo
 from quiesce.engine.plan import Plan, SkipReason
 from quiesce.engine.selection import select
 from quiesce.engine.trust import MAX_SYMLINKS, components
+from quiesce.engine.usermounts import MountCheck
 from quiesce.errors import TargetError
 
 
@@ -110,16 +113,22 @@ def _lookup_problem(given: str, candidate: str, err: OSError) -> str:
 
 
 def _untrusted_directory(path: str) -> str | None:
-    """How someone other than root can change the directory ``path``, or None."""
-    try:
-        st = os.lstat(path)
-    except OSError as err:
-        return f"cannot be examined ({os.strerror(err.errno or 0)})"
+    """How someone other than root can change the directory ``path``, or None.
+
+    Its owner and mode, and its mount: on a user's FUSE mount the owner and
+    mode are what that user's server says (:mod:`quiesce.engine.usermounts`).
+    """
+    with MountCheck() as mounts:
+        try:
+            st = mounts.lstat(path)
+            refused = mounts.refused()
+        except OSError as err:
+            return f"cannot be examined ({os.strerror(err.errno or 0)})"
     if st.st_uid != 0:
         return f"is owned by uid {st.st_uid}"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
+    return None if refused is None else refused.problem
 
 
 def plan_targets(

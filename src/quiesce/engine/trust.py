@@ -4,9 +4,11 @@ quiesce runs as root and acts on files others could have planted: its run
 directory, the configs, the scripts. Each is trusted only if nobody but
 root could have set it: every directory on the way to it is owned by root
 and writable by no one else, sticky bit or not (so nothing under ``/tmp``
-is accepted). :func:`walk` resolves a path the way the kernel will
-(following symlinks in the middle) and checks every directory it looks a
-name up in; :func:`resolve` follows a symlink at the end the same way (only
+is accepted), and none of it lies on a FUSE filesystem a user mounted,
+whose server says what owner and mode it shows (:mod:`quiesce.engine.usermounts`).
+:func:`walk` resolves a path the way the kernel will (following symlinks
+in the middle) and checks every directory it looks a name up in, and the
+mount of every path it looks at; :func:`resolve` follows a symlink at the end the same way (only
 from a checked directory); :func:`check_directory` checks a directory and
 its chain, :func:`check_program` a program root executes by its path.
 
@@ -24,8 +26,13 @@ import pwd
 import shlex
 import stat
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from quiesce.engine.usermounts import MountCheck
 from quiesce.errors import QuiesceError
+
+if TYPE_CHECKING:
+    from quiesce.engine.mountinfo import Mount
 
 #: Where the fixes suggest moving a file out of a shared directory.
 SAFE_DIRECTORY_EXAMPLE = "/etc/azure"
@@ -54,15 +61,27 @@ class UnsafeDirectoryError(QuiesceError):
 
     Raised by :func:`check_directory_chain`; the config and script checks
     re-raise it as their own Azure-named error, with this message inside.
+    Also raised for any path a walk looked at on a FUSE filesystem a user
+    mounted: ``mount_problem`` says so (None for an owner or mode problem),
+    ``user_mount`` is that mount (when the table still has it).
     """
 
-    def __init__(self, path: str, st: os.stat_result) -> None:
+    def __init__(
+        self, path: str, st: os.stat_result, mount_problem: str | None = None, mount: Mount | None = None
+    ) -> None:
         self.path = path
         self.uid = st.st_uid
         self.mode = st.st_mode
-        self.problems = _directory_problems(st)
-        self.fix = fix_for("directory", path, st)
-        super().__init__(refusal_message(f"directory {path}", "; ".join(self.problems), st, self.fix))
+        self.mount_problem = mount_problem
+        self.user_mount = mount
+        if mount_problem is None:
+            self.problems = _directory_problems(st)
+            self.fix = fix_for("directory", path, st)
+        else:
+            self.problems = [mount_problem]
+            self.fix = f"move it to a filesystem root mounted, such as {SAFE_DIRECTORY_EXAMPLE}"
+        subject = f"directory {path}" if stat.S_ISDIR(st.st_mode) else path
+        super().__init__(refusal_message(subject, "; ".join(self.problems), st, self.fix))
 
 
 # --------------------------------------------------------------------------
@@ -112,13 +131,25 @@ def walk(path: str) -> tuple[str, os.stat_result]:
     Returns the resolved path and the ``lstat`` of its last component, which
     is not followed if it is a symlink. A path ending in "/" or "/." must name
     a directory (or a symlink), as for the kernel: ``NotADirectoryError``
-    otherwise.
+    otherwise. Every path looked at, the last one included, must not lie on a
+    FUSE filesystem a user mounted (:class:`~quiesce.engine.usermounts.MountCheck`):
+    :class:`UnsafeDirectoryError` names it, its mount and the mounter.
     """
+    with MountCheck() as mounts:
+        found = _walk(path, mounts)
+        # Judged once every path was looked at: the mount table is read after each was opened.
+        refused = mounts.refused()
+    if refused is not None:
+        raise UnsafeDirectoryError(refused.path, refused.st, refused.problem, refused.mount)
+    return found
+
+
+def _walk(path: str, mounts: MountCheck) -> tuple[str, os.stat_result]:
     pending = components(path)
     # "file/" and "file/." name no file: the kernel fails them with ENOTDIR.
     directory_only = path.split("/")[-1] in ("", ".")
     current = "/"
-    st = os.lstat(current)
+    st = mounts.lstat(current)
     _check_directory(current, st)
     followed = 0
     while pending:
@@ -129,7 +160,7 @@ def walk(path: str) -> tuple[str, os.stat_result]:
             st = os.lstat(current)
             continue
         candidate = os.path.join(current, name)
-        st = os.lstat(candidate)
+        st = mounts.lstat(candidate)
         if not pending:
             # A symlink is left to the caller (as without the slash): none follows one blindly.
             if directory_only and not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):

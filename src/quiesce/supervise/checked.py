@@ -5,7 +5,8 @@ others. quiesce adds what Azure leaves out, because a script runs as root
 while filesystems are about to freeze:
 
 - every directory on the way to the file is owned by root and writable by no
-  one else, sticky bit or not (:mod:`quiesce.engine.trust`);
+  one else, sticky bit or not (:mod:`quiesce.engine.trust`), and none of it
+  lies on a FUSE filesystem a user mounted (:mod:`quiesce.engine.usermounts`);
 - the script is not a symlink, not hard-linked, a regular file, executable by
   its owner, and has no setuid or setgid bit;
 - the interpreter on its ``#!`` line, which runs as root too, is owned by
