@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from quiesce.engine import ledger as ledger_mod
@@ -29,62 +27,17 @@ from quiesce.engine.lock import FreezeLock
 from quiesce.engine.mountfd import open_target
 from quiesce.engine.mountinfo import read_mountinfo
 from quiesce.engine.native import Child, FsRecord, Session, Supervision, now_ns, thaw_error
+from quiesce.engine.options import FreezeOptions as FreezeOptions
 from quiesce.engine.order import parallel_groups
 from quiesce.engine.plan import Target
-from quiesce.engine.preflush import DEFAULT_POLICY, PreflushDecision, PreflushPolicy, decide_now
+from quiesce.engine.preflush import PreflushDecision, decide_now
 from quiesce.engine.proof import Proof, start_time
 from quiesce.engine.rcu import ExpeditedRcu
 from quiesce.engine.report import FreezeReport, build_report
-from quiesce.engine.rundir import RUN_DIR, RunDir
+from quiesce.engine.rundir import RunDir
 from quiesce.errors import NotFrozenError, QuiesceError, TargetError, ThawError
 
 GUARDIAN_LOG = "guardian.log"
-
-
-@dataclass(frozen=True)
-class FreezeOptions:
-    """How a freeze is run."""
-
-    timeout_s: float = DEFAULT_FREEZE_TIMEOUT_S
-    step_timeout_s: float | None = None
-    preflush: bool = True
-    #: When the pre-flush runs (quiesce.engine.preflush): only with enough dirty to matter.
-    preflush_policy: PreflushPolicy = DEFAULT_POLICY
-    run_dir: str = RUN_DIR
-    #: Expedite RCU grace periods for the window (see quiesce.engine.rcu): a cold
-    #: FIFREEZE then costs about a millisecond instead of tens. On by default;
-    #: a knob that cannot be written is reported as a warning, never an error.
-    expedite_rcu: bool = True
-    #: Freeze and thaw independent filesystems at once, one thread each
-    #: (stacked ones still in order): their cold-freeze waits overlap.
-    parallel: bool = True
-
-    def __post_init__(self) -> None:
-        # Finite: an infinite deadline is no deadline (and no int of nanoseconds).
-        if not 0 < self.timeout_s < math.inf:
-            raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout_s}")
-        if self.step_timeout_s is not None and not 0 < self.step_timeout_s < math.inf:
-            raise ValueError(f"step timeout must be a positive number of seconds, not {self.step_timeout_s}")
-
-    @property
-    def timeout_ns(self) -> int:
-        """The guardian's deadline in nanoseconds: never 0, which the guardian reads as "none"."""
-        return _positive_ns(self.timeout_s)
-
-    @property
-    def step_timeout_ns(self) -> int:
-        """Per-FIFREEZE limit: the option, else the default, never past the window's; never 0."""
-        step = self.step_timeout_s or min(DEFAULT_STEP_TIMEOUT_S, self.timeout_s)
-        return _positive_ns(min(step, self.timeout_s))
-
-
-def _positive_ns(seconds: float) -> int:
-    """``seconds`` (> 0) in whole nanoseconds, at least 1.
-
-    Plain truncation would turn a timeout under a nanosecond into 0, and the
-    native side reads a 0 deadline as no deadline at all.
-    """
-    return max(1, round(seconds * 1e9))
 
 
 class Freeze:

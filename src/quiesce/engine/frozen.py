@@ -34,6 +34,9 @@ def frozen(
     ``allow_expired=True`` to check ``freeze.report`` yourself instead. An
     exception from the body is never replaced; it gets a note instead.
     """
+    # The options first: a bad timeout is refused before the mount table is read.
+    if timeout is not None:
+        options = dataclasses.replace(options or FreezeOptions(), timeout_s=timeout)
     if any(isinstance(t, str) for t in targets):
         paths = [t if isinstance(t, str) else t.mount.mount_point for t in targets]
         plan = plan_targets(paths)
@@ -41,8 +44,6 @@ def frozen(
         planned: Sequence[Target] = plan.targets
     else:
         planned = [t for t in targets if not isinstance(t, str)]
-    if timeout is not None:
-        options = dataclasses.replace(options or FreezeOptions(), timeout_s=timeout)
     f = Freeze(planned, options)
     try:
         with f:
