@@ -69,3 +69,49 @@ def test_frozen_timeout_is_checked_the_same_way():
     with pytest.raises(TypeError):
         with quiesce.frozen(["/nonexistent"], timeout="5"):  # type: ignore[arg-type]
             pytest.fail("ran")
+
+
+@pytest.mark.parametrize("one", ["/data", b"/data", pytest.param(None, id="path-object")])
+def test_frozen_refuses_one_path_instead_of_a_list(one, tmp_path):
+    """A single path (which would be read character by character) is a TypeError saying to pass a list."""
+    value = tmp_path if one is None else one
+    with pytest.raises(TypeError, match="not one path"):
+        with quiesce.frozen(value):  # type: ignore[arg-type]
+            pytest.fail("ran")
+
+
+@pytest.mark.parametrize("bad", [None, 5, [None], [5], [{"mount": "/data"}]])
+def test_frozen_refuses_what_is_not_a_list_of_targets(bad):
+    """None, a number, or a list holding something that names no mount: TypeError, nothing planned."""
+    with pytest.raises(TypeError, match="target"):
+        with quiesce.frozen(bad):
+            pytest.fail("ran")
+
+
+def test_a_freeze_takes_planned_targets_only():
+    """A path, a list of paths, or an empty list: a clear error before anything is opened."""
+    with pytest.raises(TypeError, match="not one path"):
+        quiesce.Freeze("/data")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"quiesce\.plan"):
+        quiesce.Freeze(["/data"])  # type: ignore[list-item]
+    with pytest.raises(quiesce.TargetError, match="nothing to freeze"):
+        quiesce.Freeze([])
+    with pytest.raises(quiesce.TargetError, match="nothing to freeze"):
+        quiesce.Freeze(t for t in ())
+    with pytest.raises(TypeError, match="FreezeOptions"):
+        quiesce.Freeze([target("/data", "8:1")], {"timeout_s": 5})  # type: ignore[arg-type]
+
+
+def test_a_freeze_refuses_one_filesystem_twice():
+    """Two Targets on one device (a bind mount, a second subvolume): TargetError naming both."""
+    with pytest.raises(quiesce.TargetError, match="twice") as info:
+        quiesce.Freeze([target("/data", "8:1"), target("/srv/data", "8:1")])
+    assert "/data" in str(info.value) and "/srv/data" in str(info.value)
+
+
+def test_a_freeze_reads_an_iterator_of_targets_once():
+    """A generator of Targets is read whole, once: every target is in the freeze."""
+    ts = [target("/a", "8:1"), target("/b", "8:2")]
+    f = quiesce.Freeze(t for t in ts)
+    assert {t.mount.mount_point for t in f.targets} == {"/a", "/b"}
+    f.close()

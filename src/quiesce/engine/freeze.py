@@ -16,7 +16,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from quiesce.engine import ledger as ledger_mod
@@ -35,6 +35,7 @@ from quiesce.engine.proof import Proof, start_time
 from quiesce.engine.rcu import ExpeditedRcu
 from quiesce.engine.report import FreezeReport, build_report
 from quiesce.engine.rundir import RunDir
+from quiesce.engine.targets import freeze_targets
 from quiesce.errors import NotFrozenError, QuiesceError, TargetError, ThawError
 
 GUARDIAN_LOG = "guardian.log"
@@ -48,9 +49,12 @@ class Freeze:
     closed.
     """
 
-    def __init__(self, targets: Sequence[Target], options: FreezeOptions | None = None) -> None:
+    def __init__(self, targets: Iterable[Target], options: FreezeOptions | None = None) -> None:
+        targets = freeze_targets(targets)
         if not targets:
             raise TargetError("nothing to freeze: no target selected")
+        if options is not None and not isinstance(options, FreezeOptions):
+            raise TypeError(f"options must be a FreezeOptions, not {type(options).__name__}")
         self.options = options or FreezeOptions()
         self._groups: list[int] | None = None
         if self.options.parallel:

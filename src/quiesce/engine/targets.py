@@ -13,6 +13,10 @@ point root's freeze at any filesystem, ``/`` included. A path that reaches
 ``/``. A directory that is not itself a mount point is refused, naming the
 filesystem it lives on: freezing a whole filesystem because a directory on
 it was named would freeze more than asked (often ``/``).
+
+:func:`freeze_targets` checks what a freeze is handed: planned Targets,
+each filesystem once (a second FIFREEZE of one would fail with EBUSY, read
+as "frozen by someone else").
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ import fnmatch
 import glob
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from quiesce.engine.mountinfo import Mount, holding_mount, read_mountinfo
-from quiesce.engine.plan import Plan, SkipReason
+from quiesce.engine.plan import Plan, SkipReason, Target
 from quiesce.engine.selection import select
 from quiesce.engine.trust import MAX_SYMLINKS, components
 from quiesce.errors import TargetError
@@ -231,3 +235,32 @@ def check_explicit(plan: Plan, targets: Sequence[str]) -> None:
         raise TargetError("cannot freeze: " + "; ".join(problems))
     if not plan.targets:
         raise TargetError("nothing to freeze: no freezable filesystem selected")
+
+
+def freeze_targets(targets: Iterable[Target]) -> tuple[Target, ...]:
+    """``targets`` read once into a tuple: planned Targets, each filesystem once (else an exception)."""
+    if isinstance(targets, (str, bytes, os.PathLike)):
+        raise TypeError(
+            "targets are a list of planned Targets (quiesce.plan(paths).targets), not one path; "
+            "quiesce.frozen() also takes paths"
+        )
+    try:
+        items = tuple(targets)
+    except TypeError:
+        raise TypeError(f"targets must be an iterable of Targets, not {type(targets).__name__}") from None
+    for t in items:
+        if not isinstance(t, Target):
+            raise TypeError(
+                f"a Freeze takes planned Targets (quiesce.plan(paths).targets), not {type(t).__name__} "
+                f"{t!r}; quiesce.frozen() also takes paths"
+            )
+    seen: dict[str, str] = {}
+    for t in items:
+        m = t.mount
+        if m.dev in seen:
+            raise TargetError(
+                f"the filesystem {m.dev} is named twice ({seen[m.dev]} and {m.mount_point}): "
+                "a filesystem is frozen once"
+            )
+        seen[m.dev] = m.mount_point
+    return items
