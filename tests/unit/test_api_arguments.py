@@ -115,3 +115,16 @@ def test_a_freeze_reads_an_iterator_of_targets_once():
     f = quiesce.Freeze(t for t in ts)
     assert {t.mount.mount_point for t in f.targets} == {"/a", "/b"}
     f.close()
+
+
+def test_steps_of_a_freeze_never_prepared():
+    """freeze() and cycle() before prepare() raise RuntimeError; thaw() and close() do nothing."""
+    f = quiesce.Freeze([target("/a", "8:1")])
+    for step in (f.freeze, f.cycle):
+        with pytest.raises(RuntimeError, match=r"prepare\(\)"):
+            step()
+    f.thaw()
+    f.close()
+    f.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        f.prepare()

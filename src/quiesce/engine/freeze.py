@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -42,11 +44,16 @@ GUARDIAN_LOG = "guardian.log"
 
 
 class Freeze:
-    """One freeze of an ordered list of targets.
+    """One freeze of an ordered list of targets: one window, once.
 
-    Call :meth:`prepare`, :meth:`freeze`, :meth:`thaw`, and always
-    :meth:`close` (also a context manager). :attr:`report` is complete once
-    closed.
+    Call :meth:`prepare`, :meth:`freeze` (or :meth:`cycle`), :meth:`thaw`,
+    and always :meth:`close` (also a context manager). :attr:`report` is
+    complete once closed. Each step runs once, in that order: a step out of
+    order, a second window or any step after :meth:`close` raises
+    RuntimeError and changes nothing. :meth:`thaw` and :meth:`close` may be
+    called at any point, again and from another thread: with nothing held
+    they do nothing. A Freeze dropped unclosed is closed (thawed, its lock
+    released) when it is collected, with a ResourceWarning.
     """
 
     def __init__(self, targets: Iterable[Target], options: FreezeOptions | None = None) -> None:
@@ -75,11 +82,25 @@ class Freeze:
         self._rcu: ExpeditedRcu | None = None
         self._warnings: list[str] = []
         self._preflush: PreflushDecision | None = None
+        self._thaw_err: ThawError | None = None
+        #: How far the steps got: "new", "preparing", "prepared", "window" (freeze() was called).
+        self._stage = "new"
+        # One step at a time, whatever the threads: close() never frees what a thaw() uses.
+        self._steps = threading.RLock()
 
     # -- steps --------------------------------------------------------------
 
     def prepare(self) -> None:
         """Lock, open the targets, arm the guardian, write the ledger, pre-flush."""
+        with self._steps:
+            self._refuse_if_closed("prepare()")
+            if self._stage != "new":
+                raise RuntimeError("prepare() runs once per Freeze: make a new Freeze for another freeze")
+            self._stage = "preparing"
+            self._prepare()
+            self._stage = "prepared"
+
+    def _prepare(self) -> None:
         opts = self.options
         run_dir = self._dir = RunDir.open(opts.run_dir)
         self._lock = FreezeLock(run_dir)
@@ -160,21 +181,31 @@ class Freeze:
 
     def freeze(self) -> None:
         """FIFREEZE every target in order; on failure nothing stays frozen."""
-        self._require_session().freeze()
+        with self._steps:
+            self._open_window("freeze()").freeze()
 
     def thaw(self) -> None:
-        """FITHAW what is still frozen, last first. A failure is raised, never swallowed."""
-        self._require_session().thaw()
+        """FITHAW what is still frozen, last first. A failure is raised, never swallowed.
+
+        With nothing frozen by this Freeze (before :meth:`freeze`, after a
+        thaw, after :meth:`close`) it does nothing.
+        """
+        with self._steps:
+            s = self._session
+            if s is not None and self._stage == "window":
+                s.thaw()
 
     def cycle(self) -> None:
         """Freeze and thaw in one native call (a window with nothing inside)."""
-        self._require_session().cycle()
+        with self._steps:
+            self._open_window("cycle()").cycle()
 
     def command_window(
         self, argv: Sequence[str], env: Sequence[str], **kwargs: Any
     ) -> tuple[Child, Supervision]:
         """Freeze, run a command, thaw, in one native call (see Session.window_command)."""
-        return self._require_session().window_command(argv, env, **kwargs)
+        with self._steps:
+            return self._open_window("command_window()").window_command(argv, env, **kwargs)
 
     @property
     def run_dir(self) -> RunDir | None:
@@ -207,58 +238,98 @@ class Freeze:
         lock are still in place (``quiesce freeze --hold`` saves it there,
         so whoever sees the ledger gone also sees the outcome).
         """
-        if self._closed:
-            return
-        self._closed = True
+        with self._steps:
+            if self._closed:
+                return
+            self._closed = True
+            self._close(on_report)
+
+    def _close(self, on_report: Callable[[FreezeReport], None] | None) -> None:
+        try:
+            self._thaw_err = self._end_window()
+            if self._thaw_err is not None:
+                self.record_error(self._thaw_err)
+            if on_report is not None:
+                try:
+                    on_report(self.report)
+                except Exception as err:  # the caller's; the cleanup below must still run
+                    self.report.warnings.append(f"saving the report failed: {err}")
+        finally:
+            # Whatever interrupted the above (a KeyboardInterrupt, an exception raised by a
+            # signal handler): nothing stays frozen, and no fd, lock or ledger outlives the close.
+            self._release()
+        if self._thaw_err is not None:
+            raise self._thaw_err
+
+    def _end_window(self) -> ThawError | None:
+        """Thaw, disarm, build the report; the thaw failure that must be raised, if any."""
         thaw_err: ThawError | None = None
         s = self._session
-        if s is not None:
+        if s is None or s.closed:
+            return None  # never prepared, or freed by its own finalizer (a Freeze collected with it)
+        try:
+            s.thaw()
+        except NotFrozenError:
+            pass  # thawed by someone else mid-window: reported per filesystem
+        except ThawError as err:
+            thaw_err = err
+        expedited = self._restore_rcu()
+        with contextlib.suppress(QuiesceError):
+            s.disarm()
+        records, guardian = s.records(), s.guardian()
+        self.report = build_report(self.run_id, self.targets, records, guardian, self._guardian)
+        self.report.rcu_expedited = expedited
+        self.report.preflush = self._preflush
+        self.report.warnings.extend(self._warnings)
+        for t in self.report.targets:
+            if t.state == "thawed-externally":
+                self.report.warnings.append(
+                    f"{t.mount_point} was thawed by someone else while quiesce held it frozen"
+                )
+        return thaw_err or self._real_thaw_failure(records)
+
+    def _release(self) -> None:
+        """Give back what this freeze holds: the session (thawed first), the ledger, the fds, the lock.
+
+        The ledger stays when a thaw failed: it lists what `quiesce thaw` and recovery must thaw.
+        """
+        s, self._session = self._session, None
+        if s is not None and not s.closed:
             try:
+                # Thawed and disarmed already, unless the close was interrupted before.
                 s.thaw()
             except NotFrozenError:
-                pass  # thawed by someone else mid-window: reported per filesystem
+                pass
             except ThawError as err:
-                thaw_err = err
-            expedited = self._restore_rcu()
-            with contextlib.suppress(QuiesceError):
-                s.disarm()
-            records, guardian = s.records(), s.guardian()
-            self.report = build_report(self.run_id, self.targets, records, guardian, self._guardian)
-            self.report.rcu_expedited = expedited
-            self.report.preflush = self._preflush
-            self.report.warnings.extend(self._warnings)
-            thaw_err = thaw_err or self._real_thaw_failure(records)
-            for t in self.report.targets:
-                if t.state == "thawed-externally":
-                    self.report.warnings.append(
-                        f"{t.mount_point} was thawed by someone else while quiesce held it frozen"
-                    )
-            s.close()
-            self._session = None
-        if thaw_err is not None:
-            self.record_error(thaw_err)
-        if on_report is not None:
-            try:
-                on_report(self.report)
-            except Exception as err:  # the caller's; the cleanup below must still run
-                self.report.warnings.append(f"saving the report failed: {err}")
-        if self._ledger_written and thaw_err is None and self._dir is not None:
-            ledger_mod.remove(self._dir)
+                self._thaw_err = self._thaw_err or err
+                self.record_error(err)
+            finally:
+                with contextlib.suppress(QuiesceError):
+                    s.disarm()
+                s.close()
+        try:
+            if self._ledger_written and self._thaw_err is None and self._dir is not None:
+                ledger_mod.remove(self._dir)
+                self._ledger_written = False
+        finally:
+            self._release_files()
+
+    def _release_files(self) -> None:
+        """Put the RCU setting back; close the fds, the lock, the proof and the run directory."""
         self._restore_rcu()
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
+        fds, self._fds = self._fds, []
         if self._log_fd >= 0:
-            os.close(self._log_fd)
+            fds.append(self._log_fd)
             self._log_fd = -1
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if self._lock is not None:
             self._lock.release()
         if self._proof is not None:
             self._proof.close()
         if self._dir is not None:
             self._dir.close()
-        if thaw_err is not None:
-            raise thaw_err
 
     def _real_thaw_failure(self, records: Sequence[FsRecord]) -> ThawError | None:
         """A FITHAW that failed for another reason than "not frozen" (which is reported)."""
@@ -287,6 +358,21 @@ class Freeze:
     def __enter__(self) -> Freeze:
         return self
 
+    def __del__(self) -> None:
+        # Dropped unclosed (an embedding tool's bug): thaw now, not at the guardian's
+        # deadline, and give back the lock and the fds a long-running process would leak.
+        if getattr(self, "_closed", True) or getattr(self, "_stage", "new") == "new":
+            return
+        try:
+            warnings.warn(
+                f"quiesce Freeze {self.run_id} was not closed: closing it now",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+        finally:
+            self.close()
+
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         try:
             self.close()
@@ -296,10 +382,27 @@ class Freeze:
 
     # -- internals --------------------------------------------------------
 
+    def _refuse_if_closed(self, step: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"{step} on a closed Freeze: make a new Freeze for another freeze")
+
     def _require_session(self) -> Session:
         if self._session is None:
             raise RuntimeError("prepare() first")
         return self._session
+
+    def _open_window(self, step: str) -> Session:
+        """The session, for the one window of this Freeze; RuntimeError, nothing done, for another."""
+        self._refuse_if_closed(step)
+        if self._stage == "window":
+            raise RuntimeError(
+                f"{step}: a Freeze freezes once (freeze(), cycle() or a command window); "
+                "make a new Freeze for another window"
+            )
+        if self._stage != "prepared":
+            raise RuntimeError(f"{step} before prepare() completed: call prepare() first")
+        self._stage = "window"
+        return self._require_session()
 
     def _open_log(self, run_dir: RunDir) -> int:
         # The guardian writes to this fd (csrc/guardian.c); it is opened here,

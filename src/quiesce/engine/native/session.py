@@ -82,9 +82,22 @@ class Session(Closeable):
             lib.qz_session_free(self._s)
             self._s = None
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` freed the session."""
+        return self._s is None
+
     def __del__(self) -> None:
-        if getattr(self, "_s", None) is not None:
+        raw = getattr(self, "_s", None)
+        if raw is None:
+            return
+        try:
             warnings.warn("quiesce Session was not closed", ResourceWarning, stacklevel=1)
+        finally:
+            # Dropped while it may hold a freeze: thaw and release the guardian before the memory goes.
+            lib.qz_thaw(raw)
+            if int(raw.guardian_pid) > 0:
+                lib.qz_guardian_disarm(raw, 5_000_000_000)
             self.close()
 
     def _raw(self) -> Any:
