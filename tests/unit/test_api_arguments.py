@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 from fractions import Fraction
 
 import pytest
 
 import quiesce
 from quiesce.engine.mountinfo import Mount
+from quiesce.runner.signals import Handlers
 
 
 def target(mount_point: str, dev: str) -> quiesce.Target:
@@ -128,3 +132,24 @@ def test_steps_of_a_freeze_never_prepared():
     f.close()
     with pytest.raises(RuntimeError, match="closed"):
         f.prepare()
+
+
+def test_signal_handlers_outside_the_main_thread_leak_nothing():
+    """Handlers from another thread: a RuntimeError saying why; no fd, handler or wake-up fd changed."""
+    before = sorted(os.listdir("/proc/self/fd"))
+    handler = signal.getsignal(signal.SIGUSR1)
+    errors: list[BaseException] = []
+
+    def install() -> None:
+        try:
+            Handlers((signal.SIGUSR1,), lambda signum, frame: None, wakeup=True)
+        except BaseException as err:
+            errors.append(err)
+
+    t = threading.Thread(target=install)
+    t.start()
+    t.join()
+    [err] = errors
+    assert isinstance(err, RuntimeError) and "main thread" in str(err)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert signal.getsignal(signal.SIGUSR1) is handler
