@@ -39,6 +39,8 @@ def process_state() -> dict[str, Any]:
         "cwd": os.getcwd(),
         "environ": dict(os.environ),
         "threads": sorted(t.ident or 0 for t in threading.enumerate()),
+        # Native threads too (the parallel freeze's pool), which threading does not list.
+        "tasks": sorted(os.listdir("/proc/self/task")),
         "stdout": (sys.stdout, sys.stderr, sys.stdin),
     }
 

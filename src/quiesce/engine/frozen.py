@@ -61,7 +61,9 @@ def frozen(
     someone else's thaw), leaving the block raises :class:`WindowExpiredError`
     (with the report): a snapshot taken inside is not trusted. Pass
     ``allow_expired=True`` to check ``freeze.report`` yourself instead. An
-    exception from the body is never replaced; it gets a note instead.
+    exception from the body is never replaced by that error; it gets a note
+    instead. A failed thaw is never hidden: its ThawError is raised, with
+    the body's exception as its ``__context__``.
     """
     # The options first: a bad timeout is refused before the mount table is read.
     if timeout is not None:
