@@ -13,7 +13,6 @@ Nothing in this module writes to a file between :meth:`Freeze.freeze` and
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import threading
 import time
@@ -28,14 +27,14 @@ from quiesce.engine.defaults import DEFAULT_STEP_TIMEOUT_S as DEFAULT_STEP_TIMEO
 from quiesce.engine.lock import FreezeLock
 from quiesce.engine.mountfd import open_target
 from quiesce.engine.mountinfo import read_mountinfo
-from quiesce.engine.native import Child, FsRecord, Session, Supervision, now_ns, thaw_error
+from quiesce.engine.native import Child, Session, Supervision, now_ns
 from quiesce.engine.options import FreezeOptions as FreezeOptions
 from quiesce.engine.order import parallel_groups
 from quiesce.engine.plan import Target
 from quiesce.engine.preflush import PreflushDecision, decide_now
 from quiesce.engine.proof import Proof, start_time
 from quiesce.engine.rcu import ExpeditedRcu
-from quiesce.engine.report import FreezeReport, build_report
+from quiesce.engine.report import FreezeReport, build_report, real_thaw_failure
 from quiesce.engine.rundir import RunDir
 from quiesce.engine.targets import freeze_targets
 from quiesce.errors import NotFrozenError, QuiesceError, TargetError, ThawError
@@ -80,6 +79,7 @@ class Freeze:
         self._ledger_written = False
         self._closed = False
         self._rcu: ExpeditedRcu | None = None
+        self._rcu_expedited = False
         self._warnings: list[str] = []
         self._preflush: PreflushDecision | None = None
         self._thaw_err: ThawError | None = None
@@ -188,12 +188,17 @@ class Freeze:
         """FITHAW what is still frozen, last first. A failure is raised, never swallowed.
 
         With nothing frozen by this Freeze (before :meth:`freeze`, after a
-        thaw, after :meth:`close`) it does nothing.
+        thaw, after :meth:`close`) it does nothing. The expedited RCU setting
+        is put back here, not at :meth:`close`.
         """
         with self._steps:
             s = self._session
             if s is not None and self._stage == "window":
-                s.thaw()
+                try:
+                    s.thaw()
+                finally:
+                    # The window is over: the machine-wide setting goes back now, not at close().
+                    self._restore_rcu()
 
     def cycle(self) -> None:
         """Freeze and thaw in one native call (a window with nothing inside)."""
@@ -286,7 +291,7 @@ class Freeze:
                 self.report.warnings.append(
                     f"{t.mount_point} was thawed by someone else while quiesce held it frozen"
                 )
-        return thaw_err or self._real_thaw_failure(records)
+        return thaw_err or real_thaw_failure(self.targets, records)
 
     def _release(self) -> None:
         """Give back what this freeze holds: the session (thawed first), the ledger, the fds, the lock.
@@ -331,24 +336,20 @@ class Freeze:
         if self._dir is not None:
             self._dir.close()
 
-    def _real_thaw_failure(self, records: Sequence[FsRecord]) -> ThawError | None:
-        """A FITHAW that failed for another reason than "not frozen" (which is reported)."""
-        for rec in records:
-            if rec.thaw_errno not in (0, errno.EINVAL):
-                return thaw_error(rec.thaw_errno, self.targets[rec.index].mount.mount_point)
-        return None
-
     def _restore_rcu(self) -> bool:
-        """Put rcu_expedited back; True if it had been expedited for the window."""
+        """Put rcu_expedited back (once); True if it had been expedited for the window."""
         rcu, self._rcu = self._rcu, None
-        if rcu is None:
-            return False
-        was = rcu.enabled
-        try:
-            rcu.close()
-        except OSError as err:
-            self._warnings.append(f"expedite-rcu: restoring {rcu.path} failed: {rcu_mod.describe(err)}")
-        return was
+        if rcu is not None:
+            self._rcu_expedited = self._rcu_expedited or rcu.enabled
+            try:
+                rcu.close()
+            except OSError as err:
+                self._warnings.append(f"expedite-rcu: restoring {rcu.path} failed: {rcu_mod.describe(err)}")
+            else:
+                s = self._session
+                if s is not None and not s.closed:
+                    s.cancel_restore()  # put back: nothing left for the guardian to restore
+        return self._rcu_expedited
 
     def record_error(self, err: BaseException) -> None:
         """Note the error that ended the freeze in the report."""
