@@ -153,3 +153,31 @@ def test_signal_handlers_outside_the_main_thread_leak_nothing():
     assert isinstance(err, RuntimeError) and "main thread" in str(err)
     assert sorted(os.listdir("/proc/self/fd")) == before
     assert signal.getsignal(signal.SIGUSR1) is handler
+
+
+@pytest.mark.parametrize("one", ["/tmp", b"/tmp", pytest.param(None, id="path-object")])
+def test_plan_refuses_one_path_instead_of_a_list(one, tmp_path):
+    """``quiesce.plan("/tmp")`` used to plan "/", "t", "m", "p": the root filesystem among its targets."""
+    value = tmp_path if one is None else one
+    with pytest.raises(TypeError, match="not one path"):
+        quiesce.plan(value, vmbackup_conf=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["exclude", "exclude_fstypes", "extra_fstypes", "loop_backing_fstypes"])
+def test_plan_refuses_one_string_for_a_list_option(key):
+    """A list option given one string would be read character by character: TypeError instead."""
+    with pytest.raises(TypeError, match=key):
+        quiesce.plan(["/proc"], vmbackup_conf=None, **{key: "/proc"})
+
+
+def test_plan_takes_paths_of_every_kind_and_iterators():
+    """Path objects, bytes and a generator name the same mount as a str."""
+    import pathlib
+
+    def skipped_proc(plan: quiesce.Plan) -> list[str]:
+        return [s.mount.mount_point for s in plan.skipped if s.mount.mount_point == "/proc"]
+
+    for given in ([pathlib.Path("/proc")], [b"/proc"], (p for p in ["/proc"])):
+        plan = quiesce.plan(given, vmbackup_conf=None)
+        assert plan.targets == () and skipped_proc(plan) == ["/proc"]
+        assert plan.named == (("/proc", "/proc"),)

@@ -35,6 +35,9 @@ from quiesce.engine.selection import select
 from quiesce.engine.trust import MAX_SYMLINKS, components
 from quiesce.errors import TargetError
 
+#: A path as the API takes it.
+PathName = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
 
 def _is_glob(pattern: str) -> bool:
     return glob.has_magic(pattern)
@@ -127,18 +130,21 @@ def _untrusted_directory(path: str) -> str | None:
 
 
 def plan_targets(
-    targets: Sequence[str] = (),
+    targets: Iterable[PathName] = (),
     *,
-    exclude: Sequence[str] = (),
-    exclude_fstypes: Sequence[str] = (),
-    extra_fstypes: Sequence[str] = (),
-    loop_backing_fstypes: Sequence[str] = (),
+    exclude: Iterable[PathName] = (),
+    exclude_fstypes: Iterable[str] = (),
+    extra_fstypes: Iterable[str] = (),
+    loop_backing_fstypes: Iterable[str] = (),
     mountinfo: str = "/proc/self/mountinfo",
     read_only: bool = False,
 ) -> Plan:
     """Plan a freeze of ``targets`` (all freezable filesystems when empty).
 
     ``read_only``: read-only filesystems are frozen too (see :func:`select`).
+    Every list is read once; a path may be ``str``, ``bytes`` or a path
+    object; one string where a list is expected is a TypeError
+    (:func:`list_of_names`).
 
     Named targets are resolved with :func:`resolve_target`; the plan's
     ``named`` and ``problems`` say what each became. Nothing is raised for a
@@ -146,6 +152,13 @@ def plan_targets(
     :func:`check_explicit`. Azure's ``MountsToSkip`` is honoured by
     :func:`quiesce.azure.planning.make_plan`, which calls this.
     """
+    targets = list_of_names("targets", targets)
+    exclude, exclude_fstypes = (
+        list_of_names("exclude", exclude),
+        list_of_names("exclude_fstypes", exclude_fstypes),
+    )
+    extra_fstypes = list_of_names("extra_fstypes", extra_fstypes)
+    loop_backing_fstypes = list_of_names("loop_backing_fstypes", loop_backing_fstypes)
     mounts = read_mountinfo(mountinfo)
     include: list[str] = []
     named: list[tuple[str, str]] = []
@@ -174,6 +187,21 @@ def plan_targets(
         read_only=read_only,
     )
     return replace(plan, named=tuple(named), problems=tuple(problems))
+
+
+def list_of_names(key: str, value: Iterable[PathName]) -> list[str]:
+    """``value`` read once into a list of str (paths may be bytes or path objects).
+
+    One string where a list is expected would be read character by character:
+    ``"/data"`` as ``"/"``, ``"d"``... and ``"/"`` is the root filesystem. It is
+    a TypeError instead.
+    """
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise TypeError(f"{key} is a list of paths or names, not one path: write [{value!r}]")
+    try:
+        return [os.fsdecode(v) for v in value]
+    except TypeError as err:
+        raise TypeError(f"{key}: {err}") from None
 
 
 def _not_a_mount_point(given: str, path: str, mounts: Sequence[Mount]) -> str:
