@@ -181,3 +181,33 @@ def test_plan_takes_paths_of_every_kind_and_iterators():
         plan = quiesce.plan(given, vmbackup_conf=None)
         assert plan.targets == () and skipped_proc(plan) == ["/proc"]
         assert plan.named == (("/proc", "/proc"),)
+
+
+def test_run_refuses_a_snapshot_that_cannot_be_called():
+    """A snapshot step that is no callable (a command line, say) is a TypeError before the config is read.
+
+    It used to be found only inside the frozen window, as a failed snapshot.
+    """
+    with pytest.raises(TypeError, match="snapshot"):
+        quiesce.run("/nonexistent/config.json", snapshot="/usr/bin/take-snapshot")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("options", [{}, {"run_dir": "/run/x"}, "/run/x"])
+def test_run_refuses_options_that_are_no_run_options(options):
+    """A dict or a string for ``options`` is a TypeError (an empty dict was quietly the defaults)."""
+    with pytest.raises(TypeError, match="RunOptions"):
+        quiesce.run("/nonexistent/config.json", options=options)
+
+
+def test_run_takes_a_config_path_of_every_kind(tmp_path):
+    """A path object or bytes names the config file like a str; a number is a TypeError."""
+    import pathlib
+
+    missing = tmp_path / "VMSnapshotScriptPluginConfig.json"
+    for config in (missing, str(missing), os.fsencode(missing), pathlib.PurePosixPath(missing)):
+        with pytest.raises(quiesce.ConfigError, match="does not exist"):
+            quiesce.run(config)  # type: ignore[arg-type]
+        with pytest.raises(quiesce.ConfigError, match="does not exist"):
+            quiesce.load_config(config)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="config"):
+        quiesce.run(123)  # type: ignore[arg-type]
