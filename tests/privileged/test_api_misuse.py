@@ -241,3 +241,35 @@ def test_frozen_from_another_thread(fs, run_dir):
     t.start()
     t.join(30)
     assert out == [True]
+
+
+def test_a_forked_child_cannot_end_its_parents_window(fs, run_dir):
+    """A child forked inside the block (a fork without exec) that thaws or closes the Freeze changes nothing.
+
+    thaw() there is a RuntimeError; close(), and leaving the block, only drop
+    the child's copies: the parent's filesystems stay frozen, its guardian
+    armed, and its report is its own.
+    """
+    with quiesce.frozen(targets(fs["ext4"]), options(run_dir, timeout_s=30)) as window:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 0
+            try:
+                window.thaw()
+                code = 1
+            except RuntimeError:
+                pass
+            try:
+                window.close()
+                del window
+                gc.collect()
+            except BaseException:
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        w = Writer(fs["ext4"])
+        assert not w.finished_within(0.2)
+    assert w.finished_within(5)
+    w.finish()
+    assert window.report.ok and window.report.guardian_reason is None

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from quiesce.engine import ledger as ledger_mod
-from quiesce.engine import rcu as rcu_mod
 from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S as DEFAULT_FREEZE_TIMEOUT_S
 from quiesce.engine.defaults import DEFAULT_STEP_TIMEOUT_S as DEFAULT_STEP_TIMEOUT_S
 from quiesce.engine.lock import FreezeLock
@@ -33,7 +32,7 @@ from quiesce.engine.order import parallel_groups
 from quiesce.engine.plan import Target
 from quiesce.engine.preflush import PreflushDecision, decide_now
 from quiesce.engine.proof import Proof, start_time
-from quiesce.engine.rcu import ExpeditedRcu
+from quiesce.engine.rcu import WindowRcu
 from quiesce.engine.report import FreezeReport, build_report, real_thaw_failure
 from quiesce.engine.rundir import RunDir
 from quiesce.engine.targets import freeze_targets
@@ -78,13 +77,14 @@ class Freeze:
         self._guardian: int | None = None
         self._ledger_written = False
         self._closed = False
-        self._rcu: ExpeditedRcu | None = None
-        self._rcu_expedited = False
         self._warnings: list[str] = []
+        self._rcu = WindowRcu(self._warnings)
         self._preflush: PreflushDecision | None = None
         self._thaw_err: ThawError | None = None
         #: How far the steps got: "new", "preparing", "prepared", "window" (freeze() was called).
         self._stage = "new"
+        #: The process this freeze belongs to: a child forked from it never acts on the window.
+        self._pid = os.getpid()
         # One step at a time, whatever the threads: close() never frees what a thaw() uses.
         self._steps = threading.RLock()
 
@@ -112,7 +112,7 @@ class Freeze:
         if self._groups is not None:
             self._session.set_parallel(self._groups)
         if opts.expedite_rcu:
-            self._open_rcu(self._session)
+            self._rcu.open(self._session)
         # Before the ledger names this process: what proves it is the ledger's holder.
         proof = self._proof = Proof()
         guardian = self._guardian = self._session.arm(
@@ -135,7 +135,7 @@ class Freeze:
                 guardian_start=start_time(guardian) or 0,
                 created_unix=time.time(),
                 timeout_s=opts.timeout_s,
-                rcu_expedited_restore=None if self._rcu is None else self._rcu.original.decode(),
+                rcu_expedited_restore=None if self._rcu.knob is None else self._rcu.knob.original.decode(),
                 filesystems=tuple(
                     ledger_mod.LedgerEntry(t.mount.mount_point, t.mount.dev, t.mount.mount_id, t.mount.fstype)
                     for t in self.targets
@@ -150,34 +150,7 @@ class Freeze:
         if self._preflush.flush:
             self._session.preflush()
         # Last thing before the first FIFREEZE; restored right after the last FITHAW.
-        self._enable_rcu()
-
-    def _open_rcu(self, session: Session) -> None:
-        # Looked up at call time, so a test can point it elsewhere.
-        rcu, why = rcu_mod.open_knob(rcu_mod.RCU_EXPEDITED, rcu_mod.RCU_NORMAL)
-        if rcu is None:
-            self._warnings.append(f"expedite-rcu: {why}")
-            return
-        session.restore_on_orphan(rcu.fd, rcu.original)
-        self._rcu = rcu
-
-    def _enable_rcu(self) -> None:
-        """Expedite now; a failed write leaves the window without it, never fails it."""
-        rcu = self._rcu
-        if rcu is None:
-            return
-        try:
-            rcu.enable()
-        except OSError as err:
-            # Nothing was changed: neither the guardian nor a later restore may write.
-            self._require_session().cancel_restore()
-            self._rcu = None
-            with contextlib.suppress(OSError):
-                rcu.close()
-            self._warnings.append(
-                f"expedite-rcu: cannot write {rcu.path}: {rcu_mod.describe(err)}: "
-                "running without expedited RCU"
-            )
+        self._rcu.enable(self._session)
 
     def freeze(self) -> None:
         """FIFREEZE every target in order; on failure nothing stays frozen."""
@@ -192,13 +165,14 @@ class Freeze:
         is put back here, not at :meth:`close`.
         """
         with self._steps:
+            self._refuse_if_forked("thaw()")
             s = self._session
             if s is not None and self._stage == "window":
                 try:
                     s.thaw()
                 finally:
                     # The window is over: the machine-wide setting goes back now, not at close().
-                    self._restore_rcu()
+                    self._rcu.restore(s)
 
     def cycle(self) -> None:
         """Freeze and thaw in one native call (a window with nothing inside)."""
@@ -247,6 +221,15 @@ class Freeze:
             if self._closed:
                 return
             self._closed = True
+            if os.getpid() != self._pid:
+                # A forked child (leaving a with block, collecting its copy): its copies of the
+                # fds go; the window, the shared session and the RCU setting stay its parent's.
+                if self._session is not None:
+                    self._session.forget()
+                self._session = None
+                self._rcu.drop()
+                self._release_files()
+                return
             self._close(on_report)
 
     def _close(self, on_report: Callable[[FreezeReport], None] | None) -> None:
@@ -278,7 +261,7 @@ class Freeze:
             pass  # thawed by someone else mid-window: reported per filesystem
         except ThawError as err:
             thaw_err = err
-        expedited = self._restore_rcu()
+        expedited = self._rcu.restore(s)
         with contextlib.suppress(QuiesceError):
             s.disarm()
         records, guardian = s.records(), s.guardian()
@@ -321,7 +304,7 @@ class Freeze:
 
     def _release_files(self) -> None:
         """Put the RCU setting back; close the fds, the lock, the proof and the run directory."""
-        self._restore_rcu()
+        self._rcu.restore(None)
         fds, self._fds = self._fds, []
         if self._log_fd >= 0:
             fds.append(self._log_fd)
@@ -335,21 +318,6 @@ class Freeze:
             self._proof.close()
         if self._dir is not None:
             self._dir.close()
-
-    def _restore_rcu(self) -> bool:
-        """Put rcu_expedited back (once); True if it had been expedited for the window."""
-        rcu, self._rcu = self._rcu, None
-        if rcu is not None:
-            self._rcu_expedited = self._rcu_expedited or rcu.enabled
-            try:
-                rcu.close()
-            except OSError as err:
-                self._warnings.append(f"expedite-rcu: restoring {rcu.path} failed: {rcu_mod.describe(err)}")
-            else:
-                s = self._session
-                if s is not None and not s.closed:
-                    s.cancel_restore()  # put back: nothing left for the guardian to restore
-        return self._rcu_expedited
 
     def record_error(self, err: BaseException) -> None:
         """Note the error that ended the freeze in the report."""
@@ -384,8 +352,16 @@ class Freeze:
     # -- internals --------------------------------------------------------
 
     def _refuse_if_closed(self, step: str) -> None:
+        self._refuse_if_forked(step)
         if self._closed:
             raise RuntimeError(f"{step} on a closed Freeze: make a new Freeze for another freeze")
+
+    def _refuse_if_forked(self, step: str) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"{step} in a process forked from the freeze's own (pid {self._pid}): "
+                "only that process may act on its window"
+            )
 
     def _require_session(self) -> Session:
         if self._session is None:
