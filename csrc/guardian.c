@@ -235,10 +235,16 @@ static int freezing_index(struct qz_session *s)
  * When the guardian must next look, as an absolute time (-1: only a message
  * or the orchestrator's death can matter). While the freeze loop runs it
  * wakes at the current FIFREEZE's own deadline; after that, at the window's.
+ * Once the freeze loop is over and nothing is frozen (thawed early, or a
+ * failed freeze rolled back), a deadline already past has nothing left to
+ * guard: waking for it again would only spin until the window is closed.
  */
-static int64_t next_wake(struct qz_session *s, int64_t anchor)
+static int64_t next_wake(struct qz_session *s, int64_t anchor, int64_t now)
 {
     int64_t wake = s->deadline_ns > 0 ? s->deadline_ns : -1;
+
+    if (wake >= 0 && wake <= now && qz_load(&s->freeze_done) && !holds_any(s))
+        wake = -1;
 
     if (!qz_load(&s->freeze_done) && s->step_timeout_ns > 0) {
         int j = freezing_index(s);
@@ -293,7 +299,7 @@ static __attribute__((noreturn)) void guardian_main(struct qz_session *s,
         if (begun && qz_load(&s->guard_claim) == QZ_FIRED_NONE) {
             check_deadlines(s, now);
             if (qz_load(&s->guard_claim) == QZ_FIRED_NONE)
-                wake = next_wake(s, anchor);
+                wake = next_wake(s, anchor, now);
         }
         pfd.revents = 0;
         rc = qz_wait_until(&pfd, 1, timer, wake);

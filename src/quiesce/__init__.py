@@ -28,6 +28,7 @@ Nothing here keeps global state; every result is a dataclass with
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -176,36 +177,52 @@ __all__ = [
 ]
 
 
-def load_config(path: str = "/etc/azure/VMSnapshotScriptPluginConfig.json") -> LoadedConfig:
+def load_config(
+    path: str | os.PathLike[str] = "/etc/azure/VMSnapshotScriptPluginConfig.json",
+) -> LoadedConfig:
     """Read and validate Azure's plugin config, after checking its owner, mode and directories."""
     from quiesce.runner.run import load_checked_config
 
-    return load_checked_config(path)
+    return load_checked_config(os.fsdecode(path))
 
 
 def run(
-    config: str | LoadedConfig | PluginConfig | None = None,
+    config: str | os.PathLike[str] | LoadedConfig | PluginConfig | None = None,
     *,
     snapshot: SnapshotStep | None = None,
     options: RunOptions | None = None,
 ) -> RunResult:
     """Run the whole job once: checks, pre-script, freeze, ``snapshot()``, thaw, post-script.
 
-    ``config`` is a config file path (checked and validated), an already
-    loaded config, or None for ``options.config_path`` (default Azure's
-    path). ``snapshot`` is called inside the frozen window; the guardian
-    bounds it. Raises for an invalid config, a run directory someone
-    but root could change (:class:`UnsafeRunDirError`) or a held lock; every other
-    outcome is in the returned :class:`RunResult`.
+    ``config`` is a config file path (``str``, ``bytes`` or a path object;
+    checked and validated), an already loaded config, or None for
+    ``options.config_path`` (default Azure's path). ``snapshot`` is called
+    inside the frozen window; the guardian bounds it. Raises for an invalid
+    config, a run directory someone but root could change
+    (:class:`UnsafeRunDirError`) or a held lock, and TypeError, before
+    anything runs, for arguments of the wrong kind; every other outcome is
+    in the returned :class:`RunResult`.
     """
+    import dataclasses
+
     from quiesce.azure.config import LoadedConfig, PluginConfig
     from quiesce.runner.run import run as _run
     from quiesce.runner.types import RunOptions
 
+    if snapshot is not None and not callable(snapshot):
+        raise TypeError(
+            f"snapshot must be a callable (called inside the window), not {type(snapshot).__name__}"
+        )
+    if options is not None and not isinstance(options, RunOptions):
+        raise TypeError(f"options must be a RunOptions, not {type(options).__name__}")
     opts = options or RunOptions()
-    if isinstance(config, str):
-        opts = RunOptions(**{**opts.__dict__, "config_path": config})
+    if isinstance(config, (str, bytes, os.PathLike)):
+        opts = dataclasses.replace(opts, config_path=os.fsdecode(config))
         return _run(opts, snapshot=snapshot)
+    if config is not None and not isinstance(config, (LoadedConfig, PluginConfig)):
+        raise TypeError(
+            f"config must be a path, a LoadedConfig or a PluginConfig, not {type(config).__name__}"
+        )
     if isinstance(config, PluginConfig):
         config = LoadedConfig(config, (), "<api>")
     return _run(opts, config=config, snapshot=snapshot)

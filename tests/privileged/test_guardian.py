@@ -12,9 +12,10 @@ import pytest
 
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine.fdwait import wait_readable
-from quiesce.engine.freeze import FreezeOptions
+from quiesce.engine.freeze import Freeze, FreezeOptions
 from quiesce.engine.frozen import frozen
 from quiesce.engine.proof import is_alive
+from quiesce.errors import FrozenByOtherError
 from tests.privileged.conftest import Writer, targets
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
@@ -160,3 +161,43 @@ def test_long_deadline_is_met_to_the_millisecond(fs, run_dir):
     r = f.report
     assert r.guardian_reason == "deadline"
     assert 0 <= r.guardian_fired_at_ns - r.guardian_deadline_at_ns < 10_000_000
+
+
+def _sched_state(pid: int) -> str:
+    """The process's scheduler state letter (R running, S sleeping...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("how", ["thawed", "freeze-failed"])
+def test_the_guardian_sleeps_past_a_deadline_with_nothing_frozen(fs, run_dir, how):
+    """Thawed early (or a failed freeze) and kept open past the deadline: the guardian waits, never spins.
+
+    It has nothing to thaw, so it neither fires nor wakes until the close
+    disarms it (it used to wake again at once, forever, burning a CPU).
+    """
+    if how == "freeze-failed":
+        subprocess.run(["fsfreeze", "-f", str(fs["xfs"].mount_point)], check=True)
+    try:
+        f = Freeze(
+            targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=0.2, run_dir=run_dir, parallel=False)
+        )
+        with f:
+            f.prepare()
+            if how == "thawed":
+                f.freeze()
+                f.thaw()
+            else:
+                with pytest.raises(FrozenByOtherError):
+                    f.freeze()
+            led = ledger_mod.read(run_dir)
+            assert led is not None
+            time.sleep(0.4)  # past the deadline
+            states = []
+            for _ in range(20):
+                states.append(_sched_state(led.guardian_pid))
+                time.sleep(0.01)
+        assert set(states) == {"S"}, states
+        assert f.report.guardian_reason is None
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(fs["xfs"].mount_point)], check=False, capture_output=True)

@@ -69,6 +69,19 @@ def test_expedited_during_the_window_and_restored_after(fs, run_dir, real_knob):
     assert f.report.ok and f.report.rcu_expedited
 
 
+def test_restored_at_the_thaw_not_at_the_close(fs, run_dir, rcu_knob):
+    """thaw() puts the knob back then, while the Freeze stays open; the report still says it was expedited."""
+    f = Freeze(targets(fs["ext4"]), FreezeOptions(timeout_s=20, run_dir=run_dir))
+    with f:
+        f.prepare()
+        f.freeze()
+        inside = _value()
+        f.thaw()
+        after_thaw = _value()
+    assert (inside, after_thaw) == ("1", rcu_knob)
+    assert f.report.ok and f.report.rcu_expedited
+
+
 def test_default_path_expedites_and_restores(fs, run_dir, rcu_knob):
     """With no option at all the knob reads 1 inside the window and its old value after."""
     with frozen(targets(fs["ext4"], fs["xfs"]), FreezeOptions(timeout_s=20, run_dir=run_dir)) as f:

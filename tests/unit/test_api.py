@@ -129,3 +129,38 @@ def test_plan_is_safe_to_call_without_root():
     assert p.targets == ()
     [proc] = [s for s in p.skipped if s.mount.mount_point == "/proc"]
     assert proc.reason is quiesce.SkipReason.PSEUDO
+
+
+def test_a_failed_thaw_is_never_hidden_by_the_blocks_exception(monkeypatch):
+    """frozen(): the body raised and the thaw failed: the ThawError comes out, the body's as its context."""
+    import errno
+
+    import quiesce.engine.frozen as frozen_mod
+
+    class ThawFails:
+        """A freeze whose thaw fails (EIO), as a real FITHAW may."""
+
+        def __init__(self, targets, options=None) -> None:
+            self.report = quiesce.FreezeReport(run_id="t")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            raise quiesce.ThawError(errno.EIO, "FITHAW", "/data")
+
+        def prepare(self) -> None:
+            pass
+
+        def freeze(self) -> None:
+            pass
+
+    monkeypatch.setattr(frozen_mod, "Freeze", ThawFails)
+    monkeypatch.setattr(frozen_mod, "_planned", lambda targets: list(targets))
+    try:
+        with quiesce.frozen(["/data"]):
+            raise ConnectionError("snapshot API down")
+    except quiesce.ThawError as err:
+        assert isinstance(err.__context__, ConnectionError)
+    else:
+        raise AssertionError("the thaw failure was hidden")

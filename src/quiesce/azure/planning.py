@@ -9,13 +9,13 @@ config's error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from quiesce.azure.permissions import read_vmbackup_conf
 from quiesce.azure.vmbackup import VMBACKUP_CONF, read_mounts_to_skip
 from quiesce.engine.plan import Plan
-from quiesce.engine.targets import plan_targets, target_problems
+from quiesce.engine.targets import PathName, list_of_names, plan_targets, target_problems
 from quiesce.errors import IncorrectJSONConfigFile, TargetError
 
 if TYPE_CHECKING:  # `quiesce freeze` plans with make_plan before its first FIFREEZE: no config module
@@ -23,12 +23,12 @@ if TYPE_CHECKING:  # `quiesce freeze` plans with make_plan before its first FIFR
 
 
 def make_plan(
-    targets: Sequence[str] = (),
+    targets: Iterable[PathName] = (),
     *,
-    exclude: Sequence[str] = (),
-    exclude_fstypes: Sequence[str] = (),
-    extra_fstypes: Sequence[str] = (),
-    loop_backing_fstypes: Sequence[str] = (),
+    exclude: Iterable[PathName] = (),
+    exclude_fstypes: Iterable[str] = (),
+    extra_fstypes: Iterable[str] = (),
+    loop_backing_fstypes: Iterable[str] = (),
     vmbackup_conf: str | None = VMBACKUP_CONF,
     mountinfo: str = "/proc/self/mountinfo",
     read_only: bool = False,
@@ -45,7 +45,7 @@ def make_plan(
     skip = read_mounts_to_skip(vmbackup_conf, read=read_vmbackup_conf) if vmbackup_conf else ()
     return plan_targets(
         targets,
-        exclude=[*exclude, *skip],
+        exclude=[*list_of_names("exclude", exclude), *skip],
         exclude_fstypes=exclude_fstypes,
         extra_fstypes=extra_fstypes,
         loop_backing_fstypes=loop_backing_fstypes,

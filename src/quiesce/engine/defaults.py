@@ -14,3 +14,6 @@ DEFAULT_FREEZE_TIMEOUT_S = 60.0
 #: The longest one FIFREEZE call may block (it cannot be interrupted; the
 #: guardian thaws the others to release it).
 DEFAULT_STEP_TIMEOUT_S = 10.0
+#: The longest a freeze's deadline may be: an hour, as on the command line and in the
+#: config (``freezeTimeoutSeconds``). Longer would not be a guard.
+MAX_TIMEOUT_S = 3600.0

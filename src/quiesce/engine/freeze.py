@@ -13,96 +13,53 @@ Nothing in this module writes to a file between :meth:`Freeze.freeze` and
 from __future__ import annotations
 
 import contextlib
-import errno
-import math
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from quiesce.engine import ledger as ledger_mod
-from quiesce.engine import rcu as rcu_mod
 from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S as DEFAULT_FREEZE_TIMEOUT_S
 from quiesce.engine.defaults import DEFAULT_STEP_TIMEOUT_S as DEFAULT_STEP_TIMEOUT_S
 from quiesce.engine.lock import FreezeLock
 from quiesce.engine.mountfd import open_target
 from quiesce.engine.mountinfo import read_mountinfo
-from quiesce.engine.native import Child, FsRecord, Session, Supervision, now_ns, thaw_error
+from quiesce.engine.native import Child, Session, Supervision, now_ns
+from quiesce.engine.options import FreezeOptions as FreezeOptions
 from quiesce.engine.order import parallel_groups
 from quiesce.engine.plan import Target
-from quiesce.engine.preflush import DEFAULT_POLICY, PreflushDecision, PreflushPolicy, decide_now
+from quiesce.engine.preflush import PreflushDecision, decide_now
 from quiesce.engine.proof import PROOF_FROZEN, PROOF_THAWED, Proof, start_time
-from quiesce.engine.rcu import ExpeditedRcu
-from quiesce.engine.report import FreezeReport, build_report
-from quiesce.engine.rundir import RUN_DIR, RunDir
+from quiesce.engine.rcu import WindowRcu
+from quiesce.engine.report import FreezeReport, build_report, real_thaw_failure
+from quiesce.engine.rundir import RunDir
+from quiesce.engine.targets import freeze_targets
 from quiesce.errors import NotFrozenError, QuiesceError, TargetError, ThawError
 
 GUARDIAN_LOG = "guardian.log"
 
 
-@dataclass(frozen=True)
-class FreezeOptions:
-    """How a freeze is run."""
-
-    timeout_s: float = DEFAULT_FREEZE_TIMEOUT_S
-    step_timeout_s: float | None = None
-    preflush: bool = True
-    #: When the pre-flush runs (quiesce.engine.preflush): only with enough dirty to matter.
-    preflush_policy: PreflushPolicy = DEFAULT_POLICY
-    run_dir: str = RUN_DIR
-    #: Expedite RCU grace periods for the window (see quiesce.engine.rcu): a cold
-    #: FIFREEZE then costs about a millisecond instead of tens. On by default;
-    #: a knob that cannot be written is reported as a warning, never an error.
-    expedite_rcu: bool = True
-    #: Freeze and thaw independent filesystems at once, one thread each
-    #: (stacked ones still in order): their cold-freeze waits overlap.
-    parallel: bool = True
-    #: This process ends its window on SIGUSR1 (quiesce's own commands install that
-    #: handler), so ``quiesce thaw`` signals it. Left False, ``quiesce thaw`` never
-    #: signals the process (SIGUSR1 would kill a program that does not handle it):
-    #: it thaws the filesystems itself, and this freeze finds them thawed.
-    release_on_sigusr1: bool = False
-
-    def __post_init__(self) -> None:
-        # Finite: an infinite deadline is no deadline (and no int of nanoseconds).
-        if not 0 < self.timeout_s < math.inf:
-            raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout_s}")
-        if self.step_timeout_s is not None and not 0 < self.step_timeout_s < math.inf:
-            raise ValueError(f"step timeout must be a positive number of seconds, not {self.step_timeout_s}")
-
-    @property
-    def timeout_ns(self) -> int:
-        """The guardian's deadline in nanoseconds: never 0, which the guardian reads as "none"."""
-        return _positive_ns(self.timeout_s)
-
-    @property
-    def step_timeout_ns(self) -> int:
-        """Per-FIFREEZE limit: the option, else the default, never past the window's; never 0."""
-        step = self.step_timeout_s or min(DEFAULT_STEP_TIMEOUT_S, self.timeout_s)
-        return _positive_ns(min(step, self.timeout_s))
-
-
-def _positive_ns(seconds: float) -> int:
-    """``seconds`` (> 0) in whole nanoseconds, at least 1.
-
-    Plain truncation would turn a timeout under a nanosecond into 0, and the
-    native side reads a 0 deadline as no deadline at all.
-    """
-    return max(1, round(seconds * 1e9))
-
-
 class Freeze:
-    """One freeze of an ordered list of targets.
+    """One freeze of an ordered list of targets: one window, once.
 
-    Call :meth:`prepare`, :meth:`freeze`, :meth:`thaw`, and always
-    :meth:`close` (also a context manager). :attr:`report` is complete once
-    closed.
+    Call :meth:`prepare`, :meth:`freeze` (or :meth:`cycle`), :meth:`thaw`,
+    and always :meth:`close` (also a context manager). :attr:`report` is
+    complete once closed. Each step runs once, in that order: a step out of
+    order, a second window or any step after :meth:`close` raises
+    RuntimeError and changes nothing. :meth:`thaw` and :meth:`close` may be
+    called at any point, again and from another thread: with nothing held
+    they do nothing. A Freeze dropped unclosed is closed (thawed, its lock
+    released) when it is collected, with a ResourceWarning.
     """
 
-    def __init__(self, targets: Sequence[Target], options: FreezeOptions | None = None) -> None:
+    def __init__(self, targets: Iterable[Target], options: FreezeOptions | None = None) -> None:
+        targets = freeze_targets(targets)
         if not targets:
             raise TargetError("nothing to freeze: no target selected")
+        if options is not None and not isinstance(options, FreezeOptions):
+            raise TypeError(f"options must be a FreezeOptions, not {type(options).__name__}")
         self.options = options or FreezeOptions()
         self._groups: list[int] | None = None
         if self.options.parallel:
@@ -120,14 +77,30 @@ class Freeze:
         self._guardian: int | None = None
         self._ledger_written = False
         self._closed = False
-        self._rcu: ExpeditedRcu | None = None
         self._warnings: list[str] = []
+        self._rcu = WindowRcu(self._warnings)
         self._preflush: PreflushDecision | None = None
+        self._thaw_err: ThawError | None = None
+        #: How far the steps got: "new", "preparing", "prepared", "window" (freeze() was called).
+        self._stage = "new"
+        #: The process this freeze belongs to: a child forked from it never acts on the window.
+        self._pid = os.getpid()
+        # One step at a time, whatever the threads: close() never frees what a thaw() uses.
+        self._steps = threading.RLock()
 
     # -- steps --------------------------------------------------------------
 
     def prepare(self) -> None:
         """Lock, open the targets, arm the guardian, write the ledger, pre-flush."""
+        with self._steps:
+            self._refuse_if_closed("prepare()")
+            if self._stage != "new":
+                raise RuntimeError("prepare() runs once per Freeze: make a new Freeze for another freeze")
+            self._stage = "preparing"
+            self._prepare()
+            self._stage = "prepared"
+
+    def _prepare(self) -> None:
         opts = self.options
         run_dir = self._dir = RunDir.open(opts.run_dir)
         self._lock = FreezeLock(run_dir)
@@ -139,7 +112,7 @@ class Freeze:
         if self._groups is not None:
             self._session.set_parallel(self._groups)
         if opts.expedite_rcu:
-            self._open_rcu(self._session)
+            self._rcu.open(self._session)
         # Before the ledger names this process: what proves it is the ledger's holder.
         proof = self._proof = Proof()
         guardian = self._guardian = self._session.arm(
@@ -162,7 +135,7 @@ class Freeze:
                 guardian_start=start_time(guardian) or 0,
                 created_unix=time.time(),
                 timeout_s=opts.timeout_s,
-                rcu_expedited_restore=None if self._rcu is None else self._rcu.original.decode(),
+                rcu_expedited_restore=None if self._rcu.knob is None else self._rcu.knob.original.decode(),
                 filesystems=tuple(
                     ledger_mod.LedgerEntry(t.mount.mount_point, t.mount.dev, t.mount.mount_id, t.mount.fstype)
                     for t in self.targets
@@ -178,46 +151,31 @@ class Freeze:
         if self._preflush.flush:
             self._session.preflush()
         # Last thing before the first FIFREEZE; restored right after the last FITHAW.
-        self._enable_rcu()
-
-    def _open_rcu(self, session: Session) -> None:
-        # Looked up at call time, so a test can point it elsewhere.
-        rcu, why = rcu_mod.open_knob(rcu_mod.RCU_EXPEDITED, rcu_mod.RCU_NORMAL)
-        if rcu is None:
-            self._warnings.append(f"expedite-rcu: {why}")
-            return
-        session.restore_on_orphan(rcu.fd, rcu.original)
-        self._rcu = rcu
-
-    def _enable_rcu(self) -> None:
-        """Expedite now; a failed write leaves the window without it, never fails it."""
-        rcu = self._rcu
-        if rcu is None:
-            return
-        try:
-            rcu.enable()
-        except OSError as err:
-            # Nothing was changed: neither the guardian nor a later restore may write.
-            self._require_session().cancel_restore()
-            self._rcu = None
-            with contextlib.suppress(OSError):
-                rcu.close()
-            self._warnings.append(
-                f"expedite-rcu: cannot write {rcu.path}: {rcu_mod.describe(err)}: "
-                "running without expedited RCU"
-            )
+        self._rcu.enable(self._session)
 
     def freeze(self) -> None:
         """FIFREEZE every target in order; on failure nothing stays frozen."""
-        self._require_session().freeze()
-        self._mark(PROOF_FROZEN)
+        with self._steps:
+            self._open_window("freeze()").freeze()
+            self._mark(PROOF_FROZEN)
 
     def thaw(self) -> None:
-        """FITHAW what is still frozen, last first. A failure is raised, never swallowed."""
-        try:
-            self._require_session().thaw()
-        finally:
-            self._mark(PROOF_THAWED)
+        """FITHAW what is still frozen, last first. A failure is raised, never swallowed.
+
+        With nothing frozen by this Freeze (before :meth:`freeze`, after a
+        thaw, after :meth:`close`) it does nothing. The expedited RCU setting
+        is put back here, not at :meth:`close`.
+        """
+        with self._steps:
+            self._refuse_if_forked("thaw()")
+            s = self._session
+            if s is not None and self._stage == "window":
+                try:
+                    s.thaw()
+                finally:
+                    self._mark(PROOF_THAWED)
+                    # The window is over: the machine-wide setting goes back now, not at close().
+                    self._rcu.restore(s)
 
     def _mark(self, state: bytes) -> None:
         """Say in the proof whether this process holds its filesystems frozen (see quiesce.engine.proof).
@@ -231,13 +189,15 @@ class Freeze:
 
     def cycle(self) -> None:
         """Freeze and thaw in one native call (a window with nothing inside)."""
-        self._require_session().cycle()
+        with self._steps:
+            self._open_window("cycle()").cycle()
 
     def command_window(
         self, argv: Sequence[str], env: Sequence[str], **kwargs: Any
     ) -> tuple[Child, Supervision]:
         """Freeze, run a command, thaw, in one native call (see Session.window_command)."""
-        return self._require_session().window_command(argv, env, **kwargs)
+        with self._steps:
+            return self._open_window("command_window()").window_command(argv, env, **kwargs)
 
     @property
     def run_dir(self) -> RunDir | None:
@@ -270,77 +230,107 @@ class Freeze:
         lock are still in place (``quiesce freeze --hold`` saves it there,
         so whoever sees the ledger gone also sees the outcome).
         """
-        if self._closed:
-            return
-        self._closed = True
+        with self._steps:
+            if self._closed:
+                return
+            self._closed = True
+            if os.getpid() != self._pid:
+                # A forked child (leaving a with block, collecting its copy): its copies of the
+                # fds go; the window, the shared session and the RCU setting stay its parent's.
+                if self._session is not None:
+                    self._session.forget()
+                self._session = None
+                self._rcu.drop()
+                self._release_files()
+                return
+            self._close(on_report)
+
+    def _close(self, on_report: Callable[[FreezeReport], None] | None) -> None:
+        try:
+            self._thaw_err = self._end_window()
+            if self._thaw_err is not None:
+                self.record_error(self._thaw_err)
+            if on_report is not None:
+                try:
+                    on_report(self.report)
+                except Exception as err:  # the caller's; the cleanup below must still run
+                    self.report.warnings.append(f"saving the report failed: {err}")
+        finally:
+            # Whatever interrupted the above (a KeyboardInterrupt, an exception raised by a
+            # signal handler): nothing stays frozen, and no fd, lock or ledger outlives the close.
+            self._release()
+        if self._thaw_err is not None:
+            raise self._thaw_err
+
+    def _end_window(self) -> ThawError | None:
+        """Thaw, disarm, build the report; the thaw failure that must be raised, if any."""
         thaw_err: ThawError | None = None
         s = self._session
-        if s is not None:
+        if s is None or s.closed:
+            return None  # never prepared, or freed by its own finalizer (a Freeze collected with it)
+        try:
+            s.thaw()
+        except NotFrozenError:
+            pass  # thawed by someone else mid-window: reported per filesystem
+        except ThawError as err:
+            thaw_err = err
+        expedited = self._rcu.restore(s)
+        with contextlib.suppress(QuiesceError):
+            s.disarm()
+        records, guardian = s.records(), s.guardian()
+        self.report = build_report(self.run_id, self.targets, records, guardian, self._guardian)
+        self.report.rcu_expedited = expedited
+        self.report.preflush = self._preflush
+        self.report.warnings.extend(self._warnings)
+        for t in self.report.targets:
+            if t.state == "thawed-externally":
+                self.report.warnings.append(
+                    f"{t.mount_point} was thawed by someone else while quiesce held it frozen"
+                )
+        return thaw_err or real_thaw_failure(self.targets, records)
+
+    def _release(self) -> None:
+        """Give back what this freeze holds: the session (thawed first), the ledger, the fds, the lock.
+
+        The ledger stays when a thaw failed: it lists what `quiesce thaw` and recovery must thaw.
+        """
+        s, self._session = self._session, None
+        if s is not None and not s.closed:
             try:
+                # Thawed and disarmed already, unless the close was interrupted before.
                 s.thaw()
             except NotFrozenError:
-                pass  # thawed by someone else mid-window: reported per filesystem
+                pass
             except ThawError as err:
-                thaw_err = err
-            expedited = self._restore_rcu()
-            with contextlib.suppress(QuiesceError):
-                s.disarm()
-            records, guardian = s.records(), s.guardian()
-            self.report = build_report(self.run_id, self.targets, records, guardian, self._guardian)
-            self.report.rcu_expedited = expedited
-            self.report.preflush = self._preflush
-            self.report.warnings.extend(self._warnings)
-            thaw_err = thaw_err or self._real_thaw_failure(records)
-            for t in self.report.targets:
-                if t.state == "thawed-externally":
-                    self.report.warnings.append(
-                        f"{t.mount_point} was thawed by someone else while quiesce held it frozen"
-                    )
-            s.close()
-            self._session = None
-        if thaw_err is not None:
-            self.record_error(thaw_err)
-        if on_report is not None:
-            try:
-                on_report(self.report)
-            except Exception as err:  # the caller's; the cleanup below must still run
-                self.report.warnings.append(f"saving the report failed: {err}")
-        if self._ledger_written and thaw_err is None and self._dir is not None:
-            ledger_mod.remove(self._dir)
-        self._restore_rcu()
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
+                self._thaw_err = self._thaw_err or err
+                self.record_error(err)
+            finally:
+                with contextlib.suppress(QuiesceError):
+                    s.disarm()
+                s.close()
+        try:
+            if self._ledger_written and self._thaw_err is None and self._dir is not None:
+                ledger_mod.remove(self._dir)
+                self._ledger_written = False
+        finally:
+            self._release_files()
+
+    def _release_files(self) -> None:
+        """Put the RCU setting back; close the fds, the lock, the proof and the run directory."""
+        self._rcu.restore(None)
+        fds, self._fds = self._fds, []
         if self._log_fd >= 0:
-            os.close(self._log_fd)
+            fds.append(self._log_fd)
             self._log_fd = -1
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if self._lock is not None:
             self._lock.release()
         if self._proof is not None:
             self._proof.close()
         if self._dir is not None:
             self._dir.close()
-        if thaw_err is not None:
-            raise thaw_err
-
-    def _real_thaw_failure(self, records: Sequence[FsRecord]) -> ThawError | None:
-        """A FITHAW that failed for another reason than "not frozen" (which is reported)."""
-        for rec in records:
-            if rec.thaw_errno not in (0, errno.EINVAL):
-                return thaw_error(rec.thaw_errno, self.targets[rec.index].mount.mount_point)
-        return None
-
-    def _restore_rcu(self) -> bool:
-        """Put rcu_expedited back; True if it had been expedited for the window."""
-        rcu, self._rcu = self._rcu, None
-        if rcu is None:
-            return False
-        was = rcu.enabled
-        try:
-            rcu.close()
-        except OSError as err:
-            self._warnings.append(f"expedite-rcu: restoring {rcu.path} failed: {rcu_mod.describe(err)}")
-        return was
 
     def record_error(self, err: BaseException) -> None:
         """Note the error that ended the freeze in the report."""
@@ -349,6 +339,21 @@ class Freeze:
 
     def __enter__(self) -> Freeze:
         return self
+
+    def __del__(self) -> None:
+        # Dropped unclosed (an embedding tool's bug): thaw now, not at the guardian's
+        # deadline, and give back the lock and the fds a long-running process would leak.
+        if getattr(self, "_closed", True) or getattr(self, "_stage", "new") == "new":
+            return
+        try:
+            warnings.warn(
+                f"quiesce Freeze {self.run_id} was not closed: closing it now",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+        finally:
+            self.close()
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         try:
@@ -359,10 +364,35 @@ class Freeze:
 
     # -- internals --------------------------------------------------------
 
+    def _refuse_if_closed(self, step: str) -> None:
+        self._refuse_if_forked(step)
+        if self._closed:
+            raise RuntimeError(f"{step} on a closed Freeze: make a new Freeze for another freeze")
+
+    def _refuse_if_forked(self, step: str) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"{step} in a process forked from the freeze's own (pid {self._pid}): "
+                "only that process may act on its window"
+            )
+
     def _require_session(self) -> Session:
         if self._session is None:
             raise RuntimeError("prepare() first")
         return self._session
+
+    def _open_window(self, step: str) -> Session:
+        """The session, for the one window of this Freeze; RuntimeError, nothing done, for another."""
+        self._refuse_if_closed(step)
+        if self._stage == "window":
+            raise RuntimeError(
+                f"{step}: a Freeze freezes once (freeze(), cycle() or a command window); "
+                "make a new Freeze for another window"
+            )
+        if self._stage != "prepared":
+            raise RuntimeError(f"{step} before prepare() completed: call prepare() first")
+        self._stage = "window"
+        return self._require_session()
 
     def _open_log(self, run_dir: RunDir) -> int:
         # The guardian writes to this fd (csrc/guardian.c); it is opened here,

@@ -4,17 +4,44 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 
 from quiesce.engine.freeze import Freeze, FreezeOptions
 from quiesce.engine.plan import Target
 from quiesce.engine.report import WindowExpiredError, expiry
 from quiesce.engine.targets import check_explicit, plan_targets
 
+#: What names a target: a planned Target, or a mount point's path.
+TargetLike = Target | str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+
+def _planned(targets: Iterable[TargetLike]) -> Sequence[Target]:
+    """``targets`` read once, whole; paths (str, bytes or path objects) planned and checked."""
+    if isinstance(targets, (str, bytes, os.PathLike)):
+        raise TypeError(f"targets are a list of mount points, not one path: write [{targets!r}]")
+    try:
+        items = list(targets)
+    except TypeError:
+        raise TypeError(
+            f"targets must be an iterable of mount points, not {type(targets).__name__}"
+        ) from None
+    for t in items:
+        if not isinstance(t, (Target, str, bytes, os.PathLike)):
+            raise TypeError(
+                f"a target is a mount point's path or a planned Target, not {type(t).__name__} {t!r}"
+            )
+    if all(isinstance(t, Target) for t in items):
+        return [t for t in items if isinstance(t, Target)]
+    paths = [t.mount.mount_point if isinstance(t, Target) else os.fsdecode(t) for t in items]
+    plan = plan_targets(paths)
+    check_explicit(plan, paths)
+    return plan.targets
+
 
 @contextlib.contextmanager
 def frozen(
-    targets: Sequence[Target | str],
+    targets: Iterable[TargetLike],
     options: FreezeOptions | None = None,
     *,
     timeout: float | None = None,
@@ -23,26 +50,25 @@ def frozen(
     """Freeze ``targets`` for the body of a ``with`` block, then thaw.
 
     ``targets`` are planned :class:`Target` objects or mount point paths
-    (planned here, in a safe order; a path that cannot be frozen raises
-    TargetError). ``timeout`` (seconds) overrides ``options.timeout_s``. The
-    guardian thaws on its own if the block outlives the timeout or the
-    process dies. The report is in ``freeze.report`` after the block.
+    (``str``, ``bytes`` or path objects; planned here, in a safe order; a
+    path that cannot be frozen raises TargetError). It is read once, whole;
+    a single path instead of a list is a TypeError. ``timeout`` (seconds)
+    overrides ``options.timeout_s``. The guardian thaws on its own if the
+    block outlives the timeout or the process dies. The report is in
+    ``freeze.report`` after the block.
 
     If the window ended before the block did (the guardian's deadline, or
     someone else's thaw), leaving the block raises :class:`WindowExpiredError`
     (with the report): a snapshot taken inside is not trusted. Pass
     ``allow_expired=True`` to check ``freeze.report`` yourself instead. An
-    exception from the body is never replaced; it gets a note instead.
+    exception from the body is never replaced by that error; it gets a note
+    instead. A failed thaw is never hidden: its ThawError is raised, with
+    the body's exception as its ``__context__``.
     """
-    if any(isinstance(t, str) for t in targets):
-        paths = [t if isinstance(t, str) else t.mount.mount_point for t in targets]
-        plan = plan_targets(paths)
-        check_explicit(plan, paths)
-        planned: Sequence[Target] = plan.targets
-    else:
-        planned = [t for t in targets if not isinstance(t, str)]
+    # The options first: a bad timeout is refused before the mount table is read.
     if timeout is not None:
         options = dataclasses.replace(options or FreezeOptions(), timeout_s=timeout)
+    planned = _planned(targets)
     f = Freeze(planned, options)
     try:
         with f:

@@ -42,6 +42,8 @@ class FreezeLock:
             holder = _holder_of(self.fd)
             os.close(self.fd)
             who = f"pid {holder}" if holder else "another process"
+            if holder == os.getpid():
+                who = f"this process, pid {holder}, through another Freeze or run"
             raise LockHeldError(
                 f"another quiesce {what} is in progress ({who} holds {self.path}); "
                 "wait for it, or see `quiesce status`",

@@ -24,9 +24,11 @@ without it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+from typing import Protocol
 
 RCU_EXPEDITED = "/sys/kernel/rcu_expedited"
 RCU_NORMAL = "/sys/kernel/rcu_normal"
@@ -88,6 +90,86 @@ class ExpeditedRcu:
             finally:
                 os.close(self.fd)
                 self.fd = -1
+
+    def drop(self) -> None:
+        """Close without writing: a forked child's copy (the value is its parent's to put back)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.enabled = False
+
+
+class RestoreAction(Protocol):
+    """Where the guardian is told what to write back if it ends the window (a native Session)."""
+
+    def restore_on_orphan(self, fd: int, value: bytes) -> None:
+        """The guardian writes ``value`` to ``fd`` when it ends the window itself."""
+
+    def cancel_restore(self) -> None:
+        """Nothing for the guardian to write back any more."""
+
+
+class WindowRcu:
+    """The knob over one freeze's window: expedited just before the first FIFREEZE, put back once.
+
+    The guardian is told what to write back if it ends the window itself;
+    once the value is back, or was never changed, that action is dropped. A
+    knob that cannot be used is a line in ``warnings``, never an error.
+    """
+
+    def __init__(self, warnings: list[str]) -> None:
+        self.knob: ExpeditedRcu | None = None
+        #: The knob was expedited for this window (the report says so).
+        self.expedited = False
+        self.warnings = warnings
+
+    def open(self, session: RestoreAction) -> None:
+        """Open and claim the knob (before the guardian is armed)."""
+        # The module's paths looked up now, so a test can point them elsewhere.
+        knob, why = open_knob(RCU_EXPEDITED, RCU_NORMAL)
+        if knob is None:
+            self.warnings.append(f"expedite-rcu: {why}")
+            return
+        session.restore_on_orphan(knob.fd, knob.original)
+        self.knob = knob
+
+    def enable(self, session: RestoreAction) -> None:
+        """Expedite now; a failed write leaves the window without it, never fails it."""
+        knob = self.knob
+        if knob is None:
+            return
+        try:
+            knob.enable()
+        except OSError as err:
+            # Nothing was changed: neither the guardian nor a later restore may write.
+            session.cancel_restore()
+            self.knob = None
+            with contextlib.suppress(OSError):
+                knob.close()
+            self.warnings.append(
+                f"expedite-rcu: cannot write {knob.path}: {describe(err)}: running without expedited RCU"
+            )
+
+    def restore(self, session: RestoreAction | None) -> bool:
+        """Put the value back (once); True if it had been expedited for the window."""
+        knob, self.knob = self.knob, None
+        if knob is not None:
+            self.expedited = self.expedited or knob.enabled
+            try:
+                knob.close()
+            except OSError as err:
+                self.warnings.append(f"expedite-rcu: restoring {knob.path} failed: {describe(err)}")
+            else:
+                if session is not None:
+                    session.cancel_restore()  # put back: nothing left for the guardian to restore
+        return self.expedited
+
+    def drop(self) -> None:
+        """In a forked child: close its copy, write nothing."""
+        knob, self.knob = self.knob, None
+        if knob is not None:
+            with contextlib.suppress(OSError):
+                knob.drop()
 
 
 #: The values the kernel's knob reads as (a ledger accepts only these).

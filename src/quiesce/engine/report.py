@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from quiesce.engine.native import FsRecord, GuardianRecord
+from quiesce.engine.native import FsRecord, GuardianRecord, thaw_error
 from quiesce.engine.plan import Target
 from quiesce.engine.preflush import PreflushDecision
-from quiesce.errors import QuiesceError
+from quiesce.errors import QuiesceError, ThawError
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,14 @@ def build_report(
             )
         )
     return report
+
+
+def real_thaw_failure(targets: Sequence[Target], records: Sequence[FsRecord]) -> ThawError | None:
+    """A FITHAW that failed for another reason than "not frozen" (which is reported per target)."""
+    for rec in records:
+        if rec.thaw_errno not in (0, errno.EINVAL):
+            return thaw_error(rec.thaw_errno, targets[rec.index].mount.mount_point)
+    return None
 
 
 def _state_of(rec: FsRecord) -> str:

@@ -15,6 +15,10 @@ followed either: that user's server can show it as root's and re-point it.
 A directory that is not itself a mount point is refused, naming the
 filesystem it lives on: freezing a whole filesystem because a directory on
 it was named would freeze more than asked (often ``/``).
+
+:func:`freeze_targets` checks what a freeze is handed: planned Targets,
+each filesystem once (a second FIFREEZE of one would fail with EBUSY, read
+as "frozen by someone else").
 """
 
 from __future__ import annotations
@@ -24,15 +28,18 @@ import fnmatch
 import glob
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from quiesce.engine.mountinfo import Mount, holding_mount, read_mountinfo
-from quiesce.engine.plan import Plan, SkipReason
+from quiesce.engine.plan import Plan, SkipReason, Target
 from quiesce.engine.selection import select
 from quiesce.engine.trust import MAX_SYMLINKS, components
 from quiesce.engine.usermounts import MountCheck
 from quiesce.errors import TargetError
+
+#: A path as the API takes it.
+PathName = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 def _is_glob(pattern: str) -> bool:
@@ -132,18 +139,21 @@ def _untrusted_directory(path: str) -> str | None:
 
 
 def plan_targets(
-    targets: Sequence[str] = (),
+    targets: Iterable[PathName] = (),
     *,
-    exclude: Sequence[str] = (),
-    exclude_fstypes: Sequence[str] = (),
-    extra_fstypes: Sequence[str] = (),
-    loop_backing_fstypes: Sequence[str] = (),
+    exclude: Iterable[PathName] = (),
+    exclude_fstypes: Iterable[str] = (),
+    extra_fstypes: Iterable[str] = (),
+    loop_backing_fstypes: Iterable[str] = (),
     mountinfo: str = "/proc/self/mountinfo",
     read_only: bool = False,
 ) -> Plan:
     """Plan a freeze of ``targets`` (all freezable filesystems when empty).
 
     ``read_only``: read-only filesystems are frozen too (see :func:`select`).
+    Every list is read once; a path may be ``str``, ``bytes`` or a path
+    object; one string where a list is expected is a TypeError
+    (:func:`list_of_names`).
 
     Named targets are resolved with :func:`resolve_target`; the plan's
     ``named`` and ``problems`` say what each became. Nothing is raised for a
@@ -151,6 +161,13 @@ def plan_targets(
     :func:`check_explicit`. Azure's ``MountsToSkip`` is honoured by
     :func:`quiesce.azure.planning.make_plan`, which calls this.
     """
+    targets = list_of_names("targets", targets)
+    exclude, exclude_fstypes = (
+        list_of_names("exclude", exclude),
+        list_of_names("exclude_fstypes", exclude_fstypes),
+    )
+    extra_fstypes = list_of_names("extra_fstypes", extra_fstypes)
+    loop_backing_fstypes = list_of_names("loop_backing_fstypes", loop_backing_fstypes)
     mounts = read_mountinfo(mountinfo)
     include: list[str] = []
     named: list[tuple[str, str]] = []
@@ -179,6 +196,21 @@ def plan_targets(
         read_only=read_only,
     )
     return replace(plan, named=tuple(named), problems=tuple(problems))
+
+
+def list_of_names(key: str, value: Iterable[PathName]) -> list[str]:
+    """``value`` read once into a list of str (paths may be bytes or path objects).
+
+    One string where a list is expected would be read character by character:
+    ``"/data"`` as ``"/"``, ``"d"``... and ``"/"`` is the root filesystem. It is
+    a TypeError instead.
+    """
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise TypeError(f"{key} is a list of paths or names, not one path: write [{value!r}]")
+    try:
+        return [os.fsdecode(v) for v in value]
+    except TypeError as err:
+        raise TypeError(f"{key}: {err}") from None
 
 
 def _not_a_mount_point(given: str, path: str, mounts: Sequence[Mount]) -> str:
@@ -240,3 +272,32 @@ def check_explicit(plan: Plan, targets: Sequence[str]) -> None:
         raise TargetError("cannot freeze: " + "; ".join(problems))
     if not plan.targets:
         raise TargetError("nothing to freeze: no freezable filesystem selected")
+
+
+def freeze_targets(targets: Iterable[Target]) -> tuple[Target, ...]:
+    """``targets`` read once into a tuple: planned Targets, each filesystem once (else an exception)."""
+    if isinstance(targets, (str, bytes, os.PathLike)):
+        raise TypeError(
+            "targets are a list of planned Targets (quiesce.plan(paths).targets), not one path; "
+            "quiesce.frozen() also takes paths"
+        )
+    try:
+        items = tuple(targets)
+    except TypeError:
+        raise TypeError(f"targets must be an iterable of Targets, not {type(targets).__name__}") from None
+    for t in items:
+        if not isinstance(t, Target):
+            raise TypeError(
+                f"a Freeze takes planned Targets (quiesce.plan(paths).targets), not {type(t).__name__} "
+                f"{t!r}; quiesce.frozen() also takes paths"
+            )
+    seen: dict[str, str] = {}
+    for t in items:
+        m = t.mount
+        if m.dev in seen:
+            raise TargetError(
+                f"the filesystem {m.dev} is named twice ({seen[m.dev]} and {m.mount_point}): "
+                "a filesystem is frozen once"
+            )
+        seen[m.dev] = m.mount_point
+    return items

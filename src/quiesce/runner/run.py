@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 
-from quiesce.azure.config import LoadedConfig
+from quiesce.azure.config import LoadedConfig, SnapshotMode
 from quiesce.azure.configparse import parse_config
 from quiesce.azure.permissions import read_config_file, read_pluginhost_file
 from quiesce.azure.pluginhost import PluginHostConfig, effective_timeout_s, load_pluginhost
@@ -77,6 +78,7 @@ def run(
             freezer.plan(loaded.config.quiesce, options.vmbackup_conf)
         except TargetError as err:
             raise IncorrectJSONConfigFile(f"{loaded.source}: {err}") from err
+    _refuse_outside_the_main_thread(loaded, snapshot, options)
     if options.on_config is not None:
         options.on_config(loaded.config)
     result.config_source = loaded.source
@@ -110,6 +112,28 @@ def run(
         result.warnings.append(f"{result.error_name}: {result.message}")
     result.duration_ns = time.monotonic_ns() - result.started_ns
     return result
+
+
+def _refuse_outside_the_main_thread(
+    loaded: LoadedConfig, snapshot: SnapshotStep | None, options: RunOptions
+) -> None:
+    """RuntimeError, before anything runs, for a run that would handle signals from another thread.
+
+    The hold step waits for its release signals, and ``handle_signals`` installs
+    the run's handlers: Python installs handlers only from the main thread.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return
+    if options.handle_signals:
+        why = "handle_signals installs signal handlers"
+    elif snapshot is None and loaded.config.quiesce.snapshot.mode is SnapshotMode.HOLD:
+        why = "the hold snapshot step waits for its release signals (SIGUSR1, SIGTERM...)"
+    else:
+        return
+    raise RuntimeError(
+        f"this run needs the main thread: {why}, which Python allows only there; "
+        "from another thread pass snapshot=callable and leave handle_signals off"
+    )
 
 
 #: The lock one run holds in the run directory (the freeze lock is another).

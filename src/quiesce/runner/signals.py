@@ -48,7 +48,8 @@ class Handlers:
     """``handler`` installed for ``signums`` until :meth:`close`, with a wake-up pipe if asked.
 
     Restores the previous handlers, then the previous wake-up fd, and
-    closes the pipe (idempotent). Needs the main thread, as any handler.
+    closes the pipe (idempotent). Needs the main thread, as any handler:
+    from another one it raises RuntimeError and changes nothing.
     """
 
     def __init__(
@@ -56,10 +57,24 @@ class Handlers:
     ) -> None:
         self._pipe: tuple[int, int] | None = None
         self._old_wakeup = -1
-        if wakeup:
-            self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            self._old_wakeup = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
-        self._old = {s: signal.signal(s, handler) for s in signums}
+        self._wakeup_set = False
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            names = ", ".join(signal.Signals(s).name for s in signums)
+            raise RuntimeError(
+                f"quiesce needs the main thread here: it would handle {names}, and Python "
+                "installs signal handlers only from the main thread"
+            )
+        try:
+            if wakeup:
+                self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                self._old_wakeup = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+                self._wakeup_set = True
+            for s in signums:
+                self._old[s] = signal.signal(s, handler)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def wakeup_fd(self) -> int:
@@ -72,7 +87,9 @@ class Handlers:
             signal.signal(s, old)
         self._old.clear()
         if self._pipe is not None:
-            signal.set_wakeup_fd(self._old_wakeup)
+            if self._wakeup_set:
+                signal.set_wakeup_fd(self._old_wakeup)
+                self._wakeup_set = False
             for fd in self._pipe:
                 os.close(fd)
             self._pipe = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class Session(Closeable):
         if not 0 < len(fds) <= MAX_FILESYSTEMS:
             raise ValueError(f"between 1 and {MAX_FILESYSTEMS} filesystems, not {len(fds)}")
         self._labels = tuple(labels)
+        self._pid = os.getpid()
         raw = lib.qz_session_new(ffi.new("int[]", list(fds)), len(fds))
         if raw == ffi.NULL:
             err = ffi.errno
@@ -82,9 +84,33 @@ class Session(Closeable):
             lib.qz_session_free(self._s)
             self._s = None
 
+    def forget(self) -> None:
+        """In a forked child: drop the session without a native call (it is the parent's).
+
+        Its thread pool exists only in the parent, and a thaw or disarm here
+        would end the parent's window and release its guardian.
+        """
+        self._s = None
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` freed the session."""
+        return self._s is None
+
     def __del__(self) -> None:
-        if getattr(self, "_s", None) is not None:
+        raw = getattr(self, "_s", None)
+        if raw is None:
+            return
+        if os.getpid() != self._pid:
+            self.forget()  # a forked child's copy: the parent's window is not its own
+            return
+        try:
             warnings.warn("quiesce Session was not closed", ResourceWarning, stacklevel=1)
+        finally:
+            # Dropped while it may hold a freeze: thaw and release the guardian before the memory goes.
+            lib.qz_thaw(raw)
+            if int(raw.guardian_pid) > 0:
+                lib.qz_guardian_disarm(raw, 5_000_000_000)
             self.close()
 
     def _raw(self) -> Any:
