@@ -393,7 +393,8 @@ def test_status_after_a_run_shows_the_runs_freeze_not_an_earlier_one(setup, fs):
     assert done.returncode == Exit.OK, done.stderr
     result = json.loads(done.stdout)
     last = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]
-    assert last["run_id"] == result["freeze"]["run_id"] and last["mode"] == "run"
+    # One ID for the run and its freeze: what the run printed is what `status` names.
+    assert last["run_id"] == result["freeze"]["run_id"] == result["run_id"] and last["mode"] == "run"
     assert last["ok"] and last["window_ns"] == result["freeze"]["window_ns"]
     assert last["outcome"] == "thawed by quiesce after the snapshot step"
     # The run's own result told its caller: a later `thaw` has nothing to add.

@@ -193,3 +193,22 @@ def test_a_fithaw_that_did_not_thaw_never_ends_the_window():
     report = build_report("r", targets[:1], [alone], guardian, 77)
     assert report.window_ns is None and report.window_start_ns == 110
     assert report.targets[0].state == "thawed-externally" and not report.ok
+
+
+@pytest.mark.parametrize("run_id", ["", "a b", "x" * 129, "run/1", "é", 5, b"r1"])
+def test_a_freeze_run_id_a_ledger_could_not_hold_is_refused(run_id):
+    """FreezeOptions(run_id=...) takes only what a ledger reads back (else its ledger is unreadable)."""
+    with pytest.raises(ValueError, match="run_id"):
+        FreezeOptions(run_id=run_id)
+
+
+def test_a_freeze_carries_the_run_id_it_is_given(root_run_dir):
+    """The ID given is the freeze's, its report's and its ledger's (a run gives its own)."""
+    from quiesce.engine.freeze import Freeze
+    from tests.unit.test_api_arguments import target
+
+    given = FreezeOptions(run_id="20261202T000000Z-1", run_dir=root_run_dir)
+    with Freeze([target("/data", "8:1")], given) as f:
+        assert f.run_id == f.report.run_id == "20261202T000000Z-1"
+    with Freeze([target("/data", "8:1")], FreezeOptions(run_dir=root_run_dir)) as other:
+        assert other.run_id != f.run_id

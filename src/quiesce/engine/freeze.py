@@ -66,7 +66,7 @@ class Freeze:
             ordered, self._groups = parallel_groups(targets)
             targets = ordered
         self.targets = tuple(targets)
-        self.run_id = ledger_mod.new_run_id()
+        self.run_id = self.options.run_id or ledger_mod.new_run_id()
         self.report = FreezeReport(run_id=self.run_id)
         self._lock: FreezeLock | None = None
         self._dir: RunDir | None = None

@@ -52,7 +52,8 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 PID_MAX = 1 << 22
 _DEV = re.compile(r"\d{1,10}:\d{1,10}")
 _FSTYPE = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
-_RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+#: A run ID as a ledger takes it (a FreezeOptions run_id is checked against it).
+RUN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _BOOT = re.compile(r"[0-9a-f-]{36}")
 
@@ -122,7 +123,7 @@ class Ledger(NamedTuple):
         if rcu not in (None, "0", "1"):
             raise LedgerError(f"malformed ledger: rcu_expedited_restore must be '0' or '1', not {rcu!r}")
         return cls(
-            run_id=_text(d, "run_id", _RUN_ID),
+            run_id=_text(d, "run_id", RUN_ID),
             pid=_int(d, "pid", 1, PID_MAX),
             pid_start=_int(d, "pid_start", 0, 2**63 - 1),
             guardian_pid=_int(d, "guardian_pid", 1, PID_MAX),

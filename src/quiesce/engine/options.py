@@ -13,6 +13,7 @@ import numbers
 from dataclasses import dataclass
 
 from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S, DEFAULT_STEP_TIMEOUT_S, MAX_TIMEOUT_S
+from quiesce.engine.ledger import RUN_ID
 from quiesce.engine.preflush import DEFAULT_POLICY, PreflushPolicy
 from quiesce.engine.rundir import RUN_DIR
 
@@ -39,9 +40,14 @@ class FreezeOptions:
     #: signals the process (SIGUSR1 would kill a program that does not handle it):
     #: it thaws the filesystems itself, and this freeze finds them thawed.
     release_on_sigusr1: bool = False
+    #: The ID the freeze's ledger, report and guardian log carry (``quiesce run``
+    #: gives its own, so that ``quiesce status`` names the run); None: a new one.
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         _check_seconds("timeout", self.timeout_s)
+        if self.run_id is not None and not (isinstance(self.run_id, str) and RUN_ID.fullmatch(self.run_id)):
+            raise ValueError(f"run_id must be 1 to 128 of A-Z a-z 0-9 _ . : -, not {self.run_id!r}")
         if self.step_timeout_s is not None:
             _check_seconds("step timeout", self.step_timeout_s)
 

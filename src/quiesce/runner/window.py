@@ -118,6 +118,8 @@ class Window:
                     parallel=ext.parallel_freeze,
                     # SIGUSR1 is handled for the whole run only when the run handles signals.
                     release_on_sigusr1=self.interrupts.enabled,
+                    # One ID for the run and its freeze: `quiesce status` and the ledger name the run.
+                    run_id=self.result.run_id,
                 )
                 freeze = self.freezer.open(targets, opts)
                 try:
