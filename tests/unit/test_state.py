@@ -212,3 +212,10 @@ def test_a_freeze_carries_the_run_id_it_is_given(root_run_dir):
         assert f.run_id == f.report.run_id == "20261202T000000Z-1"
     with Freeze([target("/data", "8:1")], FreezeOptions(run_dir=root_run_dir)) as other:
         assert other.run_id != f.run_id
+
+
+def test_run_ids_made_within_one_second_by_one_process_differ():
+    """Two runs started by one long-lived process in the same second get different IDs, each a valid one."""
+    ids = [ledger_mod.new_run_id() for _ in range(50)]
+    assert len(set(ids)) == len(ids)
+    assert all(ledger_mod.RUN_ID.fullmatch(i) for i in ids)

@@ -32,6 +32,7 @@ the freezing process and its guardian to die within that rollback.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -261,6 +262,16 @@ def remove(run_dir: RunDir | str) -> None:
             d.unlink(LEDGER_NAME)
 
 
+#: How many run IDs this process has made (next() is atomic: threads may ask at once).
+_MADE = itertools.count(1)
+
+
 def new_run_id() -> str:
-    """A run ID: UTC time plus pid, sortable and unique on one machine."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+    """A run ID: UTC time plus pid, and a sequence number after a process's first; unique on one machine.
+
+    A long-lived process (``quiesce qga``, ``quiesce agent``, a program using
+    the API) can start two runs within one second: the number tells them apart.
+    """
+    made = next(_MADE)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+    return stamp if made == 1 else f"{stamp}.{made}"

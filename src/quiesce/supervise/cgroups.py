@@ -200,8 +200,13 @@ class RunCgroup(Closeable):
 
 def _remove_tree(path: str) -> None:
     """cgroup.kill a cgroup subtree, wait for it to empty, and rmdir it bottom-up."""
-    with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.kill"), "w") as f:
-        f.write("1")
+    # Never created: the kernel's file, or none (a kernel before 5.14, or not a cgroup).
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.join(path, "cgroup.kill"), os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
     for dirpath, dirnames, _ in sorted(os.walk(path, topdown=False), key=lambda e: -len(e[0])):
         del dirnames
         for _ in range(100):
@@ -214,7 +219,8 @@ def _remove_tree(path: str) -> None:
                 time.sleep(0.01)  # its last processes are still exiting after the kill
 
 
-_RUN_PID = re.compile(r"-(\d+)$")
+#: The pid in a run ID (quiesce.engine.ledger.new_run_id): "-PID" or "-PID.N" at its end.
+_RUN_PID = re.compile(r"-(\d+)(?:\.\d+)?$")
 
 
 def kill_orphaned_run_cgroups(root: str | None = None) -> list[str]:
