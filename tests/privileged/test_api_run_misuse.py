@@ -77,6 +77,18 @@ def test_an_embedded_run_and_frozen_leave_the_process_as_they_found_it(setup, fs
     assert after == before
 
 
+def test_a_hold_from_the_main_thread_puts_every_handler_back(setup, fs):
+    """The hold step's handlers and wake-up fd last only while it waits; a deadline is no snapshot."""
+    setup.config(quiesce={"snapshot": {"mode": "hold"}, "freezeTimeoutSeconds": 1})
+    before = process_state()
+    result = run(setup, None, hold_stdin=False)
+    assert result.consistency == quiesce.FAILED and result.released_by == "deadline"
+    assert [t.state for t in result.freeze.targets] == ["thawed-by-guardian"] * 2
+    after = process_state()
+    after["tasks"] = tasks_back_to(before["tasks"])
+    assert after == before
+
+
 def test_a_snapshot_step_that_raises_fails_the_run_and_thaws(setup, fs):
     """The step's exception is the run's error (SnapshotFailed); the post-script runs; nothing frozen."""
     setup.config()
