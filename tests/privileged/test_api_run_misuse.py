@@ -63,9 +63,13 @@ def run(setup, snapshot=None, **options):
     )
 
 
-def test_an_embedded_run_and_frozen_leave_the_process_as_they_found_it(setup, fs):
-    """run(), a failing run(), frozen(): no fd, handler, umask, cwd, environment or thread changed."""
-    setup.config()
+def test_an_embedded_run_and_frozen_leave_the_process_as_they_found_it(setup, fs, capfd):
+    """run(), a failing run(), frozen(): no fd, handler, umask, cwd, environment or thread changed.
+
+    Nothing is written to the process's stdout or stderr either (the scripts' output is in the result).
+    """
+    setup.config(pre="echo pre-out; echo pre-err >&2\n", post="echo post-out\n")
+    capfd.readouterr()
     before = process_state()
     assert run(setup, lambda: None).consistency == quiesce.APPLICATION
     assert run(setup, lambda: 1 / 0).consistency == quiesce.FAILED
@@ -75,6 +79,7 @@ def test_an_embedded_run_and_frozen_leave_the_process_as_they_found_it(setup, fs
     after = process_state()
     after["tasks"] = tasks_back_to(before["tasks"])
     assert after == before
+    assert capfd.readouterr() == ("", "")
 
 
 def test_a_hold_from_the_main_thread_puts_every_handler_back(setup, fs):
