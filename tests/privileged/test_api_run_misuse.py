@@ -8,8 +8,10 @@ working directory, environment, threads, stdout) is as it was.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -241,3 +243,26 @@ def test_two_embedded_runs_at_once_in_one_process(setup, fs):
     assert not finished_while_frozen
     assert w.finish() == 0
     assert result.consistency == quiesce.APPLICATION
+
+
+def test_a_snapshot_step_that_closes_the_freeze_still_leaves_its_outcome(setup, fs):
+    """Freeze.close() from inside the step ends the window there; `quiesce status` still reads how it ended.
+
+    The run's outcome was saved only by the run's own close, which then
+    found the freeze closed: status read "ended without its holder's
+    report (killed?)" for a run that was alive and fine.
+    """
+    setup.config()
+    box: list[quiesce.Freeze] = []
+    result = run(setup, lambda: box[0].close(), on_frozen=box.append)
+    assert result.consistency == quiesce.APPLICATION
+    assert [t.state for t in result.freeze.targets] == ["thawed", "thawed"]
+    status = subprocess.run(
+        [sys.executable, "-m", "quiesce", "status", "--json", "--run-dir", setup.run_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    last = json.loads(status.stdout)["last_hold"]
+    assert last["run_id"] == result.freeze.run_id
+    assert last["ok"] is True and "killed" not in str(last.get("outcome"))
