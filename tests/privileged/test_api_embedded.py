@@ -102,3 +102,50 @@ def test_frozen_in_time_raises_nothing(fs, run_dir):
     ) as w:
         pass
     assert w.report.ok and w.report.guardian_reason is None
+
+
+def test_the_report_says_what_the_kernel_did(fs, run_dir):
+    """Window and states as the kernel saw them: a guardian's thaw ends the window, a writer waits for it.
+
+    Two targets, the block outliving a 0.5 s deadline: both read
+    thawed-by-guardian; the window ends at the guardian's last FITHAW, after
+    its firing; a write that sleeps on a frozen target finishes only then.
+    """
+    ext4, xfs = fs["ext4"], fs["xfs"]
+    done: list[int] = []
+    with quiesce.frozen(
+        [str(ext4.mount_point), str(xfs.mount_point)],
+        quiesce.FreezeOptions(run_dir=run_dir),
+        timeout=0.5,
+        allow_expired=True,
+    ) as window:
+        w = Writer(xfs)
+        assert w.finished_within(10)
+        done.append(time.monotonic_ns())
+        w.finish()
+    report = window.report
+    assert [t.state for t in report.targets] == ["thawed-by-guardian"] * 2
+    assert report.guardian_reason == "deadline" and not report.ok
+    assert report.window_start_ns is not None and report.window_ns is not None
+    assert report.guardian_fired_at_ns is not None and report.guardian_fired_at_ns <= report.window_ns
+    ends = [
+        t.thaw_at_ns + t.thaw_ns for t in report.targets if t.thaw_at_ns is not None and t.thaw_ns is not None
+    ]
+    assert max(ends) == report.window_ns
+    xfs_thaw = next(t for t in report.targets if t.mount_point == str(xfs.mount_point))
+    assert xfs_thaw.thaw_at_ns is not None
+    assert report.window_start_ns + xfs_thaw.thaw_at_ns <= done[0]
+
+
+def test_a_target_thawed_by_someone_else_never_counts_in_the_window(fs, run_dir):
+    """One of two targets thawed by another tool: thawed-externally; the window ends at quiesce's own thaw."""
+    ext4, xfs = str(fs["ext4"].mount_point), str(fs["xfs"].mount_point)
+    with pytest.raises(quiesce.WindowExpiredError) as info:
+        with quiesce.frozen([ext4, xfs], quiesce.FreezeOptions(run_dir=run_dir), timeout=10):
+            subprocess.run(["fsfreeze", "-u", xfs], check=True)
+    report = info.value.report
+    states = {t.mount_point: t for t in report.targets}
+    assert states[xfs].state == "thawed-externally" and states[xfs].thaw_errno == 22
+    assert states[ext4].state == "thawed" and states[ext4].thaw_errno == 0
+    assert report.window_ns == states[ext4].thaw_at_ns + states[ext4].thaw_ns
+    assert not report.ok

@@ -273,3 +273,44 @@ def test_a_forked_child_cannot_end_its_parents_window(fs, run_dir):
     assert w.finished_within(5)
     w.finish()
     assert window.report.ok and window.report.guardian_reason is None
+
+
+def test_close_from_another_thread_waits_for_a_freeze_under_way(fs, run_dir):
+    """close() while another thread's FIFREEZE blocks (wrong stacking order): it waits, then cleans up.
+
+    The freeze ends as the guardian resolves it (FreezeTimeoutError) or, if
+    close() came first, is refused (RuntimeError); either way the session
+    is never freed under a running freeze and nothing stays frozen.
+    """
+    wrong = targets(fs["outer"], fs["inner"])
+    opts = quiesce.FreezeOptions(
+        timeout_s=10, step_timeout_s=0.5, preflush=False, run_dir=run_dir, parallel=False
+    )
+    f = quiesce.Freeze(wrong, opts)
+    f.prepare()
+    started = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def freezer() -> None:
+        started.set()
+        try:
+            f.freeze()
+            outcome.append(None)
+        except (quiesce.FreezeTimeoutError, RuntimeError) as err:
+            outcome.append(err)
+
+    t = threading.Thread(target=freezer)
+    t.start()
+    started.wait(5)
+    f.close()
+    t.join(30)
+    [err] = outcome
+    assert isinstance(err, (quiesce.FreezeTimeoutError, RuntimeError))
+    assert [t.state for t in f.report.targets] in (
+        ["thawed-by-guardian", "thawed"],
+        ["not-attempted", "not-attempted"],
+    )
+    for name in ("inner", "outer"):
+        w = Writer(fs[name])
+        assert w.finished_within(5), f"{name} left frozen"
+        w.finish()

@@ -8,8 +8,10 @@ working directory, environment, threads, stdout) is as it was.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -63,15 +65,32 @@ def run(setup, snapshot=None, **options):
     )
 
 
-def test_an_embedded_run_and_frozen_leave_the_process_as_they_found_it(setup, fs):
-    """run(), a failing run(), frozen(): no fd, handler, umask, cwd, environment or thread changed."""
-    setup.config()
+def test_an_embedded_run_and_frozen_leave_the_process_as_they_found_it(setup, fs, capfd):
+    """run(), a failing run(), frozen(): no fd, handler, umask, cwd, environment or thread changed.
+
+    Nothing is written to the process's stdout or stderr either (the scripts' output is in the result).
+    """
+    setup.config(pre="echo pre-out; echo pre-err >&2\n", post="echo post-out\n")
+    capfd.readouterr()
     before = process_state()
     assert run(setup, lambda: None).consistency == quiesce.APPLICATION
     assert run(setup, lambda: 1 / 0).consistency == quiesce.FAILED
     with quiesce.frozen(setup.targets, quiesce.FreezeOptions(run_dir=setup.run_dir), timeout=5) as w:
         pass
     assert w.report.ok
+    after = process_state()
+    after["tasks"] = tasks_back_to(before["tasks"])
+    assert after == before
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_hold_from_the_main_thread_puts_every_handler_back(setup, fs):
+    """The hold step's handlers and wake-up fd last only while it waits; a deadline is no snapshot."""
+    setup.config(quiesce={"snapshot": {"mode": "hold"}, "freezeTimeoutSeconds": 1})
+    before = process_state()
+    result = run(setup, None, hold_stdin=False)
+    assert result.consistency == quiesce.FAILED and result.released_by == "deadline"
+    assert [t.state for t in result.freeze.targets] == ["thawed-by-guardian"] * 2
     after = process_state()
     after["tasks"] = tasks_back_to(before["tasks"])
     assert after == before
@@ -224,3 +243,26 @@ def test_two_embedded_runs_at_once_in_one_process(setup, fs):
     assert not finished_while_frozen
     assert w.finish() == 0
     assert result.consistency == quiesce.APPLICATION
+
+
+def test_a_snapshot_step_that_closes_the_freeze_still_leaves_its_outcome(setup, fs):
+    """Freeze.close() from inside the step ends the window there; `quiesce status` still reads how it ended.
+
+    The run's outcome was saved only by the run's own close, which then
+    found the freeze closed: status read "ended without its holder's
+    report (killed?)" for a run that was alive and fine.
+    """
+    setup.config()
+    box: list[quiesce.Freeze] = []
+    result = run(setup, lambda: box[0].close(), on_frozen=box.append)
+    assert result.consistency == quiesce.APPLICATION
+    assert [t.state for t in result.freeze.targets] == ["thawed", "thawed"]
+    status = subprocess.run(
+        [sys.executable, "-m", "quiesce", "status", "--json", "--run-dir", setup.run_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    last = json.loads(status.stdout)["last_hold"]
+    assert last["run_id"] == result.freeze.run_id
+    assert last["ok"] is True and "killed" not in str(last.get("outcome"))

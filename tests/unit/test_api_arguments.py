@@ -211,3 +211,34 @@ def test_run_takes_a_config_path_of_every_kind(tmp_path):
             quiesce.load_config(config)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="config"):
         quiesce.run(123)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["preflush", "expedite_rcu", "parallel"])
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_freeze_option_switches_are_booleans(key, value):
+    """``parallel="false"`` used to read as true: a switch that is no bool is a TypeError naming it."""
+    with pytest.raises(TypeError, match=key):
+        quiesce.FreezeOptions(**{key: value})
+
+
+@pytest.mark.parametrize("options", [quiesce.FreezeOptions, quiesce.RunOptions])
+def test_a_run_dir_may_be_a_path_object_or_bytes(options, tmp_path):
+    """``run_dir`` as a path object or bytes is kept as its str; a number is a TypeError."""
+    assert options(run_dir=tmp_path).run_dir == str(tmp_path)
+    assert options(run_dir=os.fsencode(tmp_path)).run_dir == str(tmp_path)
+    with pytest.raises(TypeError, match="run_dir"):
+        options(run_dir=5)
+
+
+@pytest.mark.parametrize("key", ["handle_signals", "hold_stdin"])
+def test_run_option_switches_are_booleans(key):
+    """``handle_signals="no"`` used to read as true (and install handlers): TypeError instead."""
+    with pytest.raises(TypeError, match=key):
+        quiesce.RunOptions(**{key: "no"})
+
+
+@pytest.mark.parametrize("key", ["progress", "on_frozen", "on_hold", "before_freeze", "on_config"])
+def test_run_option_callbacks_are_callables(key):
+    """A callback that cannot be called is a TypeError when the options are made, not inside the window."""
+    with pytest.raises(TypeError, match=key):
+        quiesce.RunOptions(**{key: "print"})

@@ -81,6 +81,7 @@ class Freeze:
         self._rcu = WindowRcu(self._warnings)
         self._preflush: PreflushDecision | None = None
         self._thaw_err: ThawError | None = None
+        self._on_report: Callable[[FreezeReport], None] | None = None
         #: How far the steps got: "new", "preparing", "prepared", "window" (freeze() was called).
         self._stage = "new"
         #: The process this freeze belongs to: a child forked from it never acts on the window.
@@ -221,14 +222,19 @@ class Freeze:
         deadline = s.guardian().deadline_ns
         return None if not deadline else deadline - now_ns()
 
+    def report_to(self, on_report: Callable[[FreezeReport], None]) -> None:
+        """Have :meth:`close` give its final report to ``on_report``, whoever calls it."""
+        self._on_report = on_report
+
     def close(self, on_report: Callable[[FreezeReport], None] | None = None) -> None:
         """Thaw anything left, reap the guardian, drop the ledger and the lock.
 
         Safe to call at any point and more than once. A thaw failure is
         recorded in the report and re-raised after the cleanup.
-        ``on_report`` is given the final report while the ledger and the
-        lock are still in place (``quiesce freeze --hold`` saves it there,
-        so whoever sees the ledger gone also sees the outcome).
+        ``on_report`` (else the one of :meth:`report_to`) is given the final
+        report while the ledger and the lock are still in place (``quiesce
+        freeze --hold`` saves it there, so whoever sees the ledger gone also
+        sees the outcome).
         """
         with self._steps:
             if self._closed:
@@ -243,7 +249,7 @@ class Freeze:
                 self._rcu.drop()
                 self._release_files()
                 return
-            self._close(on_report)
+            self._close(on_report or self._on_report)
 
     def _close(self, on_report: Callable[[FreezeReport], None] | None) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 
 from quiesce.engine.defaults import DEFAULT_FREEZE_TIMEOUT_S, DEFAULT_STEP_TIMEOUT_S, MAX_TIMEOUT_S
@@ -50,6 +51,8 @@ class FreezeOptions:
             raise ValueError(f"run_id must be 1 to 128 of A-Z a-z 0-9 _ . : -, not {self.run_id!r}")
         if self.step_timeout_s is not None:
             _check_seconds("step timeout", self.step_timeout_s)
+        check_switches(self, "preflush", "expedite_rcu", "parallel")
+        object.__setattr__(self, "run_dir", path_option("run_dir", self.run_dir))
 
     @property
     def timeout_ns(self) -> int:
@@ -77,6 +80,21 @@ def _check_seconds(what: str, value: object) -> None:
         raise ValueError(
             f"{what} must be a positive number of seconds, at most {MAX_TIMEOUT_S:g}, not {value!r}"
         )
+
+
+def check_switches(options: object, *names: str) -> None:
+    """Each named field is a bool: the string ``"false"`` would read as true."""
+    for name in names:
+        value = getattr(options, name)
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, not {type(value).__name__} {value!r}")
+
+
+def path_option(name: str, value: object) -> str:
+    """A path option as a str (given as str, bytes or a path object)."""
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name} must be a path, not {type(value).__name__} {value!r}")
+    return os.fsdecode(value)
 
 
 def _positive_ns(seconds: float) -> int:

@@ -19,7 +19,13 @@ from quiesce.errors import QuiesceError, ThawError
 
 @dataclass(frozen=True)
 class FilesystemResult:
-    """What happened to one filesystem. Durations in ns; ``*_at_ns`` from the window start."""
+    """What happened to one filesystem. Durations in ns; ``*_at_ns`` from the window start.
+
+    For a filesystem someone else thawed (``thawed-externally``), ``thaw_at_ns``
+    and ``thaw_ns`` time quiesce's FITHAW that found it already thawed
+    (``thaw_errno`` EINVAL), not that thaw, which nobody recorded; it never
+    counts in the window.
+    """
 
     mount_point: str
     dev: str

@@ -12,6 +12,7 @@ from quiesce.azure.config import DEFAULT_CONFIG_PATH, DEFAULT_PLUGINHOST_PATH, P
 from quiesce.azure.verdict import APPLICATION, FAILED
 from quiesce.azure.vmbackup import VMBACKUP_CONF
 from quiesce.engine.freeze import Freeze
+from quiesce.engine.options import check_switches, path_option
 from quiesce.engine.report import FreezeReport
 from quiesce.engine.rundir import RUN_DIR
 from quiesce.supervise.launch import Attempt
@@ -87,6 +88,18 @@ class RunOptions:
     #: Called once the config is checked, before anything runs (the CLI paces
     #: its progress lines by ``ScriptsExecutionPollTimeSeconds``).
     on_config: Callable[[PluginConfig], None] | None = None
+
+    def __post_init__(self) -> None:
+        # Checked now, not found inside the window: a "no" that reads as true, a callback that is a string.
+        check_switches(self, "handle_signals", "hold_stdin")
+        for name in ("progress", "on_frozen", "on_hold", "before_freeze", "on_config"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be a callable or None, not {type(value).__name__} {value!r}")
+        for name in ("config_path", "pluginhost_path", "vmbackup_conf", "run_dir", "cgroup_parent"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, path_option(name, value))
 
 
 @dataclass

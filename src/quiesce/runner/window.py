@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from quiesce.azure.config import PluginConfig, SnapshotMode
@@ -81,8 +81,6 @@ class Window:
         self.snapshot = FAILED
         #: Why the step gave no trusted snapshot, when nothing else names it.
         self.why_failed: str | None = None
-        #: The run directory's last report names this run's freeze (see _mark_holding).
-        self._marked = False
 
     def run(self) -> None:
         """Freeze (if enabled), run the snapshot step, thaw."""
@@ -182,7 +180,8 @@ class Window:
             with contextlib.suppress(OSError, QuiesceError):
                 told = not self._holds()
                 mark_holding(freeze.run_dir, freeze.run_id, os.getpid(), RUN, acknowledged=told)
-                self._marked = True
+                # Saved by whoever closes the freeze: the run, or its step (through on_frozen).
+                freeze.report_to(self._saver(freeze))
 
     def _holds(self) -> bool:
         """The step is a hold: its snapshotter may ask ``quiesce thaw`` how the window ended."""
@@ -190,9 +189,10 @@ class Window:
 
     def _close(self, freeze: FreezeLike) -> None:
         """Thaw and clean up; once marked, the outcome is the last report before the ledger goes."""
-        if not (isinstance(freeze, Freeze) and self._marked):
-            freeze.close()
-            return
+        freeze.close()
+
+    def _saver(self, freeze: Freeze) -> Callable[[FreezeReport], None]:
+        """What saves the outcome as the run directory's last report (``Freeze.report_to``)."""
 
         def save(report: FreezeReport) -> None:
             # The run's own result tells its caller; a hold's snapshotter may also ask `quiesce thaw`.
@@ -202,7 +202,7 @@ class Window:
                 with contextlib.suppress(OSError, QuiesceError):
                     save_last_report(freeze.run_dir, report.to_dict() | extra | {"acknowledged": told})
 
-        freeze.close(on_report=save)
+        return save
 
     def _check_held(self, freeze: FreezeLike, entry: Phase) -> None:
         """Name a window cut short (someone else's thaw, the guardian); its phase never says "ok"."""
