@@ -57,7 +57,10 @@ class AgentError(RuntimeError):
 
 
 def agent_binary() -> str | None:
-    """Path of ``qemu-ga``, or None when it is not installed."""
+    """Path of ``qemu-ga``: ``$QEMU_GA`` (CI unpacks the binary only), else on PATH; None if none."""
+    given = os.environ.get("QEMU_GA")
+    if given and os.access(given, os.X_OK):
+        return given
     return shutil.which("qemu-ga") or next(
         (p for p in ("/usr/sbin/qemu-ga", "/usr/bin/qemu-ga") if os.access(p, os.X_OK)), None
     )
