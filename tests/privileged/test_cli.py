@@ -45,6 +45,8 @@ def test_hold_returns_frozen_and_thaw_releases_it(fs, run_dir):
     status = json.loads(quiesce(run_dir, "status", "--json").stdout)
     assert status["holder_alive"] and status["guardian_alive"] and status["lock_held"]
     assert {e["mount_point"] for e in status["ledger"]["filesystems"]} == {a, b}
+    assert status["ledger"]["release"] == "signal"
+    assert "`quiesce thaw` releases it" in quiesce(run_dir, "status").stdout
 
     thawed = quiesce(run_dir, "thaw", "--json")
     assert thawed.returncode == Exit.OK, thawed.stderr

@@ -92,6 +92,9 @@ def test_thaw_of_an_api_freeze_thaws_it_and_leaves_the_program_running(fs, run_d
         holder.freeze()
         led = ledger_mod.read(run_dir)
         assert led is not None and led.release == ledger_mod.RELEASE_THAW
+        status = quiesce(run_dir, "status")
+        assert "`quiesce thaw` thaws its filesystems itself" in status.stdout, status.stdout
+        assert json.loads(quiesce(run_dir, "status", "--json").stdout)["ledger"]["release"] == "thaw"
         writer = Writer(fs["ext4"])
         assert not writer.finished_within(0.2), "not frozen"
         thawed = quiesce_thaw(run_dir)

@@ -76,6 +76,11 @@ def _print_status(status: dict[str, Any], led: ledger_mod.Ledger | None, run_dir
             print(f"  {escape_path(e.mount_point)}  {e.fstype}  {e.dev}")
         if status["holder_alive"]:
             print(f"  the guardian thaws within {max(status['deadline_in_s'], 0):.1f} s at the latest")
+            if led.release == ledger_mod.RELEASE_SIGNAL:
+                print("  `quiesce thaw` releases it (its holder ends its window and reports)")
+            else:
+                # A program using the API, `quiesce qga`, `quiesce agent`: never signalled.
+                print("  `quiesce thaw` thaws its filesystems itself (its holder is not signalled)")
         else:
             print("  its process is gone: run `quiesce thaw` to thaw what the ledger lists")
     last = status["last_hold"]
