@@ -101,6 +101,8 @@ class Case:
     freeze: str  # ok | ebusy | blocked | prepare-error | deadline | external | thaw-error | thaw-first
     step: str
     late_stop: bool
+    #: The snapshot command's own check (mode command): "ok" or "refused" (root must not run it).
+    command_check: str = "ok"
 
 
 STEPS = {
@@ -147,6 +149,7 @@ def cases(draw: st.DrawFn) -> Case:
         freeze=freeze,
         step=step,
         late_stop=mode in ("command", "callable") and draw(st.booleans()),
+        command_check=draw(st.sampled_from(["ok", "ok", "ok", "refused"])) if mode == "command" else "ok",
     )
 
 
@@ -207,7 +210,16 @@ def model(case: Case) -> Expected:
         e.scripts_ok = False
         e.calls += [(PRE, "pre", 0), (POST, "post", 0)]
         e.pre_status = case.pre.check if case.pre.check != "ok" else "skipped"
-    else:
+    # A snapshot command root must not run (checked with the scripts): no snapshot can be taken,
+    # so nothing runs at all, no script, no hook, no freeze: failed, SnapshotFailed.
+    if refused(case):
+        e.errors.append(SNAPSHOT_FAILED)
+        if failed_check is None:
+            e.calls += [(PRE, "pre", 0), (POST, "post", 0)]
+            e.pre_status = "skipped"
+        e.scripts_ok = False
+        return e
+    if failed_check is None:
         # Pre steps: the pre-script, then the hooks in name order up to the first failure.
         e.pre_status = script(PRE, case.pre, "pre", "pre", case.pre_retries)
     go = e.pre_status == "ok" or (case.continue_on_failure and not e.interrupted)
@@ -244,6 +256,11 @@ def model(case: Case) -> Expected:
     else:
         e.exit_code = {APPLICATION: 0, FILESYSTEM: 8, CRASH: 8, FAILED: 9}[e.consistency]
     return e
+
+
+def refused(case: Case) -> bool:
+    """The run's snapshot command fails its check."""
+    return case.mode == "command" and case.command_check != "ok"
 
 
 def window(case: Case, e: Expected) -> None:
@@ -392,6 +409,10 @@ class World:
 
     def release(self):
         return FakeRelease(self)
+
+    def check_command(self, argv):
+        assert tuple(argv) == ("/bin/snap",)
+        return "snapshot command /bin/snap is not safe to run as root" if refused(self.case) else None
 
     def snapshot(self) -> None:
         frozen = bool(self.freezes) and self.freezes[-1].frozen
@@ -546,7 +567,7 @@ def test_the_run_follows_the_documented_rules(run_dir, case):
     due = e.snapshot_ran and case.mode != "none"
     assert world.snapshot_calls == ([e.snapshot_frozen_step] if due else [])
     # The post-script always runs once both checks passed, and is told the truth; else it never runs.
-    if case.pre.check != "ok" or case.post.check != "ok":
+    if case.pre.check != "ok" or case.post.check != "ok" or refused(case):
         assert world.post_env is None and result.pre is not None and result.post is not None
         assert (result.pre.status, result.post.status) == (
             case.pre.check if case.pre.check != "ok" else "skipped",

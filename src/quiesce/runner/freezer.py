@@ -19,7 +19,7 @@ from quiesce.engine.plan import Target
 from quiesce.engine.report import FreezeReport
 from quiesce.runner.hold import Release
 from quiesce.supervise.launch import Attempt
-from quiesce.supervise.snapshot_command import run_command, run_snapshot_command
+from quiesce.supervise.snapshot_command import run_command, run_snapshot_command, unsafe_command
 
 
 class FreezeLike(Protocol):
@@ -84,6 +84,9 @@ class Freezer(Protocol):
     def release(self) -> ReleaseLike:
         """Set up the hold's release (before the freeze: nothing is set up inside the window)."""
 
+    def check_command(self, argv: Sequence[str]) -> str | None:
+        """Why the snapshot command must not run as root (checked with the scripts), or None."""
+
 
 class RealFreezer:
     """The kernel's freezer and real processes."""
@@ -139,3 +142,8 @@ class RealFreezer:
     def release(self) -> Release:
         """:class:`~quiesce.runner.hold.Release`: its pipe and signal handlers, set up now."""
         return Release()
+
+    def check_command(self, argv: Sequence[str]) -> str | None:
+        """:func:`~quiesce.supervise.snapshot_command.unsafe_command` of ``argv[0]``, as a sentence."""
+        unsafe = unsafe_command(argv[0])
+        return None if unsafe is None else f"snapshot command {argv[0]} {unsafe}"

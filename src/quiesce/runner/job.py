@@ -24,8 +24,8 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-from quiesce.azure.config import PluginConfig
-from quiesce.azure.verdict import RUN_ERROR, Outcomes
+from quiesce.azure.config import PluginConfig, SnapshotMode
+from quiesce.azure.verdict import RUN_ERROR, SNAPSHOT_FAILED, Outcomes
 from quiesce.errors import ScriptError, ScriptExecutionFailed, ScriptPermissionError
 from quiesce.runner.freezer import Freezer
 from quiesce.runner.signals import Interrupts, RunInterrupted
@@ -67,6 +67,8 @@ class Job:
     snapshot: str = "skipped"
     window_done: bool = False
     post_ok: bool = True
+    #: Why the snapshot command was refused at the checks (then nothing runs), or None.
+    refused: str | None = None
 
     def __post_init__(self) -> None:
         self.timeline = Timeline(self.result)
@@ -92,6 +94,13 @@ class Job:
                 entry.status = "failed"
                 self.result.set_error(failed[0].error_name, failed[0].error_code, failed[0].message)
                 why = f"not run: the {failed[0].phase}-script failed its check, so neither script runs"
+                pre_checked, post_checked = (_skipped(c, why) for c in (pre_checked, post_checked))
+            # A snapshot command root must not run: no snapshot can be taken, so nothing runs.
+            self.refused = self._check_command()
+            if self.refused is not None:
+                entry.status = "failed"
+                self.result.set_error(*SNAPSHOT_FAILED, self.refused)
+                why = "not run: the snapshot command failed its check, so nothing runs"
                 pre_checked, post_checked = (_skipped(c, why) for c in (pre_checked, post_checked))
         pending: BaseException | None = None
         try:
@@ -128,8 +137,20 @@ class Job:
             status = "not-found" if err.kind == "not-found" else "permission"
             return ScriptResult(phase, path, (), status, (), err.azure_name, err.azure_code, str(err))
 
+    def _check_command(self) -> str | None:
+        """Why the config's snapshot command must not run as root (None: it may, or there is none)."""
+        spec = self.cfg.quiesce.snapshot
+        if self.step is not None or spec.mode is not SnapshotMode.COMMAND:
+            return None
+        return self.freezer.check_command(spec.argv)
+
     def _before_and_window(self, pre_checked: CheckedScript | ScriptResult) -> None:
         cfg, result = self.cfg, self.result
+        if self.refused is not None:
+            result.pre = self._script(pre_checked, {})
+            self.pre_status = result.pre.status
+            self.timeline.note("snapshot", "skipped", self.refused)
+            return
         hook_dir = discover(cfg.quiesce.hook_directory or DEFAULT_HOOK_DIR)
         result.warnings.extend(hook_dir.warnings)
         result.pre = self._script(pre_checked, {})
