@@ -48,14 +48,25 @@ def process_state() -> dict[str, Any]:
 
 
 def tasks_back_to(expected: list[str], wait_s: float = 2.0) -> list[str]:
-    """This process's tasks, once they are ``expected`` again or ``wait_s`` passed.
+    """This process's tasks, once none but ``expected`` are left or ``wait_s`` passed.
 
     A joined thread can stay listed for a moment while the kernel finishes it.
     """
     end = time.monotonic() + wait_s
-    while (tasks := sorted(os.listdir("/proc/self/task"))) != expected and time.monotonic() < end:
+    while not set(tasks := sorted(os.listdir("/proc/self/task"))) <= set(expected) and time.monotonic() < end:
         time.sleep(0.01)
     return tasks
+
+
+def assert_left_as_found(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """``after`` is ``before``, except that threads an earlier test left may have ended meanwhile.
+
+    Only a thread or task that was not there before is one this call left behind.
+    """
+    after = dict(after, tasks=tasks_back_to(before["tasks"]))
+    for key in ("threads", "tasks"):
+        assert set(after.pop(key)) <= set(before[key]), key
+    assert after == {k: v for k, v in before.items() if k not in ("threads", "tasks")}
 
 
 def run(setup, snapshot=None, **options):
@@ -78,9 +89,7 @@ def test_an_embedded_run_and_frozen_leave_the_process_as_they_found_it(setup, fs
     with quiesce.frozen(setup.targets, quiesce.FreezeOptions(run_dir=setup.run_dir), timeout=5) as w:
         pass
     assert w.report.ok
-    after = process_state()
-    after["tasks"] = tasks_back_to(before["tasks"])
-    assert after == before
+    assert_left_as_found(before, process_state())
     assert capfd.readouterr() == ("", "")
 
 
@@ -91,9 +100,7 @@ def test_a_hold_from_the_main_thread_puts_every_handler_back(setup, fs):
     result = run(setup, None, hold_stdin=False)
     assert result.consistency == quiesce.FAILED and result.released_by == "deadline"
     assert [t.state for t in result.freeze.targets] == ["thawed-by-guardian"] * 2
-    after = process_state()
-    after["tasks"] = tasks_back_to(before["tasks"])
-    assert after == before
+    assert_left_as_found(before, process_state())
 
 
 def test_a_snapshot_step_that_raises_fails_the_run_and_thaws(setup, fs):
@@ -217,9 +224,7 @@ def test_what_needs_the_main_thread_is_refused_elsewhere_before_anything_runs(se
     [err] = errors
     assert isinstance(err, RuntimeError) and "main thread" in str(err)
     assert setup.events() == []
-    after = process_state()
-    after["tasks"] = tasks_back_to(before["tasks"])  # the test's own thread, joined
-    assert after == before
+    assert_left_as_found(before, process_state())  # the test's own thread, joined
 
 
 def test_two_embedded_runs_at_once_in_one_process(setup, fs):
