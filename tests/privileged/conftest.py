@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,16 @@ def fs(world: Sandbox) -> Iterator[dict[str, LoopFs]]:
     yield {f.mount_point.name: f for f in world.filesystems}
     left = world.thaw_all()
     assert not left, f"left frozen by the test: {[str(f) for f in left]}"
+
+
+@pytest.fixture
+def base(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A root-only directory under /run (every directory above it is root's alone), removed after."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    d = Path(tempfile.mkdtemp(prefix=f"quiesce-test-{module}-", dir="/run"))
+    os.chmod(d, 0o755)  # so that another user can reach what is chowned to them inside
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,15 +34,6 @@ from tests.privileged.conftest import Setup
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(60)]
 
 NOBODY = 65534
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A root-only directory under /run (every directory above it is root's alone)."""
-    d = Path(tempfile.mkdtemp(prefix="quiesce-test-exec-", dir="/run"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,15 +51,6 @@ def _umount(path: str | Path) -> None:
     """Unmount ``path``; detach it lazily if something (a failed test's fd) still holds it."""
     if subprocess.run(["umount", str(path)], check=False, capture_output=True).returncode != 0:
         subprocess.run(["umount", "--lazy", str(path)], check=False, capture_output=True)
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A root-only directory under /run (every directory above it is root's alone)."""
-    d = Path(tempfile.mkdtemp(prefix="quiesce-test-fuse-", dir="/run"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

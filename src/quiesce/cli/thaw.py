@@ -53,8 +53,8 @@ def thaw_mount(path: str, expect_mount_id: int | None = None, expect_dev: str | 
     With ``expect_mount_id``/``expect_dev`` (from a ledger) the mount must still
     be the one that was frozen: same mount ID, same superblock ``maj:min``.
     """
-    # Only recovery and --force thaw here: releasing a live holder (the usual case) signals it,
-    # and need not load the C extension or the mount table's parser.
+    # Only recovery, --force and a holder that takes no signal thaw here: releasing quiesce's own
+    # holder (the usual case) signals it, and need not load the C extension or the mount table's parser.
     from quiesce.engine.mountfd import open_no_symlinks
     from quiesce.engine.native import thaw_fd
     from quiesce.engine.usermounts import mount_id_of_fd
