@@ -1,7 +1,8 @@
 """``quiesce agent``: one node of a fleet, serving fleet runs with the node's own config.
 
-The agent registers ``members/<node>`` under a lease it keeps alive, then
-watches its group's ``runs/``. A run whose spec names it is served by
+The agent registers ``members/<node>`` under a lease it keeps alive (only
+where no other agent holds that name: it waits until it can), then watches
+its group's ``runs/``. A run whose spec names it is served by
 :class:`~quiesce.fleet.noderun.NodeRun` around ``quiesce.run`` with the
 node's own Azure config (its scripts, hooks, targets, snapshot command), its
 freeze deadline capped at the fleet's. It acts only on its own group's keys;
@@ -41,6 +42,8 @@ from quiesce.fleet.store import Event, Security, Store, Watch
 DEFAULT_TTL_S = 5
 #: How long the agent keeps trying to write its result after a run.
 REPORT_RETRY_S = 30.0
+#: How often an agent whose node name another agent holds asks again.
+NAME_RETRY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -78,26 +81,83 @@ class Agent:
         self._lease_lost = threading.Event()
         self.state: dict[str, Any] = {"state": "idle"}
         self.runs_served = 0
+        #: The revision that created this agent's registration: updates go only to that key.
+        self._registered = 0
+        self._waiting_for_name = False
         self._since = time.time()
         #: Set by SIGTERM: a run in progress ends now (thaw, post steps), then the agent exits.
         self.stopping = threading.Event()
 
     # -- registration ----------------------------------------------------------
 
-    def register(self) -> None:
-        """Put ``members/<node>`` under a fresh lease kept alive by a thread."""
+    def register(self) -> bool:
+        """Take ``members/<node>`` under a fresh lease kept alive by a thread; False while the name is taken.
+
+        The name is taken only where no registration holds it (one
+        transaction): two agents never serve one node name at once (a cloned
+        machine with the same name, or one restarted before the lease of its
+        previous life expired). The second serves nothing until the first
+        leaves or its lease expires.
+        """
         if self._stop_keepalive is not None:
             self._stop_keepalive()
+            self._stop_keepalive = None
         self._lease_lost.clear()
-        self.lease = self.store.grant(self.options.ttl_s)
-        self._publish()
-        self._stop_keepalive = self.store.keep_alive(
-            self.lease, self.options.ttl_s, lambda why: self._lease_lost.set()
-        )
-        self.log(f"registered as {self.options.node} in group {self.options.group}")
+        key = self.keys.member(self.options.node)
+        if self.lease is not None and self._still_registered(key):
+            return True
+        _, held = self.store.get_prefix(key)
+        if key not in held:
+            lease = self.store.grant(self.options.ttl_s)
+            taken, revision = self.store.put_if({key: self._info()}, absent=[key], lease={key: lease})
+            if taken:
+                self.lease, self._registered = lease, revision
+                self._keep(lease)
+                self._waiting_for_name = False
+                self.log(f"registered as {self.options.node} in group {self.options.group}")
+                return True
+            with contextlib.suppress(quiesce.QuiesceError):  # else it expires on its own
+                self.store.revoke(lease)
+            _, held = self.store.get_prefix(key)
+        if not self._waiting_for_name:
+            holder = held[key].value if key in held else {}
+            host, pid = holder.get("host"), holder.get("pid")
+            who = (
+                "this agent's earlier lease (not expired yet)"
+                if (host, pid) == (socket.gethostname(), os.getpid())
+                else f"another agent (host {host!r:.80}, pid {pid!r:.20})"
+            )
+            self.log(
+                f"node name {self.options.node} is registered by {who}: serving nothing until "
+                "that registration ends"
+            )
+            self._waiting_for_name = True
+        return False
 
-    def _publish(self) -> None:
-        info = {
+    def _still_registered(self, key: str) -> bool:
+        """Whether this agent's lease lives and its registration is still the one it made (kept then).
+
+        An error answering (etcd still away) is raised: the lease is kept for the next try.
+        Otherwise the lease is given up (revoked if it lives), and the caller registers anew.
+        """
+        assert self.lease is not None
+        if self.store.keepalive(self.lease) > 0:
+            _, held = self.store.get_prefix(key)
+            if key in held and held[key].create_revision == self._registered:
+                self._keep(self.lease)
+                return True
+            with contextlib.suppress(quiesce.QuiesceError):  # else it expires on its own
+                self.store.revoke(self.lease)
+        self.lease = None
+        return False
+
+    def _keep(self, lease: int) -> None:
+        self._stop_keepalive = self.store.keep_alive(
+            lease, self.options.ttl_s, lambda why: self._lease_lost.set()
+        )
+
+    def _info(self) -> dict[str, Any]:
+        return {
             "node": self.options.node,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -107,7 +167,18 @@ class Agent:
             "runs_served": self.runs_served,
             **self.state,
         }
-        self.store.put(self.keys.member(self.options.node), info, lease=self.lease)
+
+    def _publish(self) -> None:
+        """Update the registration, only while it is still this agent's (else: re-register)."""
+        if self.lease is None:
+            return
+        key = self.keys.member(self.options.node)
+        ours, _ = self.store.put_if(
+            {key: self._info()}, created={key: self._registered}, lease={key: self.lease}
+        )
+        if not ours:
+            self.log("the registration is no longer this agent's (its lease ended): registering again")
+            self._lease_lost.set()
 
     # -- the loop ----------------------------------------------------------------
 
@@ -116,18 +187,19 @@ class Agent:
         stop = stop or threading.Event()
         while not stop.is_set():
             try:
-                if self.lease is None or self._lease_lost.is_set():
-                    self.register()
+                if (self.lease is None or self._lease_lost.is_set()) and not self.register():
+                    stop.wait(NAME_RETRY_S)
+                    continue
                 self._watch_runs(stop, max_runs)
                 if max_runs is not None and self.runs_served >= max_runs:
                     return
             except quiesce.QuiesceError as err:
                 self.log(f"etcd: {err}; retrying")
-                self.lease = None
+                self._lease_lost.set()
                 stop.wait(0.5)
             except Exception as err:  # a long-running agent outlives one bad answer; say what it was
                 self.log(f"unexpected {type(err).__name__}: {err}; retrying")
-                self.lease = None
+                self._lease_lost.set()
                 stop.wait(0.5)
 
     def close(self) -> None:
@@ -250,6 +322,7 @@ class Agent:
         part = NodeRun(
             self.store, self.keys, node, run_id, run_spec, watch, self._probe, self._busy, self.stopping
         )
+        part.lease = self.lease
         result: quiesce.RunResult | None = None
         error: str | None = None
         config_error = False

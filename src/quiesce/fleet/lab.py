@@ -245,8 +245,12 @@ class Lab:
         """Change keys of a node's config (``quiesce`` merged), and the extra lines of its pre-script."""
         set_config(node, keys, pre_extra)
 
-    def start_agent(self, node: Node) -> None:
-        """Start (or restart) a node's agent in its network and mount namespaces."""
+    def start_agent(self, node: Node, name: str | None = None) -> None:
+        """Start (or restart) a node's agent in its network and mount namespaces.
+
+        ``name``: the node name the agent registers (the node's own by default; another
+        node's makes a second agent claiming that name, as a cloned machine would).
+        """
         assert node.host is not None
         argv = [
             *ns_argv(node.netns, node.host.pid),
@@ -260,7 +264,7 @@ class Lab:
             "--group",
             GROUP,
             "--name",
-            node.name,
+            name or node.name,
             "--config",
             str(node.config),
             "--run-dir",

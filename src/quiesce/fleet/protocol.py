@@ -2,7 +2,8 @@
 
 Everything of a group lives under ``/quiesce/<group>/``::
 
-    members/<node>                 an agent, attached to its own lease (gone when it dies)
+    members/<node>                 an agent, attached to its own lease (gone when it dies); written
+                                   only where none is: one agent per node name at a time
     runs/<run>/spec                the run: members, deadlines (written by the coordinator)
     runs/<run>/alive               attached to the coordinator's lease: its loss ends the run
     runs/<run>/freeze              only if every ready exists, and alive, and no abort (see below)

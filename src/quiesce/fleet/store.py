@@ -227,11 +227,13 @@ class Store:
         present: Sequence[str] = (),
         absent: Sequence[str] = (),
         newer: Sequence[tuple[str, str, int]] = (),
+        created: Mapping[str, int] | None = None,
         lease: Mapping[str, int] | None = None,
         otherwise: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> tuple[bool, int]:
         """One transaction: the puts happen only if every ``present`` key exists, no ``absent`` one
-        does, and every key in each ``newer`` range ``[start, end)`` was modified after its revision.
+        does, every key in each ``newer`` range ``[start, end)`` was modified after its revision,
+        and each ``created`` key is the one created at its revision (not deleted and made again).
 
         A ``newer`` range is one compare however many keys it holds; etcd
         compares an empty range as one missing key, which fails it. Returns
@@ -254,6 +256,10 @@ class Store:
                 "mod_revision": rev,
             }
             for start, end, rev in newer
+        ]
+        compare += [
+            {"key": b64(k), "result": "EQUAL", "target": "CREATE", "create_revision": rev}
+            for k, rev in (created or {}).items()
         ]
         success, failure = _puts(puts, lease), _puts(otherwise or {}, lease)
         answer = self.call("/kv/txn", {"compare": compare, "success": success, "failure": failure})

@@ -1,0 +1,107 @@
+"""An agent's life around runs: one agent per node name, and a restarted agent's earlier reports.
+
+Each test builds the situation on a lab of three agents (registration lease
+2 s), then checks the registration in etcd, what each node's scripts ran and
+the run's keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from quiesce import APPLICATION
+from quiesce.fleet.labnode import stop_process
+from quiesce.fleet.protocol import Keys
+
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
+KEYS = Keys("lab")
+
+
+@pytest.fixture(scope="module")
+def lifelab(lab_namespace):
+    """Three agents, no writer."""
+    from quiesce.fleet.lab import Lab
+
+    with Lab(3, deadline_s=5.0, writer=False) as lab:
+        yield lab
+
+
+def _member(lab, name: str) -> dict[str, Any] | None:
+    """The registration of ``name`` as etcd has it now."""
+    _, records = lab.client_call(lambda s: s.get_prefix(KEYS.member(name)))
+    rec = records.get(KEYS.member(name))
+    return None if rec is None else dict(rec.value)
+
+
+def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return value
+
+
+def _wait_report(lab, start_rev: int, suffix: str) -> str:
+    """The run id once a report whose key ends with ``suffix`` is written."""
+    watch = lab.client_call(lambda s: s.watch(KEYS.reports, start_rev + 1))
+    try:
+        while True:
+            ev = watch.get(30)
+            assert ev is not None and ev.kind == "put", ev
+            if ev.key.endswith(suffix):
+                return ev.key.split("/")[4]
+    finally:
+        watch.close()
+
+
+def test_a_second_agent_with_a_taken_name_serves_nothing_until_the_first_leaves(lifelab):
+    """An agent started as n1 while n1's agent lives (a cloned machine): n1's registration stays
+    the first agent's, the second takes no part in a run naming n1, and registers once the
+    first leaves."""
+    n1, _, n3 = lifelab.nodes
+    stop_process(n3.agent)
+    assert _member(lifelab, "n1")["pid"] == n1.agent.pid
+    lifelab.start_agent(n3, name="n1")
+    try:
+        log = n3.home / "agent.log"
+        _wait(lambda: "n1 is registered by another agent" in log.read_text(), 20, "no word of the name")
+        time.sleep(3)  # more than the lease: a second agent would have registered by now
+        assert _member(lifelab, "n1")["pid"] == n1.agent.pid
+        events = len(n3.events())
+        code, out = lifelab.fleet_run("--members", "n1,n2")
+        assert code == 0 and out["consistency"] == APPLICATION, out
+        assert len(n3.events()) == events, "the second agent ran steps of the run"
+        stop_process(n1.agent)  # the first leaves (its lease is revoked): the second takes the name
+        _wait(lambda: (_member(lifelab, "n1") or {}).get("pid") == n3.agent.pid, 20, "not taken over")
+    finally:
+        stop_process(n3.agent)
+        stop_process(n1.agent)
+        _wait(lambda: _member(lifelab, "n1") is None, 20, "n1 still registered")
+        lifelab.start_agent(n1)
+        lifelab.start_agent(n3)
+        lifelab.wait_registered()
+
+
+def test_an_agents_registration_outlives_an_etcd_restart(lifelab):
+    """etcd killed and restarted between runs (its leases outlive a restart): every agent keeps the
+    registration it made, never waits for its own lease to expire, and the next run is consistent."""
+
+    def made() -> dict[str, int]:
+        _, records = lifelab.client_call(lambda s: s.get_prefix(KEYS.members))
+        return {KEYS.member_name(k): r.create_revision for k, r in records.items()}
+
+    before = made()
+    logs = {n.name: len((n.home / "agent.log").read_text()) for n in lifelab.nodes}
+    lifelab.etcd.kill()
+    lifelab.etcd.wait()
+    time.sleep(1)  # the agents' watches and requests fail meanwhile
+    lifelab.start_etcd()
+    code, out = lifelab.fleet_run("--timeout", "20")
+    assert code == 0 and out["consistency"] == APPLICATION, out
+    assert made() == before
+    for node in lifelab.nodes:
+        assert "registered by" not in (node.home / "agent.log").read_text()[logs[node.name] :]
