@@ -7,6 +7,8 @@ the run's keys.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,3 +107,37 @@ def test_an_agents_registration_outlives_an_etcd_restart(lifelab):
     assert made() == before
     for node in lifelab.nodes:
         assert "registered by" not in (node.home / "agent.log").read_text()[logs[node.name] :]
+
+
+def test_a_killed_agents_ready_never_counts_for_its_next_life(lifelab):
+    """n3 reports ready, is SIGKILLed and restarted, and its next life's pre step is slow; n1's
+    ready comes meanwhile. The freeze waits for n3's new ready (its earlier one went with its
+    lease): no member is frozen while another still runs its pre steps; consistent."""
+    n1, _, n3 = lifelab.nodes
+    lifelab.set_config(n1, {}, pre_extra="sleep 5")
+    try:
+        start_rev, _ = lifelab.client_call(lambda s: s.get_prefix(KEYS.prefix))
+        argv = lifelab.fleet_argv("--members", "n1,n2,n3", "--timeout", "40")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_report(lifelab, start_rev, "/ready/n3")
+            n3.agent.kill()
+            n3.agent.wait()
+            lifelab.set_config(n3, {}, pre_extra="sleep 6")
+            lifelab.start_agent(n3)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        lifelab.set_config(n1, {}, pre_extra="")
+        lifelab.set_config(n3, {}, pre_extra="")
+    result = json.loads(out)
+    timeline = result["timeline"]
+    readies = {r["node"]: r["revision"] for r in timeline if r["key"] == "ready"}
+    (freeze,) = [r["revision"] for r in timeline if r["key"] == "freeze"]
+    assert sorted(readies) == ["n1", "n2", "n3"], timeline
+    assert max(readies.values()) == freeze, timeline  # n3's new ready committed it
+    assert proc.returncode == 0 and result["consistency"] == APPLICATION, (result, err)
+    lifelab.wait_registered()

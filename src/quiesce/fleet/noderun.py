@@ -206,15 +206,16 @@ class NodeRun:
             newer = [(start, end, since) for start, end in ranges]
         else:  # ready: one compare per other member (their progress keys may not exist yet)
             present += [self.keys.key(self.run_id, what, m) for m in self.spec.members if m != self.node]
-        mine = {
-            self.keys.key(self.run_id, what, self.node): value,
-            self.keys.key(self.run_id, PROGRESS, self.node): {"last": what},
-        }
+        report = self.keys.key(self.run_id, what, self.node)
+        mine = {report: value, self.keys.key(self.run_id, PROGRESS, self.node): {"last": what}}
+        # A ready lives no longer than this agent's registration: a dead agent's counts for no freeze.
+        lease = {report: self.lease} if what == "ready" and self.lease else None
         committed, revision = (store or self.store).put_if(
             {**mine, self.keys.key(self.run_id, step): {"by": self.node, "t_unix": value["t_unix"]}},
             present=present,
             absent=[self.keys.key(self.run_id, "abort"), self.keys.key(self.run_id, step)],
             newer=newer,
+            lease=lease,
             otherwise=mine,
         )
         self._heard_at = time.monotonic()
@@ -345,6 +346,8 @@ class NodeRun:
     snapshot_timeout_s: float = 10.0
     #: The connection for the writes inside the window (a short request timeout).
     window_store: Store | None = None
+    #: The agent's registration lease, which its ``ready`` is attached to (see the protocol).
+    lease: int | None = None
 
     def _command_env(self, freeze: quiesce.Freeze) -> dict[str, str]:
         """What the snapshot command gets besides every supervised process's environment.

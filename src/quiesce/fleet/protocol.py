@@ -11,7 +11,9 @@ Everything of a group lives under ``/quiesce/<group>/``::
     runs/<run>/thaw                only if every snapshotted exists (each one ok), and alive, and no abort
     runs/<run>/abort               anyone may write it, until ``thaw``; every node thaws on it
     runs/<run>/verdict             the coordinator's verdict, kept for ``fleet status``
-    reports/<run>/ready/<node>     the node ran its pre steps, pre-flushed, armed its guardian
+    reports/<run>/ready/<node>     the node ran its pre steps, pre-flushed, armed its guardian;
+                                   attached to its agent's lease: a dead agent's ready is gone
+                                   before it can register again, and counts for no freeze
     reports/<run>/frozen/<node>    the node is frozen
     reports/<run>/snapshotted/<node>
     reports/<run>/done/<node>      after the node's post steps: why it thawed, its local result
