@@ -141,3 +141,36 @@ def test_a_killed_agents_ready_never_counts_for_its_next_life(lifelab):
     assert max(readies.values()) == freeze, timeline  # n3's new ready committed it
     assert proc.returncode == 0 and result["consistency"] == APPLICATION, (result, err)
     lifelab.wait_registered()
+
+
+def test_the_coordinator_goes_on_after_etcd_restarted_with_its_history_compacted(lifelab):
+    """etcd compacted past the last event the coordinator saw, then killed and restarted at the
+    barrier: the coordinator's watch cannot go on from that revision (etcd cancels it at once).
+    It reads the run again instead, sees the members end their parts (etcd lost), and ends the run
+    on that, not on its timeout."""
+    n1 = lifelab.nodes[0]
+    lifelab.set_config(n1, {}, pre_extra="sleep 2")
+    try:
+        start_rev, _ = lifelab.client_call(lambda s: s.get_prefix(KEYS.prefix))
+        argv = lifelab.fleet_argv("--timeout", "40")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_report(lifelab, start_rev, "/ready/n2")
+            now = lifelab.client_call(lambda s: s.put(f"{KEYS.prefix}test-marker", {}))
+            lifelab.client_call(lambda s: s.call("/kv/compaction", {"revision": now, "physical": True}))
+            lifelab.etcd.kill()
+            lifelab.etcd.wait()
+            lifelab.start_etcd()
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        lifelab.set_config(n1, {}, pre_extra="")
+        lifelab.client_call(lambda s: s.delete_prefix(f"{KEYS.prefix}test-marker"), wait_s=10)
+    result = json.loads(out)
+    assert proc.returncode == 9 and not result["cut_committed"], (result, err)
+    assert "ended its part" in result["abort"], result["abort"]
+    assert {n["node"] for n in result["nodes"]} == {"n1", "n2", "n3"}
+    lifelab.wait_registered()

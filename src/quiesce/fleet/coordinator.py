@@ -7,9 +7,11 @@ that completes it (:mod:`quiesce.fleet.protocol`): the coordinator is not a
 hop inside the window. It watches the run's own keys, the nodes' ``done``
 reports and the group's registrations, and writes ``abort`` when a step does
 not come in time, a member ended its part early, or, once the nodes are
-frozen, a member's agent is gone (its registration lease expired). A watch
-that breaks is opened again from the last revision seen if etcd answers
-within a few seconds (longer, the coordinator's lease has ended the run).
+frozen, a member's agent is gone (its registration lease expired). When the
+watch breaks, the run's keys are read again and a new watch goes on from
+that read, if etcd answers within a few seconds (longer, the coordinator's
+lease has ended the run): never from the last revision seen, which etcd may
+have compacted meanwhile (such a watch is canceled at once).
 The verdict comes from the keys' revisions
 (:func:`quiesce.fleet.verdict.judge`) once every member reported or the
 wait for them ran out, and is stored as ``verdict``.
@@ -21,7 +23,7 @@ import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +138,7 @@ class _Run:
         self.view = RunView(run_id)
         self.lease_lost = threading.Event()
         self.watch: Watch | None = None
-        self.revision = 0  # the last revision the watch delivered: a new watch goes on from there
+        self._reopened_at = 0.0
         self.gone: list[str] = []  # members whose registration was deleted during the run
         self.phases: dict[str, int] = {"start": time.monotonic_ns()}
 
@@ -149,20 +151,53 @@ class _Run:
         return [self.keys.run(self.run_id), f"{self.keys.reports_of(self.run_id)}done/", self.keys.members]
 
     def open_watch(self, start_revision: int) -> None:
-        self.revision = start_revision - 1
         self.watch = self.store.watch(self.prefixes, start_revision)
 
     def _reopen(self, deadline: float) -> bool:
-        """A new watch from the last revision seen; False if etcd did not answer before ``deadline``."""
+        """Read the watched keys again and watch on from that read; False if etcd did not answer
+        before ``deadline``.
+
+        Read, not replayed from the last revision seen: etcd may have compacted
+        that history, and a watch from a compacted revision is canceled at once.
+        What the keys hold now is all the run needs (a member whose registration
+        is gone now is gone, whenever it went).
+        """
         assert self.watch is not None
         self.watch.close()
+        # A watch that etcd ends as soon as it is made is not opened again in a busy loop.
+        time.sleep(max(0.0, self._reopened_at + 0.2 - time.monotonic()))
+        self._reopened_at = time.monotonic()
         while time.monotonic() < deadline:
             try:
-                self.watch = self.store.watch(self.prefixes, self.revision + 1)
-                return True
+                revision, records = self.store.get_prefixes(self.prefixes)
+                self.watch = self.store.watch(self.prefixes, revision + 1)
             except FleetError:
                 time.sleep(0.2)
+                continue
+            registered = {self.keys.member_name(k) for k in records if k.startswith(self.keys.members)}
+            for m in self.members:
+                self._take("put" if m in registered else "delete", self.keys.member(m), {}, revision)
+            for key, record in sorted(records.items(), key=lambda item: item[1].mod_revision):
+                if not key.startswith(self.keys.members):
+                    self._take("put", key, record.value, record.mod_revision)
+            return True
         return False
+
+    def _take(self, kind: str, key: str, value: Mapping[str, Any] | None, revision: int) -> None:
+        """File one change of a watched key (an event, or a key as read again)."""
+        if key.startswith(self.keys.members):
+            node = key[len(self.keys.members) :]
+            if node in self.members and node not in self.gone and kind == "delete":
+                self.gone.append(node)
+            elif node in self.gone and kind == "put":
+                self.gone.remove(node)  # back (a restarted agent): it may still join before the freeze
+            return
+        parsed = self.keys.parse(key)
+        if parsed is None or parsed[0] != self.run_id or kind != "put":
+            return
+        if parsed[2] is None and parsed[1] not in self.view.single:
+            self.phases[parsed[1]] = time.monotonic_ns()
+        self.view.add(parsed[1], parsed[2], Record(value or {}, revision))
 
     def pump(self, done: Callable[[], bool], timeout_s: float, until_done: bool = False) -> str | None:
         """Take events until ``done()``; the reason when the wait ends otherwise.
@@ -188,20 +223,7 @@ class _Run:
                 if not self._reopen(min(deadline, time.monotonic() + REOPEN_S)):
                     raise FleetError(f"lost the watch on the run: {ev.why}; etcd did not answer again")
                 continue
-            self.revision = max(self.revision, ev.revision)
-            if ev.key.startswith(self.keys.members):
-                node = ev.key[len(self.keys.members) :]
-                if node in self.members and node not in self.gone and ev.kind == "delete":
-                    self.gone.append(node)
-                elif node in self.gone and ev.kind == "put":
-                    self.gone.remove(node)  # back (a restarted agent): it may still join before the freeze
-                continue
-            parsed = self.keys.parse(ev.key)
-            if parsed is None or parsed[0] != self.run_id or ev.kind != "put":
-                continue
-            if parsed[2] is None and parsed[1] not in self.view.single:
-                self.phases[parsed[1]] = time.monotonic_ns()
-            self.view.add(parsed[1], parsed[2], Record(ev.value or {}, ev.revision))
+            self._take(ev.kind, ev.key, ev.value, ev.revision)
 
     def ended_early(self) -> str | None:
         """A member that can no longer take part: it reported done, or its agent is gone."""
