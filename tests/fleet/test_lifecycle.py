@@ -174,3 +174,42 @@ def test_the_coordinator_goes_on_after_etcd_restarted_with_its_history_compacted
     assert "ended its part" in result["abort"], result["abort"]
     assert {n["node"] for n in result["nodes"]} == {"n1", "n2", "n3"}
     lifelab.wait_registered()
+
+
+def test_a_node_writes_nothing_for_another_run_while_frozen(lifelab):
+    """A second run names the nodes while they are frozen in a first (n3's snapshot step is slow):
+    each node declines it (busy) only after its window, never with a write while frozen; the
+    first run is consistent."""
+    saved = {node.name: node.config.read_text() for node in lifelab.nodes}
+    for node in lifelab.nodes:
+        lifelab.set_config(node, {"quiesce": {"freezeTimeoutSeconds": 30}})
+    slow = {"mode": "command", "argv": ["/bin/sh", "-c", "sleep 3"], "timeoutSeconds": 20}
+    lifelab.set_config(lifelab.nodes[2], {"quiesce": {"freezeTimeoutSeconds": 30, "snapshot": slow}})
+    try:
+        start_rev, _ = lifelab.client_call(lambda s: s.get_prefix(KEYS.prefix))
+        argv = lifelab.fleet_argv("--deadline", "30")
+        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            watch = lifelab.client_call(lambda s: s.watch(KEYS.runs, start_rev + 1))
+            try:
+                while (ev := watch.get(30)) is not None and not ev.key.endswith("/cut"):
+                    pass
+            finally:
+                watch.close()
+            assert ev is not None, "no cut"
+            code2, out2 = lifelab.fleet_run("--timeout", "20")
+            out1, err1 = first.communicate(timeout=120)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate()
+    finally:
+        for node in lifelab.nodes:
+            node.config.write_text(saved[node.name])
+    result1 = json.loads(out1)
+    assert first.returncode == 0 and result1["consistency"] == APPLICATION, (result1, err1)
+    assert code2 == 9 and "busy" in (out2["abort"] or ""), out2
+    (thaw,) = [r["revision"] for r in result1["timeline"] if r["key"] == "thaw"]
+    declined = {r["node"]: r["revision"] for r in out2["timeline"] if r["key"] == "done"}
+    assert sorted(declined) == ["n1", "n2", "n3"], out2["timeline"]
+    assert min(declined.values()) > thaw, (thaw, out2["timeline"])

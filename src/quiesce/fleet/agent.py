@@ -7,7 +7,8 @@ its group's ``runs/``. A run whose spec names it is served by
 node's own Azure config (its scripts, hooks, targets, snapshot command), its
 freeze deadline capped at the fleet's. It acts only on its own group's keys;
 a run that names it while it is busy, or that it cannot serve, gets an
-``abort`` saying why, so nobody waits for it.
+``abort`` saying why, so nobody waits for it (written once this node is
+out of its frozen window, if the run came while it was frozen).
 """
 
 from __future__ import annotations
@@ -364,6 +365,8 @@ class Agent:
             # This node cannot go on: tell the others now instead of letting them wait.
             self._abort(run_id, f"{node}: {record.get('error') or record.get('snapshot_detail') or 'failed'}")
         self._report(run_id, record)
+        for ev in part.deferred:  # other runs that named this node while it was frozen
+            self._busy(ev)
         self.runs_served += 1
         self.state = {
             "state": "idle",

@@ -16,7 +16,9 @@ Each report is one transaction that also commits the step when this node's
 report is the last one missing (:mod:`quiesce.fleet.protocol`); the node
 that commits a step needs no event to learn it.
 
-Nothing here writes to a file while frozen: the only I/O is to etcd.
+Nothing here writes to a file while frozen: the only I/O is to etcd, and
+only this run's reports (another run's spec seen while frozen is declined
+by the agent after this run).
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class NodeRun:
         self.watch = watch
         self._probe = probe
         self._on_other_spec = on_other_spec
+        #: Other runs' specs seen while frozen: the agent answers them once this run is over.
+        self.deferred: list[Event] = []
         self._stopping = stopping or threading.Event()
         self.seen: dict[str, int] = {}  # freeze/cut/thaw/abort -> revision
         self.ending: str | None = None
@@ -109,8 +113,8 @@ class NodeRun:
             return
         run, what, node = parsed
         if run != self.run_id:
-            if what == "spec" and ev.kind == "put":
-                self._on_other_spec(ev)
+            if what == "spec" and ev.kind == "put":  # declined (written) after the window, not in it
+                (self.deferred.append if "frozen_mono_ns" in self.times else self._on_other_spec)(ev)
             return
         if what == "alive" and ev.kind == "delete":
             self.ending = self.ending or COORDINATOR_LOST
