@@ -230,3 +230,14 @@ def test_sigterm_while_the_port_host_is_gone_with_replies_pending(node, lfs):
         assert q.proc.wait(10) == 0
         witness.close()
     assert node.events() == ["pre.sh ", "post.sh "]
+
+
+def test_a_half_sent_request_does_not_reach_the_next_client(node):
+    """A client that leaves a request half-sent: the next connection starts afresh (qemu-ga would
+    join the two)."""
+    with quiesce_qga(mkdir(Path(node.base) / "w"), node.run_dir) as q:
+        with q.client() as c:
+            c.send(b'{"execute":')
+        with q.client() as c:
+            c.send(PING)
+            assert c.line() == b'{"return": {}}\n'
