@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import io
 import json
 import os
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import tty
 from pathlib import Path
@@ -23,6 +25,8 @@ from pathlib import Path
 import pytest
 
 from quiesce.engine.fdwait import wait_readable
+from quiesce.qga import server
+from quiesce.qga.events import EventLog
 from tests.qga.agents import Agent, mkdir, quiesce_qga, reap, wait_for, writer_blocked
 from tests.qga.test_faults import Witness, freeze_list
 
@@ -241,3 +245,32 @@ def test_a_half_sent_request_does_not_reach_the_next_client(node):
         with q.client() as c:
             c.send(PING)
             assert c.line() == b'{"return": {}}\n'
+
+
+def test_a_host_that_reads_slowly_gets_every_reply(monkeypatch):
+    """The write gives up only after a time with no progress: a slow reader, taking longer than
+    that in all, still gets every byte."""
+    monkeypatch.setattr(server, "WRITE_TIMEOUT_S", 1.0)
+    ours, host = socket.socketpair()
+    data = bytes(range(256)) * 8192  # 2 MiB: about 3 s at the reader's pace
+    got = bytearray()
+
+    def read_slowly() -> None:
+        while len(got) < len(data):
+            chunk = host.recv(32 << 10)
+            if not chunk:
+                return
+            got.extend(chunk)
+            time.sleep(0.05)
+
+    reader = threading.Thread(target=read_slowly)
+    stop = server.Stopper()
+    try:
+        reader.start()
+        assert server.Channel(ours.fileno(), EventLog(io.StringIO()), stop).write(data)
+        reader.join()
+    finally:
+        stop.close()
+        ours.close()
+        host.close()
+    assert bytes(got) == data

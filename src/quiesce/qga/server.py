@@ -89,11 +89,13 @@ class Channel:
         return data or None
 
     def write(self, data: bytes) -> bool:
-        """Write all of ``data``; False when the host did not take it in time, is gone, or we stop.
+        """Write all of ``data``; False if the host is gone, reads nothing for a while, or we stop.
 
-        The wait is bounded as a whole, and ends at a hang-up: a virtio port
-        whose host side is closed polls as hung up while its writes fail with
-        EAGAIN, which would otherwise never end. A stop signal ends it too.
+        "A while" is :data:`WRITE_TIMEOUT_S` without progress: a host that
+        reads slowly, but reads, gets everything. The wait ends at a hang-up
+        (a virtio port whose host side is closed polls as hung up while its
+        writes fail with EAGAIN, which would otherwise never end), and at a
+        stop signal.
         """
         view = memoryview(data)
         poller: select.poll | None = None
@@ -110,8 +112,9 @@ class Channel:
             view = view[n:]
             if not view:
                 break
-            if poller is None:
+            if n or poller is None:
                 deadline = time.monotonic() + WRITE_TIMEOUT_S
+            if poller is None:
                 poller = select.poll()
                 poller.register(self.fd, select.POLLOUT)
                 poller.register(self.stop.rfd, select.POLLIN)
