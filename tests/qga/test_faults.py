@@ -193,8 +193,10 @@ def test_garbage_flood_does_not_disturb_a_freeze(node, lfs):
         assert "application-consistent" in q.log_text()
 
 
-def test_sigterm_while_frozen_thaws_runs_post_and_exits_0(node, lfs):
-    """Stopping the agent (systemctl stop) releases the freeze: thawed, post steps run, exit 0."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_sigterm_while_frozen_thaws_runs_post_and_exits_0(node, lfs, sig):
+    """Stopping the agent (systemctl stop; a hang-up, ^C) releases the freeze: thawed, post steps
+    run, exit 0."""
     a = lfs["a"]
     node.config([str(a.mount_point)])
     q = quiesce_qga(mkdir(Path(node.base) / "w"), node.run_dir, config=node.config_path)
@@ -202,11 +204,11 @@ def test_sigterm_while_frozen_thaws_runs_post_and_exits_0(node, lfs):
         assert freeze_list(c, a) == {"return": 1}
         witness = Witness(a)
         assert witness.done_within(0.2) is None
-        assert q.stop(signal.SIGTERM) == 0
+        assert q.stop(sig) == 0
         assert witness.done_within(5) is not None
         witness.close()
     assert node.events() == ["pre.sh ", "post.sh "]
-    assert "stopped by signal 15" in q.log_text()
+    assert f"stopped by signal {int(sig)}" in q.log_text()
 
 
 def test_host_hang_up_while_frozen_keeps_the_freeze_for_the_next_client(node, lfs):
@@ -225,8 +227,20 @@ def test_host_hang_up_while_frozen_keeps_the_freeze_for_the_next_client(node, lf
             reap()
 
 
+def frozen_by_last_run(run_dir: str) -> list[str]:
+    """The mount points the run directory's last report says were frozen (none without a report)."""
+    try:
+        report = json.loads(Path(run_dir, "last-report.json").read_text())
+    except FileNotFoundError:
+        return []
+    return [
+        t["mount_point"] for t in report["targets"] if t["freeze_ns"] is not None and not t["freeze_errno"]
+    ]
+
+
 def test_sigterm_during_the_pre_steps_fails_the_freeze_and_leaves_nothing_frozen(node, lfs):
-    """Stopped while the pre-script runs: the host is told the freeze failed, nothing stays frozen."""
+    """Stopped while the pre-script runs: the host is told the freeze failed, and nothing is frozen
+    after the pre-script either (the stop came before the first FIFREEZE)."""
     a = lfs["a"]
     node.config([str(a.mount_point)], pre="sleep 2\n")
     q = quiesce_qga(mkdir(Path(node.base) / "w"), node.run_dir, config=node.config_path)
@@ -250,6 +264,33 @@ def test_sigterm_during_the_pre_steps_fails_the_freeze_and_leaves_nothing_frozen
     assert not writer_blocked(a.mount_point / "probe")
     reap()
     assert node.events() == ["pre.sh ", "post.sh "]
+    assert frozen_by_last_run(node.run_dir) == []
+    assert "window " not in q.log_text()
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+def test_sigterm_during_the_fsfreeze_hook_freezes_nothing(node, lfs, with_config):
+    """Stopped while qemu-ga's hook runs its "freeze" call: no FIFREEZE follows, the hook's "thaw"
+    call still comes (as after any failed freeze), the host is told, exit 0."""
+    a = lfs["a"]
+    node.config([str(a.mount_point)])
+    hook = node.script("fsfreeze-hook", "sleep 2\n", mode=0o755)
+    config = node.config_path if with_config else None
+    q = quiesce_qga(mkdir(Path(node.base) / "w"), node.run_dir, config=config, hook=hook)
+    with q, q.client() as c:
+        c.send(
+            json.dumps(
+                {"execute": "guest-fsfreeze-freeze-list", "arguments": {"mountpoints": [str(a.mount_point)]}}
+            )
+            + "\n"
+        )
+        assert wait_for(lambda: node.events() == ["fsfreeze-hook freeze"], 10)
+        q.proc.send_signal(signal.SIGTERM)
+        assert c.reply()["error"]["desc"] == "freeze failed, nothing is frozen: the agent is stopping"
+        assert q.proc.wait(30) == 0
+    assert frozen_by_last_run(node.run_dir) == []
+    assert "window " not in q.log_text()
+    assert node.events()[-1] == "fsfreeze-hook thaw"
 
 
 def test_agent_whose_log_and_socket_are_on_the_frozen_filesystem_still_thaws(node, lfs):

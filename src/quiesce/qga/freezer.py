@@ -119,6 +119,7 @@ class Freezer:
             on_frozen=self._frozen,
             on_auto_thaw=self._auto_thawed,
             after=lambda: self._after(hook),
+            stopping=stopping,
         )
         self._window = window
         window.start()
@@ -128,6 +129,7 @@ class Freezer:
         window.join()
         self._window = None
         self.log.release()
+        self._log_window(window)
         if stopping():
             raise QgaError("freeze failed, nothing is frozen: the agent is stopping")
         failed = window.failed_fifreeze()

@@ -6,8 +6,10 @@ the port reads end-of-file; as qemu-ga does, the agent then waits 100 ms
 and looks again (the host sends 0xFF before ``guest-sync-delimited`` to
 discard anything half-read). ``--unix-listen`` accepts one client at a time
 and starts each with a fresh parser. Replies are written in order; a host
-that stops reading for :data:`WRITE_TIMEOUT_S` loses them (the unix client
-is dropped), so a stuck host never stops the agent.
+that stops reading for :data:`WRITE_TIMEOUT_S`, or hangs up, loses them
+(the unix client is dropped), so a stuck host never stops the agent, and a
+stop signal ends the wait at once (the freeze's release never waits for a
+host that does not read).
 
 Requests are handled one at a time, as qemu-ga does; the frozen window does
 not depend on this loop: its deadline is the guardian's, and its wait is in
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import select
 import signal
 import socket
 import stat
+import time
 from collections.abc import Callable
 
 from quiesce.engine.trust import UnsafeDirectoryError, check_directory, resolve
@@ -66,9 +70,10 @@ class Stopper:
 class Channel:
     """One open channel to the host (a port fd or a connected socket fd), non-blocking."""
 
-    def __init__(self, fd: int, log: EventLog) -> None:
+    def __init__(self, fd: int, log: EventLog, stop: Stopper) -> None:
         self.fd = fd
         self.log = log
+        self.stop = stop
         os.set_blocking(fd, False)
 
     def read(self) -> bytes | None:
@@ -84,9 +89,17 @@ class Channel:
         return data or None
 
     def write(self, data: bytes) -> bool:
-        """Write all of ``data``; False when the host did not take it in time (or is gone)."""
+        """Write all of ``data``; False if the host is gone, reads nothing for a while, or we stop.
+
+        "A while" is :data:`WRITE_TIMEOUT_S` without progress: a host that
+        reads slowly, but reads, gets everything. The wait ends at a hang-up
+        (a virtio port whose host side is closed polls as hung up while its
+        writes fail with EAGAIN, which would otherwise never end), and at a
+        stop signal.
+        """
         view = memoryview(data)
         poller: select.poll | None = None
+        deadline = 0.0
         while view:
             try:
                 n = os.write(self.fd, view)
@@ -99,12 +112,25 @@ class Channel:
             view = view[n:]
             if not view:
                 break
+            if n or poller is None:
+                deadline = time.monotonic() + WRITE_TIMEOUT_S
             if poller is None:
                 poller = select.poll()
                 poller.register(self.fd, select.POLLOUT)
-            if not poller.poll(int(WRITE_TIMEOUT_S * 1000)):
+                poller.register(self.stop.rfd, select.POLLIN)
+            left = deadline - time.monotonic()
+            events = dict(poller.poll(max(0, math.ceil(left * 1000)))) if left > 0 else {}
+            _drain(self.stop.rfd)
+            if self.stop():
+                self.log(f"stopping: {len(view)} bytes of replies dropped")
+                return False
+            if events.get(self.fd, 0) & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                self.log(f"the host hung up: {len(view)} bytes of replies dropped")
+                return False
+            if time.monotonic() >= deadline:
                 self.log(
-                    f"the host read nothing for {WRITE_TIMEOUT_S:g} s: {len(view)} bytes of replies dropped"
+                    f"the host did not read the replies for {WRITE_TIMEOUT_S:g} s: "
+                    f"{len(view)} bytes of them dropped"
                 )
                 return False
         return True
@@ -133,19 +159,20 @@ def serve_channel(channel: Channel, dispatcher: Dispatcher, stop: Stopper, *, re
             idle.poll(int(IDLE_RETRY_S * 1000))
             continue
         # Replies in order; the errors a burst of garbage produced go out in one write,
-        # before the next command runs (it may take long: a freeze).
+        # before the next command runs (it may take long: a freeze). Once stopping, the
+        # rest of the input is left unread: the freeze is released as the agent ends.
         pending: list[bytes] = []
         for parsed in stream.feed(data):
             if parsed.error is None:
-                if not _flush(channel, pending) and not retry_on_eof:
+                if not _flush(channel, pending, retry_on_eof):
                     return
                 pending = []
             pending += dispatcher.handle(parsed)
             if parsed.error is None:
-                if not _flush(channel, pending) and not retry_on_eof:
+                if not _flush(channel, pending, retry_on_eof):
                     return
                 pending = []
-        if not _flush(channel, pending) and not retry_on_eof:
+        if not _flush(channel, pending, retry_on_eof):
             return
 
 
@@ -174,7 +201,7 @@ def serve_device(path: str, dispatcher: Dispatcher, stop: Stopper, log: EventLog
         if trusted is not None and st.st_rdev != trusted.st_rdev:
             raise OSError(errno.EAGAIN, "the port changed while it was being checked", path)
         log(f"serving the port {path}")
-        serve_channel(Channel(fd, log), dispatcher, stop, retry_on_eof=True)
+        serve_channel(Channel(fd, log, stop), dispatcher, stop, retry_on_eof=True)
     finally:
         os.close(fd)
 
@@ -219,15 +246,18 @@ def serve_unix(
                 continue
             conn, _ = listener.accept()
             with conn:
-                serve_channel(Channel(conn.fileno(), log), dispatcher, stop, retry_on_eof=False)
+                serve_channel(Channel(conn.fileno(), log, stop), dispatcher, stop, retry_on_eof=False)
     finally:
         listener.close()
         with contextlib.suppress(OSError):
             os.unlink(path)
 
 
-def _flush(channel: Channel, replies: list[bytes]) -> bool:
-    return channel.write(b"".join(replies)) if replies else True
+def _flush(channel: Channel, replies: list[bytes], keep_on_failure: bool) -> bool:
+    """Write ``replies``; whether to go on serving ``channel`` (never once stopping)."""
+    if replies and not channel.write(b"".join(replies)) and not keep_on_failure:
+        return False
+    return not channel.stop()
 
 
 def _drain(fd: int) -> None:

@@ -37,12 +37,18 @@ class WindowSpec:
     vmbackup_conf: str | None = None
 
 
+class WindowCancelled(Exception):
+    """Raised just before the first FIFREEZE when the agent is stopping: nothing is frozen."""
+
+
 class Window:
     """Freeze ``spec.targets`` in a worker thread and hold them until :meth:`release` or the deadline.
 
     ``on_frozen(count)`` and ``on_auto_thaw()`` are called from the worker
     thread; ``after()`` runs in it once the window is over, whatever happened
-    (qemu-ga's thaw hook goes there).
+    (qemu-ga's thaw hook goes there). ``stopping()`` true just before the
+    first FIFREEZE (the agent got a stop signal while the pre steps ran)
+    means nothing is frozen.
     """
 
     def __init__(
@@ -52,8 +58,10 @@ class Window:
         on_frozen: Callable[[int], None],
         on_auto_thaw: Callable[[], None],
         after: Callable[[], None],
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.spec = spec
+        self._stopping = stopping
         self._on_frozen = on_frozen
         self._on_auto_thaw = on_auto_thaw
         self._after = after
@@ -188,6 +196,7 @@ class Window:
             vmbackup_conf=self.spec.vmbackup_conf,
             run_dir=self.spec.run_dir,
             on_frozen=self._frozen,
+            before_freeze=self._before_freeze,
         )
         self.result = quiesce.run(
             dataclasses.replace(loaded, config=cfg), snapshot=self._hold, options=options
@@ -202,11 +211,22 @@ class Window:
         try:
             with freeze:
                 freeze.prepare()
+                if self._cancelled():
+                    return
                 freeze.freeze()
                 self._frozen(freeze)
                 self._hold()
         finally:
             self.report = freeze.report
+
+    def _cancelled(self) -> bool:
+        """A release or a stop came before the freeze: freeze nothing."""
+        return self._release.is_set() or self._stopping()
+
+    def _before_freeze(self, freeze: quiesce.Freeze) -> None:
+        """The run's last step before the first FIFREEZE; raising aborts it, nothing frozen."""
+        if self._cancelled():
+            raise WindowCancelled("the agent is stopping")
 
     def _frozen(self, freeze: quiesce.Freeze) -> None:
         self._freeze = freeze
