@@ -255,6 +255,38 @@ def read(run_dir: RunDir | str) -> Ledger | None:
         raise LedgerError(f"{path}: {err}; nothing done") from err
 
 
+def refuse_if_left(run_dir: RunDir) -> None:
+    """Raise :class:`LedgerError` if a ledger is already there; call under the freeze lock, first.
+
+    Under the lock no freeze or guardian that wrote a ledger lives: a ledger
+    found now is a dead freeze's (its holder and guardian killed, or a FITHAW
+    that failed), and it is the only record of what may still be frozen and
+    of the ``rcu_expedited`` value to put back. A new freeze would overwrite
+    it and remove its own at the end: ``quiesce status`` would show nothing
+    frozen, ``quiesce thaw`` thaw nothing. So nothing is frozen until
+    ``quiesce thaw`` or ``quiesce recover`` has dealt with it. A ledger of
+    an earlier boot names nothing frozen now: it is removed.
+    """
+    try:
+        led = read(run_dir)
+    except LedgerError as err:
+        raise LedgerError(
+            f"a freeze's ledger is already there and cannot be used ({err}); nothing was frozen: "
+            f"remove {run_dir.path_of(LEDGER_NAME)} once nothing it lists is frozen"
+        ) from err
+    if led is None:
+        return
+    if led.boot_id != current_boot_id():
+        remove(run_dir)
+        return
+    mounts = ", ".join(e.mount_point for e in led.filesystems)
+    raise LedgerError(
+        f"the freeze {led.run_id} (pid {led.pid}) ended without thawing or dropping its ledger, "
+        f"which still lists {mounts}: they may still be frozen; nothing was frozen: "
+        "run `quiesce thaw` (or `quiesce recover`) first"
+    )
+
+
 def remove(run_dir: RunDir | str) -> None:
     """Remove the ledger if it exists."""
     with _dir(run_dir, create=False) as d:
