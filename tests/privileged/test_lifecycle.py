@@ -97,3 +97,111 @@ def test_a_ledger_of_an_earlier_boot_does_not_stop_a_freeze(fs, run_dir):
         f.freeze()
         assert ledger_mod.read(run_dir).run_id == f.run_id
     assert f.report.ok and ledger_mod.read(run_dir) is None
+
+
+@pytest.fixture
+def small_run_dir(private_namespace, base):
+    """A run directory on its own 64 KiB tmpfs (mode 700), and a function that fills it to one free page."""
+    mount = base / "tmpfs"
+    mount.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=700", "tmpfs", str(mount)], check=True)
+
+    def fill_but_one_page() -> None:
+        fd = os.open(mount / "ballast", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            pass  # full
+        finally:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - 4096))
+            os.close(fd)
+
+    try:
+        yield str(mount / "run"), fill_but_one_page
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_hold_whose_run_dir_has_no_room_to_record_it_freezes_nothing(fs, small_run_dir):
+    """Room for the ledger but not for the "holding" mark: ``freeze --hold`` freezes nothing, exit 1.
+
+    Before, the hold went on with the earlier hold's report as the last one:
+    with its holder killed, ``status`` showed that earlier hold, released
+    and thawed, and ``quiesce thaw`` exited 0 with nothing to say, where a
+    killed holder is exit 5.
+    """
+    run_dir, fill_but_one_page = small_run_dir
+    a = str(fs["ext4"].mount_point)
+    assert quiesce(run_dir, "freeze", "--hold", "--timeout", "30", a).returncode == Exit.OK
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+    earlier = json.loads(quiesce(run_dir, "status", "--json").stdout)["last_hold"]["run_id"]
+    fill_but_one_page()
+
+    held = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "30", a)
+    led = ledger_mod.read(run_dir)
+    if held.returncode == Exit.OK and led is not None:
+        os.kill(led.pid, signal.SIGKILL)  # the old code's hold: its holder killed, as the OOM killer would
+        deadline = time.monotonic() + 5
+        while ledger_mod.read(run_dir) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert held.returncode == Exit.ERROR, held.stdout + held.stderr
+    failed = json.loads(held.stdout)
+    assert failed["event"] == "failed" and "No space left" in failed["error"]
+    assert "nothing was frozen" in failed["error"]
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "frozen although the hold could not be recorded"
+    w.finish()
+    assert led is None
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    assert status["last_hold"] is None or status["last_hold"]["run_id"] != earlier
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK
+
+    # A foreground freeze's caller sees its end itself: it goes on, and no earlier freeze is shown as its.
+    fill_but_one_page()
+    fg = quiesce(run_dir, "freeze", "--json", "--timeout", "30", a)
+    assert fg.returncode == Exit.OK, fg.stdout + fg.stderr
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    shown = None if status["last_hold"] is None else status["last_hold"]["run_id"]
+    assert shown in (None, json.loads(fg.stdout.splitlines()[-1])["run_id"])
+
+
+def test_a_runs_hold_with_no_room_to_record_it_freezes_nothing(setup, fs, private_namespace):
+    """``quiesce run``'s hold step with no room for the "holding" mark: announced as not frozen, never held.
+
+    Its snapshotter may ask ``quiesce thaw`` how the hold ended, and that
+    thaw would find nothing; before, the run froze anyway.
+    """
+    os.makedirs(setup.run_dir, mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=700", "tmpfs", setup.run_dir], check=True)
+    try:
+        setup.config()
+        first = setup.cli("--json")  # makes the run directory's files (lock, last report) as a run does
+        assert first.returncode == Exit.OK, first.stdout + first.stderr
+        setup.config(quiesce={"snapshot": {"mode": "hold"}, "freezeTimeoutSeconds": 0.5})
+        fd = os.open(os.path.join(setup.run_dir, "ballast"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"x" * 4096)
+        except OSError:
+            os.ftruncate(fd, os.fstat(fd).st_size - 4096)  # one page: the ledger's, not the mark's
+        finally:
+            os.close(fd)
+        done = subprocess.run(
+            setup.run_argv("--json", "--no-stdin"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        event, result = (json.loads(line) for line in done.stdout.splitlines())
+        assert event["event"] == "frozen" and event["is_frozen"] is False, event
+        assert (
+            "cannot record the freeze" in event["reason"]
+            and "No space left" in event["reason"]
+            and set(event["not_frozen"]) == set(setup.targets)
+        )
+        assert done.returncode == Exit.BACKUP_FAILED and result["snapshot"] == "failed", done.stderr
+        assert ledger_mod.read(setup.run_dir) is None
+    finally:
+        subprocess.run(["umount", setup.run_dir], check=True)

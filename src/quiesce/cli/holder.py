@@ -23,7 +23,7 @@ from quiesce.cli.exits import Exit, exit_code_for
 from quiesce.cli.output import SafeStream, describe
 from quiesce.cli.render import emit_json, human_ns
 from quiesce.engine.freeze import Freeze, FreezeOptions
-from quiesce.engine.lastreport import DETACHED, FOREGROUND, mark_holding, save_last_report
+from quiesce.engine.lastreport import DETACHED, FOREGROUND, HoldNotRecorded, mark_holding, save_last_report
 from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Plan
 from quiesce.engine.report import FreezeReport
@@ -97,8 +97,15 @@ def hold(
             f.prepare()
             if f.run_dir is not None:
                 # A foreground freeze's caller sees its end (or its death) itself: nothing for a `thaw`.
-                with contextlib.suppress(OSError):
+                try:
                     mark_holding(f.run_dir, f.run_id, os.getpid(), mode, acknowledged=mode != DETACHED)
+                except HoldNotRecorded as e:
+                    if mode == DETACHED:
+                        # The `quiesce thaw` that follows would find no word of this hold and exit 0.
+                        raise HoldNotRecorded(
+                            f"{e}: a later `quiesce thaw` could not tell how the "
+                            "hold ended; nothing was frozen"
+                        ) from e
             if release.received is not None:
                 # The pre-flush can take seconds: a stop during it must not freeze, then release.
                 name = signal.Signals(release.received).name
@@ -114,7 +121,7 @@ def hold(
                 announced = True
                 released_by = release.wait(f.remaining_ns, use_stdin)
             f.close(on_report=save)
-    except (FreezeError, ThawError, StoppedBeforeFreeze) as e:
+    except (FreezeError, ThawError, StoppedBeforeFreeze, HoldNotRecorded) as e:
         err = e
     finally:
         release.close()
