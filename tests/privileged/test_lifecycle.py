@@ -205,3 +205,29 @@ def test_a_runs_hold_with_no_room_to_record_it_freezes_nothing(setup, fs, privat
         assert ledger_mod.read(setup.run_dir) is None
     finally:
         subprocess.run(["umount", setup.run_dir], check=True)
+
+
+@pytest.mark.parametrize("content", [b"", b"{garbage", b"{" * ((1 << 20) + 1)])
+def test_thaw_force_with_a_ledger_it_cannot_use_still_says_what_it_thawed(fs, run_dir, content):
+    """``thaw --force MOUNT`` thaws MOUNT; a damaged ledger after it is an error, never the only answer.
+
+    Before, the ledger's error replaced the whole answer: one JSON error
+    object (exit 1) and not a word of the mount the command had thawed.
+    """
+    with open(os.path.join(run_dir, ledger_mod.LEDGER_NAME), "wb") as f:
+        f.write(content)
+    os.chmod(os.path.join(run_dir, ledger_mod.LEDGER_NAME), 0o600)
+    b = str(fs["btrfs"].mount_point)
+    for extra in (("--json",), ()):
+        subprocess.run(["fsfreeze", "-f", b], check=True)
+        done = quiesce(run_dir, "thaw", "--force", b, *extra)
+        assert done.returncode == Exit.ERROR, done.stdout + done.stderr
+        if extra:
+            out = json.loads(done.stdout)
+            assert out["forced"] == [{"mount_point": b, "outcome": "thawed"}]
+            assert out["error_type"] == "LedgerError" and out["exit"] == Exit.ERROR
+        else:
+            assert f"{b}: thawed" in done.stdout and "ledger" in done.stderr
+        w = Writer(fs["btrfs"])
+        assert w.finished_within(5)
+        w.finish()

@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from quiesce.cli.exits import Exit
-from quiesce.cli.output import emit_json, guarded_stdout
+from quiesce.cli.exits import Exit, exit_code_for
+from quiesce.cli.output import SafeStream, emit_json, guarded_stdout
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod
 from quiesce.engine.lastreport import (
@@ -32,7 +33,7 @@ from quiesce.engine.lastreport import (
 from quiesce.engine.proof import PROOF_FROZEN, PROOF_THAWED, open_proven, proof_state, wait_pidfd
 from quiesce.engine.rcu import restore_value
 from quiesce.engine.rundir import RunDir
-from quiesce.errors import NotFrozenError
+from quiesce.errors import NotFrozenError, QuiesceError
 
 if TYPE_CHECKING:  # annotations only: a plain `quiesce thaw` is parsed without argparse
     import argparse
@@ -144,14 +145,21 @@ def cmd_thaw(args: argparse.Namespace) -> int:
                 outcome, code = f"error: {err}", Exit.THAW_FAILED
             forced.append({"mount_point": path, "outcome": outcome})
         out["forced"] = forced
-    run_dir = RunDir.open_existing(args.run_dir)
-    if run_dir is None:
-        out["ledger"] = None
+    try:
+        run_dir = RunDir.open_existing(args.run_dir)
+        if run_dir is None:
+            out["ledger"] = None
+            if not args.force:
+                out["message"] = f"nothing to thaw: no freeze in progress (no run directory {args.run_dir})"
+        else:
+            with run_dir:
+                code = max(code, _thaw_in(run_dir, args, out))
+    except QuiesceError as err:
         if not args.force:
-            out["message"] = f"nothing to thaw: no freeze in progress (no run directory {args.run_dir})"
-    else:
-        with run_dir:
-            code = max(code, _thaw_in(run_dir, args, out))
+            raise
+        # The forced thaws were done: the answer still says so, with the error after them.
+        code = max(code, exit_code_for(err))
+        out |= {"error": str(err), "error_type": type(err).__name__, "exit": int(code)}
     # What was done is done: a closed stdout or a reader gone changes no exit status.
     with guarded_stdout() as stdout:
         if args.json:
@@ -161,6 +169,8 @@ def cmd_thaw(args: argparse.Namespace) -> int:
             from quiesce.cli.render import print_thaw
 
             print_thaw(out)
+            if "error" in out:
+                SafeStream("stderr", sys.stderr).write(f"quiesce: {out['error']}\n")
     return code
 
 
