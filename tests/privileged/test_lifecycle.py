@@ -13,6 +13,7 @@ import pytest
 
 from quiesce.cli.exits import Exit
 from quiesce.engine import ledger as ledger_mod
+from quiesce.engine.fdwait import wait_readable
 from quiesce.engine.freeze import Freeze, FreezeOptions
 from quiesce.errors import LedgerError
 from tests.privileged.conftest import Writer, targets
@@ -231,3 +232,54 @@ def test_thaw_force_with_a_ledger_it_cannot_use_still_says_what_it_thawed(fs, ru
         w = Writer(fs["btrfs"])
         assert w.finished_within(5)
         w.finish()
+
+
+def _signal_until_it_ends(proc: subprocess.Popen[str], signum: int) -> None:
+    """Send ``signum`` to ``proc`` every half millisecond until it exits (it is not reaped here)."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        while not wait_readable(pidfd, 0.0005):
+            signal.pidfd_send_signal(pidfd, signum)
+    finally:
+        os.close(pidfd)
+
+
+def test_a_late_thaw_signal_never_kills_a_freeze_that_ended_its_hold(fs, run_dir):
+    """SIGUSR1 after a foreground freeze's release (a slow ``quiesce thaw``'s): it still reports, exit 0.
+
+    ``quiesce thaw`` proves the holder, then signals it; slowed between the
+    two, its SIGUSR1 can land once the hold is over. Before, it killed the
+    command (exit -10), often before its report was written.
+    """
+    a = str(fs["xfs"].mount_point)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "freeze", "--json", "--timeout", "30", a, "--run-dir", run_dir],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert json.loads(proc.stdout.readline())["event"] == "frozen"
+    proc.stdin.close()  # the release: EOF
+    proc.stdin = None
+    _signal_until_it_ends(proc, signal.SIGUSR1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == Exit.OK, err
+    report = json.loads(out)
+    assert (
+        report["event"] == "thawed" and report["ok"] and report["released_by"] in ("stdin", "signal SIGUSR1")
+    )
+
+
+def test_a_late_thaw_signal_never_kills_a_run_after_its_window(setup, fs):
+    """SIGUSR1 from the post-script on (a slow ``quiesce thaw``'s): the run ends with its result, exit 0."""
+    setup.config()
+    proc = setup.start_json_run()
+    deadline = time.monotonic() + 30
+    while not any(e.startswith("post.sh") for e in setup.events()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.001)
+    _signal_until_it_ends(proc, signal.SIGUSR1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == Exit.OK, err
+    assert json.loads(out)["consistency"] == "application-consistent"

@@ -17,6 +17,7 @@ from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Plan
 from quiesce.engine.targets import check_explicit, target_problems
 from quiesce.errors import TargetError
+from quiesce.runner.signals import ignore_stray_thaw_signals
 
 
 def plan_from(args: argparse.Namespace, targets: Sequence[str]) -> Plan:
@@ -62,6 +63,7 @@ def freeze_options(args: argparse.Namespace) -> FreezeOptions:
 
 def cmd_freeze(args: argparse.Namespace) -> int:
     """``quiesce freeze``."""
+    ignore_stray_thaw_signals()  # a `quiesce thaw` that comes late must not kill it after its hold
     plan = plan_from(args, args.targets)
     check_explicit(plan, args.targets)
     options = freeze_options(args)
