@@ -283,3 +283,67 @@ def test_a_late_thaw_signal_never_kills_a_run_after_its_window(setup, fs):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == Exit.OK, err
     assert json.loads(out)["consistency"] == "application-consistent"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_hold_json_when_its_holder_is_killed_before_it_reports_is_one_error_object(fs, run_dir):
+    """``freeze --hold --json`` whose holder is SIGKILLed before it reports: one JSON error object, exit 1.
+
+    Before, stdout stayed empty (a line on stderr only), against "with
+    ``--json`` every outcome prints one JSON object".
+    """
+    a = str(fs["ext4"].mount_point)
+    argv = [
+        sys.executable,
+        "-m",
+        "quiesce",
+        "freeze",
+        "--hold",
+        "--json",
+        "--timeout",
+        "30",
+        a,
+        "--run-dir",
+        run_dir,
+    ]
+    for _attempt in range(5):
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        while not (kids := _children(proc.pid)) and proc.poll() is None:
+            pass
+        for kid in kids:
+            os.kill(kid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+        if '"frozen"' not in out:
+            break
+        quiesce(run_dir, "thaw")  # the holder was quicker than the kill: try again
+    assert proc.returncode == Exit.ERROR, out + err
+    answer = json.loads(out)
+    assert answer["error_type"] == "HolderDied" and answer["exit"] == Exit.ERROR
+    assert "killed by SIGKILL" in answer["error"] and "nothing is held" in answer["error"]
+    w = Writer(fs["ext4"])
+    assert w.finished_within(5), "left frozen"
+    w.finish()
+
+
+def test_hold_json_failure_carries_every_error_field(fs, run_dir):
+    """``freeze --hold --json`` that cannot freeze: its ``failed`` event has every error field."""
+    b = str(fs["btrfs"].mount_point)
+    subprocess.run(["fsfreeze", "-f", b], check=True)
+    try:
+        done = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "30", b)
+    finally:
+        subprocess.run(["fsfreeze", "-u", b], check=True)
+    assert done.returncode == Exit.FREEZE_FAILED, done.stdout + done.stderr
+    event = json.loads(done.stdout)
+    assert event["event"] == "failed" and event["exit"] == Exit.FREEZE_FAILED
+    assert event["error_type"] == "FrozenByOtherError" and event["error_code"] == 121
+    assert "error_name" in event

@@ -36,6 +36,19 @@ class StoppedBeforeFreeze(QuiesceError):
     """A stop or release signal came while the freeze was preparing (its pre-flush): nothing was frozen."""
 
 
+class HolderDied(QuiesceError):
+    """The holder of ``freeze --hold`` ended (killed, say) before it said whether it froze: nothing held."""
+
+
+def _error_fields(err: BaseException) -> dict[str, Any]:
+    """The fields every ``--json`` error carries besides ``error`` and ``exit`` (as the command line's)."""
+    return {
+        "error_type": type(err).__name__,
+        "error_name": getattr(err, "azure_name", None),
+        "error_code": getattr(err, "azure_code", None),
+    }
+
+
 def report_exit(report: FreezeReport, err: BaseException | None, released_by: str | None = None) -> int:
     """The exit status of a ``quiesce freeze``: how its window ended, or its error."""
     if isinstance(err, ThawError):
@@ -171,10 +184,13 @@ def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
         report, released_by, err = hold(plan, options, announce, use_stdin=False, mode=DETACHED)
         code = report_exit(report, err, released_by)
         if err is not None:
-            failure = {"error": str(err), "report": report.to_dict()}
+            failure = {"error": str(err), **_error_fields(err), "report": report.to_dict()}
     except BaseException as e:  # the holder must always say why it ends
         code = exit_code_for(e)
-        failure = {"error": f"{type(e).__name__}: {e}" if not isinstance(e, QuiesceError) else str(e)}
+        failure = {
+            "error": f"{type(e).__name__}: {e}" if not isinstance(e, QuiesceError) else str(e),
+            **_error_fields(e),
+        }
     if failure is not None:
         with contextlib.suppress(OSError):
             _write_line(w, json.dumps({"event": "failed", "exit": int(code), **failure}))
@@ -207,9 +223,17 @@ def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
     os.close(r)
     text = b"".join(chunks).decode().strip()
     if not text:
-        os.waitpid(pid, 0)
-        err.write("quiesce: the holder exited before freezing\n")
-        return Exit.ERROR
+        _, status = os.waitpid(pid, 0)
+        how = (
+            f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            if os.WIFSIGNALED(status)
+            else f"exit status {os.waitstatus_to_exitcode(status)}"
+        )
+        # Raised: the command line says it as every error (one JSON object with --json).
+        raise HolderDied(
+            f"the holder (pid {pid}) ended before it said whether it froze ({how}): nothing is held "
+            "(its guardian thaws whatever it froze)"
+        )
     event = json.loads(text.splitlines()[0])
     if event["event"] == "frozen":
         if want_json:
