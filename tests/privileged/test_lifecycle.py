@@ -347,3 +347,30 @@ def test_hold_json_failure_carries_every_error_field(fs, run_dir):
     assert event["event"] == "failed" and event["exit"] == Exit.FREEZE_FAILED
     assert event["error_type"] == "FrozenByOtherError" and event["error_code"] == 121
     assert "error_name" in event
+
+
+def test_a_dead_freezes_ledger_naming_a_mount_point_that_is_gone_is_recovered(fs, run_dir, base):
+    """The dead freeze's mount point unmounted and removed since: ``thaw`` says mount-changed, and is done.
+
+    Before, the missing path was a FITHAW error: exit 6 on every ``thaw``
+    and ``recover``, and the ledger stayed for good, so every later freeze
+    was refused.
+    """
+    home, moved = str(fs["xfs"].mount_point), base / "moved"
+    moved.mkdir()
+    subprocess.run(["mount", "--move", home, str(moved)], check=True)
+    try:
+        held = quiesce(run_dir, "freeze", "--hold", "--timeout", "30", str(moved))
+        assert held.returncode == Exit.OK, held.stderr
+        _kill_guardian_then_holder(run_dir)
+        subprocess.run(["fsfreeze", "-u", str(moved)], check=True)
+    finally:
+        subprocess.run(["mount", "--move", str(moved), home], check=True)
+    moved.rmdir()
+    thawed = quiesce(run_dir, "thaw", "--json")
+    assert thawed.returncode == Exit.OK, thawed.stdout + thawed.stderr
+    assert [r["outcome"] for r in json.loads(thawed.stdout)["recovered"]] == ["mount-changed"]
+    assert ledger_mod.read(run_dir) is None
+    again = quiesce(run_dir, "freeze", "--hold", "--timeout", "30", home)
+    assert again.returncode == Exit.OK, again.stderr
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK

@@ -13,6 +13,7 @@ shares the recovery.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -39,6 +40,10 @@ if TYPE_CHECKING:  # annotations only: a plain `quiesce thaw` is parsed without 
     import argparse
 
 
+#: What opening a ledger's mount point fails with once nothing is there to thaw (see thaw_mount).
+_NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
 def _mount_dev(mount_id: int) -> str | None:
     from quiesce.engine.mountinfo import read_mountinfo  # recovery only, like the imports of thaw_mount
 
@@ -49,7 +54,7 @@ def _mount_dev(mount_id: int) -> str | None:
 
 
 def thaw_mount(path: str, expect_mount_id: int | None = None, expect_dev: str | None = None) -> str:
-    """FITHAW one mount point; returns "thawed", "not-frozen" or "mount-changed".
+    """FITHAW one mount point; returns "thawed", "not-frozen" or "mount-changed" (also: gone).
 
     With ``expect_mount_id``/``expect_dev`` (from a ledger) the mount must still
     be the one that was frozen: same mount ID, same superblock ``maj:min``.
@@ -62,7 +67,13 @@ def thaw_mount(path: str, expect_mount_id: int | None = None, expect_dev: str | 
 
     # A mount point as the mount table names it has no symlink in it: one found on the
     # way was planted, and could lead to a filesystem someone else froze.
-    fd = open_no_symlinks(path)
+    try:
+        fd = open_no_symlinks(path)
+    except OSError as err:
+        if expect_mount_id is not None and err.errno in _NOT_THERE:
+            # Unmounted and removed (or a link put in its place) since: not the mount that was frozen.
+            return "mount-changed"
+        raise
     try:
         if expect_mount_id is not None:
             mnt = mount_id_of_fd(fd)
