@@ -307,3 +307,13 @@ def new_run_id() -> str:
     made = next(_MADE)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     return stamp if made == 1 else f"{stamp}.{made}"
+
+
+#: The pid in a run ID (new_run_id): "-PID" or "-PID.N" at its end.
+_RUN_PID = re.compile(r"-(\d+)(?:\.\d+)?$")
+
+
+def run_pid(name: str) -> int | None:
+    """The pid of the process that made the run ID ending ``name`` (a cgroup's, a directory's), or None."""
+    m = _RUN_PID.search(name)
+    return int(m.group(1)) if m else None
