@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 from quiesce.engine import ledger as ledger_mod
+from quiesce.engine import lock as lock_mod
 from quiesce.engine.freeze import FreezeOptions
 from quiesce.engine.lock import FreezeLock, held_by, is_held
 from quiesce.engine.mountinfo import parse_mountinfo
@@ -100,6 +102,38 @@ def test_lock_refuses_a_second_holder(root_run_dir):
     with RunDir.open(root_run_dir) as d:
         assert held_by(d) == (False, None)  # the last holder's pid names no one now
     FreezeLock(root_run_dir).release()
+
+
+def test_looking_at_a_lock_takes_no_lock(root_run_dir, monkeypatch):
+    """``held_by`` (``quiesce status``, ``recover``) never takes the lock it looks at, even for an instant.
+
+    Before, it tried a shared flock: a freeze or run starting in that
+    instant was refused (exit 3) as if another one were in progress.
+    """
+    FreezeLock(root_run_dir).release()  # the lock file exists, nobody holds it
+    taken: list[int] = []
+    real_flock = fcntl.flock
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: (taken.append(op), real_flock(fd, op))[1])
+    with RunDir.open(root_run_dir) as d:
+        assert held_by(d) == (False, None)
+        code = "import sys; from quiesce.engine.lock import FreezeLock; FreezeLock(sys.argv[1]); input()"
+        holder = subprocess.Popen([sys.executable, "-c", code, root_run_dir], stdin=subprocess.PIPE)
+        try:
+            while held_by(d) != (True, holder.pid):  # held, then its pid written
+                assert holder.poll() is None
+        finally:
+            holder.communicate(b"\n")
+    assert taken == []
+
+
+def test_looking_at_a_lock_without_the_kernels_lock_table(root_run_dir, monkeypatch):
+    """No /proc/locks to read: ``held_by`` still says whether the lock is held, by trying it."""
+    monkeypatch.setattr(lock_mod, "PROC_LOCKS", "/nonexistent/locks")
+    FreezeLock(root_run_dir).release()
+    with RunDir.open(root_run_dir) as d:
+        assert held_by(d) == (False, None)
+        with FreezeLock(root_run_dir):
+            assert held_by(d) == (True, os.getpid())
 
 
 def test_lock_is_released_when_the_holder_dies(root_run_dir):

@@ -74,19 +74,50 @@ def _holder_of(fd: int) -> int | None:
 
 
 def held_by(run_dir: RunDir, name: str = LOCK_NAME) -> tuple[bool, int | None]:
-    """Whether some process holds the lock now, and the pid the holder wrote (only if held)."""
+    """Whether some process holds the lock now, and the pid the holder wrote (only if held).
+
+    Looking takes no lock (see :func:`_flocked`): a freeze or run that starts
+    meanwhile never finds its lock taken by ``quiesce status`` or ``recover``.
+    """
     try:
         fd = run_dir.open_file(name, os.O_RDONLY)
     except FileNotFoundError:
         return False, None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True, _holder_of(fd)
-        return False, None
+        held = _flocked(fd)
+        return held, _holder_of(fd) if held else None
     finally:
         os.close(fd)
+
+
+#: The kernel's table of file locks: "1: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE 0 EOF" (hex device).
+PROC_LOCKS = "/proc/locks"
+
+
+def _flocked(fd: int) -> bool:
+    """True when some process holds an flock on the file of ``fd``.
+
+    Read from the kernel's lock table, not by trying a shared lock: that
+    try held the lock for an instant, and a freeze or run starting in it
+    was refused as if another one were in progress. Without the table
+    (no /proc), the try it is.
+    """
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open(PROC_LOCKS) as f:
+            # A process waiting for a lock has a "->" line; only holders count.
+            return any(
+                len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == key
+                for fields in (line.split() for line in f)
+            )
+    except OSError:
+        pass
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False
 
 
 def is_held(run_dir: RunDir | str) -> bool:
