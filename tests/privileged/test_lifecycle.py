@@ -374,3 +374,46 @@ def test_a_dead_freezes_ledger_naming_a_mount_point_that_is_gone_is_recovered(fs
     again = quiesce(run_dir, "freeze", "--hold", "--timeout", "30", home)
     assert again.returncode == Exit.OK, again.stderr
     assert quiesce(run_dir, "thaw").returncode == Exit.OK
+
+
+def _holds_pidfd_of(pid: int, target: int) -> bool:
+    """True when process ``pid`` has a pidfd of ``target`` open (``quiesce thaw`` waiting for it)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                if f"Pid:\t{target}\n" in f.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def test_thaw_waiting_for_a_killed_holders_guardian_says_the_hold_ended(fs, run_dir):
+    """``thaw`` finds a killed holder's ledger, then its guardian thaws: exit 5, as once it is gone.
+
+    Before, this thaw (the snapshot script's) said "the guardian of the dead
+    freeze already thawed it", exit 0: only a second thaw said 5.
+    """
+    held = quiesce(run_dir, "freeze", "--hold", "--timeout", "30", str(fs["ext4"].mount_point))
+    assert held.returncode == Exit.OK, held.stderr
+    led = ledger_mod.read(run_dir)
+    os.kill(led.guardian_pid, signal.SIGSTOP)  # it thaws once the thaw below waits for it
+    try:
+        os.kill(led.pid, signal.SIGKILL)
+        thaw = subprocess.Popen(
+            [sys.executable, "-m", "quiesce", "thaw", "--json", "--wait", "20", "--run-dir", run_dir],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        while not _holds_pidfd_of(thaw.pid, led.guardian_pid):
+            assert thaw.poll() is None, thaw.communicate()
+    finally:
+        os.kill(led.guardian_pid, signal.SIGCONT)
+    out, _ = thaw.communicate(timeout=30)
+    assert thaw.returncode == Exit.GUARDIAN_THAWED, out
+    assert "its holder was killed" in json.loads(out)["message"]
+    assert quiesce(run_dir, "thaw").returncode == Exit.OK  # said once

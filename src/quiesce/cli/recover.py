@@ -90,4 +90,5 @@ def _recover_in(run_dir: RunDir, wait_s: float, out: dict[str, Any]) -> int:
         os.close(holder)
         out["message"] = f"a freeze is in progress (pid {led.pid}); nothing to recover"
         return Exit.OK
-    return recover_dead(run_dir, led, wait_s, out)
+    code = recover_dead(run_dir, led, wait_s, out)
+    return Exit.OK if code is None else code  # gone meanwhile: nothing left to recover

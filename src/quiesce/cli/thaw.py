@@ -100,11 +100,13 @@ def thaw_from_ledger(led: ledger_mod.Ledger) -> list[dict[str, str]]:
     return results
 
 
-def recover_dead(run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: dict[str, Any]) -> int:
+def recover_dead(run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: dict[str, Any]) -> int | None:
     """Thaw what a dead freeze's ledger lists (after its guardian had its chance); exit code.
 
     Acts only under the freeze lock, so never while a quiesce freeze (or
     its guardian) is alive, and only on the ledger as read under that lock.
+    None when that ledger is gone by then: its guardian thawed and dropped
+    it, or its holder ended (its last report says how, see ``_no_ledger``).
     """
     if led.boot_id != ledger_mod.current_boot_id():
         with lock_mod.FreezeLock(run_dir):
@@ -120,8 +122,8 @@ def recover_dead(run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: di
     with lock_mod.FreezeLock(run_dir):
         led_now = ledger_mod.read(run_dir)
         if led_now is None:
-            out["message"] = "the guardian of the dead freeze already thawed it"
-            return Exit.OK
+            out["message"] = f"the freeze {led.run_id} ended meanwhile and dropped its ledger"
+            return None
         results = thaw_from_ledger(led_now)
         last = read_last_report(run_dir, led_now.run_id)
         if last is not None:
@@ -189,32 +191,44 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
     """Release the proven holder of the ledger, recover a dead one, or report the last hold."""
     led = ledger_mod.read(run_dir)
     if led is None:
-        out["ledger"] = None
-        last = read_last_report(run_dir)
-        why = expired_hold(last)
-        if why is not None:
-            assert last is not None
-            out["report"] = last
-            out["message"] = (
-                f"the hold {last['run_id']} had already ended before this release ({why}): "
-                "a snapshot taken while it was held is not trusted"
-            )
-            acknowledge_last_report(run_dir, last)
-            return Exit.GUARDIAN_THAWED
-        if not args.force:
-            out["message"] = f"nothing to thaw: no freeze in progress (no ledger in {run_dir.path})"
-        return Exit.OK
+        return _no_ledger(run_dir, args, out)
     holder = open_proven(led.pid, led.pid_start, led.token, led.proof_fd)
     if holder is None:
-        return recover_dead(run_dir, led, args.wait, out)
+        code = recover_dead(run_dir, led, args.wait, out)
+        # Gone meanwhile (its holder killed and its guardian done, say): judged as if never seen.
+        return _no_ledger(run_dir, args, out) if code is None else code
     if led.release != ledger_mod.RELEASE_SIGNAL:
         os.close(holder)
         return _thaw_for(led, out)
+    return _release(holder, run_dir, led, args.wait, out)
+
+
+def _no_ledger(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> int:
+    """No freeze listed: whether the last hold had ended before this release (exit 5), else nothing to do."""
+    out["ledger"] = None
+    last = read_last_report(run_dir)
+    why = expired_hold(last)
+    if why is not None:
+        assert last is not None
+        out["report"] = last
+        out["message"] = (
+            f"the hold {last['run_id']} had already ended before this release ({why}): "
+            "a snapshot taken while it was held is not trusted"
+        )
+        acknowledge_last_report(run_dir, last)
+        return Exit.GUARDIAN_THAWED
+    if not args.force:
+        out.setdefault("message", f"nothing to thaw: no freeze in progress (no ledger in {run_dir.path})")
+    return Exit.OK
+
+
+def _release(holder: int, run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: dict[str, Any]) -> int:
+    """Signal the proven holder (its pidfd, closed here) and judge its saved report; exit code."""
     try:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(holder, signal.SIGUSR1)
-        if not _wait_released(holder, run_dir, led.run_id, args.wait):
-            out["message"] = f"holder pid {led.pid} did not finish within {args.wait} s"
+        if not _wait_released(holder, run_dir, led.run_id, wait_s):
+            out["message"] = f"holder pid {led.pid} did not finish within {wait_s} s"
             return Exit.ERROR
     finally:
         os.close(holder)
