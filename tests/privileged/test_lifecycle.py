@@ -417,3 +417,17 @@ def test_thaw_waiting_for_a_killed_holders_guardian_says_the_hold_ended(fs, run_
     assert thaw.returncode == Exit.GUARDIAN_THAWED, out
     assert "its holder was killed" in json.loads(out)["message"]
     assert quiesce(run_dir, "thaw").returncode == Exit.OK  # said once
+
+
+@pytest.mark.parametrize("content", [b"", b"{garbage", b"{" * ((1 << 20) + 1)])
+def test_status_with_a_ledger_it_cannot_use_never_says_no_freeze_is_in_progress(run_dir, content):
+    """An empty, garbage or too large ledger: ``status`` names the error, never "no freeze in progress"."""
+    path = os.path.join(run_dir, ledger_mod.LEDGER_NAME)
+    with open(path, "wb") as f:
+        f.write(content)
+    os.chmod(path, 0o600)
+    text = quiesce(run_dir, "status")
+    assert text.returncode == Exit.OK, text.stderr
+    assert "no freeze in progress" not in text.stdout and "unknown" in text.stdout
+    status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+    assert status["ledger"] is None and ledger_mod.LEDGER_NAME in status["ledger_error"]
