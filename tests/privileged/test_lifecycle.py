@@ -334,19 +334,20 @@ def test_hold_json_when_its_holder_is_killed_before_it_reports_is_one_error_obje
     w.finish()
 
 
-def test_hold_json_failure_carries_every_error_field(fs, run_dir):
-    """``freeze --hold --json`` that cannot freeze: its ``failed`` event has every error field."""
+@pytest.mark.parametrize("hold", [True, False])
+def test_freeze_json_failure_carries_every_error_field(fs, run_dir, hold):
+    """``freeze --json`` (``--hold`` or not) that cannot freeze: every error field, and ``exit``."""
     b = str(fs["btrfs"].mount_point)
     subprocess.run(["fsfreeze", "-f", b], check=True)
     try:
-        done = quiesce(run_dir, "freeze", "--hold", "--json", "--timeout", "30", b)
+        done = quiesce(run_dir, "freeze", *(["--hold"] if hold else []), "--json", "--timeout", "30", b)
     finally:
         subprocess.run(["fsfreeze", "-u", b], check=True)
     assert done.returncode == Exit.FREEZE_FAILED, done.stdout + done.stderr
-    event = json.loads(done.stdout)
-    assert event["event"] == "failed" and event["exit"] == Exit.FREEZE_FAILED
-    assert event["error_type"] == "FrozenByOtherError" and event["error_code"] == 121
-    assert "error_name" in event
+    answer = json.loads(done.stdout)
+    assert answer["event"] == ("failed" if hold else "thawed") and answer["exit"] == Exit.FREEZE_FAILED
+    assert answer["error_type"] == "FrozenByOtherError" and answer["error_code"] == 121
+    assert "EBUSY" in answer["error"] and "error_name" in answer
 
 
 def test_a_dead_freezes_ledger_naming_a_mount_point_that_is_gone_is_recovered(fs, run_dir, base):
