@@ -88,6 +88,25 @@ def test_malformed_ledger_is_a_named_error(root_run_dir, content):
         ledger_mod.read(root_run_dir)
 
 
+def test_a_ledger_left_behind_refuses_the_next_freeze_unless_it_is_of_an_earlier_boot(root_run_dir):
+    """``refuse_if_left``: nothing there passes; a dead freeze's ledger, or one that cannot be read, refuses.
+
+    A ledger written in an earlier boot names nothing frozen now: it is removed.
+    """
+    with RunDir.open(root_run_dir) as d:
+        ledger_mod.refuse_if_left(d)
+        ledger_mod.write(d, _ledger())
+        with pytest.raises(LedgerError, match=r"r1 .*still lists /data.*quiesce thaw"):
+            ledger_mod.refuse_if_left(d)
+        assert ledger_mod.read(d) == _ledger()
+        d.write(ledger_mod.LEDGER_NAME, b"{garbage", 0o600)
+        with pytest.raises(LedgerError, match=r"cannot be used.*remove"):
+            ledger_mod.refuse_if_left(d)
+        ledger_mod.write(d, _ledger(boot_id="0" * 8 + "-0000-0000-0000-" + "0" * 12))
+        ledger_mod.refuse_if_left(d)
+        assert ledger_mod.read(d) is None
+
+
 def test_lock_refuses_a_second_holder(root_run_dir):
     """A second lock on the same run dir fails at once naming the holder's pid."""
     with FreezeLock(root_run_dir):

@@ -6,7 +6,8 @@ written in, and every filesystem it is about to freeze (mount point,
 ``maj:min``, mount ID, fs type). It is removed after the thaw. When both the
 freezing process and its guardian are gone and the ledger remains, ``quiesce
 thaw`` and ``quiesce recover`` thaw exactly the filesystems it lists whose
-mount ID and device still match, and nothing else.
+mount ID and device still match, and nothing else. Until then no new
+freeze starts (:func:`refuse_if_left`): it would overwrite that record.
 
 A ledger is acted on only if it is provably quiesce's own: read through the
 checked run directory's fd (:class:`quiesce.engine.rundir.RunDir`), a regular file
