@@ -432,3 +432,33 @@ def test_status_with_a_ledger_it_cannot_use_never_says_no_freeze_is_in_progress(
     assert "no freeze in progress" not in text.stdout and "unknown" in text.stdout
     status = json.loads(quiesce(run_dir, "status", "--json").stdout)
     assert status["ledger"] is None and ledger_mod.LEDGER_NAME in status["ledger_error"]
+
+
+def test_status_sees_a_lock_held_in_a_run_dir_on_a_btrfs_subvolume(fs, base):
+    """A run directory on a btrfs subvolume (``st_dev`` not the superblock's): its lock is seen held."""
+    sub = fs["btrfs"].mount_point / f"runsub-{os.getpid()}"
+    subprocess.run(["btrfs", "subvolume", "create", str(sub)], check=True, capture_output=True)
+    run_dir = base / "run"
+    run_dir.mkdir(mode=0o700)
+    subprocess.run(["mount", "--bind", str(sub), str(run_dir)], check=True)
+    try:
+        os.chmod(run_dir, 0o700)
+        code = (
+            "import sys; from quiesce.engine.lock import FreezeLock as L; L(sys.argv[1]); print(1); input()"
+        )
+        holder = subprocess.Popen(
+            [sys.executable, "-u", "-c", code, str(run_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout.readline() == "1\n"
+            status = json.loads(quiesce(str(run_dir), "status", "--json").stdout)
+            assert status["lock_held"] and status["lock_holder"] == holder.pid, status
+        finally:
+            holder.communicate("\n")
+        assert json.loads(quiesce(str(run_dir), "status", "--json").stdout)["lock_held"] is False
+    finally:
+        subprocess.run(["umount", str(run_dir)], check=True)
+        subprocess.run(["btrfs", "subvolume", "delete", str(sub)], check=True, capture_output=True)

@@ -15,7 +15,7 @@ import fcntl
 import os
 
 from quiesce.engine.rundir import RunDir
-from quiesce.errors import LockHeldError, QuiesceOSError
+from quiesce.errors import LockHeldError, QuiesceError, QuiesceOSError
 
 LOCK_NAME = "lock"
 
@@ -94,6 +94,22 @@ def held_by(run_dir: RunDir, name: str = LOCK_NAME) -> tuple[bool, int | None]:
 PROC_LOCKS = "/proc/locks"
 
 
+def _devices(fd: int, st: os.stat_result) -> set[tuple[int, int]]:
+    """The devices the lock table may name the file of ``fd`` by: its superblock's, and ``st_dev``.
+
+    The table names the superblock's device, which ``stat`` does not always
+    report (a btrfs subvolume has a device of its own): the mount table has it.
+    """
+    from quiesce.engine.mountinfo import read_mountinfo  # only status and recover look
+    from quiesce.engine.usermounts import mount_id_of_fd
+
+    devices = {(os.major(st.st_dev), os.minor(st.st_dev))}
+    with contextlib.suppress(OSError, QuiesceError):  # no mount table: st_dev it is
+        mount_id = mount_id_of_fd(fd)
+        devices.update((m.major, m.minor) for m in read_mountinfo() if m.mount_id == mount_id)
+    return devices
+
+
 def _flocked(fd: int) -> bool:
     """True when some process holds an flock on the file of ``fd``.
 
@@ -103,12 +119,12 @@ def _flocked(fd: int) -> bool:
     (no /proc), the try it is.
     """
     st = os.fstat(fd)
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    keys = {f"{major:02x}:{minor:02x}:{st.st_ino}" for major, minor in _devices(fd, st)}
     try:
         with open(PROC_LOCKS) as f:
             # A process waiting for a lock has a "->" line; only holders count.
             return any(
-                len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == key
+                len(fields) > 5 and fields[1] == "FLOCK" and fields[5] in keys
                 for fields in (line.split() for line in f)
             )
     except OSError:
