@@ -462,3 +462,29 @@ def test_status_sees_a_lock_held_in_a_run_dir_on_a_btrfs_subvolume(fs, base):
     finally:
         subprocess.run(["umount", str(run_dir)], check=True)
         subprocess.run(["btrfs", "subvolume", "delete", str(sub)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("content", [b"-5\n", b"99999999999\n", b"dead", b"", b"7" * 100000])
+def test_a_lock_file_holding_garbage_names_no_holder(fs, run_dir, content):
+    """A held lock whose file says garbage, a dead pid or nothing: ``status`` and the refusal name no pid."""
+    if content == b"dead":
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        content = f"{gone.pid}\n".encode()
+    path = os.path.join(run_dir, "lock")
+    with open(path, "wb") as f:
+        f.write(content)
+    os.chmod(path, 0o600)
+    code = "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDWR), 2); print(1); input()"
+    holder = subprocess.Popen(
+        [sys.executable, "-u", "-c", code, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "1\n"
+        status = json.loads(quiesce(run_dir, "status", "--json").stdout)
+        assert status["lock_held"] is True and status["lock_holder"] is None, status
+        refused = quiesce(run_dir, "freeze", "--json", "--timeout", "30", str(fs["ext4"].mount_point))
+        assert refused.returncode == Exit.LOCKED, refused.stdout + refused.stderr
+        assert "another process holds" in json.loads(refused.stdout)["error"]
+    finally:
+        holder.communicate("\n")

@@ -67,9 +67,16 @@ class FreezeLock:
         self.release()
 
 
+#: The kernel's PID_MAX_LIMIT: no pid is larger.
+_PID_MAX = 1 << 22
+
+
 def _holder_of(fd: int) -> int | None:
+    """The pid a lock file names, if it is a process alive now (the file may hold anything, or a dead pid)."""
     with contextlib.suppress(OSError, ValueError):
-        return int(os.pread(fd, 32, 0).strip() or 0) or None
+        pid = int(os.pread(fd, 32, 0).strip() or 0)
+        if 0 < pid <= _PID_MAX and os.path.exists(f"/proc/{pid}"):
+            return pid
     return None
 
 
