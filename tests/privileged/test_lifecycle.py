@@ -227,6 +227,7 @@ def test_thaw_force_with_a_ledger_it_cannot_use_still_says_what_it_thawed(fs, ru
             out = json.loads(done.stdout)
             assert out["forced"] == [{"mount_point": b, "outcome": "thawed"}]
             assert out["error_type"] == "LedgerError" and out["exit"] == Exit.ERROR
+            assert out["error_name"] is None and out["error_code"] is None
         else:
             assert f"{b}: thawed" in done.stdout and "ledger" in done.stderr
         w = Writer(fs["btrfs"])

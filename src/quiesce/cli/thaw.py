@@ -172,7 +172,8 @@ def cmd_thaw(args: argparse.Namespace) -> int:
             raise
         # The forced thaws were done: the answer still says so, with the error after them.
         code = max(code, exit_code_for(err))
-        out |= {"error": str(err), "error_type": type(err).__name__, "exit": int(code)}
+        out |= {"error": str(err), "error_type": type(err).__name__, "error_name": err.azure_name}
+        out |= {"error_code": err.azure_code, "exit": int(code)}
     # What was done is done: a closed stdout or a reader gone changes no exit status.
     with guarded_stdout() as stdout:
         if args.json:
