@@ -328,15 +328,31 @@ def test_recover_removes_notify_dirs_of_dead_runs_only(run_dir):
     """``recover`` removes the notify directories a killed run left, never while a run holds run.lock."""
     from quiesce.engine.lock import FreezeLock
 
-    stale = os.path.join(run_dir, "notify-20250101T000000Z-1")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    name = f"notify-20250101T000000Z-{dead.pid}"
+    stale = os.path.join(run_dir, name)
     os.mkdir(stale, 0o700)
     open(os.path.join(stale, "0"), "w").close()
     with FreezeLock(run_dir, name="run.lock", what="run"):
         kept = json.loads(quiesce(run_dir, "recover", "--json").stdout)
         assert kept["notify_dirs_removed"] == [] and os.path.isdir(stale)
     out = json.loads(quiesce(run_dir, "recover", "--json").stdout)
-    assert out["notify_dirs_removed"] == ["notify-20250101T000000Z-1"]
+    assert out["notify_dirs_removed"] == [name]
     assert not os.path.exists(stale)
+
+
+def test_recover_keeps_the_notify_dir_of_a_run_that_started_after_it_looked_at_the_lock(run_dir):
+    """A notify directory whose run's process lives is never removed, run.lock held or not.
+
+    A run that starts between ``recover``'s look at run.lock and its removal
+    makes its directory meanwhile: before, recover removed it, and the run's
+    session hooks could not say READY.
+    """
+    live = os.path.join(run_dir, f"notify-20250101T000000Z-{os.getpid()}.2")
+    os.mkdir(live, 0o700)
+    out = json.loads(quiesce(run_dir, "recover", "--json").stdout)
+    assert out["notify_dirs_removed"] == [] and os.path.isdir(live)
 
 
 def test_thaw_after_the_holder_was_stopped_by_a_signal_exits_5_once(fs, run_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 from quiesce.engine import ledger as ledger_mod
+from quiesce.engine import lock as lock_mod
 from quiesce.engine.freeze import FreezeOptions
 from quiesce.engine.lock import FreezeLock, held_by, is_held
 from quiesce.engine.mountinfo import parse_mountinfo
@@ -86,6 +88,25 @@ def test_malformed_ledger_is_a_named_error(root_run_dir, content):
         ledger_mod.read(root_run_dir)
 
 
+def test_a_ledger_left_behind_refuses_the_next_freeze_unless_it_is_of_an_earlier_boot(root_run_dir):
+    """``refuse_if_left``: nothing there passes; a dead freeze's ledger, or one that cannot be read, refuses.
+
+    A ledger written in an earlier boot names nothing frozen now: it is removed.
+    """
+    with RunDir.open(root_run_dir) as d:
+        ledger_mod.refuse_if_left(d)
+        ledger_mod.write(d, _ledger())
+        with pytest.raises(LedgerError, match=r"r1 .*still lists /data.*quiesce thaw"):
+            ledger_mod.refuse_if_left(d)
+        assert ledger_mod.read(d) == _ledger()
+        d.write(ledger_mod.LEDGER_NAME, b"{garbage", 0o600)
+        with pytest.raises(LedgerError, match=r"cannot be used.*remove"):
+            ledger_mod.refuse_if_left(d)
+        ledger_mod.write(d, _ledger(boot_id="0" * 8 + "-0000-0000-0000-" + "0" * 12))
+        ledger_mod.refuse_if_left(d)
+        assert ledger_mod.read(d) is None
+
+
 def test_lock_refuses_a_second_holder(root_run_dir):
     """A second lock on the same run dir fails at once naming the holder's pid."""
     with FreezeLock(root_run_dir):
@@ -100,6 +121,38 @@ def test_lock_refuses_a_second_holder(root_run_dir):
     with RunDir.open(root_run_dir) as d:
         assert held_by(d) == (False, None)  # the last holder's pid names no one now
     FreezeLock(root_run_dir).release()
+
+
+def test_looking_at_a_lock_takes_no_lock(root_run_dir, monkeypatch):
+    """``held_by`` (``quiesce status``, ``recover``) never takes the lock it looks at, even for an instant.
+
+    Before, it tried a shared flock: a freeze or run starting in that
+    instant was refused (exit 3) as if another one were in progress.
+    """
+    FreezeLock(root_run_dir).release()  # the lock file exists, nobody holds it
+    taken: list[int] = []
+    real_flock = fcntl.flock
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: (taken.append(op), real_flock(fd, op))[1])
+    with RunDir.open(root_run_dir) as d:
+        assert held_by(d) == (False, None)
+        code = "import sys; from quiesce.engine.lock import FreezeLock; FreezeLock(sys.argv[1]); input()"
+        holder = subprocess.Popen([sys.executable, "-c", code, root_run_dir], stdin=subprocess.PIPE)
+        try:
+            while held_by(d) != (True, holder.pid):  # held, then its pid written
+                assert holder.poll() is None
+        finally:
+            holder.communicate(b"\n")
+    assert taken == []
+
+
+def test_looking_at_a_lock_without_the_kernels_lock_table(root_run_dir, monkeypatch):
+    """No /proc/locks to read: ``held_by`` still says whether the lock is held, by trying it."""
+    monkeypatch.setattr(lock_mod, "PROC_LOCKS", "/nonexistent/locks")
+    FreezeLock(root_run_dir).release()
+    with RunDir.open(root_run_dir) as d:
+        assert held_by(d) == (False, None)
+        with FreezeLock(root_run_dir):
+            assert held_by(d) == (True, os.getpid())
 
 
 def test_lock_is_released_when_the_holder_dies(root_run_dir):

@@ -17,6 +17,7 @@ from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Plan
 from quiesce.engine.targets import check_explicit, target_problems
 from quiesce.errors import TargetError
+from quiesce.runner.signals import ignore_stray_thaw_signals
 
 
 def plan_from(args: argparse.Namespace, targets: Sequence[str]) -> Plan:
@@ -62,6 +63,7 @@ def freeze_options(args: argparse.Namespace) -> FreezeOptions:
 
 def cmd_freeze(args: argparse.Namespace) -> int:
     """``quiesce freeze``."""
+    ignore_stray_thaw_signals()  # a `quiesce thaw` that comes late must not kill it after its hold
     plan = plan_from(args, args.targets)
     check_explicit(plan, args.targets)
     options = freeze_options(args)
@@ -86,15 +88,22 @@ def cmd_freeze(args: argparse.Namespace) -> int:
             raise OSError(f"stdout: {out.failure}")
 
     report, released_by, err = hold(plan, options, announce, use_stdin=not args.no_stdin)
+    code = report_exit(report, err, released_by)
+    if code == Exit.OK and released_by is not None and released_by.startswith("announcement failed"):
+        code = Exit.ERROR
     if args.json:
-        emit_json(report.to_dict() | {"event": "thawed", "released_by": released_by}, cast(TextIO, out))
+        # The error fields and the exit status, as every --json answer has them.
+        fields = {"event": "thawed", "released_by": released_by, "exit": int(code)}
+        if err is not None:
+            fields |= {
+                "error_name": getattr(err, "azure_name", None),
+                "error_code": getattr(err, "azure_code", None),
+            }
+        emit_json(report.to_dict() | fields, cast(TextIO, out))
     else:
         print_report(report, cast(TextIO, out))
         if released_by:
             out.write(f"  released by {released_by}\n")
     if out.failure is not None:
         SafeStream("stderr", sys.stderr).write(f"quiesce: output to stdout failed: {out.failure}\n")
-    code = report_exit(report, err, released_by)
-    if code == Exit.OK and released_by is not None and released_by.startswith("announcement failed"):
-        return Exit.ERROR
     return code

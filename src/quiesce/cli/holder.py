@@ -23,7 +23,7 @@ from quiesce.cli.exits import Exit, exit_code_for
 from quiesce.cli.output import SafeStream, describe
 from quiesce.cli.render import emit_json, human_ns
 from quiesce.engine.freeze import Freeze, FreezeOptions
-from quiesce.engine.lastreport import DETACHED, FOREGROUND, mark_holding, save_last_report
+from quiesce.engine.lastreport import DETACHED, FOREGROUND, HoldNotRecorded, mark_holding, save_last_report
 from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Plan
 from quiesce.engine.report import FreezeReport
@@ -34,6 +34,19 @@ from quiesce.runner.hold import Release
 
 class StoppedBeforeFreeze(QuiesceError):
     """A stop or release signal came while the freeze was preparing (its pre-flush): nothing was frozen."""
+
+
+class HolderDied(QuiesceError):
+    """The holder of ``freeze --hold`` ended (killed, say) before it said whether it froze: nothing held."""
+
+
+def _error_fields(err: BaseException) -> dict[str, Any]:
+    """The fields every ``--json`` error carries besides ``error`` and ``exit`` (as the command line's)."""
+    return {
+        "error_type": type(err).__name__,
+        "error_name": getattr(err, "azure_name", None),
+        "error_code": getattr(err, "azure_code", None),
+    }
 
 
 def report_exit(report: FreezeReport, err: BaseException | None, released_by: str | None = None) -> int:
@@ -97,8 +110,15 @@ def hold(
             f.prepare()
             if f.run_dir is not None:
                 # A foreground freeze's caller sees its end (or its death) itself: nothing for a `thaw`.
-                with contextlib.suppress(OSError):
+                try:
                     mark_holding(f.run_dir, f.run_id, os.getpid(), mode, acknowledged=mode != DETACHED)
+                except HoldNotRecorded as e:
+                    if mode == DETACHED:
+                        # The `quiesce thaw` that follows would find no word of this hold and exit 0.
+                        raise HoldNotRecorded(
+                            f"{e}: a later `quiesce thaw` could not tell how the "
+                            "hold ended; nothing was frozen"
+                        ) from e
             if release.received is not None:
                 # The pre-flush can take seconds: a stop during it must not freeze, then release.
                 name = signal.Signals(release.received).name
@@ -114,7 +134,7 @@ def hold(
                 announced = True
                 released_by = release.wait(f.remaining_ns, use_stdin)
             f.close(on_report=save)
-    except (FreezeError, ThawError, StoppedBeforeFreeze) as e:
+    except (FreezeError, ThawError, StoppedBeforeFreeze, HoldNotRecorded) as e:
         err = e
     finally:
         release.close()
@@ -164,10 +184,13 @@ def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
         report, released_by, err = hold(plan, options, announce, use_stdin=False, mode=DETACHED)
         code = report_exit(report, err, released_by)
         if err is not None:
-            failure = {"error": str(err), "report": report.to_dict()}
+            failure = {"error": str(err), **_error_fields(err), "report": report.to_dict()}
     except BaseException as e:  # the holder must always say why it ends
         code = exit_code_for(e)
-        failure = {"error": f"{type(e).__name__}: {e}" if not isinstance(e, QuiesceError) else str(e)}
+        failure = {
+            "error": f"{type(e).__name__}: {e}" if not isinstance(e, QuiesceError) else str(e),
+            **_error_fields(e),
+        }
     if failure is not None:
         with contextlib.suppress(OSError):
             _write_line(w, json.dumps({"event": "failed", "exit": int(code), **failure}))
@@ -200,9 +223,17 @@ def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
     os.close(r)
     text = b"".join(chunks).decode().strip()
     if not text:
-        os.waitpid(pid, 0)
-        err.write("quiesce: the holder exited before freezing\n")
-        return Exit.ERROR
+        _, status = os.waitpid(pid, 0)
+        how = (
+            f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            if os.WIFSIGNALED(status)
+            else f"exit status {os.waitstatus_to_exitcode(status)}"
+        )
+        # Raised: the command line says it as every error (one JSON object with --json).
+        raise HolderDied(
+            f"the holder (pid {pid}) ended before it said whether it froze ({how}): nothing is held "
+            "(its guardian thaws whatever it froze)"
+        )
     event = json.loads(text.splitlines()[0])
     if event["event"] == "frozen":
         if want_json:

@@ -62,10 +62,18 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _remove_stale_notify_dirs(run_dir: RunDir) -> list[str]:
-    """Remove the notify socket directories of runs that died (none is left while a run holds run.lock)."""
+    """Remove the notify socket directories of runs that died (none is left while a run holds run.lock).
+
+    A run that starts after the lock was looked at makes its directory
+    meanwhile: one whose run's process lives is its, and stays.
+    """
     if lock_mod.held_by(run_dir, RUN_LOCK)[0]:
         return []
-    stale = [n for n in os.listdir(run_dir.fd) if n.startswith(NOTIFY_PREFIX)]
+    stale = [
+        n
+        for n in os.listdir(run_dir.fd)
+        if n.startswith(NOTIFY_PREFIX) and not os.path.exists(f"/proc/{ledger_mod.run_pid(n)}")
+    ]
     for name in stale:
         with contextlib.suppress(OSError):
             run_dir.remove_private(name)
@@ -82,4 +90,5 @@ def _recover_in(run_dir: RunDir, wait_s: float, out: dict[str, Any]) -> int:
         os.close(holder)
         out["message"] = f"a freeze is in progress (pid {led.pid}); nothing to recover"
         return Exit.OK
-    return recover_dead(run_dir, led, wait_s, out)
+    code = recover_dead(run_dir, led, wait_s, out)
+    return Exit.OK if code is None else code  # gone meanwhile: nothing left to recover

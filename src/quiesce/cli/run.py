@@ -17,6 +17,7 @@ from quiesce.errors import QuiesceError
 from quiesce.runner.check import check_setup
 from quiesce.runner.logs import log_lines, write_metrics
 from quiesce.runner.run import run
+from quiesce.runner.signals import ignore_stray_thaw_signals
 from quiesce.runner.types import HoldAnnouncement, RunOptions, RunResult
 
 
@@ -79,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stderr (closed, EPIPE, ENOSPC) is recorded in the result's warnings and
     the log lines; thaw, post steps and exit status stay those of the run.
     """
+    ignore_stray_thaw_signals()  # a `quiesce thaw` that comes late must not kill it after its window
     out = SafeStream("stdout", sys.stdout)
     err = SafeStream("stderr", sys.stderr)
     progress = None if args.json else ProgressLine(cast(TextIO, err), DEFAULT_POLL_S)

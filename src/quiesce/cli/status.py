@@ -62,7 +62,11 @@ def _print_status(status: dict[str, Any], led: ledger_mod.Ledger | None, run_dir
     """``status`` for a terminal."""
     if "ledger_error" in status:
         print(f"quiesce: {status['ledger_error']}")
-    if led is None:
+        # A ledger is there: what it lists may be frozen, whatever can be read of it.
+        print("whether a freeze is in progress is unknown: its ledger cannot be used")
+        if status["lock_held"]:
+            print(f"the lock is held by pid {status['lock_holder']}")
+    elif led is None:
         print(f"no freeze in progress (no ledger in {run_dir})")
         if status["lock_held"]:
             print(f"the lock is held by pid {status['lock_holder']}")

@@ -13,13 +13,15 @@ shares the recovery.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from quiesce.cli.exits import Exit
-from quiesce.cli.output import emit_json, guarded_stdout
+from quiesce.cli.exits import Exit, exit_code_for
+from quiesce.cli.output import SafeStream, emit_json, guarded_stdout
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod
 from quiesce.engine.lastreport import (
@@ -32,10 +34,14 @@ from quiesce.engine.lastreport import (
 from quiesce.engine.proof import PROOF_FROZEN, PROOF_THAWED, open_proven, proof_state, wait_pidfd
 from quiesce.engine.rcu import restore_value
 from quiesce.engine.rundir import RunDir
-from quiesce.errors import NotFrozenError
+from quiesce.errors import NotFrozenError, QuiesceError
 
 if TYPE_CHECKING:  # annotations only: a plain `quiesce thaw` is parsed without argparse
     import argparse
+
+
+#: What opening a ledger's mount point fails with once nothing is there to thaw (see thaw_mount).
+_NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 
 def _mount_dev(mount_id: int) -> str | None:
@@ -48,7 +54,7 @@ def _mount_dev(mount_id: int) -> str | None:
 
 
 def thaw_mount(path: str, expect_mount_id: int | None = None, expect_dev: str | None = None) -> str:
-    """FITHAW one mount point; returns "thawed", "not-frozen" or "mount-changed".
+    """FITHAW one mount point; returns "thawed", "not-frozen" or "mount-changed" (also: gone).
 
     With ``expect_mount_id``/``expect_dev`` (from a ledger) the mount must still
     be the one that was frozen: same mount ID, same superblock ``maj:min``.
@@ -61,7 +67,13 @@ def thaw_mount(path: str, expect_mount_id: int | None = None, expect_dev: str | 
 
     # A mount point as the mount table names it has no symlink in it: one found on the
     # way was planted, and could lead to a filesystem someone else froze.
-    fd = open_no_symlinks(path)
+    try:
+        fd = open_no_symlinks(path)
+    except OSError as err:
+        if expect_mount_id is not None and err.errno in _NOT_THERE:
+            # Unmounted and removed (or a link put in its place) since: not the mount that was frozen.
+            return "mount-changed"
+        raise
     try:
         if expect_mount_id is not None:
             mnt = mount_id_of_fd(fd)
@@ -88,11 +100,13 @@ def thaw_from_ledger(led: ledger_mod.Ledger) -> list[dict[str, str]]:
     return results
 
 
-def recover_dead(run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: dict[str, Any]) -> int:
+def recover_dead(run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: dict[str, Any]) -> int | None:
     """Thaw what a dead freeze's ledger lists (after its guardian had its chance); exit code.
 
     Acts only under the freeze lock, so never while a quiesce freeze (or
     its guardian) is alive, and only on the ledger as read under that lock.
+    None when that ledger is gone by then: its guardian thawed and dropped
+    it, or its holder ended (its last report says how, see ``_no_ledger``).
     """
     if led.boot_id != ledger_mod.current_boot_id():
         with lock_mod.FreezeLock(run_dir):
@@ -108,8 +122,8 @@ def recover_dead(run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: di
     with lock_mod.FreezeLock(run_dir):
         led_now = ledger_mod.read(run_dir)
         if led_now is None:
-            out["message"] = "the guardian of the dead freeze already thawed it"
-            return Exit.OK
+            out["message"] = f"the freeze {led.run_id} ended meanwhile and dropped its ledger"
+            return None
         results = thaw_from_ledger(led_now)
         last = read_last_report(run_dir, led_now.run_id)
         if last is not None:
@@ -144,14 +158,22 @@ def cmd_thaw(args: argparse.Namespace) -> int:
                 outcome, code = f"error: {err}", Exit.THAW_FAILED
             forced.append({"mount_point": path, "outcome": outcome})
         out["forced"] = forced
-    run_dir = RunDir.open_existing(args.run_dir)
-    if run_dir is None:
-        out["ledger"] = None
+    try:
+        run_dir = RunDir.open_existing(args.run_dir)
+        if run_dir is None:
+            out["ledger"] = None
+            if not args.force:
+                out["message"] = f"nothing to thaw: no freeze in progress (no run directory {args.run_dir})"
+        else:
+            with run_dir:
+                code = max(code, _thaw_in(run_dir, args, out))
+    except QuiesceError as err:
         if not args.force:
-            out["message"] = f"nothing to thaw: no freeze in progress (no run directory {args.run_dir})"
-    else:
-        with run_dir:
-            code = max(code, _thaw_in(run_dir, args, out))
+            raise
+        # The forced thaws were done: the answer still says so, with the error after them.
+        code = max(code, exit_code_for(err))
+        out |= {"error": str(err), "error_type": type(err).__name__, "error_name": err.azure_name}
+        out |= {"error_code": err.azure_code, "exit": int(code)}
     # What was done is done: a closed stdout or a reader gone changes no exit status.
     with guarded_stdout() as stdout:
         if args.json:
@@ -161,6 +183,8 @@ def cmd_thaw(args: argparse.Namespace) -> int:
             from quiesce.cli.render import print_thaw
 
             print_thaw(out)
+            if "error" in out:
+                SafeStream("stderr", sys.stderr).write(f"quiesce: {out['error']}\n")
     return code
 
 
@@ -168,32 +192,44 @@ def _thaw_in(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> 
     """Release the proven holder of the ledger, recover a dead one, or report the last hold."""
     led = ledger_mod.read(run_dir)
     if led is None:
-        out["ledger"] = None
-        last = read_last_report(run_dir)
-        why = expired_hold(last)
-        if why is not None:
-            assert last is not None
-            out["report"] = last
-            out["message"] = (
-                f"the hold {last['run_id']} had already ended before this release ({why}): "
-                "a snapshot taken while it was held is not trusted"
-            )
-            acknowledge_last_report(run_dir, last)
-            return Exit.GUARDIAN_THAWED
-        if not args.force:
-            out["message"] = f"nothing to thaw: no freeze in progress (no ledger in {run_dir.path})"
-        return Exit.OK
+        return _no_ledger(run_dir, args, out)
     holder = open_proven(led.pid, led.pid_start, led.token, led.proof_fd)
     if holder is None:
-        return recover_dead(run_dir, led, args.wait, out)
+        code = recover_dead(run_dir, led, args.wait, out)
+        # Gone meanwhile (its holder killed and its guardian done, say): judged as if never seen.
+        return _no_ledger(run_dir, args, out) if code is None else code
     if led.release != ledger_mod.RELEASE_SIGNAL:
         os.close(holder)
         return _thaw_for(led, out)
+    return _release(holder, run_dir, led, args.wait, out)
+
+
+def _no_ledger(run_dir: RunDir, args: argparse.Namespace, out: dict[str, Any]) -> int:
+    """No freeze listed: whether the last hold had ended before this release (exit 5), else nothing to do."""
+    out["ledger"] = None
+    last = read_last_report(run_dir)
+    why = expired_hold(last)
+    if why is not None:
+        assert last is not None
+        out["report"] = last
+        out["message"] = (
+            f"the hold {last['run_id']} had already ended before this release ({why}): "
+            "a snapshot taken while it was held is not trusted"
+        )
+        acknowledge_last_report(run_dir, last)
+        return Exit.GUARDIAN_THAWED
+    if not args.force:
+        out.setdefault("message", f"nothing to thaw: no freeze in progress (no ledger in {run_dir.path})")
+    return Exit.OK
+
+
+def _release(holder: int, run_dir: RunDir, led: ledger_mod.Ledger, wait_s: float, out: dict[str, Any]) -> int:
+    """Signal the proven holder (its pidfd, closed here) and judge its saved report; exit code."""
     try:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(holder, signal.SIGUSR1)
-        if not _wait_released(holder, run_dir, led.run_id, args.wait):
-            out["message"] = f"holder pid {led.pid} did not finish within {args.wait} s"
+        if not _wait_released(holder, run_dir, led.run_id, wait_s):
+            out["message"] = f"holder pid {led.pid} did not finish within {wait_s} s"
             return Exit.ERROR
     finally:
         os.close(holder)

@@ -105,6 +105,7 @@ class Freeze:
         opts = self.options
         run_dir = self._dir = RunDir.open(opts.run_dir)
         self._lock = FreezeLock(run_dir)
+        ledger_mod.refuse_if_left(run_dir)  # a dead freeze's record of what may be frozen
         current = {m.mount_id: m for m in read_mountinfo()}
         for target in self.targets:
             self._fds.append(open_target(target, current))

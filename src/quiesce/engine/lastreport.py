@@ -62,6 +62,10 @@ def acknowledge_last_report(run_dir: RunDir, data: dict[str, Any]) -> None:
             save_last_report(run_dir, {**data, "acknowledged": True})
 
 
+class HoldNotRecorded(QuiesceError):
+    """A freeze could not mark itself "holding" in its run directory (full, say): see :func:`mark_holding`."""
+
+
 def mark_holding(
     run_dir: RunDir, run_id: str, pid: int, mode: str = DETACHED, acknowledged: bool = False
 ) -> None:
@@ -72,21 +76,34 @@ def mark_holding(
     and no earlier freeze's outcome is taken for the last one.
     ``acknowledged``: nobody will ask ``quiesce thaw`` about it (a run
     whose snapshot step is not a hold).
+
+    When it cannot be written, the earlier freeze's report is removed (an
+    unlink needs no space), so that it is never shown as this one's, and
+    :class:`HoldNotRecorded` is raised: a hold that a later ``quiesce thaw``
+    must judge cannot go on without it (that thaw would find nothing and
+    exit 0 whatever became of the window).
     """
-    save_last_report(
-        run_dir,
-        {
-            "run_id": run_id,
-            "mode": mode,
-            "state": HOLDING,
-            "pid": pid,
-            "ok": False,
-            "guardian_reason": None,
-            "released_by": None,
-            "window_ns": None,
-            "acknowledged": acknowledged,
-        },
-    )
+    try:
+        save_last_report(
+            run_dir,
+            {
+                "run_id": run_id,
+                "mode": mode,
+                "state": HOLDING,
+                "pid": pid,
+                "ok": False,
+                "guardian_reason": None,
+                "released_by": None,
+                "window_ns": None,
+                "acknowledged": acknowledged,
+            },
+        )
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            run_dir.unlink(LAST_REPORT)
+        raise HoldNotRecorded(
+            f"cannot record the freeze in {run_dir.path_of(LAST_REPORT)}: {err.strerror}"
+        ) from err
 
 
 #: How ``quiesce thaw`` releases a holder: the one release a ``freeze --hold`` expects.

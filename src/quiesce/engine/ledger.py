@@ -6,7 +6,8 @@ written in, and every filesystem it is about to freeze (mount point,
 ``maj:min``, mount ID, fs type). It is removed after the thaw. When both the
 freezing process and its guardian are gone and the ledger remains, ``quiesce
 thaw`` and ``quiesce recover`` thaw exactly the filesystems it lists whose
-mount ID and device still match, and nothing else.
+mount ID and device still match, and nothing else. Until then no new
+freeze starts (:func:`refuse_if_left`): it would overwrite that record.
 
 A ledger is acted on only if it is provably quiesce's own: read through the
 checked run directory's fd (:class:`quiesce.engine.rundir.RunDir`), a regular file
@@ -255,6 +256,38 @@ def read(run_dir: RunDir | str) -> Ledger | None:
         raise LedgerError(f"{path}: {err}; nothing done") from err
 
 
+def refuse_if_left(run_dir: RunDir) -> None:
+    """Raise :class:`LedgerError` if a ledger is already there; call under the freeze lock, first.
+
+    Under the lock no freeze or guardian that wrote a ledger lives: a ledger
+    found now is a dead freeze's (its holder and guardian killed, or a FITHAW
+    that failed), and it is the only record of what may still be frozen and
+    of the ``rcu_expedited`` value to put back. A new freeze would overwrite
+    it and remove its own at the end: ``quiesce status`` would show nothing
+    frozen, ``quiesce thaw`` thaw nothing. So nothing is frozen until
+    ``quiesce thaw`` or ``quiesce recover`` has dealt with it. A ledger of
+    an earlier boot names nothing frozen now: it is removed.
+    """
+    try:
+        led = read(run_dir)
+    except LedgerError as err:
+        raise LedgerError(
+            f"a freeze's ledger is already there and cannot be used ({err}); nothing was frozen: "
+            f"remove {run_dir.path_of(LEDGER_NAME)} once nothing it lists is frozen"
+        ) from err
+    if led is None:
+        return
+    if led.boot_id != current_boot_id():
+        remove(run_dir)
+        return
+    mounts = ", ".join(e.mount_point for e in led.filesystems)
+    raise LedgerError(
+        f"the freeze {led.run_id} (pid {led.pid}) ended without thawing or dropping its ledger, "
+        f"which still lists {mounts}: they may still be frozen; nothing was frozen: "
+        "run `quiesce thaw` (or `quiesce recover`) first"
+    )
+
+
 def remove(run_dir: RunDir | str) -> None:
     """Remove the ledger if it exists."""
     with _dir(run_dir, create=False) as d:
@@ -275,3 +308,13 @@ def new_run_id() -> str:
     made = next(_MADE)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     return stamp if made == 1 else f"{stamp}.{made}"
+
+
+#: The pid in a run ID (new_run_id): "-PID" or "-PID.N" at its end.
+_RUN_PID = re.compile(r"-(\d+)(?:\.\d+)?$")
+
+
+def run_pid(name: str) -> int | None:
+    """The pid of the process that made the run ID ending ``name`` (a cgroup's, a directory's), or None."""
+    m = _RUN_PID.search(name)
+    return int(m.group(1)) if m else None

@@ -15,7 +15,7 @@ import fcntl
 import os
 
 from quiesce.engine.rundir import RunDir
-from quiesce.errors import LockHeldError, QuiesceOSError
+from quiesce.errors import LockHeldError, QuiesceError, QuiesceOSError
 
 LOCK_NAME = "lock"
 
@@ -67,26 +67,80 @@ class FreezeLock:
         self.release()
 
 
+#: The kernel's PID_MAX_LIMIT: no pid is larger.
+_PID_MAX = 1 << 22
+
+
 def _holder_of(fd: int) -> int | None:
+    """The pid a lock file names, if it is a process alive now (the file may hold anything, or a dead pid)."""
     with contextlib.suppress(OSError, ValueError):
-        return int(os.pread(fd, 32, 0).strip() or 0) or None
+        pid = int(os.pread(fd, 32, 0).strip() or 0)
+        if 0 < pid <= _PID_MAX and os.path.exists(f"/proc/{pid}"):
+            return pid
     return None
 
 
 def held_by(run_dir: RunDir, name: str = LOCK_NAME) -> tuple[bool, int | None]:
-    """Whether some process holds the lock now, and the pid the holder wrote (only if held)."""
+    """Whether some process holds the lock now, and the pid the holder wrote (only if held).
+
+    Looking takes no lock (see :func:`_flocked`): a freeze or run that starts
+    meanwhile never finds its lock taken by ``quiesce status`` or ``recover``.
+    """
     try:
         fd = run_dir.open_file(name, os.O_RDONLY)
     except FileNotFoundError:
         return False, None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True, _holder_of(fd)
-        return False, None
+        held = _flocked(fd)
+        return held, _holder_of(fd) if held else None
     finally:
         os.close(fd)
+
+
+#: The kernel's table of file locks: "1: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE 0 EOF" (hex device).
+PROC_LOCKS = "/proc/locks"
+
+
+def _devices(fd: int, st: os.stat_result) -> set[tuple[int, int]]:
+    """The devices the lock table may name the file of ``fd`` by: its superblock's, and ``st_dev``.
+
+    The table names the superblock's device, which ``stat`` does not always
+    report (a btrfs subvolume has a device of its own): the mount table has it.
+    """
+    from quiesce.engine.mountinfo import read_mountinfo  # only status and recover look
+    from quiesce.engine.usermounts import mount_id_of_fd
+
+    devices = {(os.major(st.st_dev), os.minor(st.st_dev))}
+    with contextlib.suppress(OSError, QuiesceError):  # no mount table: st_dev it is
+        mount_id = mount_id_of_fd(fd)
+        devices.update((m.major, m.minor) for m in read_mountinfo() if m.mount_id == mount_id)
+    return devices
+
+
+def _flocked(fd: int) -> bool:
+    """True when some process holds an flock on the file of ``fd``.
+
+    Read from the kernel's lock table, not by trying a shared lock: that
+    try held the lock for an instant, and a freeze or run starting in it
+    was refused as if another one were in progress. Without the table
+    (no /proc), the try it is.
+    """
+    st = os.fstat(fd)
+    keys = {f"{major:02x}:{minor:02x}:{st.st_ino}" for major, minor in _devices(fd, st)}
+    try:
+        with open(PROC_LOCKS) as f:
+            # A process waiting for a lock has a "->" line; only holders count.
+            return any(
+                len(fields) > 5 and fields[1] == "FLOCK" and fields[5] in keys
+                for fields in (line.split() for line in f)
+            )
+    except OSError:
+        pass
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False
 
 
 def is_held(run_dir: RunDir | str) -> bool:

@@ -44,6 +44,20 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 THAW_SIGNAL = signal.SIGUSR1
 
 
+def ignore_stray_thaw_signals() -> None:
+    """For quiesce's own ``run`` and ``freeze`` commands: SIGUSR1 does nothing outside their handlers.
+
+    ``quiesce thaw`` proves a holder, then signals it. A thaw slowed down
+    between the two (preempted on a busy machine) can signal after the hold
+    ended and its handlers were put back, when the default disposition
+    would kill the command before it says how its freeze ended. The
+    handlers of a hold or a run take SIGUSR1 while a window may be open and
+    put this back after. Never for the API: a program's dispositions are
+    its own. Children start with the default again (spawn resets them all).
+    """
+    signal.signal(THAW_SIGNAL, signal.SIG_IGN)
+
+
 class Handlers:
     """``handler`` installed for ``signums`` until :meth:`close`, with a wake-up pipe if asked.
 

@@ -28,7 +28,7 @@ from typing import Protocol
 from quiesce.azure.config import PluginConfig, SnapshotMode
 from quiesce.azure.verdict import FREEZE_ABORTED, FREEZE_FAILED, FREEZE_TIMEOUT, SNAPSHOT_FAILED
 from quiesce.engine.freeze import Freeze, FreezeOptions
-from quiesce.engine.lastreport import RUN, mark_holding, save_last_report
+from quiesce.engine.lastreport import RUN, HoldNotRecorded, mark_holding, save_last_report
 from quiesce.engine.mountinfo import escape_path
 from quiesce.engine.plan import Target
 from quiesce.engine.report import FreezeReport
@@ -177,11 +177,17 @@ class Window:
         and a run killed while frozen is shown as such.
         """
         if isinstance(freeze, Freeze) and freeze.run_dir is not None:
-            with contextlib.suppress(OSError, QuiesceError):
-                told = not self._holds()
+            told = not self._holds()
+            try:
                 mark_holding(freeze.run_dir, freeze.run_id, os.getpid(), RUN, acknowledged=told)
-                # Saved by whoever closes the freeze: the run, or its step (through on_frozen).
-                freeze.report_to(self._saver(freeze))
+            except HoldNotRecorded as err:
+                if not told:
+                    # A hold's snapshotter may ask `quiesce thaw`, which would find no word of it.
+                    raise HoldNotRecorded(
+                        f"{err}: a `quiesce thaw` could not tell how the hold ended"
+                    ) from err
+            # Saved by whoever closes the freeze: the run, or its step (through on_frozen).
+            freeze.report_to(self._saver(freeze))
 
     def _holds(self) -> bool:
         """The step is a hold: its snapshotter may ask ``quiesce thaw`` how the window ended."""

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import select
 import time
 
 from quiesce.closeable import Closeable
 from quiesce.engine import native
+from quiesce.engine.ledger import run_pid
 from quiesce.engine.mountinfo import read_mountinfo
 from quiesce.supervise.procs import cgroup_of
 
@@ -219,10 +219,6 @@ def _remove_tree(path: str) -> None:
                 time.sleep(0.01)  # its last processes are still exiting after the kill
 
 
-#: The pid in a run ID (quiesce.engine.ledger.new_run_id): "-PID" or "-PID.N" at its end.
-_RUN_PID = re.compile(r"-(\d+)(?:\.\d+)?$")
-
-
 def kill_orphaned_run_cgroups(root: str | None = None) -> list[str]:
     """Kill and remove the cgroups of runs whose process is gone; returns their names.
 
@@ -240,8 +236,8 @@ def kill_orphaned_run_cgroups(root: str | None = None) -> list[str]:
             continue
         for name in sorted(names):
             path = os.path.join(parent, name)
-            m = _RUN_PID.search(name)
-            if not os.path.isdir(path) or m is None or os.path.exists(f"/proc/{m.group(1)}"):
+            pid = run_pid(name)
+            if not os.path.isdir(path) or pid is None or os.path.exists(f"/proc/{pid}"):
                 continue
             _remove_tree(path)
             removed.append(name)
