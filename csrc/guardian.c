@@ -470,6 +470,14 @@ void qz_guardian_begin(struct qz_session *s)
     char msg = QZ_MSG_BEGIN;
 
     s->deadline_ns = s->timeout_ns > 0 ? qz_now_ns() + s->timeout_ns : 0;
+    /*
+     * For `quiesce status` (QZ_PROOF_DEADLINE_AT): when the guardian thaws
+     * at the latest. Written before the first FIFREEZE, so a proof without
+     * it means that nothing is frozen yet; a memfd, no filesystem.
+     */
+    if (s->proof_fd >= 0 && s->deadline_ns > 0)
+        (void)!pwrite(s->proof_fd, &s->deadline_ns, sizeof s->deadline_ns,
+                      QZ_PROOF_DEADLINE_AT);
     if (s->guardian_sock >= 0)
         send(s->guardian_sock, &msg, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 }

@@ -16,6 +16,13 @@
 #include "session.h"
 
 /* cdef-begin */
+/*
+ * Where qz_freeze() writes the window's deadline (int64_t, CLOCK_MONOTONIC
+ * ns) in the proof memfd just before the first FIFREEZE: `quiesce status`
+ * reads there when the guardian thaws at the latest, and that freezing has
+ * begun (the first bytes are the holder's state, see quiesce.engine.proof).
+ */
+#define QZ_PROOF_DEADLINE_AT 8
 int qz_guardian_arm(struct qz_session *s, int64_t timeout_ns,
                     int64_t step_timeout_ns, int report_fd, int keep_fd,
                     int proof_fd, int ledger_dirfd, const char *ledger_name);

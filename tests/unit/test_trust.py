@@ -8,13 +8,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+from quiesce._native import lib
 
 from quiesce.engine import ledger as ledger_mod
 from quiesce.engine.mountinfo import escape_path, parse_mountinfo
-from quiesce.engine.proof import open_proven, start_time
+from quiesce.engine.proof import (
+    PROOF_DEADLINE_AT,
+    PROOF_FROZEN,
+    PROOF_THAWED,
+    Proof,
+    open_proven,
+    proof_deadline_ns,
+    start_time,
+)
 from quiesce.engine.rundir import RunDir, atomic_write
 from quiesce.errors import LedgerError, UnsafeRunDirError, UntrustedFileError
 from quiesce.runner.logs import log_lines
@@ -193,6 +203,23 @@ def test_only_the_holder_of_the_proof_is_proven():
             p.wait()
         child.stdout.close()
     assert open_proven(child.pid, started, token, int(fd)) is None
+
+
+def test_the_proof_carries_the_windows_deadline_where_the_native_code_writes_it():
+    """proof_deadline_ns reads the int64 written at QZ_PROOF_DEADLINE_AT; nothing there is None."""
+    assert PROOF_DEADLINE_AT == lib.QZ_PROOF_DEADLINE_AT
+    proof = Proof()
+    try:
+        assert proof_deadline_ns(os.getpid(), proof.fd) is None  # freezing has not begun
+        proof.mark(PROOF_FROZEN)
+        assert proof_deadline_ns(os.getpid(), proof.fd) is None
+        deadline = time.monotonic_ns() + 30 * 10**9
+        os.pwrite(proof.fd, deadline.to_bytes(8, sys.byteorder, signed=True), PROOF_DEADLINE_AT)
+        assert proof_deadline_ns(os.getpid(), proof.fd) == deadline
+        proof.mark(PROOF_THAWED)  # the holder's state does not touch it
+        assert proof_deadline_ns(os.getpid(), proof.fd) == deadline
+    finally:
+        proof.close()
 
 
 def test_notify_sender_checks():

@@ -14,7 +14,7 @@ from quiesce.engine import ledger as ledger_mod
 from quiesce.engine import lock as lock_mod
 from quiesce.engine.lastreport import HOLDING, RUN, cut_short, read_last_report
 from quiesce.engine.mountinfo import escape_path
-from quiesce.engine.proof import open_proven
+from quiesce.engine.proof import open_proven, proof_deadline_ns
 from quiesce.engine.rundir import RunDir
 from quiesce.errors import LedgerError
 
@@ -44,7 +44,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         status["ledger"] = led.to_dict()
         status["holder_alive"] = _proven_alive(led.pid, led.pid_start, led)
         status["guardian_alive"] = _proven_alive(led.guardian_pid, led.guardian_start, led)
-        status["deadline_in_s"] = round(led.deadline_unix - time.time(), 3)
+        # The guardian's own deadline, counted from the first FIFREEZE: none yet while preparing.
+        live = led.pid if status["holder_alive"] else led.guardian_pid if status["guardian_alive"] else None
+        deadline = None if live is None else proof_deadline_ns(live, led.proof_fd)
+        status["freezing_begun"] = None if live is None else deadline is not None
+        left = None if deadline is None else (deadline - time.monotonic_ns()) / 1e9
+        status["deadline_in_s"] = None if left is None else round(left, 3)
     if last is not None:
         # Its ledger still names it: in progress, or its holder died before it could end it.
         listed = led is not None and last is not None and last.get("run_id") == led.run_id
@@ -79,7 +84,13 @@ def _print_status(status: dict[str, Any], led: ledger_mod.Ledger | None, run_dir
         for e in led.filesystems:
             print(f"  {escape_path(e.mount_point)}  {e.fstype}  {e.dev}")
         if status["holder_alive"]:
-            print(f"  the guardian thaws within {max(status['deadline_in_s'], 0):.1f} s at the latest")
+            if status["freezing_begun"]:
+                print(f"  the guardian thaws within {max(status['deadline_in_s'], 0):.1f} s at the latest")
+            else:
+                print(
+                    f"  not frozen yet (preparing): the guardian's {led.timeout_s:g} s deadline "
+                    "counts from the first FIFREEZE"
+                )
             if led.release == ledger_mod.RELEASE_SIGNAL:
                 print("  `quiesce thaw` releases it (its holder ends its window and reports)")
             else:

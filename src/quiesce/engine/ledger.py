@@ -140,11 +140,6 @@ class Ledger(NamedTuple):
             release=release,
         )
 
-    @property
-    def deadline_unix(self) -> float:
-        """When the guardian thaws at the latest (wall clock, approximate)."""
-        return self.created_unix + self.timeout_s
-
 
 _T = TypeVar("_T")
 

@@ -10,6 +10,7 @@ writer holds, and it signals through a pidfd, never a pid.
 from __future__ import annotations
 
 import os
+import sys
 
 from quiesce.engine.fdwait import wait_readable
 
@@ -58,6 +59,9 @@ PROOF_PREFIX = "quiesce-freeze-"
 #: frozen by :meth:`quiesce.Freeze.freeze`, then thawed. Empty: not frozen yet.
 PROOF_FROZEN = b"F"
 PROOF_THAWED = b"T"
+#: Where the window's deadline is written (CLOCK_MONOTONIC ns, a native int64) just before the
+#: first FIFREEZE, for every holder: csrc/guardian.h's QZ_PROOF_DEADLINE_AT. Absent: not begun.
+PROOF_DEADLINE_AT = 8
 
 
 class Proof:
@@ -140,3 +144,23 @@ def proof_state(pid: int, fd: int) -> bytes:
             return f.read(1)
     except OSError:
         return b""
+
+
+def proof_deadline_ns(pid: int, fd: int) -> int | None:
+    """When the guardian of a proven holder (or guardian) thaws at the latest; None before freezing began.
+
+    CLOCK_MONOTONIC ns, as the freezing process wrote it in the proof just
+    before its first FIFREEZE (the ledger is written before the pre-flush, so
+    its time plus the timeout would come early by as long as the pre-flush
+    took). Call only for a process :func:`open_proven` proved.
+    """
+    try:
+        with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
+            f.seek(PROOF_DEADLINE_AT)
+            data = f.read(8)
+    except OSError:
+        return None
+    if len(data) != 8:
+        return None
+    deadline = int.from_bytes(data, sys.byteorder, signed=True)
+    return deadline if deadline > 0 else None
