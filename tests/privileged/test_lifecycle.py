@@ -489,3 +489,56 @@ def test_a_lock_file_holding_garbage_names_no_holder(fs, run_dir, content):
         assert "another process holds" in json.loads(refused.stdout)["error"]
     finally:
         holder.communicate("\n")
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is full: a write to its write end blocks until someone reads."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    for chunk in (b"x" * 4096, b"x"):
+        try:
+            while True:
+                os.write(w, chunk)
+        except BlockingIOError:
+            pass
+    os.set_blocking(w, True)
+    return r, w
+
+
+def test_a_hold_whose_command_dies_before_it_says_frozen_ends_at_once(fs, run_dir):
+    """``freeze --hold`` killed while its "frozen" line is stuck on a full stdout: the hold ends now.
+
+    Nobody heard "frozen", so nobody would release it. Before, the holder
+    stayed frozen to the guardian's deadline (30 s here), stalling every
+    writer; now it ends the hold when its command's pipe closes unheard, and
+    the `quiesce thaw` that comes later says the window ended before it.
+    """
+    xfs = fs["xfs"]
+    r, w = _full_pipe()
+    argv = [sys.executable, "-m", "quiesce", "freeze", "--hold", "--timeout", "30", str(xfs.mount_point)]
+    proc = subprocess.Popen([*argv, "--run-dir", run_dir], stdin=subprocess.DEVNULL, stdout=w)
+    os.close(w)
+    writer = None
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # frozen, and the command blocked writing "frozen"
+            with open(f"/proc/{proc.pid}/wchan") as f:
+                if f.read().endswith("pipe_write"):  # anon_pipe_write on newer kernels
+                    break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the command never blocked on its stdout")
+        writer = Writer(xfs)
+        assert not writer.finished_within(0.3), "not frozen"
+        proc.kill()
+        proc.wait()
+        assert writer.finished_within(5), "still frozen after its command died unheard"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(r)
+        thawed = quiesce(run_dir, "thaw")
+        if writer is not None:
+            writer.finish()
+    assert thawed.returncode == Exit.GUARDIAN_THAWED, thawed.stdout + thawed.stderr

@@ -86,14 +86,19 @@ def hold(
     announce: Callable[[Freeze], None],
     use_stdin: bool,
     mode: str = FOREGROUND,
+    told_fd: int | None = None,
 ) -> tuple[FreezeReport, str | None, BaseException | None]:
     """Freeze, announce, wait for the release, thaw. Returns the report, what released it and the error.
 
     The outcome is saved as the run directory's last report before the
     ledger goes (see this module's docstring); one whose caller never heard "frozen"
-    is saved as already told.
+    is saved as already told. ``told_fd`` (``freeze --hold``'s holder, which
+    owns it): the pipe on which its command says it printed "frozen" (see
+    :meth:`Release.watch_told`).
     """
     release = Release()
+    if told_fd is not None:
+        release.watch_told(told_fd)
     released_by: str | None = None
     err: BaseException | None = None
     announced = saved = False
@@ -162,11 +167,13 @@ def _write_line(fd: int, text: str) -> None:
     os.write(fd, (text + "\n").encode())
 
 
-def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
+def _holder_main(w: int, told: int, plan: Plan, options: FreezeOptions) -> int:
     """The detached holder of ``freeze --hold``: reports to the pipe ``w``, returns its exit code.
 
     It writes one JSON line: ``frozen`` once frozen (then closes the pipe, so
-    the waiting command returns), or ``failed`` with the error.
+    the waiting command returns), or ``failed`` with the error. ``told``
+    brings the command's word that it printed "frozen": closed without it,
+    the hold ends at once (nobody heard of it).
     """
     failure: dict[str, Any] | None = None
     code: int = Exit.ERROR
@@ -181,7 +188,7 @@ def _holder_main(w: int, plan: Plan, options: FreezeOptions) -> int:
             _write_line(w, json.dumps(frozen_event(f)))
             os.close(w)
 
-        report, released_by, err = hold(plan, options, announce, use_stdin=False, mode=DETACHED)
+        report, released_by, err = hold(plan, options, announce, use_stdin=False, mode=DETACHED, told_fd=told)
         code = report_exit(report, err, released_by)
         if err is not None:
             failure = {"error": str(err), **_error_fields(err), "report": report.to_dict()}
@@ -202,7 +209,10 @@ def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
 
     Exit 0 means frozen and told: a closed stdout freezes nothing, and a
     "frozen" line that cannot be written (its reader gone, a full disk)
-    releases the holder at once, as a foreground freeze does.
+    releases the holder at once, as a foreground freeze does. So does this
+    command's death before the line is out (killed while its stdout is
+    blocked, say): the holder is told on a pipe of its own once the line is
+    written, and one that closes without that word ends the hold.
     """
     out = SafeStream("stdout", sys.stdout)
     err = SafeStream("stderr", sys.stderr)
@@ -210,13 +220,24 @@ def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
         err.write("quiesce: stdout is closed: nobody could be told it is frozen; nothing was frozen\n")
         return Exit.ERROR
     r, w = os.pipe2(os.O_CLOEXEC)
+    told_r, told_w = os.pipe2(os.O_CLOEXEC)
     out.flush()
     err.flush()
     pid = os.fork()
     if pid == 0:  # the holder
         os.close(r)
-        os._exit(_holder_main(w, plan, options))
+        os.close(told_w)
+        os._exit(_holder_main(w, told_r, plan, options))
     os.close(w)
+    os.close(told_r)
+    try:
+        return _report_hold(pid, r, told_w, out, err, want_json)
+    finally:
+        os.close(told_w)  # without TOLD first: the holder ends the hold
+
+
+def _report_hold(pid: int, r: int, told_w: int, out: SafeStream, err: SafeStream, want_json: bool) -> int:
+    """Read the holder's report from ``r`` and print it; tell it on ``told_w`` once "frozen" is out."""
     chunks = []
     while chunk := os.read(r, 65536):
         chunks.append(chunk)
@@ -245,6 +266,8 @@ def hold_detached(plan: Plan, options: FreezeOptions, want_json: bool) -> int:
                 f"{human_ns(event['remaining_ns'])}\n"
             )
         if out.failure is None:
+            with contextlib.suppress(OSError):  # the holder is gone: its report says how it ended
+                os.write(told_w, Release.TOLD)
             return Exit.OK
         # Nobody heard "frozen": nothing can be taken in this window; end it now. The holder
         # is this process's child, not yet reaped: its pid cannot name anyone else.

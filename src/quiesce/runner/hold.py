@@ -34,9 +34,23 @@ class Release:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
+    #: What ``freeze --hold``'s command writes on the told pipe once its "frozen" line is out.
+    TOLD = b"k"
+
     def __init__(self) -> None:
         self.received: int | None = None
         self._handlers = Handlers(self.SIGNALS, self._on_signal, wakeup=True)
+        self._told_fd: int | None = None
+
+    def watch_told(self, fd: int) -> None:
+        """Also end the wait if ``fd`` (a pipe) closes before it brings :attr:`TOLD`; the fd is ours.
+
+        ``freeze --hold``: the command that forked this holder prints "frozen"
+        on its stdout, then writes TOLD. Killed before that (or its stdout
+        blocked until it was), nobody heard "frozen" and nobody will release
+        this hold: it ends now, not at the guardian's deadline.
+        """
+        self._told_fd = fd
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.received = signum
@@ -53,6 +67,9 @@ class Release:
             if not _is_open(STDIN):
                 return "stdin"
             watch.append(STDIN)
+        told = self._told_fd
+        if told is not None:
+            watch.append(told)
         while self.received is None:
             left = remaining_ns()
             if left is not None and left <= 0:
@@ -67,8 +84,24 @@ class Release:
                 with contextlib.suppress(OSError):  # unreadable: as good as EOF
                     os.read(STDIN, 4096)
                 return "stdin"
+            if told is not None and told in ready:
+                try:
+                    heard = os.read(told, 1) == self.TOLD
+                except OSError:
+                    heard = False
+                self._close_told()
+                watch.remove(told)
+                told = None
+                if not heard:
+                    return "its command ended before it said frozen (nobody could release it)"
         return f"signal {signal.Signals(self.received).name}"
 
+    def _close_told(self) -> None:
+        if self._told_fd is not None:
+            os.close(self._told_fd)
+            self._told_fd = None
+
     def close(self) -> None:
-        """Restore the previous handlers."""
+        """Restore the previous handlers (and close the told pipe, if still open)."""
+        self._close_told()
         self._handlers.close()
