@@ -44,14 +44,30 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """``n`` ports free now on 127.0.0.1, all different (every socket is held while they are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _answers(port: int) -> bool:
+    """Whether an etcd answers on ``port`` (its ``/version``: anything else listening there is not it)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=0.5) as answer:
+            return "etcdserver" in json.loads(answer.read())
+    except (OSError, ValueError):
+        return False
 
 
 #: The throwaway etcd's pid, to read its CPU time (None with --etcd).
@@ -71,19 +87,7 @@ def etcd_cpu_s() -> float | None:
 def throwaway_etcd() -> Iterator[str]:
     """An etcd of its own on 127.0.0.1; its URL."""
     data = tempfile.mkdtemp(prefix="quiesce-bench-etcd-")
-    client, peer = _free_port(), _free_port()
-    url = f"http://127.0.0.1:{client}"
-    argv = [
-        "etcd",
-        f"--data-dir={data}",
-        f"--listen-client-urls={url}",
-        f"--advertise-client-urls={url}",
-        f"--listen-peer-urls=http://127.0.0.1:{peer}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-        f"--initial-cluster=default=http://127.0.0.1:{peer}",
-        "--log-level=error",
-    ]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = _start_etcd(data)
     ETCD_PID[:] = [proc.pid]
     try:
         yield url
@@ -92,6 +96,41 @@ def throwaway_etcd() -> Iterator[str]:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def _start_etcd(data: str, attempts: int = 3) -> tuple[subprocess.Popen[bytes], str]:
+    """Start etcd on two free ports and wait until it listens; again on new ports if one was taken since.
+
+    Each attempt has a data directory of its own under ``data``: one that
+    began with other peer URLs could not start again with new ones.
+    """
+    why = ""
+    for attempt in range(attempts):
+        client, peer = _free_ports(2)
+        url = f"http://127.0.0.1:{client}"
+        argv = [
+            "etcd",
+            f"--data-dir={os.path.join(data, str(attempt))}",
+            f"--listen-client-urls={url}",
+            f"--advertise-client-urls={url}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer}",
+            "--log-level=error",
+        ]
+        with tempfile.TemporaryFile() as log:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+            deadline = time.monotonic() + 20
+            while proc.poll() is None and time.monotonic() < deadline:
+                if _answers(client):
+                    return proc, url
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            log.seek(0)
+            why = log.read().decode(errors="replace").strip()[-2000:]
+    raise SystemExit(f"etcd did not start on 127.0.0.1 in {attempts} attempts; it said: {why or 'nothing'}")
 
 
 def per_request(fn: Callable[[], Any], n: int) -> tuple[float, float, float]:
