@@ -7,10 +7,11 @@ the run's keys.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -30,6 +31,18 @@ def lifelab(lab_namespace):
 
     with Lab(3, deadline_s=5.0, writer=False) as lab:
         yield lab
+
+
+@contextlib.contextmanager
+def background_run(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """``fleet run`` in the background (stdout and stderr piped); killed if still running at the end."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _member(lab, name: str) -> dict[str, Any] | None:
@@ -118,18 +131,13 @@ def test_a_killed_agents_ready_never_counts_for_its_next_life(lifelab):
     try:
         start_rev, _ = lifelab.client_call(lambda s: s.get_prefix(KEYS.prefix))
         argv = lifelab.fleet_argv("--members", "n1,n2,n3", "--timeout", "40")
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        with background_run(argv) as proc:
             _wait_report(lifelab, start_rev, "/ready/n3")
             n3.agent.kill()
             n3.agent.wait()
             lifelab.set_config(n3, {}, pre_extra="sleep 6")
             lifelab.start_agent(n3)
             out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
     finally:
         lifelab.set_config(n1, {}, pre_extra="")
         lifelab.set_config(n3, {}, pre_extra="")
@@ -153,8 +161,7 @@ def test_the_coordinator_goes_on_after_etcd_restarted_with_its_history_compacted
     try:
         start_rev, _ = lifelab.client_call(lambda s: s.get_prefix(KEYS.prefix))
         argv = lifelab.fleet_argv("--timeout", "40")
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        with background_run(argv) as proc:
             _wait_report(lifelab, start_rev, "/ready/n2")
             now = lifelab.client_call(lambda s: s.put(f"{KEYS.prefix}test-marker", {}))
             lifelab.client_call(lambda s: s.call("/kv/compaction", {"revision": now, "physical": True}))
@@ -162,10 +169,6 @@ def test_the_coordinator_goes_on_after_etcd_restarted_with_its_history_compacted
             lifelab.etcd.wait()
             lifelab.start_etcd()
             out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
     finally:
         lifelab.set_config(n1, {}, pre_extra="")
         lifelab.client_call(lambda s: s.delete_prefix(f"{KEYS.prefix}test-marker"), wait_s=10)
@@ -188,8 +191,7 @@ def test_a_node_writes_nothing_for_another_run_while_frozen(lifelab):
     try:
         start_rev, _ = lifelab.client_call(lambda s: s.get_prefix(KEYS.prefix))
         argv = lifelab.fleet_argv("--deadline", "30")
-        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        with background_run(argv) as first:
             watch = lifelab.client_call(lambda s: s.watch(KEYS.runs, start_rev + 1))
             try:
                 while (ev := watch.get(30)) is not None and not ev.key.endswith("/cut"):
@@ -199,10 +201,6 @@ def test_a_node_writes_nothing_for_another_run_while_frozen(lifelab):
             assert ev is not None, "no cut"
             code2, out2 = lifelab.fleet_run("--timeout", "20")
             out1, err1 = first.communicate(timeout=120)
-        finally:
-            if first.poll() is None:
-                first.kill()
-                first.communicate()
     finally:
         for node in lifelab.nodes:
             node.config.write_text(saved[node.name])
